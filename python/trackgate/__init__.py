@@ -1,0 +1,29 @@
+"""trackgate: a high-throughput gateway for the Mixpanel /track API.
+
+`decode` turns a Mixpanel `data` payload into typed events; `decode_request` is the gateway's own entry
+point for a whole HTTP request. Both run in the native extension.
+"""
+
+from trackgate._native import (
+    FIELDS_PER_EVENT,
+    DecodeError,
+    Options,
+    Request,
+    TokenSet,
+    __version__,
+    decode_request,
+)
+from trackgate.events import Event, Funnel, decode
+
+__all__ = [
+    "FIELDS_PER_EVENT",
+    "DecodeError",
+    "Event",
+    "Funnel",
+    "Options",
+    "Request",
+    "TokenSet",
+    "__version__",
+    "decode",
+    "decode_request",
+]

@@ -1,0 +1,106 @@
+"""Typed stub of the private native module. Import from `trackgate`, not from here."""
+
+from typing import Final, final
+
+__version__: Final[str]
+
+# Arguments per event in a packed batch (see `Request.batches`): the normalised JSON, the event name,
+# the distinct_id ("" when none), `time` in whole seconds, and for mp_funnel events the funnel name,
+# step and goal ("" otherwise).
+FIELDS_PER_EVENT: Final[int]
+
+@final
+class Options:
+    """The decoding rules. Limits are inclusive: a value equal to the limit is accepted."""
+
+    max_age: float
+    max_future_skew: float
+    max_event_name_chars: int
+    max_distinct_id_chars: int
+    max_properties: int
+    max_depth: int
+    max_array_len: int
+    max_event_bytes: int
+    max_request_bytes: int
+    max_events: int
+    partitions: int
+
+    def __init__(
+        self,
+        *,
+        max_age: float = 10800.0,
+        max_future_skew: float = 300.0,
+        max_event_name_chars: int = 255,
+        max_distinct_id_chars: int = 200,
+        max_properties: int = 255,
+        max_depth: int = 3,
+        max_array_len: int = 255,
+        max_event_bytes: int = 1_000_000,
+        max_request_bytes: int = 10_000_000,
+        max_events: int = 2000,
+        partitions: int = 16,
+    ) -> None: ...
+
+@final
+class TokenSet:
+    """The tokens of known projects; events with any other token fail with kind `unknown_token`."""
+
+    def __init__(self, tokens: list[str]) -> None: ...
+    def __contains__(self, token: str) -> bool: ...
+    def __len__(self) -> int: ...
+
+@final
+class Request:
+    """What one HTTP request carried, decoded and validated."""
+
+    verbose: bool
+    img: bool
+    test: bool
+    use_ip: bool
+    callback: str | None
+    redirect: str | None
+    total: int
+    accepted: int
+    errors: list[tuple[int, str, str, str]]
+    """One (index, field, kind, message) per invalid event, in index order."""
+    batches: list[tuple[str, int, int, bytes]]
+    """One (token, partition, count, packed) per partition that received valid events. `packed` is the
+    RESP encoding of count * FIELDS_PER_EVENT bulk strings, ready to append to an FCALL command."""
+
+    def events(self) -> list[bytes]:
+        """The normalised JSON of each valid event, in request order."""
+
+class DecodeError(ValueError):
+    """The payload could not be used. `kind` is a stable snake_case name, `status` the HTTP status."""
+
+    kind: str
+    status: int
+    message: str
+    events: list[object]
+
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        status: int = 400,
+        errors: list[tuple[int, str, str, str]] | None = None,
+        events: list[object] | None = None,
+    ) -> None: ...
+    def errors(self) -> list[dict[str, object]]:
+        """Per-event errors as dicts with `index`, `loc`, `field`, `kind` and `msg`."""
+
+def decode_request(
+    query: str | bytes,
+    body: bytes,
+    content_type: str | None = None,
+    content_encoding: str | None = None,
+    *,
+    now: float,
+    options: Options,
+    peer_ip: str | None = None,
+    tokens: TokenSet | None = None,
+) -> Request:
+    """Decode one /track request. Raises DecodeError when the request as a whole is unusable."""
+
+def decode_data(data: str | bytes, *, now: float, options: Options) -> Request:
+    """Decode the value of one `data` parameter: base64 (any variant), raw JSON, or gzip bytes."""
