@@ -1,5 +1,6 @@
 """Typed stub of the private native module. Import from `trackgate`, not from here."""
 
+from collections.abc import Sequence
 from typing import Final, final
 
 __version__: Final[str]
@@ -83,8 +84,8 @@ class DecodeError(ValueError):
         kind: str,
         message: str,
         status: int = 400,
-        errors: list[tuple[int, str, str, str]] | None = None,
-        events: list[object] | None = None,
+        errors: Sequence[tuple[int, str, str, str]] | None = None,
+        events: Sequence[object] | None = None,
     ) -> None: ...
     def errors(self) -> list[dict[str, object]]:
         """Per-event errors as dicts with `index`, `loc`, `field`, `kind` and `msg`."""

@@ -1,0 +1,684 @@
+//! A validating JSON scanner that copies values out minified.
+//!
+//! Why not serde_json: the decoder must keep every property value exactly as sent (number text
+//! included, where serde would round big integers through f64), report limits per event without giving
+//! up on the rest of a batch, and copy values straight into the output buffer. Scanning once and copying
+//! token slices does all three. The input is valid UTF-8 (checked once up front), so strings are only
+//! scanned for quotes, escapes and control characters.
+
+use std::borrow::Cow;
+
+use crate::errors::{EventErrorKind, RequestError};
+
+/// Nesting beyond this is refused for the whole request: it bounds recursion, whatever the limits say.
+pub const HARD_MAX_DEPTH: usize = 256;
+
+/// The JSON type of a value, for messages like "must be a string, got number".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonType {
+    Object,
+    Array,
+    String,
+    Number,
+    Bool,
+    Null,
+}
+
+impl JsonType {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Object => "an object",
+            Self::Array => "an array",
+            Self::String => "a string",
+            Self::Number => "a number",
+            Self::Bool => "a boolean",
+            Self::Null => "null",
+        }
+    }
+}
+
+/// Where copied bytes go: a buffer, or nowhere when only validation is wanted.
+pub trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+    fn put_byte(&mut self, byte: u8);
+}
+
+impl Sink for Vec<u8> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+    #[inline]
+    fn put_byte(&mut self, byte: u8) {
+        self.push(byte);
+    }
+}
+
+/// Validates without copying.
+#[derive(Debug)]
+pub struct Discard;
+
+impl Sink for Discard {
+    #[inline]
+    fn put(&mut self, _: &[u8]) {}
+    #[inline]
+    fn put_byte(&mut self, _: u8) {}
+}
+
+/// The container limits checked inside property values, and the first one broken.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub max_depth: usize,
+    pub max_array_len: usize,
+    pub max_keys: usize,
+    /// The first limit broken, in document order, with the number that broke it.
+    pub violation: Option<(EventErrorKind, usize)>,
+}
+
+impl Shape {
+    pub fn new(max_depth: usize, max_array_len: usize, max_keys: usize) -> Self {
+        Self {
+            max_depth,
+            max_array_len,
+            max_keys,
+            violation: None,
+        }
+    }
+
+    #[inline]
+    fn note(&mut self, kind: EventErrorKind, value: usize) {
+        if self.violation.is_none() {
+            self.violation = Some((kind, value));
+        }
+    }
+}
+
+/// A string token as it stands in the input, quotes included.
+#[derive(Debug, Clone, Copy)]
+pub struct StrToken<'a> {
+    pub raw: &'a [u8],
+    pub escaped: bool,
+}
+
+impl<'a> StrToken<'a> {
+    /// The text between the quotes, unescaped. Borrowed unless the token had escapes.
+    pub fn text(&self) -> Cow<'a, str> {
+        let inner = &self.raw[1..self.raw.len() - 1];
+        if self.escaped {
+            Cow::Owned(unescape(inner))
+        } else {
+            // The whole payload was checked as UTF-8 and quotes/backslashes are ASCII, so this holds.
+            Cow::Borrowed(std::str::from_utf8(inner).expect("payload was validated as UTF-8"))
+        }
+    }
+}
+
+/// Byte classes for string scanning: 0 plain, 1 quote, 2 backslash, 3 control character.
+static STRING_CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        table[i] = 3;
+        i += 1;
+    }
+    table[b'"' as usize] = 1;
+    table[b'\\' as usize] = 2;
+    table
+};
+
+#[derive(Debug)]
+pub struct Scanner<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Scanner<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    #[inline]
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    #[inline]
+    pub fn skip_ws(&mut self) {
+        while let Some(&b) = self.buf.get(self.pos) {
+            if !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+                break;
+            }
+            self.pos += 1;
+        }
+    }
+
+    /// The next byte after white space, without consuming it.
+    #[inline]
+    pub fn peek(&mut self) -> Option<u8> {
+        self.skip_ws();
+        self.buf.get(self.pos).copied()
+    }
+
+    #[inline]
+    pub fn at_end(&mut self) -> bool {
+        self.peek().is_none()
+    }
+
+    #[cold]
+    pub fn error(&self, detail: &'static str) -> RequestError {
+        RequestError::invalid_json(self.pos, detail)
+    }
+
+    #[inline]
+    pub fn expect(&mut self, byte: u8, detail: &'static str) -> Result<(), RequestError> {
+        if self.peek() == Some(byte) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(self.error(detail))
+        }
+    }
+
+    /// After a member or element: true if another follows (a comma was eaten), false at `close`.
+    #[inline]
+    pub fn next_member(&mut self, close: u8) -> Result<bool, RequestError> {
+        match self.peek() {
+            Some(b',') => {
+                self.pos += 1;
+                Ok(true)
+            }
+            Some(b) if b == close => {
+                self.pos += 1;
+                Ok(false)
+            }
+            _ => Err(self.error(if close == b'}' {
+                "expected ',' or '}' after an object member"
+            } else {
+                "expected ',' or ']' after an array element"
+            })),
+        }
+    }
+
+    /// Consumes `open` and reports whether the container is empty (its `close` was consumed too).
+    #[inline]
+    pub fn open(&mut self, open: u8, close: u8) -> bool {
+        debug_assert_eq!(self.buf.get(self.pos), Some(&open));
+        self.pos += 1;
+        if self.peek() == Some(close) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// An object key and its colon.
+    #[inline]
+    pub fn key(&mut self) -> Result<StrToken<'a>, RequestError> {
+        if self.peek() != Some(b'"') {
+            return Err(self.error("expected a string key"));
+        }
+        let key = self.string()?;
+        self.expect(b':', "expected ':' after an object key")?;
+        Ok(key)
+    }
+
+    /// A string token, starting at its opening quote.
+    pub fn string(&mut self) -> Result<StrToken<'a>, RequestError> {
+        let start = self.pos;
+        debug_assert_eq!(self.buf.get(start), Some(&b'"'));
+        let mut i = start + 1;
+        let mut escaped = false;
+        loop {
+            let Some(&b) = self.buf.get(i) else {
+                self.pos = i;
+                return Err(self.error("unterminated string"));
+            };
+            match STRING_CLASS[b as usize] {
+                0 => i += 1,
+                1 => break,
+                2 => {
+                    escaped = true;
+                    i = self.escape(i)?;
+                }
+                _ => {
+                    self.pos = i;
+                    return Err(self.error("control character in a string"));
+                }
+            }
+        }
+        self.pos = i + 1;
+        Ok(StrToken {
+            raw: &self.buf[start..=i],
+            escaped,
+        })
+    }
+
+    /// Validates the escape at `i` (a backslash) and returns the index after it. A `\u` escape of a
+    /// surrogate must form a pair: a lone one has no UTF-8 form, so it could not be stored faithfully.
+    fn escape(&mut self, i: usize) -> Result<usize, RequestError> {
+        match self.buf.get(i + 1) {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(i + 2),
+            Some(b'u') => {
+                let unit = self.hex4(i + 2)?;
+                if (0xD800..0xDC00).contains(&unit) {
+                    if self.buf.get(i + 6) == Some(&b'\\') && self.buf.get(i + 7) == Some(&b'u') {
+                        let low = self.hex4(i + 8)?;
+                        if (0xDC00..0xE000).contains(&low) {
+                            return Ok(i + 12);
+                        }
+                    }
+                    self.pos = i;
+                    Err(self.error("unpaired surrogate in a \\u escape"))
+                } else if (0xDC00..0xE000).contains(&unit) {
+                    self.pos = i;
+                    Err(self.error("unpaired surrogate in a \\u escape"))
+                } else {
+                    Ok(i + 6)
+                }
+            }
+            _ => {
+                self.pos = i;
+                Err(self.error("invalid escape in a string"))
+            }
+        }
+    }
+
+    fn hex4(&mut self, at: usize) -> Result<u32, RequestError> {
+        let Some(digits) = self.buf.get(at..at + 4) else {
+            self.pos = at;
+            return Err(self.error("truncated \\u escape"));
+        };
+        let mut value = 0u32;
+        for &d in digits {
+            let nibble = match d {
+                b'0'..=b'9' => d - b'0',
+                b'a'..=b'f' => d - b'a' + 10,
+                b'A'..=b'F' => d - b'A' + 10,
+                _ => {
+                    self.pos = at;
+                    return Err(self.error("invalid \\u escape"));
+                }
+            };
+            value = value << 4 | u32::from(nibble);
+        }
+        Ok(value)
+    }
+
+    /// A number token, by the JSON grammar (so no NaN, Infinity, leading zeros or bare dots).
+    pub fn number(&mut self) -> Result<&'a [u8], RequestError> {
+        let start = self.pos;
+        let buf = self.buf;
+        let mut i = start;
+        if buf.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        match buf.get(i) {
+            Some(b'0') => i += 1,
+            Some(b'1'..=b'9') => {
+                while matches!(buf.get(i), Some(b'0'..=b'9')) {
+                    i += 1;
+                }
+            }
+            _ => {
+                self.pos = i;
+                return Err(self.error("invalid number"));
+            }
+        }
+        if buf.get(i) == Some(&b'.') {
+            i += 1;
+            if !matches!(buf.get(i), Some(b'0'..=b'9')) {
+                self.pos = i;
+                return Err(self.error("invalid number: no digit after the decimal point"));
+            }
+            while matches!(buf.get(i), Some(b'0'..=b'9')) {
+                i += 1;
+            }
+        }
+        if matches!(buf.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            if matches!(buf.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            if !matches!(buf.get(i), Some(b'0'..=b'9')) {
+                self.pos = i;
+                return Err(self.error("invalid number: no digit in the exponent"));
+            }
+            while matches!(buf.get(i), Some(b'0'..=b'9')) {
+                i += 1;
+            }
+        }
+        self.pos = i;
+        Ok(&buf[start..i])
+    }
+
+    fn literal(&mut self, word: &'static [u8]) -> Result<&'a [u8], RequestError> {
+        let start = self.pos;
+        if self.buf.get(start..start + word.len()) == Some(word) {
+            self.pos += word.len();
+            Ok(&self.buf[start..self.pos])
+        } else {
+            Err(self.error("invalid literal (NaN and Infinity are not JSON)"))
+        }
+    }
+
+    /// A scalar, or the type of a container that starts here (not consumed).
+    pub fn scalar(&mut self) -> Result<Scalar<'a>, RequestError> {
+        Ok(match self.peek() {
+            Some(b'"') => Scalar::String(self.string()?),
+            Some(b'-' | b'0'..=b'9') => Scalar::Number(self.number()?),
+            Some(b't') => Scalar::Other(self.literal(b"true")?, JsonType::Bool),
+            Some(b'f') => Scalar::Other(self.literal(b"false")?, JsonType::Bool),
+            Some(b'n') => Scalar::Other(self.literal(b"null")?, JsonType::Null),
+            Some(b'{') => Scalar::Container(JsonType::Object),
+            Some(b'[') => Scalar::Container(JsonType::Array),
+            Some(_) => return Err(self.error("expected a JSON value")),
+            None => return Err(self.error("unexpected end of data")),
+        })
+    }
+
+    /// Copies the value here to `out`, minified, checking `shape` limits. `depth` is the number of
+    /// containers around it inside the property (0 for a property's own value).
+    pub fn value<S: Sink>(
+        &mut self,
+        out: &mut S,
+        shape: &mut Shape,
+        depth: usize,
+    ) -> Result<JsonType, RequestError> {
+        match self.scalar()? {
+            Scalar::String(s) => {
+                out.put(s.raw);
+                Ok(JsonType::String)
+            }
+            Scalar::Number(n) => {
+                out.put(n);
+                Ok(JsonType::Number)
+            }
+            Scalar::Other(raw, ty) => {
+                out.put(raw);
+                Ok(ty)
+            }
+            Scalar::Container(ty) => {
+                let depth = depth + 1;
+                if depth > HARD_MAX_DEPTH {
+                    return Err(self.error("nesting deeper than 256 levels"));
+                }
+                if depth > shape.max_depth {
+                    shape.note(EventErrorKind::TooDeep, depth);
+                }
+                if ty == JsonType::Object {
+                    self.object_body(out, shape, depth)?;
+                } else {
+                    self.array_body(out, shape, depth)?;
+                }
+                Ok(ty)
+            }
+        }
+    }
+
+    fn object_body<S: Sink>(
+        &mut self,
+        out: &mut S,
+        shape: &mut Shape,
+        depth: usize,
+    ) -> Result<(), RequestError> {
+        out.put_byte(b'{');
+        if !self.open(b'{', b'}') {
+            let mut keys = 0usize;
+            loop {
+                let key = self.key()?;
+                keys += 1;
+                out.put(key.raw);
+                out.put_byte(b':');
+                self.value(out, shape, depth)?;
+                if !self.next_member(b'}')? {
+                    break;
+                }
+                out.put_byte(b',');
+            }
+            if keys > shape.max_keys {
+                shape.note(EventErrorKind::TooManyKeys, keys);
+            }
+        }
+        out.put_byte(b'}');
+        Ok(())
+    }
+
+    fn array_body<S: Sink>(
+        &mut self,
+        out: &mut S,
+        shape: &mut Shape,
+        depth: usize,
+    ) -> Result<(), RequestError> {
+        out.put_byte(b'[');
+        if !self.open(b'[', b']') {
+            let mut len = 0usize;
+            loop {
+                self.value(out, shape, depth)?;
+                len += 1;
+                if !self.next_member(b']')? {
+                    break;
+                }
+                out.put_byte(b',');
+            }
+            if len > shape.max_array_len {
+                shape.note(EventErrorKind::ArrayTooLong, len);
+            }
+        }
+        out.put_byte(b']');
+        Ok(())
+    }
+
+    /// Validates and skips the value here.
+    pub fn skip(&mut self) -> Result<JsonType, RequestError> {
+        let mut shape = Shape::new(usize::MAX, usize::MAX, usize::MAX);
+        self.value(&mut Discard, &mut shape, 0)
+    }
+}
+
+/// A value that is not a container, or the type of the container that starts at the cursor.
+#[derive(Debug, Clone, Copy)]
+pub enum Scalar<'a> {
+    String(StrToken<'a>),
+    Number(&'a [u8]),
+    Other(&'a [u8], JsonType),
+    Container(JsonType),
+}
+
+impl Scalar<'_> {
+    pub fn json_type(&self) -> JsonType {
+        match self {
+            Self::String(_) => JsonType::String,
+            Self::Number(_) => JsonType::Number,
+            Self::Other(_, ty) | Self::Container(ty) => *ty,
+        }
+    }
+}
+
+/// Unescapes the inside of a validated string token.
+fn unescape(inner: &[u8]) -> String {
+    let mut out = Vec::with_capacity(inner.len());
+    let mut i = 0;
+    while i < inner.len() {
+        let b = inner[i];
+        if b != b'\\' {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let simple = match inner[i + 1] {
+            b'"' => Some(b'"'),
+            b'\\' => Some(b'\\'),
+            b'/' => Some(b'/'),
+            b'b' => Some(0x08),
+            b'f' => Some(0x0C),
+            b'n' => Some(b'\n'),
+            b'r' => Some(b'\r'),
+            b't' => Some(b'\t'),
+            _ => None,
+        };
+        if let Some(byte) = simple {
+            out.push(byte);
+            i += 2;
+            continue;
+        }
+        let unit = hex_value(&inner[i + 2..i + 6]);
+        i += 6;
+        let code = if (0xD800..0xDC00).contains(&unit) {
+            let low = hex_value(&inner[i + 2..i + 6]);
+            i += 6;
+            0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00)
+        } else {
+            unit
+        };
+        let ch = char::from_u32(code).expect("escapes were validated");
+        let mut tmp = [0u8; 4];
+        out.extend_from_slice(ch.encode_utf8(&mut tmp).as_bytes());
+    }
+    String::from_utf8(out).expect("unescaping validated UTF-8 gives UTF-8")
+}
+
+fn hex_value(digits: &[u8]) -> u32 {
+    digits.iter().fold(0, |acc, &d| {
+        let nibble = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            _ => d - b'A' + 10,
+        };
+        acc << 4 | u32::from(nibble)
+    })
+}
+
+/// Writes `text` as a JSON string token.
+pub fn write_str(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: Option<&[u8]> = match b {
+            b'"' => Some(b"\\\""),
+            b'\\' => Some(b"\\\\"),
+            b'\n' => Some(b"\\n"),
+            b'\r' => Some(b"\\r"),
+            b'\t' => Some(b"\\t"),
+            0..=0x1F => None,
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if let Some(e) = escape {
+            out.extend_from_slice(e);
+        } else {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[(b >> 4) as usize]);
+            out.push(HEX[(b & 0xF) as usize]);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minify(input: &str) -> Result<String, RequestError> {
+        let mut scanner = Scanner::new(input.as_bytes());
+        let mut out = Vec::new();
+        let mut shape = Shape::new(3, 255, 255);
+        scanner.value(&mut out, &mut shape, 0)?;
+        if !scanner.at_end() {
+            return Err(scanner.error("trailing data"));
+        }
+        Ok(String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn minifies_and_keeps_number_text() {
+        assert_eq!(
+            minify(
+                " { \"a\" : [ 1 , 2.50 , 1e400 , 123456789012345678901234567890 ] , \"b\":null } "
+            )
+            .unwrap(),
+            r#"{"a":[1,2.50,1e400,123456789012345678901234567890],"b":null}"#
+        );
+    }
+
+    #[test]
+    fn keeps_escapes_as_sent() {
+        assert_eq!(
+            minify(r#""h\u00e9 \"x\" \ud83d\ude00""#).unwrap(),
+            r#""h\u00e9 \"x\" \ud83d\ude00""#
+        );
+    }
+
+    #[test]
+    fn rejects_what_json_does_not_allow() {
+        for bad in [
+            "NaN",
+            "Infinity",
+            "-Infinity",
+            "01",
+            "1.",
+            ".5",
+            "1e",
+            "+1",
+            "[1,]",
+            "{\"a\":1,}",
+            "{a:1}",
+            "'a'",
+            "\"a\u{1}\"",
+            "\"\\x\"",
+            "\"\\ud800\"",
+            "\"\\udc00\"",
+            "\"\\ud800\\u0041\"",
+            "[1 2]",
+            "tru",
+            "\"abc",
+        ] {
+            assert!(minify(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn unescapes_text() {
+        let mut scanner = Scanner::new(br#""a\"b\\c\/d\n\u00e9\ud83d\ude00""#);
+        let token = scanner.string().unwrap();
+        assert_eq!(token.text(), "a\"b\\c/d\n\u{e9}\u{1F600}");
+    }
+
+    #[test]
+    fn shape_limits_at_and_over() {
+        let check = |input: &str| {
+            let mut scanner = Scanner::new(input.as_bytes());
+            let mut shape = Shape::new(3, 2, 2);
+            scanner.value(&mut Discard, &mut shape, 0).unwrap();
+            shape.violation
+        };
+        assert_eq!(check("[[[1]]]"), None);
+        assert_eq!(check("[[[[1]]]]"), Some((EventErrorKind::TooDeep, 4)));
+        assert_eq!(check("[1,2]"), None);
+        assert_eq!(check("[1,2,3]"), Some((EventErrorKind::ArrayTooLong, 3)));
+        assert_eq!(check(r#"{"a":1,"b":2}"#), None);
+        assert_eq!(
+            check(r#"{"a":1,"b":2,"c":3}"#),
+            Some((EventErrorKind::TooManyKeys, 3))
+        );
+    }
+
+    #[test]
+    fn hard_depth_cap_is_a_request_error() {
+        let deep = "[".repeat(HARD_MAX_DEPTH + 1) + &"]".repeat(HARD_MAX_DEPTH + 1);
+        assert!(minify(&deep).is_err());
+        let ok = "[".repeat(HARD_MAX_DEPTH) + &"]".repeat(HARD_MAX_DEPTH);
+        assert!(Scanner::new(ok.as_bytes()).skip().is_ok());
+    }
+
+    #[test]
+    fn write_str_escapes() {
+        let mut out = Vec::new();
+        write_str(&mut out, "a\"b\\\n\u{1}é");
+        assert_eq!(String::from_utf8(out).unwrap(), "\"a\\\"b\\\\\\n\\u0001é\"");
+    }
+}

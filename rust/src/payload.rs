@@ -1,0 +1,189 @@
+//! From the bytes of a `data` value or a body to events: gzip (capped while inflating), base64 in its
+//! variants, and JSON holding one event or an array of them.
+
+use std::borrow::Cow;
+use std::io::Read;
+
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
+use flate2::read::MultiGzDecoder;
+
+use crate::errors::{EventError, EventErrorKind, RequestError};
+use crate::event::{decode_event, Scratch};
+use crate::json::Scanner;
+use crate::resp::Batches;
+use crate::Context;
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Old clients send base64 without padding and with whatever trailing bits their encoder left.
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+
+pub fn is_gzip(bytes: &[u8]) -> bool {
+    bytes.starts_with(&GZIP_MAGIC)
+}
+
+fn first_non_space(bytes: &[u8]) -> Option<u8> {
+    bytes
+        .iter()
+        .copied()
+        .find(|b| !matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
+}
+
+/// True when the payload is JSON text (an object or an array) rather than base64.
+pub fn looks_like_json(bytes: &[u8]) -> bool {
+    matches!(first_non_space(bytes), Some(b'{' | b'['))
+}
+
+/// Inflates gzip data, failing as soon as the output passes `max` bytes: a gzip bomb costs at most
+/// `max` bytes of memory.
+pub fn gunzip(data: &[u8], max: usize) -> Result<Vec<u8>, RequestError> {
+    let mut out = Vec::with_capacity((data.len() * 4).min(max));
+    MultiGzDecoder::new(data)
+        .take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| RequestError::invalid_gzip(&e))?;
+    if out.len() > max {
+        return Err(RequestError::DecompressedTooLarge { max });
+    }
+    Ok(out)
+}
+
+/// The JSON text a `data` value holds: itself when it is JSON, else its base64 decoding; gzip bytes
+/// (raw or inside the base64) are inflated.
+pub fn data_to_json(data: &[u8], max: usize) -> Result<Cow<'_, [u8]>, RequestError> {
+    if first_non_space(data).is_none() {
+        return Err(RequestError::Empty);
+    }
+    if is_gzip(data) {
+        let inflated = gunzip(data, max)?;
+        return match data_to_json(&inflated, max)? {
+            Cow::Borrowed(_) => Ok(Cow::Owned(inflated)),
+            Cow::Owned(json) => Ok(Cow::Owned(json)),
+        };
+    }
+    if looks_like_json(data) {
+        return Ok(Cow::Borrowed(data));
+    }
+    let decoded = decode_base64(data)?;
+    if is_gzip(&decoded) {
+        return Ok(Cow::Owned(gunzip(&decoded, max)?));
+    }
+    Ok(Cow::Owned(decoded))
+}
+
+/// Standard or URL-safe alphabet, padded or not, with line breaks anywhere, and with spaces where a
+/// query string built without percent-encoding had a `+` (form decoding turned it into a space).
+pub fn decode_base64(data: &[u8]) -> Result<Vec<u8>, RequestError> {
+    let needs_repair = data
+        .iter()
+        .any(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t' | b'-' | b'_'));
+    let repaired: Cow<'_, [u8]> = if needs_repair {
+        Cow::Owned(
+            data.iter()
+                .filter(|b| !matches!(b, b'\n' | b'\r' | b'\t'))
+                .map(|&b| match b {
+                    b' ' | b'-' => b'+',
+                    b'_' => b'/',
+                    other => other,
+                })
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(data)
+    };
+    BASE64.decode(&*repaired).map_err(|e| {
+        RequestError::invalid_base64(match e {
+            base64::DecodeError::InvalidByte(offset, byte) => {
+                format!(
+                    "unexpected character {:?} at offset {offset}",
+                    char::from(byte)
+                )
+            }
+            base64::DecodeError::InvalidLength(_) => "its length is not possible for base64".into(),
+            base64::DecodeError::InvalidLastSymbol { offset, .. } => {
+                format!("invalid last character at offset {offset}")
+            }
+            base64::DecodeError::InvalidPadding => "invalid padding".into(),
+        })
+    })
+}
+
+/// The events of a JSON payload: one object, or an array of them.
+#[derive(Debug, Default)]
+pub struct Events {
+    pub total: usize,
+    pub errors: Vec<EventError>,
+    pub batches: Batches,
+}
+
+pub fn decode_events(json: &[u8], ctx: &Context<'_>, use_ip: bool) -> Result<Events, RequestError> {
+    if let Err(e) = std::str::from_utf8(json) {
+        return Err(RequestError::InvalidUtf8 {
+            offset: e.valid_up_to(),
+        });
+    }
+    let mut scanner = Scanner::new(json);
+    let mut events = Events::default();
+    let mut scratch = Scratch::default();
+    let mut one = |scanner: &mut Scanner<'_>, events: &mut Events| -> Result<(), RequestError> {
+        let index = events.total;
+        events.total += 1;
+        let outcome = if scanner.peek() == Some(b'{') {
+            decode_event(scanner, index, ctx, use_ip, &mut scratch)?
+        } else {
+            let ty = scanner.skip()?;
+            Err(EventError::new(
+                index,
+                EventErrorKind::NotAnObject,
+                "",
+                format!("event {index} must be an object, got {}", ty.name()),
+            ))
+        };
+        match outcome {
+            Ok(valid) => events
+                .batches
+                .push(&valid, &scratch.json, ctx.options.partitions),
+            Err(error) => events.errors.push(error),
+        }
+        Ok(())
+    };
+    match scanner.peek() {
+        Some(b'{') => one(&mut scanner, &mut events)?,
+        Some(b'[') => {
+            if scanner.open(b'[', b']') {
+                return Err(RequestError::EmptyBatch);
+            }
+            loop {
+                if events.total == ctx.options.max_events {
+                    return Err(RequestError::TooManyEvents {
+                        max: ctx.options.max_events,
+                    });
+                }
+                one(&mut scanner, &mut events)?;
+                if !scanner.next_member(b']')? {
+                    break;
+                }
+            }
+        }
+        None => return Err(RequestError::Empty),
+        Some(_) => {
+            let found = scanner.skip()?.name();
+            if !scanner.at_end() {
+                return Err(scanner.error("unexpected data after the JSON value"));
+            }
+            return Err(RequestError::NotEvents { found });
+        }
+    }
+    if !scanner.at_end() {
+        return Err(scanner.error("unexpected data after the events"));
+    }
+    Ok(events)
+}

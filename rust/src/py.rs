@@ -1,0 +1,418 @@
+//! The Python binding, `trackgate._native`: the only file that knows about Python. Results stay in Rust
+//! until asked for; no Python object is made per property, and none per event on the gateway's path.
+
+use std::collections::HashSet;
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+use crate::{Context, Decoded, EventError, RequestError};
+
+/// Requests larger than this are decoded with the GIL released, so other threads run meanwhile.
+const DETACH_FROM_BYTES: usize = 64 * 1024;
+
+#[pyclass(module = "trackgate._native", name = "Options", frozen, get_all)]
+#[derive(Debug, Clone)]
+struct PyOptions {
+    max_age: f64,
+    max_future_skew: f64,
+    max_event_name_chars: usize,
+    max_distinct_id_chars: usize,
+    max_properties: usize,
+    max_depth: usize,
+    max_array_len: usize,
+    max_event_bytes: usize,
+    max_request_bytes: usize,
+    max_events: usize,
+    partitions: u32,
+}
+
+impl PyOptions {
+    fn rules(&self) -> crate::Options {
+        crate::Options {
+            max_age: self.max_age,
+            max_future_skew: self.max_future_skew,
+            max_event_name_chars: self.max_event_name_chars,
+            max_distinct_id_chars: self.max_distinct_id_chars,
+            max_properties: self.max_properties,
+            max_depth: self.max_depth,
+            max_array_len: self.max_array_len,
+            max_event_bytes: self.max_event_bytes,
+            max_request_bytes: self.max_request_bytes,
+            max_events: self.max_events,
+            partitions: self.partitions,
+        }
+    }
+}
+
+#[pymethods]
+impl PyOptions {
+    #[new]
+    #[pyo3(signature = (
+        *,
+        max_age = 10800.0,
+        max_future_skew = 300.0,
+        max_event_name_chars = 255,
+        max_distinct_id_chars = 200,
+        max_properties = 255,
+        max_depth = 3,
+        max_array_len = 255,
+        max_event_bytes = 1_000_000,
+        max_request_bytes = 10_000_000,
+        max_events = 2000,
+        partitions = 16,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        max_age: f64,
+        max_future_skew: f64,
+        max_event_name_chars: usize,
+        max_distinct_id_chars: usize,
+        max_properties: usize,
+        max_depth: usize,
+        max_array_len: usize,
+        max_event_bytes: usize,
+        max_request_bytes: usize,
+        max_events: usize,
+        partitions: u32,
+    ) -> PyResult<Self> {
+        for (name, value) in [("max_age", max_age), ("max_future_skew", max_future_skew)] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(PyValueError::new_err(format!(
+                    "{name} must be a finite number >= 0, got {value}"
+                )));
+            }
+        }
+        for (name, value) in [
+            ("max_events", max_events),
+            ("max_request_bytes", max_request_bytes),
+        ] {
+            if value == 0 {
+                return Err(PyValueError::new_err(format!("{name} must be at least 1")));
+            }
+        }
+        if !(1..=65536).contains(&partitions) {
+            return Err(PyValueError::new_err(format!(
+                "partitions must be from 1 to 65536, got {partitions}"
+            )));
+        }
+        Ok(Self {
+            max_age,
+            max_future_skew,
+            max_event_name_chars,
+            max_distinct_id_chars,
+            max_properties,
+            max_depth,
+            max_array_len,
+            max_event_bytes,
+            max_request_bytes,
+            max_events,
+            partitions,
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        format!("{:?}", self.rules())
+            .replacen("Options {", "Options(", 1)
+            .replace(" }", ")")
+    }
+}
+
+#[pyclass(module = "trackgate._native", name = "TokenSet", frozen)]
+#[derive(Debug)]
+struct PyTokenSet(HashSet<String>);
+
+#[pymethods]
+impl PyTokenSet {
+    #[new]
+    fn new(tokens: Vec<String>) -> Self {
+        Self(tokens.into_iter().collect())
+    }
+
+    fn __contains__(&self, token: &str) -> bool {
+        self.0.contains(token)
+    }
+
+    fn __len__(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// A decoded request. Everything is converted on access, and only what the caller asks for.
+#[pyclass(module = "trackgate._native", name = "Request", frozen)]
+#[derive(Debug)]
+struct PyRequest(Decoded);
+
+#[pymethods]
+impl PyRequest {
+    #[getter]
+    fn verbose(&self) -> bool {
+        self.0.params.verbose
+    }
+    #[getter]
+    fn img(&self) -> bool {
+        self.0.params.img
+    }
+    #[getter]
+    fn test(&self) -> bool {
+        self.0.params.test
+    }
+    #[getter]
+    fn use_ip(&self) -> bool {
+        self.0.params.use_ip
+    }
+    #[getter]
+    fn callback(&self) -> Option<&str> {
+        self.0.params.callback.as_deref()
+    }
+    #[getter]
+    fn redirect(&self) -> Option<&str> {
+        self.0.params.redirect.as_deref()
+    }
+    #[getter]
+    fn total(&self) -> usize {
+        self.0.total
+    }
+    #[getter]
+    fn accepted(&self) -> usize {
+        self.0.accepted()
+    }
+
+    #[getter]
+    fn errors<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        error_tuples(py, &self.0.errors)
+    }
+
+    #[getter]
+    fn batches<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for batch in &self.0.batches.batches {
+            let item = (
+                PyString::new(py, &batch.token),
+                batch.partition,
+                batch.count,
+                PyBytes::new(py, &batch.packed),
+            );
+            list.append(item)?;
+        }
+        Ok(list)
+    }
+
+    fn events<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        PyList::new(py, self.0.events().map(|json| PyBytes::new(py, json)))
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Request(total={}, accepted={}, errors={}, batches={})",
+            self.0.total,
+            self.0.accepted(),
+            self.0.errors.len(),
+            self.0.batches.batches.len()
+        )
+    }
+}
+
+fn error_tuples<'py>(py: Python<'py>, errors: &[EventError]) -> PyResult<Bound<'py, PyList>> {
+    PyList::new(
+        py,
+        errors.iter().map(|e| {
+            (
+                e.index,
+                e.field.as_str(),
+                e.kind.as_str(),
+                e.message.as_str(),
+            )
+        }),
+    )
+}
+
+/// The payload could not be used: the whole request, or (from `trackgate.decode`) some of its events.
+/// `kind` is a stable snake_case name, `status` the HTTP status a gateway answers with.
+#[pyclass(module = "trackgate", name = "DecodeError", extends = PyValueError, frozen)]
+#[derive(Debug)]
+struct PyDecodeError {
+    #[pyo3(get)]
+    kind: String,
+    #[pyo3(get)]
+    status: u16,
+    #[pyo3(get)]
+    message: String,
+    error_list: Vec<(usize, String, String, String)>,
+    #[pyo3(get)]
+    events: Py<PyList>,
+}
+
+#[pymethods]
+impl PyDecodeError {
+    #[new]
+    #[pyo3(signature = (kind, message, status = 400, errors = None, events = None))]
+    fn new(
+        py: Python<'_>,
+        kind: String,
+        message: String,
+        status: u16,
+        errors: Option<Vec<(usize, String, String, String)>>,
+        events: Option<Vec<Py<PyAny>>>,
+    ) -> PyResult<Self> {
+        Ok(Self {
+            kind,
+            status,
+            message,
+            error_list: errors.unwrap_or_default(),
+            events: PyList::new(py, events.unwrap_or_default())?.unbind(),
+        })
+    }
+
+    /// One dict per invalid event: `index`, `loc` (index then the field's path), `field`, `kind`, `msg`.
+    fn errors<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for (index, field, kind, message) in &self.error_list {
+            let dict = PyDict::new(py);
+            dict.set_item("index", index)?;
+            let mut loc: Vec<Bound<'py, PyAny>> = vec![index.into_pyobject(py)?.into_any()];
+            if !field.is_empty() {
+                let (head, rest) = field.split_once('.').unwrap_or((field, ""));
+                loc.push(PyString::new(py, head).into_any());
+                if !rest.is_empty() {
+                    loc.push(PyString::new(py, rest).into_any());
+                }
+            }
+            dict.set_item("loc", PyTuple::new(py, loc)?)?;
+            dict.set_item("field", field)?;
+            dict.set_item("kind", kind)?;
+            dict.set_item("msg", message)?;
+            list.append(dict)?;
+        }
+        Ok(list)
+    }
+
+    fn __str__(&self) -> String {
+        self.message.clone()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "DecodeError(kind={:?}, status={}, message={:?})",
+            self.kind, self.status, self.message
+        )
+    }
+}
+
+#[cold]
+fn request_error(py: Python<'_>, error: &RequestError) -> PyErr {
+    let value = PyDecodeError {
+        kind: error.kind().to_owned(),
+        status: error.status(),
+        message: error.to_string(),
+        error_list: Vec::new(),
+        events: PyList::empty(py).unbind(),
+    };
+    match Bound::new(py, value) {
+        Ok(instance) => PyErr::from_value(instance.into_any()),
+        Err(err) => err,
+    }
+}
+
+/// `str` or `bytes`, as the caller has it.
+#[derive(FromPyObject)]
+enum Text<'py> {
+    Bytes(Bound<'py, PyBytes>),
+    Str(Bound<'py, PyString>),
+}
+
+fn with_bytes<R>(text: Text<'_>, f: impl FnOnce(&[u8]) -> PyResult<R>) -> PyResult<R> {
+    match text {
+        Text::Bytes(bytes) => f(bytes.as_bytes()),
+        Text::Str(s) => f(s.to_str()?.as_bytes()),
+    }
+}
+
+fn run(
+    py: Python<'_>,
+    size: usize,
+    decode: impl FnOnce() -> Result<Decoded, RequestError> + Send,
+) -> PyResult<PyRequest> {
+    let result = if size >= DETACH_FROM_BYTES {
+        py.detach(decode)
+    } else {
+        decode()
+    };
+    result.map(PyRequest).map_err(|e| request_error(py, &e))
+}
+
+/// Decodes one /track request: the raw query string and body, and the two headers that shape them.
+#[pyfunction]
+#[pyo3(signature = (query, body, content_type = None, content_encoding = None, *, now, options, peer_ip = None, tokens = None))]
+#[allow(clippy::too_many_arguments)]
+fn decode_request(
+    py: Python<'_>,
+    query: Text<'_>,
+    body: &[u8],
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+    now: f64,
+    options: &PyOptions,
+    peer_ip: Option<&str>,
+    tokens: Option<&PyTokenSet>,
+) -> PyResult<PyRequest> {
+    check_now(now)?;
+    let rules = options.rules();
+    let ctx = Context {
+        options: &rules,
+        now,
+        peer_ip,
+        tokens: tokens.map(|t| &t.0),
+    };
+    with_bytes(query, |query| {
+        run(py, query.len() + body.len(), || {
+            crate::decode_request(query, body, content_type, content_encoding, &ctx)
+        })
+    })
+}
+
+/// Decodes the value of one `data` parameter: base64 in any variant, raw JSON, or gzip bytes.
+#[pyfunction]
+#[pyo3(signature = (data, *, now, options))]
+fn decode_data(
+    py: Python<'_>,
+    data: Text<'_>,
+    now: f64,
+    options: &PyOptions,
+) -> PyResult<PyRequest> {
+    check_now(now)?;
+    let rules = options.rules();
+    let ctx = Context {
+        options: &rules,
+        now,
+        peer_ip: None,
+        tokens: None,
+    };
+    with_bytes(data, |data| {
+        run(py, data.len(), || crate::decode_data(data, &ctx))
+    })
+}
+
+fn check_now(now: f64) -> PyResult<()> {
+    if now.is_finite() && now >= 0.0 {
+        Ok(())
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "now must be a finite number of seconds since 1970, got {now}"
+        )))
+    }
+}
+
+#[pymodule(name = "_native")]
+fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("FIELDS_PER_EVENT", crate::FIELDS_PER_EVENT)?;
+    m.add_class::<PyOptions>()?;
+    m.add_class::<PyTokenSet>()?;
+    m.add_class::<PyRequest>()?;
+    m.add_class::<PyDecodeError>()?;
+    m.add_function(wrap_pyfunction!(decode_request, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_data, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! An HTTP request's query string and body: which parameters arrived, and from where.
+
+use std::borrow::Cow;
+
+use crate::errors::RequestError;
+use crate::payload::{gunzip, is_gzip, looks_like_json};
+
+/// The parameters of the original API, as the gateway acts on them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[allow(clippy::struct_excessive_bools)] // the API's own flags, each independent of the others
+pub struct Params {
+    pub verbose: bool,
+    pub img: bool,
+    pub test: bool,
+    pub use_ip: bool,
+    pub callback: Option<String>,
+    pub redirect: Option<String>,
+}
+
+/// Raw (percent-decoded) parameter values; a later source overrides an earlier one.
+#[derive(Debug, Default)]
+struct RawParams<'a> {
+    data: Option<Cow<'a, [u8]>>,
+    ip: Option<Cow<'a, [u8]>>,
+    verbose: Option<Cow<'a, [u8]>>,
+    img: Option<Cow<'a, [u8]>>,
+    callback: Option<Cow<'a, [u8]>>,
+    redirect: Option<Cow<'a, [u8]>>,
+    test: Option<Cow<'a, [u8]>>,
+}
+
+impl<'a> RawParams<'a> {
+    /// Reads `application/x-www-form-urlencoded` text (a query string has the same form).
+    fn read_form(&mut self, form: &'a [u8]) {
+        for pair in form.split(|&b| b == b'&') {
+            let (key, value) = match memchr::memchr(b'=', pair) {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
+                None => (pair, &b""[..]),
+            };
+            let key = form_decode(key);
+            let slot = match &*key {
+                b"data" => &mut self.data,
+                b"ip" => &mut self.ip,
+                b"verbose" => &mut self.verbose,
+                b"img" => &mut self.img,
+                b"callback" => &mut self.callback,
+                b"redirect" => &mut self.redirect,
+                b"test" => &mut self.test,
+                _ => continue,
+            };
+            *slot = Some(form_decode(value));
+        }
+    }
+}
+
+/// Form decoding: `+` is a space, `%XX` a byte. A `%` not followed by two hex digits stays as it is,
+/// as browsers do.
+pub fn form_decode(raw: &[u8]) -> Cow<'_, [u8]> {
+    if !raw.iter().any(|&b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(raw);
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                if let (Some(hi), Some(lo)) = (
+                    raw.get(i + 1).copied().and_then(hex),
+                    raw.get(i + 2).copied().and_then(hex),
+                ) {
+                    out.push(hi << 4 | lo);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Cow::Owned(out)
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn flag(value: Option<&Cow<'_, [u8]>>) -> bool {
+    matches!(value.map(|v| v.trim_ascii()), Some(b"1" | b"true"))
+}
+
+fn text(value: Option<Cow<'_, [u8]>>, name: &'static str) -> Result<Option<String>, RequestError> {
+    value
+        .map(|v| {
+            String::from_utf8(v.into_owned()).map_err(|_| RequestError::InvalidParameter {
+                name,
+                detail: "is not valid UTF-8",
+            })
+        })
+        .transpose()
+}
+
+/// The parameters of a request, and its events' bytes: the body itself when it is JSON, else `data`.
+type Split<'a> = (Params, Option<Cow<'a, [u8]>>);
+
+/// Splits a request into its parameters and its `data`. The body's parameters win over the query's.
+pub fn split<'a>(
+    query: &'a [u8],
+    body: &'a [u8],
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+    max_request_bytes: usize,
+) -> Result<Split<'a>, RequestError> {
+    let size = query.len() + body.len();
+    if size > max_request_bytes {
+        return Err(RequestError::BodyTooLarge {
+            size,
+            max: max_request_bytes,
+        });
+    }
+    let body: Cow<'a, [u8]> = match content_encoding.map(str::trim) {
+        None | Some("" | "identity") if !is_gzip(body) => Cow::Borrowed(body),
+        None | Some("" | "identity") => Cow::Owned(gunzip(body, max_request_bytes)?),
+        Some(enc) if enc.eq_ignore_ascii_case("gzip") || enc.eq_ignore_ascii_case("x-gzip") => {
+            Cow::Owned(gunzip(body, max_request_bytes)?)
+        }
+        Some(enc) => {
+            return Err(RequestError::UnsupportedEncoding {
+                encoding: enc.to_owned(),
+            })
+        }
+    };
+    // A body declared as JSON is read as JSON even when it is not, so the error says what is wrong with it.
+    let declared_json = content_type.is_some_and(|t| {
+        let media = t.split(';').next().unwrap_or("").trim();
+        media.eq_ignore_ascii_case("application/json")
+    });
+    let is_json =
+        |body: &[u8]| declared_json && !body.trim_ascii().is_empty() || looks_like_json(body);
+    let mut raw = RawParams::default();
+    raw.read_form(query);
+    let data = match body {
+        Cow::Borrowed(body) => {
+            if is_json(body) {
+                Some(Cow::Borrowed(body))
+            } else {
+                raw.read_form(body);
+                raw.data.take()
+            }
+        }
+        // The inflated body is owned here, so the parameters read from it must be owned too.
+        Cow::Owned(body) => {
+            if is_json(&body) {
+                Some(Cow::Owned(body))
+            } else {
+                let mut from_body = RawParams::default();
+                from_body.read_form(&body);
+                let own = |v: Option<Cow<'_, [u8]>>| v.map(|v| Cow::Owned(v.into_owned()));
+                let data = own(from_body.data).or(raw.data.take());
+                raw.ip = own(from_body.ip).or(raw.ip);
+                raw.verbose = own(from_body.verbose).or(raw.verbose);
+                raw.img = own(from_body.img).or(raw.img);
+                raw.callback = own(from_body.callback).or(raw.callback);
+                raw.redirect = own(from_body.redirect).or(raw.redirect);
+                raw.test = own(from_body.test).or(raw.test);
+                data
+            }
+        }
+    };
+    let params = Params {
+        verbose: flag(raw.verbose.as_ref()),
+        img: flag(raw.img.as_ref()),
+        test: flag(raw.test.as_ref()),
+        use_ip: flag(raw.ip.as_ref()),
+        callback: text(raw.callback, "callback")?,
+        redirect: text(raw.redirect, "redirect")?,
+    };
+    Ok((params, data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_decoding() {
+        assert_eq!(&*form_decode(b"a+b%20c%2Bd%zz%4"), b"a b c+d%zz%4");
+        assert!(matches!(form_decode(b"plain"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn body_parameters_win() {
+        let (params, data) = split(
+            b"data=Q&verbose=0&ip=1",
+            b"data=B&verbose=1",
+            None,
+            None,
+            1000,
+        )
+        .unwrap();
+        assert_eq!(&*data.unwrap(), b"B");
+        assert!(params.verbose);
+        assert!(params.use_ip);
+    }
+
+    #[test]
+    fn query_data_when_body_has_none() {
+        let (params, data) =
+            split(b"data=Q&img=1&callback=cb", b"verbose=1", None, None, 1000).unwrap();
+        assert_eq!(&*data.unwrap(), b"Q");
+        assert!(params.img && params.verbose);
+        assert_eq!(params.callback.as_deref(), Some("cb"));
+    }
+
+    #[test]
+    fn json_body_is_the_data() {
+        let (_, data) = split(b"verbose=1", b" [{\"event\":\"x\"}]", None, None, 1000).unwrap();
+        assert_eq!(&*data.unwrap(), b" [{\"event\":\"x\"}]");
+    }
+
+    #[test]
+    fn size_and_encoding_errors() {
+        assert_eq!(
+            split(b"", &[b'a'; 11], None, None, 10)
+                .unwrap_err()
+                .status(),
+            413
+        );
+        assert_eq!(
+            split(b"", b"x", None, Some("br"), 10).unwrap_err().status(),
+            415
+        );
+        assert_eq!(
+            split(b"callback=%ff", b"", None, None, 100)
+                .unwrap_err()
+                .kind(),
+            "invalid_parameter"
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! Valid events grouped by (token, partition) and packed as RESP bulk strings, so the Python side hands
+//! a partition's batch to Redis without touching its events.
+
+use crate::event::Valid;
+
+/// Arguments per event: normalised JSON, event name, distinct_id, whole seconds, funnel, step, goal.
+pub const FIELDS_PER_EVENT: usize = 7;
+
+#[derive(Debug)]
+pub struct Batch {
+    pub token: String,
+    pub partition: u32,
+    pub count: usize,
+    /// `count * FIELDS_PER_EVENT` RESP bulk strings.
+    pub packed: Vec<u8>,
+}
+
+/// Where one valid event's JSON sits inside its batch's packed bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRef {
+    pub batch: usize,
+    pub start: usize,
+    pub len: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Batches {
+    pub batches: Vec<Batch>,
+    /// The valid events in request order.
+    pub events: Vec<EventRef>,
+}
+
+/// The partition of a user: a stable hash (CRC-32, IEEE) of the key, so one user's events share a
+/// stream and keep their order. Events without distinct_id fall back to `$insert_id`, then to their JSON.
+pub fn partition_of(key: &[u8], partitions: u32) -> u32 {
+    crc32fast::hash(key) % partitions.max(1)
+}
+
+impl Batches {
+    pub fn push(&mut self, event: &Valid<'_>, json: &[u8], partitions: u32) {
+        let key: &[u8] = match (&event.distinct_id, &event.insert_id) {
+            (Some(id), _) if !id.is_empty() => id.as_bytes(),
+            (_, Some(id)) => id.as_bytes(),
+            _ => json,
+        };
+        let partition = partition_of(key, partitions);
+        let found = self
+            .batches
+            .iter()
+            .position(|b| b.partition == partition && b.token == event.token);
+        let index = found.unwrap_or_else(|| {
+            self.batches.push(Batch {
+                token: event.token.clone().into_owned(),
+                partition,
+                count: 0,
+                packed: Vec::with_capacity(1024),
+            });
+            self.batches.len() - 1
+        });
+        let batch = &mut self.batches[index];
+        batch.count += 1;
+        let out = &mut batch.packed;
+        let start = out.len() + bulk_header_len(json.len());
+        bulk(out, json);
+        self.events.push(EventRef {
+            batch: index,
+            start,
+            len: json.len(),
+        });
+        bulk(out, event.name.as_bytes());
+        bulk(out, event.distinct_id.as_deref().unwrap_or("").as_bytes());
+        bulk(
+            out,
+            itoa::Buffer::new()
+                .format(event.time.floor() as i64)
+                .as_bytes(),
+        );
+        match &event.funnel {
+            Some((name, step, goal)) => {
+                bulk(out, name.as_bytes());
+                bulk(out, itoa::Buffer::new().format(*step).as_bytes());
+                bulk(out, goal.as_bytes());
+            }
+            None => {
+                for _ in 0..3 {
+                    out.extend_from_slice(b"$0\r\n\r\n");
+                }
+            }
+        }
+    }
+
+    pub fn event_json(&self, event: EventRef) -> &[u8] {
+        &self.batches[event.batch].packed[event.start..event.start + event.len]
+    }
+}
+
+fn bulk_header_len(len: usize) -> usize {
+    itoa::Buffer::new().format(len).len() + 3
+}
+
+/// One RESP bulk string: `$<len>\r\n<bytes>\r\n`.
+pub fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.push(b'$');
+    out.extend_from_slice(itoa::Buffer::new().format(bytes.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bulk_strings() {
+        let mut out = Vec::new();
+        bulk(&mut out, b"hello");
+        bulk(&mut out, b"");
+        assert_eq!(out, b"$5\r\nhello\r\n$0\r\n\r\n");
+    }
+
+    #[test]
+    fn partition_is_crc32_mod_p() {
+        // CRC-32 (IEEE) of "123456789" is the standard check value 0xCBF43926.
+        assert_eq!(partition_of(b"123456789", 1 << 31), 0xCBF4_3926 % (1 << 31));
+        assert_eq!(partition_of(b"anything", 1), 0);
+    }
+}
