@@ -3,8 +3,8 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
-use crate::errors::{EventError, EventErrorKind, RequestError};
-use crate::json::{write_str, JsonType, Scalar, Scanner, Shape, StrToken};
+use crate::errors::{EventError, EventErrorKind};
+use crate::json::{write_str, JsonType, Scalar, Scanner, Shape, StrToken, SyntaxError};
 use crate::{Context, Options};
 
 /// Seconds values from this one on are taken as milliseconds (1e11 s is the year 5138).
@@ -49,16 +49,16 @@ enum Slot {
 }
 
 impl Slot {
-    fn of(key: &str) -> Option<Self> {
+    fn of(key: &[u8]) -> Option<Self> {
         Some(match key {
-            "token" => Self::Token,
-            "time" => Self::Time,
-            "distinct_id" => Self::DistinctId,
-            "$insert_id" => Self::InsertId,
-            "ip" => Self::Ip,
-            "funnel" => Self::Funnel,
-            "step" => Self::Step,
-            "goal" => Self::Goal,
+            b"token" => Self::Token,
+            b"time" => Self::Time,
+            b"distinct_id" => Self::DistinctId,
+            b"$insert_id" => Self::InsertId,
+            b"ip" => Self::Ip,
+            b"funnel" => Self::Funnel,
+            b"step" => Self::Step,
+            b"goal" => Self::Goal,
             _ => return None,
         })
     }
@@ -67,18 +67,37 @@ impl Slot {
 #[derive(Debug)]
 struct Property<'a> {
     key_raw: &'a [u8],
-    key: Cow<'a, str>,
+    /// Unescaped; UTF-8, since the payload was checked.
+    key: Cow<'a, [u8]>,
     /// The minified value, in `Scratch::values`.
     value: Range<usize>,
     slot: Option<Slot>,
 }
 
 /// Buffers reused from event to event, so a batch allocates them once.
-#[derive(Debug, Default)]
-pub struct Scratch {
+#[derive(Debug)]
+pub struct Scratch<'a> {
+    members: Members<'a>,
     values: Vec<u8>,
+    key_hashes: Vec<u64>,
+    /// The receive time, formatted once per request.
+    received: Vec<u8>,
     /// The normalised JSON of the last valid event.
     pub json: Vec<u8>,
+}
+
+impl Scratch<'_> {
+    pub fn new(now: f64) -> Self {
+        let mut received = Vec::new();
+        write_number(&mut received, now);
+        Self {
+            members: Members::default(),
+            values: Vec::new(),
+            key_hashes: Vec::new(),
+            received,
+            json: Vec::new(),
+        }
+    }
 }
 
 /// What the rest of the pipeline needs of a valid event besides its JSON (in `Scratch::json`).
@@ -106,6 +125,12 @@ impl<'a> Members<'a> {
     fn get(&self, slot: Slot) -> Option<Reserved<'a>> {
         self.reserved[slot as usize]
     }
+
+    fn clear_properties(&mut self) {
+        self.properties.clear();
+        self.reserved = [None; 8];
+        self.violation = None;
+    }
 }
 
 /// Scans the event object at the cursor. `Ok(Err(..))` is a rejected event; `Err(..)` means the JSON
@@ -115,51 +140,61 @@ pub fn decode_event<'a>(
     index: usize,
     ctx: &Context<'_>,
     use_ip: bool,
-    scratch: &mut Scratch,
-) -> Result<Result<Valid<'a>, EventError>, RequestError> {
-    let members = scan_members(scanner, ctx.options, scratch)?;
-    Ok(Normaliser {
+    scratch: &mut Scratch<'a>,
+) -> Result<Result<Valid<'a>, EventError>, SyntaxError> {
+    scan_members(scanner, ctx.options, scratch)?;
+    let Scratch {
+        members,
+        values,
+        key_hashes,
+        received,
+        json,
+    } = scratch;
+    let normaliser = Normaliser {
         index,
         ctx,
         use_ip,
-        members: &members,
-    }
-    .run(scratch))
+        members,
+        values,
+        received,
+    };
+    Ok(normaliser.run(json, key_hashes))
 }
 
 fn scan_members<'a>(
     scanner: &mut Scanner<'a>,
     options: &Options,
-    scratch: &mut Scratch,
-) -> Result<Members<'a>, RequestError> {
-    let mut members = Members::default();
+    scratch: &mut Scratch<'a>,
+) -> Result<(), SyntaxError> {
+    scratch.members.name = None;
+    scratch.members.properties_type = None;
+    scratch.members.clear_properties();
+    scratch.values.clear();
     if scanner.open(b'{', b'}') {
-        return Ok(members);
+        return Ok(());
     }
     loop {
         let key = scanner.key()?;
-        match &*key.text() {
-            "event" => {
+        match &*key.bytes() {
+            b"event" => {
                 let scalar = scanner.scalar()?;
                 if let Scalar::Container(_) = scalar {
                     scanner.skip()?;
                 }
-                members.name = Some(Reserved {
+                scratch.members.name = Some(Reserved {
                     scalar: Some(scalar),
                     ty: scalar.json_type(),
                 });
             }
-            "properties" => {
+            b"properties" => {
                 if scanner.peek() == Some(b'{') {
                     // A repeated "properties" member replaces the earlier one, as in most JSON readers.
-                    members.properties.clear();
-                    members.reserved = [None; 8];
-                    members.violation = None;
+                    scratch.members.clear_properties();
                     scratch.values.clear();
-                    scan_properties(scanner, options, scratch, &mut members)?;
-                    members.properties_type = Some(JsonType::Object);
+                    scan_properties(scanner, options, scratch)?;
+                    scratch.members.properties_type = Some(JsonType::Object);
                 } else {
-                    members.properties_type = Some(scanner.skip()?);
+                    scratch.members.properties_type = Some(scanner.skip()?);
                 }
             }
             _ => {
@@ -167,7 +202,7 @@ fn scan_members<'a>(
             }
         }
         if !scanner.next_member(b'}')? {
-            return Ok(members);
+            return Ok(());
         }
     }
 }
@@ -175,9 +210,9 @@ fn scan_members<'a>(
 fn scan_properties<'a>(
     scanner: &mut Scanner<'a>,
     options: &Options,
-    scratch: &mut Scratch,
-    members: &mut Members<'a>,
-) -> Result<(), RequestError> {
+    scratch: &mut Scratch<'a>,
+) -> Result<(), SyntaxError> {
+    let members = &mut scratch.members;
     if scanner.open(b'{', b'}') {
         return Ok(());
     }
@@ -188,7 +223,7 @@ fn scan_properties<'a>(
     );
     loop {
         let key_token = scanner.key()?;
-        let key = key_token.text();
+        let key = key_token.bytes();
         let slot = Slot::of(&key);
         let start = scratch.values.len();
         let scalar = scanner.scalar()?;
@@ -234,6 +269,8 @@ struct Normaliser<'c, 'a, 'm> {
     ctx: &'c Context<'c>,
     use_ip: bool,
     members: &'m Members<'a>,
+    values: &'m [u8],
+    received: &'m [u8],
 }
 
 impl<'a> Normaliser<'_, 'a, '_> {
@@ -243,7 +280,7 @@ impl<'a> Normaliser<'_, 'a, '_> {
     }
 
     /// The rules, in the order their errors are reported: the first broken one names the event's error.
-    fn run(&self, scratch: &mut Scratch) -> Result<Valid<'a>, EventError> {
+    fn run(&self, json: &mut Vec<u8>, key_hashes: &mut Vec<u64>) -> Result<Valid<'a>, EventError> {
         use EventErrorKind as K;
         let options = self.ctx.options;
         let m = self.members;
@@ -289,7 +326,7 @@ impl<'a> Normaliser<'_, 'a, '_> {
         if let Some((kind, value, at)) = m.violation {
             return Err(self.shape_error(kind, value, &m.properties[at].key));
         }
-        self.no_duplicates()?;
+        self.no_duplicates(key_hashes)?;
 
         let peer_ip = if self.use_ip { self.ctx.peer_ip } else { None };
         let distinct_id = match (&sent_distinct_id, peer_ip) {
@@ -306,7 +343,7 @@ impl<'a> Normaliser<'_, 'a, '_> {
             .as_ref()
             .map(|(name, step, goal)| (name.raw, *step, goal.raw));
         self.write(
-            scratch,
+            json,
             &name,
             &token,
             time,
@@ -315,13 +352,13 @@ impl<'a> Normaliser<'_, 'a, '_> {
             ip,
             funnel_json,
         );
-        if scratch.json.len() > options.max_event_bytes {
+        if json.len() > options.max_event_bytes {
             return Err(self.reject(
                 K::EventTooLarge,
                 "",
                 format!(
                     "the event is {} bytes; at most {} are allowed",
-                    scratch.json.len(),
+                    json.len(),
                     options.max_event_bytes
                 ),
             ));
@@ -549,9 +586,9 @@ impl<'a> Normaliser<'_, 'a, '_> {
     }
 
     #[cold]
-    fn shape_error(&self, kind: EventErrorKind, value: usize, key: &str) -> EventError {
+    fn shape_error(&self, kind: EventErrorKind, value: usize, key: &[u8]) -> EventError {
         let options = self.ctx.options;
-        let field = format!("properties.{key}");
+        let field = format!("properties.{}", String::from_utf8_lossy(key));
         let message = match kind {
             EventErrorKind::TooDeep => {
                 format!(
@@ -573,17 +610,25 @@ impl<'a> Normaliser<'_, 'a, '_> {
         self.reject(kind, &field, message)
     }
 
-    fn no_duplicates(&self) -> Result<(), EventError> {
+    /// Sorting hashes finds a candidate pair without comparing every key with every other; only keys
+    /// whose hashes collide are compared byte for byte.
+    fn no_duplicates(&self, hashes: &mut Vec<u64>) -> Result<(), EventError> {
         let props = &self.members.properties;
         if props.len() < 2 {
             return Ok(());
         }
-        let mut keys: Vec<&str> = props.iter().map(|p| &*p.key).collect();
-        keys.sort_unstable();
-        if let Some([key, _]) = keys.windows(2).find(|w| w[0] == w[1]) {
-            let field = format!("properties.{key}");
-            let message = format!("{field} appears more than once");
-            return Err(self.reject(EventErrorKind::DuplicateProperty, &field, message));
+        hashes.clear();
+        hashes.extend(props.iter().map(|p| key_hash(&p.key)));
+        hashes.sort_unstable();
+        if hashes.windows(2).all(|w| w[0] != w[1]) {
+            return Ok(());
+        }
+        for (i, a) in props.iter().enumerate() {
+            if let Some(b) = props[i + 1..].iter().find(|b| b.key == a.key) {
+                let field = format!("properties.{}", String::from_utf8_lossy(&b.key));
+                let message = format!("{field} appears more than once");
+                return Err(self.reject(EventErrorKind::DuplicateProperty, &field, message));
+            }
         }
         Ok(())
     }
@@ -591,7 +636,7 @@ impl<'a> Normaliser<'_, 'a, '_> {
     #[allow(clippy::too_many_arguments)]
     fn write(
         &self,
-        scratch: &mut Scratch,
+        out: &mut Vec<u8>,
         name: &StrToken<'_>,
         token: &StrToken<'_>,
         time: f64,
@@ -600,14 +645,13 @@ impl<'a> Normaliser<'_, 'a, '_> {
         ip: IpValue<'_>,
         funnel: Option<(&[u8], u32, &[u8])>,
     ) {
-        let out = &mut scratch.json;
         out.clear();
         out.extend_from_slice(b"{\"event\":");
         out.extend_from_slice(name.raw);
         out.extend_from_slice(b",\"time\":");
         write_number(out, time);
         out.extend_from_slice(b",\"received\":");
-        write_number(out, self.ctx.now);
+        out.extend_from_slice(self.received);
         out.extend_from_slice(b",\"token\":");
         out.extend_from_slice(token.raw);
         if !matches!(distinct_id, DistinctId::None) {
@@ -633,7 +677,7 @@ impl<'a> Normaliser<'_, 'a, '_> {
         }
         let props = &self.members.properties;
         let mut first_mp = true;
-        for prop in props.iter().filter(|p| p.key.starts_with("mp_")) {
+        for prop in props.iter().filter(|p| p.key.starts_with(b"mp_")) {
             out.extend_from_slice(if first_mp { b",\"mp_keys\":[" } else { b"," });
             out.extend_from_slice(prop.key_raw);
             first_mp = false;
@@ -662,7 +706,7 @@ impl<'a> Normaliser<'_, 'a, '_> {
                     has_ip = true;
                     ip.write(out);
                 }
-                _ => out.extend_from_slice(&scratch.values[prop.value.clone()]),
+                _ => out.extend_from_slice(&self.values[prop.value.clone()]),
             }
         }
         let mut sep = !props.is_empty();
@@ -739,6 +783,20 @@ impl IpValue<'_> {
             Self::Peer(ip) => write_str(out, ip),
         }
     }
+}
+
+/// A cheap fingerprint of a key (length, first and last eight bytes): equal keys always match, and
+/// the rare different keys that match are told apart byte for byte.
+fn key_hash(key: &[u8]) -> u64 {
+    let load = |bytes: &[u8]| {
+        let mut word = [0u8; 8];
+        word[..bytes.len()].copy_from_slice(bytes);
+        u64::from_le_bytes(word)
+    };
+    let n = key.len();
+    let head = load(&key[..n.min(8)]);
+    let tail = if n > 8 { load(&key[n - 8..]) } else { 0 };
+    head ^ tail.rotate_left(29) ^ ((n as u64) << 56)
 }
 
 /// An integer of at least 1, as a JSON number (2, 2.0) or as a string of digits ("2").

@@ -10,6 +10,20 @@ use std::borrow::Cow;
 
 use crate::errors::{EventErrorKind, RequestError};
 
+/// Where the JSON broke and how. Kept to two words so the scanner's results stay in registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyntaxError {
+    pub offset: usize,
+    pub detail: &'static str,
+}
+
+impl From<SyntaxError> for RequestError {
+    #[cold]
+    fn from(e: SyntaxError) -> Self {
+        RequestError::invalid_json(e.offset, e.detail)
+    }
+}
+
 /// Nesting beyond this is refused for the whole request: it bounds recursion, whatever the limits say.
 pub const HARD_MAX_DEPTH: usize = 256;
 
@@ -101,6 +115,16 @@ pub struct StrToken<'a> {
 }
 
 impl<'a> StrToken<'a> {
+    /// The bytes between the quotes, unescaped: for keys, which are compared but rarely shown.
+    pub fn bytes(&self) -> Cow<'a, [u8]> {
+        let inner = &self.raw[1..self.raw.len() - 1];
+        if self.escaped {
+            Cow::Owned(unescape(inner).into_bytes())
+        } else {
+            Cow::Borrowed(inner)
+        }
+    }
+
     /// The text between the quotes, unescaped. Borrowed unless the token had escapes.
     pub fn text(&self) -> Cow<'a, str> {
         let inner = &self.raw[1..self.raw.len() - 1];
@@ -111,6 +135,28 @@ impl<'a> StrToken<'a> {
             Cow::Borrowed(std::str::from_utf8(inner).expect("payload was validated as UTF-8"))
         }
     }
+}
+
+/// Skips string bytes that need no attention, eight at a time: returns the index of the first byte
+/// that may be a quote, a backslash or a control character (or of the last, shorter, chunk).
+#[inline]
+fn skip_plain(buf: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // The classic "has a zero byte" test; it can report a byte that is not special (never the
+    // reverse), and the byte loop after it sorts that out.
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    while let Some(chunk) = buf.get(i..i + 8) {
+        let x = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        let special = has_zero(x ^ (ONES * u64::from(b'"')))
+            | has_zero(x ^ (ONES * u64::from(b'\\')))
+            | (x.wrapping_sub(ONES * 0x20) & !x & HIGH);
+        if special != 0 {
+            return i + (special.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i
 }
 
 /// Byte classes for string scanning: 0 plain, 1 quote, 2 backslash, 3 control character.
@@ -165,12 +211,15 @@ impl<'a> Scanner<'a> {
     }
 
     #[cold]
-    pub fn error(&self, detail: &'static str) -> RequestError {
-        RequestError::invalid_json(self.pos, detail)
+    pub fn error(&self, detail: &'static str) -> SyntaxError {
+        SyntaxError {
+            offset: self.pos,
+            detail,
+        }
     }
 
     #[inline]
-    pub fn expect(&mut self, byte: u8, detail: &'static str) -> Result<(), RequestError> {
+    pub fn expect(&mut self, byte: u8, detail: &'static str) -> Result<(), SyntaxError> {
         if self.peek() == Some(byte) {
             self.pos += 1;
             Ok(())
@@ -181,7 +230,7 @@ impl<'a> Scanner<'a> {
 
     /// After a member or element: true if another follows (a comma was eaten), false at `close`.
     #[inline]
-    pub fn next_member(&mut self, close: u8) -> Result<bool, RequestError> {
+    pub fn next_member(&mut self, close: u8) -> Result<bool, SyntaxError> {
         match self.peek() {
             Some(b',') => {
                 self.pos += 1;
@@ -214,7 +263,7 @@ impl<'a> Scanner<'a> {
 
     /// An object key and its colon.
     #[inline]
-    pub fn key(&mut self) -> Result<StrToken<'a>, RequestError> {
+    pub fn key(&mut self) -> Result<StrToken<'a>, SyntaxError> {
         if self.peek() != Some(b'"') {
             return Err(self.error("expected a string key"));
         }
@@ -224,12 +273,13 @@ impl<'a> Scanner<'a> {
     }
 
     /// A string token, starting at its opening quote.
-    pub fn string(&mut self) -> Result<StrToken<'a>, RequestError> {
+    pub fn string(&mut self) -> Result<StrToken<'a>, SyntaxError> {
         let start = self.pos;
         debug_assert_eq!(self.buf.get(start), Some(&b'"'));
         let mut i = start + 1;
         let mut escaped = false;
         loop {
+            i = skip_plain(self.buf, i);
             let Some(&b) = self.buf.get(i) else {
                 self.pos = i;
                 return Err(self.error("unterminated string"));
@@ -256,7 +306,7 @@ impl<'a> Scanner<'a> {
 
     /// Validates the escape at `i` (a backslash) and returns the index after it. A `\u` escape of a
     /// surrogate must form a pair: a lone one has no UTF-8 form, so it could not be stored faithfully.
-    fn escape(&mut self, i: usize) -> Result<usize, RequestError> {
+    fn escape(&mut self, i: usize) -> Result<usize, SyntaxError> {
         match self.buf.get(i + 1) {
             Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(i + 2),
             Some(b'u') => {
@@ -284,7 +334,7 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn hex4(&mut self, at: usize) -> Result<u32, RequestError> {
+    fn hex4(&mut self, at: usize) -> Result<u32, SyntaxError> {
         let Some(digits) = self.buf.get(at..at + 4) else {
             self.pos = at;
             return Err(self.error("truncated \\u escape"));
@@ -306,7 +356,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// A number token, by the JSON grammar (so no NaN, Infinity, leading zeros or bare dots).
-    pub fn number(&mut self) -> Result<&'a [u8], RequestError> {
+    pub fn number(&mut self) -> Result<&'a [u8], SyntaxError> {
         let start = self.pos;
         let buf = self.buf;
         let mut i = start;
@@ -352,7 +402,7 @@ impl<'a> Scanner<'a> {
         Ok(&buf[start..i])
     }
 
-    fn literal(&mut self, word: &'static [u8]) -> Result<&'a [u8], RequestError> {
+    fn literal(&mut self, word: &'static [u8]) -> Result<&'a [u8], SyntaxError> {
         let start = self.pos;
         if self.buf.get(start..start + word.len()) == Some(word) {
             self.pos += word.len();
@@ -363,7 +413,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// A scalar, or the type of a container that starts here (not consumed).
-    pub fn scalar(&mut self) -> Result<Scalar<'a>, RequestError> {
+    pub fn scalar(&mut self) -> Result<Scalar<'a>, SyntaxError> {
         Ok(match self.peek() {
             Some(b'"') => Scalar::String(self.string()?),
             Some(b'-' | b'0'..=b'9') => Scalar::Number(self.number()?),
@@ -384,7 +434,7 @@ impl<'a> Scanner<'a> {
         out: &mut S,
         shape: &mut Shape,
         depth: usize,
-    ) -> Result<JsonType, RequestError> {
+    ) -> Result<JsonType, SyntaxError> {
         match self.scalar()? {
             Scalar::String(s) => {
                 out.put(s.raw);
@@ -421,7 +471,7 @@ impl<'a> Scanner<'a> {
         out: &mut S,
         shape: &mut Shape,
         depth: usize,
-    ) -> Result<(), RequestError> {
+    ) -> Result<(), SyntaxError> {
         out.put_byte(b'{');
         if !self.open(b'{', b'}') {
             let mut keys = 0usize;
@@ -449,7 +499,7 @@ impl<'a> Scanner<'a> {
         out: &mut S,
         shape: &mut Shape,
         depth: usize,
-    ) -> Result<(), RequestError> {
+    ) -> Result<(), SyntaxError> {
         out.put_byte(b'[');
         if !self.open(b'[', b']') {
             let mut len = 0usize;
@@ -470,7 +520,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Validates and skips the value here.
-    pub fn skip(&mut self) -> Result<JsonType, RequestError> {
+    pub fn skip(&mut self) -> Result<JsonType, SyntaxError> {
         let mut shape = Shape::new(usize::MAX, usize::MAX, usize::MAX);
         self.value(&mut Discard, &mut shape, 0)
     }
@@ -583,7 +633,7 @@ pub fn write_str(out: &mut Vec<u8>, text: &str) {
 mod tests {
     use super::*;
 
-    fn minify(input: &str) -> Result<String, RequestError> {
+    fn minify(input: &str) -> Result<String, SyntaxError> {
         let mut scanner = Scanner::new(input.as_bytes());
         let mut out = Vec::new();
         let mut shape = Shape::new(3, 255, 255);

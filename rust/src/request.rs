@@ -32,7 +32,10 @@ struct RawParams<'a> {
 impl<'a> RawParams<'a> {
     /// Reads `application/x-www-form-urlencoded` text (a query string has the same form).
     fn read_form(&mut self, form: &'a [u8]) {
-        for pair in form.split(|&b| b == b'&') {
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'&', form).chain(std::iter::once(form.len())) {
+            let pair = &form[start..end];
+            start = end + 1;
             let (key, value) = match memchr::memchr(b'=', pair) {
                 Some(i) => (&pair[..i], &pair[i + 1..]),
                 None => (pair, &b""[..]),
@@ -56,29 +59,31 @@ impl<'a> RawParams<'a> {
 /// Form decoding: `+` is a space, `%XX` a byte. A `%` not followed by two hex digits stays as it is,
 /// as browsers do.
 pub fn form_decode(raw: &[u8]) -> Cow<'_, [u8]> {
-    if !raw.iter().any(|&b| b == b'%' || b == b'+') {
+    let mut specials = memchr::memchr2_iter(b'%', b'+', raw).peekable();
+    if specials.peek().is_none() {
         return Cow::Borrowed(raw);
     }
     let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        match raw[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                if let (Some(hi), Some(lo)) = (
-                    raw.get(i + 1).copied().and_then(hex),
-                    raw.get(i + 2).copied().and_then(hex),
-                ) {
-                    out.push(hi << 4 | lo);
-                    i += 3;
-                    continue;
-                }
-                out.push(b'%');
-            }
-            b => out.push(b),
+    let mut copied = 0;
+    for i in specials {
+        if i < copied {
+            continue; // a '+' or '%' inside a %XX just decoded
         }
-        i += 1;
+        out.extend_from_slice(&raw[copied..i]);
+        copied = i + 1;
+        if raw[i] == b'+' {
+            out.push(b' ');
+        } else if let (Some(hi), Some(lo)) = (
+            raw.get(i + 1).copied().and_then(hex),
+            raw.get(i + 2).copied().and_then(hex),
+        ) {
+            out.push(hi << 4 | lo);
+            copied = i + 3;
+        } else {
+            out.push(b'%');
+        }
     }
+    out.extend_from_slice(&raw[copied..]);
     Cow::Owned(out)
 }
 
