@@ -92,6 +92,13 @@ impl RequestError {
     }
 
     #[cold]
+    pub(crate) fn nested_gzip() -> Self {
+        Self::InvalidGzip {
+            detail: "gzip inside gzip is not accepted".into(),
+        }
+    }
+
+    #[cold]
     pub(crate) fn invalid_gzip(detail: &std::io::Error) -> Self {
         Self::InvalidGzip {
             detail: detail.to_string(),

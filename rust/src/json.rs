@@ -24,8 +24,9 @@ impl From<SyntaxError> for RequestError {
     }
 }
 
-/// Nesting beyond this is refused for the whole request: it bounds recursion, whatever the limits say.
-pub const HARD_MAX_DEPTH: usize = 256;
+/// The deepest `max_depth` allowed. Values are copied recursively only down to `max_depth`; anything
+/// deeper is validated by a loop with its own stack, so no input can exhaust the thread's stack.
+pub const MAX_DEPTH_LIMIT: usize = 64;
 
 /// The JSON type of a value, for messages like "must be a string, got number".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -450,11 +451,10 @@ impl<'a> Scanner<'a> {
             }
             Scalar::Container(ty) => {
                 let depth = depth + 1;
-                if depth > HARD_MAX_DEPTH {
-                    return Err(self.error("nesting deeper than 256 levels"));
-                }
-                if depth > shape.max_depth {
+                if depth > shape.max_depth.min(MAX_DEPTH_LIMIT) {
+                    // The event is rejected: what would have been copied no longer matters.
                     shape.note(EventErrorKind::TooDeep, depth);
+                    return self.skip_container(ty);
                 }
                 if ty == JsonType::Object {
                     self.object_body(out, shape, depth)?;
@@ -521,8 +521,47 @@ impl<'a> Scanner<'a> {
 
     /// Validates and skips the value here.
     pub fn skip(&mut self) -> Result<JsonType, SyntaxError> {
-        let mut shape = Shape::new(usize::MAX, usize::MAX, usize::MAX);
-        self.value(&mut Discard, &mut shape, 0)
+        match self.scalar()? {
+            Scalar::Container(ty) => self.skip_container(ty),
+            scalar => Ok(scalar.json_type()),
+        }
+    }
+
+    /// Validates the container at the cursor, however deep, with a heap stack of closing brackets.
+    fn skip_container(&mut self, ty: JsonType) -> Result<JsonType, SyntaxError> {
+        let mut closers: Vec<u8> = Vec::new();
+        let mut next = Scalar::Container(ty);
+        loop {
+            if let Scalar::Container(inner) = next {
+                let (open, close) = if inner == JsonType::Object {
+                    (b'{', b'}')
+                } else {
+                    (b'[', b']')
+                };
+                if !self.open(open, close) {
+                    closers.push(close);
+                    if close == b'}' {
+                        self.key()?;
+                    }
+                    next = self.scalar()?;
+                    continue;
+                }
+            }
+            // A value ended: close every container that ends here, then go on to the next member.
+            loop {
+                let Some(&close) = closers.last() else {
+                    return Ok(ty);
+                };
+                if self.next_member(close)? {
+                    if close == b'}' {
+                        self.key()?;
+                    }
+                    break;
+                }
+                closers.pop();
+            }
+            next = self.scalar()?;
+        }
     }
 }
 
@@ -718,11 +757,29 @@ mod tests {
     }
 
     #[test]
-    fn hard_depth_cap_is_a_request_error() {
-        let deep = "[".repeat(HARD_MAX_DEPTH + 1) + &"]".repeat(HARD_MAX_DEPTH + 1);
-        assert!(minify(&deep).is_err());
-        let ok = "[".repeat(HARD_MAX_DEPTH) + &"]".repeat(HARD_MAX_DEPTH);
-        assert!(Scanner::new(ok.as_bytes()).skip().is_ok());
+    fn any_depth_is_validated_without_recursion() {
+        let deep = "[{\"a\":".repeat(100_000) + "1" + &"}]".repeat(100_000);
+        assert_eq!(Scanner::new(deep.as_bytes()).skip(), Ok(JsonType::Array));
+        assert!(Scanner::new(&deep.as_bytes()[..deep.len() - 1])
+            .skip()
+            .is_err());
+        let mut shape = Shape::new(3, 255, 255);
+        let mut scanner = Scanner::new(deep.as_bytes());
+        assert_eq!(
+            scanner.value(&mut Vec::new(), &mut shape, 0),
+            Ok(JsonType::Array)
+        );
+        assert_eq!(shape.violation, Some((EventErrorKind::TooDeep, 4)));
+        for bad in [
+            "[[1,]]",
+            "[{\"a\":1,}]",
+            "[{\"a\"}]",
+            "[[1]",
+            "[{}}",
+            "[{\"a\":[1 2]}]",
+        ] {
+            assert!(Scanner::new(bad.as_bytes()).skip().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -106,18 +106,19 @@ pub fn decode_request(
     content_encoding: Option<&str>,
     ctx: &Context<'_>,
 ) -> Result<Decoded, RequestError> {
-    let (params, data) = request::split(
-        query,
-        body,
-        content_type,
-        content_encoding,
-        ctx.options.max_request_bytes,
-    )?;
-    let data = data.ok_or(RequestError::Empty)?;
-    let json = payload::data_to_json(&data, ctx.options.max_request_bytes)?;
-    let events = payload::decode_events(&json, ctx, params.use_ip)?;
+    let max = ctx.options.max_request_bytes;
+    let split = request::split(query, body, content_type, content_encoding, max)?;
+    let use_ip = split.params.use_ip;
+    let events = match &split.payload {
+        request::Payload::Json(body) => payload::decode_events(body, ctx, use_ip)?,
+        request::Payload::Data(data) => {
+            let json = payload::data_to_json(data, max - query.len(), !split.inflated)?;
+            payload::decode_events(&json, ctx, use_ip)?
+        }
+        request::Payload::Missing => return Err(RequestError::Empty),
+    };
     Ok(Decoded {
-        params,
+        params: split.params,
         total: events.total,
         errors: events.errors,
         batches: events.batches,
@@ -132,7 +133,7 @@ pub fn decode_data(data: &[u8], ctx: &Context<'_>) -> Result<Decoded, RequestErr
             max: ctx.options.max_request_bytes,
         });
     }
-    let json = payload::data_to_json(data, ctx.options.max_request_bytes)?;
+    let json = payload::data_to_json(data, ctx.options.max_request_bytes, true)?;
     let events = payload::decode_events(&json, ctx, false)?;
     Ok(Decoded {
         params: Params::default(),

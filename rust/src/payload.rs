@@ -47,7 +47,7 @@ pub fn looks_like_json(bytes: &[u8]) -> bool {
 pub fn gunzip(data: &[u8], max: usize) -> Result<Vec<u8>, RequestError> {
     let mut out = Vec::with_capacity((data.len() * 4).min(max));
     MultiGzDecoder::new(data)
-        .take(max as u64 + 1)
+        .take((max as u64).saturating_add(1))
         .read_to_end(&mut out)
         .map_err(|e| RequestError::invalid_gzip(&e))?;
     if out.len() > max {
@@ -56,15 +56,23 @@ pub fn gunzip(data: &[u8], max: usize) -> Result<Vec<u8>, RequestError> {
     Ok(out)
 }
 
-/// The JSON text a `data` value holds: itself when it is JSON, else its base64 decoding; gzip bytes
-/// (raw or inside the base64) are inflated.
-pub fn data_to_json(data: &[u8], max: usize) -> Result<Cow<'_, [u8]>, RequestError> {
+/// The JSON text a `data` value holds: itself when it is JSON, else its base64 decoding. Gzip bytes,
+/// raw or inside the base64, are inflated when `may_inflate` (one layer per request: each layer would
+/// multiply what a small request can cost).
+pub fn data_to_json(
+    data: &[u8],
+    max: usize,
+    may_inflate: bool,
+) -> Result<Cow<'_, [u8]>, RequestError> {
     if first_non_space(data).is_none() {
         return Err(RequestError::Empty);
     }
     if is_gzip(data) {
+        if !may_inflate {
+            return Err(RequestError::nested_gzip());
+        }
         let inflated = gunzip(data, max)?;
-        return match data_to_json(&inflated, max)? {
+        return match data_to_json(&inflated, max, false)? {
             Cow::Borrowed(_) => Ok(Cow::Owned(inflated)),
             Cow::Owned(json) => Ok(Cow::Owned(json)),
         };
@@ -74,7 +82,14 @@ pub fn data_to_json(data: &[u8], max: usize) -> Result<Cow<'_, [u8]>, RequestErr
     }
     let decoded = decode_base64(data)?;
     if is_gzip(&decoded) {
-        return Ok(Cow::Owned(gunzip(&decoded, max)?));
+        if !may_inflate {
+            return Err(RequestError::nested_gzip());
+        }
+        let inflated = gunzip(&decoded, max)?;
+        if is_gzip(&inflated) {
+            return Err(RequestError::nested_gzip());
+        }
+        return Ok(Cow::Owned(inflated));
     }
     Ok(Cow::Owned(decoded))
 }

@@ -92,6 +92,12 @@ impl PyOptions {
                 return Err(PyValueError::new_err(format!("{name} must be at least 1")));
             }
         }
+        if max_depth > crate::json::MAX_DEPTH_LIMIT {
+            return Err(PyValueError::new_err(format!(
+                "max_depth must be at most {}, got {max_depth}",
+                crate::json::MAX_DEPTH_LIMIT
+            )));
+        }
         if !(1..=65536).contains(&partitions) {
             return Err(PyValueError::new_err(format!(
                 "partitions must be from 1 to 65536, got {partitions}"

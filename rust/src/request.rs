@@ -112,7 +112,23 @@ fn text(value: Option<Cow<'_, [u8]>>, name: &'static str) -> Result<Option<Strin
 }
 
 /// The parameters of a request, and its events' bytes: the body itself when it is JSON, else `data`.
-type Split<'a> = (Params, Option<Cow<'a, [u8]>>);
+#[derive(Debug)]
+pub struct Split<'a> {
+    pub params: Params,
+    pub payload: Payload<'a>,
+    /// The body was gzip: the payload must not be inflated again.
+    pub inflated: bool,
+}
+
+/// Where a request's events are.
+#[derive(Debug)]
+pub enum Payload<'a> {
+    /// The body is JSON (by its first byte, or declared so).
+    Json(Cow<'a, [u8]>),
+    /// The value of the `data` parameter.
+    Data(Cow<'a, [u8]>),
+    Missing,
+}
 
 /// Splits a request into its parameters and its `data`. The body's parameters win over the query's.
 pub fn split<'a>(
@@ -129,11 +145,13 @@ pub fn split<'a>(
             max: max_request_bytes,
         });
     }
+    // The query string counts against the same cap as the inflated body.
+    let body_budget = max_request_bytes - query.len();
     let body: Cow<'a, [u8]> = match content_encoding.map(str::trim) {
         None | Some("" | "identity") if !is_gzip(body) => Cow::Borrowed(body),
-        None | Some("" | "identity") => Cow::Owned(gunzip(body, max_request_bytes)?),
+        None | Some("" | "identity") => Cow::Owned(gunzip(body, body_budget)?),
         Some(enc) if enc.eq_ignore_ascii_case("gzip") || enc.eq_ignore_ascii_case("x-gzip") => {
-            Cow::Owned(gunzip(body, max_request_bytes)?)
+            Cow::Owned(gunzip(body, body_budget)?)
         }
         Some(enc) => {
             return Err(RequestError::UnsupportedEncoding {
@@ -148,21 +166,22 @@ pub fn split<'a>(
     });
     let is_json =
         |body: &[u8]| declared_json && !body.trim_ascii().is_empty() || looks_like_json(body);
+    let inflated = matches!(body, Cow::Owned(_));
     let mut raw = RawParams::default();
     raw.read_form(query);
-    let data = match body {
+    let payload = match body {
         Cow::Borrowed(body) => {
             if is_json(body) {
-                Some(Cow::Borrowed(body))
+                Payload::Json(Cow::Borrowed(body))
             } else {
                 raw.read_form(body);
-                raw.data.take()
+                raw.data.take().map_or(Payload::Missing, Payload::Data)
             }
         }
         // The inflated body is owned here, so the parameters read from it must be owned too.
         Cow::Owned(body) => {
             if is_json(&body) {
-                Some(Cow::Owned(body))
+                Payload::Json(Cow::Owned(body))
             } else {
                 let mut from_body = RawParams::default();
                 from_body.read_form(&body);
@@ -174,7 +193,7 @@ pub fn split<'a>(
                 raw.callback = own(from_body.callback).or(raw.callback);
                 raw.redirect = own(from_body.redirect).or(raw.redirect);
                 raw.test = own(from_body.test).or(raw.test);
-                data
+                data.map_or(Payload::Missing, Payload::Data)
             }
         }
     };
@@ -186,7 +205,11 @@ pub fn split<'a>(
         callback: text(raw.callback, "callback")?,
         redirect: text(raw.redirect, "redirect")?,
     };
-    Ok((params, data))
+    Ok(Split {
+        params,
+        payload,
+        inflated,
+    })
 }
 
 #[cfg(test)]
@@ -201,7 +224,7 @@ mod tests {
 
     #[test]
     fn body_parameters_win() {
-        let (params, data) = split(
+        let split = split(
             b"data=Q&verbose=0&ip=1",
             b"data=B&verbose=1",
             None,
@@ -209,24 +232,37 @@ mod tests {
             1000,
         )
         .unwrap();
-        assert_eq!(&*data.unwrap(), b"B");
-        assert!(params.verbose);
-        assert!(params.use_ip);
+        assert!(matches!(split.payload, Payload::Data(d) if &*d == b"B"));
+        assert!(split.params.verbose);
+        assert!(split.params.use_ip);
     }
 
     #[test]
     fn query_data_when_body_has_none() {
-        let (params, data) =
-            split(b"data=Q&img=1&callback=cb", b"verbose=1", None, None, 1000).unwrap();
-        assert_eq!(&*data.unwrap(), b"Q");
-        assert!(params.img && params.verbose);
-        assert_eq!(params.callback.as_deref(), Some("cb"));
+        let split = split(b"data=Q&img=1&callback=cb", b"verbose=1", None, None, 1000).unwrap();
+        assert!(matches!(split.payload, Payload::Data(d) if &*d == b"Q"));
+        assert!(split.params.img && split.params.verbose);
+        assert_eq!(split.params.callback.as_deref(), Some("cb"));
     }
 
     #[test]
     fn json_body_is_the_data() {
-        let (_, data) = split(b"verbose=1", b" [{\"event\":\"x\"}]", None, None, 1000).unwrap();
-        assert_eq!(&*data.unwrap(), b" [{\"event\":\"x\"}]");
+        let body = b" [{\"event\":\"x\"}]";
+        let split = split(b"verbose=1", body, None, None, 1000).unwrap();
+        assert!(matches!(split.payload, Payload::Json(d) if &*d == body));
+        let declared = split_json(b"123");
+        assert!(matches!(declared.payload, Payload::Json(d) if &*d == b"123"));
+    }
+
+    fn split_json(body: &[u8]) -> Split<'_> {
+        split(
+            b"",
+            body,
+            Some("application/json; charset=utf-8"),
+            None,
+            1000,
+        )
+        .unwrap()
     }
 
     #[test]
