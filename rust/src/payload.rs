@@ -179,7 +179,11 @@ pub fn decode_events<'j>(
         Some(b'{') => one(&mut scanner, &mut events)?,
         Some(b'[') => {
             if scanner.open(b'[', b']') {
-                return Err(RequestError::EmptyBatch);
+                return Err(if scanner.at_end() {
+                    RequestError::EmptyBatch
+                } else {
+                    scanner.error("unexpected data after the events").into()
+                });
             }
             loop {
                 if events.total == ctx.options.max_events {

@@ -148,8 +148,10 @@ pub fn split<'a>(
     // The query string counts against the same cap as the inflated body.
     let body_budget = max_request_bytes - query.len();
     let body: Cow<'a, [u8]> = match content_encoding.map(str::trim) {
-        None | Some("" | "identity") if !is_gzip(body) => Cow::Borrowed(body),
-        None | Some("" | "identity") => Cow::Owned(gunzip(body, body_budget)?),
+        None | Some("") if !is_gzip(body) => Cow::Borrowed(body),
+        Some(enc) if enc.eq_ignore_ascii_case("identity") && !is_gzip(body) => Cow::Borrowed(body),
+        None | Some("") => Cow::Owned(gunzip(body, body_budget)?),
+        Some(enc) if enc.eq_ignore_ascii_case("identity") => Cow::Owned(gunzip(body, body_budget)?),
         Some(enc) if enc.eq_ignore_ascii_case("gzip") || enc.eq_ignore_ascii_case("x-gzip") => {
             Cow::Owned(gunzip(body, body_budget)?)
         }
