@@ -103,6 +103,8 @@ The normalised event
       $insert_id when sent (even ""), else the normalised JSON.
   N5  Packed fields per event: JSON, event name, distinct_id ("" when none), floor(time), and for mp_funnel
       funnel, step, goal ("" otherwise).
+  N6  Within one request, the events of a (token, partition) batch are packed in `time` order, equal
+      times in request order; `events()` keeps request order.
 """
 
 from __future__ import annotations

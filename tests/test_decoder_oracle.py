@@ -124,7 +124,7 @@ def assert_same_events(native: Any, oracle: ref.Result) -> None:
 
 def assert_same_batches(native: Any, oracle: ref.Result, partitions: int) -> None:
     """Every valid event is packed once, with the oracle's fields, in its (token, partition) batch, in
-    request order. Events partitioned by their JSON (no distinct_id, no $insert_id) are only checked for
+    time order (N6). Events partitioned by their JSON (no distinct_id, no $insert_id) are only checked for
     their token: their partition depends on the JSON to the byte."""
     packed_events = []  # (token, partition, canonical JSON, other fields)
     per_batch_order: dict[tuple[str, int], list[str]] = defaultdict(list)
@@ -141,14 +141,20 @@ def assert_same_batches(native: Any, oracle: ref.Result, partitions: int) -> Non
 
     want_keyed: Counter[tuple[str, int, str, tuple[str, ...]]] = Counter()
     want_unkeyed: Counter[tuple[str, str, tuple[str, ...]]] = Counter()
-    want_order: dict[tuple[str, int], list[str]] = defaultdict(list)
+    timed_order: dict[tuple[str, int], list[tuple[float, str]]] = defaultdict(list)
     for event in oracle.events:
-        key = canonical(json.loads(event.json))
+        parsed = json.loads(event.json)
+        key = canonical(parsed)
         if event.partition_key == "json":
             want_unkeyed[(event.token, key, event.packed_fields)] += 1
         else:
             want_keyed[(event.token, event.partition, key, event.packed_fields)] += 1
-            want_order[(event.token, event.partition)].append(key)
+            timed_order[(event.token, event.partition)].append((parsed["time"], key))
+    # N6: a batch holds its events by time; sorted() is stable, so equal times keep request order.
+    want_order = {
+        batch: [key for _, key in sorted(timed, key=lambda pair: pair[0])]
+        for batch, timed in timed_order.items()
+    }
     got_keyed = Counter(e for e in packed_events if (e[0], e[2], e[3]) not in want_unkeyed)
     got_unkeyed = Counter((e[0], e[2], e[3]) for e in packed_events if (e[0], e[2], e[3]) in want_unkeyed)
     assert got_keyed == want_keyed

@@ -209,5 +209,6 @@ pub fn decode_events<'j>(
     if !scanner.at_end() {
         return Err(scanner.error("unexpected data after the events").into());
     }
+    events.batches.finish();
     Ok(events)
 }

@@ -11,16 +11,29 @@ pub struct Batch {
     pub token: String,
     pub partition: u32,
     pub count: usize,
-    /// `count * FIELDS_PER_EVENT` RESP bulk strings.
+    /// `count * FIELDS_PER_EVENT` RESP bulk strings, the events in `time` order.
     pub packed: Vec<u8>,
+    /// The batch's events in request order.
+    entries: Vec<Entry>,
 }
 
-/// Where one valid event's JSON sits inside its batch's packed bytes.
+/// One event's arguments inside `Batch::packed`.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    time: f64,
+    /// The event's first argument's header, and the end of its last argument.
+    start: usize,
+    end: usize,
+    /// Its normalised JSON, relative to `start`.
+    json_offset: usize,
+    json_len: usize,
+}
+
+/// A valid event: its batch, and its place among the batch's entries.
 #[derive(Debug, Clone, Copy)]
 pub struct EventRef {
     pub batch: usize,
-    pub start: usize,
-    pub len: usize,
+    entry: usize,
 }
 
 #[derive(Debug, Default)]
@@ -54,18 +67,18 @@ impl Batches {
                 partition,
                 count: 0,
                 packed: Vec::with_capacity(1024),
+                entries: Vec::new(),
             });
             self.batches.len() - 1
         });
         let batch = &mut self.batches[index];
         batch.count += 1;
         let out = &mut batch.packed;
-        let start = out.len() + bulk_header_len(json.len());
+        let start = out.len();
         bulk(out, json);
         self.events.push(EventRef {
             batch: index,
-            start,
-            len: json.len(),
+            entry: batch.entries.len(),
         });
         bulk(out, event.name.as_bytes());
         bulk(out, event.distinct_id.as_deref().unwrap_or("").as_bytes());
@@ -87,10 +100,41 @@ impl Batches {
                 }
             }
         }
+        batch.entries.push(Entry {
+            time: event.time,
+            start,
+            end: out.len(),
+            json_offset: bulk_header_len(json.len()),
+            json_len: json.len(),
+        });
+    }
+
+    /// Orders each batch's events by `time` (stably): within one request, time is the only order there
+    /// is, since mixpanel-browser does not send its batches in tracking order.
+    pub fn finish(&mut self) {
+        for batch in &mut self.batches {
+            if batch.entries.windows(2).all(|w| w[0].time <= w[1].time) {
+                continue;
+            }
+            let mut order: Vec<usize> = (0..batch.entries.len()).collect();
+            order.sort_by(|&a, &b| batch.entries[a].time.total_cmp(&batch.entries[b].time));
+            let mut packed = Vec::with_capacity(batch.packed.len());
+            for i in order {
+                let entry = &mut batch.entries[i];
+                let start = packed.len();
+                packed.extend_from_slice(&batch.packed[entry.start..entry.end]);
+                entry.end = packed.len();
+                entry.start = start;
+            }
+            batch.packed = packed;
+        }
     }
 
     pub fn event_json(&self, event: EventRef) -> &[u8] {
-        &self.batches[event.batch].packed[event.start..event.start + event.len]
+        let batch = &self.batches[event.batch];
+        let entry = batch.entries[event.entry];
+        let start = entry.start + entry.json_offset;
+        &batch.packed[start..start + entry.json_len]
     }
 }
 

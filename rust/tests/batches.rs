@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{events, named_event, parse_bulks, Setup, PEER};
+use common::{events, named_event, parse_bulks, Setup, NOW, PEER};
 use trackgate_native::{Decoded, Options, FIELDS_PER_EVENT};
 
 fn partition(key: &str, partitions: u32) -> u32 {
@@ -130,7 +130,7 @@ fn funnel_time_and_unescaped_fields() {
     let payload = format!(
         "[{},{}]",
         r#"{"event":"mp_funnel","properties":{"token":"t","distinct_id":"u\u0031","time":1699999000.75,"funnel":"F\u0031","step":"2","goal":"G"}}"#,
-        r#"{"event":"g\u0061me","properties":{"token":"t","distinct_id":"u1","time":1699999000123}}"#,
+        r#"{"event":"g\u0061me","properties":{"token":"t","distinct_id":"u1","time":1699999000900}}"#,
     );
     let decoded = s.data(&payload).unwrap();
     assert_eq!(decoded.batches.batches.len(), 1);
@@ -253,4 +253,52 @@ fn time_field_is_whole_seconds_of_the_normalised_time() {
         let decoded = s.data(ev("t", "e", &format!("\"time\":{sent}"))).unwrap();
         assert_eq!(unpack(&decoded)[0].2[3], whole, "{sent}");
     }
+}
+
+#[test]
+fn a_requests_events_reach_their_partition_in_time_order() {
+    // mixpanel-browser sends batches out of tracking order; the stream and the funnel counters must see
+    // one user's events by time, while `events()` keeps the request's order.
+    let options = Options {
+        partitions: 1,
+        ..Options::default()
+    };
+    let setup = Setup::with(options);
+    let event = |name: &str, time: f64| {
+        format!(
+            r#"{{"event":"{name}","properties":{{"token":"tok","distinct_id":"u","time":{time}}}}}"#
+        )
+    };
+    let body = format!(
+        "[{},{},{},{}]",
+        event("third", NOW - 10.0),
+        event("first", NOW - 30.0),
+        event("second", NOW - 20.0),
+        event("also_third", NOW - 10.0)
+    );
+    let decoded = setup.request(b"", body.as_bytes(), None, None).unwrap();
+    let names = |jsons: Vec<&[u8]>| -> Vec<String> {
+        jsons
+            .iter()
+            .map(|j| {
+                let text = std::str::from_utf8(j).unwrap();
+                text[10..text.find("\",").unwrap()].to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(
+        names(decoded.events().collect()),
+        ["third", "first", "second", "also_third"]
+    );
+    let batch = &decoded.batches.batches[0];
+    let packed = parse_bulks(&batch.packed);
+    let packed_names = packed
+        .iter()
+        .step_by(FIELDS_PER_EVENT)
+        .map(Vec::as_slice)
+        .collect();
+    assert_eq!(
+        names(packed_names),
+        ["first", "second", "third", "also_third"]
+    );
 }
