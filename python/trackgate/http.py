@@ -1,0 +1,540 @@
+"""The RSGI application Granian runs in each worker: routes, CORS, answers, statuses.
+
+`/track` hands the request's raw query string and body to the native decoder, the decoder's partition
+batches to the worker's batcher, and answers when the batcher says the events are in Redis. Nothing here
+looks at individual events except to report the ones that failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import functools
+import ipaddress
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Final, Protocol
+from urllib.parse import parse_qs, urlsplit
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from trackgate import metrics, store
+from trackgate._native import DecodeError, Options, Request, decode_request
+from trackgate.batcher import Batcher, UnavailableError
+from trackgate.projects import TokenCache
+from trackgate.settings import Settings, for_worker
+
+log = logging.getLogger("trackgate.http")
+
+
+class _Headers(Protocol):
+    def get(self, key: str, default: str | None = None) -> str | None: ...
+    def get_all(self, key: str) -> list[str]: ...
+
+
+class _Scope(Protocol):
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def query_string(self) -> str: ...
+    @property
+    def client(self) -> str: ...
+    @property
+    def headers(self) -> _Headers: ...
+
+
+class _Proto(Protocol):
+    async def __call__(self) -> bytes: ...
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+    def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None: ...
+
+
+class _Params(Protocol):
+    """What shapes an answer; a decoded `Request` has these, and so does `_FallbackParams`."""
+
+    @property
+    def verbose(self) -> bool: ...
+    @property
+    def img(self) -> bool: ...
+    @property
+    def callback(self) -> str | None: ...
+    @property
+    def redirect(self) -> str | None: ...
+
+
+# Every way a /track request can fail, and its status: the one place that decides. Whole-request decode
+# errors are listed by the decoder's kind (the decoder's own `status` agrees; a kind added to the decoder
+# later falls back to it); the rest are the gateway's reasons.
+STATUS: Final[dict[str, int]] = {
+    # the decoder, whole request
+    "empty": 400,
+    "invalid_gzip": 400,
+    "invalid_base64": 400,
+    "invalid_utf8": 400,
+    "invalid_json": 400,
+    "not_events": 400,
+    "empty_batch": 400,
+    "invalid_parameter": 400,
+    "body_too_large": 413,
+    "decompressed_too_large": 413,
+    "too_many_events": 413,
+    "unsupported_encoding": 415,
+    # the decoder, per event
+    "invalid_events": 400,
+    "unknown_token": 401,
+    # the gateway
+    "invalid_callback": 400,
+    "invalid_redirect": 400,
+    "origin_not_allowed": 403,
+    "method_not_allowed": 405,
+    "redis_unavailable": 503,
+    "overloaded": 503,
+    "stopping": 503,
+    "write_failed": 503,
+}
+
+TRANSPARENT_GIF: Final = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+VERBOSE_OK: Final = b'{"status":1,"error":null}'
+_CALLBACK_RE: Final = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*(?:\.[A-Za-z_$][A-Za-z0-9_$]*)*\Z")
+_MAX_CALLBACK: Final = 128
+_HEADER_LIST_RE: Final = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+(?:\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*\Z")
+_FALLBACK_BODY_MAX: Final = 64 * 1024
+
+_PLAIN: Final = [("content-type", "text/plain; charset=utf-8")]
+_JSON: Final = [("content-type", "application/json")]
+_JS: Final = [("content-type", "text/javascript; charset=utf-8"), ("x-content-type-options", "nosniff")]
+_GIF: Final = [("content-type", "image/gif"), ("cache-control", "no-store")]
+_ALLOW: Final = "GET, POST, OPTIONS"
+
+
+class FailedRecord(msgspec.Struct):
+    index: int
+    field: str
+    kind: str
+    message: str
+
+
+class VerboseFailure(msgspec.Struct):
+    status: int
+    error: str
+    num_records_imported: int
+    failed_records: list[FailedRecord]
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+class _FallbackParams:
+    """The answer-shaping parameters of a request the decoder refused as a whole, read in Python (this
+    path is rare, and the decoder does not return its parameters with the error)."""
+
+    __slots__ = ("callback", "img", "redirect", "verbose")
+
+    def __init__(
+        self, query: str, body: bytes, content_type: str | None, content_encoding: str | None
+    ) -> None:
+        fields = parse_qs(query, max_num_fields=100)
+        media = (content_type or "").split(";")[0].strip().lower()
+        if (
+            body
+            and not content_encoding
+            and len(body) <= _FALLBACK_BODY_MAX
+            and media in ("application/x-www-form-urlencoded", "text/plain")
+        ):
+            with contextlib.suppress(UnicodeDecodeError, ValueError):
+                fields.update(parse_qs(body.decode(), max_num_fields=100))
+        flag = {"1", "true"}
+        self.verbose = fields.get("verbose", [""])[-1].strip() in flag
+        self.img = fields.get("img", [""])[-1].strip() in flag
+        self.callback = fields.get("callback", [None])[-1]
+        self.redirect = None
+
+
+def valid_callback(name: str) -> bool:
+    return len(name) <= _MAX_CALLBACK and _CALLBACK_RE.match(name) is not None
+
+
+class App:
+    """One per worker process. Granian calls `__rsgi_init__` before serving and `__rsgi_del__` after the
+    last in-flight request was answered."""
+
+    settings: Settings
+    _options: Options
+    _batcher: Batcher
+    _tokens: TokenCache
+    _admin: Redis
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self.start(for_worker()))
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self.stop())
+
+    async def start(self, settings: Settings) -> None:
+        if settings.redis_url is None:
+            raise RuntimeError("no Redis URL: run the app with `trackgate serve`, or set TRACKGATE_REDIS_URL")
+        self.settings = settings
+        self._options = settings.decoder_options()
+        self._any_origin = "*" in settings.allowed_origins
+        self._origins = frozenset(settings.allowed_origins)
+        self._redirect_hosts = frozenset(h.lower() for h in settings.redirect_hosts)
+        self._proxies = tuple(ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies)
+        # Peers repeat (they are the proxies), so each address is parsed and matched once.
+        self._trusted = functools.lru_cache(maxsize=4096)(self._is_trusted)
+        self._retry_after = [("retry-after", str(settings.retry_after))]
+        self._admin = Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        try:
+            await store.load_functions(self._admin, replace=False)
+        except (RedisError, OSError) as err:
+            log.warning("function library not checked (Redis unreachable): %s", err)
+        self._tokens = TokenCache(self._admin, settings.token_refresh)
+        await self._tokens.start()
+        self._batcher = Batcher(
+            settings.redis_url,
+            max_events=settings.batch_max_events,
+            linger=settings.batch_linger_ms / 1000,
+            max_pending=settings.max_pending_events,
+            timeout=settings.redis_timeout,
+            retry_window=settings.retry_window,
+            stream_maxlen=settings.stream_maxlen,
+            stream_max_age=settings.stream_max_age,
+        )
+        await self._batcher.start()
+
+    async def stop(self) -> None:
+        await self._batcher.close()
+        await self._tokens.stop()
+        await self._admin.aclose()
+        metrics.worker_exited()
+
+    async def __rsgi__(self, scope: _Scope, proto: _Proto) -> None:
+        path = scope.path
+        if path == "/track" or path == "/track/":
+            await self._track(scope, proto)
+        elif path == "/healthz":
+            self._plain(proto, "healthz", 200, b"ok\n")
+        elif path == "/readyz":
+            await self._ready(proto)
+        elif path == "/metrics":
+            proto.response_bytes(200, [("content-type", metrics.CONTENT_TYPE)], metrics.render())
+            metrics.request_counter("metrics", 200).inc()
+        else:
+            self._plain(proto, "other", 404, b"not found\n")
+
+    @staticmethod
+    def _plain(proto: _Proto, route: str, status: int, body: bytes) -> None:
+        proto.response_bytes(status, _PLAIN, body)
+        metrics.request_counter(route, status).inc()
+
+    async def _ready(self, proto: _Proto) -> None:
+        try:
+            ok = bool(await asyncio.wait_for(self._admin.ping(), 1.0)) and self._batcher.ready
+        except (RedisError, OSError, TimeoutError):
+            ok = False
+        self._plain(proto, "readyz", 200 if ok else 503, b"ready\n" if ok else b"Redis is not reachable\n")
+
+    # /track
+
+    async def _track(self, scope: _Scope, proto: _Proto) -> None:
+        method = scope.method
+        headers = scope.headers
+        origin = headers.get("origin")
+        cors: list[tuple[str, str]] = []
+        if origin is not None:
+            if not self._any_origin and origin not in self._origins:
+                self._refuse(
+                    scope, proto, "origin_not_allowed", f"origin {origin[:100]!r} is not allowed", cors
+                )
+                return
+            cors = [
+                ("access-control-allow-origin", origin),
+                ("access-control-allow-credentials", "true"),
+                ("vary", "Origin"),
+            ]
+        if method == "POST":
+            body = await self._read_body(proto, headers.get("content-length"))
+            if body is None:
+                self._refuse(
+                    scope,
+                    proto,
+                    "body_too_large",
+                    f"the request is larger than {self._options.max_request_bytes} bytes",
+                    cors,
+                )
+                return
+        elif method == "GET":
+            body = b""
+        elif method == "OPTIONS":
+            self._preflight(proto, headers, cors)
+            return
+        else:
+            self._refuse(
+                scope,
+                proto,
+                "method_not_allowed",
+                f"{method[:20]} is not allowed; use GET or POST",
+                [*cors, ("allow", _ALLOW)],
+            )
+            return
+        content_type = headers.get("content-type")
+        content_encoding = headers.get("content-encoding")
+        peer = self._peer(scope, headers)
+        try:
+            request = decode_request(
+                scope.query_string,
+                body,
+                content_type,
+                content_encoding,
+                now=time.time(),
+                options=self._options,
+                peer_ip=peer,
+                tokens=self._tokens.tokens,
+            )
+            if request.errors and _names_unknown_token(request) and await self._tokens.reload_for_unknown():
+                # A project created since the last reload: decode again with the fresh list.
+                request = decode_request(
+                    scope.query_string,
+                    body,
+                    content_type,
+                    content_encoding,
+                    now=time.time(),
+                    options=self._options,
+                    peer_ip=peer,
+                    tokens=self._tokens.tokens,
+                )
+        except DecodeError as err:
+            params = _FallbackParams(scope.query_string, body, content_type, content_encoding)
+            self._refuse(
+                scope, proto, err.kind, str(err), cors, params, status=STATUS.get(err.kind, err.status)
+            )
+            return
+        await self._store_and_answer(scope, proto, request, cors)
+
+    async def _store_and_answer(
+        self, scope: _Scope, proto: _Proto, request: Request, cors: list[tuple[str, str]]
+    ) -> None:
+        callback = request.callback
+        if callback is not None and not valid_callback(callback):
+            self._refuse(
+                scope,
+                proto,
+                "invalid_callback",
+                "callback: must be a dotted JavaScript identifier of at most 128 characters",
+                cors,
+                request,
+                callback=None,
+            )
+            return
+        if request.redirect is not None and not self._redirect_allowed(request.redirect):
+            self._refuse(
+                scope,
+                proto,
+                "invalid_redirect",
+                "redirect: only http(s) URLs to an allowed host are followed",
+                cors,
+                request,
+                callback=callback,
+            )
+            return
+        if request.accepted:
+            metrics.EVENTS_ACCEPTED.inc(request.accepted)
+            if not request.test:
+                try:
+                    failed = await self._batcher.submit(request.batches, request.accepted)
+                except UnavailableError as err:
+                    self._unavailable(scope, proto, err.reason, request, cors, callback)
+                    return
+                if failed and any((b[0], b[1]) in failed for b in request.batches):
+                    self._unavailable(scope, proto, "write_failed", request, cors, callback)
+                    return
+        errors = request.errors
+        if not errors:
+            if request.redirect is not None:
+                proto.response_bytes(
+                    302, [*cors, ("location", request.redirect), ("cache-control", "no-store")], b""
+                )
+                metrics.request_counter("track", 302).inc()
+                return
+            self._answer(proto, 200, request, callback, VERBOSE_OK, cors)
+            return
+        for error in errors:
+            metrics.EVENTS_REJECTED.labels(error[2]).inc()
+        reason = "unknown_token" if all(e[2] == "unknown_token" for e in errors) else "invalid_events"
+        index, field, _, detail = errors[0]
+        # The error names the field; the decoder's messages mostly do already.
+        if field and field not in detail:
+            detail = f"{field}: {detail}"
+        message = f"{len(errors)} of {request.total} events failed; the first, at index {index}: {detail}"
+        self._refuse(
+            scope,
+            proto,
+            reason,
+            message,
+            cors,
+            request,
+            callback=callback,
+            imported=request.accepted,
+            errors=errors,
+        )
+
+    def _unavailable(
+        self,
+        scope: _Scope,
+        proto: _Proto,
+        reason: str,
+        params: _Params,
+        cors: list[tuple[str, str]],
+        callback: str | None,
+    ) -> None:
+        message = f"Redis cannot take the events now ({reason.replace('_', ' ')}); retry later"
+        self._refuse(scope, proto, reason, message, [*cors, *self._retry_after], params, callback=callback)
+
+    def _refuse(
+        self,
+        scope: _Scope,
+        proto: _Proto,
+        reason: str,
+        message: str,
+        headers: list[tuple[str, str]],
+        params: _Params | None = None,
+        *,
+        callback: str | None = None,
+        status: int | None = None,
+        imported: int = 0,
+        errors: Sequence[tuple[int, str, str, str]] = (),
+    ) -> None:
+        """Answer a failure, and log it in one line (never the payload)."""
+        if status is None:
+            status = STATUS[reason]
+        metrics.REQUESTS_REJECTED.labels(reason).inc()
+        log.warning(
+            "%s %s from %s: %d %s: %.300s", scope.method, scope.path, scope.client, status, reason, message
+        )
+        if params is None:
+            self._answer(proto, status, None, None, b"0", headers)
+            return
+        if isinstance(params, _FallbackParams):
+            callback = (
+                params.callback if params.callback is not None and valid_callback(params.callback) else None
+            )
+        detail = b"0"
+        if params.verbose:
+            detail = _encode(
+                VerboseFailure(
+                    status=0,
+                    error=message,
+                    num_records_imported=imported,
+                    failed_records=[FailedRecord(i, f, k, m) for i, f, k, m in errors],
+                )
+            )
+        self._answer(proto, status, params, callback, detail, headers)
+
+    @staticmethod
+    def _answer(
+        proto: _Proto,
+        status: int,
+        params: _Params | None,
+        callback: str | None,
+        verbose_body: bytes,
+        extra: list[tuple[str, str]],
+    ) -> None:
+        """The body the request asked for: `1`/`0`, verbose JSON, JSONP or a pixel."""
+        ok = status == 200
+        if params is None or not params.verbose:
+            body, headers = (b"1" if ok else b"0"), _PLAIN
+        else:
+            body, headers = verbose_body, _JSON
+        if callback is not None:
+            body, headers = b"%s(%s)" % (callback.encode(), body), _JS
+        elif params is not None and params.img:
+            body, headers = TRANSPARENT_GIF, _GIF
+        proto.response_bytes(status, [*headers, *extra] if extra else headers, body)
+        metrics.request_counter("track", status).inc()
+
+    def _preflight(self, proto: _Proto, headers: _Headers, cors: list[tuple[str, str]]) -> None:
+        answer = [("allow", _ALLOW), *cors]
+        if cors:
+            asked = headers.get("access-control-request-headers")
+            allowed = (
+                asked if asked and _HEADER_LIST_RE.match(asked.strip()) else "Content-Type, Content-Encoding"
+            )
+            answer += [
+                ("access-control-allow-methods", _ALLOW),
+                ("access-control-allow-headers", allowed),
+                ("access-control-max-age", "86400"),
+            ]
+        proto.response_bytes(204, answer, b"")
+        metrics.request_counter("track", 204).inc()
+
+    async def _read_body(self, proto: _Proto, length: str | None) -> bytes | None:
+        """The body, or None when it is over the request limit (refused before it is all in memory)."""
+        limit = self._options.max_request_bytes
+        if length is not None:
+            if length.isdigit() and int(length) > limit:
+                return None
+            return await proto()
+        # Chunked: no length announced, so count while reading.
+        chunks = []
+        size = 0
+        async for chunk in proto:
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _peer(self, scope: _Scope, headers: _Headers) -> str:
+        client = scope.client
+        host = (
+            client[1 : client.index("]")] if client.startswith("[") else client.rpartition(":")[0] or client
+        )
+        if not self._proxies or not self._trusted(host):
+            return host
+        # Behind trusted proxies the client is the right-most hop that is not one of them: every hop to
+        # its left was written by the client itself and can say anything.
+        hops = ",".join(headers.get_all("x-forwarded-for")).split(",")
+        for hop in reversed(hops):
+            hop = hop.strip()
+            try:
+                ipaddress.ip_address(hop)
+            except ValueError:
+                break
+            if not self._trusted(hop):
+                return hop
+            host = hop
+        return host
+
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._proxies)
+
+    def _redirect_allowed(self, url: str) -> bool:
+        # Printable ASCII only: no CR/LF (header injection), no spaces, no backslashes (which browsers
+        # read as slashes, so that `https://allowed\@evil` would go to evil).
+        if len(url) > 2048 or not url.isascii() or not url.isprintable() or " " in url or "\\" in url:
+            return False
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 -- raises ValueError for a malformed port
+        except ValueError:
+            return False
+        if parts.scheme not in ("http", "https") or "@" in parts.netloc or not parts.hostname:
+            return False
+        return parts.hostname in self._redirect_hosts
+
+
+def _names_unknown_token(request: Request) -> bool:
+    return any(error[2] == "unknown_token" for error in request.errors)
+
+
+app = App()

@@ -1,0 +1,83 @@
+"""The gateway's Prometheus metrics.
+
+With several Granian workers, /metrics is answered by whichever worker the scrape reaches, so each
+worker's numbers alone would be wrong. `trackgate serve` therefore runs prometheus-client in
+multi-process mode: it sets PROMETHEUS_MULTIPROC_DIR (an empty directory under the data directory)
+before the workers start and import this module; every worker writes its values to files there, and a
+scrape sums them all. Without that variable (an app served by granian directly) the metrics are the
+process's own.
+
+Label values are fixed strings (routes, statuses, error kinds), never request data.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from trackgate.settings import metrics_dir
+
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+
+REQUESTS = Counter("trackgate_requests", "HTTP requests answered, by route and status", ["route", "status"])
+EVENTS_ACCEPTED = Counter("trackgate_events_accepted", "events that passed validation")
+EVENTS_REJECTED = Counter("trackgate_events_rejected", "events refused, by error kind", ["kind"])
+EVENTS_STORED = Counter("trackgate_events_stored", "events written to Redis")
+REQUESTS_REJECTED = Counter(
+    "trackgate_requests_rejected", "requests refused as a whole, by reason", ["reason"]
+)
+BATCH_EVENTS = Histogram(
+    "trackgate_batch_events",
+    "events per Redis write command (one partition of one flush)",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000),
+)
+FLUSH_SECONDS = Histogram(
+    "trackgate_flush_seconds",
+    "time to write one flush (all its commands, one round trip) to Redis, retries included",
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+QUEUE_EVENTS = Gauge(
+    "trackgate_queue_events",
+    "events accepted and not yet written, summed over workers",
+    multiprocess_mode="livesum",
+)
+REDIS_ERRORS = Counter("trackgate_redis_errors", "failed Redis operations, by kind", ["kind"])
+BATCHES_DEDUPLICATED = Counter(
+    "trackgate_batches_deduplicated", "retried write commands that Redis had applied already"
+)
+
+# `.labels()` costs a lock and a dict lookup with tuple building; the hot path reuses children.
+_request_children: dict[tuple[str, int], Counter] = {}
+
+
+def request_counter(route: str, status: int) -> Counter:
+    child = _request_children.get((route, status))
+    if child is None:
+        child = _request_children[(route, status)] = REQUESTS.labels(route, str(status))
+    return child
+
+
+def render() -> bytes:
+    directory = metrics_dir()
+    if directory is None:
+        return generate_latest()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
+
+def worker_exited() -> None:
+    """Drop this worker's live gauges, so that a stopped worker's queue depth is not summed forever."""
+    directory = metrics_dir()
+    if directory is not None:
+        multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]

@@ -1,0 +1,159 @@
+"""The project registry in Redis, and each worker's cached view of which tokens exist.
+
+A project has a public token (what clients put in `properties.token`) and an API secret for the
+server-side endpoints to come. Secrets are random 32-byte values, so a plain SHA-256 is a sufficient
+hash (no password stretching needed); they are compared in constant time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import time
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from trackgate._native import TokenSet
+from trackgate.store import PROJECT_NAMES_KEY, PROJECTS_KEY, project_key
+
+log = logging.getLogger("trackgate.projects")
+
+# Tokens become part of Redis keys and of hash tags: no braces, colons or spaces.
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+_MAX_NAME = 200
+
+
+class ProjectError(ValueError):
+    """A project cannot be created as asked."""
+
+
+class Project(msgspec.Struct, frozen=True):
+    token: str
+    name: str
+    created: float
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _hash_secret(secret: str) -> str:
+    return "sha256$" + hashlib.sha256(secret.encode()).hexdigest()
+
+
+async def create_project(client: Redis, name: str, token: str | None = None) -> tuple[Project, str]:
+    """A new project and its secret (shown once; only its hash is kept). `token` keeps an existing
+    Mixpanel token, so that clients moving to the gateway need no change."""
+    name = name.strip()
+    if not name or len(name) > _MAX_NAME:
+        raise ProjectError(f"a project name is 1 to {_MAX_NAME} characters")
+    token = token or secrets.token_hex(16)
+    if not _TOKEN_RE.match(token):
+        raise ProjectError("a token is 8 to 64 characters of A-Z, a-z, 0-9, '_' and '-'")
+    secret = secrets.token_urlsafe(32)
+    project = Project(token=token, name=name, created=round(time.time(), 3))
+    # Claim the name first: HSETNX is the atomic check that two concurrent creates cannot both pass.
+    if not await client.hsetnx(PROJECT_NAMES_KEY, name, token):
+        raise ProjectError(f"a project named {name!r} exists already")
+    if await client.exists(project_key(token)):
+        await client.hdel(PROJECT_NAMES_KEY, name)
+        raise ProjectError(f"a project with token {token} exists already")
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.hset(
+            project_key(token),
+            mapping={"name": name, "secret": _hash_secret(secret), "created": str(project.created)},
+        )
+        pipe.sadd(PROJECTS_KEY, token)
+        await pipe.execute()
+    return project, secret
+
+
+async def find_by_name(client: Redis, name: str) -> Project | None:
+    token = await client.hget(PROJECT_NAMES_KEY, name)
+    if token is None:
+        return None
+    return await get_project(client, _text(token))
+
+
+async def get_project(client: Redis, token: str) -> Project | None:
+    fields = await client.hgetall(project_key(token))
+    if not fields:
+        return None
+    return Project(token=token, name=_text(fields[b"name"]), created=float(fields[b"created"]))
+
+
+async def list_projects(client: Redis) -> list[Project]:
+    tokens = sorted(_text(t) for t in await client.smembers(PROJECTS_KEY))
+    found = [await get_project(client, token) for token in tokens]
+    return sorted((p for p in found if p is not None), key=lambda p: (p.created, p.name))
+
+
+async def verify_secret(client: Redis, token: str, secret: str) -> bool:
+    stored = await client.hget(project_key(token), "secret")
+    if stored is None:
+        # Hash anyway, so that an unknown token takes as long to refuse as a wrong secret.
+        hmac.compare_digest(_hash_secret(secret), _hash_secret(""))
+        return False
+    return hmac.compare_digest(_hash_secret(secret), _text(stored))
+
+
+class TokenCache:
+    """A worker's view of the project tokens, handed to the decoder as a TokenSet.
+
+    Reloaded every `interval` seconds, and when a request names a token it does not know (a project
+    created a moment ago). Such reloads happen at most once a second: requests that arrive sooner wait
+    for the next one and share it, so a stream of bad tokens costs one Redis read a second, and a new
+    project's first events are never refused because of a stale list."""
+
+    MIN_INTERVAL = 1.0
+
+    def __init__(self, client: Redis, interval: float) -> None:
+        self.tokens = TokenSet([])
+        self._client = client
+        self._interval = interval
+        self._loaded_at = -1e9
+        self._pending: asyncio.Task[bool] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._load()
+        self._task = asyncio.create_task(self._periodic(), name="trackgate-token-refresh")
+
+    async def stop(self) -> None:
+        for task in (self._task, self._pending):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._task = self._pending = None
+
+    async def _periodic(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self._load()
+
+    async def _load(self, delay: float = 0.0) -> bool:
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            members = await self._client.smembers(PROJECTS_KEY)
+        except (RedisError, OSError) as err:
+            # Keep the last known tokens: an outage must not turn every event into a 401.
+            log.warning("project list not reloaded: %s", err)
+            return False
+        finally:
+            self._loaded_at = time.monotonic()
+        self.tokens = TokenSet([_text(m) for m in members])
+        return True
+
+    async def reload_for_unknown(self) -> bool:
+        """Reload because a request named an unknown token; True when the list was read."""
+        if self._pending is None or self._pending.done():
+            delay = self._loaded_at + self.MIN_INTERVAL - time.monotonic()
+            self._pending = asyncio.create_task(self._load(delay), name="trackgate-token-reload")
+        return await asyncio.shield(self._pending)

@@ -1,0 +1,273 @@
+"""Every setting of the gateway, in one frozen struct built once from defaults, TRACKGATE_* variables and
+command-line flags (in that order of precedence).
+
+This is the only module that reads the environment. `trackgate serve` hands the final settings to its
+Granian workers through one variable (`WORKER_SETTINGS_VAR`), because workers are separate processes
+that may be spawned rather than forked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, get_args, get_origin
+
+import msgspec
+
+from trackgate._native import Options
+
+ENV_PREFIX = "TRACKGATE_"
+WORKER_SETTINGS_VAR = "TRACKGATE__WORKER_SETTINGS"
+# prometheus-client's own variable: it switches the library into multi-process mode at import time.
+METRICS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
+
+# The decoder's defaults are the decoder's business: read them from it instead of copying them here.
+_RULES = Options()
+
+
+def _doc(text: str, **constraints: Any) -> msgspec.Meta:
+    return msgspec.Meta(description=text, **constraints)
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The gateway's configuration. Field descriptions double as `--help` texts."""
+
+    # Serving
+    host: Annotated[str, _doc("address to listen on")] = "127.0.0.1"
+    port: Annotated[int, _doc("TCP port to listen on", ge=0, le=65535)] = 8000
+    workers: Annotated[int, _doc("Granian worker processes", ge=1, le=256)] = 1
+    runtime_threads: Annotated[int, _doc("Granian runtime threads per worker", ge=1, le=64)] = 1
+    runtime_mode: Annotated[
+        str, _doc("Granian runtime mode: st (single-threaded) or mt", pattern="^(st|mt)$")
+    ] = "st"
+    event_loop: Annotated[
+        str, _doc("event loop of the workers: asyncio or uvloop (if installed)", pattern="^(asyncio|uvloop)$")
+    ] = "asyncio"
+    task_impl: Annotated[
+        str, _doc("Granian's task implementation for requests: asyncio or rust", pattern="^(asyncio|rust)$")
+    ] = "asyncio"
+    backpressure: Annotated[
+        int,
+        _doc("requests a worker handles concurrently before Granian queues connections (0: Granian's)", ge=0),
+    ] = 0
+    log_level: Annotated[
+        str, _doc("log level: debug, info, warning or error", pattern="^(debug|info|warning|error)$")
+    ] = "info"
+
+    # Redis
+    redis_url: Annotated[
+        str | None, _doc("Redis to write to (redis://, rediss://, unix://); none: a private redis-server")
+    ] = None
+    data_dir: Annotated[str, _doc("directory of the private redis-server's data and of runtime files")] = (
+        ".trackgate"
+    )
+    redis_timeout: Annotated[
+        float, _doc("seconds a batch write may take before its connection counts as lost", gt=0)
+    ] = 3.0
+    retry_window: Annotated[
+        float, _doc("seconds a batch whose write failed is retried before its requests get 503", ge=0)
+    ] = 2.0
+    retry_after: Annotated[int, _doc("Retry-After seconds sent with 503 answers", ge=0)] = 2
+
+    # Group commit
+    # One write is in flight per worker; events arriving meanwhile form the next batch, so batches grow
+    # with load by themselves. A linger trades latency for fewer, larger writes at moderate load.
+    batch_max_events: Annotated[
+        int, _doc("a worker writes its pending events once this many are waiting", ge=1)
+    ] = 2000
+    batch_linger_ms: Annotated[
+        float,
+        _doc(
+            "... or once the oldest has waited this many ms (0: as soon as the write in flight is done)",
+            ge=0,
+            le=10_000,
+        ),
+    ] = 0.0
+    max_pending_events: Annotated[
+        int, _doc("events a worker holds unwritten before it answers 503 (back-pressure)", ge=1)
+    ] = 100_000
+
+    # Streams
+    stream_maxlen: Annotated[
+        int, _doc("trim each partition's stream to about this many entries (0: no length limit)", ge=0)
+    ] = 1_000_000
+    stream_max_age: Annotated[
+        float, _doc("also trim entries older than this many seconds (0: no age limit)", ge=0)
+    ] = 0.0
+
+    # HTTP
+    allowed_origins: Annotated[
+        tuple[str, ...], _doc("CORS origins allowed to send events with credentials (*: any)")
+    ] = ("*",)
+    redirect_hosts: Annotated[tuple[str, ...], _doc("hosts that `redirect=URL` may send browsers to")] = ()
+    trusted_proxies: Annotated[
+        tuple[str, ...], _doc("addresses or networks of proxies whose X-Forwarded-For is believed")
+    ] = ()
+    token_refresh: Annotated[float, _doc("seconds between reloads of the project list", gt=0)] = 5.0
+
+    # Decoding rules (see the README's table)
+    partitions: Annotated[
+        int, _doc("streams per project; a user's events always share one", ge=1, le=65536)
+    ] = _RULES.partitions
+    max_age: Annotated[float, _doc("seconds an event's time may lie in the past", ge=0)] = _RULES.max_age
+    max_future_skew: Annotated[
+        float, _doc("seconds an event's time may lie ahead before it is set to now", ge=0)
+    ] = _RULES.max_future_skew
+    max_event_name_chars: Annotated[int, _doc("characters in an event name", ge=1)] = (
+        _RULES.max_event_name_chars
+    )
+    max_distinct_id_chars: Annotated[int, _doc("characters in a distinct_id", ge=1)] = (
+        _RULES.max_distinct_id_chars
+    )
+    max_properties: Annotated[int, _doc("properties of an event; keys of a nested object", ge=1)] = (
+        _RULES.max_properties
+    )
+    max_depth: Annotated[int, _doc("nesting levels inside a property", ge=0)] = _RULES.max_depth
+    max_array_len: Annotated[int, _doc("elements of an array", ge=0)] = _RULES.max_array_len
+    max_event_bytes: Annotated[int, _doc("bytes of an event's normalised JSON", ge=1)] = (
+        _RULES.max_event_bytes
+    )
+    max_request_bytes: Annotated[int, _doc("bytes of a request, inflated", ge=1)] = _RULES.max_request_bytes
+    max_events: Annotated[int, _doc("events in one request", ge=1)] = _RULES.max_events
+
+    def decoder_options(self) -> Options:
+        return Options(
+            max_age=self.max_age,
+            max_future_skew=self.max_future_skew,
+            max_event_name_chars=self.max_event_name_chars,
+            max_distinct_id_chars=self.max_distinct_id_chars,
+            max_properties=self.max_properties,
+            max_depth=self.max_depth,
+            max_array_len=self.max_array_len,
+            max_event_bytes=self.max_event_bytes,
+            max_request_bytes=self.max_request_bytes,
+            max_events=self.max_events,
+            partitions=self.partitions,
+        )
+
+
+class SettingsError(ValueError):
+    """A flag or variable has a value the gateway cannot use."""
+
+
+_FIELDS = msgspec.structs.fields(Settings)
+
+
+def _base_type(annotation: Any) -> Any:
+    """`Annotated[int, ...]` -> int; `str | None` -> str; `tuple[str, ...]` -> tuple."""
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) is tuple:
+        return tuple
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+def _help(annotation: Any) -> str:
+    for extra in get_args(annotation)[1:] if get_origin(annotation) is Annotated else ():
+        if isinstance(extra, msgspec.Meta) and extra.description:
+            return extra.description
+    return ""
+
+
+def _split_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One `--flag-name` per setting; the default is None so that only given flags override."""
+    group = parser.add_argument_group("settings (each also as a TRACKGATE_<NAME> variable)")
+    for field in _FIELDS:
+        base = _base_type(field.type)
+        flag = "--" + field.name.replace("_", "-")
+        default = field.default
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        text = f"{_help(field.type)} (default: {shown})"
+        if base is tuple:
+            group.add_argument(
+                flag, dest=field.name, default=None, metavar="A,B", help=text + "; comma-separated"
+            )
+        else:
+            group.add_argument(flag, dest=field.name, default=None, metavar=field.name.upper(), help=text)
+
+
+def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    names = {field.name for field in _FIELDS}
+    values: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == WORKER_SETTINGS_VAR:
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name not in names:
+            # A typo in a variable name must not silently fall back to a default.
+            raise SettingsError(f"unknown setting {key}; see `trackgate serve --help`")
+        values[name] = value
+    return values
+
+
+def build(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Defaults, then TRACKGATE_* variables, then flags given on the command line."""
+    values = _from_environment(os.environ if environ is None else environ)
+    if args is not None:
+        for field in _FIELDS:
+            given = getattr(args, field.name, None)
+            if given is not None:
+                values[field.name] = given
+    for field in _FIELDS:
+        if field.name in values and _base_type(field.type) is tuple and isinstance(values[field.name], str):
+            values[field.name] = _split_list(values[field.name])
+    try:
+        settings = msgspec.convert(values, Settings, strict=False)
+    except msgspec.ValidationError as err:
+        raise SettingsError(_explain(err, values)) from None
+    _check(settings)
+    return settings
+
+
+def _explain(err: msgspec.ValidationError, values: Mapping[str, Any]) -> str:
+    """msgspec says "Expected `int` >= 1 - at `$.workers`"; say it in the user's terms."""
+    text = str(err)
+    found = re.search(r" - at `\$\.(\w+)", text)
+    if found is None:
+        return text
+    name = found.group(1)
+    return (
+        f"--{name.replace('_', '-')} ({ENV_PREFIX}{name.upper()}) = {values.get(name)!r}: "
+        f"{text[: found.start()].lower()}"
+    )
+
+
+def _check(settings: Settings) -> None:
+    for proxy in settings.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise SettingsError(f"trusted proxy {proxy!r} is not an address or network") from None
+    for origin in settings.allowed_origins:
+        if origin != "*" and "://" not in origin:
+            raise SettingsError(f"allowed origin {origin!r} must look like https://app.example.com or be *")
+    try:
+        settings.decoder_options()
+    except ValueError as err:
+        raise SettingsError(str(err)) from None
+
+
+def to_worker_environment(settings: Settings) -> dict[str, str]:
+    """What `serve` puts into the environment of its workers."""
+    return {WORKER_SETTINGS_VAR: msgspec.json.encode(settings).decode()}
+
+
+def for_worker() -> Settings:
+    """The settings `serve` passed down; run without `serve` (granian directly), the usual sources."""
+    encoded = os.environ.get(WORKER_SETTINGS_VAR)
+    if encoded is None:
+        return build()
+    return msgspec.json.decode(encoded, type=Settings)
+
+
+def metrics_dir() -> str | None:
+    """The multi-process metrics directory `serve` set up, if any."""
+    return os.environ.get(METRICS_DIR_VAR) or None

@@ -1,0 +1,304 @@
+"""Fixtures for the gateway tests: real redis-server processes and real `trackgate serve` processes
+(Granian), each on a free loopback port, plus a TCP proxy that can lose a Redis reply on purpose."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+BIN = Path(sys.executable).parent
+TRACKGATE = str(BIN / "trackgate")
+PARTITIONS = 16
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} within {timeout} s")
+        time.sleep(0.02)
+
+
+class RedisServer:
+    """A redis-server with an append-only file, restartable on the same port and data."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--logfile", "redis.log"],
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        wait_for(self._answers, 10, "redis-server answering")
+
+    def _answers(self) -> bool:
+        try:
+            with redis.Redis(port=self.port, socket_timeout=0.2) as client:
+                return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no last fsync -- what a crash looks like to the gateway."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=5)
+
+
+class Gateway:
+    """`trackgate serve` in a subprocess."""
+
+    def __init__(self, directory: Path, *args: str, redis_url: str | None) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.args = list(args)
+        self.redis_url = redis_url
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = directory / "serve.log"
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def start(self, timeout: float = 30) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        command = [TRACKGATE, "serve", "--port", str(self.port), "--data-dir", str(self.directory / "data")]
+        if self.redis_url:
+            command += ["--redis-url", self.redis_url]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKGATE_")}
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [*command, *self.args], stdout=log, stderr=subprocess.STDOUT, cwd=self.directory, env=env
+            )
+        wait_for(self._ready, timeout, f"gateway ready ({self.log_path})")
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"trackgate serve exited {self.process.returncode}: {self.log()}")
+        try:
+            return requests.get(self.url("/readyz"), timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def create_project(redis_url: str, name: str, token: str | None = None) -> str:
+    """Through the real CLI, as an operator would."""
+    args = [TRACKGATE, "project", "create", name, "--redis-url", redis_url]
+    if token:
+        args += ["--token", token]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    lines = dict(line.split(": ", 1) for line in out.strip().splitlines())
+    assert set(lines) == {"token", "secret"}
+    return lines["token"]
+
+
+def partition_of(distinct_id: str) -> int:
+    """The decoder's partition function (CRC-32 of the distinct_id), as downstream tools would compute it."""
+    return zlib.crc32(distinct_id.encode()) % PARTITIONS
+
+
+def stream_key(token: str, partition: int) -> str:
+    return f"tg:{{{token}:{partition}}}:events"
+
+
+def stored_events(client: redis.Redis, token: str) -> list[dict[str, Any]]:
+    """Every event stored for a project, all partitions."""
+    found = []
+    for partition in range(PARTITIONS):
+        for _id, fields in client.xrange(stream_key(token, partition)):
+            found.append(json.loads(fields[b"data"]))
+    return found
+
+
+def stored_with(client: redis.Redis, token: str, prop: str, value: object) -> list[dict[str, Any]]:
+    return [e for e in stored_events(client, token) if e["properties"].get(prop) == value]
+
+
+class ReplyDropper:
+    """A TCP proxy in front of Redis that, when armed, closes the connection that sent the next FCALL
+    right after Redis has answered it, before the answer reaches the gateway: a lost reply."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.port = free_port()
+        self.upstream = upstream_port
+        self.armed = threading.Event()
+        self.dropped = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._stop = False
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            thread = threading.Thread(target=self._pump, args=(client, server), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _pump(self, client: socket.socket, server: socket.socket) -> None:
+        saw_fcall = False
+        with client, server:
+            while not self._stop:
+                readable, _, _ = select.select([client, server], [], [], 0.2)
+                for sock in readable:
+                    data = sock.recv(1 << 20)
+                    if not data:
+                        return
+                    if sock is client:
+                        saw_fcall = saw_fcall or b"FCALL" in data
+                        server.sendall(data)
+                    elif saw_fcall and self.armed.is_set():
+                        self.armed.clear()
+                        self.dropped.set()
+                        return
+                    else:
+                        client.sendall(data)
+
+    def close(self) -> None:
+        self._stop = True
+        self._listener.close()
+
+
+# Fixtures
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def rclient(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    with redis_server.client() as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def token(redis_server: RedisServer) -> str:
+    return create_project(redis_server.url, "tests")
+
+
+@pytest.fixture(scope="session")
+def gateway(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """Default settings, plus redirect hosts and trusted proxies (loopback and 10/8)."""
+    gw = Gateway(
+        tmp_path_factory.mktemp("gateway"),
+        "--redirect-hosts", "example.com,shop.example.org",
+        "--trusted-proxies", "127.0.0.1,10.0.0.0/8",
+        redis_url=redis_server.url,
+    )  # fmt: skip
+    gw.start()
+    yield gw
+    gw.stop()
+
+
+# The origins of the pages in the captured mixpanel-browser requests.
+CAPTURE_ORIGIN = "http://127.0.0.1:46359"
+CAPTURE_ORIGIN_GET_FIRST = "http://127.0.0.1:38077"
+
+
+@pytest.fixture(scope="session")
+def tuned_gateway(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """An allow-list of origins, a 100 kB request cap, no trusted proxies, and events accepted from
+    ten years back (the captured requests carry the capture day's times)."""
+    gw = Gateway(
+        tmp_path_factory.mktemp("tuned"),
+        "--allowed-origins", f"https://app.example.com,{CAPTURE_ORIGIN},{CAPTURE_ORIGIN_GET_FIRST}",
+        "--max-request-bytes", "100000",
+        "--max-age", str(10 * 365 * 86400),
+        redis_url=redis_server.url,
+    )  # fmt: skip
+    gw.start()
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def http() -> Iterator[requests.Session]:
+    with requests.Session() as session:
+        yield session
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of one test's own, for tests that stop it."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    with contextlib.suppress(Exception):
+        server.stop()

@@ -1,0 +1,416 @@
+"""Every parameter, answer and status of /track, against a real gateway and Redis."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import redis
+import requests
+from conftest import Gateway, create_project, stored_with
+
+GIF_PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+
+
+def event(token: str, marker: str, **props: Any) -> dict[str, Any]:
+    properties = {"token": token, "distinct_id": "u-" + marker, "marker": marker, **props}
+    return {"event": "test event", "properties": properties}
+
+
+def form(payload: object, **params: str) -> dict[str, str]:
+    return {"data": json.dumps(payload), **params}
+
+
+def b64(payload: object) -> str:
+    return base64.b64encode(json.dumps(payload).encode()).decode()
+
+
+@pytest.fixture
+def marker() -> str:
+    return uuid.uuid4().hex
+
+
+# plain answers
+
+
+def test_post_answers_1_and_stores(gateway: Gateway, rclient: redis.Redis, token: str, marker: str) -> None:
+    r = requests.post(gateway.url("/track"), data=form(event(token, marker, n=1)))
+    assert (r.status_code, r.text) == (200, "1")
+    assert r.headers["content-type"].startswith("text/plain")
+    [stored] = stored_with(rclient, token, "marker", marker)
+    assert stored["event"] == "test event"
+    assert stored["properties"]["n"] == 1
+
+
+def test_get_with_base64_data_on_track_slash(
+    gateway: Gateway, rclient: redis.Redis, token: str, marker: str
+) -> None:
+    r = requests.get(gateway.url("/track/?data=" + quote(b64(event(token, marker)))))
+    assert (r.status_code, r.text) == (200, "1")
+    assert len(stored_with(rclient, token, "marker", marker)) == 1
+
+
+def test_plain_failure_is_0_and_400(gateway: Gateway, token: str) -> None:
+    r = requests.post(gateway.url("/track"), data=form({"properties": {"token": token}}))
+    assert (r.status_code, r.text) == (400, "0")
+
+
+# verbose
+
+
+def test_verbose_success_is_exact_json(gateway: Gateway, token: str, marker: str) -> None:
+    r = requests.post(gateway.url("/track"), data=form(event(token, marker), verbose="1"))
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/json"
+    assert r.content == b'{"status":1,"error":null}'
+
+
+def test_verbose_failure_names_the_field_and_keeps_valid_neighbours(
+    gateway: Gateway, rclient: redis.Redis, token: str, marker: str
+) -> None:
+    batch = [event(token, marker, i=0), event(token, marker, i=1), event(token, marker, i=2)]
+    batch[1]["properties"]["time"] = "yesterday"
+    r = requests.post(gateway.url("/track?verbose=1"), data=form(batch))
+    assert r.status_code == 400
+    answer = r.json()
+    assert answer["status"] == 0
+    assert "properties.time" in answer["error"]
+    assert answer["num_records_imported"] == 2
+    [failed] = answer["failed_records"]
+    assert (failed["index"], failed["field"], failed["kind"]) == (1, "properties.time", "time_invalid")
+    assert failed["message"]
+    assert sorted(e["properties"]["i"] for e in stored_with(rclient, token, "marker", marker)) == [0, 2]
+
+
+def test_verbose_whole_request_error(gateway: Gateway) -> None:
+    r = requests.post(gateway.url("/track?verbose=1"), data={"data": "{not json"})
+    assert r.status_code == 400
+    answer = r.json()
+    assert answer["status"] == 0
+    assert "data" in answer["error"]
+    assert answer["num_records_imported"] == 0
+
+
+# tokens
+
+
+def test_unknown_token_is_401_and_not_stored(gateway: Gateway, rclient: redis.Redis, marker: str) -> None:
+    stranger = "unknown" + marker[:20]
+    r = requests.post(gateway.url("/track?verbose=1"), data=form(event(stranger, marker)))
+    assert r.status_code == 401
+    assert r.json()["failed_records"][0]["kind"] == "unknown_token"
+    assert stored_with(rclient, stranger, "marker", marker) == []
+
+
+def test_unknown_token_next_to_an_invalid_event_is_400(gateway: Gateway, token: str, marker: str) -> None:
+    batch = [event("unknown" + marker[:20], marker), {"event": "no token"}]
+    r = requests.post(gateway.url("/track"), data=form(batch))
+    assert (r.status_code, r.text) == (400, "0")
+
+
+def test_a_project_created_a_moment_ago_is_accepted(
+    gateway: Gateway, rclient: redis.Redis, marker: str
+) -> None:
+    assert gateway.redis_url
+    new_token = create_project(gateway.redis_url, "fresh-" + marker)
+    r = requests.post(gateway.url("/track"), data=form(event(new_token, marker)))
+    assert (r.status_code, r.text) == (200, "1")
+    assert len(stored_with(rclient, new_token, "marker", marker)) == 1
+
+
+# callback (JSONP)
+
+
+@pytest.mark.parametrize("name", ["cb", "mp.callbacks.cb_1", "$jq_123", "_"])
+def test_callback_wraps_the_answer(gateway: Gateway, token: str, marker: str, name: str) -> None:
+    r = requests.post(gateway.url("/track"), data=form(event(token, marker), callback=name))
+    assert r.status_code == 200
+    assert r.text == f"{name}(1)"
+    assert r.headers["content-type"].startswith("text/javascript")
+    assert r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_callback_with_verbose_wraps_the_json(gateway: Gateway, token: str, marker: str) -> None:
+    r = requests.get(gateway.url(f"/track?callback=cb&verbose=1&data={quote(b64(event(token, marker)))}"))
+    assert r.text == 'cb({"status":1,"error":null})'
+
+
+@pytest.mark.parametrize(
+    "name", ["alert(1)", "a..b", "1abc", "a" * 129, "x;y", "cb//", "é", "a.b.", "<script>", "a b"]
+)
+def test_bad_callback_is_400_never_echoed_nothing_stored(
+    gateway: Gateway, rclient: redis.Redis, token: str, marker: str, name: str
+) -> None:
+    r = requests.post(gateway.url("/track"), data=form(event(token, marker), callback=name))
+    assert r.status_code == 400
+    assert name not in r.text
+    assert not r.headers["content-type"].startswith("text/javascript")
+    assert stored_with(rclient, token, "marker", marker) == []
+
+
+def test_callback_of_128_characters_is_fine(gateway: Gateway, token: str, marker: str) -> None:
+    name = "a." * 63 + "bc"
+    assert len(name) == 128
+    r = requests.post(gateway.url("/track"), data=form(event(token, marker), callback=name))
+    assert (r.status_code, r.text) == (200, f"{name}(1)")
+
+
+# img
+
+
+def test_img_answers_a_transparent_pixel(
+    gateway: Gateway, rclient: redis.Redis, token: str, marker: str
+) -> None:
+    r = requests.get(gateway.url(f"/track?img=1&data={quote(b64(event(token, marker)))}"))
+    assert r.status_code == 200
+    assert r.content == GIF_PIXEL
+    assert r.content.startswith(b"GIF89a\x01\x00\x01\x00")
+    assert r.headers["content-type"] == "image/gif"
+    assert r.headers["cache-control"] == "no-store"
+    assert len(stored_with(rclient, token, "marker", marker)) == 1
+
+
+def test_img_failure_still_a_pixel_with_the_status(gateway: Gateway, token: str) -> None:
+    r = requests.get(gateway.url(f"/track?img=1&data={quote(b64({'properties': {'token': token}}))}"))
+    assert r.status_code == 400
+    assert r.content == GIF_PIXEL
+
+
+# redirect
+
+
+def test_redirect_to_an_allowed_host(gateway: Gateway, rclient: redis.Redis, token: str, marker: str) -> None:
+    target = "https://shop.example.org/thanks?order=7&x=%20y"
+    r = requests.get(
+        gateway.url(f"/track?redirect={quote(target, safe='')}&data={quote(b64(event(token, marker)))}"),
+        allow_redirects=False,
+    )
+    assert r.status_code == 302
+    assert r.headers["location"] == target
+    assert len(stored_with(rclient, token, "marker", marker)) == 1
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "https://evil.com/",
+        "javascript:alert(1)",
+        "//example.com/x",
+        "ftp://example.com/",
+        "https://example.com@evil.com/",
+        "https://evil.com\\@example.com/",
+        "https://example.com/\r\nSet-Cookie: a=b",
+        "https://example.com/ x",
+        "https://example.com.evil.com/",
+        "https://example.com:99999/",
+    ],
+)
+def test_redirect_elsewhere_is_400_and_nothing_stored(
+    gateway: Gateway, rclient: redis.Redis, token: str, marker: str, target: str
+) -> None:
+    r = requests.get(
+        gateway.url(f"/track?redirect={quote(target, safe='')}&data={quote(b64(event(token, marker)))}"),
+        allow_redirects=False,
+    )
+    assert r.status_code == 400
+    assert "location" not in r.headers
+    assert "set-cookie" not in r.headers
+    assert stored_with(rclient, token, "marker", marker) == []
+
+
+def test_redirect_is_not_followed_when_events_fail(gateway: Gateway, token: str) -> None:
+    data = quote(b64({"properties": {"token": token}}))
+    r = requests.get(gateway.url(f"/track?redirect=https://example.com/&data={data}"), allow_redirects=False)
+    assert r.status_code == 400
+
+
+# test=1
+
+
+def test_test_mode_validates_and_stores_nothing(
+    gateway: Gateway, rclient: redis.Redis, token: str, marker: str
+) -> None:
+    r = requests.post(gateway.url("/track?test=1&verbose=1"), data=form(event(token, marker)))
+    assert (r.status_code, r.json()) == (200, {"status": 1, "error": None})
+    bad = requests.post(gateway.url("/track?test=1"), data=form([event(token, marker), {"event": "x"}]))
+    assert (bad.status_code, bad.text) == (400, "0")
+    assert stored_with(rclient, token, "marker", marker) == []
+
+
+# sizes, encodings, bodies
+
+
+def test_too_many_events_is_413(gateway: Gateway, token: str, marker: str) -> None:
+    r = requests.post(gateway.url("/track?verbose=1"), data=form([event(token, marker)] * 2001))
+    assert r.status_code == 413
+    assert r.json()["status"] == 0
+
+
+def test_body_over_the_cap_is_413(tuned_gateway: Gateway, token: str, marker: str) -> None:
+    r = requests.post(tuned_gateway.url("/track"), data=form(event(token, marker, pad="x" * 200_000)))
+    assert (r.status_code, r.text) == (413, "0")
+
+
+def test_chunked_body_over_the_cap_is_413(tuned_gateway: Gateway) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b"data="
+        for _ in range(30):
+            yield b"A" * 10_000
+
+    r = requests.post(
+        tuned_gateway.url("/track"),
+        data=chunks(),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 413
+
+
+def test_unsupported_content_encoding_is_415(gateway: Gateway, token: str, marker: str) -> None:
+    r = requests.post(
+        gateway.url("/track"),
+        data=json.dumps(event(token, marker)),
+        headers={"content-type": "application/json", "content-encoding": "br"},
+    )
+    assert r.status_code == 415
+
+
+def test_gzip_json_body(gateway: Gateway, rclient: redis.Redis, token: str, marker: str) -> None:
+    body = gzip.compress(json.dumps([event(token, marker, i=i) for i in range(5)]).encode())
+    r = requests.post(
+        gateway.url("/track"),
+        data=body,
+        headers={"content-type": "application/json", "content-encoding": "gzip"},
+    )
+    assert (r.status_code, r.text) == (200, "1")
+    assert len(stored_with(rclient, token, "marker", marker)) == 5
+
+
+@pytest.mark.parametrize("query", ["", "data=", "data=%%%", "data=W10="])
+def test_unusable_requests_are_400(gateway: Gateway, query: str) -> None:
+    assert requests.get(gateway.url("/track?" + query)).status_code == 400
+
+
+# methods, routes
+
+
+def test_other_methods_are_405(gateway: Gateway) -> None:
+    r = requests.put(gateway.url("/track"), data="x")
+    assert r.status_code == 405
+    assert set(r.headers["allow"].replace(" ", "").split(",")) == {"GET", "POST", "OPTIONS"}
+
+
+def test_service_routes(gateway: Gateway, token: str, marker: str) -> None:
+    assert requests.post(gateway.url("/track"), data=form(event(token, marker))).text == "1"
+    assert (
+        requests.get(gateway.url("/healthz")).status_code,
+        requests.get(gateway.url("/readyz")).status_code,
+    ) == (
+        200,
+        200,
+    )
+    metrics = requests.get(gateway.url("/metrics"))
+    assert metrics.status_code == 200
+    assert 'trackgate_requests_total{route="track",status="200"}' in metrics.text
+    assert "trackgate_events_stored_total" in metrics.text
+    assert requests.get(gateway.url("/nope")).status_code == 404
+
+
+# CORS
+
+
+def test_preflight_echoes_any_origin_by_default(gateway: Gateway) -> None:
+    r = requests.options(
+        gateway.url("/track/"),
+        headers={
+            "origin": "https://site.example",
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "content-type",
+        },
+    )
+    assert r.status_code == 204
+    assert r.headers["access-control-allow-origin"] == "https://site.example"
+    assert r.headers["access-control-allow-credentials"] == "true"
+    assert "POST" in r.headers["access-control-allow-methods"]
+    assert "content-type" in r.headers["access-control-allow-headers"].lower()
+
+
+def test_cors_on_the_answer(gateway: Gateway, token: str, marker: str) -> None:
+    r = requests.post(
+        gateway.url("/track?verbose=1"),
+        data=form(event(token, marker)),
+        headers={"origin": "https://a.example"},
+    )
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-origin"] == "https://a.example"
+    assert r.headers["access-control-allow-credentials"] == "true"
+    assert "*" not in r.headers["access-control-allow-origin"]
+
+
+def test_allow_list_of_origins(tuned_gateway: Gateway, rclient: redis.Redis, token: str, marker: str) -> None:
+    ok = requests.post(
+        tuned_gateway.url("/track"),
+        data=form(event(token, marker)),
+        headers={"origin": "https://app.example.com"},
+    )
+    assert ok.status_code == 200
+    assert ok.headers["access-control-allow-origin"] == "https://app.example.com"
+    other = marker[::-1]
+    refused = requests.post(
+        tuned_gateway.url("/track"),
+        data=form(event(token, other)),
+        headers={"origin": "https://evil.example"},
+    )
+    assert refused.status_code == 403
+    assert "access-control-allow-origin" not in refused.headers
+    assert stored_with(rclient, token, "marker", other) == []
+    preflight = requests.options(tuned_gateway.url("/track"), headers={"origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+# the caller's address
+
+
+def _stored_ip(
+    gateway: Gateway, rclient: redis.Redis, token: str, marker: str, headers: dict[str, str]
+) -> str:
+    payload = {"event": "ip test", "properties": {"token": token, "marker": marker}}
+    r = requests.get(gateway.url(f"/track?ip=1&data={quote(b64(payload))}"), headers=headers)
+    assert r.text == "1"
+    [stored] = stored_with(rclient, token, "marker", marker)
+    assert stored["properties"]["ip"] == stored["distinct_id"]
+    return str(stored["properties"]["ip"])
+
+
+def test_caller_address_is_the_peer(gateway: Gateway, rclient: redis.Redis, token: str, marker: str) -> None:
+    assert _stored_ip(gateway, rclient, token, marker, {}) == "127.0.0.1"
+
+
+def test_behind_a_trusted_proxy_the_rightmost_untrusted_hop(
+    gateway: Gateway, rclient: redis.Redis, token: str
+) -> None:
+    # 10.1.2.3 is a trusted proxy and is skipped; 6.6.6.6 was written by the client and is never believed.
+    headers = {"x-forwarded-for": "6.6.6.6, 203.0.113.9, 10.1.2.3"}
+    assert _stored_ip(gateway, rclient, token, uuid.uuid4().hex, headers) == "203.0.113.9"
+
+
+def test_forwarded_for_from_an_untrusted_peer_is_ignored(
+    tuned_gateway: Gateway, rclient: redis.Redis, token: str, marker: str
+) -> None:
+    headers = {"x-forwarded-for": "203.0.113.9"}
+    assert _stored_ip(tuned_gateway, rclient, token, marker, headers) == "127.0.0.1"
+
+
+def test_answers_are_fast_enough_to_be_group_commits(gateway: Gateway, token: str) -> None:
+    # Not a benchmark: a guard against a linger or a flush timer gone wrong (seconds instead of ms).
+    with requests.Session() as session:
+        started = time.perf_counter()
+        for i in range(20):
+            assert session.post(gateway.url("/track"), data=form(event(token, f"speed-{i}"))).text == "1"
+        assert (time.perf_counter() - started) / 20 < 0.1
