@@ -147,13 +147,18 @@ class Gateway:
 
 def create_project(redis_url: str, name: str, token: str | None = None) -> str:
     """Through the real CLI, as an operator would."""
-    args = [TRACKGATE, "project", "create", name, "--redis-url", redis_url]
+    return create_project_keys(redis_url, name, token)[0]
+
+
+def create_project_keys(redis_url: str, name: str, token: str | None = None, *extra: str) -> tuple[str, str]:
+    """A new project's token and API secret, through the real CLI."""
+    args = [TRACKGATE, "project", "create", name, "--redis-url", redis_url, *extra]
     if token:
         args += ["--token", token]
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     lines = dict(line.split(": ", 1) for line in out.strip().splitlines())
     assert set(lines) == {"token", "secret"}
-    return lines["token"]
+    return lines["token"], lines["secret"]
 
 
 def partition_of(distinct_id: str) -> int:

@@ -116,8 +116,7 @@ def _packed_command(token: str, batch_id: bytes, run: str, maxlen: int = 0, max_
         tokens=TokenSet([token]),
     )
     [(tok, partition, count, packed)] = request.batches
-    key = store.bulk(store.stream_key(tok, partition).encode())
-    return store.write_header(key, batch_id, store.fixed_write_arguments(maxlen, max_age), count) + packed
+    return store.WriteCommands(maxlen, max_age).header(tok, partition, 86400, batch_id, count) + packed
 
 
 def _send(client: redis.Redis, command: bytes) -> Any:

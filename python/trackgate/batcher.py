@@ -26,6 +26,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Final
 
 import redis.exceptions
@@ -91,6 +92,7 @@ class Batcher:
         retry_window: float,
         stream_maxlen: int,
         stream_max_age: float,
+        funnel_window: Callable[[str], int],
     ) -> None:
         self._pool = ConnectionPool.from_url(
             redis_url,
@@ -105,11 +107,11 @@ class Batcher:
         self._max_pending = max_pending
         self._retry_window = retry_window
         self._timeout = timeout
-        self._fixed = store.fixed_write_arguments(stream_maxlen, stream_max_age)
+        self._headers = store.WriteCommands(stream_maxlen, stream_max_age)
+        self._funnel_window = funnel_window
         # One writer per worker lifetime; its sequence numbers make batch ids that Redis dedupes.
         self._writer = secrets.token_hex(8).encode()
         self._seq = 0
-        self._key_bulks: dict[Key, bytes] = {}
         self._open = _Flush()
         self._inflight: _Flush | None = None
         self._pending = 0
@@ -245,12 +247,11 @@ class Batcher:
     def _commands(self, flush: _Flush) -> list[_Command]:
         commands = []
         for key, chunks in flush.parts.items():
-            key_bulk = self._key_bulks.get(key)
-            if key_bulk is None:
-                key_bulk = self._key_bulks[key] = store.bulk(store.stream_key(*key).encode())
             self._seq += 1
             count = flush.counts[key]
-            header = store.write_header(key_bulk, b"%s:%d" % (self._writer, self._seq), self._fixed, count)
+            token, partition = key
+            batch_id = b"%s:%d" % (self._writer, self._seq)
+            header = self._headers.header(token, partition, self._funnel_window(token), batch_id, count)
             chunks.insert(0, header)
             commands.append(_Command(key, count, chunks))
         return commands

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import logging.config
 import os
@@ -13,13 +14,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from tqdm import tqdm
 
-from trackgate import projects, settings, store
+from trackgate import export, funnels, projects, settings, store
 from trackgate.embedded import DataDirLock, EmbeddedRedis, EmbeddedRedisError, running_url
 
 log = logging.getLogger("trackgate")
@@ -68,8 +70,30 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--token", help="keep this token (e.g. the project's Mixpanel token) instead of a new one"
     )
+    create.add_argument(
+        "--funnel-window-days",
+        type=float,
+        default=projects.DEFAULT_FUNNEL_WINDOW / 86400,
+        help="days after a user's step 1 in which later funnel steps count (default: 30)",
+    )
     listing = actions.add_parser("list", help="list the projects")
-    for sub in (create, listing):
+    window = actions.add_parser("set-funnel-window", help="change a project's funnel conversion window")
+    window.add_argument("name")
+    window.add_argument("days", type=float)
+
+    funnel = commands.add_parser("funnels", help="funnel reports")
+    funnel_actions = funnel.add_subparsers(dest="action", required=True, metavar="ACTION")
+    report = funnel_actions.add_parser("report", help="print a funnel report as a table")
+    report.add_argument("name", help="the funnel's name")
+    report.add_argument("--json", action="store_true", help="print the report as JSON instead")
+    export = commands.add_parser("export", help="write a project's raw events as JSON lines")
+    export.add_argument("--output", "-o", help="file to write (default: standard output)")
+    for sub in (report, export):
+        sub.add_argument("--project", required=True, help="the project's name or token")
+        sub.add_argument("--from", dest="start", help="first UTC day, YYYY-MM-DD (default: 30 days ago)")
+        sub.add_argument("--to", dest="end", help="last UTC day, YYYY-MM-DD (default: today)")
+        sub.add_argument("--partitions", help="the gateway's --partitions (default: 16)")
+    for sub in (create, listing, window, report, export):
         sub.add_argument(
             "--redis-url", help="Redis holding the projects (default: the private redis-server's)"
         )
@@ -82,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
-        return _project(args)
-    except (settings.SettingsError, EmbeddedRedisError, projects.ProjectError) as err:
+        return _with_redis(args)
+    except (settings.SettingsError, EmbeddedRedisError, projects.ProjectError, UsageError) as err:
         print(f"trackgate: error: {err}", file=sys.stderr)
         return 2
     except (RedisError, OSError) as err:
@@ -182,21 +206,42 @@ def _granian(config: settings.Settings) -> Any:
     )
 
 
-# project
+# project, funnels, export
 
 
-def _project(args: argparse.Namespace) -> int:
+class UsageError(ValueError):
+    """A command's arguments name something that is not there."""
+
+
+def _with_redis(args: argparse.Namespace) -> int:
     config = settings.build(args)
     with _redis_for_cli(config) as url:
-        return asyncio.run(_project_action(args, url))
+        if args.command == "project":
+            return asyncio.run(_project_action(args, url))
+        if args.command == "funnels":
+            return asyncio.run(_funnel_report(args, config, url))
+        with contextlib.ExitStack() as files:
+            out = files.enter_context(open(args.output, "wb")) if args.output else sys.stdout.buffer
+            return asyncio.run(_export(args, config, url, out))
+
+
+def _days(seconds_in_days: float) -> int:
+    return round(seconds_in_days * 86400)
 
 
 async def _project_action(args: argparse.Namespace, url: str) -> int:
     async with Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5) as client:
         if args.action == "create":
-            project, secret = await projects.create_project(client, args.name, args.token)
+            project, secret = await projects.create_project(
+                client, args.name, args.token, _days(args.funnel_window_days)
+            )
             print(f"token: {project.token}\nsecret: {secret}")
             print("keep the secret: it is not shown again", file=sys.stderr)
+            return 0
+        if args.action == "set-funnel-window":
+            project = await _find_project(client, args.name)
+            await projects.set_funnel_window(client, project.token, _days(args.days))
+            print(f"{project.name}: funnel window {args.days:g} days (from the gateway's next token reload)")
             return 0
         found = await projects.list_projects(client)
         if not found:
@@ -205,6 +250,70 @@ async def _project_action(args: argparse.Namespace, url: str) -> int:
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(project.created))
             print(f"{project.token}  {created}  {project.name}")
         return 0
+
+
+async def _find_project(client: Redis, name_or_token: str) -> projects.Project:
+    found = await projects.find_by_name(client, name_or_token) or await projects.get_project(
+        client, name_or_token
+    )
+    if found is None:
+        raise UsageError(f"no project named {name_or_token!r} (see `trackgate project list`)")
+    return found
+
+
+def _date_range(args: argparse.Namespace) -> tuple[dt.date, dt.date]:
+    try:
+        end = dt.date.fromisoformat(args.end) if args.end else dt.datetime.now(dt.UTC).date()
+        start = dt.date.fromisoformat(args.start) if args.start else end - dt.timedelta(days=29)
+    except ValueError as err:
+        raise UsageError(f"--from/--to: {err}") from None
+    try:
+        funnels.days_between(start, end)
+    except ValueError as err:
+        raise UsageError(f"--from/--to: {err}") from None
+    return start, end
+
+
+async def _funnel_report(args: argparse.Namespace, config: settings.Settings, url: str) -> int:
+    start, end = _date_range(args)
+    async with Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5) as client:
+        project = await _find_project(client, args.project)
+        report = await funnels.funnel_report(client, project.token, config.partitions, args.name, start, end)
+    if report is None:
+        raise UsageError(f"project {project.name!r} has no funnel named {args.name!r}")
+    if args.json:
+        sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(report)) + b"\n")
+    else:
+        print(funnels.render_table(report))
+    return 0
+
+
+async def _export(args: argparse.Namespace, config: settings.Settings, url: str, out: BinaryIO) -> int:
+    start, end = _date_range(args)
+    async with Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5) as client:
+        project = await _find_project(client, args.project)
+        async with client.pipeline(transaction=False) as pipe:
+            for p in range(config.partitions):
+                pipe.xlen(store.stream_key(project.token, p))
+            stored = sum(await pipe.execute())
+        written = 0
+        # The bar counts stream entries read, of all the project's stored entries: an upper bound.
+        with tqdm(total=stored, unit="event", file=sys.stderr, desc="export") as bar:
+            lines = export.export_events(
+                client,
+                project.token,
+                config.partitions,
+                start,
+                end,
+                max_future_skew=config.max_future_skew,
+                progress=bar.update,
+            )
+            async for line in lines:
+                out.write(line)
+                written += 1
+            bar.update(stored - bar.n)
+    print(f"{written} events of {project.name!r} from {start} to {end}", file=sys.stderr)
+    return 0
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from trackgate import metrics, store
 from trackgate._native import DecodeError, Options, Request, decode_request
+from trackgate.api import Api
 from trackgate.batcher import Batcher, UnavailableError
 from trackgate.projects import TokenCache
 from trackgate.settings import Settings, for_worker
@@ -50,10 +51,15 @@ class _Scope(Protocol):
     def headers(self) -> _Headers: ...
 
 
+class _Transport(Protocol):
+    async def send_bytes(self, data: bytes) -> None: ...
+
+
 class _Proto(Protocol):
     async def __call__(self) -> bytes: ...
     def __aiter__(self) -> AsyncIterator[bytes]: ...
     def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None: ...
+    def response_stream(self, status: int, headers: list[tuple[str, str]]) -> _Transport: ...
 
 
 class _Params(Protocol):
@@ -170,6 +176,7 @@ class App:
     _batcher: Batcher
     _tokens: TokenCache
     _admin: Redis
+    _api: Api
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(self.start(for_worker()))
@@ -205,8 +212,10 @@ class App:
             retry_window=settings.retry_window,
             stream_maxlen=settings.stream_maxlen,
             stream_max_age=settings.stream_max_age,
+            funnel_window=self._tokens.funnel_window,
         )
         await self._batcher.start()
+        self._api = Api(self._admin, settings)
 
     async def stop(self) -> None:
         await self._batcher.close()
@@ -222,6 +231,10 @@ class App:
             self._plain(proto, "healthz", 200, b"ok\n")
         elif path == "/readyz":
             await self._ready(proto)
+        elif path.startswith("/api/"):
+            await self._api(scope, proto)
+        elif path == "/dashboard" or path == "/dashboard/":
+            self._api.dashboard(proto)
         elif path == "/metrics":
             proto.response_bytes(200, [("content-type", metrics.CONTENT_TYPE)], metrics.render())
             metrics.request_counter("metrics", 200).inc()

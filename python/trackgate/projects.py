@@ -14,13 +14,14 @@ import logging
 import re
 import secrets
 import time
+from typing import Final
 
 import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from trackgate._native import TokenSet
-from trackgate.store import PROJECT_NAMES_KEY, PROJECTS_KEY, project_key
+from trackgate.store import PROJECT_NAMES_KEY, PROJECT_SECRETS_KEY, PROJECTS_KEY, project_key
 
 log = logging.getLogger("trackgate.projects")
 
@@ -33,10 +34,15 @@ class ProjectError(ValueError):
     """A project cannot be created as asked."""
 
 
+DEFAULT_FUNNEL_WINDOW: Final = 30 * 86400
+
+
 class Project(msgspec.Struct, frozen=True):
     token: str
     name: str
     created: float
+    funnel_window: int = DEFAULT_FUNNEL_WINDOW
+    """Seconds after a user's step 1 during which later steps of a funnel count."""
 
 
 def _text(value: bytes | str) -> str:
@@ -47,9 +53,12 @@ def _hash_secret(secret: str) -> str:
     return "sha256$" + hashlib.sha256(secret.encode()).hexdigest()
 
 
-async def create_project(client: Redis, name: str, token: str | None = None) -> tuple[Project, str]:
+async def create_project(
+    client: Redis, name: str, token: str | None = None, funnel_window: int = DEFAULT_FUNNEL_WINDOW
+) -> tuple[Project, str]:
     """A new project and its secret (shown once; only its hash is kept). `token` keeps an existing
     Mixpanel token, so that clients moving to the gateway need no change."""
+    _check_window(funnel_window)
     name = name.strip()
     if not name or len(name) > _MAX_NAME:
         raise ProjectError(f"a project name is 1 to {_MAX_NAME} characters")
@@ -57,7 +66,7 @@ async def create_project(client: Redis, name: str, token: str | None = None) -> 
     if not _TOKEN_RE.match(token):
         raise ProjectError("a token is 8 to 64 characters of A-Z, a-z, 0-9, '_' and '-'")
     secret = secrets.token_urlsafe(32)
-    project = Project(token=token, name=name, created=round(time.time(), 3))
+    project = Project(token=token, name=name, created=round(time.time(), 3), funnel_window=funnel_window)
     # Claim the name first: HSETNX is the atomic check that two concurrent creates cannot both pass.
     if not await client.hsetnx(PROJECT_NAMES_KEY, name, token):
         raise ProjectError(f"a project named {name!r} exists already")
@@ -67,8 +76,14 @@ async def create_project(client: Redis, name: str, token: str | None = None) -> 
     async with client.pipeline(transaction=True) as pipe:
         pipe.hset(
             project_key(token),
-            mapping={"name": name, "secret": _hash_secret(secret), "created": str(project.created)},
+            mapping={
+                "name": name,
+                "secret": _hash_secret(secret),
+                "created": str(project.created),
+                "funnel_window": str(funnel_window),
+            },
         )
+        pipe.hset(PROJECT_SECRETS_KEY, _hash_secret(secret), token)
         pipe.sadd(PROJECTS_KEY, token)
         await pipe.execute()
     return project, secret
@@ -85,13 +100,42 @@ async def get_project(client: Redis, token: str) -> Project | None:
     fields = await client.hgetall(project_key(token))
     if not fields:
         return None
-    return Project(token=token, name=_text(fields[b"name"]), created=float(fields[b"created"]))
+    return Project(
+        token=token,
+        name=_text(fields[b"name"]),
+        created=float(fields[b"created"]),
+        funnel_window=int(fields.get(b"funnel_window", DEFAULT_FUNNEL_WINDOW)),
+    )
+
+
+def _check_window(seconds: int) -> None:
+    if not 60 <= seconds <= 366 * 86400:
+        raise ProjectError("a funnel window is from 1 minute to 366 days")
+
+
+async def set_funnel_window(client: Redis, token: str, seconds: int) -> None:
+    """Takes effect in the gateway's workers at their next token reload."""
+    _check_window(seconds)
+    await client.hset(project_key(token), "funnel_window", str(seconds))
 
 
 async def list_projects(client: Redis) -> list[Project]:
     tokens = sorted(_text(t) for t in await client.smembers(PROJECTS_KEY))
     found = [await get_project(client, token) for token in tokens]
     return sorted((p for p in found if p is not None), key=lambda p: (p.created, p.name))
+
+
+async def project_for_secret(client: Redis, secret: str) -> str | None:
+    """The token of the project whose API secret this is. The lookup is by the secret's hash, and the
+    stored hash is then compared in constant time."""
+    hashed = _hash_secret(secret)
+    token = await client.hget(PROJECT_SECRETS_KEY, hashed)
+    if token is None:
+        return None
+    stored = await client.hget(project_key(_text(token)), "secret")
+    if stored is None or not hmac.compare_digest(hashed, _text(stored)):
+        return None
+    return _text(token)
 
 
 async def verify_secret(client: Redis, token: str, secret: str) -> bool:
@@ -115,6 +159,7 @@ class TokenCache:
 
     def __init__(self, client: Redis, interval: float) -> None:
         self.tokens = TokenSet([])
+        self._windows: dict[str, int] = {}
         self._client = client
         self._interval = interval
         self._loaded_at = -1e9
@@ -141,15 +186,25 @@ class TokenCache:
         if delay > 0:
             await asyncio.sleep(delay)
         try:
-            members = await self._client.smembers(PROJECTS_KEY)
+            members = [_text(m) for m in await self._client.smembers(PROJECTS_KEY)]
+            async with self._client.pipeline(transaction=False) as pipe:
+                for token in members:
+                    pipe.hget(project_key(token), "funnel_window")
+                windows = await pipe.execute()
         except (RedisError, OSError) as err:
             # Keep the last known tokens: an outage must not turn every event into a 401.
             log.warning("project list not reloaded: %s", err)
             return False
         finally:
             self._loaded_at = time.monotonic()
-        self.tokens = TokenSet([_text(m) for m in members])
+        self.tokens = TokenSet(members)
+        self._windows = {
+            token: int(window) for token, window in zip(members, windows, strict=True) if window is not None
+        }
         return True
+
+    def funnel_window(self, token: str) -> int:
+        return self._windows.get(token, DEFAULT_FUNNEL_WINDOW)
 
     async def reload_for_unknown(self) -> bool:
         """Reload because a request named an unknown token; True when the list was read."""

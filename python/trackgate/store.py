@@ -1,17 +1,30 @@
 """What trackgate keeps in Redis: the key layout, the `trackgate` function library, its loading.
 
-Keys (every key of one partition carries the hash tag `{<token>:<p>}`, so one function call touches one
-Redis Cluster slot and a later move to a cluster needs no change of layout):
+Keys. Every key of one partition carries the hash tag `{<token>:<p>}`, so one function call touches one
+Redis Cluster slot and a later move to a cluster needs no change of layout. Days are UTC `YYYY-MM-DD`.
 
     tg:{<token>:<p>}:events           stream of partition p of a project; entry field `data` holds the
-                                      event's normalised JSON; entry ids are Redis' own (time-ordered)
+                                      event's normalised JSON; entry ids are Redis' own (arrival order)
     tg:{<token>:<p>}:batch:<writer>   highest batch sequence number of one gateway writer applied to the
                                       partition (expires after a day): makes a retried write idempotent
+    tg:{<token>:<p>}:ev:<day>         hash: `<HH>:<event name>` -> events of that name in that hour
+    tg:{<token>:<p>}:eu:<day>:<name>  HyperLogLog of the distinct_ids that sent <name> that day
+    tg:{<token>:<p>}:funnels          set of funnel names seen
+    tg:{<token>:<p>}:fg:<funnel>      hash: `<step>` -> the first goal seen, `t<step>` -> when
+                                      (server time, microseconds)
+    tg:{<token>:<p>}:fs:<funnel>      hash: distinct_id -> `<entry time>:<step reached>:<time reached>`,
+                                      the user's current attempt
+    tg:{<token>:<p>}:fc:<funnel>:<day>  hash of the counters of users whose attempt began on <day>:
+                                      `u<step>` users, `h<step>` hits, `o<step>` out of order,
+                                      `s<step>` seconds from the previous step, `q<step>:<goal>` hits
+                                      per goal (goal conflicts: the hits of other goals than the first)
     tg:projects                       set of project tokens
-    tg:project:<token>                hash: name, secret (a hash of it), created
+    tg:project:<token>                hash: name, secret (a hash of it), created, funnel_window
     tg:project-names                  hash: project name -> token
+    tg:project-secrets                hash: secret hash -> token
 
-`p` is a stable hash of the distinct_id (the decoder's), so one user's events share a stream, in order.
+`p` is a stable hash of the distinct_id (the decoder's), so one user's events share a stream, in order,
+and per-user state (funnel attempts, unique users) lives in one partition: reports sum the partitions.
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ from trackgate._native import FIELDS_PER_EVENT
 LIBRARY: Final = "trackgate"
 PROJECTS_KEY: Final = "tg:projects"
 PROJECT_NAMES_KEY: Final = "tg:project-names"
+PROJECT_SECRETS_KEY: Final = "tg:project-secrets"
 
 
 def stream_key(token: str, partition: int) -> str:
@@ -40,14 +54,30 @@ def project_key(token: str) -> str:
 # with every command it sends. Redis applies one writer's commands to a partition in the order it sent
 # them, and a retry resends the unanswered ones in the same order, so "seq <= the last applied seq" is
 # exactly "already applied". One small key per writer and partition replaces a key per batch (which, at
-# hundreds of batches a second per partition kept for a day, would grow to gigabytes).
+# hundreds of batches a second per partition kept for a day, would grow to gigabytes). The stream entry,
+# the counters and the funnel state of a batch change in this one call, so an event is counted if and
+# only if it is stored, and a retried batch is counted once.
 #
 # Per-event arguments (FIELDS_PER_EVENT of them): JSON, event name, distinct_id, whole seconds, funnel
-# name, step, goal. Only the JSON is used today; `apply_event` is where funnel and counter updates go.
+# name, step, goal ("" when not an mp_funnel event).
 FUNCTION_SOURCE: Final = r"""#!lua name=trackgate
 
-local function apply_event(prefix, stream, args, i)
-  redis.call('XADD', stream, '*', 'data', args[i])
+local DAY = 86400
+
+-- Days since 1970-01-01 to YYYY-MM-DD (Howard Hinnant's civil_from_days): Redis' Lua has no os.date.
+local function civil(days)
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)
+  yoe = math.floor(yoe / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return string.format('%04d-%02d-%02d', y, m, d)
 end
 
 local function trim(stream, maxlen, max_age)
@@ -63,15 +93,65 @@ local function trim(stream, maxlen, max_age)
   end
 end
 
--- KEYS: the partition's stream. ARGV: batch id (<writer>:<seq>), maxlen (0: none), max age in seconds
--- (0: none), arguments per event, then that many arguments for each event.
+-- One mp_funnel event. Steps count in order within an attempt that starts at step 1 and lasts `window`
+-- seconds; counters go to the attempt's first day, so a date range selects users by their step 1.
+-- Goals: each partition keeps the first goal it saw per step, with the server time it saw it; a report
+-- takes the earliest over the partitions, and counts as conflicts the hits (`q<step>:<goal>` keeps
+-- them per goal) whose goal is another. That stays exact however users spread over partitions.
+local function funnel_event(prefix, day, window, now_us, uid, t, funnel, step, goal)
+  local goals = prefix .. 'fg:' .. funnel
+  if redis.call('HSETNX', goals, step, goal) == 1 then
+    redis.call('HSET', goals, 't' .. step, now_us)
+    redis.call('SADD', prefix .. 'funnels', funnel)
+  end
+  local cohort = t
+  local entry, reached, last
+  local states = prefix .. 'fs:' .. funnel
+  if uid ~= '' then
+    local state = redis.call('HGET', states, uid)
+    if state then
+      local e, r, l = string.match(state, '^([%d%.%-]+):(%d+):([%d%.%-]+)$')
+      entry, reached, last = tonumber(e), tonumber(r), tonumber(l)
+      if t - entry <= window then
+        cohort = entry
+      else
+        entry = nil
+      end
+    end
+  end
+  local counters = prefix .. 'fc:' .. funnel .. ':' .. day(math.floor(cohort / DAY))
+  local n = tostring(step)
+  redis.call('HINCRBY', counters, 'h' .. n, 1)
+  redis.call('HINCRBY', counters, 'q' .. n .. ':' .. goal, 1)
+  if uid == '' then
+    -- No user to follow: a hit, never a step taken.
+    if step > 1 then redis.call('HINCRBY', counters, 'o' .. n, 1) end
+    return
+  end
+  if step == 1 then
+    if not entry then
+      redis.call('HSET', states, uid, t .. ':1:' .. t)
+      redis.call('HINCRBY', counters, 'u1', 1)
+    end
+  elseif entry and reached == step - 1 then
+    redis.call('HSET', states, uid, entry .. ':' .. n .. ':' .. t)
+    redis.call('HINCRBY', counters, 'u' .. n, 1)
+    redis.call('HINCRBY', counters, 's' .. n, t - last)
+  elseif not (entry and reached >= step) then
+    redis.call('HINCRBY', counters, 'o' .. n, 1)
+  end
+end
+
+-- KEYS: the partition's stream. ARGV: maxlen (0: none), max age in seconds (0: none), the project's
+-- funnel window in seconds, arguments per event, batch id (<writer>:<seq>), then the events' arguments.
 -- Returns the number of events added; 0 when the batch had been applied before.
 local function tg_write(keys, args)
   local stream = keys[1]
   local prefix = string.sub(stream, 1, -7)
-  local writer, seq = string.match(args[1], '^([%w%-]+):(%d+)$')
+  local window = tonumber(args[3])
   local width = tonumber(args[4])
-  if not writer or not width or width < 1 or (#args - 4) % width ~= 0 then
+  local writer, seq = string.match(args[5], '^([%w%-]+):(%d+)$')
+  if not writer or not window or not width or width < 7 or (#args - 5) % width ~= 0 then
     return redis.error_reply('ERR tg_write: malformed arguments')
   end
   seq = tonumber(seq)
@@ -81,12 +161,60 @@ local function tg_write(keys, args)
     return 0
   end
   redis.call('SET', mark, seq, 'EX', 86400)
-  local added = 0
-  for i = 5, #args, width do
-    apply_event(prefix, stream, args, i)
-    added = added + 1
+
+  local days = {}
+  local function day(n)
+    local d = days[n]
+    if not d then
+      d = civil(n)
+      days[n] = d
+    end
+    return d
   end
-  trim(stream, tonumber(args[2]), tonumber(args[3]))
+  -- Counters are summed over the batch first: one HINCRBY per (day, hour, event), one PFADD per
+  -- (day, event), however many events share them.
+  local now = redis.call('TIME')
+  local now_us = now[1] .. string.format('%06d', tonumber(now[2]))
+  local counts, users, added = {}, {}, 0
+  for i = 6, #args, width do
+    redis.call('XADD', stream, '*', 'data', args[i])
+    added = added + 1
+    local name, uid, t = args[i + 1], args[i + 2], tonumber(args[i + 3])
+    local d = day(math.floor(t / DAY))
+    local field = string.format('%02d', math.floor((t % DAY) / 3600)) .. ':' .. name
+    local per_day = counts[d]
+    if not per_day then
+      per_day = {}
+      counts[d] = per_day
+    end
+    per_day[field] = (per_day[field] or 0) + 1
+    if uid ~= '' then
+      local key = prefix .. 'eu:' .. d .. ':' .. name
+      local list = users[key]
+      if not list then
+        list = {}
+        users[key] = list
+      end
+      list[#list + 1] = uid
+    end
+    local funnel = args[i + 4]
+    if funnel ~= '' then
+      funnel_event(prefix, day, window, now_us, uid, t, funnel, tonumber(args[i + 5]), args[i + 6])
+    end
+  end
+  for d, fields in pairs(counts) do
+    local key = prefix .. 'ev:' .. d
+    for field, n in pairs(fields) do
+      redis.call('HINCRBY', key, field, n)
+    end
+  end
+  for key, list in pairs(users) do
+    -- PFADD in slices: Lua's unpack has a limit on the number of values.
+    for from = 1, #list, 1000 do
+      redis.call('PFADD', key, unpack(list, from, math.min(from + 999, #list)))
+    end
+  end
+  trim(stream, tonumber(args[1]), tonumber(args[2]))
   return added
 end
 
@@ -116,22 +244,26 @@ def bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-def fixed_write_arguments(maxlen: int, max_age: float) -> bytes:
-    """The arguments of `tg_write` that are the same for every call of a gateway: maxlen, max age, width."""
-    return b"".join(bulk(str(v).encode()) for v in (maxlen, int(max_age), FIELDS_PER_EVENT))
-
-
 _FCALL: Final = b"$5\r\nFCALL\r\n$8\r\ntg_write\r\n$1\r\n1\r\n"
+_FIXED_ARGS: Final = 5
 
 
-def write_header(key_bulk: bytes, batch_id: bytes, fixed: bytes, count: int) -> bytes:
-    """The RESP header of `FCALL tg_write 1 <key> <batch id> <maxlen> <max age> <width>` for `count`
-    events; the events' packed arguments (from the decoder) follow it unchanged."""
-    return b"*%d\r\n%s%s$%d\r\n%s\r\n%s" % (
-        8 + count * FIELDS_PER_EVENT,
-        _FCALL,
-        key_bulk,
-        len(batch_id),
-        batch_id,
-        fixed,
-    )
+class WriteCommands:
+    """Builds `FCALL tg_write 1 <stream> <maxlen> <max age> <window> <width> <batch id>` headers; the
+    events' packed arguments (from the decoder) follow a header unchanged. What depends on the partition
+    alone is encoded once."""
+
+    def __init__(self, stream_maxlen: int, stream_max_age: float) -> None:
+        self._limits = bulk(str(stream_maxlen).encode()) + bulk(str(int(stream_max_age)).encode())
+        self._width = bulk(str(FIELDS_PER_EVENT).encode())
+        self._prefixes: dict[tuple[str, int, int], bytes] = {}
+
+    def header(self, token: str, partition: int, window: int, batch_id: bytes, count: int) -> bytes:
+        key = (token, partition, window)
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            stream = bulk(stream_key(token, partition).encode())
+            prefix = self._prefixes[key] = (
+                _FCALL + stream + self._limits + bulk(str(window).encode()) + self._width
+            )
+        return b"*%d\r\n%s%s" % (4 + _FIXED_ARGS + count * FIELDS_PER_EVENT, prefix, bulk(batch_id))

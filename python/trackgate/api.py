@@ -1,0 +1,212 @@
+"""The query API and the dashboard page: `/api/funnels`, `/api/funnels/{name}`, `/api/events`,
+`/api/export` and `/dashboard`.
+
+Every `/api` call is authenticated with a project's API secret as the HTTP Basic user name (as Mixpanel
+does) and reads that project only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import logging
+from importlib import resources
+from typing import Final, Protocol
+from urllib.parse import parse_qs, unquote
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from trackgate import counts, export, funnels, metrics, projects
+from trackgate.settings import Settings
+
+log = logging.getLogger("trackgate.api")
+
+_JSON: Final = [("content-type", "application/json"), ("cache-control", "no-store")]
+_CHALLENGE: Final = ("www-authenticate", 'Basic realm="trackgate", charset="UTF-8"')
+_EXPORT_FLUSH_BYTES: Final = 64 * 1024
+_DEFAULT_DAYS: Final = 30
+_encode = msgspec.json.Encoder().encode
+
+
+class _Headers(Protocol):
+    def get(self, key: str, default: str | None = None) -> str | None: ...
+
+
+class _Scope(Protocol):
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def query_string(self) -> str: ...
+    @property
+    def headers(self) -> _Headers: ...
+
+
+class _Transport(Protocol):
+    async def send_bytes(self, data: bytes) -> None: ...
+
+
+class _Proto(Protocol):
+    def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None: ...
+    def response_stream(self, status: int, headers: list[tuple[str, str]]) -> _Transport: ...
+
+
+class ApiError(Exception):
+    """An answer other than 200: its status and a message that names what is wrong."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Api:
+    def __init__(self, client: Redis, settings: Settings) -> None:
+        self._client = client
+        self._partitions = settings.partitions
+        self._skew = settings.max_future_skew
+        self._dashboard: bytes | None = None
+
+    def dashboard(self, proto: _Proto) -> None:
+        if self._dashboard is None:
+            self._dashboard = resources.files("trackgate").joinpath("dashboard.html").read_bytes()
+        headers = [
+            ("content-type", "text/html; charset=utf-8"),
+            ("cache-control", "no-store"),
+            # The page loads nothing from elsewhere, and nothing may frame it.
+            (
+                "content-security-policy",
+                "default-src 'self'; style-src 'unsafe-inline'; "
+                "script-src 'unsafe-inline'; frame-ancestors 'none'",
+            ),
+            ("x-content-type-options", "nosniff"),
+        ]
+        proto.response_bytes(200, headers, self._dashboard)
+        metrics.request_counter("dashboard", 200).inc()
+
+    async def __call__(self, scope: _Scope, proto: _Proto) -> None:
+        try:
+            if scope.method not in ("GET", "HEAD"):
+                raise ApiError(405, f"{scope.method[:20]} is not allowed; the API is read-only (GET)")
+            token = await self._authenticate(scope.headers.get("authorization"))
+            query = parse_qs(scope.query_string, max_num_fields=20)
+            path = scope.path.rstrip("/")
+            if path == "/api/export":
+                await self._export(proto, token, query)
+                return
+            body = await self._route(path, token, query)
+        except ApiError as err:
+            headers = [*_JSON, _CHALLENGE] if err.status == 401 else _JSON
+            proto.response_bytes(err.status, headers, _encode({"error": err.message}))
+            metrics.request_counter("api", err.status).inc()
+            return
+        except (RedisError, OSError) as err:
+            log.error("API call %s failed: Redis: %s", scope.path, err)
+            proto.response_bytes(
+                503, [*_JSON, ("retry-after", "2")], _encode({"error": "Redis is unavailable"})
+            )
+            metrics.request_counter("api", 503).inc()
+            return
+        proto.response_bytes(200, _JSON, body)
+        metrics.request_counter("api", 200).inc()
+
+    async def _authenticate(self, header: str | None) -> str:
+        secret = _basic_user(header)
+        if not secret:
+            raise ApiError(401, "authenticate with the project's API secret as the HTTP Basic user name")
+        token = await projects.project_for_secret(self._client, secret)
+        if token is None:
+            raise ApiError(401, "no project has this API secret")
+        return token
+
+    async def _route(self, path: str, token: str, query: dict[str, list[str]]) -> bytes:
+        if path == "/api/funnels":
+            return _encode({"funnels": await funnels.list_funnels(self._client, token, self._partitions)})
+        if path.startswith("/api/funnels/"):
+            name = unquote(path.removeprefix("/api/funnels/"))
+            start, end = _date_range(query)
+            report = await funnels.funnel_report(self._client, token, self._partitions, name, start, end)
+            if report is None:
+                raise ApiError(404, f"no funnel named {name!r} in this project")
+            return _encode(report)
+        if path == "/api/events":
+            start, end = _date_range(query)
+            unit = _one(query, "unit") or "day"
+            if unit not in ("day", "hour"):
+                raise ApiError(400, "unit: expected day or hour")
+            event = _one(query, "event")
+            result = await counts.event_counts(
+                self._client, token, self._partitions, start, end, "hour" if unit == "hour" else "day", event
+            )
+            return _encode(result)
+        raise ApiError(404, f"no API endpoint at {path[:100]}")
+
+    async def _export(self, proto: _Proto, token: str, query: dict[str, list[str]]) -> None:
+        start, end = _date_range(query)
+        lines = export.export_events(
+            self._client,
+            token,
+            self._partitions,
+            start,
+            end,
+            max_future_skew=self._skew,
+        )
+        transport = proto.response_stream(
+            200, [("content-type", "application/x-ndjson"), ("cache-control", "no-store")]
+        )
+        metrics.request_counter("api", 200).inc()
+        chunk: list[bytes] = []
+        size = 0
+        try:
+            async for line in lines:
+                chunk.append(line)
+                size += len(line)
+                if size >= _EXPORT_FLUSH_BYTES:
+                    await transport.send_bytes(b"".join(chunk))
+                    chunk, size = [], 0
+            if chunk:
+                await transport.send_bytes(b"".join(chunk))
+        except (RedisError, OSError) as err:
+            # The status is sent already: end the stream early; the client sees a short export.
+            log.error("export for %s stopped: %s", token, err)
+
+
+def _basic_user(header: str | None) -> str | None:
+    if not header or header[:6].lower() != "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, _, password = decoded.partition(":")
+    return user or password or None
+
+
+def _one(query: dict[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    return values[-1] if values else None
+
+
+def _date(query: dict[str, list[str]], name: str, default: dt.date) -> dt.date:
+    text = _one(query, name)
+    if text is None:
+        return default
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise ApiError(400, f"{name}: expected a date as YYYY-MM-DD, got {text[:40]!r}") from None
+
+
+def _date_range(query: dict[str, list[str]]) -> tuple[dt.date, dt.date]:
+    today = dt.datetime.now(dt.UTC).date()
+    end = _date(query, "to", today)
+    start = _date(query, "from", end - dt.timedelta(days=_DEFAULT_DAYS - 1))
+    try:
+        funnels.days_between(start, end)
+    except ValueError as err:
+        raise ApiError(400, f"from/to: {err}") from None
+    return start, end

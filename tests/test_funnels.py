@@ -1,0 +1,297 @@
+"""Funnel semantics, case by case: events decoded by the native decoder, written by the real `tg_write`
+function into a real redis-server, reported by `trackgate.funnels` and `trackgate.counts`."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import uuid
+import zlib
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+from conftest import RedisServer
+from trackgate import Options, decode_request, store
+from trackgate.counts import EventCounts, event_counts
+from trackgate.funnels import FunnelReport, Step, funnel_report, list_funnels
+
+PARTITIONS = 4
+DAY = 86400
+# 2026-11-20T00:00:00Z
+MIDNIGHT = dt.datetime(2026, 11, 20, tzinfo=dt.UTC).timestamp()
+D0 = dt.date(2026, 11, 20)
+NOW = MIDNIGHT + 10 * DAY
+
+
+class Project:
+    """A project's token, and a writer that sends requests as the gateway's batcher does."""
+
+    def __init__(self, server: RedisServer, window: int = 30 * DAY) -> None:
+        self.token = "t" + uuid.uuid4().hex[:15]
+        self.url = server.url
+        self.client = server.client()
+        self.client.function_load(store.FUNCTION_SOURCE, replace=True)
+        self.window = window
+        self.writer = uuid.uuid4().hex[:12]
+        self.seq = 0
+        self.commands = store.WriteCommands(0, 0)
+
+    def command(self, events: list[dict[str, Any]]) -> list[bytes]:
+        """The tg_write commands of one request holding `events`."""
+        request = decode_request(
+            b"",
+            json.dumps(events).encode(),
+            "application/json",
+            now=NOW,
+            options=Options(max_age=400 * DAY, partitions=PARTITIONS),
+        )
+        assert request.errors == []
+        commands = []
+        for token, partition, count, packed in request.batches:
+            self.seq += 1
+            batch_id = f"{self.writer}:{self.seq}".encode()
+            commands.append(self.commands.header(token, partition, self.window, batch_id, count) + packed)
+        return commands
+
+    def execute(self, command: bytes) -> Any:
+        conn = self.client.connection_pool.get_connection()
+        try:
+            conn.send_packed_command([command])
+            return conn.read_response()
+        finally:
+            self.client.connection_pool.release(conn)
+
+    def send(self, *events: dict[str, Any]) -> None:
+        for command in self.command(list(events)):
+            self.execute(command)
+
+    def report(self, name: str = "signup", start: dt.date = D0, end: dt.date | None = None) -> FunnelReport:
+        async def read() -> FunnelReport | None:
+            async with redis.asyncio.Redis.from_url(self.url) as client:
+                return await funnel_report(client, self.token, PARTITIONS, name, start, end or start)
+
+        report = asyncio.run(read())
+        assert report is not None
+        return report
+
+    def counts(
+        self, start: dt.date, end: dt.date, unit: str = "day", event: str | None = None
+    ) -> EventCounts:
+        async def read() -> EventCounts:
+            async with redis.asyncio.Redis.from_url(self.url) as client:
+                return await event_counts(
+                    client, self.token, PARTITIONS, start, end, "hour" if unit == "hour" else "day", event
+                )
+
+        return asyncio.run(read())
+
+
+def step(project: Project, user: str, n: int | str, at: float, goal: str | None = None, **extra: Any) -> dict:
+    goal = goal if goal is not None else f"goal {n}"
+    properties = {"token": project.token, "distinct_id": user, "time": at, "funnel": "signup", "step": n}
+    return {"event": "mp_funnel", "properties": {**properties, "goal": goal, **extra}}
+
+
+def column(report: FunnelReport | list[Step], name: str) -> list[Any]:
+    steps = report.steps if isinstance(report, FunnelReport) else report
+    return [getattr(s, name) for s in steps]
+
+
+@pytest.fixture
+def project(redis_server: RedisServer) -> Project:
+    return Project(redis_server)
+
+
+T = MIDNIGHT + 3600  # 01:00 on D0
+
+
+def test_in_order(project: Project) -> None:
+    project.send(step(project, "u1", 1, T))
+    project.send(step(project, "u1", 2, T + 60))
+    project.send(step(project, "u1", 3, T + 180))
+    report = project.report()
+    assert column(report, "users") == [1, 1, 1]
+    assert column(report, "hits") == [1, 1, 1]
+    assert column(report, "out_of_order") == [0, 0, 0]
+    assert column(report, "conversion_from_previous") == [100.0, 100.0, 100.0]
+    assert column(report, "conversion_overall") == [100.0, 100.0, 100.0]
+    assert column(report, "avg_seconds_from_previous") == [None, 60.0, 120.0]
+    assert column(report, "goal") == ["goal 1", "goal 2", "goal 3"]
+    assert list(report.days) == [D0.isoformat()]
+
+
+def test_a_skipped_step_does_not_advance_until_the_missing_step_comes(project: Project) -> None:
+    project.send(step(project, "u1", 1, T), step(project, "u1", 3, T + 10))
+    assert column(project.report(), "users") == [1, 0, 0]
+    assert column(project.report(), "out_of_order") == [0, 0, 1]
+    project.send(step(project, "u1", 2, T + 20))
+    project.send(step(project, "u1", 3, T + 30))
+    report = project.report()
+    assert column(report, "users") == [1, 1, 1]
+    assert column(report, "hits") == [1, 1, 2]
+
+
+def test_a_step_before_step_1_is_out_of_order(project: Project) -> None:
+    project.send(step(project, "u1", 2, T))
+    project.send(step(project, "u1", 1, T + 10))
+    report = project.report()
+    assert column(report, "users") == [1, 0]
+    assert column(report, "out_of_order") == [0, 1]
+    assert column(report, "conversion_from_previous") == [100.0, 0.0]
+
+
+def test_repeated_steps_are_hits_not_users(project: Project) -> None:
+    project.send(step(project, "u1", 1, T), step(project, "u1", 1, T + 5))
+    project.send(step(project, "u1", 2, T + 10), step(project, "u1", 2, T + 15))
+    project.send(step(project, "u1", 1, T + 20))
+    report = project.report()
+    assert column(report, "users") == [1, 1]
+    assert column(report, "hits") == [3, 2]
+    assert column(report, "out_of_order") == [0, 0]
+
+
+def test_two_users(project: Project) -> None:
+    project.send(step(project, "ann", 1, T), step(project, "bob", 1, T + 1))
+    project.send(step(project, "ann", 2, T + 100))
+    project.send(step(project, "bob", 3, T + 200))
+    report = project.report()
+    assert column(report, "users") == [2, 1, 0]
+    assert column(report, "conversion_from_previous") == [100.0, 50.0, 0.0]
+    assert column(report, "conversion_overall") == [100.0, 50.0, 0.0]
+    assert column(report, "out_of_order") == [0, 0, 1]
+
+
+def test_within_one_request_steps_count_in_time_order(project: Project) -> None:
+    # mixpanel-browser sends its batches out of tracking order.
+    project.send(step(project, "u1", 3, T + 30), step(project, "u1", 1, T), step(project, "u1", 2, T + 10))
+    assert column(project.report(), "users") == [1, 1, 1]
+    assert column(project.report(), "out_of_order") == [0, 0, 0]
+
+
+def test_across_requests_arrival_order_counts(project: Project) -> None:
+    project.send(step(project, "u1", 2, T + 10))
+    project.send(step(project, "u1", 1, T))
+    assert column(project.report(), "users") == [1, 0]
+    assert column(project.report(), "out_of_order") == [0, 1]
+
+
+def test_the_conversion_window(redis_server: RedisServer) -> None:
+    project = Project(redis_server, window=3600)
+    project.send(step(project, "u1", 1, T))
+    project.send(step(project, "u1", 2, T + 3600))  # exactly at the window's end: counts
+    project.send(step(project, "u1", 3, T + 3601))  # past it
+    report = project.report()
+    assert column(report, "users") == [1, 1, 0]
+    assert column(report, "out_of_order") == [0, 0, 1]
+    # After the window a step 1 starts a new attempt, counted again.
+    project.send(step(project, "u1", 1, T + 7200))
+    project.send(step(project, "u1", 2, T + 7300))
+    report = project.report()
+    assert column(report, "users") == [2, 2, 0]
+    assert column(report, "conversion_from_previous") == [100.0, 100.0, 0.0]
+
+
+def test_a_goal_conflict_is_counted_and_the_first_goal_kept(project: Project) -> None:
+    project.send(step(project, "ann", 1, T, goal="Landing"))
+    project.send(step(project, "bob", 1, T + 1, goal="Home page"))
+    project.send(step(project, "bob", 2, T + 2, goal="Sign up"))
+    report = project.report()
+    assert column(report, "goal") == ["Landing", "Sign up"]
+    assert column(report, "goal_conflicts") == [1, 0]
+    assert column(report, "users") == [2, 1]
+
+
+def test_date_ranges_select_users_by_their_step_1(project: Project) -> None:
+    day1 = D0 + dt.timedelta(days=1)
+    project.send(step(project, "late", 1, MIDNIGHT + DAY - 1))  # 23:59:59 on D0
+    project.send(step(project, "late", 2, MIDNIGHT + DAY + 30))  # on D0 + 1, still D0's cohort
+    project.send(step(project, "early", 1, MIDNIGHT + DAY))  # 00:00:00 on D0 + 1
+    assert column(project.report(start=D0), "users") == [1, 1]
+    assert column(project.report(start=day1), "users") == [1, 0]
+    both = project.report(start=D0, end=day1)
+    assert column(both, "users") == [2, 1]
+    assert list(both.days) == [D0.isoformat(), day1.isoformat()]
+    assert column(both.days[D0.isoformat()], "users") == [1, 1]
+    assert column(both.days[day1.isoformat()], "users") == [1, 0]
+    assert column(project.report(start=D0 - dt.timedelta(days=1)), "users") == [0, 0]
+
+
+def test_projects_are_kept_apart(redis_server: RedisServer) -> None:
+    a, b = Project(redis_server), Project(redis_server)
+    a.send(step(a, "u1", 1, T), step(a, "u1", 2, T + 1))
+    b.send(step(b, "u1", 1, T))
+    assert column(a.report(), "users") == [1, 1]
+    assert column(b.report(), "users") == [1]
+
+
+def test_a_retried_batch_is_counted_once(project: Project) -> None:
+    [command] = project.command([step(project, "u1", 1, T), step(project, "u1", 2, T + 5)])
+    assert project.execute(command) == 2
+    assert project.execute(command) == 0  # the same batch id again: applied already
+    report = project.report()
+    assert column(report, "users") == [1, 1]
+    assert column(report, "hits") == [1, 1]
+    assert project.client.xlen(store.stream_key(project.token, _partition("u1"))) == 2
+
+
+def test_string_steps_and_mp_properties(project: Project) -> None:
+    project.send(step(project, "u1", "1", T, mp_lib="web"), step(project, "u1", "2", T + 1, mp_lib="web"))
+    assert column(project.report(), "users") == [1, 1]
+
+
+def test_funnels_are_listed_with_their_steps(project: Project) -> None:
+    project.send(step(project, "u1", 1, T, goal="Visit"), step(project, "u1", 2, T + 1, goal="Form"))
+
+    async def read() -> list[Any]:
+        async with redis.asyncio.Redis.from_url(project.url) as client:
+            return list(await list_funnels(client, project.token, PARTITIONS))
+
+    [info] = asyncio.run(read())
+    assert info.name == "signup"
+    assert [(s.step, s.goal) for s in info.steps] == [(1, "Visit"), (2, "Form")]
+
+
+def test_event_counts_per_hour_and_unique_users_per_day(project: Project) -> None:
+    def event(name: str, user: str, at: float) -> dict[str, Any]:
+        return {"event": name, "properties": {"token": project.token, "distinct_id": user, "time": at}}
+
+    project.send(
+        event("view", "ann", MIDNIGHT + 10),
+        event("view", "ann", MIDNIGHT + 20),
+        event("view", "bob", MIDNIGHT + 3600 * 5),
+        event("buy", "bob", MIDNIGHT + 3600 * 5 + 1),
+        event("view", "cid", MIDNIGHT + DAY + 1),
+    )
+    daily = project.counts(D0, D0 + dt.timedelta(days=2))
+    assert sorted(daily.events) == ["buy", "view"]
+    view = daily.events["view"]
+    assert view.total == 4
+    assert [(p.time, p.count, p.users) for p in view.series] == [
+        ("2026-11-20", 3, 2),
+        ("2026-11-21", 1, 1),
+        ("2026-11-22", 0, 0),
+    ]
+    hourly = project.counts(D0, D0, unit="hour", event="view")
+    assert list(hourly.events) == ["view"]
+    points = hourly.events["view"].series
+    assert len(points) == 24
+    assert {p.time: p.count for p in points if p.count} == {
+        "2026-11-20T00:00:00Z": 2,
+        "2026-11-20T05:00:00Z": 1,
+    }
+
+
+def _partition(distinct_id: str) -> int:
+    return zlib.crc32(distinct_id.encode()) % PARTITIONS
+
+
+def test_a_hash_of_one_partition_holds_its_users_state(project: Project) -> None:
+    # Per-user state lives in the user's partition: the key layout the README documents.
+    project.send(step(project, "u1", 1, T))
+    key = f"tg:{{{project.token}:{_partition('u1')}}}:fs:signup"
+    assert project.client.hget(key, "u1") == f"{int(T)}:1:{int(T)}".encode()
+    other = _partition("u1") + 1 if _partition("u1") + 1 < PARTITIONS else 0
+    assert not project.client.exists(f"tg:{{{project.token}:{other}}}:fs:signup")
