@@ -80,17 +80,28 @@ local function civil(days)
   return string.format('%04d-%02d-%02d', y, m, d)
 end
 
-local function trim(stream, maxlen, max_age)
-  if maxlen > 0 then
-    redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen)
+-- Trimming by age, once per call (trimming by length rides on each XADD, where it is cheapest).
+local function trim_by_age(stream, max_age)
+  local now = redis.call('TIME')
+  local cutoff = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - max_age * 1000
+  if cutoff > 0 then
+    redis.call('XTRIM', stream, 'MINID', '~', cutoff)
   end
-  if max_age > 0 then
-    local now = redis.call('TIME')
-    local cutoff = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - max_age * 1000
-    if cutoff > 0 then
-      redis.call('XTRIM', stream, 'MINID', '~', cutoff)
-    end
+end
+
+local function server_time_us()
+  local now = redis.call('TIME')
+  return now[1] .. string.format('%06d', tonumber(now[2]))
+end
+
+-- Field prefixes '00:' .. '23:', built at the first call (loading a library runs without the string
+-- library).
+local HOURS = {}
+local function hours()
+  if not HOURS[0] then
+    for h = 0, 23 do HOURS[h] = string.format('%02d:', h) end
   end
+  return HOURS
 end
 
 -- One mp_funnel event. Steps count in order within an attempt that starts at step 1 and lasts `window`
@@ -98,10 +109,10 @@ end
 -- Goals: each partition keeps the first goal it saw per step, with the server time it saw it; a report
 -- takes the earliest over the partitions, and counts as conflicts the hits (`q<step>:<goal>` keeps
 -- them per goal) whose goal is another. That stays exact however users spread over partitions.
-local function funnel_event(prefix, day, window, now_us, uid, t, funnel, step, goal)
+local function funnel_event(prefix, day, window, uid, t, funnel, step, goal)
   local goals = prefix .. 'fg:' .. funnel
   if redis.call('HSETNX', goals, step, goal) == 1 then
-    redis.call('HSET', goals, 't' .. step, now_us)
+    redis.call('HSET', goals, 't' .. step, server_time_us())
     redis.call('SADD', prefix .. 'funnels', funnel)
   end
   local cohort = t
@@ -156,11 +167,14 @@ local function tg_write(keys, args)
   end
   seq = tonumber(seq)
   local mark = prefix .. 'batch:' .. writer
-  local last = redis.call('GET', mark)
+  -- One call in the usual case: set the mark and get the one before. A resent batch finds a mark at
+  -- least as high, puts it back and is not applied again.
+  local last = redis.call('SET', mark, seq, 'EX', 86400, 'GET')
   if last and tonumber(last) >= seq then
+    redis.call('SET', mark, last, 'EX', 86400)
     return 0
   end
-  redis.call('SET', mark, seq, 'EX', 86400)
+  local maxlen = tonumber(args[1])
 
   local days = {}
   local function day(n)
@@ -173,15 +187,17 @@ local function tg_write(keys, args)
   end
   -- Counters are summed over the batch first: one HINCRBY per (day, hour, event), one PFADD per
   -- (day, event), however many events share them.
-  local now = redis.call('TIME')
-  local now_us = now[1] .. string.format('%06d', tonumber(now[2]))
-  local counts, users, added = {}, {}, 0
+  local counts, users, added, hour = {}, {}, 0, hours()
   for i = 6, #args, width do
-    redis.call('XADD', stream, '*', 'data', args[i])
+    if maxlen > 0 then
+      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'data', args[i])
+    else
+      redis.call('XADD', stream, '*', 'data', args[i])
+    end
     added = added + 1
     local name, uid, t = args[i + 1], args[i + 2], tonumber(args[i + 3])
     local d = day(math.floor(t / DAY))
-    local field = string.format('%02d', math.floor((t % DAY) / 3600)) .. ':' .. name
+    local field = hour[math.floor((t % DAY) / 3600)] .. name
     local per_day = counts[d]
     if not per_day then
       per_day = {}
@@ -199,7 +215,7 @@ local function tg_write(keys, args)
     end
     local funnel = args[i + 4]
     if funnel ~= '' then
-      funnel_event(prefix, day, window, now_us, uid, t, funnel, tonumber(args[i + 5]), args[i + 6])
+      funnel_event(prefix, day, window, uid, t, funnel, tonumber(args[i + 5]), args[i + 6])
     end
   end
   for d, fields in pairs(counts) do
@@ -214,7 +230,10 @@ local function tg_write(keys, args)
       redis.call('PFADD', key, unpack(list, from, math.min(from + 999, #list)))
     end
   end
-  trim(stream, tonumber(args[1]), tonumber(args[2]))
+  local max_age = tonumber(args[2])
+  if max_age > 0 then
+    trim_by_age(stream, max_age)
+  end
   return added
 end
 
