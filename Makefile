@@ -7,7 +7,7 @@ PY := $(BIN)/python
 export PYO3_PYTHON := $(abspath $(PY))
 NATIVE_GLOB := python/trackgate/_native*.so
 
-.PHONY: all venv build build-test run test test-rust test-python lint fmt bench bench-quick fuzz clean redis-server
+.PHONY: all venv build build-test run test test-rust test-python lint fmt bench bench-quick fuzz clean redis-server chromium
 
 all: build
 
@@ -37,10 +37,21 @@ redis-server:
 	    echo "redis-server is missing: run 'sudo apt-get install redis-server'"; exit 1; \
 	  fi; }
 
+# The dashboard test drives Debian's Chromium with Playwright (never `playwright install`): installs it
+# through apt-get when it is missing and we are root; otherwise says how.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "chromium is missing: run 'sudo apt-get install chromium'"; exit 1; \
+	  fi; }
+
 run: build redis-server
 	$(BIN)/trackgate serve --demo
 
-test: build-test redis-server lint test-rust test-python
+test: build-test redis-server chromium lint test-rust test-python
 
 test-rust:
 	cargo test --workspace --quiet

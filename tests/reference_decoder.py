@@ -101,8 +101,9 @@ The normalised event
       when missing or "". Appended keys come in the order time, distinct_id, ip.
   N4  Partition: zlib.crc32(key) % partitions, key = the distinct_id (after N3) when non-empty, else
       $insert_id when sent (even ""), else the normalised JSON.
-  N5  Packed fields per event: JSON, event name, distinct_id ("" when none), floor(time), and for mp_funnel
-      funnel, step, goal ("" otherwise).
+  N5  Packed fields per event (layout 2): JSON, the UTC day of floor(time) as YYYY-MM-DD, "HH:<event
+      name>" (HH its UTC hour), distinct_id ("" when none), the funnel ("" unless mp_funnel); an
+      mp_funnel event adds floor(time), step and goal.
   N6  Within one request, the events of a (token, partition) batch are packed in `time` order, equal
       times in request order; `events()` keeps request order.
 """
@@ -111,6 +112,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import json
 import math
 import re
@@ -166,7 +168,6 @@ GZIP_MAGIC = b"\x1f\x8b"
 MILLISECONDS_FROM = 1e11
 MAX_INSERT_ID_CHARS = 36
 MAX_STEP = 2**31 - 1
-FIELDS_PER_EVENT = 7
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -832,11 +833,13 @@ def validate_event(index: int, value: Any, ctx: _Context) -> ValidEvent | EventE
         key_name, key = "insert_id", insert_id.encode("ascii")
     else:
         key_name, key = "json", encoded
+    seconds = math.floor(event_time)
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
     packed_fields = (
-        name,
+        moment.date().isoformat(),
+        f"{moment.hour:02d}:{name}",
         distinct_id or "",
-        str(math.floor(event_time)),
-        *((funnel["name"], str(funnel["step"]), funnel["goal"]) if funnel else ("", "", "")),
+        *((funnel["name"], str(seconds), str(funnel["step"]), funnel["goal"]) if funnel else ("",)),
     )
     return ValidEvent(
         index=index,

@@ -11,6 +11,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -275,3 +276,31 @@ def test_the_cli_report_and_export(
     assert {e["token"] for e in exported} == {token}
     assert f"{len(events)} events" in done.stderr
     assert "export" in done.stderr  # the progress bar
+
+
+def test_funnel_names_are_taken_as_sent(
+    loaded: tuple[Gateway, str, str, list[Any]], redis_server: RedisServer
+) -> None:
+    gw, _, _, _ = loaded
+    token, secret = create_project_keys(redis_server.url, "odd-names")
+    names = ["x%41", "trail/", "Checkout / EU & co 100%"]
+    at = START_TS + 3600
+    with requests.Session() as http:
+        send(
+            http,
+            gw,
+            [
+                {
+                    **mp_funnel(token, "u", 1, at),
+                    "properties": {**mp_funnel(token, "u", 1, at)["properties"], "funnel": name},
+                }
+                for name in names
+            ],
+        )
+    listed = api(gw, "/api/funnels", secret).json()["funnels"]
+    assert sorted(f["name"] for f in listed) == sorted(names)
+    for name in names:
+        r = api(gw, f"/api/funnels/{quote(name, safe='')}", secret, **RANGE)
+        assert r.status_code == 200, (name, r.text)
+        assert r.json()["funnel"] == name
+        assert r.json()["steps"][0]["users"] == 1

@@ -50,10 +50,10 @@ class Project:
         )
         assert request.errors == []
         commands = []
-        for token, partition, count, packed in request.batches:
+        for token, partition, _, args, packed in request.batches:
             self.seq += 1
             batch_id = f"{self.writer}:{self.seq}".encode()
-            commands.append(self.commands.header(token, partition, self.window, batch_id, count) + packed)
+            commands.append(self.commands.header(token, partition, self.window, batch_id, args) + packed)
         return commands
 
     def execute(self, command: bytes) -> Any:

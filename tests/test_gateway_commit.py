@@ -115,8 +115,8 @@ def _packed_command(token: str, batch_id: bytes, run: str, maxlen: int = 0, max_
         options=Options(),
         tokens=TokenSet([token]),
     )
-    [(tok, partition, count, packed)] = request.batches
-    return store.WriteCommands(maxlen, max_age).header(tok, partition, 86400, batch_id, count) + packed
+    [(tok, partition, _, args, packed)] = request.batches
+    return store.WriteCommands(maxlen, max_age).header(tok, partition, 86400, batch_id, args) + packed
 
 
 def _send(client: redis.Redis, command: bytes) -> Any:

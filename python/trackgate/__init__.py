@@ -5,7 +5,7 @@ point for a whole HTTP request. Both run in the native extension.
 """
 
 from trackgate._native import (
-    FIELDS_PER_EVENT,
+    PACKED_LAYOUT,
     DecodeError,
     Options,
     Request,
@@ -16,7 +16,7 @@ from trackgate._native import (
 from trackgate.events import Event, Funnel, decode
 
 __all__ = [
-    "FIELDS_PER_EVENT",
+    "PACKED_LAYOUT",
     "DecodeError",
     "Event",
     "Funnel",

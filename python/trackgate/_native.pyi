@@ -5,10 +5,11 @@ from typing import Final, final
 
 __version__: Final[str]
 
-# Arguments per event in a packed batch (see `Request.batches`): the normalised JSON, the event name,
-# the distinct_id ("" when none), `time` in whole seconds, and for mp_funnel events the funnel name,
-# step and goal ("" otherwise).
-FIELDS_PER_EVENT: Final[int]
+# The version of the packed argument layout (see `Request.batches`), which the Redis function checks.
+# Per event: the normalised JSON, its UTC day (YYYY-MM-DD), "HH:<event name>", the distinct_id ("" when
+# none), the funnel ("" unless mp_funnel); an mp_funnel event adds its time in whole seconds, its step
+# and its goal.
+PACKED_LAYOUT: Final[int]
 
 @final
 class Options:
@@ -64,9 +65,10 @@ class Request:
     accepted: int
     errors: list[tuple[int, str, str, str]]
     """One (index, field, kind, message) per invalid event, in index order."""
-    batches: list[tuple[str, int, int, bytes]]
-    """One (token, partition, count, packed) per partition that received valid events. `packed` is the
-    RESP encoding of count * FIELDS_PER_EVENT bulk strings, ready to append to an FCALL command."""
+    batches: list[tuple[str, int, int, int, bytes]]
+    """One (token, partition, count, args, packed) per partition that received valid events: `count`
+    events whose arguments (see PACKED_LAYOUT) are `args` RESP bulk strings in `packed`, ready to append
+    to an FCALL command, the events in time order."""
 
     def events(self) -> list[bytes]:
         """The normalised JSON of each valid event, in request order."""

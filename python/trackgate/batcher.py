@@ -61,11 +61,12 @@ class UnavailableError(Exception):
 
 
 class _Flush:
-    __slots__ = ("counts", "due", "events", "parts", "waiters")
+    __slots__ = ("args", "counts", "due", "events", "parts", "waiters")
 
     def __init__(self) -> None:
         self.parts: dict[Key, list[bytes]] = {}
         self.counts: dict[Key, int] = {}
+        self.args: dict[Key, int] = {}
         self.events = 0
         self.waiters: list[asyncio.Future[frozenset[Key]]] = []
         self.due = False
@@ -135,7 +136,7 @@ class Batcher:
         self._task = asyncio.create_task(self._run(), name="trackgate-batcher")
 
     def submit(
-        self, batches: list[tuple[str, int, int, bytes]], count: int
+        self, batches: list[tuple[str, int, int, int, bytes]], count: int
     ) -> asyncio.Future[frozenset[Key]]:
         """Queue a request's partition batches; the future gives the keys whose write failed (empty when
         all are in Redis). Raises UnavailableError when the events cannot be queued."""
@@ -150,17 +151,18 @@ class Batcher:
             else:
                 flush.due = True
                 self._kick.set()
-        parts = flush.parts
-        counts = flush.counts
-        for token, partition, n, packed in batches:
+        parts, counts, args = flush.parts, flush.counts, flush.args
+        for token, partition, n, n_args, packed in batches:
             key = (token, partition)
             chunks = parts.get(key)
             if chunks is None:
                 parts[key] = [packed]
                 counts[key] = n
+                args[key] = n_args
             else:
                 chunks.append(packed)
                 counts[key] += n
+                args[key] += n_args
         flush.events += count
         self._pending += count
         waiter: asyncio.Future[frozenset[Key]] = self._loop.create_future()
@@ -251,7 +253,8 @@ class Batcher:
             count = flush.counts[key]
             token, partition = key
             batch_id = b"%s:%d" % (self._writer, self._seq)
-            header = self._headers.header(token, partition, self._funnel_window(token), batch_id, count)
+            window = self._funnel_window(token)
+            header = self._headers.header(token, partition, window, batch_id, flush.args[key])
             chunks.insert(0, header)
             commands.append(_Command(key, count, chunks))
         return commands

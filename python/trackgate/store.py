@@ -34,7 +34,7 @@ from typing import Final
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from trackgate._native import FIELDS_PER_EVENT
+from trackgate._native import PACKED_LAYOUT
 
 LIBRARY: Final = "trackgate"
 PROJECTS_KEY: Final = "tg:projects"
@@ -58,8 +58,8 @@ def project_key(token: str) -> str:
 # the counters and the funnel state of a batch change in this one call, so an event is counted if and
 # only if it is stored, and a retried batch is counted once.
 #
-# Per-event arguments (FIELDS_PER_EVENT of them): JSON, event name, distinct_id, whole seconds, funnel
-# name, step, goal ("" when not an mp_funnel event).
+# Per-event arguments: see PACKED_LAYOUT in the decoder (rust/src/resp.rs); the day and the counter field
+# come ready-made, so the function does no date arithmetic or string building per event.
 FUNCTION_SOURCE: Final = r"""#!lua name=trackgate
 
 local DAY = 86400
@@ -94,18 +94,6 @@ local function server_time_us()
   return now[1] .. string.format('%06d', tonumber(now[2]))
 end
 
--- Field prefixes '00:' .. '23:', built at the first call (loading a library runs without the string
--- library).
-local HOURS = {}
-local function hours()
-  if not HOURS[0] then
-    for h = 0, 23 do HOURS[h] = string.format('%02d:', h) end
-  end
-  return HOURS
-end
-
--- One mp_funnel event. Steps count in order within an attempt that starts at step 1 and lasts `window`
--- seconds; counters go to the attempt's first day, so a date range selects users by their step 1.
 -- Goals: each partition keeps the first goal it saw per step, with the server time it saw it; a report
 -- takes the earliest over the partitions, and counts as conflicts the hits (`q<step>:<goal>` keeps
 -- them per goal) whose goal is another. That stays exact however users spread over partitions.
@@ -154,16 +142,29 @@ local function funnel_event(prefix, day, window, uid, t, funnel, step, goal)
 end
 
 -- KEYS: the partition's stream. ARGV: maxlen (0: none), max age in seconds (0: none), the project's
--- funnel window in seconds, arguments per event, batch id (<writer>:<seq>), then the events' arguments.
+-- funnel window in seconds, the argument layout (the decoder's PACKED_LAYOUT), batch id
+-- (<writer>:<seq>), then the events' arguments: JSON, day, 'HH:<name>', distinct_id, funnel, and for
+-- mp_funnel events time, step, goal.
 -- Returns the number of events added; 0 when the batch had been applied before.
 local function tg_write(keys, args)
   local stream = keys[1]
   local prefix = string.sub(stream, 1, -7)
   local window = tonumber(args[3])
-  local width = tonumber(args[4])
   local writer, seq = string.match(args[5], '^([%w%-]+):(%d+)$')
-  if not writer or not window or not width or width < 7 or (#args - 5) % width ~= 0 then
+  if args[4] ~= '@LAYOUT@' then
+    return redis.error_reply('ERR tg_write: argument layout ' .. tostring(args[4]) .. ' is not @LAYOUT@: ' ..
+      'the gateway and the function library are of different versions')
+  end
+  if not writer or not window then
     return redis.error_reply('ERR tg_write: malformed arguments')
+  end
+  -- Walk the events' arguments once before changing anything: a malformed call changes nothing.
+  local i, n = 6, #args
+  while i <= n do
+    i = i + (args[i + 4] ~= '' and 8 or 5)
+  end
+  if i ~= n + 1 then
+    return redis.error_reply('ERR tg_write: malformed event arguments')
   end
   seq = tonumber(seq)
   local mark = prefix .. 'batch:' .. writer
@@ -174,7 +175,8 @@ local function tg_write(keys, args)
     redis.call('SET', mark, last, 'EX', 86400)
     return 0
   end
-  local maxlen = tonumber(args[1])
+  -- Passed on as the string it came as: a Lua number would be formatted again for every XADD.
+  local maxlen = args[1]
 
   local days = {}
   local function day(n)
@@ -186,48 +188,53 @@ local function tg_write(keys, args)
     return d
   end
   -- Counters are summed over the batch first: one HINCRBY per (day, hour, event), one PFADD per
-  -- (day, event), however many events share them.
-  local counts, users, added, hour = {}, {}, 0, hours()
-  for i = 6, #args, width do
-    if maxlen > 0 then
+  -- (day, hour, event) with all its users, however many events share them.
+  local counts, users, added = {}, {}, 0
+  i = 6
+  while i <= n do
+    if maxlen ~= '0' then
       redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'data', args[i])
     else
       redis.call('XADD', stream, '*', 'data', args[i])
     end
     added = added + 1
-    local name, uid, t = args[i + 1], args[i + 2], tonumber(args[i + 3])
-    local d = day(math.floor(t / DAY))
-    local field = hour[math.floor((t % DAY) / 3600)] .. name
+    local d, field, uid, funnel = args[i + 1], args[i + 2], args[i + 3], args[i + 4]
     local per_day = counts[d]
     if not per_day then
       per_day = {}
       counts[d] = per_day
+      users[d] = {}
     end
     per_day[field] = (per_day[field] or 0) + 1
     if uid ~= '' then
-      local key = prefix .. 'eu:' .. d .. ':' .. name
-      local list = users[key]
+      local list = users[d][field]
       if not list then
         list = {}
-        users[key] = list
+        users[d][field] = list
       end
       list[#list + 1] = uid
     end
-    local funnel = args[i + 4]
     if funnel ~= '' then
-      funnel_event(prefix, day, window, uid, t, funnel, tonumber(args[i + 5]), args[i + 6])
+      local t, step = tonumber(args[i + 5]), tonumber(args[i + 6])
+      funnel_event(prefix, day, window, uid, t, funnel, step, args[i + 7])
+      i = i + 8
+    else
+      i = i + 5
     end
   end
   for d, fields in pairs(counts) do
     local key = prefix .. 'ev:' .. d
-    for field, n in pairs(fields) do
-      redis.call('HINCRBY', key, field, n)
+    for field, count in pairs(fields) do
+      redis.call('HINCRBY', key, field, count)
     end
   end
-  for key, list in pairs(users) do
-    -- PFADD in slices: Lua's unpack has a limit on the number of values.
-    for from = 1, #list, 1000 do
-      redis.call('PFADD', key, unpack(list, from, math.min(from + 999, #list)))
+  for d, fields in pairs(users) do
+    for field, list in pairs(fields) do
+      local key = prefix .. 'eu:' .. d .. ':' .. string.sub(field, 4)
+      -- PFADD in slices: Lua's unpack has a limit on the number of values.
+      for from = 1, #list, 1000 do
+        redis.call('PFADD', key, unpack(list, from, math.min(from + 999, #list)))
+      end
     end
   end
   local max_age = tonumber(args[2])
@@ -238,7 +245,7 @@ local function tg_write(keys, args)
 end
 
 redis.register_function('tg_write', tg_write)
-"""
+""".replace("@LAYOUT@", str(PACKED_LAYOUT))
 
 
 async def load_functions(client: Redis, *, replace: bool) -> None:
@@ -268,21 +275,21 @@ _FIXED_ARGS: Final = 5
 
 
 class WriteCommands:
-    """Builds `FCALL tg_write 1 <stream> <maxlen> <max age> <window> <width> <batch id>` headers; the
-    events' packed arguments (from the decoder) follow a header unchanged. What depends on the partition
-    alone is encoded once."""
+    """Builds `FCALL tg_write 1 <stream> <maxlen> <max age> <window> <layout> <batch id>` headers; the
+    events' `args` packed arguments (from the decoder) follow a header unchanged. What depends on the
+    partition alone is encoded once."""
 
     def __init__(self, stream_maxlen: int, stream_max_age: float) -> None:
         self._limits = bulk(str(stream_maxlen).encode()) + bulk(str(int(stream_max_age)).encode())
-        self._width = bulk(str(FIELDS_PER_EVENT).encode())
+        self._layout = bulk(str(PACKED_LAYOUT).encode())
         self._prefixes: dict[tuple[str, int, int], bytes] = {}
 
-    def header(self, token: str, partition: int, window: int, batch_id: bytes, count: int) -> bytes:
+    def header(self, token: str, partition: int, window: int, batch_id: bytes, args: int) -> bytes:
         key = (token, partition, window)
         prefix = self._prefixes.get(key)
         if prefix is None:
             stream = bulk(stream_key(token, partition).encode())
             prefix = self._prefixes[key] = (
-                _FCALL + stream + self._limits + bulk(str(window).encode()) + self._width
+                _FCALL + stream + self._limits + bulk(str(window).encode()) + self._layout
             )
-        return b"*%d\r\n%s%s" % (4 + _FIXED_ARGS + count * FIELDS_PER_EVENT, prefix, bulk(batch_id))
+        return b"*%d\r\n%s%s" % (4 + _FIXED_ARGS + args, prefix, bulk(batch_id))

@@ -16,7 +16,7 @@ mod py;
 
 pub use errors::{EventError, EventErrorKind, RequestError};
 pub use request::Params;
-pub use resp::{Batch, FIELDS_PER_EVENT};
+pub use resp::{Batch, PACKED_LAYOUT};
 
 /// The rules. Every limit is inclusive: a value equal to it is accepted.
 #[derive(Debug, Clone, PartialEq)]

@@ -198,6 +198,7 @@ impl PyRequest {
                 PyString::new(py, &batch.token),
                 batch.partition,
                 batch.count,
+                batch.args,
                 PyBytes::new(py, &batch.packed),
             );
             list.append(item)?;
@@ -413,7 +414,7 @@ fn check_now(now: f64) -> PyResult<()> {
 #[pymodule(name = "_native")]
 fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add("FIELDS_PER_EVENT", crate::FIELDS_PER_EVENT)?;
+    m.add("PACKED_LAYOUT", crate::PACKED_LAYOUT)?;
     m.add_class::<PyOptions>()?;
     m.add_class::<PyTokenSet>()?;
     m.add_class::<PyRequest>()?;

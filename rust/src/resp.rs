@@ -3,15 +3,23 @@
 
 use crate::event::Valid;
 
-/// Arguments per event: normalised JSON, event name, distinct_id, whole seconds, funnel, step, goal.
-pub const FIELDS_PER_EVENT: usize = 7;
+/// The version of the argument layout below, which the Redis function checks: a gateway and a function
+/// library of different versions must not misread each other.
+///
+/// Per event, five arguments: the normalised JSON; its UTC day (`YYYY-MM-DD`); `HH:<event name>`, the
+/// hour's counter field; the distinct_id (`""` when none); the funnel (`""` unless mp_funnel). An
+/// mp_funnel event has three more: its time in whole seconds, its step and its goal. Everything the
+/// function needs comes ready-made, so it does no date arithmetic or string building per event.
+pub const PACKED_LAYOUT: u32 = 2;
 
 #[derive(Debug)]
 pub struct Batch {
     pub token: String,
     pub partition: u32,
     pub count: usize,
-    /// `count * FIELDS_PER_EVENT` RESP bulk strings, the events in `time` order.
+    /// RESP bulk strings in `packed`.
+    pub args: usize,
+    /// The events' arguments as RESP bulk strings, the events in `time` order.
     pub packed: Vec<u8>,
     /// The batch's events in request order.
     entries: Vec<Entry>,
@@ -66,6 +74,7 @@ impl Batches {
                 token: event.token.clone().into_owned(),
                 partition,
                 count: 0,
+                args: 0,
                 packed: Vec::with_capacity(1024),
                 entries: Vec::new(),
             });
@@ -80,25 +89,26 @@ impl Batches {
             batch: index,
             entry: batch.entries.len(),
         });
-        bulk(out, event.name.as_bytes());
-        bulk(out, event.distinct_id.as_deref().unwrap_or("").as_bytes());
-        bulk(
-            out,
-            itoa::Buffer::new()
-                .format(event.time.floor() as i64)
-                .as_bytes(),
+        let seconds = event.time.floor() as i64;
+        let (day, hour) = (
+            seconds.div_euclid(86_400),
+            seconds.rem_euclid(86_400) / 3600,
         );
-        match &event.funnel {
-            Some((name, step, goal)) => {
-                bulk(out, name.as_bytes());
-                bulk(out, itoa::Buffer::new().format(*step).as_bytes());
-                bulk(out, goal.as_bytes());
-            }
-            None => {
-                for _ in 0..3 {
-                    out.extend_from_slice(b"$0\r\n\r\n");
-                }
-            }
+        bulk(out, utc_date(day).as_bytes());
+        let mut field = Vec::with_capacity(3 + event.name.len());
+        field.extend_from_slice(&[b'0' + (hour / 10) as u8, b'0' + (hour % 10) as u8, b':']);
+        field.extend_from_slice(event.name.as_bytes());
+        bulk(out, &field);
+        bulk(out, event.distinct_id.as_deref().unwrap_or("").as_bytes());
+        if let Some((name, step, goal)) = &event.funnel {
+            bulk(out, name.as_bytes());
+            bulk(out, itoa::Buffer::new().format(seconds).as_bytes());
+            bulk(out, itoa::Buffer::new().format(*step).as_bytes());
+            bulk(out, goal.as_bytes());
+            batch.args += 8;
+        } else {
+            out.extend_from_slice(b"$0\r\n\r\n");
+            batch.args += 5;
         }
         batch.entries.push(Entry {
             time: event.time,
@@ -138,6 +148,20 @@ impl Batches {
     }
 }
 
+/// `YYYY-MM-DD` of a day counted from 1970-01-01 (Howard Hinnant's `civil_from_days`).
+pub fn utc_date(days: i64) -> String {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
 fn bulk_header_len(len: usize) -> usize {
     itoa::Buffer::new().format(len).len() + 3
 }
@@ -161,6 +185,15 @@ mod tests {
         bulk(&mut out, b"hello");
         bulk(&mut out, b"");
         assert_eq!(out, b"$5\r\nhello\r\n$0\r\n\r\n");
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc_date(0), "1970-01-01");
+        assert_eq!(utc_date(-1), "1969-12-31");
+        assert_eq!(utc_date(11_016), "2000-02-29");
+        assert_eq!(utc_date(20_418), "2025-11-26");
+        assert_eq!(utc_date(2_932_896), "9999-12-31");
     }
 
     #[test]

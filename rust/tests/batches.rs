@@ -1,10 +1,11 @@
 //! Valid events grouped by (token, partition), partition = CRC-32 of the distinct_id modulo the
-//! partitions, and packed as `count * FIELDS_PER_EVENT` RESP bulk strings per batch.
+//! partitions, and packed as RESP bulk strings per batch in the layout `PACKED_LAYOUT` names: per
+//! event JSON, day, `HH:<name>`, distinct_id, funnel, and for mp_funnel events time, step and goal.
 
 mod common;
 
 use common::{events, named_event, parse_bulks, Setup, NOW, PEER};
-use trackgate_native::{Decoded, Options, FIELDS_PER_EVENT};
+use trackgate_native::{Decoded, Options, PACKED_LAYOUT};
 
 fn partition(key: &str, partitions: u32) -> u32 {
     crc32fast::hash(key.as_bytes()) % partitions
@@ -17,19 +18,59 @@ fn setup(partitions: u32) -> Setup {
     })
 }
 
-/// The fields of every packed event, in batch order, with its batch's token and partition.
-fn unpack(decoded: &Decoded) -> Vec<(String, u32, Vec<String>)> {
+/// One event's packed arguments.
+#[derive(Debug, PartialEq)]
+struct Packed {
+    json: String,
+    day: String,
+    /// `HH:<event name>`
+    field: String,
+    distinct_id: String,
+    /// funnel, whole seconds, step, goal
+    funnel: Option<[String; 4]>,
+}
+
+impl Packed {
+    fn name(&self) -> &str {
+        &self.field[3..]
+    }
+}
+
+/// Every packed event, in batch order, with its batch's token and partition.
+fn unpack(decoded: &Decoded) -> Vec<(String, u32, Packed)> {
     let mut out = Vec::new();
     for batch in &decoded.batches.batches {
-        let bulks = parse_bulks(&batch.packed);
-        assert_eq!(bulks.len(), batch.count * FIELDS_PER_EVENT);
-        for fields in bulks.chunks(FIELDS_PER_EVENT) {
-            let fields = fields
-                .iter()
-                .map(|f| String::from_utf8(f.clone()).unwrap())
-                .collect();
-            out.push((batch.token.clone(), batch.partition, fields));
+        let bulks: Vec<String> = parse_bulks(&batch.packed)
+            .into_iter()
+            .map(|f| String::from_utf8(f).unwrap())
+            .collect();
+        assert_eq!(bulks.len(), batch.args);
+        let mut rest = &bulks[..];
+        while !rest.is_empty() {
+            let funnel = (!rest[4].is_empty()).then(|| {
+                [
+                    rest[4].clone(),
+                    rest[5].clone(),
+                    rest[6].clone(),
+                    rest[7].clone(),
+                ]
+            });
+            let packed = Packed {
+                json: rest[0].clone(),
+                day: rest[1].clone(),
+                field: rest[2].clone(),
+                distinct_id: rest[3].clone(),
+                funnel,
+            };
+            rest = &rest[if packed.funnel.is_some() { 8 } else { 5 }..];
+            out.push((batch.token.clone(), batch.partition, packed));
         }
+        assert_eq!(
+            out.iter()
+                .filter(|(t, p, _)| *t == batch.token && *p == batch.partition)
+                .count(),
+            batch.count
+        );
     }
     out
 }
@@ -40,8 +81,8 @@ fn ev(token: &str, name: &str, extra: &str) -> String {
 }
 
 #[test]
-fn seven_fields_per_event() {
-    assert_eq!(FIELDS_PER_EVENT, 7);
+fn the_layout_is_version_2() {
+    assert_eq!(PACKED_LAYOUT, 2);
 }
 
 #[test]
@@ -94,11 +135,12 @@ fn grouped_by_token_and_crc32_partition() {
     for ((token, p, fields), i) in packed.iter().zip(&order) {
         let (sent_token, id, _) = sent[*i];
         assert_eq!((token.as_str(), *p), (sent_token, partition(id, P)));
-        assert_eq!(fields[0], all[*i], "the first field is the event JSON");
-        assert_eq!(fields[1], format!("e{i}"));
-        assert_eq!(fields[2], id);
-        assert_eq!(fields[3], "1700000000");
-        assert_eq!(&fields[4..], ["", "", ""]);
+        assert_eq!(fields.json, all[*i], "the first field is the event JSON");
+        // NOW is 2023-11-14T22:13:20.5Z
+        assert_eq!(fields.day, "2023-11-14");
+        assert_eq!(fields.field, format!("22:e{i}"));
+        assert_eq!(fields.distinct_id, id);
+        assert_eq!(fields.funnel, None);
     }
 }
 
@@ -119,8 +161,8 @@ fn events_come_back_in_request_order_across_batches() {
     // Numbers are partitioned by their text, as the string they are stored as.
     for (token, p, fields) in unpack(&decoded) {
         assert_eq!(token, "tok");
-        assert_eq!(p, partition(&fields[2], 16));
-        assert_eq!(fields[1], format!("e{}", fields[2]));
+        assert_eq!(p, partition(&fields.distinct_id, 16));
+        assert_eq!(fields.name(), format!("e{}", fields.distinct_id));
     }
 }
 
@@ -141,21 +183,27 @@ fn funnel_time_and_unescaped_fields() {
     );
     let all = events(&decoded);
     let packed = unpack(&decoded);
+    // 1699999000 is 2023-11-14T21:56:40Z
+    let funnel = ["F1", "1699999000", "2", "G"].map(String::from);
     assert_eq!(
         packed[0].2,
-        [
-            all[0].as_str(),
-            "mp_funnel",
-            "u1",
-            "1699999000",
-            "F1",
-            "2",
-            "G"
-        ]
+        Packed {
+            json: all[0].clone(),
+            day: "2023-11-14".into(),
+            field: "21:mp_funnel".into(),
+            distinct_id: "u1".into(),
+            funnel: Some(funnel),
+        }
     );
     assert_eq!(
         packed[1].2,
-        [all[1].as_str(), "game", "u1", "1699999000", "", "", ""]
+        Packed {
+            json: all[1].clone(),
+            day: "2023-11-14".into(),
+            field: "21:game".into(),
+            distinct_id: "u1".into(),
+            funnel: None,
+        }
     );
     assert!(all[0].contains("\"distinct_id\":\"u\\u0031\""));
     assert!(all[0].contains("\"funnel\":{\"name\":\"F\\u0031\",\"step\":2,\"goal\":\"G\"}"));
@@ -174,11 +222,11 @@ fn partition_falls_back_to_insert_id_then_to_the_json() {
     let decoded = s.data(&payload).unwrap();
     let all = events(&decoded);
     let packed = unpack(&decoded);
-    let by_name = |name: &str| packed.iter().find(|(_, _, f)| f[1] == name).unwrap();
+    let by_name = |name: &str| packed.iter().find(|(_, _, f)| f.name() == name).unwrap();
     assert_eq!(by_name("a").1, partition("ins-1", P));
-    assert_eq!(by_name("a").2[2], "");
+    assert_eq!(by_name("a").2.distinct_id, "");
     assert_eq!(by_name("b").1, partition("ins-2", P));
-    assert_eq!(by_name("b").2[2], "");
+    assert_eq!(by_name("b").2.distinct_id, "");
     assert_eq!(by_name("c").1, partition(&all[2], P));
 }
 
@@ -198,7 +246,7 @@ fn peer_address_partitions_with_ip_1() {
     assert_eq!(decoded.batches.batches.len(), 1);
     for (_, p, fields) in packed {
         assert_eq!(p, partition(PEER, P));
-        assert_eq!(fields[2], PEER);
+        assert_eq!(fields.distinct_id, PEER);
     }
 }
 
@@ -237,21 +285,33 @@ fn default_partitions_are_sixteen() {
         "64 users should reach most of 16 partitions"
     );
     for (_, p, fields) in unpack(&decoded) {
-        assert_eq!(p, partition(&fields[2], 16));
+        assert_eq!(p, partition(&fields.distinct_id, 16));
     }
 }
 
 #[test]
-fn time_field_is_whole_seconds_of_the_normalised_time() {
-    let s = setup(2);
-    for (sent, whole) in [
-        ("1699999000.999", "1699999000"),
-        ("1699999000", "1699999000"),
-        ("1699999000999", "1699999000"),
-        ("1800000000", "1700000000"),
+fn day_hour_and_funnel_time_come_from_the_normalised_time() {
+    let s = Setup::with(Options {
+        max_age: 2.0 * 86_400.0,
+        ..Options::default()
+    });
+    // NOW is 2023-11-14T22:13:20.5Z
+    for (sent, day, field, whole) in [
+        ("1699999000.999", "2023-11-14", "21:mp_funnel", "1699999000"),
+        ("1699999000999", "2023-11-14", "21:mp_funnel", "1699999000"),
+        ("1699919999.5", "2023-11-13", "23:mp_funnel", "1699919999"), // 23:59:59.5
+        ("1699920000", "2023-11-14", "00:mp_funnel", "1699920000"),
+        ("1800000000", "2023-11-14", "22:mp_funnel", "1700000000"), // future: the receive time
     ] {
-        let decoded = s.data(ev("t", "e", &format!("\"time\":{sent}"))).unwrap();
-        assert_eq!(unpack(&decoded)[0].2[3], whole, "{sent}");
+        let props = format!(r#""time":{sent},"funnel":"f","step":1,"goal":"g""#);
+        let decoded = s.data(ev("t", "mp_funnel", &props)).unwrap();
+        let (_, _, packed) = &unpack(&decoded)[0];
+        assert_eq!(
+            (packed.day.as_str(), packed.field.as_str()),
+            (day, field),
+            "{sent}"
+        );
+        assert_eq!(packed.funnel.as_ref().unwrap()[1], whole, "{sent}");
     }
 }
 
@@ -290,13 +350,11 @@ fn a_requests_events_reach_their_partition_in_time_order() {
         names(decoded.events().collect()),
         ["third", "first", "second", "also_third"]
     );
-    let batch = &decoded.batches.batches[0];
-    let packed = parse_bulks(&batch.packed);
-    let packed_names = packed
-        .iter()
-        .step_by(FIELDS_PER_EVENT)
-        .map(Vec::as_slice)
+    let packed: Vec<String> = unpack(&decoded)
+        .into_iter()
+        .map(|(_, _, p)| p.json)
         .collect();
+    let packed_names = packed.iter().map(String::as_bytes).collect();
     assert_eq!(
         names(packed_names),
         ["first", "second", "third", "also_third"]
