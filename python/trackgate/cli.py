@@ -175,6 +175,7 @@ def _print_demo(config: settings.Settings, project: projects.Project, secret: st
     lines += [
         "send an event:",
         f"  curl -s 'http://{host}:{config.port}/track?verbose=1' --data-urlencode 'data={data}'",
+        f"dashboard: http://{host}:{config.port}/dashboard (sign in with the project's secret)",
         f"metrics: http://{host}:{config.port}/metrics",
     ]
     print("\n".join(lines), flush=True)
