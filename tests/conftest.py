@@ -24,7 +24,7 @@ import requests
 
 BIN = Path(sys.executable).parent
 TRACKGATE = str(BIN / "trackgate")
-PARTITIONS = 16
+PARTITIONS = 4
 
 
 def free_port() -> int:

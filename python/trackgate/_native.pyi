@@ -40,7 +40,7 @@ class Options:
         max_event_bytes: int = 1_000_000,
         max_request_bytes: int = 10_000_000,
         max_events: int = 2000,
-        partitions: int = 16,
+        partitions: int = 4,
     ) -> None: ...
 
 @final

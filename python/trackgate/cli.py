@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--project", required=True, help="the project's name or token")
         sub.add_argument("--from", dest="start", help="first UTC day, YYYY-MM-DD (default: 30 days ago)")
         sub.add_argument("--to", dest="end", help="last UTC day, YYYY-MM-DD (default: today)")
-        sub.add_argument("--partitions", help="the gateway's --partitions (default: 16)")
+        sub.add_argument("--partitions", help="the gateway's --partitions (default: 4)")
     for sub in (create, listing, window, report, export):
         sub.add_argument(
             "--redis-url", help="Redis holding the projects (default: the private redis-server's)"

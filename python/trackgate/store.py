@@ -94,23 +94,56 @@ local function server_time_us()
   return now[1] .. string.format('%06d', tonumber(now[2]))
 end
 
+-- A batch's funnel work: users' states read once and written back once, counters summed and written
+-- once per field, each goal checked once.
+local function funnel_batch()
+  return { states = {}, dirty = {}, counters = {}, goals = {} }
+end
+
+local function add(fb, key, field, n)
+  local c = fb.counters[key]
+  if not c then
+    c = {}
+    fb.counters[key] = c
+  end
+  c[field] = (c[field] or 0) + n
+end
+
 -- Goals: each partition keeps the first goal it saw per step, with the server time it saw it; a report
 -- takes the earliest over the partitions, and counts as conflicts the hits (`q<step>:<goal>` keeps
 -- them per goal) whose goal is another. That stays exact however users spread over partitions.
-local function funnel_event(prefix, day, window, uid, t, funnel, step, goal)
+local function funnel_event(fb, prefix, day, window, uid, t, funnel, step, n, goal)
   local goals = prefix .. 'fg:' .. funnel
-  if redis.call('HSETNX', goals, step, goal) == 1 then
-    redis.call('HSET', goals, 't' .. step, server_time_us())
-    redis.call('SADD', prefix .. 'funnels', funnel)
+  local seen = goals .. '\0' .. n
+  if not fb.goals[seen] then
+    fb.goals[seen] = true
+    if redis.call('HSETNX', goals, n, goal) == 1 then
+      redis.call('HSET', goals, 't' .. n, server_time_us())
+      redis.call('SADD', prefix .. 'funnels', funnel)
+    end
   end
   local cohort = t
   local entry, reached, last
-  local states = prefix .. 'fs:' .. funnel
+  local key = prefix .. 'fs:' .. funnel
+  local users = fb.states[key]
+  if not users then
+    users = {}
+    fb.states[key] = users
+    fb.dirty[key] = {}
+  end
   if uid ~= '' then
-    local state = redis.call('HGET', states, uid)
+    local state = users[uid]
+    if state == nil then
+      state = false
+      local raw = redis.call('HGET', key, uid)
+      if raw then
+        local e, r, l = string.match(raw, '^([%d%.%-]+):(%d+):([%d%.%-]+)$')
+        state = { tonumber(e), tonumber(r), tonumber(l) }
+      end
+      users[uid] = state
+    end
     if state then
-      local e, r, l = string.match(state, '^([%d%.%-]+):(%d+):([%d%.%-]+)$')
-      entry, reached, last = tonumber(e), tonumber(r), tonumber(l)
+      entry, reached, last = state[1], state[2], state[3]
       if t - entry <= window then
         cohort = entry
       else
@@ -119,25 +152,45 @@ local function funnel_event(prefix, day, window, uid, t, funnel, step, goal)
     end
   end
   local counters = prefix .. 'fc:' .. funnel .. ':' .. day(math.floor(cohort / DAY))
-  local n = tostring(step)
-  redis.call('HINCRBY', counters, 'h' .. n, 1)
-  redis.call('HINCRBY', counters, 'q' .. n .. ':' .. goal, 1)
+  add(fb, counters, 'h' .. n, 1)
+  add(fb, counters, 'q' .. n .. ':' .. goal, 1)
   if uid == '' then
     -- No user to follow: a hit, never a step taken.
-    if step > 1 then redis.call('HINCRBY', counters, 'o' .. n, 1) end
+    if step > 1 then add(fb, counters, 'o' .. n, 1) end
     return
   end
   if step == 1 then
     if not entry then
-      redis.call('HSET', states, uid, t .. ':1:' .. t)
-      redis.call('HINCRBY', counters, 'u1', 1)
+      users[uid] = { t, 1, t }
+      fb.dirty[key][uid] = true
+      add(fb, counters, 'u1', 1)
     end
   elseif entry and reached == step - 1 then
-    redis.call('HSET', states, uid, entry .. ':' .. n .. ':' .. t)
-    redis.call('HINCRBY', counters, 'u' .. n, 1)
-    redis.call('HINCRBY', counters, 's' .. n, t - last)
+    users[uid] = { entry, step, t }
+    fb.dirty[key][uid] = true
+    add(fb, counters, 'u' .. n, 1)
+    add(fb, counters, 's' .. n, t - last)
   elseif not (entry and reached >= step) then
-    redis.call('HINCRBY', counters, 'o' .. n, 1)
+    add(fb, counters, 'o' .. n, 1)
+  end
+end
+
+local function write_funnel_batch(fb)
+  for key, uids in pairs(fb.dirty) do
+    local users, flat = fb.states[key], {}
+    for uid in pairs(uids) do
+      local s = users[uid]
+      flat[#flat + 1] = uid
+      flat[#flat + 1] = string.format('%d:%d:%d', s[1], s[2], s[3])
+    end
+    for from = 1, #flat, 1000 do
+      redis.call('HSET', key, unpack(flat, from, math.min(from + 999, #flat)))
+    end
+  end
+  for key, fields in pairs(fb.counters) do
+    for field, n in pairs(fields) do
+      redis.call('HINCRBY', key, field, n)
+    end
   end
 end
 
@@ -189,7 +242,7 @@ local function tg_write(keys, args)
   end
   -- Counters are summed over the batch first: one HINCRBY per (day, hour, event), one PFADD per
   -- (day, hour, event) with all its users, however many events share them.
-  local counts, users, added = {}, {}, 0
+  local counts, users, added, fb = {}, {}, 0, funnel_batch()
   i = 6
   while i <= n do
     if maxlen ~= '0' then
@@ -215,13 +268,14 @@ local function tg_write(keys, args)
       list[#list + 1] = uid
     end
     if funnel ~= '' then
-      local t, step = tonumber(args[i + 5]), tonumber(args[i + 6])
-      funnel_event(prefix, day, window, uid, t, funnel, step, args[i + 7])
+      local t, n = tonumber(args[i + 5]), args[i + 6]
+      funnel_event(fb, prefix, day, window, uid, t, funnel, tonumber(n), n, args[i + 7])
       i = i + 8
     else
       i = i + 5
     end
   end
+  write_funnel_batch(fb)
   for d, fields in pairs(counts) do
     local key = prefix .. 'ev:' .. d
     for field, count in pairs(fields) do

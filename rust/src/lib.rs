@@ -53,7 +53,7 @@ impl Default for Options {
             max_event_bytes: 1_000_000,
             max_request_bytes: 10_000_000,
             max_events: 2000,
-            partitions: 16,
+            partitions: 4,
         }
     }
 }

@@ -61,7 +61,7 @@ impl PyOptions {
         max_event_bytes = 1_000_000,
         max_request_bytes = 10_000_000,
         max_events = 2000,
-        partitions = 16,
+        partitions = 4,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
