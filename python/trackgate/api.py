@@ -86,7 +86,7 @@ class Api:
             ("x-content-type-options", "nosniff"),
         ]
         proto.response_bytes(200, headers, self._dashboard)
-        metrics.request_counter("dashboard", 200).inc()
+        metrics.count_request("dashboard", 200)
 
     async def __call__(self, scope: _Scope, proto: _Proto) -> None:
         try:
@@ -104,17 +104,17 @@ class Api:
         except ApiError as err:
             headers = [*_JSON, _CHALLENGE] if err.status == 401 else _JSON
             proto.response_bytes(err.status, headers, _encode({"error": err.message}))
-            metrics.request_counter("api", err.status).inc()
+            metrics.count_request("api", err.status)
             return
         except (RedisError, OSError) as err:
             log.error("API call %s failed: Redis: %s", scope.path, err)
             proto.response_bytes(
                 503, [*_JSON, ("retry-after", "2")], _encode({"error": "Redis is unavailable"})
             )
-            metrics.request_counter("api", 503).inc()
+            metrics.count_request("api", 503)
             return
         proto.response_bytes(200, _JSON, body)
-        metrics.request_counter("api", 200).inc()
+        metrics.count_request("api", 200)
 
     async def _authenticate(self, header: str | None) -> str:
         secret = _basic_user(header)
@@ -160,7 +160,7 @@ class Api:
         transport = proto.response_stream(
             200, [("content-type", "application/x-ndjson"), ("cache-control", "no-store")]
         )
-        metrics.request_counter("api", 200).inc()
+        metrics.count_request("api", 200)
         chunk: list[bytes] = []
         size = 0
         try:

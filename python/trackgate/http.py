@@ -177,6 +177,7 @@ class App:
     _tokens: TokenCache
     _admin: Redis
     _api: Api
+    _publisher: asyncio.Task[None]
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(self.start(for_worker()))
@@ -216,11 +217,21 @@ class App:
         )
         await self._batcher.start()
         self._api = Api(self._admin, settings)
+        self._publisher = asyncio.create_task(self._publish_metrics(), name="trackgate-metrics")
+
+    @staticmethod
+    async def _publish_metrics() -> None:
+        while True:
+            await asyncio.sleep(metrics.PUBLISH_SECONDS)
+            metrics.publish()
 
     async def stop(self) -> None:
+        self._publisher.cancel()
+        await asyncio.gather(self._publisher, return_exceptions=True)
         await self._batcher.close()
         await self._tokens.stop()
         await self._admin.aclose()
+        metrics.publish()
         metrics.worker_exited()
 
     async def __rsgi__(self, scope: _Scope, proto: _Proto) -> None:
@@ -237,14 +248,14 @@ class App:
             self._api.dashboard(proto)
         elif path == "/metrics":
             proto.response_bytes(200, [("content-type", metrics.CONTENT_TYPE)], metrics.render())
-            metrics.request_counter("metrics", 200).inc()
+            metrics.count_request("metrics", 200)
         else:
             self._plain(proto, "other", 404, b"not found\n")
 
     @staticmethod
     def _plain(proto: _Proto, route: str, status: int, body: bytes) -> None:
         proto.response_bytes(status, _PLAIN, body)
-        metrics.request_counter(route, status).inc()
+        metrics.count_request(route, status)
 
     async def _ready(self, proto: _Proto) -> None:
         try:
@@ -357,7 +368,7 @@ class App:
             )
             return
         if request.accepted:
-            metrics.EVENTS_ACCEPTED.inc(request.accepted)
+            metrics.count_accepted(request.accepted)
             if not request.test:
                 try:
                     failed = await self._batcher.submit(request.batches, request.accepted)
@@ -373,7 +384,7 @@ class App:
                 proto.response_bytes(
                     302, [*cors, ("location", request.redirect), ("cache-control", "no-store")], b""
                 )
-                metrics.request_counter("track", 302).inc()
+                metrics.count_request("track", 302)
                 return
             self._answer(proto, 200, request, callback, VERBOSE_OK, cors)
             return
@@ -469,7 +480,7 @@ class App:
         elif params is not None and params.img:
             body, headers = TRANSPARENT_GIF, _GIF
         proto.response_bytes(status, [*headers, *extra] if extra else headers, body)
-        metrics.request_counter("track", status).inc()
+        metrics.count_request("track", status)
 
     def _preflight(self, proto: _Proto, headers: _Headers, cors: list[tuple[str, str]]) -> None:
         answer = [("allow", _ALLOW), *cors]
@@ -484,7 +495,7 @@ class App:
                 ("access-control-max-age", "86400"),
             ]
         proto.response_bytes(204, answer, b"")
-        metrics.request_counter("track", 204).inc()
+        metrics.count_request("track", 204)
 
     async def _read_body(self, proto: _Proto, length: str | None) -> bytes | None:
         """The body, or None when it is over the request limit (refused before it is all in memory)."""
