@@ -12,7 +12,7 @@ import binascii
 import datetime as dt
 import logging
 from importlib import resources
-from typing import Final, Protocol
+from typing import Final
 from urllib.parse import parse_qs
 
 import msgspec
@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from trackgate import counts, export, funnels, metrics, projects
+from trackgate.rsgi import HTTPProtocol, Scope
 from trackgate.settings import Settings
 
 log = logging.getLogger("trackgate.api")
@@ -29,30 +30,6 @@ _CHALLENGE: Final = ("www-authenticate", 'Basic realm="trackgate", charset="UTF-
 _EXPORT_FLUSH_BYTES: Final = 64 * 1024
 _DEFAULT_DAYS: Final = 30
 _encode = msgspec.json.Encoder().encode
-
-
-class _Headers(Protocol):
-    def get(self, key: str, default: str | None = None) -> str | None: ...
-
-
-class _Scope(Protocol):
-    @property
-    def method(self) -> str: ...
-    @property
-    def path(self) -> str: ...
-    @property
-    def query_string(self) -> str: ...
-    @property
-    def headers(self) -> _Headers: ...
-
-
-class _Transport(Protocol):
-    async def send_bytes(self, data: bytes) -> None: ...
-
-
-class _Proto(Protocol):
-    def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None: ...
-    def response_stream(self, status: int, headers: list[tuple[str, str]]) -> _Transport: ...
 
 
 class ApiError(Exception):
@@ -71,7 +48,7 @@ class Api:
         self._skew = settings.max_future_skew
         self._dashboard: bytes | None = None
 
-    def dashboard(self, proto: _Proto) -> None:
+    def dashboard(self, proto: HTTPProtocol) -> None:
         if self._dashboard is None:
             self._dashboard = resources.files("trackgate").joinpath("dashboard.html").read_bytes()
         headers = [
@@ -88,7 +65,7 @@ class Api:
         proto.response_bytes(200, headers, self._dashboard)
         metrics.count_request("dashboard", 200)
 
-    async def __call__(self, scope: _Scope, proto: _Proto) -> None:
+    async def __call__(self, scope: Scope, proto: HTTPProtocol) -> None:
         try:
             if scope.method not in ("GET", "HEAD"):
                 raise ApiError(405, f"{scope.method[:20]} is not allowed; the API is read-only (GET)")
@@ -147,7 +124,7 @@ class Api:
             return _encode(result)
         raise ApiError(404, f"no API endpoint at {path[:100]}")
 
-    async def _export(self, proto: _Proto, token: str, query: dict[str, list[str]]) -> None:
+    async def _export(self, proto: HTTPProtocol, token: str, query: dict[str, list[str]]) -> None:
         start, end = _date_range(query)
         lines = export.export_events(
             self._client,

@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Final, Protocol
 from urllib.parse import parse_qs, urlsplit
 
@@ -28,38 +28,10 @@ from trackgate._native import DecodeError, Options, Request, decode_request
 from trackgate.api import Api
 from trackgate.batcher import Batcher, UnavailableError
 from trackgate.projects import TokenCache
+from trackgate.rsgi import Headers, HTTPProtocol, Scope
 from trackgate.settings import Settings, for_worker
 
 log = logging.getLogger("trackgate.http")
-
-
-class _Headers(Protocol):
-    def get(self, key: str, default: str | None = None) -> str | None: ...
-    def get_all(self, key: str) -> list[str]: ...
-
-
-class _Scope(Protocol):
-    @property
-    def method(self) -> str: ...
-    @property
-    def path(self) -> str: ...
-    @property
-    def query_string(self) -> str: ...
-    @property
-    def client(self) -> str: ...
-    @property
-    def headers(self) -> _Headers: ...
-
-
-class _Transport(Protocol):
-    async def send_bytes(self, data: bytes) -> None: ...
-
-
-class _Proto(Protocol):
-    async def __call__(self) -> bytes: ...
-    def __aiter__(self) -> AsyncIterator[bytes]: ...
-    def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None: ...
-    def response_stream(self, status: int, headers: list[tuple[str, str]]) -> _Transport: ...
 
 
 class _Params(Protocol):
@@ -234,7 +206,7 @@ class App:
         metrics.publish()
         metrics.worker_exited()
 
-    async def __rsgi__(self, scope: _Scope, proto: _Proto) -> None:
+    async def __rsgi__(self, scope: Scope, proto: HTTPProtocol) -> None:
         path = scope.path
         if path == "/track" or path == "/track/":
             await self._track(scope, proto)
@@ -253,11 +225,11 @@ class App:
             self._plain(proto, "other", 404, b"not found\n")
 
     @staticmethod
-    def _plain(proto: _Proto, route: str, status: int, body: bytes) -> None:
+    def _plain(proto: HTTPProtocol, route: str, status: int, body: bytes) -> None:
         proto.response_bytes(status, _PLAIN, body)
         metrics.count_request(route, status)
 
-    async def _ready(self, proto: _Proto) -> None:
+    async def _ready(self, proto: HTTPProtocol) -> None:
         try:
             ok = bool(await asyncio.wait_for(self._admin.ping(), 1.0)) and self._batcher.ready
         except (RedisError, OSError, TimeoutError):
@@ -266,7 +238,7 @@ class App:
 
     # /track
 
-    async def _track(self, scope: _Scope, proto: _Proto) -> None:
+    async def _track(self, scope: Scope, proto: HTTPProtocol) -> None:
         method = scope.method
         headers = scope.headers
         origin = headers.get("origin")
@@ -310,8 +282,9 @@ class App:
         content_type = headers.get("content-type")
         content_encoding = headers.get("content-encoding")
         peer = self._peer(scope, headers)
-        try:
-            request = decode_request(
+
+        def decode() -> Request:
+            return decode_request(
                 scope.query_string,
                 body,
                 content_type,
@@ -321,18 +294,12 @@ class App:
                 peer_ip=peer,
                 tokens=self._tokens.tokens,
             )
+
+        try:
+            request = decode()
             if request.errors and _names_unknown_token(request) and await self._tokens.reload_for_unknown():
                 # A project created since the last reload: decode again with the fresh list.
-                request = decode_request(
-                    scope.query_string,
-                    body,
-                    content_type,
-                    content_encoding,
-                    now=time.time(),
-                    options=self._options,
-                    peer_ip=peer,
-                    tokens=self._tokens.tokens,
-                )
+                request = decode()
         except DecodeError as err:
             params = _FallbackParams(scope.query_string, body, content_type, content_encoding)
             self._refuse(
@@ -342,7 +309,7 @@ class App:
         await self._store_and_answer(scope, proto, request, cors)
 
     async def _store_and_answer(
-        self, scope: _Scope, proto: _Proto, request: Request, cors: list[tuple[str, str]]
+        self, scope: Scope, proto: HTTPProtocol, request: Request, cors: list[tuple[str, str]]
     ) -> None:
         callback = request.callback
         if callback is not None and not valid_callback(callback):
@@ -410,8 +377,8 @@ class App:
 
     def _unavailable(
         self,
-        scope: _Scope,
-        proto: _Proto,
+        scope: Scope,
+        proto: HTTPProtocol,
         reason: str,
         params: _Params,
         cors: list[tuple[str, str]],
@@ -422,8 +389,8 @@ class App:
 
     def _refuse(
         self,
-        scope: _Scope,
-        proto: _Proto,
+        scope: Scope,
+        proto: HTTPProtocol,
         reason: str,
         message: str,
         headers: list[tuple[str, str]],
@@ -462,7 +429,7 @@ class App:
 
     @staticmethod
     def _answer(
-        proto: _Proto,
+        proto: HTTPProtocol,
         status: int,
         params: _Params | None,
         callback: str | None,
@@ -482,7 +449,7 @@ class App:
         proto.response_bytes(status, [*headers, *extra] if extra else headers, body)
         metrics.count_request("track", status)
 
-    def _preflight(self, proto: _Proto, headers: _Headers, cors: list[tuple[str, str]]) -> None:
+    def _preflight(self, proto: HTTPProtocol, headers: Headers, cors: list[tuple[str, str]]) -> None:
         answer = [("allow", _ALLOW), *cors]
         if cors:
             asked = headers.get("access-control-request-headers")
@@ -497,7 +464,7 @@ class App:
         proto.response_bytes(204, answer, b"")
         metrics.count_request("track", 204)
 
-    async def _read_body(self, proto: _Proto, length: str | None) -> bytes | None:
+    async def _read_body(self, proto: HTTPProtocol, length: str | None) -> bytes | None:
         """The body, or None when it is over the request limit (refused before it is all in memory)."""
         limit = self._options.max_request_bytes
         if length is not None:
@@ -514,7 +481,7 @@ class App:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _peer(self, scope: _Scope, headers: _Headers) -> str:
+    def _peer(self, scope: Scope, headers: Headers) -> str:
         client = scope.client
         host = (
             client[1 : client.index("]")] if client.startswith("[") else client.rpartition(":")[0] or client
