@@ -44,8 +44,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         str, _doc("Granian runtime mode: st (single-threaded) or mt", pattern="^(st|mt)$")
     ] = "st"
     event_loop: Annotated[
-        str, _doc("event loop of the workers: asyncio or uvloop (if installed)", pattern="^(asyncio|uvloop)$")
-    ] = "asyncio"
+        str, _doc("event loop of the workers: uvloop or asyncio", pattern="^(asyncio|uvloop)$")
+    ] = "uvloop"
     task_impl: Annotated[
         str, _doc("Granian's task implementation for requests: asyncio or rust", pattern="^(asyncio|rust)$")
     ] = "asyncio"
