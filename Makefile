@@ -7,7 +7,7 @@ PY := $(BIN)/python
 export PYO3_PYTHON := $(abspath $(PY))
 NATIVE_GLOB := python/trackgate/_native*.so
 
-.PHONY: all venv build build-test run test test-rust test-python lint fmt bench bench-quick fuzz clean redis-server chromium
+.PHONY: all venv build build-test run test test-rust test-python lint fmt bench bench-quick clean redis-server chromium wrk
 
 all: build
 
@@ -47,6 +47,23 @@ chromium:
 	  else \
 	    echo "chromium is missing: run 'sudo apt-get install chromium'"; exit 1; \
 	  fi; }
+
+# wrk drives the benchmarks' load: installed through apt-get when missing and we are root, like redis-server.
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing wrk (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	  else \
+	    echo "wrk is missing: run 'sudo apt-get install wrk'"; exit 1; \
+	  fi; }
+
+# The whole suite (a few minutes) and a 30-second subset; results in bench/results/.
+bench: build redis-server wrk
+	$(PY) bench/suite.py
+
+bench-quick: build redis-server wrk
+	$(PY) bench/suite.py --quick
 
 run: build redis-server
 	$(BIN)/trackgate serve --demo
