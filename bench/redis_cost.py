@@ -13,22 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
+import harness
 import redis
 from trackgate import Options, decode_request, store
 
 TOKEN = "benchtoken0001"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def event(i: int, now: float) -> dict[str, Any]:
@@ -57,18 +52,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=40000, help="events per request size")
     parser.add_argument("--sizes", default="1,5,50", help="events per request, comma-separated")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as data:
-        socket = f"{data}/redis.sock"
-        server = subprocess.Popen(
-            ["redis-server", "--port", "0", "--unixsocket", socket, "--save", "", "--dir", data],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+    with tempfile.TemporaryDirectory() as work:
+        server, url = harness.start_redis(Path(work), "redis", persistence="none", unix=True)
         try:
-            deadline = time.monotonic() + 10
-            while not os.path.exists(socket) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            client = redis.Redis(unix_socket_path=socket)
+            client = redis.Redis.from_url(url)
             client.function_load(store.FUNCTION_SOURCE, replace=True)
             headers = store.WriteCommands(1_000_000, 0)
             now, seq = time.time(), 0
@@ -86,14 +73,14 @@ def main() -> None:
                         )
                         events += count
                 conn = client.connection_pool.get_connection()
-                before, started = cpu_seconds(server.pid), time.perf_counter()
+                before, started = harness.cpu_seconds([server.process.pid]), time.perf_counter()
                 for i in range(0, len(commands), 64):
                     chunk = commands[i : i + 64]
                     conn.send_packed_command([b"".join(chunk)])
                     for _ in chunk:
                         conn.read_response()
                 wall = time.perf_counter() - started
-                used = cpu_seconds(server.pid) - before
+                used = harness.cpu_seconds([server.process.pid]) - before
                 client.connection_pool.release(conn)
                 print(
                     f"{args.partitions} partitions, requests of {size:3d} events: "
@@ -101,8 +88,7 @@ def main() -> None:
                     f"Redis {used / events * 1e6:5.1f} µs CPU per event, {events / wall:9,.0f} events/s"
                 )
         finally:
-            server.terminate()
-            server.wait()
+            server.stop()
 
 
 if __name__ == "__main__":

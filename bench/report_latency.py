@@ -11,15 +11,15 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import os
 import random
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import harness
 import redis
 import redis.asyncio
 from trackgate import Options, decode_request, store
@@ -71,10 +71,10 @@ def store_events(client: redis.Redis, events: list[dict[str, Any]], now: float) 
     client.connection_pool.release(conn)
 
 
-async def timings(socket: str) -> None:
+async def timings(url: str) -> None:
     end = dt.datetime.now(dt.UTC).date()
     start = end - dt.timedelta(days=29)
-    async with redis.asyncio.Redis(unix_socket_path=socket) as client:
+    async with redis.asyncio.Redis.from_url(url) as client:
         calls: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
             (
                 "funnel report, 30 days",
@@ -97,27 +97,18 @@ def main() -> None:
     )
     parser.add_argument("--users", type=int, default=2000)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as data:
-        socket = f"{data}/redis.sock"
-        server = subprocess.Popen(
-            ["redis-server", "--port", "0", "--unixsocket", socket, "--save", "", "--dir", data],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+    with tempfile.TemporaryDirectory() as work:
+        server, url = harness.start_redis(Path(work), "redis", persistence="none", unix=True)
         try:
-            deadline = time.monotonic() + 10
-            while not os.path.exists(socket) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            client = redis.Redis(unix_socket_path=socket)
+            client = redis.Redis.from_url(url)
             client.function_load(store.FUNCTION_SOURCE, replace=True)
             now = time.time()
             events = population(args.users, now)
             store_events(client, events, now)
             print(f"{len(events)} events of {args.users} users stored")
-            asyncio.run(timings(socket))
+            asyncio.run(timings(url))
         finally:
-            server.terminate()
-            server.wait()
+            server.stop()
 
 
 if __name__ == "__main__":
