@@ -27,11 +27,11 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -148,6 +148,16 @@ def _stop_all() -> None:
 
 def _on_signal(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_main(main: Callable[[], int]) -> NoReturn:
+    """A benchmark script's entry point: its exit code, or 130 when interrupted (the cleanup handlers
+    have stopped every server it started by then)."""
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:
+        print("interrupted; every server it started has been stopped", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def install_cleanup() -> None:

@@ -256,8 +256,4 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except KeyboardInterrupt:
-        print("interrupted; every server it started has been stopped", file=sys.stderr)
-        raise SystemExit(130) from None
+    h.run_main(main)

@@ -231,8 +231,4 @@ def print_result(result: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except KeyboardInterrupt:
-        print("interrupted; every server it started has been stopped", file=sys.stderr)
-        raise SystemExit(130) from None
+    h.run_main(main)

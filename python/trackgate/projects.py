@@ -138,15 +138,6 @@ async def project_for_secret(client: Redis, secret: str) -> str | None:
     return _text(token)
 
 
-async def verify_secret(client: Redis, token: str, secret: str) -> bool:
-    stored = await client.hget(project_key(token), "secret")
-    if stored is None:
-        # Hash anyway, so that an unknown token takes as long to refuse as a wrong secret.
-        hmac.compare_digest(_hash_secret(secret), _hash_secret(""))
-        return False
-    return hmac.compare_digest(_hash_secret(secret), _text(stored))
-
-
 class TokenCache:
     """A worker's view of the project tokens, handed to the decoder as a TokenSet.
 

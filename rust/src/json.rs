@@ -52,34 +52,6 @@ impl JsonType {
     }
 }
 
-/// Where copied bytes go: a buffer, or nowhere when only validation is wanted.
-pub trait Sink {
-    fn put(&mut self, bytes: &[u8]);
-    fn put_byte(&mut self, byte: u8);
-}
-
-impl Sink for Vec<u8> {
-    #[inline]
-    fn put(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes);
-    }
-    #[inline]
-    fn put_byte(&mut self, byte: u8) {
-        self.push(byte);
-    }
-}
-
-/// Validates without copying.
-#[derive(Debug)]
-pub struct Discard;
-
-impl Sink for Discard {
-    #[inline]
-    fn put(&mut self, _: &[u8]) {}
-    #[inline]
-    fn put_byte(&mut self, _: u8) {}
-}
-
 /// The container limits checked inside property values, and the first one broken.
 #[derive(Debug, Clone, Copy)]
 pub struct Shape {
@@ -182,11 +154,6 @@ pub struct Scanner<'a> {
 impl<'a> Scanner<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
         Self { buf, pos: 0 }
-    }
-
-    #[inline]
-    pub fn pos(&self) -> usize {
-        self.pos
     }
 
     #[inline]
@@ -430,23 +397,23 @@ impl<'a> Scanner<'a> {
 
     /// Copies the value here to `out`, minified, checking `shape` limits. `depth` is the number of
     /// containers around it inside the property (0 for a property's own value).
-    pub fn value<S: Sink>(
+    pub fn value(
         &mut self,
-        out: &mut S,
+        out: &mut Vec<u8>,
         shape: &mut Shape,
         depth: usize,
     ) -> Result<JsonType, SyntaxError> {
         match self.scalar()? {
             Scalar::String(s) => {
-                out.put(s.raw);
+                out.extend_from_slice(s.raw);
                 Ok(JsonType::String)
             }
             Scalar::Number(n) => {
-                out.put(n);
+                out.extend_from_slice(n);
                 Ok(JsonType::Number)
             }
             Scalar::Other(raw, ty) => {
-                out.put(raw);
+                out.extend_from_slice(raw);
                 Ok(ty)
             }
             Scalar::Container(ty) => {
@@ -466,41 +433,41 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn object_body<S: Sink>(
+    fn object_body(
         &mut self,
-        out: &mut S,
+        out: &mut Vec<u8>,
         shape: &mut Shape,
         depth: usize,
     ) -> Result<(), SyntaxError> {
-        out.put_byte(b'{');
+        out.push(b'{');
         if !self.open(b'{', b'}') {
             let mut keys = 0usize;
             loop {
                 let key = self.key()?;
                 keys += 1;
-                out.put(key.raw);
-                out.put_byte(b':');
+                out.extend_from_slice(key.raw);
+                out.push(b':');
                 self.value(out, shape, depth)?;
                 if !self.next_member(b'}')? {
                     break;
                 }
-                out.put_byte(b',');
+                out.push(b',');
             }
             if keys > shape.max_keys {
                 shape.note(EventErrorKind::TooManyKeys, keys);
             }
         }
-        out.put_byte(b'}');
+        out.push(b'}');
         Ok(())
     }
 
-    fn array_body<S: Sink>(
+    fn array_body(
         &mut self,
-        out: &mut S,
+        out: &mut Vec<u8>,
         shape: &mut Shape,
         depth: usize,
     ) -> Result<(), SyntaxError> {
-        out.put_byte(b'[');
+        out.push(b'[');
         if !self.open(b'[', b']') {
             let mut len = 0usize;
             loop {
@@ -509,13 +476,13 @@ impl<'a> Scanner<'a> {
                 if !self.next_member(b']')? {
                     break;
                 }
-                out.put_byte(b',');
+                out.push(b',');
             }
             if len > shape.max_array_len {
                 shape.note(EventErrorKind::ArrayTooLong, len);
             }
         }
-        out.put_byte(b']');
+        out.push(b']');
         Ok(())
     }
 
@@ -742,7 +709,7 @@ mod tests {
         let check = |input: &str| {
             let mut scanner = Scanner::new(input.as_bytes());
             let mut shape = Shape::new(3, 2, 2);
-            scanner.value(&mut Discard, &mut shape, 0).unwrap();
+            scanner.value(&mut Vec::new(), &mut shape, 0).unwrap();
             shape.violation
         };
         assert_eq!(check("[[[1]]]"), None);
