@@ -376,7 +376,7 @@ def start_redis(
     if persistence == "none":
         args += ["--appendonly", "no"]
     else:
-        args += ["--appendonly", "yes", "--appendfsync", persistence]
+        args += ["--appendonly", "yes", "--appendfsync", persistence, "--auto-aof-rewrite-min-size", "1gb"]
     if unix:
         sock = data / "redis.sock"
         args += ["--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"]

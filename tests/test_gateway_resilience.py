@@ -3,13 +3,11 @@ multi-worker and embedded-Redis set-ups that `trackgate serve` runs in productio
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
 import signal
 import subprocess
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -17,67 +15,8 @@ from pathlib import Path
 
 import redis
 import requests
-from conftest import TRACKGATE, Gateway, RedisServer, create_project, stored_with, wait_for
+from conftest import TRACKGATE, Gateway, Load, RedisServer, create_project, stored_with, wait_for
 from trackgate.embedded import EmbeddedRedis
-
-
-class Load:
-    """Client threads posting small batches with unique sequence numbers, recording every answer."""
-
-    def __init__(self, gateway: Gateway, token: str, threads: int = 6, batch: int = 1) -> None:
-        self.gateway = gateway
-        self.token = token
-        self.run = uuid.uuid4().hex
-        self.batch = batch
-        self.results: list[tuple[int, int, str, str | None]] = []  # (first seq, status, body, retry-after)
-        self._seq = itertools.count()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(threads)]
-
-    def _event(self, seq: int) -> dict[str, object]:
-        properties = {"token": self.token, "distinct_id": f"u{seq % 97}", "run": self.run, "seq": seq}
-        return {"event": "load", "properties": properties}
-
-    def _client(self) -> None:
-        with requests.Session() as session:
-            while not self._stop.is_set():
-                with self._lock:
-                    first = next(self._seq) * self.batch
-                events = [self._event(first + i) for i in range(self.batch)]
-                try:
-                    r = session.post(
-                        self.gateway.url("/track"), data={"data": json.dumps(events)}, timeout=15
-                    )
-                except requests.RequestException:
-                    with self._lock:
-                        self.results.append((first, 0, "", None))
-                    time.sleep(0.01)
-                    continue
-                with self._lock:
-                    self.results.append((first, r.status_code, r.text, r.headers.get("retry-after")))
-
-    def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(20)
-
-    def count(self, status: int, since: int = 0) -> int:
-        with self._lock:
-            return sum(1 for r in self.results[since:] if r[1] == status)
-
-    def mark(self) -> int:
-        with self._lock:
-            return len(self.results)
-
-    def acknowledged(self) -> set[int]:
-        """Every event of every request answered `1`."""
-        with self._lock:
-            return {r[0] + i for r in self.results if (r[1], r[2]) == (200, "1") for i in range(self.batch)}
 
 
 def test_redis_crash_and_restart_during_a_stream_of_requests(

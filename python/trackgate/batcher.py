@@ -1,22 +1,28 @@
 """Group commit: one worker's accepted events, gathered from many requests, written to Redis in few
-round trips.
+commands, several flushes in flight on one pipelined connection.
 
 Requests hand over the decoder's partition batches (already RESP-packed) and wait. Pending batches form
 the *open flush*; it comes due when `max_events` are waiting or `linger` seconds after its first event,
-and is then written as one command per (project, partition) -- `FCALL tg_write` with the packed events
-appended unchanged -- all commands in one pipelined write, one reply read per command. Python does work
-per request and per partition, never per event.
+and is then sent as one command per (project, partition) -- `FCALL tg_write` with the packed events
+appended unchanged -- in one write. Up to `depth` flushes are in flight at once: while Redis works
+through one, the next is already on its way, so neither the worker nor Redis waits for the other, and
+under load the open flush grows by itself while the pipe is full. A request is answered when every
+command of its flush has been answered. Python does work per request and per command, never per event.
 
-One flush is in flight at a time: the next one gathers meanwhile, so under load batches grow by
-themselves, and a request waits for at most the write in flight plus its own. It is also what makes the
-function's dedupe (a high-water mark of sequence numbers per writer and partition) exact: when a reply
-is lost, no later command for that partition has been sent, so a resent command is skipped only if it
-was applied. Several flushes in flight would need a dedupe key per batch instead.
+Exactly once. Batch ids are `<writer>:<seq>`, seq growing with every command sent; the function keeps the
+highest seq it applied per writer and partition and skips a command at or below it. That is exact
+because Redis applies one connection's commands in the order they were sent, and every resend keeps that
+order:
+- a lost connection: the commands whose replies were not read go out again first on the next
+  connection, under their own ids, in seq order (some may have been applied; the mark skips those);
+- Redis lost the function library ("function not found": restarted without persistence, FUNCTION
+  FLUSH): the refused command was certainly not applied, so it goes out again after a FUNCTION LOAD
+  under a new, higher seq, behind every command sent before it.
 
-Failures: a command Redis refuses fails exactly the requests that had events in it. A lost connection is
-reopened with backoff and the commands whose replies were not read are resent under their batch ids (the
-function applies a batch id once), for `retry_window` seconds; then their requests fail. While Redis is
-unreachable, new requests are refused at once, as they are when `max_pending` events are waiting.
+Failures: a command Redis refuses fails exactly the requests that had events in it (503). Resending is
+tried for `retry_window` seconds from a flush's first send; then its requests fail. A connection that
+answers nothing for `timeout` seconds while commands wait counts as lost. While Redis is unreachable new
+requests are refused at once, as they are when `max_pending` events are waiting.
 """
 
 from __future__ import annotations
@@ -26,15 +32,12 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
-from typing import Final
-
-import redis.exceptions
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from typing import Any, Final
 
 from trackgate import metrics, store
+from trackgate.redis_pipe import RedisPipe, ReplyError, pack
 
 log = logging.getLogger("trackgate.batcher")
 
@@ -44,12 +47,9 @@ Key = tuple[str, int]
 NO_FAILURES: Final[frozenset[Key]] = frozenset()
 BACKOFF_MIN: Final = 0.05
 BACKOFF_MAX: Final = 1.0
-_LOST: Final = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    OSError,
-    asyncio.TimeoutError,
-)
+# A command refused this many times for a missing function library is failed: loading it is not working.
+MAX_RELOADS: Final = 3
+_LOST: Final = (ConnectionError, OSError, TimeoutError)
 
 
 class UnavailableError(Exception):
@@ -61,7 +61,18 @@ class UnavailableError(Exception):
 
 
 class _Flush:
-    __slots__ = ("args", "counts", "due", "events", "parts", "waiters")
+    __slots__ = (
+        "args",
+        "counts",
+        "deadline",
+        "due",
+        "events",
+        "failed",
+        "outstanding",
+        "parts",
+        "started",
+        "waiters",
+    )
 
     def __init__(self) -> None:
         self.parts: dict[Key, list[bytes]] = {}
@@ -70,15 +81,35 @@ class _Flush:
         self.events = 0
         self.waiters: list[asyncio.Future[frozenset[Key]]] = []
         self.due = False
+        self.failed: set[Key] | None = None
+        self.outstanding = 0
+        self.started = 0.0
+        self.deadline = 0.0
 
 
 class _Command:
-    __slots__ = ("count", "key", "parts")
+    """One partition's command of one flush; `seq` changes only when it is resent after a reload."""
 
-    def __init__(self, key: Key, count: int, parts: list[bytes]) -> None:
+    __slots__ = ("body", "count", "flush", "key", "n_args", "reloads", "seq")
+
+    def __init__(self, flush: _Flush, key: Key, count: int, n_args: int, body: list[bytes]) -> None:
+        self.flush = flush
         self.key = key
         self.count = count
-        self.parts = parts
+        self.n_args = n_args
+        self.body = body
+        self.seq = 0
+        self.reloads = 0
+
+
+class _LoadLibrary:
+    """FUNCTION LOAD sent ahead of the commands Redis refused for want of the library."""
+
+    __slots__ = ()
+
+
+_LOAD: Final = _LoadLibrary()
+_LOAD_COMMAND: Final = pack("FUNCTION", "LOAD", store.FUNCTION_SOURCE)
 
 
 class Batcher:
@@ -88,6 +119,7 @@ class Batcher:
         *,
         max_events: int,
         linger: float,
+        depth: int,
         max_pending: int,
         timeout: float,
         retry_window: float,
@@ -95,16 +127,10 @@ class Batcher:
         stream_max_age: float,
         funnel_window: Callable[[str], int],
     ) -> None:
-        self._pool = ConnectionPool.from_url(
-            redis_url,
-            socket_timeout=timeout,
-            socket_connect_timeout=min(timeout, 1.0),
-            # Retrying is this module's job: redis-py must not retry, nor reconnect, on its own.
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
+        self._url = redis_url
         self._max_events = max_events
         self._linger = linger
+        self._depth = depth
         self._max_pending = max_pending
         self._retry_window = retry_window
         self._timeout = timeout
@@ -114,24 +140,28 @@ class Batcher:
         self._writer = secrets.token_hex(8).encode()
         self._seq = 0
         self._open = _Flush()
-        self._inflight: _Flush | None = None
+        self._flights = 0  # flushes sent and not yet finished (answered, or failed)
+        self._sent: deque[_Command | _LoadLibrary] = deque()  # replies awaited, in send order
+        self._resend: list[_Command] = []
         self._pending = 0
-        self._conn: AbstractConnection | None = None
-        self._healthy = False
+        self._pipe: RedisPipe | None = None
+        self._progress = 0.0  # when the pipe last answered, or was first waited on
+        self._watchdog: asyncio.TimerHandle | None = None
         self._closing = False
+        self._outage_logged = False
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
 
     @property
     def ready(self) -> bool:
-        return self._healthy and not self._closing
+        return self._pipe is not None and not self._closing
 
     async def start(self) -> None:
         """Connect (a failure is not fatal: the gateway answers 503 and keeps trying) and start writing."""
         with contextlib.suppress(*_LOST):
-            await self._connection()
-        if not self._healthy:
+            await self._connect()
+        if self._pipe is None:
             log.warning("Redis is not reachable yet; answering 503 until it is")
         self._task = asyncio.create_task(self._run(), name="trackgate-batcher")
 
@@ -140,7 +170,7 @@ class Batcher:
     ) -> asyncio.Future[frozenset[Key]]:
         """Queue a request's partition batches; the future gives the keys whose write failed (empty when
         all are in Redis). Raises UnavailableError when the events cannot be queued."""
-        if not self._healthy or self._closing:
+        if self._pipe is None or self._closing:
             raise UnavailableError("stopping" if self._closing else "redis_unavailable")
         if self._pending + count > self._max_pending:
             raise UnavailableError("overloaded")
@@ -179,7 +209,7 @@ class Batcher:
 
     async def close(self) -> None:
         """Write everything queued, then disconnect. Requests arriving meanwhile get 503."""
-        # Time for the write in flight and the last flush, each with its retries.
+        # Time for the writes in flight and the last flush, each with its retries.
         timeout = 2 * (self._timeout + self._retry_window) + 1
         self._closing = True
         self._open.due = self._open.due or bool(self._open.events)
@@ -191,160 +221,222 @@ class Batcher:
                 log.error("gave up writing %d queued events after %g s", self._pending, timeout)
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
-                for flush in (self._inflight, self._open):
-                    if flush is not None:
-                        self._fail(flush, "stopping")
-        await self._disconnect()
-        await self._pool.aclose()
+                self._fail_everything("stopping")
+        self._disconnect()
+
+    # The writing task
 
     async def _run(self) -> None:
         backoff = BACKOFF_MIN
         while True:
-            flush = self._open
-            if self._closing and not flush.events:
+            if self._closing and not self._open.events and not self._flights:
                 return
-            if flush.due:
-                self._open, self._inflight = _Flush(), flush
+            if self._pipe is None:
+                self._expire_resends()
                 try:
-                    await self._write(flush)
-                except Exception:
-                    # A bug, not a Redis error: fail these requests, keep serving the next ones.
-                    log.exception("writing a batch failed")
-                    self._fail(flush, "write_failed")
-                self._inflight = None
-                continue
-            if self._healthy:
-                await self._kick.wait()
-                self._kick.clear()
-                continue
-            # Redis is away and nothing is due: try again, waking early should a flush come due.
-            with contextlib.suppress(*_LOST):
-                await self._connection()
+                    await self._connect()
+                except _LOST as err:
+                    if not self._outage_logged:
+                        self._outage_logged = True
+                        log.warning("Redis not reachable: %s", err or type(err).__name__)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._kick.wait(), backoff)
+                    self._kick.clear()
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
                 log.warning("Redis is reachable again")
+                self._outage_logged = False
                 backoff = BACKOFF_MIN
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), backoff)
-            self._kick.clear()
-            backoff = min(backoff * 2, BACKOFF_MAX)
-
-    async def _connection(self) -> AbstractConnection:
-        if self._conn is None:
-            conn = self._pool.make_connection()  # type: ignore[no-untyped-call]
             try:
-                await conn.connect()
-            except BaseException:
-                await conn.disconnect(nowait=True)
-                raise
-            self._conn = conn
-            self._healthy = True
-        return self._conn
+                if self._resend:
+                    self._send_resends()
+                elif self._open.due and self._open.events and self._flights < self._depth:
+                    self._send_flush()
+                else:
+                    await self._kick.wait()
+                    self._kick.clear()
+            except _LOST as err:
+                # The write found the connection gone: what was sent on it goes again on the next one.
+                self._lost(self._pipe, err)
+            except Exception:
+                # A bug, not a Redis error: fail what is waiting, keep serving the next requests.
+                log.exception("writing a batch failed")
+                self._disconnect()
+                self._fail_everything("write_failed")
 
-    async def _disconnect(self) -> None:
-        conn, self._conn = self._conn, None
-        self._healthy = False
-        if conn is not None:
-            await conn.disconnect(nowait=True)
+    async def _connect(self) -> None:
+        async with asyncio.timeout(min(self._timeout, 1.0)):
+            self._pipe = await RedisPipe.open(self._url, self._on_reply, self._lost)
 
-    def _commands(self, flush: _Flush) -> list[_Command]:
+    def _disconnect(self) -> None:
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            pipe.close()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _send_flush(self) -> None:
+        flush, self._open = self._open, _Flush()
+        flush.started = time.perf_counter()
+        flush.deadline = self._loop.time() + self._retry_window
+        self._flights += 1
         commands = []
         for key, chunks in flush.parts.items():
-            self._seq += 1
-            count = flush.counts[key]
-            token, partition = key
-            batch_id = b"%s:%d" % (self._writer, self._seq)
-            window = self._funnel_window(token)
-            header = self._headers.header(token, partition, window, batch_id, flush.args[key])
-            chunks.insert(0, header)
-            commands.append(_Command(key, count, chunks))
-        return commands
+            commands.append(_Command(flush, key, flush.counts[key], flush.args[key], chunks))
+        flush.outstanding = len(commands)
+        metrics.queue(self._pending, self._flights)
+        self._write(commands)
 
-    async def _write(self, flush: _Flush) -> None:
-        started = time.perf_counter()
-        deadline = self._loop.time() + self._retry_window
-        todo = self._commands(flush)
-        failed: set[Key] = set()
-        stored = 0
-        backoff = BACKOFF_MIN
-        while todo:
-            resend: list[_Command] = []
-            sent, todo, index = todo, [], 0
-            try:
-                conn = await self._connection()
-                await conn.send_packed_command(
-                    b"".join([p for c in sent for p in c.parts]), check_health=False
-                )
-                for index, command in enumerate(sent):  # noqa: B007 -- `index` tells how far replies came
-                    try:
-                        reply = await conn.read_response()
-                    except redis.exceptions.ResponseError as err:
-                        if store.is_missing_function(err):
-                            resend.append(command)
-                        else:
-                            failed.add(command.key)
-                            metrics.REDIS_ERRORS.labels("command").inc()
-                            log.error(
-                                "Redis refused a write of %d events to %s: %s",
-                                command.count,
-                                store.stream_key(*command.key),
-                                err,
-                            )
-                        continue
-                    stored += command.count
-                    metrics.BATCH_EVENTS.observe(command.count)
-                    if reply == 0:
-                        metrics.BATCHES_DEDUPLICATED.inc()
-                else:
-                    index = len(sent)
-                if resend:
-                    # Redis lost the library (restarted without persistence): load it, send again. Not
-                    # REPLACE: another worker may have loaded it meanwhile, maybe a newer version.
-                    await conn.send_command("FUNCTION", "LOAD", store.FUNCTION_SOURCE)
-                    try:
-                        await conn.read_response()
-                        log.warning("loaded the trackgate function library again")
-                    except redis.exceptions.ResponseError as err:
-                        if "already exists" not in str(err):
-                            raise
-                    todo = resend
-            except _LOST as err:
-                # Replies of sent[index:] never arrived: those commands may or may not have been applied,
-                # and their batch ids make resending them safe.
-                todo = resend + sent[index:]
-                if self._healthy:
-                    log.error("Redis connection lost: %s", err)
-                metrics.REDIS_ERRORS.labels("connection").inc()
-                await self._disconnect()
-            except redis.exceptions.ResponseError as err:
-                log.error("Redis refused to load the function library: %s", err)
+    def _send_resends(self) -> None:
+        """Commands of a lost connection go first, under their own ids and in their order; commands refused
+        for a missing library follow a FUNCTION LOAD, under new ids."""
+        resend, self._resend = self._resend, []
+        kept = sorted((c for c in resend if c.seq), key=lambda c: c.seq)
+        reload = [c for c in resend if not c.seq]
+        self._write(kept, reload)
+
+    def _write(self, commands: list[_Command], after_load: list[_Command] | None = None) -> None:
+        pipe = self._pipe
+        assert pipe is not None
+        out: list[bytes] = []
+        for command in commands:
+            self._pack(command, out)
+        if after_load:
+            out.append(_LOAD_COMMAND)
+            for command in after_load:
+                self._pack(command, out)
+        sent = self._sent
+        if not sent:
+            self._progress = self._loop.time()
+            self._arm_watchdog()
+        sent.extend(commands)
+        if after_load:
+            sent.append(_LOAD)
+            sent.extend(after_load)
+        pipe.write(b"".join(out))
+
+    def _pack(self, command: _Command, out: list[bytes]) -> None:
+        if not command.seq:
+            self._seq += 1
+            command.seq = self._seq
+        token, partition = command.key
+        batch_id = b"%s:%d" % (self._writer, command.seq)
+        out.append(
+            self._headers.header(token, partition, self._funnel_window(token), batch_id, command.n_args)
+        )
+        out.extend(command.body)
+
+    # Replies, in send order (called by the pipe, never awaiting)
+
+    def _on_reply(self, reply: Any) -> None:
+        self._progress = self._loop.time()
+        item = self._sent.popleft()
+        if item is _LOAD:
+            if isinstance(reply, ReplyError) and "already exists" not in str(reply):
+                log.error("Redis refused to load the function library: %s", reply)
                 metrics.REDIS_ERRORS.labels("function_load").inc()
-                failed.update(c.key for c in resend)
-                todo = []
-            if todo:
-                if self._loop.time() + backoff > deadline:
-                    failed.update(c.key for c in todo)
-                    log.error(
-                        "gave up on %d events after %g s of Redis errors",
-                        sum(c.count for c in todo),
-                        self._retry_window,
-                    )
-                    break
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
+            else:
+                log.warning("loaded the trackgate function library again")
+            return
+        assert isinstance(item, _Command)
+        if isinstance(reply, ReplyError):
+            if store.is_missing_function(reply) and item.reloads < MAX_RELOADS:
+                item.reloads += 1
+                item.seq = 0  # certainly not applied: it goes again under a new id, after the load
+                self._resend.append(item)
+                self._kick.set()
+                return
+            self._refused(item, reply)
+        else:
+            metrics.count_stored(item.count, deduplicated=reply == 0)
+        self._finish(item)
+
+    def _refused(self, command: _Command, err: ReplyError) -> None:
+        flush = command.flush
+        if flush.failed is None:
+            flush.failed = set()
+        flush.failed.add(command.key)
+        metrics.REDIS_ERRORS.labels("command").inc()
+        log.error(
+            "Redis refused a write of %d events to %s: %s",
+            command.count,
+            store.stream_key(*command.key),
+            err,
+        )
+
+    def _finish(self, command: _Command) -> None:
+        flush = command.flush
+        flush.outstanding -= 1
+        if flush.outstanding:
+            return
+        self._flights -= 1
         self._pending -= flush.events
-        flush.events = 0
-        metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
-        metrics.EVENTS_STORED.inc(stored)
-        metrics.QUEUE_EVENTS.set(self._pending)
-        result = frozenset(failed) if failed else NO_FAILURES
+        metrics.observe_flush(flush.events, time.perf_counter() - flush.started)
+        metrics.queue(self._pending, self._flights)
+        result = frozenset(flush.failed) if flush.failed else NO_FAILURES
         for waiter in flush.waiters:
             if not waiter.done():
                 waiter.set_result(result)
+        self._kick.set()
 
-    def _fail(self, flush: _Flush, reason: str) -> None:
-        self._pending -= flush.events
-        flush.events = 0
-        metrics.QUEUE_EVENTS.set(self._pending)
-        for waiter in flush.waiters:
-            if not waiter.done():
-                waiter.set_exception(UnavailableError(reason))
+    def _lost(self, pipe: RedisPipe | None, err: Exception) -> None:
+        """The pipe is gone: the commands whose replies were not read are resent on the next one."""
+        if pipe is None or pipe is not self._pipe:
+            return  # a connection given up before (its commands were moved then), or never used
+        log.error("Redis connection lost: %s", err)
+        metrics.REDIS_ERRORS.labels("connection").inc()
+        self._disconnect()
+        unanswered = [c for c in self._sent if isinstance(c, _Command)]
+        self._sent.clear()
+        self._resend.extend(unanswered)
+        self._kick.set()
+
+    def _arm_watchdog(self) -> None:
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_later(self._timeout, self._watch)
+
+    def _watch(self) -> None:
+        """A connection that answers nothing for `timeout` seconds while commands wait is lost."""
+        self._watchdog = None
+        if not self._sent or self._pipe is None:
+            return
+        idle = self._loop.time() - self._progress
+        if idle >= self._timeout:
+            self._lost(self._pipe, TimeoutError(f"no reply from Redis for {idle:.1f} s"))
+        else:
+            self._watchdog = self._loop.call_later(self._timeout - idle, self._watch)
+
+    def _expire_resends(self) -> None:
+        """Fail the commands whose flush has been retried for `retry_window` seconds."""
+        now = self._loop.time()
+        expired = [c for c in self._resend if c.flush.deadline < now]
+        if not expired:
+            return
+        self._resend = [c for c in self._resend if c.flush.deadline >= now]
+        log.error(
+            "gave up on %d events after %g s of Redis errors",
+            sum(c.count for c in expired),
+            self._retry_window,
+        )
+        for command in expired:
+            flush = command.flush
+            if flush.failed is None:
+                flush.failed = set()
+            flush.failed.add(command.key)
+            self._finish(command)
+
+    def _fail_everything(self, reason: str) -> None:
+        flushes = {id(c.flush): c.flush for c in self._resend}
+        flushes.update((id(c.flush), c.flush) for c in self._sent if isinstance(c, _Command))
+        flushes[id(self._open)] = self._open
+        self._resend = []
+        self._sent.clear()
+        self._flights = 0
+        for flush in flushes.values():
+            self._pending -= flush.events
+            flush.events = 0
+            for waiter in flush.waiters:
+                if not waiter.done():
+                    waiter.set_exception(UnavailableError(reason))
+        metrics.queue(self._pending, self._flights)

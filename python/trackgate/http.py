@@ -180,6 +180,7 @@ class App:
             settings.redis_url,
             max_events=settings.batch_max_events,
             linger=settings.batch_linger_ms / 1000,
+            depth=settings.pipeline_depth,
             max_pending=settings.max_pending_events,
             timeout=settings.redis_timeout,
             retry_window=settings.retry_window,

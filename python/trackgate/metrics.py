@@ -36,19 +36,24 @@ EVENTS_STORED = Counter("trackgate_events_stored", "events written to Redis")
 REQUESTS_REJECTED = Counter(
     "trackgate_requests_rejected", "requests refused as a whole, by reason", ["reason"]
 )
-BATCH_EVENTS = Histogram(
-    "trackgate_batch_events",
-    "events per Redis write command (one partition of one flush)",
+FLUSH_EVENTS = Histogram(
+    "trackgate_flush_events",
+    "events per flush (one write of a worker's pending events: a command per partition)",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000),
 )
 FLUSH_SECONDS = Histogram(
     "trackgate_flush_seconds",
-    "time to write one flush (all its commands, one round trip) to Redis, retries included",
+    "time from sending a flush to Redis to its last reply, retries included",
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 QUEUE_EVENTS = Gauge(
     "trackgate_queue_events",
     "events accepted and not yet written, summed over workers",
+    multiprocess_mode="livesum",
+)
+FLUSHES_IN_FLIGHT = Gauge(
+    "trackgate_flushes_in_flight",
+    "flushes sent to Redis and not yet answered, summed over workers (at most --pipeline-depth each)",
     multiprocess_mode="livesum",
 )
 REDIS_ERRORS = Counter("trackgate_redis_errors", "failed Redis operations, by kind", ["kind"])
@@ -66,11 +71,15 @@ class _Tally:
     `publish` adds them to the counters: every PUBLISH_SECONDS, before this worker renders a scrape,
     and when the worker stops."""
 
-    __slots__ = ("accepted", "requests")
+    __slots__ = ("accepted", "deduplicated", "in_flight", "pending", "requests", "stored")
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, int], int] = {}
         self.accepted = 0
+        self.stored = 0
+        self.deduplicated = 0
+        self.pending = 0
+        self.in_flight = 0
 
     def count_request(self, route: str, status: int) -> None:
         key = (route, status)
@@ -79,6 +88,21 @@ class _Tally:
     def count_accepted(self, events: int) -> None:
         self.accepted += events
 
+    def count_stored(self, events: int, *, deduplicated: bool) -> None:
+        """One write command answered: `events` are in Redis (`deduplicated`: they had been before)."""
+        self.stored += events
+        if deduplicated:
+            self.deduplicated += 1
+
+    def observe_flush(self, events: int, seconds: float) -> None:
+        FLUSH_EVENTS.observe(events)
+        FLUSH_SECONDS.observe(seconds)
+
+    def queue(self, pending: int, in_flight: int) -> None:
+        """The batcher's state: events not yet written, flushes sent and not answered."""
+        self.pending = pending
+        self.in_flight = in_flight
+
     def publish(self) -> None:
         requests, self.requests = self.requests, {}
         for (route, status), n in requests.items():
@@ -86,11 +110,22 @@ class _Tally:
         accepted, self.accepted = self.accepted, 0
         if accepted:
             EVENTS_ACCEPTED.inc(accepted)
+        stored, self.stored = self.stored, 0
+        if stored:
+            EVENTS_STORED.inc(stored)
+        deduplicated, self.deduplicated = self.deduplicated, 0
+        if deduplicated:
+            BATCHES_DEDUPLICATED.inc(deduplicated)
+        QUEUE_EVENTS.set(self.pending)
+        FLUSHES_IN_FLIGHT.set(self.in_flight)
 
 
 _tally = _Tally()
 count_request = _tally.count_request
 count_accepted = _tally.count_accepted
+count_stored = _tally.count_stored
+observe_flush = _tally.observe_flush
+queue = _tally.queue
 publish = _tally.publish
 
 

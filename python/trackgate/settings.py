@@ -73,19 +73,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     retry_after: Annotated[int, _doc("Retry-After seconds sent with 503 answers", ge=0)] = 2
 
     # Group commit
-    # One write is in flight per worker; events arriving meanwhile form the next batch, so batches grow
-    # with load by themselves. A linger trades latency for fewer, larger writes at moderate load.
+    # Up to `pipeline_depth` flushes are in flight per worker; events arriving meanwhile form the next
+    # one, so flushes grow with load by themselves. A linger trades latency for fewer, larger writes at
+    # moderate load.
     batch_max_events: Annotated[
         int, _doc("a worker writes its pending events once this many are waiting", ge=1)
     ] = 2000
     batch_linger_ms: Annotated[
         float,
         _doc(
-            "... or once the oldest has waited this many ms (0: as soon as the write in flight is done)",
+            "... or once the oldest has waited this many ms (0: at once, when the pipeline has room)",
             ge=0,
             le=10_000,
         ),
     ] = 0.0
+    pipeline_depth: Annotated[
+        int, _doc("flushes a worker has in flight to Redis at once, on its one connection", ge=1, le=64)
+    ] = 4
     max_pending_events: Annotated[
         int, _doc("events a worker holds unwritten before it answers 503 (back-pressure)", ge=1)
     ] = 100_000

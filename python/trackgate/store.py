@@ -314,7 +314,7 @@ async def load_functions(client: Redis, *, replace: bool) -> None:
             raise
 
 
-def is_missing_function(err: ResponseError) -> bool:
+def is_missing_function(err: Exception) -> bool:
     """Redis lost the library (restarted without persistence, FUNCTION FLUSH): load it and resend."""
     return "function not found" in str(err).lower()
 

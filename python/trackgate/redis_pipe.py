@@ -1,0 +1,170 @@
+"""The batcher's Redis connection: already-packed commands out, replies in, pipelined without limit.
+
+redis-py's asyncio connection reads one reply per await, through a stream reader and a parser object;
+with many write commands in flight that reading costs more than building the commands. Here an asyncio
+protocol feeds whatever bytes arrive to a hiredis reader and hands each complete reply, in order, to the
+owner's callback, with no await and no task switch per reply. Matching replies to commands is the
+owner's job: Redis answers the commands of one connection in the order they were sent.
+
+The URL is read by redis-py's own parser, so `--redis-url` means the same here as everywhere else:
+`redis://[[user]:password@]host[:port][/db]`, `rediss://` (TLS; `ssl_cert_reqs`, `ssl_ca_certs`,
+`ssl_certfile`, `ssl_keyfile` and `ssl_check_hostname` in the query string), and
+`unix://[[user]:password@]/path?db=N`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from typing import Any, Final, cast
+
+import hiredis
+from hiredis import ReplyError as ReplyError  # what a reply is when Redis answered `-ERR ...`
+from redis.asyncio.connection import SSLConnection, parse_url
+
+_CERT_REQS: Final = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+
+
+def pack(*args: bytes | str) -> bytes:
+    """One command in RESP, for the few that are not packed by the decoder (the handshake)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        raw = arg.encode() if isinstance(arg, str) else arg
+        parts.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+    return b"".join(parts)
+
+
+class RedisPipe(asyncio.Protocol):
+    """One connection. `on_reply(reply)` is called for each reply in order (a `ReplyError` for an error
+    reply); `on_lost(pipe, exc)` once, when the connection is gone, whoever closed it."""
+
+    def __init__(
+        self, on_reply: Callable[[Any], None], on_lost: Callable[[RedisPipe, Exception], None]
+    ) -> None:
+        self.on_reply = on_reply
+        self._on_lost = on_lost
+        self._reader = hiredis.Reader(replyError=ReplyError)
+        self._transport: asyncio.Transport | None = None
+        self._lost = False
+        self._writable = True
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        on_reply: Callable[[Any], None],
+        on_lost: Callable[[RedisPipe, Exception], None],
+    ) -> RedisPipe:
+        """Connect, authenticate and select the database (the caller bounds the time); raises OSError
+        (ConnectionError when Redis refuses the set-up)."""
+        options: dict[str, Any] = dict(parse_url(url))
+        loop = asyncio.get_running_loop()
+        pipe = cls(on_reply, on_lost)
+        if "path" in options:
+            await loop.create_unix_connection(lambda: pipe, options["path"])
+        else:
+            tls = _tls_context(options) if options.get("connection_class") is SSLConnection else None
+            await loop.create_connection(
+                lambda: pipe,
+                options.get("host", "localhost"),
+                options.get("port", 6379),
+                ssl=tls,
+                server_hostname=options.get("host", "localhost") if tls else None,
+            )
+        try:
+            await pipe._handshake(options)
+        except BaseException:
+            pipe.close()
+            raise
+        return pipe
+
+    async def _handshake(self, options: dict[str, Any]) -> None:
+        commands = []
+        if options.get("password") is not None:
+            if options.get("username"):
+                commands.append(pack("AUTH", options["username"], options["password"]))
+            else:
+                commands.append(pack("AUTH", options["password"]))
+        if options.get("db"):
+            commands.append(pack("SELECT", str(options["db"])))
+        if not commands:
+            return
+        owner = self.on_reply
+        replies: list[Any] = []
+        done = asyncio.get_running_loop().create_future()
+
+        def collect(reply: Any) -> None:
+            replies.append(reply)
+            if len(replies) == len(commands) and not done.done():
+                done.set_result(None)
+
+        self.on_reply = collect
+        try:
+            self.write(b"".join(commands))
+            await done
+        finally:
+            self.on_reply = owner
+        for reply in replies:
+            if isinstance(reply, ReplyError):
+                raise ConnectionError(f"Redis refused the connection's set-up: {reply}")
+
+    @property
+    def writable(self) -> bool:
+        """False while the kernel's socket buffer is full and the transport is holding data back."""
+        return self._writable and not self._lost
+
+    def write(self, data: bytes) -> None:
+        if self._transport is None or self._lost:
+            raise ConnectionError("the Redis connection is closed")
+        self._transport.write(data)
+
+    def close(self) -> None:
+        """Close at once: replies not yet read are lost (the owner resends their commands)."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport (uvloop's do not derive from asyncio.Transport, so no isinstance check).
+        self._transport = cast("asyncio.Transport", transport)
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        on_reply = self.on_reply
+        while True:
+            reply = reader.gets()
+            if reply is False:
+                return
+            on_reply(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._on_lost(self, exc if exc is not None else ConnectionError("Redis closed the connection"))
+
+    def pause_writing(self) -> None:
+        self._writable = False
+
+    def resume_writing(self) -> None:
+        self._writable = True
+
+
+def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    reqs = options.get("ssl_cert_reqs")
+    if isinstance(reqs, str):
+        reqs = _CERT_REQS.get(reqs.lower(), ssl.CERT_REQUIRED)
+    if reqs == ssl.CERT_NONE:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif reqs is not None:
+        context.verify_mode = reqs
+    if options.get("ssl_check_hostname") is False:
+        context.check_hostname = False
+    if options.get("ssl_certfile"):
+        context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
+    return context

@@ -1,0 +1,193 @@
+"""Several flushes in flight on one Redis connection: what is answered `1` is stored exactly once when
+replies are lost, when Redis loses its function library, when Redis stalls; and the connection's set-up
+(password, database) from the URL."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+from conftest import (
+    Gateway,
+    Load,
+    RedisServer,
+    ReplyDropper,
+    create_project,
+    free_port,
+    stored_with,
+    wait_for,
+)
+
+
+def in_flight(gw: Gateway) -> float:
+    text = requests.get(gw.url("/metrics"), timeout=5).text
+    found = re.search(r"^trackgate_flushes_in_flight ([0-9.e+]+)$", text, re.MULTILINE)
+    assert found, "trackgate_flushes_in_flight is not in /metrics"
+    return float(found.group(1))
+
+
+def stored_once(client: redis.Redis, token: str, load: Load) -> set[int]:
+    """The load's stored sequence numbers, failing the test if one was stored twice."""
+    seqs = Counter(e["properties"]["seq"] for e in stored_with(client, token, "run", load.run))
+    twice = [seq for seq, n in seqs.items() if n > 1]
+    assert not twice, f"{len(twice)} events were stored more than once"
+    return set(seqs)
+
+
+@pytest.fixture
+def slow(private_redis: RedisServer, tmp_path: Path) -> Iterator[tuple[Gateway, ReplyDropper, str]]:
+    """A gateway whose Redis answers 50 ms late, through a proxy that can also lose a reply; a load of
+    eight clients keeps several flushes in flight."""
+    proxy = ReplyDropper(private_redis.port, delay=0.05)
+    token = create_project(private_redis.url, "pipelined")
+    gw = Gateway(tmp_path / "gw", "--pipeline-depth", "4", "--retry-window", "10", redis_url=proxy.url)
+    gw.start()
+    yield gw, proxy, token
+    gw.stop()
+    proxy.close()
+
+
+def test_several_flushes_are_in_flight_under_load(slow: tuple[Gateway, ReplyDropper, str]) -> None:
+    gw, _, token = slow
+    load = Load(gw, token, threads=8, batch=5)
+    try:
+        load.start()
+        wait_for(lambda: in_flight(gw) >= 2, 20, "two flushes in flight at once")
+    finally:
+        load.stop()
+
+
+def test_lost_replies_with_several_flushes_in_flight_lose_and_repeat_nothing(
+    slow: tuple[Gateway, ReplyDropper, str], private_redis: RedisServer
+) -> None:
+    gw, proxy, token = slow
+    load = Load(gw, token, threads=8, batch=5)
+    try:
+        load.start()
+        for round_ in range(3):
+            wait_for(lambda: in_flight(gw) >= 2, 20, "several flushes in flight")
+            proxy.dropped.clear()
+            proxy.armed.set()
+            wait_for(proxy.dropped.is_set, 20, f"lost reply {round_ + 1}")
+        after = load.mark()
+        wait_for(lambda: load.count(200, after) >= 50, 20, "answers after the last lost reply")
+    finally:
+        load.stop()
+    assert {r[1] for r in load.results} == {200}, "a retried write was given up"
+    stored = stored_once(private_redis.client(), token, load)
+    assert load.acknowledged() <= stored
+    assert gw.log().count("Redis connection lost") >= 3
+
+
+def test_function_library_lost_under_load_is_loaded_again_and_nothing_is_lost(
+    slow: tuple[Gateway, ReplyDropper, str], private_redis: RedisServer
+) -> None:
+    gw, _, token = slow
+    client = private_redis.client()
+    load = Load(gw, token, threads=8, batch=5)
+    try:
+        load.start()
+        for _ in range(3):
+            wait_for(lambda: in_flight(gw) >= 2, 20, "several flushes in flight")
+            client.function_flush()
+            mark = load.mark()
+            wait_for(lambda m=mark: load.count(200, m) >= 20, 20, "answers after the library was flushed")
+    finally:
+        load.stop()
+    assert {r[1] for r in load.results} == {200}
+    assert load.acknowledged() <= stored_once(client, token, load)
+    assert "loaded the trackgate function library again" in gw.log()
+
+
+def test_a_stalled_redis_counts_as_lost_and_the_writes_go_again(
+    private_redis: RedisServer, tmp_path: Path
+) -> None:
+    token = create_project(private_redis.url, "stalled")
+    gw = Gateway(
+        tmp_path / "gw",
+        "--redis-timeout", "0.5", "--retry-window", "10", "--pipeline-depth", "4",
+        redis_url=private_redis.url,
+    )  # fmt: skip
+    gw.start()
+    assert private_redis.process is not None
+    load = Load(gw, token, threads=6, batch=5)
+    try:
+        load.start()
+        wait_for(lambda: load.count(200) >= 100, 20, "answers before the stall")
+        os.kill(private_redis.process.pid, signal.SIGSTOP)
+        try:
+            time.sleep(2.0)
+        finally:
+            os.kill(private_redis.process.pid, signal.SIGCONT)
+        mark = load.mark()
+        wait_for(lambda: load.count(200, mark) >= 100, 20, "answers after the stall")
+    finally:
+        load.stop()
+        gw.stop()
+    assert {r[1] for r in load.results} <= {200, 503}
+    assert load.acknowledged() <= stored_once(private_redis.client(), token, load)
+    assert "no reply from Redis for" in gw.log()
+
+
+@pytest.fixture
+def password_redis(tmp_path: Path) -> Iterator[tuple[int, str]]:
+    port, password = free_port(), uuid.uuid4().hex
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--requirepass", password, "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def answers() -> bool:
+        try:
+            with redis.Redis(port=port, password=password, socket_timeout=0.2) as client:
+                return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    try:
+        wait_for(answers, 10, "redis-server with a password answering")
+        yield port, password
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_the_url_gives_password_and_database(password_redis: tuple[int, str], tmp_path: Path) -> None:
+    port, password = password_redis
+    url = f"redis://:{password}@127.0.0.1:{port}/3"
+    token = create_project(url, "db3")
+    gw = Gateway(tmp_path / "gw", redis_url=url)
+    gw.start()
+    try:
+        run = uuid.uuid4().hex
+        events = [{"event": "e", "properties": {"token": token, "run": run, "i": i}} for i in range(7)]
+        r = requests.post(gw.url("/track"), data={"data": json.dumps(events)}, timeout=10)
+        assert (r.status_code, r.text) == (200, "1")
+    finally:
+        gw.stop()
+    with redis.Redis(port=port, password=password, db=3) as client:
+        assert len(stored_with(client, token, "run", run)) == 7
+    with redis.Redis(port=port, password=password, db=0) as client:
+        assert client.dbsize() == 0
+
+
+def test_a_wrong_password_stops_serve_with_a_clear_message(
+    password_redis: tuple[int, str], tmp_path: Path
+) -> None:
+    port, password = password_redis
+    gw = Gateway(tmp_path / "gw", redis_url=f"redis://:not-{password}@127.0.0.1:{port}/0")
+    with pytest.raises(RuntimeError, match="trackgate serve exited"):
+        gw.start()
+    assert "trackgate: error: AuthenticationError" in gw.log()
