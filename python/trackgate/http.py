@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import functools
+import gc
 import ipaddress
 import logging
 import re
@@ -139,6 +140,10 @@ def valid_callback(name: str) -> bool:
     return len(name) <= _MAX_CALLBACK and _CALLBACK_RE.match(name) is not None
 
 
+# Net allocations of tracked objects (a young generation's size) before a collection; Python's is 700.
+GC_THRESHOLD: Final = 10_000
+
+
 class App:
     """One per worker process. Granian calls `__rsgi_init__` before serving and `__rsgi_del__` after the
     last in-flight request was answered."""
@@ -153,6 +158,14 @@ class App:
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(self.start(for_worker()))
+        # What exists now (modules, settings, clients: ~40,000 objects) lives as long as the worker. A
+        # full collection walked all of it every ~0.7 s under load, 21 ms a time: 6% of the worker's
+        # time, and the gateway's p99. Frozen, it is never walked again. The requests' own objects die
+        # with their request, so collections are needed only when that count keeps growing: the higher
+        # first threshold leaves them to real cycles instead of the in-flight requests' peaks.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_THRESHOLD, 10, 10)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(self.stop())
