@@ -59,42 +59,55 @@ impl<'a> RawParams<'a> {
 /// Form decoding: `+` is a space, `%XX` a byte. A `%` not followed by two hex digits stays as it is,
 /// as browsers do.
 pub fn form_decode(raw: &[u8]) -> Cow<'_, [u8]> {
-    let mut specials = memchr::memchr2_iter(b'%', b'+', raw).peekable();
-    if specials.peek().is_none() {
+    let Some(first) = memchr::memchr2(b'%', b'+', raw) else {
         return Cow::Borrowed(raw);
-    }
+    };
+    // One pass, byte by byte: in a form-encoded JSON body nearly every third byte is an escape, too
+    // dense for a search per escape to pay.
     let mut out = Vec::with_capacity(raw.len());
-    let mut copied = 0;
-    for i in specials {
-        if i < copied {
-            continue; // a '+' or '%' inside a %XX just decoded
-        }
-        out.extend_from_slice(&raw[copied..i]);
-        copied = i + 1;
-        if raw[i] == b'+' {
-            out.push(b' ');
-        } else if let (Some(hi), Some(lo)) = (
-            raw.get(i + 1).copied().and_then(hex),
-            raw.get(i + 2).copied().and_then(hex),
-        ) {
-            out.push(hi << 4 | lo);
-            copied = i + 3;
-        } else {
-            out.push(b'%');
+    out.extend_from_slice(&raw[..first]);
+    let mut rest = &raw[first..];
+    while let Some((&b, tail)) = rest.split_first() {
+        match b {
+            b'+' => {
+                out.push(b' ');
+                rest = tail;
+            }
+            b'%' => match tail {
+                [hi, lo, after @ ..] if HEX[*hi as usize] | HEX[*lo as usize] < 16 => {
+                    out.push(HEX[*hi as usize] << 4 | HEX[*lo as usize]);
+                    rest = after;
+                }
+                _ => {
+                    out.push(b'%');
+                    rest = tail;
+                }
+            },
+            _ => {
+                out.push(b);
+                rest = tail;
+            }
         }
     }
-    out.extend_from_slice(&raw[copied..]);
     Cow::Owned(out)
 }
 
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
+/// A byte's value as a hex digit, or 0x10 when it is none (so that `hi | lo < 16` checks both).
+const HEX: [u8; 256] = {
+    let mut table = [0x10u8; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-}
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
 
 fn flag(value: Option<&Cow<'_, [u8]>>) -> bool {
     matches!(value.map(|v| v.trim_ascii()), Some(b"1" | b"true"))
@@ -221,6 +234,11 @@ mod tests {
     #[test]
     fn form_decoding() {
         assert_eq!(&*form_decode(b"a+b%20c%2Bd%zz%4"), b"a b c+d%zz%4");
+        assert_eq!(&*form_decode(b"%"), b"%");
+        assert_eq!(&*form_decode(b"x%"), b"x%");
+        assert_eq!(&*form_decode(b"%%41%4a%4A%g1%1g"), b"%AJJ%g1%1g");
+        assert_eq!(&*form_decode(b"++%2B+"), b"  + ");
+        assert_eq!(&*form_decode("é+%C3%A9".as_bytes()), "é é".as_bytes());
         assert!(matches!(form_decode(b"plain"), Cow::Borrowed(_)));
     }
 
