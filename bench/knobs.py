@@ -44,7 +44,7 @@ class Variant:
     redis: str | None = None  # persistence of a redis-server started for it (everysec, always, none)
 
 
-def default_variants(help_text: str) -> list[Variant]:
+def default_variants() -> list[Variant]:
     variants = [
         # Two gateways on the same defaults: what the comparison shows when nothing differs (the noise).
         Variant("control", "defaults (control: no change)"),
@@ -61,14 +61,14 @@ def default_variants(help_text: str) -> list[Variant]:
             "--runtime-threads 2 --runtime-mode mt",
             ["--runtime-threads", "2", "--runtime-mode", "mt"],
         ),
-        Variant("runtime", "--event-loop uvloop", ["--event-loop", "uvloop"]),
+        Variant("runtime", "--event-loop asyncio", ["--event-loop", "asyncio"]),
         Variant("runtime", "--task-impl rust", ["--task-impl", "rust"]),
     ]
-    # Writes in flight per worker, if this version of the gateway has such a setting.
-    found = re.search(r"(--[a-z-]*(?:pipeline|in-flight|inflight|flushes)[a-z-]*)", help_text)
-    if found:
-        flag = found.group(1)
-        variants += [Variant("pipeline", f"{flag} {value}", [flag, value]) for value in ("1", "2", "4")]
+    # Flushes in flight per worker (the default is 4).
+    variants += [
+        Variant("pipeline", f"--pipeline-depth {value}", ["--pipeline-depth", value])
+        for value in ("1", "2", "8")
+    ]
     return variants
 
 
@@ -167,7 +167,7 @@ def main() -> int:
     help_text = subprocess.run(
         [str(h.BIN / "trackgate"), "serve", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    variants = default_variants(help_text)
+    variants = default_variants()
     if args.only:
         variants = [v for v in variants if v.group in args.only or v.group == "control"]
     for spec in args.variant:

@@ -48,7 +48,7 @@ def stored_once(client: redis.Redis, token: str, load: Load) -> set[int]:
 @pytest.fixture
 def slow(private_redis: RedisServer, tmp_path: Path) -> Iterator[tuple[Gateway, ReplyDropper, str]]:
     """A gateway whose Redis answers 50 ms late, through a proxy that can also lose a reply; a load of
-    eight clients keeps several flushes in flight."""
+    eight clients posting 50 events each keeps several flushes in flight."""
     proxy = ReplyDropper(private_redis.port, delay=0.05)
     token = create_project(private_redis.url, "pipelined")
     gw = Gateway(tmp_path / "gw", "--pipeline-depth", "4", "--retry-window", "10", redis_url=proxy.url)
@@ -60,7 +60,7 @@ def slow(private_redis: RedisServer, tmp_path: Path) -> Iterator[tuple[Gateway, 
 
 def test_several_flushes_are_in_flight_under_load(slow: tuple[Gateway, ReplyDropper, str]) -> None:
     gw, _, token = slow
-    load = Load(gw, token, threads=8, batch=5)
+    load = Load(gw, token, threads=8, batch=50)
     try:
         load.start()
         wait_for(lambda: in_flight(gw) >= 2, 20, "two flushes in flight at once")
@@ -72,7 +72,7 @@ def test_lost_replies_with_several_flushes_in_flight_lose_and_repeat_nothing(
     slow: tuple[Gateway, ReplyDropper, str], private_redis: RedisServer
 ) -> None:
     gw, proxy, token = slow
-    load = Load(gw, token, threads=8, batch=5)
+    load = Load(gw, token, threads=8, batch=50)
     try:
         load.start()
         for round_ in range(3):
@@ -95,7 +95,7 @@ def test_function_library_lost_under_load_is_loaded_again_and_nothing_is_lost(
 ) -> None:
     gw, _, token = slow
     client = private_redis.client()
-    load = Load(gw, token, threads=8, batch=5)
+    load = Load(gw, token, threads=8, batch=50)
     try:
         load.start()
         for _ in range(3):
