@@ -80,7 +80,7 @@ local function civil(days)
   return string.format('%04d-%02d-%02d', y, m, d)
 end
 
--- Trimming by age, once per call (trimming by length rides on each XADD, where it is cheapest).
+-- Trimming by age, once per call.
 local function trim_by_age(stream, max_age)
   local now = redis.call('TIME')
   local cutoff = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - max_age * 1000
@@ -211,10 +211,18 @@ local function tg_write(keys, args)
   if not writer or not window then
     return redis.error_reply('ERR tg_write: malformed arguments')
   end
-  -- Walk the events' arguments once before changing anything: a malformed call changes nothing.
+  -- Walk the events' arguments once before changing anything: a malformed call changes nothing. A
+  -- funnel event's time and step are read after the first writes, so they are checked here.
   local i, n = 6, #args
   while i <= n do
-    i = i + (args[i + 4] ~= '' and 8 or 5)
+    if args[i + 4] ~= '' then
+      if not (string.match(args[i + 5] or '', '^%-?%d+$') and string.match(args[i + 6] or '', '^%d+$')) then
+        return redis.error_reply('ERR tg_write: malformed funnel event')
+      end
+      i = i + 8
+    else
+      i = i + 5
+    end
   end
   if i ~= n + 1 then
     return redis.error_reply('ERR tg_write: malformed event arguments')
@@ -228,8 +236,6 @@ local function tg_write(keys, args)
     redis.call('SET', mark, last, 'EX', 86400)
     return 0
   end
-  -- Passed on as the string it came as: a Lua number would be formatted again for every XADD.
-  local maxlen = args[1]
 
   local days = {}
   local function day(n)
@@ -242,14 +248,11 @@ local function tg_write(keys, args)
   end
   -- Counters are summed over the batch first: one HINCRBY per (day, hour, event), one PFADD per
   -- (day, hour, event) with all its users, however many events share them.
-  local counts, users, added, fb = {}, {}, 0, funnel_batch()
+  -- The funnel tables are made for the first mp_funnel event: most calls have none.
+  local counts, users, added, fb = {}, {}, 0, nil
   i = 6
   while i <= n do
-    if maxlen ~= '0' then
-      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'data', args[i])
-    else
-      redis.call('XADD', stream, '*', 'data', args[i])
-    end
+    redis.call('XADD', stream, '*', 'data', args[i])
     added = added + 1
     local d, field, uid, funnel = args[i + 1], args[i + 2], args[i + 3], args[i + 4]
     local per_day = counts[d]
@@ -269,13 +272,16 @@ local function tg_write(keys, args)
     end
     if funnel ~= '' then
       local t, n = tonumber(args[i + 5]), args[i + 6]
+      fb = fb or funnel_batch()
       funnel_event(fb, prefix, day, window, uid, t, funnel, tonumber(n), n, args[i + 7])
       i = i + 8
     else
       i = i + 5
     end
   end
-  write_funnel_batch(fb)
+  if fb then
+    write_funnel_batch(fb)
+  end
   for d, fields in pairs(counts) do
     local key = prefix .. 'ev:' .. d
     for field, count in pairs(fields) do
@@ -290,6 +296,11 @@ local function tg_write(keys, args)
         redis.call('PFADD', key, unpack(list, from, math.min(from + 999, #list)))
       end
     end
+  end
+  -- Trimmed once per call, not per XADD: the same `~` bound (whole nodes only) for an XADD's worth of
+  -- work, and fewer arguments in every XADD that the append-only file records.
+  if args[1] ~= '0' then
+    redis.call('XTRIM', stream, 'MAXLEN', '~', args[1])
   end
   local max_age = tonumber(args[2])
   if max_age > 0 then

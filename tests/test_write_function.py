@@ -1,0 +1,214 @@
+"""`tg_write` with several requests' packed events joined under one header, as the batcher sends them:
+the streams, counters, unique users and funnel state must be what counting each event by itself gives,
+the same as sending the requests one per call; a retried call changes nothing, nor does a malformed one."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections import Counter, defaultdict
+from typing import Any
+
+import pytest
+import redis
+from conftest import RedisServer
+from trackgate import Options, decode_request, store
+
+DAY = 86400
+MIDNIGHT = dt.datetime(2026, 11, 20, tzinfo=dt.UTC).timestamp()
+NOW = MIDNIGHT + 10 * DAY
+T = int(MIDNIGHT) + 3600  # 01:00 on 2026-11-20
+WINDOW = 30 * DAY
+OPTIONS = Options(max_age=400 * DAY, partitions=1)
+
+
+def plain(token: str, name: str, user: str | None, at: float) -> dict[str, Any]:
+    properties: dict[str, Any] = {"token": token, "time": at, "$insert_id": uuid.uuid4().hex}
+    if user is not None:
+        properties["distinct_id"] = user
+    return {"event": name, "properties": properties}
+
+
+def step(token: str, user: str | None, n: int, at: int) -> dict[str, Any]:
+    event = plain(token, "mp_funnel", user, at)
+    event["properties"].update(funnel="signup", step=n, goal=f"g{n}")
+    return event
+
+
+def requests_for(token: str) -> list[list[dict[str, Any]]]:
+    """Two requests: funnel steps, repeated users within and across the requests, an event without a
+    distinct_id, events in another hour and on the day before, names that need no escaping and one that
+    does. Each request out of time order, as mixpanel-browser sends them."""
+    first = [
+        step(token, "u2", 1, T + 10),
+        step(token, "u1", 1, T),
+        plain(token, "Page View", "u1", T + 1),
+        plain(token, "Page View", "u2", T + 2),
+        plain(token, "Page View", "u1", T + 3),
+        plain(token, "Page View", None, T + 4),
+        step(token, "u1", 2, T + 20),
+        plain(token, "Page View", "u3", T + 3600),
+        plain(token, "Page View", "u1", T - 2 * 3600),
+    ]
+    second = [
+        step(token, "u1", 3, T + 100),
+        step(token, "u2", 3, T + 110),
+        step(token, None, 2, T + 120),
+        step(token, "u1", 2, T + 130),
+        plain(token, "Page View", "u1", T + 5),
+        plain(token, "Page View", "u4", T + 6),
+        plain(token, 'dé "q"', "u4", T + 7),
+    ]
+    return [first, second]
+
+
+def packed_request(events: list[dict[str, Any]]) -> tuple[int, bytes]:
+    request = decode_request(b"", json.dumps(events).encode(), "application/json", now=NOW, options=OPTIONS)
+    assert request.errors == []
+    [(_, partition, count, args, packed)] = request.batches
+    assert (partition, count) == (0, len(events))
+    return args, packed
+
+
+def call(client: redis.Redis, token: str, batch_id: bytes, parts: list[tuple[int, bytes]]) -> Any:
+    """One FCALL of the packed requests `parts`, joined as the batcher joins them."""
+    header = store.WriteCommands(0, 0).header(token, 0, WINDOW, batch_id, sum(a for a, _ in parts))
+    conn = client.connection_pool.get_connection()
+    try:
+        conn.send_packed_command([header + b"".join(p for _, p in parts)])
+        return conn.read_response()
+    finally:
+        client.connection_pool.release(conn)
+
+
+def state(client: redis.Redis, token: str) -> dict[str, Any]:
+    """Every key of the project's partition 0, by its name without the hash tag; streams as their
+    entries' data, HyperLogLogs as their bytes, the goals without the times they were first seen."""
+    prefix = f"tg:{{{token}:0}}:"
+    out: dict[str, Any] = {}
+    for raw in client.scan_iter(match=f"tg:{{{token}:0}}:*"):
+        key = raw.decode()
+        name = key.removeprefix(prefix)
+        kind = client.type(key).decode()
+        if kind == "stream":
+            out[name] = [fields[b"data"].decode() for _, fields in client.xrange(key)]
+        elif kind == "hash":
+            value = {k.decode(): v.decode() for k, v in client.hgetall(key).items()}
+            if name.startswith("fg:"):
+                value = {k: v for k, v in value.items() if not k.startswith("t")}
+            out[name] = value
+        elif kind == "set":
+            out[name] = {m.decode() for m in client.smembers(key)}
+        elif name.startswith("batch:"):
+            continue
+        else:
+            out[name] = client.get(key)
+    return out
+
+
+def expected(client: redis.Redis, token: str, requests: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """What counting each event by itself gives: a counter per (day, hour, name), every user of a
+    (day, name) in its HyperLogLog, and this scenario's funnel, worked out by hand."""
+    hours: Counter[tuple[str, str]] = Counter()
+    users: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
+    for events in requests:
+        for event in events:
+            moment = dt.datetime.fromtimestamp(event["properties"]["time"], dt.UTC)
+            day, name = moment.date().isoformat(), event["event"]
+            hours[(day, f"{moment.hour:02d}:{name}")] += 1
+            if event["properties"].get("distinct_id"):
+                users[(day, name)].add(event["properties"]["distinct_id"])
+    out: dict[str, Any] = defaultdict(dict)
+    for (day, field), n in hours.items():
+        out[f"ev:{day}"][field] = str(n)
+    for (day, name), ids in users.items():
+        # The same users added to a fresh HyperLogLog: the same registers, the same bytes.
+        scratch = f"scratch:{uuid.uuid4().hex}"
+        client.pfadd(scratch, *sorted(ids))
+        out[f"eu:{day}:{name}"] = client.get(scratch)
+        client.delete(scratch)
+    out["funnels"] = {"signup"}
+    out["fg:signup"] = {"1": "g1", "2": "g2", "3": "g3"}
+    # u1: steps 1, 2, 3 (and 2 again: a hit); u2: step 1, then 3 (out of order); no user: a hit of 2.
+    out["fs:signup"] = {"u1": f"{T}:3:{T + 100}", "u2": f"{T + 10}:1:{T + 10}"}
+    out["fc:signup:2026-11-20"] = {
+        "h1": "2",
+        "q1:g1": "2",
+        "u1": "2",
+        "h2": "3",
+        "q2:g2": "3",
+        "u2": "1",
+        "s2": "20",
+        "o2": "1",
+        "h3": "2",
+        "q3:g3": "2",
+        "u3": "1",
+        "s3": "80",
+        "o3": "1",
+    }
+    return dict(out)
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> redis.Redis:
+    client = redis_server.client()
+    client.function_load(store.FUNCTION_SOURCE, replace=True)
+    return client
+
+
+def test_joined_requests_count_as_each_event_by_itself(client: redis.Redis) -> None:
+    joined, apart = "j" + uuid.uuid4().hex[:15], "a" + uuid.uuid4().hex[:15]
+    joined_requests, apart_requests = requests_for(joined), requests_for(apart)
+    parts = [packed_request(events) for events in joined_requests]
+    assert call(client, joined, b"w:1", parts) == 16
+    for seq, events in enumerate(apart_requests, 1):
+        assert call(client, apart, b"w:%d" % seq, [packed_request(events)]) == len(events)
+
+    got = state(client, joined)
+    stream = got.pop("events")
+    # The stream: each request's events by time, the requests in the order they were joined.
+    by_time = [sorted(events, key=lambda e: e["properties"]["time"]) for events in joined_requests]
+    assert [json.loads(d)["properties"]["$insert_id"] for d in stream] == [
+        e["properties"]["$insert_id"] for events in by_time for e in events
+    ]
+    assert got == expected(client, joined, joined_requests)
+    # Sent one request per call instead, the same state.
+    apart_state = state(client, apart)
+    assert len(apart_state.pop("events")) == 16
+    assert apart_state == got
+
+    # A retried call is applied once.
+    assert call(client, joined, b"w:1", parts) == 0
+    again = state(client, joined)
+    assert again.pop("events") == stream
+    assert again == got
+    # (PFCOUNT caches the count in the HyperLogLog's bytes: last.)
+    assert client.pfcount(f"tg:{{{joined}:0}}:eu:2026-11-20:Page View") == 4
+
+
+def corrupt(packed: bytes, old: bytes, new: bytes) -> bytes:
+    """`packed` with one argument replaced, its RESP length fixed."""
+    before = b"$%d\r\n%s\r\n" % (len(old), old)
+    assert packed.count(before) == 1
+    return packed.replace(before, b"$%d\r\n%s\r\n" % (len(new), new))
+
+
+def test_a_malformed_call_changes_nothing(client: redis.Redis) -> None:
+    token = "m" + uuid.uuid4().hex[:15]
+    first, second = requests_for(token)
+    good = packed_request(first)
+    args, packed = packed_request(second)
+    broken = [
+        # Arguments missing from the end.
+        ((args - 1, packed[: packed.rindex(b"$")]), "malformed event arguments"),
+        # A funnel event's time and step: read after the first writes, so checked before them.
+        ((args, corrupt(packed, b"%d" % (T + 120), b"soon")), "malformed funnel event"),
+        ((args, corrupt(packed, b"%d" % (T + 130), b"-")), "malformed funnel event"),
+    ]
+    for n, (part, message) in enumerate(broken):
+        with pytest.raises(redis.ResponseError, match=f"tg_write: {message}"):
+            call(client, token, b"w:%d" % (n + 1), [good, part])
+        assert list(client.scan_iter(match=f"tg:{{{token}:*")) == [], n
+    # The same batch id then applies.
+    assert call(client, token, b"w:1", [good, (args, packed)]) == 16
