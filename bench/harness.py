@@ -33,6 +33,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
+from trackgate.metrics import PUBLISH_SECONDS
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BIN = Path(sys.executable).parent
@@ -768,6 +770,16 @@ def measure(
             run.redis_us_per_event = run.redis_cpu_s / run.acknowledged_events * 1e6
     if stored_before is not None:
         stored_after = gateway_stored_events(target)
+        # Each worker adds its counts to the shared metrics every PUBLISH_SECONDS, and a scrape publishes
+        # only the worker that answers it: with several workers the total lags by up to that long.
+        deadline = time.monotonic() + 4 * PUBLISH_SECONDS
+        while (
+            stored_after is not None
+            and stored_after - stored_before < ok_requests * shape.batch
+            and time.monotonic() < deadline
+        ):
+            time.sleep(PUBLISH_SECONDS / 2)
+            stored_after = gateway_stored_events(target)
         if stored_after is not None:
             run.stored_events = stored_after - stored_before
             # Requests cut off when wrk stopped may add a few that wrk did not count, never fewer.
