@@ -47,7 +47,6 @@ class RedisPipe(asyncio.Protocol):
         self._reader = hiredis.Reader(replyError=ReplyError)
         self._transport: asyncio.Transport | None = None
         self._lost = False
-        self._writable = True
 
     @classmethod
     async def open(
@@ -109,11 +108,6 @@ class RedisPipe(asyncio.Protocol):
             if isinstance(reply, ReplyError):
                 raise ConnectionError(f"Redis refused the connection's set-up: {reply}")
 
-    @property
-    def writable(self) -> bool:
-        """False while the kernel's socket buffer is full and the transport is holding data back."""
-        return self._writable and not self._lost
-
     def write(self, data: bytes) -> None:
         if self._transport is None or self._lost:
             raise ConnectionError("the Redis connection is closed")
@@ -145,12 +139,6 @@ class RedisPipe(asyncio.Protocol):
             return
         self._lost = True
         self._on_lost(self, exc if exc is not None else ConnectionError("Redis closed the connection"))
-
-    def pause_writing(self) -> None:
-        self._writable = False
-
-    def resume_writing(self) -> None:
-        self._writable = True
 
 
 def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
