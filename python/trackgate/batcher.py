@@ -162,10 +162,11 @@ class Batcher:
 
     async def start(self) -> None:
         """Connect (a failure is not fatal: the gateway answers 503 and keeps trying) and start writing."""
-        with contextlib.suppress(*_LOST):
+        try:
             await self._connect()
-        if self._pipe is None:
-            log.warning("Redis is not reachable yet; answering 503 until it is")
+        except Exception as err:  # the writing task keeps trying
+            reason = err or type(err).__name__
+            log.warning("Redis is not reachable yet (%s); answering 503 until it is", reason)
         self._task = asyncio.create_task(self._run(), name="trackgate-batcher")
 
     def submit(
@@ -238,7 +239,7 @@ class Batcher:
                 self._expire_resends()
                 try:
                     await self._connect()
-                except _LOST as err:
+                except Exception as err:  # refused, timed out, TLS, a bad URL: all the same here
                     if not self._outage_logged:
                         self._outage_logged = True
                         log.warning("Redis not reachable: %s", err or type(err).__name__)
