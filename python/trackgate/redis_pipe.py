@@ -26,13 +26,14 @@ from redis.asyncio.connection import SSLConnection, parse_url
 _CERT_REQS: Final = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 
 
+def bulk(value: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
 def pack(*args: bytes | str) -> bytes:
-    """One command in RESP, for the few that are not packed by the decoder (the handshake)."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        raw = arg.encode() if isinstance(arg, str) else arg
-        parts.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
-    return b"".join(parts)
+    """One command in RESP, for the few that the decoder does not pack (the set-up, FUNCTION LOAD)."""
+    return b"*%d\r\n" % len(args) + b"".join(bulk(a.encode() if isinstance(a, str) else a) for a in args)
 
 
 class RedisPipe(asyncio.Protocol):

@@ -35,6 +35,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from trackgate._native import PACKED_LAYOUT
+from trackgate.redis_pipe import bulk
 
 LIBRARY: Final = "trackgate"
 PROJECTS_KEY: Final = "tg:projects"
@@ -330,12 +331,7 @@ def is_missing_function(err: Exception) -> bool:
     return "function not found" in str(err).lower()
 
 
-def bulk(value: bytes) -> bytes:
-    """One RESP bulk string."""
-    return b"$%d\r\n%s\r\n" % (len(value), value)
-
-
-_FCALL: Final = b"$5\r\nFCALL\r\n$8\r\ntg_write\r\n$1\r\n1\r\n"
+_FCALL: Final = bulk(b"FCALL") + bulk(b"tg_write") + bulk(b"1")
 _FIXED_ARGS: Final = 5
 
 

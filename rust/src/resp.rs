@@ -49,6 +49,8 @@ pub struct Batches {
     pub batches: Vec<Batch>,
     /// The valid events in request order.
     pub events: Vec<EventRef>,
+    /// The last day formatted: a request's events nearly always share their day.
+    day: Option<(i64, String)>,
 }
 
 /// The partition of a user: a stable hash (CRC-32, IEEE) of the key, so one user's events share a
@@ -94,11 +96,13 @@ impl Batches {
             seconds.div_euclid(86_400),
             seconds.rem_euclid(86_400) / 3600,
         );
-        bulk(out, utc_date(day).as_bytes());
-        let mut field = Vec::with_capacity(3 + event.name.len());
-        field.extend_from_slice(&[b'0' + (hour / 10) as u8, b'0' + (hour % 10) as u8, b':']);
-        field.extend_from_slice(event.name.as_bytes());
-        bulk(out, &field);
+        let date = match &self.day {
+            Some((cached, date)) if *cached == day => date,
+            _ => &self.day.insert((day, utc_date(day))).1,
+        };
+        bulk(out, date.as_bytes());
+        let hh = [b'0' + (hour / 10) as u8, b'0' + (hour % 10) as u8, b':'];
+        bulk_parts(out, &[&hh, event.name.as_bytes()]);
         bulk(out, event.distinct_id.as_deref().unwrap_or("").as_bytes());
         if let Some((name, step, goal)) = &event.funnel {
             bulk(out, name.as_bytes());
@@ -168,10 +172,18 @@ fn bulk_header_len(len: usize) -> usize {
 
 /// One RESP bulk string: `$<len>\r\n<bytes>\r\n`.
 pub fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
+    bulk_parts(out, &[bytes]);
+}
+
+/// One RESP bulk string made of `parts` joined, without joining them first.
+fn bulk_parts(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
     out.push(b'$');
-    out.extend_from_slice(itoa::Buffer::new().format(bytes.len()).as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(bytes);
+    for part in parts {
+        out.extend_from_slice(part);
+    }
     out.extend_from_slice(b"\r\n");
 }
 
