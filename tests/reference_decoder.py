@@ -19,7 +19,8 @@ Requests
       It may hold several gzip members (RFC 1952), all inflated; anything after a member that is not
       another member, a truncated member, or corrupt data -> invalid_gzip. Output beyond
       max_request_bytes - len(query) (the query string and the inflated body share the cap) ->
-      decompressed_too_large, detected while inflating (so it wins over corruption further on).
+      decompressed_too_large, detected while inflating (so it wins over corruption further on). An
+      inflated body that starts with 1f 8b again -> invalid_gzip (one gzip layer per request, as in R9).
   R4  The body is the payload itself (raw JSON) when its media type (before ";", trimmed,
       case-insensitive) is application/json and it is not blank, or when its first non-whitespace byte is
       "{" or "[". Whitespace is JSON's: space, \\t, \\n, \\r. Any other body is form text, whatever its
@@ -902,6 +903,8 @@ def decode_request(
     inflated = bool(body) and (encoding in ("gzip", "x-gzip") or body.startswith(GZIP_MAGIC))
     if inflated:  # R3
         body = inflate(body, cap - len(query_bytes))
+        if body.startswith(GZIP_MAGIC):
+            raise _fail("invalid_gzip", "gzip inside gzip is not accepted")
 
     params = parse_form(query_bytes)
     json_body: bytes | None = None

@@ -160,19 +160,24 @@ pub fn split<'a>(
     }
     // The query string counts against the same cap as the inflated body.
     let body_budget = max_request_bytes - query.len();
-    let body: Cow<'a, [u8]> = match content_encoding.map(str::trim) {
-        None | Some("") if !is_gzip(body) => Cow::Borrowed(body),
-        Some(enc) if enc.eq_ignore_ascii_case("identity") && !is_gzip(body) => Cow::Borrowed(body),
-        None | Some("") => Cow::Owned(gunzip(body, body_budget)?),
-        Some(enc) if enc.eq_ignore_ascii_case("identity") => Cow::Owned(gunzip(body, body_budget)?),
-        Some(enc) if enc.eq_ignore_ascii_case("gzip") || enc.eq_ignore_ascii_case("x-gzip") => {
-            Cow::Owned(gunzip(body, body_budget)?)
+    let encoding = content_encoding.map_or("", str::trim);
+    let declared_gzip =
+        encoding.eq_ignore_ascii_case("gzip") || encoding.eq_ignore_ascii_case("x-gzip");
+    if !(declared_gzip || encoding.is_empty() || encoding.eq_ignore_ascii_case("identity")) {
+        return Err(RequestError::UnsupportedEncoding {
+            encoding: encoding.to_owned(),
+        });
+    }
+    // Undeclared gzip is recognised by its magic bytes. One layer only: gzip inside it is refused here
+    // as it is inside `data`, whatever the body turns out to be.
+    let body: Cow<'a, [u8]> = if declared_gzip || is_gzip(body) {
+        let inflated = gunzip(body, body_budget)?;
+        if is_gzip(&inflated) {
+            return Err(RequestError::nested_gzip());
         }
-        Some(enc) => {
-            return Err(RequestError::UnsupportedEncoding {
-                encoding: enc.to_owned(),
-            })
-        }
+        Cow::Owned(inflated)
+    } else {
+        Cow::Borrowed(body)
     };
     // A body declared as JSON is read as JSON even when it is not, so the error says what is wrong with it.
     let declared_json = content_type.is_some_and(|t| {
