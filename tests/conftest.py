@@ -24,6 +24,19 @@ import pytest
 import redis
 import requests
 
+# A hung gateway must fail its test, not hang the suite: every HTTP request without its own timeout
+# gets this one (requests.get/post and sessions all go through Session.request).
+HTTP_TIMEOUT = 30
+_session_request = requests.Session.request
+
+
+def _request_with_timeout(self: requests.Session, method: str, url: str, **kwargs: Any) -> requests.Response:
+    kwargs.setdefault("timeout", HTTP_TIMEOUT)
+    return _session_request(self, method, url, **kwargs)
+
+
+requests.Session.request = _request_with_timeout  # type: ignore[method-assign]
+
 BIN = Path(sys.executable).parent
 TRACKGATE = str(BIN / "trackgate")
 PARTITIONS = 4
@@ -179,6 +192,16 @@ def stored_events(client: redis.Redis, token: str) -> list[dict[str, Any]]:
         for _id, fields in client.xrange(stream_key(token, partition)):
             found.append(json.loads(fields[b"data"]))
     return found
+
+
+def send_packed(client: redis.Redis, command: bytes) -> Any:
+    """Sends one command already packed in RESP (as the batcher sends `tg_write`) and reads its reply."""
+    conn = client.connection_pool.get_connection()
+    try:
+        conn.send_packed_command([command])
+        return conn.read_response()
+    finally:
+        client.connection_pool.release(conn)
 
 
 def stored_with(client: redis.Redis, token: str, prop: str, value: object) -> list[dict[str, Any]]:

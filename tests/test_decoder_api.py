@@ -391,13 +391,15 @@ def sent_by_the_client(capture: dict[str, Any]) -> tuple[dict[str, str], list[di
     return params, sent if isinstance(sent, list) else [sent]
 
 
-@pytest.mark.parametrize("capture", CAPTURES)
+# People updates go to /engage, not to the decoder of /track events.
+TRACK_CAPTURES = [
+    c for c in CAPTURES if not urllib.parse.urlsplit(c.values[0]["path"]).path.startswith("/engage")
+]
+
+
+@pytest.mark.parametrize("capture", TRACK_CAPTURES)
 def test_golden_capture(capture: dict[str, Any]) -> None:
     split = urllib.parse.urlsplit(capture["path"])
-    if split.path.startswith("/engage"):
-        # People updates go to /engage, not to the decoder of /track events.
-        assert split.path in ("/engage", "/engage/")
-        return
     assert split.path in ("/track", "/track/")
     headers = capture["headers"]
     request = trackgate.decode_request(

@@ -7,18 +7,16 @@ import asyncio
 import datetime as dt
 import json
 import uuid
-import zlib
 from typing import Any
 
 import pytest
 import redis
 import redis.asyncio
-from conftest import RedisServer
+from conftest import PARTITIONS, RedisServer, partition_of, send_packed
 from trackgate import Options, decode_request, store
 from trackgate.counts import EventCounts, event_counts
 from trackgate.funnels import FunnelReport, Step, funnel_report, list_funnels
 
-PARTITIONS = 4
 DAY = 86400
 # 2026-11-20T00:00:00Z
 MIDNIGHT = dt.datetime(2026, 11, 20, tzinfo=dt.UTC).timestamp()
@@ -56,17 +54,9 @@ class Project:
             commands.append(self.commands.header(token, partition, self.window, batch_id, args) + packed)
         return commands
 
-    def execute(self, command: bytes) -> Any:
-        conn = self.client.connection_pool.get_connection()
-        try:
-            conn.send_packed_command([command])
-            return conn.read_response()
-        finally:
-            self.client.connection_pool.release(conn)
-
     def send(self, *events: dict[str, Any]) -> None:
         for command in self.command(list(events)):
-            self.execute(command)
+            send_packed(self.client, command)
 
     def report(self, name: str = "signup", start: dt.date = D0, end: dt.date | None = None) -> FunnelReport:
         async def read() -> FunnelReport | None:
@@ -229,12 +219,12 @@ def test_projects_are_kept_apart(redis_server: RedisServer) -> None:
 
 def test_a_retried_batch_is_counted_once(project: Project) -> None:
     [command] = project.command([step(project, "u1", 1, T), step(project, "u1", 2, T + 5)])
-    assert project.execute(command) == 2
-    assert project.execute(command) == 0  # the same batch id again: applied already
+    assert send_packed(project.client, command) == 2
+    assert send_packed(project.client, command) == 0  # the same batch id again: applied already
     report = project.report()
     assert column(report, "users") == [1, 1]
     assert column(report, "hits") == [1, 1]
-    assert project.client.xlen(store.stream_key(project.token, _partition("u1"))) == 2
+    assert project.client.xlen(store.stream_key(project.token, partition_of("u1"))) == 2
 
 
 def test_string_steps_and_mp_properties(project: Project) -> None:
@@ -284,14 +274,10 @@ def test_event_counts_per_hour_and_unique_users_per_day(project: Project) -> Non
     }
 
 
-def _partition(distinct_id: str) -> int:
-    return zlib.crc32(distinct_id.encode()) % PARTITIONS
-
-
 def test_a_hash_of_one_partition_holds_its_users_state(project: Project) -> None:
     # Per-user state lives in the user's partition: the key layout the README documents.
     project.send(step(project, "u1", 1, T))
-    key = f"tg:{{{project.token}:{_partition('u1')}}}:fs:signup"
+    key = f"tg:{{{project.token}:{partition_of('u1')}}}:fs:signup"
     assert project.client.hget(key, "u1") == f"{int(T)}:1:{int(T)}".encode()
-    other = _partition("u1") + 1 if _partition("u1") + 1 < PARTITIONS else 0
+    other = partition_of("u1") + 1 if partition_of("u1") + 1 < PARTITIONS else 0
     assert not project.client.exists(f"tg:{{{project.token}:{other}}}:fs:signup")

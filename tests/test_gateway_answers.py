@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import time
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -171,7 +171,6 @@ def test_img_answers_a_transparent_pixel(
     r = requests.get(gateway.url(f"/track?img=1&data={quote(b64(event(token, marker)))}"))
     assert r.status_code == 200
     assert r.content == GIF_PIXEL
-    assert r.content.startswith(b"GIF89a\x01\x00\x01\x00")
     assert r.headers["content-type"] == "image/gif"
     assert r.headers["cache-control"] == "no-store"
     assert len(stored_with(rclient, token, "marker", marker)) == 1
@@ -318,7 +317,7 @@ def test_service_routes(gateway: Gateway, token: str, marker: str) -> None:
     metrics = requests.get(gateway.url("/metrics"))
     assert metrics.status_code == 200
     assert 'trackgate_requests_total{route="track",status="200"}' in metrics.text
-    assert "trackgate_events_stored_total" in metrics.text
+    assert re.search(r"^trackgate_events_stored_total \d", metrics.text, re.MULTILINE)
     assert requests.get(gateway.url("/nope")).status_code == 404
 
 
@@ -350,7 +349,6 @@ def test_cors_on_the_answer(gateway: Gateway, token: str, marker: str) -> None:
     assert r.status_code == 200
     assert r.headers["access-control-allow-origin"] == "https://a.example"
     assert r.headers["access-control-allow-credentials"] == "true"
-    assert "*" not in r.headers["access-control-allow-origin"]
 
 
 def test_allow_list_of_origins(tuned_gateway: Gateway, rclient: redis.Redis, token: str, marker: str) -> None:
@@ -405,12 +403,3 @@ def test_forwarded_for_from_an_untrusted_peer_is_ignored(
 ) -> None:
     headers = {"x-forwarded-for": "203.0.113.9"}
     assert _stored_ip(tuned_gateway, rclient, token, marker, headers) == "127.0.0.1"
-
-
-def test_answers_are_fast_enough_to_be_group_commits(gateway: Gateway, token: str) -> None:
-    # Not a benchmark: a guard against a linger or a flush timer gone wrong (seconds instead of ms).
-    with requests.Session() as session:
-        started = time.perf_counter()
-        for i in range(20):
-            assert session.post(gateway.url("/track"), data=form(event(token, f"speed-{i}"))).text == "1"
-        assert (time.perf_counter() - started) / 20 < 0.1

@@ -19,6 +19,7 @@ from conftest import (
     ReplyDropper,
     create_project,
     partition_of,
+    send_packed,
     stored_with,
     stream_key,
 )
@@ -119,26 +120,17 @@ def _packed_command(token: str, batch_id: bytes, run: str, maxlen: int = 0, max_
     return store.WriteCommands(maxlen, max_age).header(tok, partition, 86400, batch_id, args) + packed
 
 
-def _send(client: redis.Redis, command: bytes) -> Any:
-    conn = client.connection_pool.get_connection()
-    try:
-        conn.send_packed_command([command])
-        return conn.read_response()
-    finally:
-        client.connection_pool.release(conn)
-
-
 def test_the_write_function_applies_a_batch_id_once(
     rclient: redis.Redis, token: str, gateway: Gateway
 ) -> None:
     # (the gateway fixture has loaded the function library)
     run = uuid.uuid4().hex
     writer = uuid.uuid4().hex[:16].encode()
-    assert _send(rclient, _packed_command(token, writer + b":7", run)) == 3
-    assert _send(rclient, _packed_command(token, writer + b":7", run)) == 0
-    assert _send(rclient, _packed_command(token, writer + b":5", run)) == 0
+    assert send_packed(rclient, _packed_command(token, writer + b":7", run)) == 3
+    assert send_packed(rclient, _packed_command(token, writer + b":7", run)) == 0
+    assert send_packed(rclient, _packed_command(token, writer + b":5", run)) == 0
     assert len(stored_with(rclient, token, "run", run)) == 3
-    assert _send(rclient, _packed_command(token, writer + b":8", run)) == 3
+    assert send_packed(rclient, _packed_command(token, writer + b":8", run)) == 3
     assert len(stored_with(rclient, token, "run", run)) == 6
     # One small mark per writer and partition, expiring: not a key per batch.
     marks = list(rclient.scan_iter(match=f"tg:{{{token}:*}}:batch:{writer.decode()}"))
@@ -152,11 +144,11 @@ def test_trimming_by_length_and_by_age(private_redis: RedisServer) -> None:
     client.function_load(store.FUNCTION_SOURCE)
     token = "trimtoken1"
     for seq in range(1, 21):
-        _send(client, _packed_command(token, b"w:%d" % seq, "trim", maxlen=10))
+        send_packed(client, _packed_command(token, b"w:%d" % seq, "trim", maxlen=10))
     [key] = [k.decode() for k in client.scan_iter(match=f"tg:{{{token}:*}}:events")]
     assert 10 <= client.xlen(key) <= 15
     time.sleep(1.1)
-    _send(client, _packed_command(token, b"w:21", "trim", max_age=1))
+    send_packed(client, _packed_command(token, b"w:21", "trim", max_age=1))
     assert client.xlen(key) <= 5
 
 

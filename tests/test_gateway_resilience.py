@@ -16,6 +16,7 @@ from pathlib import Path
 import redis
 import requests
 from conftest import TRACKGATE, Gateway, Load, RedisServer, create_project, stored_with, wait_for
+from prometheus_client.mmap_dict import MmapedDict
 from trackgate.embedded import EmbeddedRedis
 
 
@@ -62,32 +63,31 @@ def test_backpressure_when_redis_stalls(private_redis: RedisServer, tmp_path: Pa
     assert private_redis.process is not None
     run = uuid.uuid4().hex
 
-    def send(i: int) -> tuple[int, str, float]:
-        started = time.monotonic()
+    def send(i: int) -> tuple[int, str]:
         r = requests.post(
             gw.url("/track"),
             data={"data": json.dumps({"event": "e", "properties": {"token": token, "run": run, "i": i}})},
             timeout=20,
         )
-        return r.status_code, r.text, time.monotonic() - started
+        return r.status_code, r.text
 
     os.kill(private_redis.process.pid, signal.SIGSTOP)
     try:
         with ThreadPoolExecutor(12) as pool:
             futures = [pool.submit(send, i) for i in range(12)]
-            time.sleep(1.5)
+            # Answered while Redis is still stopped: refused at once, not queued.
+            wait_for(lambda: sum(f.done() for f in futures) >= 8, 10, "answers while Redis is stopped")
             refused = [f.result() for f in futures if f.done()]
             os.kill(private_redis.process.pid, signal.SIGCONT)
             answers = [f.result() for f in futures]
     finally:
         os.kill(private_redis.process.pid, signal.SIGCONT)
         gw.stop()
-    # At most 4 events wait for the stalled Redis; the rest are refused at once, not queued.
-    assert len(refused) >= 8
-    assert all(status == 503 and seconds < 1.0 for status, _, seconds in refused)
+    # At most 4 events wait for the stalled Redis; the rest are refused.
+    assert all(status == 503 for status, _ in refused)
     waited = [a for a in answers if a[0] == 200]
     assert 1 <= len(waited) <= 4
-    assert all(body == "1" for _, body, _ in waited)
+    assert all(body == "1" for _, body in waited)
     assert len(stored_with(private_redis.client(), token, "run", run)) == len(waited)
 
 
@@ -126,8 +126,6 @@ def test_metrics_add_up_over_two_workers(redis_server: RedisServer, tmp_path: Pa
         for _ in range(100):
             # A new connection each time, so both workers take requests.
             assert requests.post(gw.url("/track"), data=payload, headers={"connection": "close"}).text == "1"
-        pids = {p.name.split("_")[-1] for p in (tmp_path / "gw" / "data" / "metrics").glob("counter_*.db")}
-        assert len(pids) == 2
 
         def totals() -> tuple[float, float, float]:
             text = requests.get(gw.url("/metrics"), headers={"connection": "close"}).text
@@ -143,6 +141,18 @@ def test_metrics_add_up_over_two_workers(redis_server: RedisServer, tmp_path: Pa
             time.sleep(0.1)
         for _ in range(10):
             assert totals() == (100, 300, 300)
+        # The sums are of both workers: each one's own file counts some of the requests.
+        per_worker = [
+            sum(
+                value
+                for key, value, *_ in MmapedDict.read_all_values_from_file(str(path))
+                if json.loads(key)[2] == {"route": "track", "status": "200"}
+            )
+            for path in (tmp_path / "gw" / "data" / "metrics").glob("counter_*.db")
+        ]
+        assert len(per_worker) == 2
+        assert all(n > 0 for n in per_worker), per_worker
+        assert sum(per_worker) == 100
     finally:
         gw.stop()
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import RedisServer
+from conftest import RedisServer, send_packed
 from trackgate import Options, decode_request, store
 
 DAY = 86400
@@ -74,12 +74,7 @@ def packed_request(events: list[dict[str, Any]]) -> tuple[int, bytes]:
 def call(client: redis.Redis, token: str, batch_id: bytes, parts: list[tuple[int, bytes]]) -> Any:
     """One FCALL of the packed requests `parts`, joined as the batcher joins them."""
     header = store.WriteCommands(0, 0).header(token, 0, WINDOW, batch_id, sum(a for a, _ in parts))
-    conn = client.connection_pool.get_connection()
-    try:
-        conn.send_packed_command([header + b"".join(p for _, p in parts)])
-        return conn.read_response()
-    finally:
-        client.connection_pool.release(conn)
+    return send_packed(client, header + b"".join(p for _, p in parts))
 
 
 def state(client: redis.Redis, token: str) -> dict[str, Any]:
