@@ -58,7 +58,7 @@ wrk:
 	    echo "wrk is missing: run 'sudo apt-get install wrk'"; exit 1; \
 	  fi; }
 
-# The whole suite (a few minutes) and a 30-second subset; results in bench/results/.
+# The whole suite (a few minutes) and a ~35-second subset; results in bench/results/
 bench: build redis-server wrk
 	$(PY) bench/suite.py
 

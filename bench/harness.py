@@ -28,7 +28,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
@@ -76,12 +76,13 @@ def start_time(pid: int) -> int | None:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of these processes (all their threads), in seconds."""
+    """User + system CPU time of these processes (all their threads) and of their children that ended
+    (Redis's append-only-file rewrites, for one), in seconds."""
     total = 0
     for pid in pids:
         fields = _stat_fields(pid)
         if fields:
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
     return total / CLK_TCK
 
 
@@ -116,8 +117,9 @@ def comm(pid: int) -> str:
 def machine_cpu_seconds() -> tuple[float, float, float]:
     """(busy, interrupts, stolen) CPU seconds of the whole machine since boot, from /proc/stat: busy is
     user, nice, system, irq and softirq time; interrupts the irq and softirq part of it (the kernel's
-    network processing, loopback included, which no process is charged for); stolen is what the
-    hypervisor gave to other guests."""
+    network processing, loopback included; with tick-based accounting, as on the VM these numbers come
+    from, that time is also charged to the process each tick interrupted, so it is part of the processes'
+    times, not in addition to them); stolen is what the hypervisor gave to other guests."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
     return (user + nice + system + irq + softirq) / CLK_TCK, (irq + softirq) / CLK_TCK, steal / CLK_TCK
@@ -276,36 +278,26 @@ class Server:
 class GranianSettings:
     """The Granian runtime settings of the gateway, which the ceiling copies."""
 
-    workers: int = 1
-    runtime_threads: int = 1
-    runtime_mode: str = "st"
-    event_loop: str = "asyncio"
-    task_impl: str = "asyncio"
-    backpressure: int = 0
+    workers: int
+    runtime_threads: int
+    runtime_mode: str
+    event_loop: str
+    task_impl: str
+    backpressure: int
 
 
 def gateway_granian_settings(workers: int | None, gateway_args: list[str]) -> GranianSettings:
     """What `trackgate serve [--workers N] <gateway_args>` runs Granian with: its defaults, TRACKGATE_*
-    variables and the flags, as trackgate's own settings module reads them."""
+    variables and the flags, read by trackgate's own settings module and its own flags."""
     from trackgate import settings as tg_settings
 
     parser = argparse.ArgumentParser(add_help=False)
-    for flag in ("--workers", "--runtime-threads", "--backpressure"):
-        parser.add_argument(flag, type=int)
-    for flag in ("--runtime-mode", "--event-loop", "--task-impl"):
-        parser.add_argument(flag)
+    tg_settings.add_arguments(parser)
     known, _ = parser.parse_known_args(gateway_args)
     if workers is not None:
         known.workers = workers
     config = tg_settings.build(known)
-    return GranianSettings(
-        workers=config.workers,
-        runtime_threads=config.runtime_threads,
-        runtime_mode=config.runtime_mode,
-        event_loop=config.event_loop,
-        task_impl=config.task_impl,
-        backpressure=config.backpressure,
-    )
+    return GranianSettings(**{f.name: getattr(config, f.name) for f in fields(GranianSettings)})
 
 
 @dataclass
@@ -330,9 +322,21 @@ class Target:
             self.redis.stop()
 
 
-def start_gateway(work: Path, workers: int | None, gateway_args: list[str], name: str = "gateway") -> Target:
+def start_gateway(
+    work: Path,
+    workers: int | None,
+    gateway_args: list[str],
+    name: str = "gateway",
+    *,
+    persistence: str | None = None,
+) -> Target:
     """`trackgate serve --demo` with its private Redis (unless gateway_args has --redis-url); workers:
-    None for the gateway's own default."""
+    None for the gateway's own default. With `persistence` (everysec, always, none) it runs on a
+    redis-server of the bench's own so configured instead, counted and stopped with it."""
+    redis = None
+    if persistence is not None:
+        redis, url = start_redis(work, f"{name}-redis", persistence=persistence, unix=True)
+        gateway_args = [*gateway_args, "--redis-url", url]
     port = free_port()
     args = [
         str(BIN / "trackgate"), "serve", "--demo", "--host", "127.0.0.1", "--port", str(port),
@@ -341,13 +345,18 @@ def start_gateway(work: Path, workers: int | None, gateway_args: list[str], name
     ]  # fmt: skip
     if workers is not None:
         args += ["--workers", str(workers)]
-    server = Server(name, [*args, *gateway_args], log=work / f"{name}.log")
-    base = f"http://127.0.0.1:{port}"
-    server.wait_ready(base + "/readyz")
-    found = re.search(r"^token: (\S+)$", server.log.read_text(), re.MULTILINE)
-    if found is None:
-        raise RuntimeError(f"the gateway did not print the demo token: {server.log_tail()}")
-    return Target(name, base, server, token=found.group(1))
+    try:
+        server = Server(name, [*args, *gateway_args], log=work / f"{name}.log")
+        base = f"http://127.0.0.1:{port}"
+        server.wait_ready(base + "/readyz")
+        found = re.search(r"^token: (\S+)$", server.log.read_text(), re.MULTILINE)
+        if found is None:
+            raise RuntimeError(f"the gateway did not print the demo token: {server.log_tail()}")
+    except BaseException:
+        if redis is not None:
+            redis.stop()
+        raise
+    return Target(name, base, server, redis=redis, token=found.group(1))
 
 
 def start_ceiling(work: Path, granian: GranianSettings) -> Target:
@@ -454,10 +463,6 @@ class Shape:
 
     batch: int
     funnel_fraction: float = 0.0
-
-    @property
-    def method(self) -> str:
-        return "GET" if self.batch == 1 else "POST"
 
     @property
     def key(self) -> str:
@@ -763,7 +768,8 @@ def measure(
     run.steal_cores = (machine_after[2] - machine_before[2]) / duration
     run.kernel_threads_cores = (cpu_after[2] - cpu_before[2]) / duration
     ours = (run.server_cpu_s + run.redis_cpu_s + run.wrk_cpu_s) / duration
-    run.other_cores = max(0.0, run.machine_busy_cores - ours - run.kernel_threads_cores - run.interrupt_cores)
+    # Interrupt time is inside the processes' own times already (see machine_cpu_seconds).
+    run.other_cores = max(0.0, run.machine_busy_cores - ours - run.kernel_threads_cores)
     if run.acknowledged_events:
         run.server_us_per_event = run.server_cpu_s / run.acknowledged_events * 1e6
         if redis:

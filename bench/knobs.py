@@ -76,28 +76,9 @@ def available(variant: Variant, help_text: str) -> bool:
     return all(arg in help_text for arg in variant.args if arg.startswith("--"))
 
 
-def start_variant(work: Path, variant: Variant) -> tuple[h.Target, h.Server | None]:
-    gateway_args = list(variant.args)
-    redis_server = None
-    workers = None
-    if "--workers" in gateway_args:
-        i = gateway_args.index("--workers")
-        workers = int(gateway_args[i + 1])
-        del gateway_args[i : i + 2]
-    if variant.redis is not None:
-        redis_server, url = h.start_redis(
-            work, f"redis-{variant.redis}", persistence=variant.redis, unix=True
-        )
-        gateway_args += ["--redis-url", url]
+def start_variant(work: Path, variant: Variant) -> h.Target:
     name = "gateway-" + re.sub(r"[^a-z0-9]+", "-", variant.name.lower()).strip("-")[:40]
-    try:
-        gateway = h.start_gateway(work, workers, gateway_args, name=name)
-        gateway.redis = redis_server  # counted as its Redis (CPU), stopped with it
-        return gateway, redis_server
-    except BaseException:
-        if redis_server is not None:
-            redis_server.stop()
-        raise
+    return h.start_gateway(work, None, list(variant.args), name=name, persistence=variant.redis)
 
 
 def compare(
@@ -201,14 +182,12 @@ def main() -> int:
             # Both fresh: a gateway whose Redis has filled its streams to the trim length works harder
             # than a new one.
             base = h.start_gateway(work, None, [], name=f"gateway-defaults-{i}")
-            other, redis_server = start_variant(work, variant)
+            other = start_variant(work, variant)
             try:
                 compared = compare(base, other, scripts, args.seconds, half, variant.name)
             finally:
                 other.stop()
                 base.stop()
-                if redis_server is not None:
-                    redis_server.stop()
             results["variants"].append(
                 {"group": variant.group, "name": variant.name, "args": variant.args, "redis": variant.redis,
                  "shapes": compared}

@@ -41,17 +41,12 @@ def main() -> int:
     shape = h.Shape(args.batch, args.funnel)
     with h.servers_stopped_on_exit(), tempfile.TemporaryDirectory(prefix="trackgate-probe-") as tmp:
         work = Path(tmp)
-        serve_args = list(args.serve_args)
-        redis = None
-        if args.persistence is not None:
-            redis, url = h.start_redis(work, "redis", persistence=args.persistence, unix=True)
-            serve_args += ["--redis-url", url]
-        target = h.start_gateway(work, None, serve_args)
-        target.redis = redis
+        target = h.start_gateway(work, None, args.serve_args, persistence=args.persistence)
         scripts = h.Scripts(work)
-        h.measure(target, scripts, shape, args.connections, 1, rate=args.rate)  # warm-up
-        for _ in range(args.runs):
-            run = h.measure(target, scripts, shape, args.connections, args.seconds, rate=args.rate)
+        for i in range(args.runs):
+            run = h.measure(
+                target, scripts, shape, args.connections, args.seconds, rate=args.rate, warmup=0 if i else 1
+            )
             d = run.seconds
             gateway_us, redis_us = run.server_us_per_event or 0, run.redis_us_per_event or 0
             print(
@@ -65,7 +60,6 @@ def main() -> int:
             )
             for note in run.notes:
                 print(f"  note: {note}", file=sys.stderr)
-        target.stop()
     return 0
 
 

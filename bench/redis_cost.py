@@ -46,7 +46,7 @@ def event(i: int, now: float, *, funnels: bool = True) -> dict[str, Any]:
     return {"event": ["Page View", "Signup", "Click"][i % 3], "properties": properties}
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -58,7 +58,7 @@ def main() -> None:
         "--merge", type=int, default=1, help="requests per call: their packed sections concatenated"
     )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as work:
+    with harness.servers_stopped_on_exit(), tempfile.TemporaryDirectory() as work:
         server, url = harness.start_redis(Path(work), "redis", persistence="none", unix=True)
         try:
             client = redis.Redis.from_url(url)
@@ -108,7 +108,8 @@ def main() -> None:
                 )
         finally:
             server.stop()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    harness.run_main(main)

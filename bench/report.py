@@ -130,7 +130,7 @@ def _setting(key: str, value: Any) -> str:
 def _kernel(run: dict[str, Any]) -> float | None:
     if "kernel_threads_cores" not in run:
         return None
-    return float(run["kernel_threads_cores"] + run.get("interrupt_cores", 0.0))
+    return float(run["kernel_threads_cores"])
 
 
 def _idle(run: dict[str, Any], cpus: int) -> float | None:
@@ -272,9 +272,9 @@ def markdown(results: dict[str, Any], images: list[Path]) -> str:
     parts += [
         "## Every load run (closed loop: each connection sends its next request when the answer arrives)",
         "Latencies in ms. CPU: µs per acknowledged event, and cores busy over the run (utime + stime from "
-        "/proc of the server's processes, of its Redis, and of wrk; kernel: the kernel's threads and "
-        "interrupt handling; unattributed: the rest of the machine's busy CPU in /proc/stat, other work on "
-        "the machine or kernel time charged to no process).",
+        "/proc of the server's processes and their ended children, of its Redis, and of wrk, interrupt "
+        "handling included; kernel: the kernel's own threads; unattributed: the rest of the machine's "
+        "busy CPU in /proc/stat, other work on the machine).",
         _table(
             [
                 "request",
@@ -387,7 +387,7 @@ def markdown(results: dict[str, Any], images: list[Path]) -> str:
             f"## Where the CPU goes ({middle} connections, full load)",
             "µs of CPU per event: the server's processes (Granian or uvicorn workers and their supervisor) "
             "and its Redis. Cores: CPU seconds per second of the run, of the server, its Redis, wrk, the "
-            "kernel (its threads and interrupt handling), busy CPU charged to none of these (other work, or "
+            "kernel's own threads, busy CPU charged to none of these (other work, or "
             f"kernel time charged to no process), and what was left idle of the {cpus} CPUs (/proc/stat's "
             "tick-sampled busy time and the processes' exact times disagree by up to ~0.2 cores, so these "
             "are approximate). A server "

@@ -91,13 +91,13 @@ async def timings(url: str) -> None:
             print(f"{name}: median {statistics.median(times):.1f} ms, slowest {max(times):.1f} ms")
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--users", type=int, default=2000)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as work:
+    with harness.servers_stopped_on_exit(), tempfile.TemporaryDirectory() as work:
         server, url = harness.start_redis(Path(work), "redis", persistence="none", unix=True)
         try:
             client = redis.Redis.from_url(url)
@@ -109,7 +109,8 @@ def main() -> None:
             asyncio.run(timings(url))
         finally:
             server.stop()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    harness.run_main(main)
