@@ -69,9 +69,15 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"
 
+    @property
+    def unix_url(self) -> str:
+        """The same server on a Unix socket, as the gateway's private Redis is reached."""
+        return f"unix://{self.directory / 'redis.sock'}"
+
     def start(self) -> None:
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+             "--unixsocket", str(self.directory / "redis.sock"), "--unixsocketperm", "700",
              "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--logfile", "redis.log"],
             stdout=subprocess.DEVNULL,
             start_new_session=True,
