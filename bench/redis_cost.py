@@ -1,9 +1,10 @@
-"""Redis CPU per event of the `tg_write` function, read from /proc of a private redis-server.
+"""Redis CPU per event of the gateway's writes (a transaction per batch: the events' XADDs and the
+`tg_count` function), read from /proc of a private redis-server.
 
 CPU time, unlike throughput, hardly moves with other work on the machine, so this is the number to
 watch when changing the function or the packed argument layout. Realistic events (20% mp_funnel, 5000
-users) are decoded by the native decoder and sent as the gateway's batcher sends them, 64 commands per
-round trip.
+users) are decoded by the native decoder and sent as the gateway's batcher sends them, 64 transactions
+per round trip.
 
     .venv/bin/python bench/redis_cost.py                  # 4 partitions, requests of 1, 5 and 50 events
     .venv/bin/python bench/redis_cost.py --partitions 16 --events 100000
@@ -68,43 +69,47 @@ def main() -> int:
             for size in (int(s) for s in args.sizes.split(",")):
                 commands, events = [], 0
                 options = Options(partitions=args.partitions)
-                # Like the batcher: the packed sections of `--merge` requests for one partition follow
-                # one header, their argument counts summed.
-                merged: dict[tuple[str, int], tuple[int, list[bytes]]] = {}
+                # Like the batcher: the sections of `--merge` requests for one partition in one
+                # transaction, their argument counts summed.
+                merged: dict[tuple[str, int], tuple[int, int, list[bytes], list[bytes]]] = {}
+                replies = 0
                 for r in range(max(1, args.events // size)):
                     body = json.dumps(
                         [event(r * size + k, now, funnels=not args.no_funnels) for k in range(size)]
                     ).encode()
                     request = decode_request(b"", body, "application/json", now=now, options=options)
-                    for token, partition, count, n_args, packed in request.batches:
-                        n, parts = merged.get((token, partition), (0, []))
-                        merged[(token, partition)] = (n + n_args, [*parts, packed])
+                    for token, partition, count, n_args, packed, xadds in request.batches:
+                        n, c, parts, adds = merged.get((token, partition), (0, 0, [], []))
+                        merged[(token, partition)] = (n + n_args, c + count, [*parts, packed], [*adds, xadds])
                         events += count
                     if (r + 1) % args.merge == 0 or r + 1 == max(1, args.events // size):
-                        for (token, partition), (n_args, parts) in merged.items():
+                        for (token, partition), (n_args, count, parts, adds) in merged.items():
                             seq += 1
-                            batch_id = f"bench:{seq}".encode()
-                            header = headers.header(token, partition, 30 * 86400, batch_id, n_args)
-                            commands.append(header + b"".join(parts))
+                            command: list[bytes] = []
+                            headers.transaction(
+                                command, token, partition, 30 * 86400, b"bench", seq, n_args, parts, adds
+                            )
+                            commands.append(b"".join(command))
+                            replies += store.transaction_replies(count) + 1
                         merged.clear()
                 client.config_resetstat()
                 conn = client.connection_pool.get_connection()
                 before, started = harness.cpu_seconds([server.process.pid]), time.perf_counter()
                 for i in range(0, len(commands), 64):
-                    chunk = commands[i : i + 64]
-                    conn.send_packed_command([b"".join(chunk)])
-                    for _ in chunk:
-                        conn.read_response()
+                    conn.send_packed_command([b"".join(commands[i : i + 64])])
+                # Replies read once all is sent: Redis answers in order, and its socket holds them.
+                for _ in range(replies):
+                    conn.read_response()
                 wall = time.perf_counter() - started
                 used = harness.cpu_seconds([server.process.pid]) - before
                 client.connection_pool.release(conn)
-                # Time inside FCALL alone (wall clock, so the noisier of the two): no reading or parsing.
-                inside = client.info("commandstats")["cmdstat_fcall"]["usec"]
+                # Time inside EXEC alone (wall clock, so the noisier of the two): no reading or parsing.
+                inside = client.info("commandstats")["cmdstat_exec"]["usec"]
                 print(
                     f"{args.partitions} partitions, requests of {size:3d} events: "
                     f"{events / len(commands):5.1f} events per call, "
                     f"Redis {used / events * 1e6:5.1f} µs CPU per event "
-                    f"({inside / events:5.1f} µs in FCALL), {events / wall:9,.0f} events/s"
+                    f"({inside / events:5.1f} µs in EXEC), {events / wall:9,.0f} events/s"
                 )
         finally:
             server.stop()

@@ -1,5 +1,5 @@
 """How long the reports take: a 30-day funnel report and 30 days of event counts, over a project whose
-events the real `tg_write` function stored (the numbers do not depend on how many events there are).
+events the gateway's real transactions stored (the numbers do not depend on how many events there are).
 
     .venv/bin/python bench/report_latency.py --users 2000
     .venv/bin/python bench/report_latency.py --users 20000
@@ -59,14 +59,14 @@ def store_events(client: redis.Redis, events: list[dict[str, Any]], now: float) 
         request = decode_request(
             b"", json.dumps(events[i : i + 500]).encode(), "application/json", now=now, options=options
         )
-        commands = []
-        for token, partition, _, n_args, packed in request.batches:
+        commands: list[bytes] = []
+        replies = 0
+        for token, partition, count, n_args, packed, xadds in request.batches:
             seq += 1
-            commands.append(
-                headers.header(token, partition, 30 * 86400, f"w:{seq}".encode(), n_args) + packed
-            )
+            headers.transaction(commands, token, partition, 30 * 86400, b"w", seq, n_args, [packed], [xadds])
+            replies += store.transaction_replies(count) + 1
         conn.send_packed_command([b"".join(commands)])
-        for _ in commands:
+        for _ in range(replies):
             conn.read_response()
     client.connection_pool.release(conn)
 

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import redis
 import requests
+from trackgate import store
 
 # A hung gateway must fail its test, not hang the suite: every HTTP request without its own timeout
 # gets this one (requests.get/post and sessions all go through Session.request).
@@ -200,14 +201,56 @@ def stored_events(client: redis.Redis, token: str) -> list[dict[str, Any]]:
     return found
 
 
-def send_packed(client: redis.Redis, command: bytes) -> Any:
-    """Sends one command already packed in RESP (as the batcher sends `tg_write`) and reads its reply."""
+def send_packed(client: redis.Redis, command: bytes, replies: int = 1) -> Any:
+    """Sends commands already packed in RESP, as the batcher does, and returns the last of their
+    `replies`."""
     conn = client.connection_pool.get_connection()
     try:
         conn.send_packed_command([command])
+        for _ in range(replies - 1):
+            conn.read_response()
         return conn.read_response()
     finally:
         client.connection_pool.release(conn)
+
+
+Batch = tuple[str, int, int, int, bytes, bytes]
+"""A decoded request's batch: token, partition, events, packed arguments, packed, XADDs."""
+
+
+def send_write(
+    client: redis.Redis,
+    writer: bytes,
+    seq: int,
+    batches: list[Batch],
+    *,
+    window: int = 30 * 86400,
+    maxlen: int = 0,
+    max_age: float = 0,
+) -> Any:
+    """One partition's transaction as the batcher builds it from `batches` (one or more requests'
+    sections for the same partition, joined); returns EXEC's reply: the mark's SET's, one per XADD,
+    the FCALL's."""
+    token, partition = batches[0][:2]
+    assert all(b[:2] == (token, partition) for b in batches)
+    events = sum(b[2] for b in batches)
+    out: list[bytes] = []
+    store.WriteCommands(maxlen, max_age).transaction(
+        out, token, partition, window, writer, seq, sum(b[3] for b in batches),
+        [b[4] for b in batches], [b[5] for b in batches],
+    )  # fmt: skip
+    return send_packed(client, b"".join(out), store.transaction_replies(events) + 1)
+
+
+def send_count(
+    client: redis.Redis, writer: bytes, seq: int, batches: list[Batch], *, window: int = 30 * 86400
+) -> Any:
+    """The FCALL of a transaction alone, as the batcher resends it when only the counting failed."""
+    token, partition = batches[0][:2]
+    header = store.WriteCommands(0, 0).header(
+        token, partition, window, b"%s:%d" % (writer, seq), sum(b[3] for b in batches)
+    )
+    return send_packed(client, header + b"".join(b[4] for b in batches))
 
 
 def stored_with(client: redis.Redis, token: str, prop: str, value: object) -> list[dict[str, Any]]:
@@ -217,14 +260,24 @@ def stored_with(client: redis.Redis, token: str, prop: str, value: object) -> li
 class ReplyDropper:
     """A TCP proxy in front of Redis that, when armed, closes the connection that sent the next FCALL
     right after Redis has answered it, before the answer reaches the gateway: a lost reply. With `delay`,
-    Redis' answers reach the gateway that many seconds late (a slow Redis: several flushes in flight)."""
+    Redis' answers reach the gateway that many seconds late (a slow Redis: several flushes in flight).
 
-    def __init__(self, upstream_port: int, delay: float = 0.0) -> None:
+    With `stall` set, the next connection to send a transaction goes silent: what the gateway sends on it
+    is held, nothing comes back. Once the gateway has given up on it and closed it, the held commands
+    reach Redis `late` seconds later, on the same Redis connection: commands still in flight when a
+    connection was lost, that Redis runs after the gateway has moved on (`late_delivered` then says
+    whether Redis still took them)."""
+
+    def __init__(self, upstream_port: int, delay: float = 0.0, late: float = 2.0) -> None:
         self.port = free_port()
         self.upstream = upstream_port
         self.delay = delay
+        self.late = late
         self.armed = threading.Event()
         self.dropped = threading.Event()
+        self.stall = threading.Event()
+        self.stalled = threading.Event()
+        self.late_delivered: bool | None = None
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._stop = False
         self._threads = [threading.Thread(target=self._accept, daemon=True)]
@@ -247,13 +300,24 @@ class ReplyDropper:
 
     def _pump(self, client: socket.socket, server: socket.socket) -> None:
         saw_fcall = False
+        held: list[bytes] | None = None
         with client, server:
             while not self._stop:
                 readable, _, _ = select.select([client, server], [], [], 0.2)
                 for sock in readable:
                     data = sock.recv(1 << 20)
                     if not data:
+                        if sock is client and held:
+                            self._deliver_late(server, b"".join(held))
                         return
+                    if held is None and sock is client and self.stall.is_set() and b"MULTI" in data:
+                        self.stall.clear()
+                        self.stalled.set()
+                        held = []
+                    if held is not None:
+                        if sock is client:
+                            held.append(data)
+                        continue
                     if sock is client:
                         saw_fcall = saw_fcall or b"FCALL" in data
                         server.sendall(data)
@@ -265,6 +329,15 @@ class ReplyDropper:
                         if self.delay:
                             time.sleep(self.delay)
                         client.sendall(data)
+
+    def _deliver_late(self, server: socket.socket, data: bytes) -> None:
+        time.sleep(self.late)
+        try:
+            server.sendall(data)
+            server.settimeout(2)
+            self.late_delivered = bool(server.recv(1 << 20))  # Redis' replies, or its end of a killed one
+        except OSError:
+            self.late_delivered = False
 
     def close(self) -> None:
         self._stop = True

@@ -102,9 +102,10 @@ The normalised event
       when missing or "". Appended keys come in the order time, distinct_id, ip.
   N4  Partition: zlib.crc32(key) % partitions, key = the distinct_id (after N3) when non-empty, else
       $insert_id when sent (even ""), else the normalised JSON.
-  N5  Packed fields per event (layout 2): JSON, the UTC day of floor(time) as YYYY-MM-DD, "HH:<event
-      name>" (HH its UTC hour), distinct_id ("" when none), the funnel ("" unless mp_funnel); an
-      mp_funnel event adds floor(time), step and goal.
+  N5  Per event, an `XADD tg:{<token>:<partition>}:events * data <JSON>` command, and packed fields
+      (layout 3): the UTC day of floor(time) as YYYY-MM-DD, "HH:<event name>" (HH its UTC hour),
+      distinct_id ("" when none), the funnel ("" unless mp_funnel); an mp_funnel event adds floor(time),
+      step and goal.
   N6  Within one request, the events of a (token, partition) batch are packed in `time` order, equal
       times in request order; `events()` keeps request order.
 """
@@ -219,7 +220,7 @@ class ValidEvent:
     # Which key chose the partition (N4): "distinct_id", "insert_id" or "json". Comparisons against the
     # native decoder skip the partition of "json"-keyed events, whose bytes need not match to the byte.
     partition_key: str
-    # The packed fields after the JSON (N5), as text.
+    # The packed fields (N5), as text.
     packed_fields: tuple[str, ...]
 
 

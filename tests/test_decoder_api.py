@@ -290,7 +290,7 @@ def test_decode_request_reports_invalid_events_without_raising() -> None:
         "192.0.2.1",
         "192.0.2.1",
     )
-    [(token, partition, count, _, _)] = request.batches
+    [(token, partition, count, _, _, _)] = request.batches
     assert (token, partition, count) == ("t", zlib.crc32(b"u") % 4, 1)  # 4 partitions by default
 
 
@@ -444,7 +444,7 @@ def test_golden_capture(capture: dict[str, Any]) -> None:
     ]
 
     packed_users = []
-    for token, partition, count, _, _ in request.batches:
+    for token, partition, count, _, _, _ in request.batches:
         assert token == TOKEN
         packed_users += [partition] * count
     expected_partitions = [zlib.crc32(e["properties"]["distinct_id"].encode()) % 4 for e in sent]

@@ -91,19 +91,41 @@ def run_oracle(call: Call, options: ref.Options, now: float, tokens: list[str] |
         return error
 
 
+def bulk_at(packed: bytes, pos: int) -> tuple[bytes, int]:
+    """The RESP bulk string (`$<len>\\r\\n<bytes>\\r\\n`) at `pos`, and where the next one starts."""
+    assert packed[pos : pos + 1] == b"$", f"not a bulk string at {pos}: {packed[pos : pos + 20]!r}"
+    header_end = packed.index(b"\r\n", pos)
+    length = int(packed[pos + 1 : header_end])
+    start = header_end + 2
+    assert packed[start + length : start + length + 2] == b"\r\n"
+    return packed[start : start + length], start + length + 2
+
+
 def bulk_strings(packed: bytes) -> list[bytes]:
-    """RESP bulk strings (`$<len>\\r\\n<bytes>\\r\\n`...) back into their bytes."""
+    """RESP bulk strings back into their bytes."""
     strings = []
     pos = 0
     while pos < len(packed):
-        assert packed[pos : pos + 1] == b"$", f"not a bulk string at {pos}: {packed[pos : pos + 20]!r}"
-        header_end = packed.index(b"\r\n", pos)
-        length = int(packed[pos + 1 : header_end])
-        start = header_end + 2
-        strings.append(packed[start : start + length])
-        assert packed[start + length : start + length + 2] == b"\r\n"
-        pos = start + length + 2
+        string, pos = bulk_at(packed, pos)
+        strings.append(string)
     return strings
+
+
+def resp_commands(packed: bytes) -> list[list[bytes]]:
+    """RESP commands (`*<n>\\r\\n` and n bulk strings, ...) back into their arguments."""
+    commands = []
+    pos = 0
+    while pos < len(packed):
+        assert packed[pos : pos + 1] == b"*", f"not a command at {pos}: {packed[pos : pos + 20]!r}"
+        header_end = packed.index(b"\r\n", pos)
+        n = int(packed[pos + 1 : header_end])
+        pos = header_end + 2
+        args = []
+        for _ in range(n):
+            arg, pos = bulk_at(packed, pos)
+            args.append(arg)
+        commands.append(args)
+    return commands
 
 
 def canonical(value: Any) -> str:
@@ -128,15 +150,22 @@ def assert_same_batches(native: Any, oracle: ref.Result, partitions: int) -> Non
     their token: their partition depends on the JSON to the byte."""
     packed_events = []  # (token, partition, canonical JSON, other fields)
     per_batch_order: dict[tuple[str, int], list[str]] = defaultdict(list)
-    for token, partition, count, args, packed in native.batches:
+    for token, partition, count, args, packed, xadds in native.batches:
         assert 0 <= partition < partitions
         strings = bulk_strings(packed)
         assert len(strings) == args
+        stream = f"tg:{{{token}:{partition}}}:events".encode()
+        commands = resp_commands(xadds)
+        assert len(commands) == count
         at = 0
-        for _ in range(count):
-            # N5: five arguments, eight for an mp_funnel event (its fifth, the funnel, is not empty).
-            width = 8 if strings[at + 4] else 5
-            event_json, *fields = strings[at : at + width]
+        for command in commands:
+            # N5: the event's XADD; four arguments, seven for an mp_funnel event (its fourth, the funnel,
+            # is not empty).
+            assert command[:4] == [b"XADD", stream, b"*", b"data"]
+            assert len(command) == 5
+            event_json = command[4]
+            width = 7 if strings[at + 3] else 4
+            fields = strings[at : at + width]
             at += width
             key = canonical(json.loads(event_json))
             packed_events.append((token, partition, key, tuple(f.decode() for f in fields)))

@@ -14,12 +14,14 @@ import pytest
 import redis
 import requests
 from conftest import (
+    Batch,
     Gateway,
     RedisServer,
     ReplyDropper,
     create_project,
     partition_of,
-    send_packed,
+    send_count,
+    send_write,
     stored_with,
     stream_key,
 )
@@ -106,8 +108,8 @@ def test_a_bad_event_does_not_hold_back_its_neighbours(
     ]
 
 
-def _packed_command(token: str, batch_id: bytes, run: str, maxlen: int = 0, max_age: float = 0) -> bytes:
-    """One tg_write command exactly as the batcher builds it, from the decoder's packed batch."""
+def _batch(token: str, run: str) -> Batch:
+    """The decoder's batch of one request of three events of one user."""
     request = decode_request(
         b"",
         json.dumps([event(token, "dedupe-user", run=run, i=i) for i in range(3)]).encode(),
@@ -116,26 +118,33 @@ def _packed_command(token: str, batch_id: bytes, run: str, maxlen: int = 0, max_
         options=Options(),
         tokens=TokenSet([token]),
     )
-    [(tok, partition, _, args, packed)] = request.batches
-    return store.WriteCommands(maxlen, max_age).header(tok, partition, 86400, batch_id, args) + packed
+    [batch] = request.batches
+    return batch
 
 
-def test_the_write_function_applies_a_batch_id_once(
+def test_a_batch_marks_its_partition_and_is_counted_once(
     rclient: redis.Redis, token: str, gateway: Gateway
 ) -> None:
     # (the gateway fixture has loaded the function library)
     run = uuid.uuid4().hex
     writer = uuid.uuid4().hex[:16].encode()
-    assert send_packed(rclient, _packed_command(token, writer + b":7", run)) == 3
-    assert send_packed(rclient, _packed_command(token, writer + b":7", run)) == 0
-    assert send_packed(rclient, _packed_command(token, writer + b":5", run)) == 0
+    batch = _batch(token, run)
+    assert send_write(rclient, writer, 7, [batch])[-1] == 3
     assert len(stored_with(rclient, token, "run", run)) == 3
-    assert send_packed(rclient, _packed_command(token, writer + b":8", run)) == 3
+    # What a retry reads to know the batch is in: the partition's marks, at its seq.
+    partition = batch[1]
+    assert rclient.mget(
+        store.mark_key(token, partition, writer), store.counted_key(token, partition, writer)
+    ) == [b"7", b"7"]
+    assert send_count(rclient, writer, 7, [batch]) == 0
+    assert send_count(rclient, writer, 5, [batch]) == 0
+    assert send_write(rclient, writer, 8, [batch])[-1] == 3
     assert len(stored_with(rclient, token, "run", run)) == 6
-    # One small mark per writer and partition, expiring: not a key per batch.
-    marks = list(rclient.scan_iter(match=f"tg:{{{token}:*}}:batch:{writer.decode()}"))
-    assert len(marks) == 1
-    assert 0 < rclient.ttl(marks[0]) <= 86400
+    # One small mark of each kind per writer and partition, expiring: not a key per batch.
+    for kind in ("batch", "counted"):
+        marks = list(rclient.scan_iter(match=f"tg:{{{token}:*}}:{kind}:{writer.decode()}"))
+        assert len(marks) == 1
+        assert 0 < rclient.ttl(marks[0]) <= 86400
 
 
 def test_trimming_by_length_and_by_age(private_redis: RedisServer) -> None:
@@ -144,11 +153,11 @@ def test_trimming_by_length_and_by_age(private_redis: RedisServer) -> None:
     client.function_load(store.FUNCTION_SOURCE)
     token = "trimtoken1"
     for seq in range(1, 21):
-        send_packed(client, _packed_command(token, b"w:%d" % seq, "trim", maxlen=10))
+        send_write(client, b"w", seq, [_batch(token, "trim")], maxlen=10)
     [key] = [k.decode() for k in client.scan_iter(match=f"tg:{{{token}:*}}:events")]
     assert 10 <= client.xlen(key) <= 15
     time.sleep(1.1)
-    send_packed(client, _packed_command(token, b"w:21", "trim", max_age=1))
+    send_write(client, b"w", 21, [_batch(token, "trim")], max_age=1)
     assert client.xlen(key) <= 5
 
 

@@ -108,6 +108,11 @@ def test_function_library_lost_under_load_is_loaded_again_and_nothing_is_lost(
     assert {r[1] for r in load.results} == {200}
     assert load.acknowledged() <= stored_once(client, token, load)
     assert "loaded the trackgate function library again" in gw.log()
+    # The events whose counting failed with the library were counted when it ran again, once.
+    counted = sum(
+        int(n) for key in client.scan_iter(match=f"tg:{{{token}:*}}:ev:*") for n in client.hvals(key)
+    )
+    assert counted == sum(client.xlen(key) for key in client.scan_iter(match=f"tg:{{{token}:*}}:events"))
 
 
 def test_a_stalled_redis_counts_as_lost_and_the_writes_go_again(
@@ -136,6 +141,37 @@ def test_a_stalled_redis_counts_as_lost_and_the_writes_go_again(
         load.stop()
         gw.stop()
     assert {r[1] for r in load.results} <= {200, 503}
+    assert load.acknowledged() <= stored_once(private_redis.client(), token, load)
+    assert "no reply from Redis for" in gw.log()
+
+
+def test_commands_of_a_lost_connection_that_reach_redis_late_are_not_applied_twice(
+    private_redis: RedisServer, tmp_path: Path
+) -> None:
+    """The gateway gives up a silent connection and resends what it held; those commands then reach
+    Redis after all. The gateway closed that connection in Redis first (CLIENT KILL), so they are not
+    run: every event is stored once."""
+    proxy = ReplyDropper(private_redis.port, late=2.0)
+    token = create_project(private_redis.url, "late")
+    gw = Gateway(
+        tmp_path / "gw", "--redis-timeout", "0.5", "--retry-window", "10", redis_url=proxy.url
+    )  # fmt: skip
+    gw.start()
+    load = Load(gw, token, threads=6, batch=5)
+    try:
+        load.start()
+        wait_for(lambda: load.count(200) >= 50, 20, "answers before the stall")
+        proxy.stall.set()
+        wait_for(proxy.stalled.is_set, 20, "a connection gone silent")
+        wait_for(lambda: proxy.late_delivered is not None, 20, "the held commands sent to Redis late")
+        mark = load.mark()
+        wait_for(lambda: load.count(200, mark) >= 50, 20, "answers after the late delivery")
+    finally:
+        load.stop()
+        gw.stop()
+        proxy.close()
+    assert proxy.late_delivered is False, "Redis still took the lost connection's commands"
+    assert {r[1] for r in load.results} == {200}
     assert load.acknowledged() <= stored_once(private_redis.client(), token, load)
     assert "no reply from Redis for" in gw.log()
 

@@ -30,7 +30,7 @@ def test_a_unix_socket_holds_several_flushes(private_redis: RedisServer) -> None
         try:
             sock = pipe._transport.get_extra_info("socket")  # type: ignore[union-attr]
             size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-            pipe.write(pack("SET", "pipe-test", value) + pack("STRLEN", "pipe-test"))
+            pipe.write(pack("SET", "pipe-test", value) + pack("STRLEN", "pipe-test"), [0, 0])
             await asyncio.wait_for(got.wait(), 10)
         finally:
             pipe.close()
@@ -40,3 +40,33 @@ def test_a_unix_socket_holds_several_flushes(private_redis: RedisServer) -> None
     # Linux doubles the size asked for (its own bookkeeping) and caps it at net.core.wmem_max.
     assert size >= 2 * min(UNIX_SEND_BUFFER, wmem_max)
     assert replies == [b"OK", len(value)]
+
+
+def test_replies_passed_over_are_not_handed_to_the_owner(private_redis: RedisServer) -> None:
+    """A transaction's OK and QUEUEDs are passed over, EXEC's reply handed over; an error among those
+    passed over (a command refused when queued) is kept, since EXEC's own error does not say what it was."""
+    good = pack("MULTI") + pack("SET", "pipe-a", "1") + pack("INCR", "pipe-b") + pack("EXEC")
+    bad = pack("MULTI") + pack("SET", "pipe-a") + pack("EXEC")  # SET with one argument: refused
+
+    async def exchange() -> tuple[list[Any], str]:
+        replies: list[Any] = []
+        got = asyncio.Event()
+
+        def on_reply(reply: Any) -> None:
+            replies.append(reply)
+            if len(replies) == 3:
+                got.set()
+
+        pipe = await RedisPipe.open(private_redis.url, on_reply, lambda pipe, exc: None)
+        try:
+            pipe.write(good + pack("PING") + bad, [3, 0, 2])
+            await asyncio.wait_for(got.wait(), 10)
+        finally:
+            pipe.close()
+        return replies, str(pipe.passed_error)
+
+    (first, ping, aborted), passed = asyncio.run(exchange())
+    assert first == [b"OK", 1]
+    assert ping == b"PONG"
+    assert "EXECABORT" in str(aborted)
+    assert "wrong number of arguments" in passed

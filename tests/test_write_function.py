@@ -1,6 +1,7 @@
-"""`tg_write` with several requests' packed events joined under one header, as the batcher sends them:
-the streams, counters, unique users and funnel state must be what counting each event by itself gives,
-the same as sending the requests one per call; a retried call changes nothing, nor does a malformed one."""
+"""A batch's transaction with several requests' sections joined, as the batcher sends them: the streams,
+counters, unique users and funnel state must be what counting each event by itself gives, the same as
+sending the requests one per transaction; `tg_count` run again for a batch changes nothing, nor does a
+malformed call."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import RedisServer, send_packed
+from conftest import Batch, RedisServer, send_count, send_write
 from trackgate import Options, decode_request, store
 
 DAY = 86400
@@ -63,18 +64,12 @@ def requests_for(token: str) -> list[list[dict[str, Any]]]:
     return [first, second]
 
 
-def packed_request(events: list[dict[str, Any]]) -> tuple[int, bytes]:
+def decoded(events: list[dict[str, Any]]) -> Batch:
     request = decode_request(b"", json.dumps(events).encode(), "application/json", now=NOW, options=OPTIONS)
     assert request.errors == []
-    [(_, partition, count, args, packed)] = request.batches
-    assert (partition, count) == (0, len(events))
-    return args, packed
-
-
-def call(client: redis.Redis, token: str, batch_id: bytes, parts: list[tuple[int, bytes]]) -> Any:
-    """One FCALL of the packed requests `parts`, joined as the batcher joins them."""
-    header = store.WriteCommands(0, 0).header(token, 0, WINDOW, batch_id, sum(a for a, _ in parts))
-    return send_packed(client, header + b"".join(p for _, p in parts))
+    [batch] = request.batches
+    assert (batch[1], batch[2]) == (0, len(events))
+    return batch
 
 
 def state(client: redis.Redis, token: str) -> dict[str, Any]:
@@ -95,7 +90,7 @@ def state(client: redis.Redis, token: str) -> dict[str, Any]:
             out[name] = value
         elif kind == "set":
             out[name] = {m.decode() for m in client.smembers(key)}
-        elif name.startswith("batch:"):
+        elif name.startswith(("batch:", "counted:")):
             continue
         else:
             out[name] = client.get(key)
@@ -155,10 +150,13 @@ def client(redis_server: RedisServer) -> redis.Redis:
 def test_joined_requests_count_as_each_event_by_itself(client: redis.Redis) -> None:
     joined, apart = "j" + uuid.uuid4().hex[:15], "a" + uuid.uuid4().hex[:15]
     joined_requests, apart_requests = requests_for(joined), requests_for(apart)
-    parts = [packed_request(events) for events in joined_requests]
-    assert call(client, joined, b"w:1", parts) == 16
+    parts = [decoded(events) for events in joined_requests]
+    reply = send_write(client, b"w", 1, parts, window=WINDOW)
+    assert len(reply) == 1 + 16 + 1
+    assert reply[0] == b"OK"
+    assert reply[-1] == 16
     for seq, events in enumerate(apart_requests, 1):
-        assert call(client, apart, b"w:%d" % seq, [packed_request(events)]) == len(events)
+        assert send_write(client, b"w", seq, [decoded(events)], window=WINDOW)[-1] == len(events)
 
     got = state(client, joined)
     stream = got.pop("events")
@@ -173,8 +171,8 @@ def test_joined_requests_count_as_each_event_by_itself(client: redis.Redis) -> N
     assert len(apart_state.pop("events")) == 16
     assert apart_state == got
 
-    # A retried call is applied once.
-    assert call(client, joined, b"w:1", parts) == 0
+    # The counting run again for the batch (as the batcher does when only it failed) changes nothing.
+    assert send_count(client, b"w", 1, parts, window=WINDOW) == 0
     again = state(client, joined)
     assert again.pop("events") == stream
     assert again == got
@@ -182,28 +180,34 @@ def test_joined_requests_count_as_each_event_by_itself(client: redis.Redis) -> N
     assert client.pfcount(f"tg:{{{joined}:0}}:eu:2026-11-20:Page View") == 4
 
 
-def corrupt(packed: bytes, old: bytes, new: bytes) -> bytes:
-    """`packed` with one argument replaced, its RESP length fixed."""
+def corrupt(batch: Batch, old: bytes, new: bytes) -> Batch:
+    """`batch` with one packed argument replaced, its RESP length fixed."""
+    token, partition, count, args, packed, xadds = batch
     before = b"$%d\r\n%s\r\n" % (len(old), old)
     assert packed.count(before) == 1
-    return packed.replace(before, b"$%d\r\n%s\r\n" % (len(new), new))
+    return token, partition, count, args, packed.replace(before, b"$%d\r\n%s\r\n" % (len(new), new)), xadds
+
+
+def truncated(batch: Batch) -> Batch:
+    """`batch` without its last packed argument."""
+    token, partition, count, args, packed, xadds = batch
+    return token, partition, count, args - 1, packed[: packed.rindex(b"$")], xadds
 
 
 def test_a_malformed_call_changes_nothing(client: redis.Redis) -> None:
     token = "m" + uuid.uuid4().hex[:15]
     first, second = requests_for(token)
-    good = packed_request(first)
-    args, packed = packed_request(second)
+    good, batch = decoded(first), decoded(second)
     broken = [
         # Arguments missing from the end.
-        ((args - 1, packed[: packed.rindex(b"$")]), "malformed event arguments"),
+        (truncated(batch), "malformed event arguments"),
         # A funnel event's time and step: read after the first writes, so checked before them.
-        ((args, corrupt(packed, b"%d" % (T + 120), b"soon")), "malformed funnel event"),
-        ((args, corrupt(packed, b"%d" % (T + 130), b"-")), "malformed funnel event"),
+        (corrupt(batch, b"%d" % (T + 120), b"soon"), "malformed funnel event"),
+        (corrupt(batch, b"%d" % (T + 130), b"-"), "malformed funnel event"),
     ]
     for n, (part, message) in enumerate(broken):
-        with pytest.raises(redis.ResponseError, match=f"tg_write: {message}"):
-            call(client, token, b"w:%d" % (n + 1), [good, part])
+        with pytest.raises(redis.ResponseError, match=f"tg_count: {message}"):
+            send_count(client, b"w", n + 1, [good, part], window=WINDOW)
         assert list(client.scan_iter(match=f"tg:{{{token}:*")) == [], n
     # The same batch id then applies.
-    assert call(client, token, b"w:1", [good, (args, packed)]) == 16
+    assert send_count(client, b"w", 1, [good, batch], window=WINDOW) == 16

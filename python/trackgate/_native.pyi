@@ -6,9 +6,8 @@ from typing import Final, final
 __version__: Final[str]
 
 # The version of the packed argument layout (see `Request.batches`), which the Redis function checks.
-# Per event: the normalised JSON, its UTC day (YYYY-MM-DD), "HH:<event name>", the distinct_id ("" when
-# none), the funnel ("" unless mp_funnel); an mp_funnel event adds its time in whole seconds, its step
-# and its goal.
+# Per event: its UTC day (YYYY-MM-DD), "HH:<event name>", the distinct_id ("" when none), the funnel
+# ("" unless mp_funnel); an mp_funnel event adds its time in whole seconds, its step and its goal.
 PACKED_LAYOUT: Final[int]
 
 @final
@@ -65,10 +64,11 @@ class Request:
     accepted: int
     errors: list[tuple[int, str, str, str]]
     """One (index, field, kind, message) per invalid event, in index order."""
-    batches: list[tuple[str, int, int, int, bytes]]
-    """One (token, partition, count, args, packed) per partition that received valid events: `count`
-    events whose arguments (see PACKED_LAYOUT) are `args` RESP bulk strings in `packed`, ready to append
-    to an FCALL command, the events in time order."""
+    batches: list[tuple[str, int, int, int, bytes, bytes]]
+    """One (token, partition, count, args, packed, xadds) per partition that received valid events:
+    `count` events whose arguments (see PACKED_LAYOUT) are `args` RESP bulk strings in `packed`, ready to
+    append to an FCALL command, and whose `XADD <stream> * data <json>` commands, complete, are `xadds`;
+    the events in time order in both."""
 
     def events(self) -> list[bytes]:
         """The normalised JSON of each valid event, in request order."""

@@ -3,23 +3,26 @@ commands, several flushes in flight on one pipelined connection.
 
 Requests hand over the decoder's partition batches (already RESP-packed) and wait. Pending batches form
 the *open flush*; it comes due when `max_events` are waiting or `linger` seconds after its first event,
-and is then sent as one command per (project, partition) -- `FCALL tg_write` with the packed events
-appended unchanged -- in one write. Up to `depth` flushes are in flight at once: while Redis works
-through one, the next is already on its way, so neither the worker nor Redis waits for the other, and
-under load the open flush grows by itself while the pipe is full. A request is answered when every
-command of its flush has been answered. Python does work per request and per command, never per event.
+and is then sent as one transaction per (project, partition) -- the decoder's XADDs and an `FCALL
+tg_count` with its packed arguments, appended unchanged (see `store.py`) -- in one write. Up to `depth`
+flushes are in flight at once: while Redis works through one, the next is already on its way, so
+neither the worker nor Redis waits for the other, and under load the open flush grows by itself while
+the pipe is full. A request is answered when every transaction of its flush has been answered. Python
+builds nothing per event; per event it only passes over the XADD's two short replies.
 
-Exactly once. Batch ids are `<writer>:<seq>`, seq growing with every command sent; the function keeps the
-highest seq it applied per writer and partition and skips a command at or below it. That is exact
-because Redis applies one connection's commands in the order they were sent, and every resend keeps that
-order:
-- a lost connection: the commands whose replies were not read go out again first on the next
-  connection, under their own ids, in seq order (some may have been applied; the mark skips those);
-- Redis lost the function library ("function not found": restarted without persistence, FUNCTION
-  FLUSH): the refused command was certainly not applied, so it goes out again after a FUNCTION LOAD
-  under a new, higher seq, behind every command sent before it.
+Exactly once. Batch ids are `<writer>:<seq>`, seq growing with every command sent; a transaction sets
+its partition's mark to its seq, and Redis applies one connection's commands in the order they were
+sent, so a command is applied exactly when its seq is at most its partition's mark:
+- a lost connection: the next connection first closes the lost one (CLIENT KILL ID), so that Redis runs
+  nothing more of it, then reads the marks; the commands whose replies were not read go out again, under
+  their own ids and in seq order, if they were not applied;
+- Redis lost the function library ("function not found": FUNCTION FLUSH, or a restart without
+  persistence): a transaction stores its events but its FCALL fails; after a FUNCTION LOAD the FCALL
+  goes again alone, under a new, higher seq, behind every command sent before it (the function keeps a
+  mark of its own).
 
-Failures: a command Redis refuses fails exactly the requests that had events in it (503). Resending is
+Failures: a transaction Redis refuses fails exactly the requests that had events in it (503); one whose
+events are stored but whose counting failed otherwise is answered as stored, and logged. Resending is
 tried for `retry_window` seconds from a flush's first send; then its requests fail. A connection that
 answers nothing for `timeout` seconds while commands wait counts as lost. While Redis is unreachable new
 requests are refused at once, as they are when `max_pending` events are waiting.
@@ -42,7 +45,7 @@ from trackgate.redis_pipe import RedisPipe, ReplyError, pack
 log = logging.getLogger("trackgate.batcher")
 
 Key = tuple[str, int]
-"""A (project token, partition) pair: one stream, one command per flush."""
+"""A (project token, partition) pair: one stream, one transaction per flush."""
 
 NO_FAILURES: Final[frozenset[Key]] = frozenset()
 BACKOFF_MIN: Final = 0.05
@@ -50,7 +53,7 @@ BACKOFF_MAX: Final = 1.0
 # Events a flush needs to be sent while others are in flight (see Batcher._has_room): over 4 partitions,
 # enough that a function call's fixed cost (about 8 µs of Redis CPU) is under a tenth of the events' own.
 PIPELINE_MIN_EVENTS: Final = 100
-# A command refused this many times for a missing function library is failed: loading it is not working.
+# A count refused this many times for a missing function library is given up: loading it is not working.
 MAX_RELOADS: Final = 3
 _LOST: Final = (ConnectionError, OSError, TimeoutError)
 
@@ -75,10 +78,12 @@ class _Flush:
         "parts",
         "started",
         "waiters",
+        "xadds",
     )
 
     def __init__(self) -> None:
         self.parts: dict[Key, list[bytes]] = {}
+        self.xadds: dict[Key, list[bytes]] = {}
         self.counts: dict[Key, int] = {}
         self.args: dict[Key, int] = {}
         self.events = 0
@@ -91,18 +96,23 @@ class _Flush:
 
 
 class _Command:
-    """One partition's command of one flush; `seq` changes only when it is resent after a reload."""
+    """One partition's transaction of one flush, or its FCALL alone (`count_only`) once the events are
+    stored; `seq` changes only when the FCALL is resent after a reload."""
 
-    __slots__ = ("body", "count", "flush", "key", "n_args", "reloads", "seq")
+    __slots__ = ("body", "count", "count_only", "flush", "key", "n_args", "reloads", "seq", "xadds")
 
-    def __init__(self, flush: _Flush, key: Key, count: int, n_args: int, body: list[bytes]) -> None:
+    def __init__(
+        self, flush: _Flush, key: Key, count: int, n_args: int, body: list[bytes], xadds: list[bytes]
+    ) -> None:
         self.flush = flush
         self.key = key
         self.count = count
         self.n_args = n_args
         self.body = body
+        self.xadds = xadds
         self.seq = 0
         self.reloads = 0
+        self.count_only = False
 
 
 class _LoadLibrary:
@@ -146,12 +156,17 @@ class Batcher:
         self._flights = 0  # flushes sent and not yet finished (answered, or failed)
         self._sent: deque[_Command | _LoadLibrary] = deque()  # replies awaited, in send order
         self._resend: list[_Command] = []
+        # Commands of a lost connection that Redis may have applied, and that connection's id.
+        self._unsettled: list[_Command] = []
+        self._lost_client: int | None = None
         self._pending = 0
         self._pipe: RedisPipe | None = None
         self._progress = 0.0  # when the pipe last answered, or was first waited on
         self._watchdog: asyncio.TimerHandle | None = None
         self._closing = False
-        self._outage_logged = False
+        # The last attempt to connect failed: new requests are refused until one succeeds. A connection
+        # lost is not an outage yet: requests queue while the next one is made.
+        self._unreachable = False
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
@@ -165,16 +180,17 @@ class Batcher:
         try:
             await self._connect()
         except Exception as err:  # the writing task keeps trying
+            self._unreachable = True
             reason = err or type(err).__name__
             log.warning("Redis is not reachable yet (%s); answering 503 until it is", reason)
         self._task = asyncio.create_task(self._run(), name="trackgate-batcher")
 
     def submit(
-        self, batches: list[tuple[str, int, int, int, bytes]], count: int
+        self, batches: list[tuple[str, int, int, int, bytes, bytes]], count: int
     ) -> asyncio.Future[frozenset[Key]]:
         """Queue a request's partition batches; the future gives the keys whose write failed (empty when
         all are in Redis). Raises UnavailableError when the events cannot be queued."""
-        if self._pipe is None or self._closing:
+        if self._unreachable or self._closing:
             raise UnavailableError("stopping" if self._closing else "redis_unavailable")
         if self._pending + count > self._max_pending:
             raise UnavailableError("overloaded")
@@ -185,16 +201,18 @@ class Batcher:
             else:
                 flush.due = True
                 self._kick.set()
-        parts, counts, args = flush.parts, flush.counts, flush.args
-        for token, partition, n, n_args, packed in batches:
+        parts, xadds, counts, args = flush.parts, flush.xadds, flush.counts, flush.args
+        for token, partition, n, n_args, packed, added in batches:
             key = (token, partition)
             chunks = parts.get(key)
             if chunks is None:
                 parts[key] = [packed]
+                xadds[key] = [added]
                 counts[key] = n
                 args[key] = n_args
             else:
                 chunks.append(packed)
+                xadds[key].append(added)
                 counts[key] += n
                 args[key] += n_args
         flush.events += count
@@ -240,17 +258,25 @@ class Batcher:
                 try:
                     await self._connect()
                 except Exception as err:  # refused, timed out, TLS, a bad URL: all the same here
-                    if not self._outage_logged:
-                        self._outage_logged = True
+                    if not self._unreachable:
+                        self._unreachable = True
                         log.warning("Redis not reachable: %s", err or type(err).__name__)
+                    self._fail_open_flush()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._kick.wait(), backoff)
                     self._kick.clear()
                     backoff = min(backoff * 2, BACKOFF_MAX)
                     continue
-                log.warning("Redis is reachable again")
-                self._outage_logged = False
+                if self._unreachable:
+                    log.warning("Redis is reachable again")
+                self._unreachable = False
                 backoff = BACKOFF_MIN
+            if self._unsettled:
+                try:
+                    await self._settle()
+                except (*_LOST, ReplyError) as err:
+                    self._lost(self._pipe, err)
+                    continue
             try:
                 if self._resend:
                     self._send_resends()
@@ -278,6 +304,65 @@ class Batcher:
         async with asyncio.timeout(min(self._timeout, 1.0)):
             self._pipe = await RedisPipe.open(self._url, self._on_reply, self._lost)
 
+    async def _settle(self) -> None:
+        """Find out which commands of a lost connection Redis applied, and queue the others again.
+
+        The lost connection is closed first: until Redis reads its end, it may still run commands that
+        connection holds, and one run after the marks are read would be applied twice. The library is
+        loaded too (Redis may have restarted without it), so that the resent FCALLs find it."""
+        pipe = self._pipe
+        assert pipe is not None
+        unsettled = sorted(self._unsettled, key=lambda c: c.seq)
+        keys = sorted({c.key for c in unsettled})
+        commands = [_LOAD_COMMAND]
+        if self._lost_client is not None:
+            commands.append(pack("CLIENT", "KILL", "ID", str(self._lost_client)))
+        commands += [
+            pack(
+                "MGET",
+                store.mark_key(token, partition, self._writer),
+                store.counted_key(token, partition, self._writer),
+            )
+            for token, partition in keys
+        ]
+        async with asyncio.timeout(self._timeout):
+            replies = await pipe.call(commands)
+        load, marks = replies[0], replies[-len(keys) :]
+        if isinstance(load, ReplyError) and "already exists" not in str(load):
+            log.error("Redis refused to load the function library: %s", load)
+            metrics.REDIS_ERRORS.labels("function_load").inc()
+        if self._lost_client is not None and isinstance(replies[1], ReplyError):
+            log.error(
+                "could not close the lost Redis connection (%s): a batch it still held may be stored "
+                "twice; the Redis user needs +client|kill",
+                replies[1],
+            )
+        for mark in marks:
+            if isinstance(mark, ReplyError):
+                raise mark
+        applied = {
+            key: tuple(int(m) if m is not None else 0 for m in mark)
+            for key, mark in zip(keys, marks, strict=True)
+        }
+        self._unsettled, self._lost_client = [], None
+        for command in unsettled:
+            stored, counted = applied[command.key]
+            if command.count_only:
+                # Its events were stored before; its seq is the FCALL's own.
+                if command.seq > counted:
+                    self._resend.append(command)
+                else:
+                    self._finish(command)
+            elif command.seq > stored:
+                self._resend.append(command)  # not applied: the whole transaction again
+            elif command.seq > counted:
+                metrics.count_stored(command.count, deduplicated=True)
+                command.count_only = True  # its events are in; its FCALL failed
+                self._resend.append(command)
+            else:
+                metrics.count_stored(command.count, deduplicated=True)
+                self._finish(command)
+
     def _disconnect(self) -> None:
         pipe, self._pipe = self._pipe, None
         if pipe is not None:
@@ -293,13 +378,15 @@ class Batcher:
         self._flights += 1
         commands = []
         for key, chunks in flush.parts.items():
-            commands.append(_Command(flush, key, flush.counts[key], flush.args[key], chunks))
+            commands.append(
+                _Command(flush, key, flush.counts[key], flush.args[key], chunks, flush.xadds[key])
+            )
         flush.outstanding = len(commands)
         metrics.queue(self._pending, self._flights)
         self._write(commands)
 
     def _send_resends(self) -> None:
-        """Commands of a lost connection go first, under their own ids and in their order; commands refused
+        """Commands of a lost connection go first, under their own ids and in their order; FCALLs refused
         for a missing library follow a FUNCTION LOAD, under new ids."""
         resend, self._resend = self._resend, []
         kept = sorted((c for c in resend if c.seq), key=lambda c: c.seq)
@@ -310,12 +397,11 @@ class Batcher:
         pipe = self._pipe
         assert pipe is not None
         out: list[bytes] = []
-        for command in commands:
-            self._pack(command, out)
+        skips = [self._pack(command, out) for command in commands]
         if after_load:
             out.append(_LOAD_COMMAND)
-            for command in after_load:
-                self._pack(command, out)
+            skips.append(0)
+            skips.extend(self._pack(command, out) for command in after_load)
         sent = self._sent
         if not sent:
             self._progress = self._loop.time()
@@ -324,25 +410,40 @@ class Batcher:
         if after_load:
             sent.append(_LOAD)
             sent.extend(after_load)
-        pipe.write(b"".join(out))
+        pipe.write(b"".join(out), skips)
 
-    def _pack(self, command: _Command, out: list[bytes]) -> None:
+    def _pack(self, command: _Command, out: list[bytes]) -> int:
+        """Append the command; returns how many of its replies come before the one that answers it."""
         if not command.seq:
             self._seq += 1
             command.seq = self._seq
         token, partition = command.key
-        batch_id = b"%s:%d" % (self._writer, command.seq)
-        out.append(
-            self._headers.header(token, partition, self._funnel_window(token), batch_id, command.n_args)
+        window = self._funnel_window(token)
+        if command.count_only:
+            batch_id = b"%s:%d" % (self._writer, command.seq)
+            out.append(self._headers.header(token, partition, window, batch_id, command.n_args))
+            out.extend(command.body)
+            return 0
+        self._headers.transaction(
+            out,
+            token,
+            partition,
+            window,
+            self._writer,
+            command.seq,
+            command.n_args,
+            command.body,
+            command.xadds,
         )
-        out.extend(command.body)
+        return store.transaction_replies(command.count)
 
     # Replies, in send order (called by the pipe, never awaiting)
 
     def _on_reply(self, reply: Any) -> None:
         self._progress = self._loop.time()
-        item = self._sent.popleft()
+        item = self._sent[0]
         if item is _LOAD:
+            self._sent.popleft()
             if isinstance(reply, ReplyError) and "already exists" not in str(reply):
                 log.error("Redis refused to load the function library: %s", reply)
                 metrics.REDIS_ERRORS.labels("function_load").inc()
@@ -350,28 +451,60 @@ class Batcher:
                 log.warning("loaded the trackgate function library again")
             return
         assert isinstance(item, _Command)
-        if isinstance(reply, ReplyError):
-            if store.is_missing_function(reply) and item.reloads < MAX_RELOADS:
-                item.reloads += 1
-                item.seq = 0  # certainly not applied: it goes again under a new id, after the load
-                self._resend.append(item)
-                self._kick.set()
-                return
-            self._refused(item, reply)
+        self._sent.popleft()
+        if item.count_only:
+            self._counted(item, reply)
+        elif isinstance(reply, ReplyError) or reply is None:
+            # EXECABORT: a command was refused when queued; the pipe kept why.
+            passed = self._pipe.passed_error if self._pipe is not None else None
+            self._refused(item, reply if passed is None else ReplyError(f"{reply} ({passed})"))
         else:
-            metrics.count_stored(item.count, deduplicated=reply == 0)
+            # EXEC's replies: the SET's, one per XADD, the FCALL's.
+            failed = [r for r in reply[1:-1] if isinstance(r, ReplyError)]
+            if failed:
+                self._refused(item, failed[0], stored=item.count - len(failed))
+            else:
+                metrics.count_stored(item.count, deduplicated=False)
+                if isinstance(reply[-1], ReplyError):
+                    self._count_failed(item, reply[-1])
+                    return
         self._finish(item)
 
-    def _refused(self, command: _Command, err: ReplyError) -> None:
+    def _counted(self, item: _Command, reply: Any) -> None:
+        """The reply to a FCALL sent alone, for a batch whose events are stored."""
+        if isinstance(reply, ReplyError):
+            self._count_failed(item, reply)
+            return
+        self._finish(item)
+
+    def _count_failed(self, item: _Command, err: ReplyError) -> None:
+        item.count_only = True
+        if store.is_missing_function(err) and item.reloads < MAX_RELOADS:
+            item.reloads += 1
+            item.seq = 0  # certainly not counted: it goes again under a new id, after the load
+            self._resend.append(item)
+            self._kick.set()
+            return
+        metrics.REDIS_ERRORS.labels("count").inc()
+        log.error(
+            "%d events are stored in %s, but Redis refused to count them: %s",
+            item.count,
+            store.stream_key(*item.key),
+            err,
+        )
+        self._finish(item)
+
+    def _refused(self, command: _Command, err: ReplyError | None, stored: int = 0) -> None:
         flush = command.flush
         if flush.failed is None:
             flush.failed = set()
         flush.failed.add(command.key)
         metrics.REDIS_ERRORS.labels("command").inc()
         log.error(
-            "Redis refused a write of %d events to %s: %s",
+            "Redis refused a write of %d events to %s (%d stored): %s",
             command.count,
             store.stream_key(*command.key),
+            stored,
             err,
         )
 
@@ -399,7 +532,10 @@ class Batcher:
         self._disconnect()
         unanswered = [c for c in self._sent if isinstance(c, _Command)]
         self._sent.clear()
-        self._resend.extend(unanswered)
+        if unanswered:
+            self._unsettled.extend(unanswered)
+            if pipe.client_id is not None:
+                self._lost_client = pipe.client_id
         self._kick.set()
 
     def _arm_watchdog(self) -> None:
@@ -418,29 +554,48 @@ class Batcher:
             self._watchdog = self._loop.call_later(self._timeout - idle, self._watch)
 
     def _expire_resends(self) -> None:
-        """Fail the commands whose flush has been retried for `retry_window` seconds."""
+        """Give up the commands whose flush has been retried for `retry_window` seconds: their requests
+        fail, except where only the counting was left (the events are stored)."""
         now = self._loop.time()
-        expired = [c for c in self._resend if c.flush.deadline < now]
+        expired = [c for c in (*self._resend, *self._unsettled) if c.flush.deadline < now]
         if not expired:
             return
         self._resend = [c for c in self._resend if c.flush.deadline >= now]
+        self._unsettled = [c for c in self._unsettled if c.flush.deadline >= now]
         log.error(
             "gave up on %d events after %g s of Redis errors",
             sum(c.count for c in expired),
             self._retry_window,
         )
         for command in expired:
-            flush = command.flush
-            if flush.failed is None:
-                flush.failed = set()
-            flush.failed.add(command.key)
+            if command.count_only:
+                metrics.REDIS_ERRORS.labels("count").inc()
+            else:
+                flush = command.flush
+                if flush.failed is None:
+                    flush.failed = set()
+                flush.failed.add(command.key)
             self._finish(command)
 
+    def _fail_open_flush(self) -> None:
+        """Requests queued while the connection was being made again: never sent, so certainly not
+        stored; they fail now rather than wait for the outage to end."""
+        flush = self._open
+        if not flush.events:
+            return
+        self._open = _Flush()
+        self._pending -= flush.events
+        for waiter in flush.waiters:
+            if not waiter.done():
+                waiter.set_exception(UnavailableError("redis_unavailable"))
+        metrics.queue(self._pending, self._flights)
+
     def _fail_everything(self, reason: str) -> None:
-        flushes = {id(c.flush): c.flush for c in self._resend}
+        flushes = {id(c.flush): c.flush for c in (*self._resend, *self._unsettled)}
         flushes.update((id(c.flush), c.flush) for c in self._sent if isinstance(c, _Command))
         flushes[id(self._open)] = self._open
         self._resend = []
+        self._unsettled = []
         self._sent.clear()
         self._flights = 0
         for flush in flushes.values():

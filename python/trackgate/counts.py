@@ -1,4 +1,4 @@
-"""Event counts per hour and unique users per day, from the counters `tg_write` keeps per partition.
+"""Event counts per hour and unique users per day, from the counters `tg_count` keeps per partition.
 
 Counts are by event time (UTC). Unique users come from one HyperLogLog per partition, day and event
 name; a user's events all land in one partition, so the partitions' estimates add up (about 0.8% error).

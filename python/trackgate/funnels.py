@@ -1,4 +1,4 @@
-"""Funnel reports, assembled from the counters the `tg_write` function keeps per partition.
+"""Funnel reports, assembled from the counters the `tg_count` function keeps per partition.
 
 The function does the counting when it stores an event (see `store.py`); a report only sums a few
 small hashes per partition and day, so it costs the same whatever the number of events.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, cast
 
@@ -39,13 +40,14 @@ def bulk(value: bytes) -> bytes:
 
 
 def pack(*args: bytes | str) -> bytes:
-    """One command in RESP, for the few that the decoder does not pack (the set-up, FUNCTION LOAD)."""
+    """One command in RESP, for those that the decoder does not pack."""
     return b"*%d\r\n" % len(args) + b"".join(bulk(a.encode() if isinstance(a, str) else a) for a in args)
 
 
 class RedisPipe(asyncio.Protocol):
     """One connection. `on_reply(reply)` is called for each reply in order (a `ReplyError` for an error
-    reply); `on_lost(pipe, exc)` once, when the connection is gone, whoever closed it."""
+    reply), except those the writer asked to pass over; `on_lost(pipe, exc)` once, when the connection is
+    gone, whoever closed it."""
 
     def __init__(
         self, on_reply: Callable[[Any], None], on_lost: Callable[[RedisPipe, Exception], None]
@@ -55,6 +57,11 @@ class RedisPipe(asyncio.Protocol):
         self._reader = hiredis.Reader(replyError=ReplyError)
         self._transport: asyncio.Transport | None = None
         self._lost = False
+        self.client_id: int | None = None  # Redis' id of this connection (CLIENT KILL ID closes it)
+        # Per reply still to hand over, how many replies before it to pass over (a transaction's OK and
+        # QUEUEDs): a Python call saved per event.
+        self._skips: deque[int] = deque()
+        self.passed_error: ReplyError | None = None  # the last error among the replies passed over
 
     @classmethod
     async def open(
@@ -95,8 +102,16 @@ class RedisPipe(asyncio.Protocol):
                 commands.append(pack("AUTH", options["password"]))
         if options.get("db"):
             commands.append(pack("SELECT", str(options["db"])))
-        if not commands:
-            return
+        commands.append(pack("CLIENT", "ID"))
+        replies = await self.call(commands)
+        for reply in replies:
+            if isinstance(reply, ReplyError):
+                raise ConnectionError(f"Redis refused the connection's set-up: {reply}")
+        self.client_id = replies[-1]
+
+    async def call(self, commands: list[bytes]) -> list[Any]:
+        """Send `commands` and wait for their replies, while nothing else is in flight on the pipe (the
+        caller bounds the time)."""
         owner = self.on_reply
         replies: list[Any] = []
         done = asyncio.get_running_loop().create_future()
@@ -108,18 +123,19 @@ class RedisPipe(asyncio.Protocol):
 
         self.on_reply = collect
         try:
-            self.write(b"".join(commands))
+            self.write(b"".join(commands), [0] * len(commands))
             await done
         finally:
             self.on_reply = owner
-        for reply in replies:
-            if isinstance(reply, ReplyError):
-                raise ConnectionError(f"Redis refused the connection's set-up: {reply}")
+        return replies
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, skips: list[int]) -> None:
+        """Send `data`: commands whose replies the owner gets one per entry of `skips`, in order, each
+        after passing over that many replies."""
         if self._transport is None or self._lost:
             raise ConnectionError("the Redis connection is closed")
         self._transport.write(data)
+        self._skips.extend(skips)
 
     def close(self) -> None:
         """Close at once: replies not yet read are lost (the owner resends their commands)."""
@@ -138,11 +154,17 @@ class RedisPipe(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         reader = self._reader
         reader.feed(data)
-        on_reply = self.on_reply
+        gets, skips, on_reply = reader.gets, self._skips, self.on_reply
         while True:
-            reply = reader.gets()
+            reply = gets()
             if reply is False:
                 return
+            if skips[0]:
+                skips[0] -= 1
+                if isinstance(reply, ReplyError):
+                    self.passed_error = reply
+                continue
+            skips.popleft()
             on_reply(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:

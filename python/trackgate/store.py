@@ -5,8 +5,10 @@ Redis Cluster slot and a later move to a cluster needs no change of layout. Days
 
     tg:{<token>:<p>}:events           stream of partition p of a project; entry field `data` holds the
                                       event's normalised JSON; entry ids are Redis' own (arrival order)
-    tg:{<token>:<p>}:batch:<writer>   highest batch sequence number of one gateway writer applied to the
-                                      partition (expires after a day): makes a retried write idempotent
+    tg:{<token>:<p>}:batch:<writer>   highest batch sequence number of one gateway writer whose events are
+                                      in the stream (expires after a day): tells a retry what is applied
+    tg:{<token>:<p>}:counted:<writer> the same for the counters below (`tg_count`): a second run of the
+                                      function for a batch changes nothing
     tg:{<token>:<p>}:ev:<day>         hash: `<HH>:<event name>` -> events of that name in that hour
     tg:{<token>:<p>}:eu:<day>:<name>  HyperLogLog of the distinct_ids that sent <name> that day
     tg:{<token>:<p>}:funnels          set of funnel names seen
@@ -51,13 +53,25 @@ def project_key(token: str) -> str:
     return f"tg:project:{token}"
 
 
+# A batch is written as one transaction:
+#
+#     MULTI
+#     SET tg:{<token>:<p>}:batch:<writer> <seq> EX 86400
+#     XADD tg:{<token>:<p>}:events * data <json>      (one per event, made by the decoder)
+#     FCALL tg_count 1 <stream> ... <writer>:<seq> <the events' arguments>
+#     EXEC
+#
+# so the stream entries, the mark, the counters and the funnel state of a batch change together. The
+# events go in by plain XADDs because Redis runs a command sent to it for about half of what the same
+# command costs it from inside a function; the function only counts.
+#
 # Batch ids are `<writer>:<seq>`: a writer is one gateway worker's lifetime, and its sequence numbers grow
 # with every command it sends. Redis applies one writer's commands to a partition in the order it sent
-# them, and a retry resends the unanswered ones in the same order, so "seq <= the last applied seq" is
-# exactly "already applied". One small key per writer and partition replaces a key per batch (which, at
-# hundreds of batches a second per partition kept for a day, would grow to gigabytes). The stream entry,
-# the counters and the funnel state of a batch change in this one call, so an event is counted if and
-# only if it is stored, and a retried batch is counted once.
+# them, so after a lost connection "seq <= the partition's mark" is exactly "applied": the batcher closes
+# the lost connection (CLIENT KILL) and reads the marks before it resends. One small key per writer and
+# partition replaces a key per batch (which, at hundreds of batches a second per partition kept for a
+# day, would grow to gigabytes). When the function alone failed inside an applied transaction (Redis lost
+# the library), it is run again by itself; its own mark makes that once.
 #
 # Per-event arguments: see PACKED_LAYOUT in the decoder (rust/src/resp.rs); the day and the counter field
 # come ready-made, so the function does no date arithmetic or string building per event.
@@ -197,39 +211,40 @@ end
 
 -- KEYS: the partition's stream. ARGV: maxlen (0: none), max age in seconds (0: none), the project's
 -- funnel window in seconds, the argument layout (the decoder's PACKED_LAYOUT), batch id
--- (<writer>:<seq>), then the events' arguments: JSON, day, 'HH:<name>', distinct_id, funnel, and for
--- mp_funnel events time, step, goal.
--- Returns the number of events added; 0 when the batch had been applied before.
-local function tg_write(keys, args)
+-- (<writer>:<seq>), then the events' arguments: day, 'HH:<name>', distinct_id, funnel, and for
+-- mp_funnel events time, step, goal. The events themselves are added by the XADDs of the same
+-- transaction.
+-- Returns the number of events counted; 0 when the batch had been counted before.
+local function tg_count(keys, args)
   local stream = keys[1]
   local prefix = string.sub(stream, 1, -7)
   local window = tonumber(args[3])
   local writer, seq = string.match(args[5], '^([%w%-]+):(%d+)$')
   if args[4] ~= '@LAYOUT@' then
-    return redis.error_reply('ERR tg_write: argument layout ' .. tostring(args[4]) .. ' is not @LAYOUT@: ' ..
+    return redis.error_reply('ERR tg_count: argument layout ' .. tostring(args[4]) .. ' is not @LAYOUT@: ' ..
       'the gateway and the function library are of different versions')
   end
   if not writer or not window then
-    return redis.error_reply('ERR tg_write: malformed arguments')
+    return redis.error_reply('ERR tg_count: malformed arguments')
   end
   -- Walk the events' arguments once before changing anything: a malformed call changes nothing. A
   -- funnel event's time and step are read after the first writes, so they are checked here.
   local i, n = 6, #args
   while i <= n do
-    if args[i + 4] ~= '' then
-      if not (string.match(args[i + 5] or '', '^%-?%d+$') and string.match(args[i + 6] or '', '^%d+$')) then
-        return redis.error_reply('ERR tg_write: malformed funnel event')
+    if args[i + 3] ~= '' then
+      if not (string.match(args[i + 4] or '', '^%-?%d+$') and string.match(args[i + 5] or '', '^%d+$')) then
+        return redis.error_reply('ERR tg_count: malformed funnel event')
       end
-      i = i + 8
+      i = i + 7
     else
-      i = i + 5
+      i = i + 4
     end
   end
   if i ~= n + 1 then
-    return redis.error_reply('ERR tg_write: malformed event arguments')
+    return redis.error_reply('ERR tg_count: malformed event arguments')
   end
   seq = tonumber(seq)
-  local mark = prefix .. 'batch:' .. writer
+  local mark = prefix .. 'counted:' .. writer
   -- One call in the usual case: set the mark and get the one before. A resent batch finds a mark at
   -- least as high, puts it back and is not applied again.
   local last = redis.call('SET', mark, seq, 'EX', 86400, 'GET')
@@ -253,9 +268,8 @@ local function tg_write(keys, args)
   local counts, users, added, fb = {}, {}, 0, nil
   i = 6
   while i <= n do
-    redis.call('XADD', stream, '*', 'data', args[i])
     added = added + 1
-    local d, field, uid, funnel = args[i + 1], args[i + 2], args[i + 3], args[i + 4]
+    local d, field, uid, funnel = args[i], args[i + 1], args[i + 2], args[i + 3]
     local per_day = counts[d]
     if not per_day then
       per_day = {}
@@ -272,12 +286,12 @@ local function tg_write(keys, args)
       list[#list + 1] = uid
     end
     if funnel ~= '' then
-      local t, n = tonumber(args[i + 5]), args[i + 6]
+      local t, n = tonumber(args[i + 4]), args[i + 5]
       fb = fb or funnel_batch()
-      funnel_event(fb, prefix, day, window, uid, t, funnel, tonumber(n), n, args[i + 7])
-      i = i + 8
+      funnel_event(fb, prefix, day, window, uid, t, funnel, tonumber(n), n, args[i + 6])
+      i = i + 7
     else
-      i = i + 5
+      i = i + 4
     end
   end
   if fb then
@@ -298,7 +312,7 @@ local function tg_write(keys, args)
       end
     end
   end
-  -- Trimmed once per call, not per XADD: the same `~` bound (whole nodes only) for an XADD's worth of
+  -- Trimmed once per batch, not per XADD: the same `~` bound (whole nodes only) for an XADD's worth of
   -- work, and fewer arguments in every XADD that the append-only file records.
   if args[1] ~= '0' then
     redis.call('XTRIM', stream, 'MAXLEN', '~', args[1])
@@ -310,7 +324,7 @@ local function tg_write(keys, args)
   return added
 end
 
-redis.register_function('tg_write', tg_write)
+redis.register_function('tg_count', tg_count)
 """.replace("@LAYOUT@", str(PACKED_LAYOUT))
 
 
@@ -331,21 +345,41 @@ def is_missing_function(err: Exception) -> bool:
     return "function not found" in str(err).lower()
 
 
-_FCALL: Final = bulk(b"FCALL") + bulk(b"tg_write") + bulk(b"1")
+_FCALL: Final = bulk(b"FCALL") + bulk(b"tg_count") + bulk(b"1")
 _FIXED_ARGS: Final = 5
+MULTI: Final = b"*1\r\n$5\r\nMULTI\r\n"
+EXEC: Final = b"*1\r\n$4\r\nEXEC\r\n"
+# A writer's marks outlive any retry of its commands by far; a day, as the function's own.
+MARK_SECONDS: Final = b"86400"
+
+
+def mark_key(token: str, partition: int, writer: bytes) -> bytes:
+    return b"tg:{%s:%d}:batch:%s" % (token.encode(), partition, writer)
+
+
+def counted_key(token: str, partition: int, writer: bytes) -> bytes:
+    return b"tg:{%s:%d}:counted:%s" % (token.encode(), partition, writer)
+
+
+def transaction_replies(events: int) -> int:
+    """Replies Redis sends to a batch's transaction before EXEC's: MULTI's and one per queued command
+    (the mark's SET, the XADDs, the FCALL)."""
+    return events + 3
 
 
 class WriteCommands:
-    """Builds `FCALL tg_write 1 <stream> <maxlen> <max age> <window> <layout> <batch id>` headers; the
-    events' `args` packed arguments (from the decoder) follow a header unchanged. What depends on the
-    partition alone is encoded once."""
+    """Builds a batch's transaction (see above) and `FCALL tg_count 1 <stream> <maxlen> <max age> <window>
+    <layout> <batch id>` headers; the decoder's XADD commands and the events' `args` packed arguments
+    follow unchanged. What depends on the partition alone is encoded once."""
 
     def __init__(self, stream_maxlen: int, stream_max_age: float) -> None:
         self._limits = bulk(str(stream_maxlen).encode()) + bulk(str(int(stream_max_age)).encode())
         self._layout = bulk(str(PACKED_LAYOUT).encode())
         self._prefixes: dict[tuple[str, int, int], bytes] = {}
+        self._marks: dict[tuple[str, int, bytes], bytes] = {}
 
-    def header(self, token: str, partition: int, window: int, batch_id: bytes, args: int) -> bytes:
+    def _prefix(self, token: str, partition: int, window: int) -> bytes:
+        """`FCALL tg_count 1 <stream> <maxlen> <max age> <window> <layout>`, without its array header."""
         key = (token, partition, window)
         prefix = self._prefixes.get(key)
         if prefix is None:
@@ -353,4 +387,45 @@ class WriteCommands:
             prefix = self._prefixes[key] = (
                 _FCALL + stream + self._limits + bulk(str(window).encode()) + self._layout
             )
+        return prefix
+
+    def header(self, token: str, partition: int, window: int, batch_id: bytes, args: int) -> bytes:
+        prefix = self._prefix(token, partition, window)
         return b"*%d\r\n%s%s" % (4 + _FIXED_ARGS + args, prefix, bulk(batch_id))
+
+    def transaction(
+        self,
+        out: list[bytes],
+        token: str,
+        partition: int,
+        window: int,
+        writer: bytes,
+        seq: int,
+        args: int,
+        packed: list[bytes],
+        xadds: list[bytes],
+    ) -> None:
+        """Append to `out` the transaction that writes one batch: `packed` and `xadds` are the decoder's
+        sections of one or more requests for this partition, `args` their packed arguments in all.
+        Called for every partition of every flush: what does not change is made once."""
+        key = (token, partition, writer)
+        mark = self._marks.get(key)
+        if mark is None:
+            mark = self._marks[key] = (
+                MULTI + b"*5\r\n$3\r\nSET\r\n" + bulk(mark_key(token, partition, writer))
+            )
+        number = b"%d" % seq
+        out.append(b"%s$%d\r\n%s\r\n$2\r\nEX\r\n$5\r\n%s\r\n" % (mark, len(number), number, MARK_SECONDS))
+        out.extend(xadds)
+        out.append(
+            b"*%d\r\n%s$%d\r\n%s:%s\r\n"
+            % (
+                4 + _FIXED_ARGS + args,
+                self._prefix(token, partition, window),
+                len(writer) + 1 + len(number),
+                writer,
+                number,
+            )
+        )
+        out.extend(packed)
+        out.append(EXEC)

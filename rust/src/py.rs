@@ -200,6 +200,7 @@ impl PyRequest {
                 batch.count,
                 batch.args,
                 PyBytes::new(py, &batch.packed),
+                PyBytes::new(py, &batch.xadds),
             );
             list.append(item)?;
         }

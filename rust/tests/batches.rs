@@ -1,10 +1,11 @@
 //! Valid events grouped by (token, partition), partition = CRC-32 of the distinct_id modulo the
-//! partitions, and packed as RESP bulk strings per batch in the layout `PACKED_LAYOUT` names: per
-//! event JSON, day, `HH:<name>`, distinct_id, funnel, and for mp_funnel events time, step and goal.
+//! partitions, and packed per batch: one `XADD <stream> * data <json>` per event, and RESP bulk strings
+//! in the layout `PACKED_LAYOUT` names: per event day, `HH:<name>`, distinct_id, funnel, and for
+//! mp_funnel events time, step and goal.
 
 mod common;
 
-use common::{events, named_event, parse_bulks, Setup, NOW, PEER};
+use common::{events, named_event, parse_bulks, parse_commands, Setup, NOW, PEER};
 use trackgate_native::{Decoded, Options, PACKED_LAYOUT};
 
 fn partition(key: &str, partitions: u32) -> u32 {
@@ -45,26 +46,37 @@ fn unpack(decoded: &Decoded) -> Vec<(String, u32, Packed)> {
             .map(|f| String::from_utf8(f).unwrap())
             .collect();
         assert_eq!(bulks.len(), batch.args);
+        let stream = format!("tg:{{{}:{}}}:events", batch.token, batch.partition);
+        let mut xadds = parse_commands(&batch.xadds).into_iter();
         let mut rest = &bulks[..];
         while !rest.is_empty() {
-            let funnel = (!rest[4].is_empty()).then(|| {
+            let xadd: Vec<String> = xadds
+                .next()
+                .expect("an XADD per event")
+                .into_iter()
+                .map(|a| String::from_utf8(a).unwrap())
+                .collect();
+            assert_eq!(xadd[..4], ["XADD", stream.as_str(), "*", "data"]);
+            assert_eq!(xadd.len(), 5);
+            let funnel = (!rest[3].is_empty()).then(|| {
                 [
+                    rest[3].clone(),
                     rest[4].clone(),
                     rest[5].clone(),
                     rest[6].clone(),
-                    rest[7].clone(),
                 ]
             });
             let packed = Packed {
-                json: rest[0].clone(),
-                day: rest[1].clone(),
-                field: rest[2].clone(),
-                distinct_id: rest[3].clone(),
+                json: xadd[4].clone(),
+                day: rest[0].clone(),
+                field: rest[1].clone(),
+                distinct_id: rest[2].clone(),
                 funnel,
             };
-            rest = &rest[if packed.funnel.is_some() { 8 } else { 5 }..];
+            rest = &rest[if packed.funnel.is_some() { 7 } else { 4 }..];
             out.push((batch.token.clone(), batch.partition, packed));
         }
+        assert!(xadds.next().is_none(), "an XADD per event, no more");
         assert_eq!(
             out.iter()
                 .filter(|(t, p, _)| *t == batch.token && *p == batch.partition)
@@ -81,8 +93,8 @@ fn ev(token: &str, name: &str, extra: &str) -> String {
 }
 
 #[test]
-fn the_layout_is_version_2() {
-    assert_eq!(PACKED_LAYOUT, 2);
+fn the_layout_is_version_3() {
+    assert_eq!(PACKED_LAYOUT, 3);
 }
 
 #[test]

@@ -245,23 +245,53 @@ pub fn wrap(text: &str, every: usize, sep: &str) -> String {
 }
 
 /// Reads RESP bulk strings (`$<len>\r\n<bytes>\r\n`) until the end; panics on anything else.
-pub fn parse_bulks(mut packed: &[u8]) -> Vec<Vec<u8>> {
+/// The commands in `packed`: RESP arrays of bulk strings.
+pub fn parse_commands(mut packed: &[u8]) -> Vec<Vec<Vec<u8>>> {
     let mut out = Vec::new();
     while !packed.is_empty() {
-        assert_eq!(packed[0], b'$', "a bulk string starts with '$'");
+        assert_eq!(packed[0], b'*', "a command starts with '*'");
         let end = packed
             .windows(2)
             .position(|w| w == b"\r\n")
-            .expect("a bulk header ends with CRLF");
-        let len: usize = std::str::from_utf8(&packed[1..end])
+            .expect("an array header ends with CRLF");
+        let n: usize = std::str::from_utf8(&packed[1..end])
             .unwrap()
             .parse()
-            .expect("a bulk length is a decimal number");
-        let body = &packed[end + 2..];
-        assert!(body.len() >= len + 2, "bulk string truncated");
-        assert_eq!(&body[len..len + 2], b"\r\n", "a bulk string ends with CRLF");
-        out.push(body[..len].to_vec());
-        packed = &body[len + 2..];
+            .expect("an array length is a decimal number");
+        packed = &packed[end + 2..];
+        let mut args = Vec::new();
+        for _ in 0..n {
+            let (arg, rest) = first_bulk(packed);
+            args.push(arg);
+            packed = rest;
+        }
+        out.push(args);
     }
     out
+}
+
+pub fn parse_bulks(mut packed: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while !packed.is_empty() {
+        let (arg, rest) = first_bulk(packed);
+        out.push(arg);
+        packed = rest;
+    }
+    out
+}
+
+fn first_bulk(packed: &[u8]) -> (Vec<u8>, &[u8]) {
+    assert_eq!(packed[0], b'$', "a bulk string starts with '$'");
+    let end = packed
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .expect("a bulk header ends with CRLF");
+    let len: usize = std::str::from_utf8(&packed[1..end])
+        .unwrap()
+        .parse()
+        .expect("a bulk length is a decimal number");
+    let body = &packed[end + 2..];
+    assert!(body.len() >= len + 2, "bulk string truncated");
+    assert_eq!(&body[len..len + 2], b"\r\n", "a bulk string ends with CRLF");
+    (body[..len].to_vec(), &body[len + 2..])
 }
