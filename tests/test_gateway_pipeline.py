@@ -227,3 +227,42 @@ def test_a_wrong_password_stops_serve_with_a_clear_message(
     with pytest.raises(RuntimeError, match="trackgate serve exited"):
         gw.start()
     assert "trackgate: error: AuthenticationError" in gw.log()
+
+
+def test_a_redis_user_without_client_commands_writes_and_is_told_what_a_retry_risks(
+    private_redis: RedisServer, tmp_path: Path, http: requests.Session
+) -> None:
+    """CLIENT ID and CLIENT KILL are what make a retry after a lost connection exact. A Redis user
+    without them still writes; a retry then logs what it cannot rule out, and what permission to add."""
+    password = uuid.uuid4().hex
+    with private_redis.client() as admin:
+        admin.execute_command(
+            "ACL",
+            "SETUSER",
+            "writer",
+            "on",
+            f">{password}",
+            "~*",
+            "&*",
+            "+@all",
+            "-client|id",
+            "-client|kill",
+        )
+    token = create_project(private_redis.url, "acl")
+    proxy = ReplyDropper(private_redis.port)
+    gw = Gateway(
+        tmp_path / "gw", "--retry-window", "5", redis_url=f"redis://writer:{password}@127.0.0.1:{proxy.port}"
+    )
+    gw.start()
+    try:
+        run = uuid.uuid4().hex
+        events = [{"event": "e", "properties": {"token": token, "run": run, "i": i}} for i in range(5)]
+        proxy.armed.set()  # the first write's reply is lost: the retry has no connection id to close
+        r = http.post(gw.url("/track"), data={"data": json.dumps(events)}, timeout=10)
+        assert (r.status_code, r.text) == (200, "1")
+    finally:
+        gw.stop()
+        proxy.close()
+    assert proxy.dropped.is_set()
+    assert len(stored_with(private_redis.client(), token, "run", run)) == 5
+    assert "the Redis user needs +client|id and +client|kill" in gw.log()

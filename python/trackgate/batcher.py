@@ -297,7 +297,7 @@ class Batcher:
     def _has_room(self) -> bool:
         """Whether the open flush may go now. With nothing in flight it always may; behind other flushes
         only with PIPELINE_MIN_EVENTS events, since a small flush queued behind another would arrive no
-        sooner than if it waited for the reply, and costs Redis a function call more."""
+        sooner than if it waited for the reply, and costs Redis a transaction more."""
         return not self._flights or (self._flights < self._depth and self._open.events >= PIPELINE_MIN_EVENTS)
 
     async def _connect(self) -> None:
@@ -331,7 +331,12 @@ class Batcher:
         if isinstance(load, ReplyError) and "already exists" not in str(load):
             log.error("Redis refused to load the function library: %s", load)
             metrics.REDIS_ERRORS.labels("function_load").inc()
-        if self._lost_client is not None and isinstance(replies[1], ReplyError):
+        if self._lost_client is None:
+            log.error(
+                "could not close the lost Redis connection (Redis did not give its id): a batch it still "
+                "held may be stored twice; the Redis user needs +client|id and +client|kill"
+            )
+        elif isinstance(replies[1], ReplyError):
             log.error(
                 "could not close the lost Redis connection (%s): a batch it still held may be stored "
                 "twice; the Redis user needs +client|kill",
@@ -456,7 +461,10 @@ class Batcher:
             self._counted(item, reply)
         elif isinstance(reply, ReplyError) or reply is None:
             # EXECABORT: a command was refused when queued; the pipe kept why.
-            passed = self._pipe.passed_error if self._pipe is not None else None
+            pipe = self._pipe
+            passed = pipe.passed_error if pipe is not None else None
+            if pipe is not None:
+                pipe.passed_error = None
             self._refused(item, reply if passed is None else ReplyError(f"{reply} ({passed})"))
         else:
             # EXEC's replies: the SET's, one per XADD, the FCALL's.
