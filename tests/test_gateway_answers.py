@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import logging
 import re
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import pytest
 import redis
 import requests
 from conftest import Gateway, create_project, stored_with
+from trackgate.http import RefusalLog
 
 GIF_PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 
@@ -403,3 +405,19 @@ def test_forwarded_for_from_an_untrusted_peer_is_ignored(
 ) -> None:
     headers = {"x-forwarded-for": "203.0.113.9"}
     assert _stored_ip(tuned_gateway, rclient, token, marker, headers) == "127.0.0.1"
+
+
+def test_refusals_are_logged_at_most_once_a_second_per_reason(caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    refusals = RefusalLog(interval=1.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="trackgate.http"):
+        for _ in range(5):
+            refusals.warning("overloaded", "refused %s", "a")
+        refusals.warning("invalid_json", "refused %s", "b")
+        now[0] += 1.0
+        refusals.warning("overloaded", "refused %s", "c")
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused a",
+        "refused b",
+        "refused c (and 4 more refused for this reason since its last line)",
+    ]

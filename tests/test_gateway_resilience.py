@@ -50,6 +50,12 @@ def test_redis_crash_and_restart_during_a_stream_of_requests(
     missing = load.acknowledged() - stored
     assert not missing, f"{len(missing)} events answered 1 are not in Redis"
     assert "Redis connection lost" in gw.log()
+    # Hundreds of 503s, a few log lines: one a second at most, each saying how many it stands for.
+    refused = sum(1 for r in load.results if r[1] == 503)
+    lines = re.findall(r"503 redis_unavailable: .*", gw.log())
+    assert refused >= 20
+    assert len(lines) < refused / 4
+    assert any("more refused for this reason since its last line" in line for line in lines)
 
 
 def test_backpressure_when_redis_stalls(private_redis: RedisServer, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 from urllib.parse import parse_qs, urlsplit
 
@@ -110,6 +110,30 @@ class VerboseFailure(msgspec.Struct):
 _encode = msgspec.json.Encoder().encode
 
 
+class RefusalLog:
+    """One log line per refused request, except that a reason is logged at most once a second: an outage
+    or a misbehaving client refused thousands of times a second would otherwise bury the log. The next
+    line of a reason says how many were left out; `trackgate_requests_rejected_total` counts them all."""
+
+    def __init__(self, interval: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._next: dict[str, float] = {}
+        self._left_out: dict[str, int] = {}
+
+    def warning(self, reason: str, message: str, *args: object) -> None:
+        now = self._clock()
+        if now < self._next.get(reason, 0.0):
+            self._left_out[reason] = self._left_out.get(reason, 0) + 1
+            return
+        self._next[reason] = now + self._interval
+        left_out = self._left_out.pop(reason, 0)
+        if left_out:
+            message += " (and %d more refused for this reason since its last line)"
+            args = (*args, left_out)
+        log.warning(message, *args)
+
+
 class _FallbackParams:
     """The answer-shaping parameters of a request the decoder refused as a whole, read in Python (this
     path is rare, and the decoder does not return its parameters with the error)."""
@@ -154,6 +178,7 @@ class App:
     _tokens: TokenCache
     _admin: Redis
     _api: Api
+    _refusals: RefusalLog
     _publisher: asyncio.Task[None]
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -182,6 +207,7 @@ class App:
         # Peers repeat (they are the proxies), so each address is parsed and matched once.
         self._trusted = functools.lru_cache(maxsize=4096)(self._is_trusted)
         self._retry_after = [("retry-after", str(settings.retry_after))]
+        self._refusals = RefusalLog()
         self._admin = Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
         try:
             await store.load_functions(self._admin, replace=False)
@@ -415,12 +441,19 @@ class App:
         imported: int = 0,
         errors: Sequence[tuple[int, str, str, str]] = (),
     ) -> None:
-        """Answer a failure, and log it in one line (never the payload)."""
+        """Answer a failure, and log it in one line (never the payload; see RefusalLog)."""
         if status is None:
             status = STATUS[reason]
         metrics.REQUESTS_REJECTED.labels(reason).inc()
-        log.warning(
-            "%s %s from %s: %d %s: %.300s", scope.method, scope.path, scope.client, status, reason, message
+        self._refusals.warning(
+            reason,
+            "%s %s from %s: %d %s: %.300s",
+            scope.method,
+            scope.path,
+            scope.client,
+            status,
+            reason,
+            message,
         )
         if params is None:
             self._answer(proto, status, None, None, b"0", headers)
