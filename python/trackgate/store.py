@@ -1,6 +1,6 @@
 """What trackgate keeps in Redis: the key layout, the `trackgate` function library, its loading.
 
-Keys. Every key of one partition carries the hash tag `{<token>:<p>}`, so one function call touches one
+Keys. Every key of one partition carries the hash tag `{<token>:<p>}`, so one transaction touches one
 Redis Cluster slot and a later move to a cluster needs no change of layout. Days are UTC `YYYY-MM-DD`.
 
     tg:{<token>:<p>}:events           stream of partition p of a project; entry field `data` holds the
