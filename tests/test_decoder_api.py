@@ -210,6 +210,33 @@ def test_whole_request_errors_carry_no_events() -> None:
     assert str(error)
 
 
+def test_whole_request_errors_carry_the_answer_parameters() -> None:
+    """What shapes the answer to a refused request: from the query string and a form body (the body's
+    win), never from a body the decoder would have had to inflate."""
+    form = "application/x-www-form-urlencoded"
+
+    def refused(
+        query: bytes, body: bytes, content_type: str | None = form, encoding: str | None = None
+    ) -> Any:
+        with pytest.raises(trackgate.DecodeError) as caught:
+            trackgate.decode_request(
+                query, body, content_type, encoding, now=NOW, options=trackgate.Options()
+            )
+        return caught.value
+
+    error = refused(b"callback=fromquery&img=1", b"data=%25%25&verbose=1&callback=frombody")
+    assert (error.kind, error.verbose, error.img, error.callback) == (
+        "invalid_base64",
+        True,
+        True,
+        "frombody",
+    )
+    error = refused(b"verbose=1", gzip.compress(b"data=x&callback=zipped"), encoding="gzip")
+    assert (error.verbose, error.callback) == (True, None)
+    error = refused(b"", b"")
+    assert (error.kind, error.verbose, error.img, error.callback) == ("empty", False, False, None)
+
+
 def test_every_accepted_form_of_data_gives_the_same_events() -> None:
     batch = [event({"b64probe": "~~~~~~??????", "i": i}) for i in range(3)]
     text = json.dumps(batch).encode()

@@ -100,6 +100,24 @@ def test_verbose_whole_request_error(gateway: Gateway) -> None:
     assert answer["num_records_imported"] == 0
 
 
+def test_a_request_refused_as_a_whole_answers_as_its_body_asks(gateway: Gateway) -> None:
+    r = requests.post(gateway.url("/track"), data={"data": "{not json", "verbose": "1", "callback": "cb"})
+    assert r.status_code == 400
+    assert r.headers["content-type"].startswith("text/javascript")
+    assert r.text.startswith("cb({")
+    assert json.loads(r.text[3:-1])["status"] == 0
+    # A body that inflates past the limit is not read for parameters; the query string still says how
+    # to answer.
+    bomb = gzip.compress(b"data=" + b"x" * 11_000_000 + b"&callback=never")
+    r = requests.post(
+        gateway.url("/track?img=1"),
+        data=bomb,
+        headers={"content-encoding": "gzip", "content-type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 413
+    assert r.headers["content-type"] == "image/gif"
+
+
 # tokens
 
 

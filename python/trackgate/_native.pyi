@@ -80,6 +80,11 @@ class DecodeError(ValueError):
     status: int
     message: str
     events: list[object]
+    verbose: bool
+    """For a request refused as a whole, its answer-shaping parameters, as its query string and its form
+    body say (an encoded, JSON or oversized body is not read for them)."""
+    img: bool
+    callback: str | None
 
     def __init__(
         self,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import functools
 import gc
 import ipaddress
@@ -18,7 +17,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import msgspec
 from redis.asyncio import Redis
@@ -36,7 +35,8 @@ log = logging.getLogger("trackgate.http")
 
 
 class _Params(Protocol):
-    """What shapes an answer; a decoded `Request` has these, and so does `_FallbackParams`."""
+    """What shapes an answer: a decoded `Request` has these, and so does the `DecodeError` of a request
+    refused as a whole."""
 
     @property
     def verbose(self) -> bool: ...
@@ -44,8 +44,6 @@ class _Params(Protocol):
     def img(self) -> bool: ...
     @property
     def callback(self) -> str | None: ...
-    @property
-    def redirect(self) -> str | None: ...
 
 
 # Every way a /track request can fail, and its status: the one place that decides. Whole-request decode
@@ -84,7 +82,6 @@ VERBOSE_OK: Final = b'{"status":1,"error":null}'
 _CALLBACK_RE: Final = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*(?:\.[A-Za-z_$][A-Za-z0-9_$]*)*\Z")
 _MAX_CALLBACK: Final = 128
 _HEADER_LIST_RE: Final = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+(?:\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*\Z")
-_FALLBACK_BODY_MAX: Final = 64 * 1024
 
 _PLAIN: Final = [("content-type", "text/plain; charset=utf-8")]
 _JSON: Final = [("content-type", "application/json")]
@@ -132,32 +129,6 @@ class RefusalLog:
             message += " (and %d more refused for this reason since its last line)"
             args = (*args, left_out)
         log.warning(message, *args)
-
-
-class _FallbackParams:
-    """The answer-shaping parameters of a request the decoder refused as a whole, read in Python (this
-    path is rare, and the decoder does not return its parameters with the error)."""
-
-    __slots__ = ("callback", "img", "redirect", "verbose")
-
-    def __init__(
-        self, query: str, body: bytes, content_type: str | None, content_encoding: str | None
-    ) -> None:
-        fields = parse_qs(query, max_num_fields=100)
-        media = (content_type or "").split(";")[0].strip().lower()
-        if (
-            body
-            and not content_encoding
-            and len(body) <= _FALLBACK_BODY_MAX
-            and media in ("application/x-www-form-urlencoded", "text/plain")
-        ):
-            with contextlib.suppress(UnicodeDecodeError, ValueError):
-                fields.update(parse_qs(body.decode(), max_num_fields=100))
-        flag = {"1", "true"}
-        self.verbose = fields.get("verbose", [""])[-1].strip() in flag
-        self.img = fields.get("img", [""])[-1].strip() in flag
-        self.callback = fields.get("callback", [None])[-1]
-        self.redirect = None
 
 
 def valid_callback(name: str) -> bool:
@@ -341,10 +312,7 @@ class App:
                 # A project created since the last reload: decode again with the fresh list.
                 request = decode()
         except DecodeError as err:
-            params = _FallbackParams(scope.query_string, body, content_type, content_encoding)
-            self._refuse(
-                scope, proto, err.kind, str(err), cors, params, status=STATUS.get(err.kind, err.status)
-            )
+            self._refuse(scope, proto, err.kind, str(err), cors, err, status=STATUS.get(err.kind, err.status))
             return
         await self._store_and_answer(scope, proto, request, cors)
 
@@ -458,7 +426,7 @@ class App:
         if params is None:
             self._answer(proto, status, None, None, b"0", headers)
             return
-        if isinstance(params, _FallbackParams):
+        if isinstance(params, DecodeError):
             callback = (
                 params.callback if params.callback is not None and valid_callback(params.callback) else None
             )

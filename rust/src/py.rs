@@ -7,7 +7,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use crate::{Context, Decoded, EventError, RequestError};
+use crate::{request, Context, Decoded, EventError, Params, RequestError};
 
 /// Requests larger than this are decoded with the GIL released, so other threads run meanwhile.
 const DETACH_FROM_BYTES: usize = 64 * 1024;
@@ -250,6 +250,13 @@ struct PyDecodeError {
     error_list: Vec<(usize, String, String, String)>,
     #[pyo3(get)]
     events: Py<PyList>,
+    /// The request's answer-shaping parameters, for a request refused as a whole.
+    #[pyo3(get)]
+    verbose: bool,
+    #[pyo3(get)]
+    img: bool,
+    #[pyo3(get)]
+    callback: Option<String>,
 }
 
 #[pymethods]
@@ -270,6 +277,9 @@ impl PyDecodeError {
             message,
             error_list: errors.unwrap_or_default(),
             events: PyList::new(py, events.unwrap_or_default())?.unbind(),
+            verbose: false,
+            img: false,
+            callback: None,
         })
     }
 
@@ -309,13 +319,16 @@ impl PyDecodeError {
 }
 
 #[cold]
-fn request_error(py: Python<'_>, error: &RequestError) -> PyErr {
+fn request_error(py: Python<'_>, error: &RequestError, params: Params) -> PyErr {
     let value = PyDecodeError {
         kind: error.kind().to_owned(),
         status: error.status(),
         message: error.to_string(),
         error_list: Vec::new(),
         events: PyList::empty(py).unbind(),
+        verbose: params.verbose,
+        img: params.img,
+        callback: params.callback,
     };
     match Bound::new(py, value) {
         Ok(instance) => PyErr::from_value(instance.into_any()),
@@ -337,17 +350,21 @@ fn with_bytes<R>(text: Text<'_>, f: impl FnOnce(&[u8]) -> PyResult<R>) -> PyResu
     }
 }
 
+/// Runs a decode, without the GIL for large inputs; a refusal carries the parameters `params` reads.
 fn run(
     py: Python<'_>,
     size: usize,
     decode: impl FnOnce() -> Result<Decoded, RequestError> + Send,
+    params: impl FnOnce() -> Params,
 ) -> PyResult<PyRequest> {
     let result = if size >= DETACH_FROM_BYTES {
         py.detach(decode)
     } else {
         decode()
     };
-    result.map(PyRequest).map_err(|e| request_error(py, &e))
+    result
+        .map(PyRequest)
+        .map_err(|e| request_error(py, &e, params()))
 }
 
 /// Decodes one /track request: the raw query string and body, and the two headers that shape them.
@@ -374,9 +391,15 @@ fn decode_request(
         tokens: tokens.map(|t| &t.0),
     };
     with_bytes(query, |query| {
-        run(py, query.len() + body.len(), || {
-            crate::decode_request(query, body, content_type, content_encoding, &ctx)
-        })
+        run(
+            py,
+            query.len() + body.len(),
+            || crate::decode_request(query, body, content_type, content_encoding, &ctx),
+            || {
+                let max = rules.max_request_bytes;
+                request::answer_params(query, body, content_type, content_encoding, max)
+            },
+        )
     })
 }
 
@@ -398,7 +421,12 @@ fn decode_data(
         tokens: None,
     };
     with_bytes(data, |data| {
-        run(py, data.len(), || crate::decode_data(data, &ctx))
+        run(
+            py,
+            data.len(),
+            || crate::decode_data(data, &ctx),
+            Params::default,
+        )
     })
 }
 

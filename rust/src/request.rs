@@ -232,9 +232,59 @@ pub fn split<'a>(
     })
 }
 
+/// The parameters that shape the answer to a request refused as a whole (verbose, img, callback), read
+/// again on that rare path: from the query string, and from a form body that is neither encoded, JSON
+/// nor over `max_request_bytes` (nothing is inflated twice). A callback that is not UTF-8 is dropped.
+pub fn answer_params(
+    query: &[u8],
+    body: &[u8],
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+    max_request_bytes: usize,
+) -> Params {
+    let mut raw = RawParams::default();
+    raw.read_form(query);
+    let plain = content_encoding.map_or(true, |e| e.trim().is_empty());
+    let media = content_type.map_or("", |t| t.split(';').next().unwrap_or("").trim());
+    if plain
+        && body.len() <= max_request_bytes
+        && !is_gzip(body)
+        && !looks_like_json(body)
+        && !media.eq_ignore_ascii_case("application/json")
+    {
+        raw.read_form(body);
+    }
+    Params {
+        verbose: flag(raw.verbose.as_ref()),
+        img: flag(raw.img.as_ref()),
+        test: flag(raw.test.as_ref()),
+        use_ip: flag(raw.ip.as_ref()),
+        callback: text(raw.callback, "callback").ok().flatten(),
+        redirect: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answer_params_of_a_refused_request() {
+        let form = Some("application/x-www-form-urlencoded");
+        let p = answer_params(b"callback=cb", b"verbose=1&data=%%%", form, None, 1000);
+        assert!(p.verbose);
+        assert_eq!(p.callback.as_deref(), Some("cb"));
+        // Not read from an encoded, a JSON or an oversized body: the query's alone.
+        assert!(!answer_params(b"", b"verbose=1", form, Some("gzip"), 1000).verbose);
+        assert!(!answer_params(b"", b"verbose=1", Some("application/json"), None, 1000).verbose);
+        assert!(!answer_params(b"", b"verbose=1", form, None, 4).verbose);
+        assert!(answer_params(b"img=1", b"verbose=1", form, None, 4).img);
+        // A callback that is not UTF-8 is dropped, not an error.
+        assert_eq!(
+            answer_params(b"callback=%FF", b"", None, None, 1000).callback,
+            None
+        );
+    }
 
     #[test]
     fn form_decoding() {
