@@ -116,6 +116,11 @@ def test_a_request_refused_as_a_whole_answers_as_its_body_asks(gateway: Gateway)
     )
     assert r.status_code == 413
     assert r.headers["content-type"] == "image/gif"
+    # Over the limit before it is read: the query string alone.
+    r = requests.post(gateway.url("/track?verbose=1&callback=big"), data={"data": "x" * 11_000_000})
+    assert r.status_code == 413
+    assert r.text.startswith("big({")
+    assert "larger than" in json.loads(r.text[4:-1])["error"]
 
 
 # tokens

@@ -268,12 +268,16 @@ class App:
         if method == "POST":
             body = await self._read_body(proto, headers.get("content-length"))
             if body is None:
+                params = self._query_params(scope.query_string)
+                callback = params.callback
                 self._refuse(
                     scope,
                     proto,
                     "body_too_large",
                     f"the request is larger than {self._options.max_request_bytes} bytes",
                     cors,
+                    params,
+                    callback=callback if callback is not None and valid_callback(callback) else None,
                 )
                 return
         elif method == "GET":
@@ -478,6 +482,14 @@ class App:
             ]
         proto.response_bytes(204, answer, b"")
         metrics.count_request("track", 204)
+
+    def _query_params(self, query: str) -> _Params:
+        """How to answer a request whose body is refused unread: as its query string says, read by the
+        decoder (which refuses the empty body, or decodes a `data` in the query, bounded by the limit)."""
+        try:
+            return decode_request(query, b"", now=time.time(), options=self._options)
+        except DecodeError as err:
+            return err
 
     async def _read_body(self, proto: HTTPProtocol, length: str | None) -> bytes | None:
         """The body, or None when it is over the request limit (refused before it is all in memory)."""
