@@ -64,7 +64,7 @@ def main() -> int:
         try:
             client = redis.Redis.from_url(url)
             client.function_load(store.FUNCTION_SOURCE, replace=True)
-            headers = store.WriteCommands(1_000_000, 0)
+            headers = store.WriteCommands(1_000_000, 0, 5 * 86400)
             now, seq = time.time(), 0
             for size in (int(s) for s in args.sizes.split(",")):
                 commands, events = [], 0

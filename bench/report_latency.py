@@ -51,7 +51,7 @@ def population(users: int, now: float) -> list[dict[str, Any]]:
 
 
 def store_events(client: redis.Redis, events: list[dict[str, Any]], now: float) -> None:
-    headers = store.WriteCommands(0, 0)
+    headers = store.WriteCommands(0, 0, 31 * 86400)
     options = Options(max_age=31 * 86400, partitions=PARTITIONS)
     conn = client.connection_pool.get_connection()
     seq = 0

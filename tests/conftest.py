@@ -227,6 +227,7 @@ def send_write(
     window: int = 30 * 86400,
     maxlen: int = 0,
     max_age: float = 0,
+    late: float = 400 * 86400,
 ) -> Any:
     """One partition's transaction as the batcher builds it from `batches` (one or more requests'
     sections for the same partition, joined); returns EXEC's reply: the mark's SET's, one per XADD,
@@ -235,7 +236,7 @@ def send_write(
     assert all(b[:2] == (token, partition) for b in batches)
     events = sum(b[2] for b in batches)
     out: list[bytes] = []
-    store.WriteCommands(maxlen, max_age).transaction(
+    store.WriteCommands(maxlen, max_age, late).transaction(
         out, token, partition, window, writer, seq, sum(b[3] for b in batches),
         [b[4] for b in batches], [b[5] for b in batches],
     )  # fmt: skip
@@ -243,11 +244,17 @@ def send_write(
 
 
 def send_count(
-    client: redis.Redis, writer: bytes, seq: int, batches: list[Batch], *, window: int = 30 * 86400
+    client: redis.Redis,
+    writer: bytes,
+    seq: int,
+    batches: list[Batch],
+    *,
+    window: int = 30 * 86400,
+    late: float = 400 * 86400,
 ) -> Any:
     """The FCALL of a transaction alone, as the batcher resends it when only the counting failed."""
     token, partition = batches[0][:2]
-    header = store.WriteCommands(0, 0).header(
+    header = store.WriteCommands(0, 0, late).header(
         token, partition, window, b"%s:%d" % (writer, seq), sum(b[3] for b in batches)
     )
     return send_packed(client, header + b"".join(b[4] for b in batches))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 import uuid
 from collections import Counter, defaultdict
 from typing import Any
@@ -90,6 +91,8 @@ def state(client: redis.Redis, token: str) -> dict[str, Any]:
             out[name] = value
         elif kind == "set":
             out[name] = {m.decode() for m in client.smembers(key)}
+        elif kind == "zset":
+            out[name] = {m.decode(): score for m, score in client.zrange(key, 0, -1, withscores=True)}
         elif name.startswith(("batch:", "counted:")):
             continue
         else:
@@ -122,6 +125,7 @@ def expected(client: redis.Redis, token: str, requests: list[list[dict[str, Any]
     out["fg:signup"] = {"1": "g1", "2": "g2", "3": "g3"}
     # u1: steps 1, 2, 3 (and 2 again: a hit); u2: step 1, then 3 (out of order); no user: a hit of 2.
     out["fs:signup"] = {"u1": f"{T}:3:{T + 100}", "u2": f"{T + 10}:1:{T + 10}"}
+    out["fx:signup"] = {"u1": float(T), "u2": float(T + 10)}
     out["fc:signup:2026-11-20"] = {
         "h1": "2",
         "q1:g1": "2",
@@ -211,3 +215,30 @@ def test_a_malformed_call_changes_nothing(client: redis.Redis) -> None:
         assert list(client.scan_iter(match=f"tg:{{{token}:*")) == [], n
     # The same batch id then applies.
     assert send_count(client, b"w", 1, [good, batch], window=WINDOW) == 16
+
+
+def test_attempts_no_later_event_can_continue_are_removed(client: redis.Redis) -> None:
+    """An attempt begun more than window + late (+ an hour's margin) before now can never be continued:
+    the next call that writes the funnel's states removes it, and the funnel's keys expire when idle."""
+    token = "x" + uuid.uuid4().hex[:15]
+    now = time.time()
+    options = Options(max_age=400 * DAY, partitions=1)
+
+    def batch(user: str, at: float) -> Batch:
+        event = step(token, user, 1, int(at))
+        request = decode_request(
+            b"", json.dumps([event]).encode(), "application/json", now=now, options=options
+        )
+        [decoded] = request.batches
+        return decoded
+
+    states, index = f"tg:{{{token}:0}}:fs:signup", f"tg:{{{token}:0}}:fx:signup"
+    # Written while events may still arrive 400 days late: kept.
+    send_write(client, b"w", 1, [batch("gone", now - 2 * DAY)], window=60, late=400 * DAY)
+    assert client.hkeys(states) == [b"gone"]
+    # Events may now be at most a minute late, and attempts last a minute: "gone" is over.
+    send_write(client, b"w", 2, [batch("here", now - 10)], window=60, late=60)
+    assert client.hkeys(states) == [b"here"]
+    assert client.zrange(index, 0, -1) == [b"here"]
+    assert 0 < client.ttl(states) <= 60 + 60 + 3600
+    assert 0 < client.ttl(index) <= 60 + 60 + 3600

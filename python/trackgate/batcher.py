@@ -138,6 +138,7 @@ class Batcher:
         retry_window: float,
         stream_maxlen: int,
         stream_max_age: float,
+        event_max_age: float,
         funnel_window: Callable[[str], int],
     ) -> None:
         self._url = redis_url
@@ -147,7 +148,7 @@ class Batcher:
         self._max_pending = max_pending
         self._retry_window = retry_window
         self._timeout = timeout
-        self._headers = store.WriteCommands(stream_maxlen, stream_max_age)
+        self._headers = store.WriteCommands(stream_maxlen, stream_max_age, event_max_age)
         self._funnel_window = funnel_window
         # One writer per worker lifetime; its sequence numbers make the batch ids the marks record.
         self._writer = secrets.token_hex(8).encode()

@@ -196,6 +196,7 @@ class App:
             retry_window=settings.retry_window,
             stream_maxlen=settings.stream_maxlen,
             stream_max_age=settings.stream_max_age,
+            event_max_age=settings.max_age,
             funnel_window=self._tokens.funnel_window,
         )
         await self._batcher.start()

@@ -16,6 +16,8 @@ Redis Cluster slot and a later move to a cluster needs no change of layout. Days
                                       (server time, microseconds)
     tg:{<token>:<p>}:fs:<funnel>      hash: distinct_id -> `<entry time>:<step reached>:<time reached>`,
                                       the user's current attempt
+    tg:{<token>:<p>}:fx:<funnel>      sorted set: distinct_id -> its attempt's entry time, so that attempts
+                                      no later event can continue are removed from `fs` (see tg_count)
     tg:{<token>:<p>}:fc:<funnel>:<day>  hash of the counters of users whose attempt began on <day>:
                                       `u<step>` users, `h<step>` hits, `o<step>` out of order,
                                       `s<step>` seconds from the previous step, `q<step>:<goal>` hits
@@ -31,6 +33,7 @@ and per-user state (funnel attempts, unique users) lives in one partition: repor
 
 from __future__ import annotations
 
+import math
 from typing import Final
 
 from redis.asyncio import Redis
@@ -112,7 +115,7 @@ end
 -- A batch's funnel work: users' states read once and written back once, counters summed and written
 -- once per field, each goal checked once.
 local function funnel_batch()
-  return { states = {}, dirty = {}, counters = {}, goals = {} }
+  return { states = {}, dirty = {}, index = {}, counters = {}, goals = {} }
 end
 
 local function add(fb, key, field, n)
@@ -145,6 +148,7 @@ local function funnel_event(fb, prefix, day, window, uid, t, funnel, step, n, go
     users = {}
     fb.states[key] = users
     fb.dirty[key] = {}
+    fb.index[key] = prefix .. 'fx:' .. funnel
   end
   if uid ~= '' then
     local state = users[uid]
@@ -190,17 +194,37 @@ local function funnel_event(fb, prefix, day, window, uid, t, funnel, step, n, go
   end
 end
 
-local function write_funnel_batch(fb)
+-- Attempts are kept while a later event could still continue one: an event may arrive `late` seconds
+-- after its time and continues an attempt begun at most `window` seconds before it, so an attempt begun
+-- before now - window - late is over for good. Each call that writes a funnel's states removes up to
+-- PRUNE of its attempts that are over (an hour's margin for the clocks of gateway and Redis), and both
+-- keys expire when the funnel gets no events for that long.
+local PRUNE = 500
+
+local function write_funnel_batch(fb, window, late)
+  local now = tonumber(redis.call('TIME')[1])
+  local keep = window + late + 3600
   for key, uids in pairs(fb.dirty) do
-    local users, flat = fb.states[key], {}
+    local users, flat, entries = fb.states[key], {}, {}
+    local index = fb.index[key]
     for uid in pairs(uids) do
       local s = users[uid]
       flat[#flat + 1] = uid
       flat[#flat + 1] = string.format('%d:%d:%d', s[1], s[2], s[3])
+      entries[#entries + 1] = s[1]
+      entries[#entries + 1] = uid
     end
     for from = 1, #flat, 1000 do
       redis.call('HSET', key, unpack(flat, from, math.min(from + 999, #flat)))
+      redis.call('ZADD', index, unpack(entries, from, math.min(from + 999, #entries)))
     end
+    local over = redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. (now - keep), 'LIMIT', 0, PRUNE)
+    if #over > 0 then
+      redis.call('HDEL', key, unpack(over))
+      redis.call('ZREM', index, unpack(over))
+    end
+    redis.call('EXPIRE', key, keep)
+    redis.call('EXPIRE', index, keep)
   end
   for key, fields in pairs(fb.counters) do
     for field, n in pairs(fields) do
@@ -211,7 +235,8 @@ end
 
 -- KEYS: the partition's stream. ARGV: maxlen (0: none), max age in seconds (0: none), the project's
 -- funnel window in seconds, the argument layout (the decoder's PACKED_LAYOUT), batch id
--- (<writer>:<seq>), then the events' arguments: day, 'HH:<name>', distinct_id, funnel, and for
+-- (<writer>:<seq>), how late in seconds an event may arrive (the decoder's max age), then the events'
+-- arguments: day, 'HH:<name>', distinct_id, funnel, and for
 -- mp_funnel events time, step, goal. The events themselves are added by the XADDs of the same
 -- transaction.
 -- Returns the number of events counted; 0 when the batch had been counted before.
@@ -220,16 +245,17 @@ local function tg_count(keys, args)
   local prefix = string.sub(stream, 1, -7)
   local window = tonumber(args[3])
   local writer, seq = string.match(args[5], '^([%w%-]+):(%d+)$')
+  local late = tonumber(args[6])
   if args[4] ~= '@LAYOUT@' then
     return redis.error_reply('ERR tg_count: argument layout ' .. tostring(args[4]) .. ' is not @LAYOUT@: ' ..
       'the gateway and the function library are of different versions')
   end
-  if not writer or not window then
+  if not writer or not window or not late then
     return redis.error_reply('ERR tg_count: malformed arguments')
   end
   -- Walk the events' arguments once before changing anything: a malformed call changes nothing. A
   -- funnel event's time and step are read after the first writes, so they are checked here.
-  local i, n = 6, #args
+  local i, n = 7, #args
   while i <= n do
     if args[i + 3] ~= '' then
       if not (string.match(args[i + 4] or '', '^%-?%d+$') and string.match(args[i + 5] or '', '^%d+$')) then
@@ -266,7 +292,7 @@ local function tg_count(keys, args)
   -- (day, hour, event) with all its users, however many events share them.
   -- The funnel tables are made for the first mp_funnel event: most calls have none.
   local counts, users, added, fb = {}, {}, 0, nil
-  i = 6
+  i = 7
   while i <= n do
     added = added + 1
     local d, field, uid, funnel = args[i], args[i + 1], args[i + 2], args[i + 3]
@@ -295,7 +321,7 @@ local function tg_count(keys, args)
     end
   end
   if fb then
-    write_funnel_batch(fb)
+    write_funnel_batch(fb, window, late)
   end
   for d, fields in pairs(counts) do
     local key = prefix .. 'ev:' .. d
@@ -346,7 +372,7 @@ def is_missing_function(err: Exception) -> bool:
 
 
 _FCALL: Final = bulk(b"FCALL") + bulk(b"tg_count") + bulk(b"1")
-_FIXED_ARGS: Final = 5
+_FIXED_ARGS: Final = 6
 MULTI: Final = b"*1\r\n$5\r\nMULTI\r\n"
 EXEC: Final = b"*1\r\n$4\r\nEXEC\r\n"
 # A writer's marks outlive any retry of its commands by far; a day, as the function's own.
@@ -369,12 +395,13 @@ def transaction_replies(events: int) -> int:
 
 class WriteCommands:
     """Builds a batch's transaction (see above) and `FCALL tg_count 1 <stream> <maxlen> <max age> <window>
-    <layout> <batch id>` headers; the decoder's XADD commands and the events' `args` packed arguments
-    follow unchanged. What depends on the partition alone is encoded once."""
+    <layout> <batch id> <event max age>` headers; the decoder's XADD commands and the events' `args`
+    packed arguments follow unchanged. What depends on the partition alone is encoded once."""
 
-    def __init__(self, stream_maxlen: int, stream_max_age: float) -> None:
+    def __init__(self, stream_maxlen: int, stream_max_age: float, event_max_age: float) -> None:
         self._limits = bulk(str(stream_maxlen).encode()) + bulk(str(int(stream_max_age)).encode())
         self._layout = bulk(str(PACKED_LAYOUT).encode())
+        self._late = bulk(str(math.ceil(event_max_age)).encode())
         self._prefixes: dict[tuple[str, int, int], bytes] = {}
         self._marks: dict[tuple[str, int, bytes], bytes] = {}
 
@@ -391,7 +418,7 @@ class WriteCommands:
 
     def header(self, token: str, partition: int, window: int, batch_id: bytes, args: int) -> bytes:
         prefix = self._prefix(token, partition, window)
-        return b"*%d\r\n%s%s" % (4 + _FIXED_ARGS + args, prefix, bulk(batch_id))
+        return b"*%d\r\n%s%s%s" % (4 + _FIXED_ARGS + args, prefix, bulk(batch_id), self._late)
 
     def transaction(
         self,
@@ -418,13 +445,14 @@ class WriteCommands:
         out.append(b"%s$%d\r\n%s\r\n$2\r\nEX\r\n$5\r\n%s\r\n" % (mark, len(number), number, MARK_SECONDS))
         out.extend(xadds)
         out.append(
-            b"*%d\r\n%s$%d\r\n%s:%s\r\n"
+            b"*%d\r\n%s$%d\r\n%s:%s\r\n%s"
             % (
                 4 + _FIXED_ARGS + args,
                 self._prefix(token, partition, window),
                 len(writer) + 1 + len(number),
                 writer,
                 number,
+                self._late,
             )
         )
         out.extend(packed)

@@ -4,8 +4,9 @@
 
 use crate::event::Valid;
 
-/// The version of the argument layout below, which the Redis function checks: a gateway and a function
-/// library of different versions must not misread each other.
+/// The version of the function's argument layout, which it checks: a gateway and a function library of
+/// different versions must not misread each other. 4: the function's fixed arguments (made by
+/// `store.WriteCommands`) gained the events' max age; the events' arguments are as in 3.
 ///
 /// Per event, four arguments: its UTC day (`YYYY-MM-DD`); `HH:<event name>`, the hour's counter field;
 /// the distinct_id (`""` when none); the funnel (`""` unless mp_funnel). An mp_funnel event has three
@@ -13,7 +14,7 @@ use crate::event::Valid;
 /// ready-made, so it does no date arithmetic or string building per event. The event itself is not
 /// among them: it goes to its stream in an `XADD` of its own (see `Batch::xadds`), since a command
 /// Redis runs directly costs it about half of one a function runs for it.
-pub const PACKED_LAYOUT: u32 = 3;
+pub const PACKED_LAYOUT: u32 = 4;
 
 #[derive(Debug)]
 pub struct Batch {

@@ -93,8 +93,8 @@ fn ev(token: &str, name: &str, extra: &str) -> String {
 }
 
 #[test]
-fn the_layout_is_version_3() {
-    assert_eq!(PACKED_LAYOUT, 3);
+fn the_layout_is_version_4() {
+    assert_eq!(PACKED_LAYOUT, 4);
 }
 
 #[test]
