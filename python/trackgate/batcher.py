@@ -157,9 +157,11 @@ class Batcher:
         self._flights = 0  # flushes sent and not yet finished (answered, or failed)
         self._sent: deque[_Command | _LoadLibrary] = deque()  # replies awaited, in send order
         self._resend: list[_Command] = []
-        # Commands of a lost connection that Redis may have applied, and that connection's id.
+        # Commands of a lost connection that Redis may have applied, and that connection's id and the
+        # Redis process it was in.
         self._unsettled: list[_Command] = []
         self._lost_client: int | None = None
+        self._lost_run_id: bytes | None = None
         self._pending = 0
         self._pipe: RedisPipe | None = None
         self._progress = 0.0  # when the pipe last answered, or was first waited on
@@ -276,7 +278,12 @@ class Batcher:
                 try:
                     await self._settle()
                 except (*_LOST, ReplyError) as err:
+                    # LOADING after a restart, say: try again, not at once.
                     self._lost(self._pipe, err)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._kick.wait(), backoff)
+                    self._kick.clear()
+                    backoff = min(backoff * 2, BACKOFF_MAX)
                     continue
             try:
                 if self._resend:
@@ -316,7 +323,11 @@ class Batcher:
         unsettled = sorted(self._unsettled, key=lambda c: c.seq)
         keys = sorted({c.key for c in unsettled})
         commands = [_LOAD_COMMAND]
-        if self._lost_client is not None:
+        # After a restart of Redis the lost connection is gone with its process, and its id may name
+        # another client of the new one.
+        restarted = self._lost_run_id is not None and self._lost_run_id != pipe.run_id
+        kill = self._lost_client is not None and not restarted
+        if kill:
             commands.append(pack("CLIENT", "KILL", "ID", str(self._lost_client)))
         commands += [
             pack(
@@ -337,7 +348,7 @@ class Batcher:
                 "could not close the lost Redis connection (Redis did not give its id): a batch it still "
                 "held may be stored twice; the Redis user needs +client|id and +client|kill"
             )
-        elif isinstance(replies[1], ReplyError):
+        elif kill and isinstance(replies[1], ReplyError):
             log.error(
                 "could not close the lost Redis connection (%s): a batch it still held may be stored "
                 "twice; the Redis user needs +client|kill",
@@ -350,7 +361,7 @@ class Batcher:
             key: tuple(int(m) if m is not None else 0 for m in mark)
             for key, mark in zip(keys, marks, strict=True)
         }
-        self._unsettled, self._lost_client = [], None
+        self._unsettled, self._lost_client, self._lost_run_id = [], None, None
         for command in unsettled:
             stored, counted = applied[command.key]
             if command.count_only:
@@ -543,8 +554,12 @@ class Batcher:
         self._sent.clear()
         if unanswered:
             self._unsettled.extend(unanswered)
-            if pipe.client_id is not None:
-                self._lost_client = pipe.client_id
+            self._lost_client, self._lost_run_id = pipe.client_id, pipe.run_id
+            # Their retry window runs from now: until a settle has read the marks, failing them would
+            # answer 503 for events that may be, or may yet be, stored.
+            deadline = self._loop.time() + self._retry_window
+            for command in unanswered:
+                command.flush.deadline = max(command.flush.deadline, deadline)
         self._kick.set()
 
     def _arm_watchdog(self) -> None:

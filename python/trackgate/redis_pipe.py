@@ -15,6 +15,7 @@ The URL is read by redis-py's own parser, so `--redis-url` means the same here a
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
 from collections import deque
@@ -31,6 +32,7 @@ from redis.asyncio.connection import SSLConnection, parse_url
 # several flushes wait in the socket. TCP sizes its own buffers.
 UNIX_SEND_BUFFER: Final = 4 * 1024 * 1024
 
+_RUN_ID: Final = re.compile(rb"^run_id:(\w+)", re.MULTILINE)
 _CERT_REQS: Final = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 
 
@@ -58,6 +60,8 @@ class RedisPipe(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._lost = False
         self.client_id: int | None = None  # Redis' id of this connection (CLIENT KILL ID closes it)
+        self.run_id: bytes | None = None  # the Redis process's: ids are only unique within one
+        self._call: asyncio.Future[None] | None = None
         # Per reply still to hand over, how many replies before it to pass over (a transaction's OK and
         # QUEUEDs): a Python call saved per event.
         self._skips: deque[int] = deque()
@@ -102,20 +106,22 @@ class RedisPipe(asyncio.Protocol):
                 commands.append(pack("AUTH", options["password"]))
         if options.get("db"):
             commands.append(pack("SELECT", str(options["db"])))
-        commands.append(pack("CLIENT", "ID"))
-        *replies, client_id = await self.call(commands)
+        commands += [pack("CLIENT", "ID"), pack("INFO", "server")]
+        *replies, client_id, info = await self.call(commands)
         for reply in replies:
             if isinstance(reply, ReplyError):
                 raise ConnectionError(f"Redis refused the connection's set-up: {reply}")
         # A Redis user without +client|id can still write; the batcher says what that costs.
         self.client_id = None if isinstance(client_id, ReplyError) else client_id
+        found = None if isinstance(info, ReplyError) else _RUN_ID.search(info)
+        self.run_id = found.group(1) if found else None
 
     async def call(self, commands: list[bytes]) -> list[Any]:
         """Send `commands` and wait for their replies, while nothing else is in flight on the pipe (the
         caller bounds the time)."""
         owner = self.on_reply
         replies: list[Any] = []
-        done = asyncio.get_running_loop().create_future()
+        done = self._call = asyncio.get_running_loop().create_future()
 
         def collect(reply: Any) -> None:
             replies.append(reply)
@@ -128,6 +134,7 @@ class RedisPipe(asyncio.Protocol):
             await done
         finally:
             self.on_reply = owner
+            self._call = None
         return replies
 
     def write(self, data: bytes, skips: list[int]) -> None:
@@ -172,6 +179,8 @@ class RedisPipe(asyncio.Protocol):
         if self._lost:
             return
         self._lost = True
+        if self._call is not None and not self._call.done():
+            self._call.set_exception(ConnectionError("the Redis connection was lost"))
         self._on_lost(self, exc if exc is not None else ConnectionError("Redis closed the connection"))
 
 
