@@ -89,10 +89,16 @@ class _Flush:
         self.events = 0
         self.waiters: list[asyncio.Future[frozenset[Key]]] = []
         self.due = False
-        self.failed: set[Key] | None = None
+        self.failed: set[Key] = set()
         self.outstanding = 0
         self.started = 0.0
         self.deadline = 0.0
+
+    def fail(self, reason: str) -> None:
+        """Its requests get UnavailableError(reason): they were never stored, or may not be."""
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_exception(UnavailableError(reason))
 
 
 class _Command:
@@ -479,9 +485,10 @@ class Batcher:
                 pipe.passed_error = None
             self._refused(item, reply if passed is None else ReplyError(f"{reply} ({passed})"))
         else:
-            # EXEC's replies: the SET's, one per XADD, the FCALL's.
-            failed = [r for r in reply[1:-1] if isinstance(r, ReplyError)]
-            if failed:
+            # EXEC's replies: the SET's, one per XADD, the FCALL's. Their types are looked at in C (map,
+            # set), not by a Python loop over the events; the XADDs' are read one by one only on an error.
+            if ReplyError in set(map(type, reply[1:-1])):
+                failed = [r for r in reply[1:-1] if isinstance(r, ReplyError)]
                 self._refused(item, failed[0], stored=item.count - len(failed))
             else:
                 metrics.count_stored(item.count, deduplicated=False)
@@ -515,10 +522,7 @@ class Batcher:
         self._finish(item)
 
     def _refused(self, command: _Command, err: ReplyError | None, stored: int = 0) -> None:
-        flush = command.flush
-        if flush.failed is None:
-            flush.failed = set()
-        flush.failed.add(command.key)
+        command.flush.failed.add(command.key)
         metrics.REDIS_ERRORS.labels("command").inc()
         log.error(
             "Redis refused a write of %d events to %s (%d stored): %s",
@@ -595,10 +599,7 @@ class Batcher:
             if command.count_only:
                 metrics.REDIS_ERRORS.labels("count").inc()
             else:
-                flush = command.flush
-                if flush.failed is None:
-                    flush.failed = set()
-                flush.failed.add(command.key)
+                command.flush.failed.add(command.key)
             self._finish(command)
 
     def _fail_open_flush(self) -> None:
@@ -609,9 +610,7 @@ class Batcher:
             return
         self._open = _Flush()
         self._pending -= flush.events
-        for waiter in flush.waiters:
-            if not waiter.done():
-                waiter.set_exception(UnavailableError("redis_unavailable"))
+        flush.fail("redis_unavailable")
         metrics.queue(self._pending, self._flights)
 
     def _fail_everything(self, reason: str) -> None:
@@ -625,7 +624,5 @@ class Batcher:
         for flush in flushes.values():
             self._pending -= flush.events
             flush.events = 0
-            for waiter in flush.waiters:
-                if not waiter.done():
-                    waiter.set_exception(UnavailableError(reason))
+            flush.fail(reason)
         metrics.queue(self._pending, self._flights)

@@ -135,6 +135,12 @@ def valid_callback(name: str) -> bool:
     return len(name) <= _MAX_CALLBACK and _CALLBACK_RE.match(name) is not None
 
 
+def _callback_of(params: _Params) -> str | None:
+    """The request's callback when it is one to echo, else None."""
+    callback = params.callback
+    return callback if callback is not None and valid_callback(callback) else None
+
+
 # Net allocations of tracked objects (a young generation's size) before a collection; Python's is 700.
 GC_THRESHOLD: Final = 10_000
 
@@ -270,7 +276,6 @@ class App:
             body = await self._read_body(proto, headers.get("content-length"))
             if body is None:
                 params = self._query_params(scope.query_string)
-                callback = params.callback
                 self._refuse(
                     scope,
                     proto,
@@ -278,7 +283,7 @@ class App:
                     f"the request is larger than {self._options.max_request_bytes} bytes",
                     cors,
                     params,
-                    callback=callback if callback is not None and valid_callback(callback) else None,
+                    callback=_callback_of(params),
                 )
                 return
         elif method == "GET":
@@ -432,9 +437,7 @@ class App:
             self._answer(proto, status, None, None, b"0", headers)
             return
         if isinstance(params, DecodeError):
-            callback = (
-                params.callback if params.callback is not None and valid_callback(params.callback) else None
-            )
+            callback = _callback_of(params)
         detail = b"0"
         if params.verbose:
             detail = _encode(

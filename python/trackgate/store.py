@@ -65,8 +65,10 @@ def project_key(token: str) -> str:
 #     EXEC
 #
 # so the stream entries, the mark, the counters and the funnel state of a batch change together. The
-# events go in by plain XADDs because Redis runs a command sent to it for about half of what the same
-# command costs it from inside a function; the function only counts.
+# events go in by plain XADDs because a redis.call from Lua costs Redis far more than the command itself
+# (XADD 1.1 µs in commandstats, the call ~3 µs more per event): the same 200-event batches cost Redis
+# 2.7-4.1 µs per event this way against 4.2-5.8 µs with the XADDs inside the function. The function only
+# counts.
 #
 # Batch ids are `<writer>:<seq>`: a writer is one gateway worker's lifetime, and its sequence numbers grow
 # with every command it sends. Redis applies one writer's commands to a partition in the order it sent
@@ -444,16 +446,6 @@ class WriteCommands:
         number = b"%d" % seq
         out.append(b"%s$%d\r\n%s\r\n$2\r\nEX\r\n$5\r\n%s\r\n" % (mark, len(number), number, MARK_SECONDS))
         out.extend(xadds)
-        out.append(
-            b"*%d\r\n%s$%d\r\n%s:%s\r\n%s"
-            % (
-                4 + _FIXED_ARGS + args,
-                self._prefix(token, partition, window),
-                len(writer) + 1 + len(number),
-                writer,
-                number,
-                self._late,
-            )
-        )
+        out.append(self.header(token, partition, window, b"%s:%s" % (writer, number), args))
         out.extend(packed)
         out.append(EXEC)

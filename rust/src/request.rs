@@ -30,6 +30,19 @@ struct RawParams<'a> {
 }
 
 impl<'a> RawParams<'a> {
+    /// The flags as the gateway acts on them; callback and redirect are left for the caller, who
+    /// decides what a value that is not UTF-8 means.
+    fn flags(&self) -> Params {
+        Params {
+            verbose: flag(self.verbose.as_ref()),
+            img: flag(self.img.as_ref()),
+            test: flag(self.test.as_ref()),
+            use_ip: flag(self.ip.as_ref()),
+            callback: None,
+            redirect: None,
+        }
+    }
+
     /// Reads `application/x-www-form-urlencoded` text (a query string has the same form).
     fn read_form(&mut self, form: &'a [u8]) {
         let mut start = 0;
@@ -179,13 +192,8 @@ pub fn split<'a>(
     } else {
         Cow::Borrowed(body)
     };
-    // A body declared as JSON is read as JSON even when it is not, so the error says what is wrong with it.
-    let declared_json = content_type.is_some_and(|t| {
-        let media = t.split(';').next().unwrap_or("").trim();
-        media.eq_ignore_ascii_case("application/json")
-    });
-    let is_json =
-        |body: &[u8]| declared_json && !body.trim_ascii().is_empty() || looks_like_json(body);
+    let declared_json = declared_json(content_type);
+    let is_json = |body: &[u8]| is_json(body, declared_json);
     let inflated = matches!(body, Cow::Owned(_));
     let mut raw = RawParams::default();
     raw.read_form(query);
@@ -217,13 +225,11 @@ pub fn split<'a>(
             }
         }
     };
+    let flags = raw.flags();
     let params = Params {
-        verbose: flag(raw.verbose.as_ref()),
-        img: flag(raw.img.as_ref()),
-        test: flag(raw.test.as_ref()),
-        use_ip: flag(raw.ip.as_ref()),
         callback: text(raw.callback, "callback")?,
         redirect: text(raw.redirect, "redirect")?,
+        ..flags
     };
     Ok(Split {
         params,
@@ -245,23 +251,31 @@ pub fn answer_params(
     let mut raw = RawParams::default();
     raw.read_form(query);
     let plain = content_encoding.map_or(true, |e| e.trim().is_empty());
-    let media = content_type.map_or("", |t| t.split(';').next().unwrap_or("").trim());
     if plain
         && body.len() <= max_request_bytes
         && !is_gzip(body)
-        && !looks_like_json(body)
-        && !media.eq_ignore_ascii_case("application/json")
+        && !is_json(body, declared_json(content_type))
     {
         raw.read_form(body);
     }
+    let flags = raw.flags();
     Params {
-        verbose: flag(raw.verbose.as_ref()),
-        img: flag(raw.img.as_ref()),
-        test: flag(raw.test.as_ref()),
-        use_ip: flag(raw.ip.as_ref()),
         callback: text(raw.callback, "callback").ok().flatten(),
-        redirect: None,
+        ..flags
     }
+}
+
+/// Whether the Content-Type says JSON. A body declared as JSON is read as JSON even when it is not, so
+/// the error says what is wrong with it.
+fn declared_json(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|t| {
+        let media = t.split(';').next().unwrap_or("").trim();
+        media.eq_ignore_ascii_case("application/json")
+    })
+}
+
+fn is_json(body: &[u8], declared_json: bool) -> bool {
+    declared_json && !body.trim_ascii().is_empty() || looks_like_json(body)
 }
 
 #[cfg(test)]
