@@ -278,6 +278,14 @@ def test_str_and_bytes_give_the_same_events() -> None:
     assert len(as_str.events()) == 2
 
 
+@pytest.mark.parametrize("wrong", [None, 5, bytearray(b"data=x"), memoryview(b"data=x")])
+def test_text_that_is_neither_str_nor_bytes_is_a_type_error(wrong: object) -> None:
+    with pytest.raises(TypeError, match=f"expected str or bytes, not {type(wrong).__name__}"):
+        trackgate.decode_request(wrong, b"", now=NOW, options=trackgate.Options())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="expected str or bytes"):
+        trackgate.decode(wrong, now=NOW)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("empty", ["", b"", "  \n", b"\t"])
 def test_empty_input_has_its_own_error(empty: str | bytes) -> None:
     error = decode_error(empty)
