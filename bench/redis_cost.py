@@ -87,8 +87,9 @@ def main() -> int:
                             seq += 1
                             command: list[bytes] = []
                             headers.transaction(
-                                command, token, partition, 30 * 86400, b"bench", seq, n_args, parts, adds
-                            )
+                                command, token, partition, 30 * 86400, b"bench", seq,
+                                seq % store.RING_SLOTS, n_args, parts, adds,
+                            )  # fmt: skip
                             commands.append(b"".join(command))
                             replies += store.transaction_replies(count) + 1
                         merged.clear()

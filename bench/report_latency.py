@@ -63,7 +63,10 @@ def store_events(client: redis.Redis, events: list[dict[str, Any]], now: float) 
         replies = 0
         for token, partition, count, n_args, packed, xadds in request.batches:
             seq += 1
-            headers.transaction(commands, token, partition, 30 * 86400, b"w", seq, n_args, [packed], [xadds])
+            headers.transaction(
+                commands, token, partition, 30 * 86400, b"w", seq, seq % store.RING_SLOTS, n_args, [packed],
+                [xadds],
+            )  # fmt: skip
             replies += store.transaction_replies(count) + 1
         conn.send_packed_command([b"".join(commands)])
         for _ in range(replies):

@@ -224,20 +224,22 @@ def send_write(
     seq: int,
     batches: list[Batch],
     *,
+    slot: int | None = None,
     window: int = 30 * 86400,
     maxlen: int = 0,
     max_age: float = 0,
     late: float = 400 * 86400,
 ) -> Any:
     """One partition's transaction as the batcher builds it from `batches` (one or more requests'
-    sections for the same partition, joined); returns EXEC's reply: the mark's SET's, one per XADD,
-    the FCALL's."""
+    sections for the same partition, joined), its seq in `slot` of the ring (default: seq's own slot);
+    returns EXEC's reply: the mark's two (SETRANGE, EXPIRE), one per XADD, the FCALL's."""
     token, partition = batches[0][:2]
     assert all(b[:2] == (token, partition) for b in batches)
     events = sum(b[2] for b in batches)
     out: list[bytes] = []
     store.WriteCommands(maxlen, max_age, late).transaction(
-        out, token, partition, window, writer, seq, sum(b[3] for b in batches),
+        out, token, partition, window, writer, seq, seq % store.RING_SLOTS if slot is None else slot,
+        sum(b[3] for b in batches),
         [b[4] for b in batches], [b[5] for b in batches],
     )  # fmt: skip
     return send_packed(client, b"".join(out), store.transaction_replies(events) + 1)
@@ -273,7 +275,9 @@ class ReplyDropper:
     is held, nothing comes back. Once the gateway has given up on it and closed it, the held commands
     reach Redis `late` seconds later, on the same Redis connection: commands still in flight when a
     connection was lost, that Redis runs after the gateway has moved on (`late_delivered` then says
-    whether Redis still took them)."""
+    whether Redis still took them).
+
+    With `mute` set, Redis' answers are thrown away: the gateway hears nothing on any connection."""
 
     def __init__(self, upstream_port: int, delay: float = 0.0, late: float = 2.0) -> None:
         self.port = free_port()
@@ -284,6 +288,7 @@ class ReplyDropper:
         self.dropped = threading.Event()
         self.stall = threading.Event()
         self.stalled = threading.Event()
+        self.mute = threading.Event()
         self.late_delivered: bool | None = None
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._stop = False
@@ -332,6 +337,8 @@ class ReplyDropper:
                         self.armed.clear()
                         self.dropped.set()
                         return
+                    elif self.mute.is_set():
+                        continue
                     else:
                         if self.delay:
                             time.sleep(self.delay)

@@ -131,15 +131,24 @@ def test_a_batch_marks_its_partition_and_is_counted_once(
     batch = _batch(token, run)
     assert send_write(rclient, writer, 7, [batch])[-1] == 3
     assert len(stored_with(rclient, token, "run", run)) == 3
-    # What a retry reads to know the batch is in: the partition's marks, at its seq.
+    # What a retry reads to know the batch is in: its seq in the partition's ring, and the highest seq
+    # counted.
     partition = batch[1]
-    assert rclient.mget(
+    ring_key, counted_key = (
         store.mark_key(token, partition, writer), store.counted_key(token, partition, writer)
-    ) == [b"7", b"7"]
+    )  # fmt: skip
+    ring, counted = rclient.mget(ring_key, counted_key)
+    assert (store.applied_seqs(ring), counted) == ({7}, b"7")
     assert send_count(rclient, writer, 7, [batch]) == 0
     assert send_count(rclient, writer, 5, [batch]) == 0
     assert send_write(rclient, writer, 8, [batch])[-1] == 3
     assert len(stored_with(rclient, token, "run", run)) == 6
+    assert store.applied_seqs(rclient.get(ring_key)) == {7, 8}
+    # The ring keeps the last RING_SLOTS seqs: slot k holds the k-th transaction (mod RING_SLOTS).
+    for seq in range(9, 9 + store.RING_SLOTS):
+        send_write(rclient, writer, seq, [batch], slot=(seq - 7) % store.RING_SLOTS)
+    assert store.applied_seqs(rclient.get(ring_key)) == set(range(9, 9 + store.RING_SLOTS))
+    assert len(rclient.get(ring_key)) == 8 * store.RING_SLOTS
     # One small mark of each kind per writer and partition, expiring: not a key per batch.
     for kind in ("batch", "counted"):
         marks = list(rclient.scan_iter(match=f"tg:{{{token}:*}}:{kind}:{writer.decode()}"))

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,53 @@ def test_commands_of_a_lost_connection_that_reach_redis_late_are_not_applied_twi
     assert {r[1] for r in load.results} == {200}
     assert load.acknowledged() <= stored_once(private_redis.client(), token, load)
     assert "no reply from Redis for" in gw.log()
+
+
+def test_a_write_redis_refused_whose_answer_was_lost_is_sent_again_not_taken_as_stored(
+    private_redis: RedisServer, tmp_path: Path
+) -> None:
+    """Redis refuses a transaction when it is queued (out of memory here) and applies the next one for
+    the same partition; the answers to both are lost with the connection. The refused one is not in the
+    partition's ring of applied batches, so it goes again, and is answered 200 only once stored."""
+    proxy = ReplyDropper(private_redis.port)
+    token = create_project(private_redis.url, "refused")
+    gw = Gateway(tmp_path / "gw", "--redis-timeout", "3", "--retry-window", "20", redis_url=proxy.url)
+    gw.start()
+    admin = private_redis.client()
+    run = uuid.uuid4().hex
+
+    def post(first: int, count: int) -> requests.Response:
+        events = [
+            {"event": "e", "properties": {"token": token, "distinct_id": "one-user", "run": run, "i": i}}
+            for i in range(first, first + count)
+        ]
+        return requests.post(gw.url("/track"), data={"data": json.dumps(events)}, timeout=60)
+
+    def refusals() -> int:
+        return int(admin.info("errorstats").get("errorstat_OOM", {}).get("count", 0))
+
+    try:
+        assert requests.get(gw.url("/readyz"), timeout=5).status_code == 200
+        before = refusals()
+        proxy.mute.set()
+        admin.config_set("maxmemory", 1)
+        with ThreadPoolExecutor(2) as pool:
+            refused = pool.submit(post, 0, 1)
+            wait_for(lambda: refusals() > before, 10, "Redis refusing the first write")
+            admin.config_set("maxmemory", 0)
+            # Enough events to be sent behind the first write, before its answer.
+            applied = pool.submit(post, 1, 120)
+            wait_for(lambda: len(stored_with(admin, token, "run", run)) >= 120, 10, "the second write")
+            proxy.mute.clear()
+            answers = [refused.result(60).status_code, applied.result(60).status_code]
+    finally:
+        admin.config_set("maxmemory", 0)
+        gw.stop()
+        proxy.close()
+    assert answers == [200, 200]
+    stored = Counter(e["properties"]["i"] for e in stored_with(admin, token, "run", run))
+    assert stored == Counter(range(121)), "an event answered 200 is missing, or stored twice"
+    assert "Redis connection lost" in gw.log()
 
 
 @pytest.fixture

@@ -156,8 +156,8 @@ def test_joined_requests_count_as_each_event_by_itself(client: redis.Redis) -> N
     joined_requests, apart_requests = requests_for(joined), requests_for(apart)
     parts = [decoded(events) for events in joined_requests]
     reply = send_write(client, b"w", 1, parts, window=WINDOW)
-    assert len(reply) == 1 + 16 + 1
-    assert reply[0] == b"OK"
+    assert len(reply) == 2 + 16 + 1
+    assert reply[:2] == [16, 1]  # SETRANGE: the ring's length with slot 1 written; EXPIRE: set
     assert reply[-1] == 16
     for seq, events in enumerate(apart_requests, 1):
         assert send_write(client, b"w", seq, [decoded(events)], window=WINDOW)[-1] == len(events)

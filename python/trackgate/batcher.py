@@ -10,12 +10,12 @@ neither the worker nor Redis waits for the other, and under load the open flush 
 the pipe is full. A request is answered when every transaction of its flush has been answered. Python
 builds nothing per event; per event it only passes over the XADD's two short replies.
 
-Exactly once. Batch ids are `<writer>:<seq>`, seq growing with every command sent; a transaction sets
-its partition's mark to its seq, and Redis applies one connection's commands in the order they were
-sent, so a command is applied exactly when its seq is at most its partition's mark:
+Exactly once. Batch ids are `<writer>:<seq>`, seq growing with every command sent; a transaction records
+its seq in its partition's mark, a ring of the writer's last batches there (see `store.py`), so a
+transaction is applied exactly when its seq is in the ring:
 - a lost connection: the next connection first closes the lost one (CLIENT KILL ID), so that Redis runs
-  nothing more of it, then reads the marks; the commands whose replies were not read go out again, under
-  their own ids and in seq order, if they were not applied;
+  nothing more of it, then reads the marks; the commands whose replies were not read go out again, in
+  their order, if they were not applied, under new ids (above any the function's own mark has seen);
 - Redis lost the function library ("function not found": FUNCTION FLUSH, or a restart without
   persistence): a transaction stores its events but its FCALL fails; after a FUNCTION LOAD the FCALL
   goes again alone, under a new, higher seq, behind every command sent before it (the function keeps a
@@ -103,9 +103,10 @@ class _Flush:
 
 class _Command:
     """One partition's transaction of one flush, or its FCALL alone (`count_only`) once the events are
-    stored; `seq` changes only when the FCALL is resent after a reload."""
+    stored; `seq` (and the transaction's `slot` in its partition's ring) are given when it is first sent,
+    and again when it is resent."""
 
-    __slots__ = ("body", "count", "count_only", "flush", "key", "n_args", "reloads", "seq", "xadds")
+    __slots__ = ("body", "count", "count_only", "flush", "key", "n_args", "reloads", "seq", "slot", "xadds")
 
     def __init__(
         self, flush: _Flush, key: Key, count: int, n_args: int, body: list[bytes], xadds: list[bytes]
@@ -117,6 +118,7 @@ class _Command:
         self.body = body
         self.xadds = xadds
         self.seq = 0
+        self.slot = 0
         self.reloads = 0
         self.count_only = False
 
@@ -159,6 +161,7 @@ class Batcher:
         # One writer per worker lifetime; its sequence numbers make the batch ids the marks record.
         self._writer = secrets.token_hex(8).encode()
         self._seq = 0
+        self._slots: dict[Key, int] = {}  # per partition: the ring slot of its next transaction
         self._open = _Flush()
         self._flights = 0  # flushes sent and not yet finished (answered, or failed)
         self._sent: deque[_Command | _LoadLibrary] = deque()  # replies awaited, in send order
@@ -364,8 +367,8 @@ class Batcher:
             if isinstance(mark, ReplyError):
                 raise mark
         applied = {
-            key: tuple(int(m) if m is not None else 0 for m in mark)
-            for key, mark in zip(keys, marks, strict=True)
+            key: (store.applied_seqs(ring), int(counted) if counted is not None else 0)
+            for key, (ring, counted) in zip(keys, marks, strict=True)
         }
         self._unsettled, self._lost_client, self._lost_run_id = [], None, None
         for command in unsettled:
@@ -373,18 +376,34 @@ class Batcher:
             if command.count_only:
                 # Its events were stored before; its seq is the FCALL's own.
                 if command.seq > counted:
-                    self._resend.append(command)
+                    self._again(command)
                 else:
                     self._finish(command)
-            elif command.seq > stored:
-                self._resend.append(command)  # not applied: the whole transaction again
+            elif command.seq not in stored:
+                self._again(command)  # not applied: the whole transaction again
             elif command.seq > counted:
                 metrics.count_stored(command.count, deduplicated=True)
                 command.count_only = True  # its events are in; its FCALL failed
-                self._resend.append(command)
+                self._again(command)
             else:
                 metrics.count_stored(command.count, deduplicated=True)
                 self._finish(command)
+
+    def _again(self, command: _Command) -> None:
+        """Queue a command that was not applied, under a new id: the closed connection can no longer run
+        it, and a later command of that connection may have been counted (the function skips ids at or
+        below its mark)."""
+        self._number(command)
+        self._resend.append(command)
+
+    def _number(self, command: _Command) -> None:
+        """The command's id, and for a transaction its slot in its partition's ring."""
+        self._seq += 1
+        command.seq = self._seq
+        if not command.count_only:
+            slot = self._slots.get(command.key, 0)
+            command.slot = slot
+            self._slots[command.key] = (slot + 1) % store.RING_SLOTS
 
     def _disconnect(self) -> None:
         pipe, self._pipe = self._pipe, None
@@ -409,8 +428,8 @@ class Batcher:
         self._write(commands)
 
     def _send_resends(self) -> None:
-        """Commands of a lost connection go first, under their own ids and in their order; FCALLs refused
-        for a missing library follow a FUNCTION LOAD, under new ids."""
+        """Commands of a lost connection go first, in their order (the settle gave them new ids in it);
+        FCALLs refused for a missing library follow a FUNCTION LOAD, numbered as they are packed."""
         resend, self._resend = self._resend, []
         kept = sorted((c for c in resend if c.seq), key=lambda c: c.seq)
         reload = [c for c in resend if not c.seq]
@@ -438,8 +457,7 @@ class Batcher:
     def _pack(self, command: _Command, out: list[bytes]) -> int:
         """Append the command; returns how many of its replies come before the one that answers it."""
         if not command.seq:
-            self._seq += 1
-            command.seq = self._seq
+            self._number(command)
         token, partition = command.key
         window = self._funnel_window(token)
         if command.count_only:
@@ -454,6 +472,7 @@ class Batcher:
             window,
             self._writer,
             command.seq,
+            command.slot,
             command.n_args,
             command.body,
             command.xadds,
@@ -485,10 +504,11 @@ class Batcher:
                 pipe.passed_error = None
             self._refused(item, reply if passed is None else ReplyError(f"{reply} ({passed})"))
         else:
-            # EXEC's replies: the SET's, one per XADD, the FCALL's. Their types are looked at in C (map,
+            # EXEC's replies: the mark's, one per XADD, the FCALL's. Their types are looked at in C (map,
             # set), not by a Python loop over the events; the XADDs' are read one by one only on an error.
-            if ReplyError in set(map(type, reply[1:-1])):
-                failed = [r for r in reply[1:-1] if isinstance(r, ReplyError)]
+            added = reply[store.MARK_REPLIES : -1]
+            if ReplyError in set(map(type, added)):
+                failed = [r for r in added if isinstance(r, ReplyError)]
                 self._refused(item, failed[0], stored=item.count - len(failed))
             else:
                 metrics.count_stored(item.count, deduplicated=False)

@@ -5,10 +5,12 @@ Redis Cluster slot and a later move to a cluster needs no change of layout. Days
 
     tg:{<token>:<p>}:events           stream of partition p of a project; entry field `data` holds the
                                       event's normalised JSON; entry ids are Redis' own (arrival order)
-    tg:{<token>:<p>}:batch:<writer>   highest batch sequence number of one gateway writer whose events are
-                                      in the stream (expires after a day): tells a retry what is applied
-    tg:{<token>:<p>}:counted:<writer> the same for the counters below (`tg_count`): a second run of the
-                                      function for a batch changes nothing
+    tg:{<token>:<p>}:batch:<writer>   the sequence numbers of one gateway writer's last 256 batches whose
+                                      events are in the stream (8 bytes each, little-endian, in a ring;
+                                      expires after a day): tells a retry what is applied
+    tg:{<token>:<p>}:counted:<writer> the highest sequence number counted for the counters below
+                                      (`tg_count`): a second run of the function for a batch changes
+                                      nothing
     tg:{<token>:<p>}:ev:<day>         hash: `<HH>:<event name>` -> events of that name in that hour
     tg:{<token>:<p>}:eu:<day>:<name>  HyperLogLog of the distinct_ids that sent <name> that day
     tg:{<token>:<p>}:funnels          set of funnel names seen
@@ -34,6 +36,7 @@ and per-user state (funnel attempts, unique users) lives in one partition: repor
 from __future__ import annotations
 
 import math
+import struct
 from typing import Final
 
 from redis.asyncio import Redis
@@ -59,7 +62,8 @@ def project_key(token: str) -> str:
 # A batch is written as one transaction:
 #
 #     MULTI
-#     SET tg:{<token>:<p>}:batch:<writer> <seq> EX 86400
+#     SETRANGE tg:{<token>:<p>}:batch:<writer> <8 * slot> <seq, 8 bytes>
+#     EXPIRE tg:{<token>:<p>}:batch:<writer> 86400
 #     XADD tg:{<token>:<p>}:events * data <json>      (one per event, made by the decoder)
 #     FCALL tg_count 1 <stream> ... <writer>:<seq> <the events' arguments>
 #     EXEC
@@ -71,12 +75,18 @@ def project_key(token: str) -> str:
 # counts.
 #
 # Batch ids are `<writer>:<seq>`: a writer is one gateway worker's lifetime, and its sequence numbers grow
-# with every command it sends. Redis applies one writer's commands to a partition in the order it sent
-# them, so after a lost connection "seq <= the partition's mark" is exactly "applied": the batcher closes
-# the lost connection (CLIENT KILL) and reads the marks before it resends. One small key per writer and
-# partition replaces a key per batch (which, at hundreds of batches a second per partition kept for a
-# day, would grow to gigabytes). When the function alone failed inside an applied transaction (Redis lost
-# the library), it is run again by itself; its own mark makes that once.
+# with every command it sends. After a lost connection the batcher closes it (CLIENT KILL) and reads the
+# marks: a transaction is applied exactly when its seq is in its partition's ring. A ring, not the highest
+# seq: Redis may refuse a transaction when it is queued (OOM, MISCONF) and apply the next, and a highest
+# seq would then count the refused one as applied. Slot k of the ring holds the writer's k-th transaction
+# to the partition (mod RING_SLOTS), so the ring holds the last RING_SLOTS of them: more than twice as
+# many as a partition can have unanswered (one per flush in flight, at most 64, and their resends). One
+# 2 KiB key per writer and partition replaces a key per batch (which, at thousands of batches a second
+# kept long enough for any retry, would be a steady churn of keys). A command found not applied goes
+# again under a new seq, above every seq the function's own mark may have seen.
+#
+# When the function alone failed inside an applied transaction (Redis lost the library), it is run again
+# by itself; its own mark (the highest seq counted) makes that once.
 #
 # Per-event arguments: see PACKED_LAYOUT in the decoder (rust/src/resp.rs); the day and the counter field
 # come ready-made, so the function does no date arithmetic or string building per event.
@@ -379,6 +389,17 @@ MULTI: Final = b"*1\r\n$5\r\nMULTI\r\n"
 EXEC: Final = b"*1\r\n$4\r\nEXEC\r\n"
 # A writer's marks outlive any retry of its commands by far; a day, as the function's own.
 MARK_SECONDS: Final = b"86400"
+RING_SLOTS: Final = 256
+_SEQ: Final = struct.Struct("<Q")
+_OFFSETS: Final = tuple(bulk(b"%d" % (slot * _SEQ.size)) for slot in range(RING_SLOTS))
+
+
+def applied_seqs(ring: bytes | None) -> frozenset[int]:
+    """The seqs a partition's ring (`mark_key`) holds: the writer's last RING_SLOTS applied batches.
+    Slots not written yet read 0, which is no seq (they start at 1)."""
+    if not ring:
+        return frozenset()
+    return frozenset(n for (n,) in _SEQ.iter_unpack(ring[: len(ring) - len(ring) % _SEQ.size]) if n)
 
 
 def mark_key(token: str, partition: int, writer: bytes) -> bytes:
@@ -389,10 +410,14 @@ def counted_key(token: str, partition: int, writer: bytes) -> bytes:
     return b"tg:{%s:%d}:counted:%s" % (token.encode(), partition, writer)
 
 
+MARK_REPLIES: Final = 2
+"""The replies in EXEC's that answer the mark's commands (SETRANGE, EXPIRE); the XADDs' follow."""
+
+
 def transaction_replies(events: int) -> int:
     """Replies Redis sends to a batch's transaction before EXEC's: MULTI's and one per queued command
-    (the mark's SET, the XADDs, the FCALL)."""
-    return events + 3
+    (the mark's SETRANGE and EXPIRE, the XADDs, the FCALL)."""
+    return events + 2 + MARK_REPLIES
 
 
 class WriteCommands:
@@ -405,7 +430,7 @@ class WriteCommands:
         self._layout = bulk(str(PACKED_LAYOUT).encode())
         self._late = bulk(str(math.ceil(event_max_age)).encode())
         self._prefixes: dict[tuple[str, int, int], bytes] = {}
-        self._marks: dict[tuple[str, int, bytes], bytes] = {}
+        self._marks: dict[tuple[str, int, bytes], tuple[bytes, bytes]] = {}
 
     def _prefix(self, token: str, partition: int, window: int) -> bytes:
         """`FCALL tg_count 1 <stream> <maxlen> <max age> <window> <layout>`, without its array header."""
@@ -430,22 +455,26 @@ class WriteCommands:
         window: int,
         writer: bytes,
         seq: int,
+        slot: int,
         args: int,
         packed: list[bytes],
         xadds: list[bytes],
     ) -> None:
         """Append to `out` the transaction that writes one batch: `packed` and `xadds` are the decoder's
-        sections of one or more requests for this partition, `args` their packed arguments in all.
-        Called for every partition of every flush: what does not change is made once."""
+        sections of one or more requests for this partition, `args` their packed arguments in all; `slot`
+        is where the partition's ring records `seq`. Called for every partition of every flush: what does
+        not change is made once."""
         key = (token, partition, writer)
-        mark = self._marks.get(key)
-        if mark is None:
-            mark = self._marks[key] = (
-                MULTI + b"*5\r\n$3\r\nSET\r\n" + bulk(mark_key(token, partition, writer))
+        marks = self._marks.get(key)
+        if marks is None:
+            ring = bulk(mark_key(token, partition, writer))
+            marks = self._marks[key] = (
+                MULTI + b"*4\r\n$8\r\nSETRANGE\r\n" + ring,
+                b"*3\r\n$6\r\nEXPIRE\r\n" + ring + bulk(MARK_SECONDS),
             )
-        number = b"%d" % seq
-        out.append(b"%s$%d\r\n%s\r\n$2\r\nEX\r\n$5\r\n%s\r\n" % (mark, len(number), number, MARK_SECONDS))
+        setrange, expire = marks
+        out.append(b"%s%s$8\r\n%s\r\n%s" % (setrange, _OFFSETS[slot], _SEQ.pack(seq), expire))
         out.extend(xadds)
-        out.append(self.header(token, partition, window, b"%s:%s" % (writer, number), args))
+        out.append(self.header(token, partition, window, b"%s:%d" % (writer, seq), args))
         out.extend(packed)
         out.append(EXEC)
