@@ -309,6 +309,7 @@ class Target:
     server: Server
     redis: Server | None = None  # a redis-server the bench started for it (the peer's)
     token: str = ""
+    redis_url: str | None = None  # the Redis it writes to, when the bench knows it
 
     def split_pids(self) -> tuple[list[int], list[int]]:
         own, redis = self.server.split_pids()
@@ -356,7 +357,11 @@ def start_gateway(
         if redis is not None:
             redis.stop()
         raise
-    return Target(name, base, server, redis=redis, token=found.group(1))
+    if redis is None:
+        # The private redis-server's socket, unless the data directory's path was too long for one.
+        sock = work / f"{name}-data" / "redis.sock"
+        url = f"unix://{sock}" if sock.is_socket() else None
+    return Target(name, base, server, redis=redis, token=found.group(1), redis_url=url)
 
 
 def start_ceiling(work: Path, granian: GranianSettings) -> Target:
@@ -406,6 +411,22 @@ def start_redis(
     return server, url
 
 
+def redis_forks(url: str | None) -> tuple[int, int] | None:
+    """Redis' forks so far and how long the last one stopped it (µs); None if it cannot be asked. A fork
+    (an append-only-file rewrite, every --auto-aof-rewrite-min-size of writes) stops Redis for milliseconds
+    and its child takes CPU for seconds: the runs it falls in say so."""
+    import redis
+
+    if url is None:
+        return None
+    try:
+        with redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2) as client:
+            stats = client.info("stats")
+            return int(stats["total_forks"]), int(stats["latest_fork_usec"])
+    except (redis.RedisError, OSError, KeyError):
+        return None
+
+
 def _redis_ping(url: str) -> bool:
     import redis
 
@@ -438,7 +459,7 @@ def start_peer(work: Path, workers: int, token: str) -> Target:
     except BaseException:
         redis_server.stop()
         raise
-    return Target("peer", base, server, redis=redis_server, token=token)
+    return Target("peer", base, server, redis=redis_server, token=token, redis_url=url)
 
 
 def gateway_stored_events(target: Target) -> float | None:
@@ -646,6 +667,7 @@ class Run:
     redis_us_per_event: float | None = None
     stored_events: float | None = None  # gateway only: its own count of events written during the run
     acknowledged_events: int = 0
+    redis_forks: int = 0  # forks of the target's Redis during the run (see redis_forks)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -745,6 +767,7 @@ def measure(
     own, redis = target.split_pids()
     stored_before = gateway_stored_events(target) if target.name.startswith("gateway") else None
     kernel = descendants(2)  # kthreadd's children: the kernel's own threads
+    forks_before = redis_forks(target.redis_url)
     cpu_before = (cpu_seconds(own), cpu_seconds(redis), cpu_seconds(kernel))
     machine_before = machine_cpu_seconds()
     raw = run_wrk(url, script, connections, seconds, threads)
@@ -793,6 +816,13 @@ def measure(
                 run.notes.append(
                     f"{run.acknowledged_events} events answered but {run.stored_events:.0f} stored"
                 )
+    forks_after = redis_forks(target.redis_url)
+    if forks_before is not None and forks_after is not None and forks_after[0] > forks_before[0]:
+        run.redis_forks = forks_after[0] - forks_before[0]
+        run.notes.append(
+            f"Redis forked {run.redis_forks}x (an append-only-file rewrite; the last fork stopped it for "
+            f"{forks_after[1] / 1000:.1f} ms, and the rewrite shared the cores)"
+        )
     if rate is not None and run.requests_per_s < 0.95 * rate:
         run.notes.append(
             f"asked {rate:,.0f} requests/s, did {run.requests_per_s:,.0f}: the rate was not held"
