@@ -251,13 +251,16 @@ def send_count(
     seq: int,
     batches: list[Batch],
     *,
+    slot: int | None = None,
     window: int = 30 * 86400,
     late: float = 400 * 86400,
 ) -> Any:
-    """The FCALL of a transaction alone, as the batcher resends it when only the counting failed."""
+    """The FCALL of a transaction alone, as the batcher resends it when only the counting failed: under
+    the transaction's seq and slot (default: seq's own slot)."""
     token, partition = batches[0][:2]
+    batch_id = store.batch_id(writer, seq, seq % store.RING_SLOTS if slot is None else slot)
     header = store.WriteCommands(0, 0, late).header(
-        token, partition, window, b"%s:%d" % (writer, seq), sum(b[3] for b in batches)
+        token, partition, window, batch_id, sum(b[3] for b in batches)
     )
     return send_packed(client, header + b"".join(b[4] for b in batches))
 

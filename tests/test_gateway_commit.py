@@ -131,29 +131,37 @@ def test_a_batch_marks_its_partition_and_is_counted_once(
     batch = _batch(token, run)
     assert send_write(rclient, writer, 7, [batch])[-1] == 3
     assert len(stored_with(rclient, token, "run", run)) == 3
-    # What a retry reads to know the batch is in: its seq in the partition's ring, and the highest seq
-    # counted.
+    # What a retry reads to know the batch is in and counted: its entry in the partition's ring.
     partition = batch[1]
-    ring_key, counted_key = (
-        store.mark_key(token, partition, writer), store.counted_key(token, partition, writer)
-    )  # fmt: skip
-    ring, counted = rclient.mget(ring_key, counted_key)
-    assert (store.applied_seqs(ring), counted) == ({7}, b"7")
+    ring_key = store.mark_key(token, partition, writer)
+    assert store.ring_entries(rclient.get(ring_key)) == {7: True}
+    # Its counting alone again (a resend): nothing more counted.
     assert send_count(rclient, writer, 7, [batch]) == 0
-    assert send_count(rclient, writer, 5, [batch]) == 0
+    assert send_count(rclient, writer, 7, [batch]) == 0
     assert send_write(rclient, writer, 8, [batch])[-1] == 3
     assert len(stored_with(rclient, token, "run", run)) == 6
-    assert store.applied_seqs(rclient.get(ring_key)) == {7, 8}
+    assert store.ring_entries(rclient.get(ring_key)) == {7: True, 8: True}
+    # A transaction whose counting failed (no library) is in the ring, not counted; the counting alone
+    # then counts it, once.
+    rclient.function_delete(store.LIBRARY)
+    try:
+        reply = send_write(rclient, writer, 9, [batch])
+    finally:
+        rclient.function_load(store.FUNCTION_SOURCE, replace=True)
+    assert isinstance(reply[-1], redis.ResponseError)
+    assert store.ring_entries(rclient.get(ring_key))[9] is False
+    assert send_count(rclient, writer, 9, [batch]) == 3
+    assert send_count(rclient, writer, 9, [batch]) == 0
+    assert store.ring_entries(rclient.get(ring_key))[9] is True
     # The ring keeps the last RING_SLOTS seqs: slot k holds the k-th transaction (mod RING_SLOTS).
-    for seq in range(9, 9 + store.RING_SLOTS):
+    for seq in range(10, 10 + store.RING_SLOTS):
         send_write(rclient, writer, seq, [batch], slot=(seq - 7) % store.RING_SLOTS)
-    assert store.applied_seqs(rclient.get(ring_key)) == set(range(9, 9 + store.RING_SLOTS))
+    assert set(store.ring_entries(rclient.get(ring_key))) == set(range(10, 10 + store.RING_SLOTS))
     assert len(rclient.get(ring_key)) == 8 * store.RING_SLOTS
-    # One small mark of each kind per writer and partition, expiring: not a key per batch.
-    for kind in ("batch", "counted"):
-        marks = list(rclient.scan_iter(match=f"tg:{{{token}:*}}:{kind}:{writer.decode()}"))
-        assert len(marks) == 1
-        assert 0 < rclient.ttl(marks[0]) <= 86400
+    # One small mark per writer and partition, expiring: not a key per batch.
+    marks = list(rclient.scan_iter(match=f"tg:{{{token}:*}}:batch:{writer.decode()}"))
+    assert len(marks) == 1
+    assert 0 < rclient.ttl(marks[0]) <= 86400
 
 
 def test_trimming_by_length_and_by_age(private_redis: RedisServer) -> None:

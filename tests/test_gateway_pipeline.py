@@ -12,7 +12,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from conftest import (
     stored_with,
     wait_for,
 )
+from trackgate import store
 
 
 def in_flight(gw: Gateway) -> float:
@@ -110,10 +111,8 @@ def test_function_library_lost_under_load_is_loaded_again_and_nothing_is_lost(
     assert load.acknowledged() <= stored_once(client, token, load)
     assert "loaded the trackgate function library again" in gw.log()
     # The events whose counting failed with the library were counted when it ran again, once.
-    counted = sum(
-        int(n) for key in client.scan_iter(match=f"tg:{{{token}:*}}:ev:*") for n in client.hvals(key)
-    )
-    assert counted == sum(client.xlen(key) for key in client.scan_iter(match=f"tg:{{{token}:*}}:events"))
+    stored = sum(client.xlen(key) for key in client.scan_iter(match=f"tg:{{{token}:*}}:events"))
+    assert counted_events(client, token) == stored
 
 
 def stalled_under_load(redis_server: RedisServer, tmp_path: Path, name: str, *args: str) -> tuple[Load, str]:
@@ -180,17 +179,29 @@ def test_commands_of_a_lost_connection_that_reach_redis_late_are_not_applied_twi
     assert "no reply from Redis for" in gw.log()
 
 
-def test_a_write_redis_refused_whose_answer_was_lost_is_sent_again_not_taken_as_stored(
-    private_redis: RedisServer, tmp_path: Path
-) -> None:
-    """Redis refuses a transaction when it is queued (out of memory here) and applies the next one for
-    the same partition; the answers to both are lost with the connection. The refused one is not in the
-    partition's ring of applied batches, so it goes again, and is answered 200 only once stored."""
-    proxy = ReplyDropper(private_redis.port)
-    token = create_project(private_redis.url, "refused")
+def counted_events(client: redis.Redis, token: str) -> int:
+    """The project's events as its hourly counters count them."""
+    return sum(int(n) for key in client.scan_iter(match=f"tg:{{{token}:*}}:ev:*") for n in client.hvals(key))
+
+
+def two_writes_answers_lost(
+    redis_server: RedisServer,
+    tmp_path: Path,
+    name: str,
+    first_goes_wrong: Callable[[redis.Redis], None],
+    until_first_done: Callable[[redis.Redis, str, str], bool],
+    then_right_again: Callable[[redis.Redis], None],
+) -> tuple[list[int], str]:
+    """A gateway whose Redis answers nobody (a muted proxy) writes two batches of one user, so of one
+    partition: a first request of one event, made to go wrong in Redis by `first_goes_wrong`, then, once
+    `until_first_done` and after `then_right_again`, one of 120 events (enough to be sent while the first
+    waits for its answer). Both answers are lost; the gateway gives the connection up and settles.
+    Returns the requests' statuses and the project's token."""
+    proxy = ReplyDropper(redis_server.port)
+    token = create_project(redis_server.url, name)
     gw = Gateway(tmp_path / "gw", "--redis-timeout", "3", "--retry-window", "20", redis_url=proxy.url)
     gw.start()
-    admin = private_redis.client()
+    admin = redis_server.client()
     run = uuid.uuid4().hex
 
     def post(first: int, count: int) -> requests.Response:
@@ -200,31 +211,71 @@ def test_a_write_redis_refused_whose_answer_was_lost_is_sent_again_not_taken_as_
         ]
         return requests.post(gw.url("/track"), data={"data": json.dumps(events)}, timeout=60)
 
-    def refusals() -> int:
-        return int(admin.info("errorstats").get("errorstat_OOM", {}).get("count", 0))
-
     try:
         assert requests.get(gw.url("/readyz"), timeout=5).status_code == 200
-        before = refusals()
         proxy.mute.set()
-        admin.config_set("maxmemory", 1)
+        first_goes_wrong(admin)
         with ThreadPoolExecutor(2) as pool:
-            refused = pool.submit(post, 0, 1)
-            wait_for(lambda: refusals() > before, 10, "Redis refusing the first write")
-            admin.config_set("maxmemory", 0)
-            # Enough events to be sent behind the first write, before its answer.
-            applied = pool.submit(post, 1, 120)
+            first = pool.submit(post, 0, 1)
+            wait_for(lambda: until_first_done(admin, token, run), 10, "Redis taking the first write")
+            then_right_again(admin)
+            second = pool.submit(post, 1, 120)
             wait_for(lambda: len(stored_with(admin, token, "run", run)) >= 120, 10, "the second write")
             proxy.mute.clear()
-            answers = [refused.result(60).status_code, applied.result(60).status_code]
+            answers = [first.result(60).status_code, second.result(60).status_code]
     finally:
-        admin.config_set("maxmemory", 0)
+        then_right_again(admin)
         gw.stop()
         proxy.close()
-    assert answers == [200, 200]
     stored = Counter(e["properties"]["i"] for e in stored_with(admin, token, "run", run))
     assert stored == Counter(range(121)), "an event answered 200 is missing, or stored twice"
     assert "Redis connection lost" in gw.log()
+    return answers, token
+
+
+def test_a_write_redis_refused_whose_answer_was_lost_is_sent_again_not_taken_as_stored(
+    private_redis: RedisServer, tmp_path: Path
+) -> None:
+    """Redis refuses a transaction when it is queued (out of memory here) and applies the next one for
+    the same partition. The refused one is not in the partition's ring of applied batches, so it goes
+    again, and is answered 200 only once stored."""
+    before = private_redis.client().info("errorstats").get("errorstat_OOM", {}).get("count", 0)
+
+    def refused(admin: redis.Redis, token: str, run: str) -> bool:
+        return int(admin.info("errorstats").get("errorstat_OOM", {}).get("count", 0)) > before
+
+    answers, token = two_writes_answers_lost(
+        private_redis,
+        tmp_path,
+        "refused",
+        lambda admin: admin.config_set("maxmemory", 1),
+        refused,
+        lambda admin: admin.config_set("maxmemory", 0),
+    )
+    assert answers == [200, 200]
+    assert counted_events(private_redis.client(), token) == 121
+
+
+def test_a_write_whose_counting_failed_and_whose_answer_was_lost_is_counted_once(
+    private_redis: RedisServer, tmp_path: Path
+) -> None:
+    """Redis lost its function library: a transaction stores its event but its counting fails; the
+    library is back (another worker loaded it) for the next transaction, which is counted. The first is
+    in its partition's ring but not counted, so its counting alone goes again: counted once."""
+
+    def stored(admin: redis.Redis, token: str, run: str) -> bool:
+        return len(stored_with(admin, token, "run", run)) >= 1
+
+    answers, token = two_writes_answers_lost(
+        private_redis,
+        tmp_path,
+        "uncounted",
+        lambda admin: admin.function_delete(store.LIBRARY),
+        stored,
+        lambda admin: admin.function_load(store.FUNCTION_SOURCE, replace=True),
+    )
+    assert answers == [200, 200]
+    assert counted_events(private_redis.client(), token) == 121
 
 
 @pytest.fixture

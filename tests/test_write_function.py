@@ -93,7 +93,7 @@ def state(client: redis.Redis, token: str) -> dict[str, Any]:
             out[name] = {m.decode() for m in client.smembers(key)}
         elif kind == "zset":
             out[name] = {m.decode(): score for m, score in client.zrange(key, 0, -1, withscores=True)}
-        elif name.startswith(("batch:", "counted:")):
+        elif name.startswith("batch:"):
             continue
         else:
             out[name] = client.get(key)

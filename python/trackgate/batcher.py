@@ -10,16 +10,16 @@ neither the worker nor Redis waits for the other, and under load the open flush 
 the pipe is full. A request is answered when every transaction of its flush has been answered. Python
 builds nothing per event; per event it only passes over the XADD's two short replies.
 
-Exactly once. Batch ids are `<writer>:<seq>`, seq growing with every command sent; a transaction records
-its seq in its partition's mark, a ring of the writer's last batches there (see `store.py`), so a
-transaction is applied exactly when its seq is in the ring:
+Exactly once. A transaction records its seq (growing with every transaction sent) in its partition's
+mark, a ring of the writer's last batches there, and its FCALL sets the entry's counted byte (see
+`store.py`); so a transaction is applied exactly when its seq is in the ring, and counted when the byte is
+set:
 - a lost connection: the next connection first closes the lost one (CLIENT KILL ID), so that Redis runs
-  nothing more of it, then reads the marks; the commands whose replies were not read go out again, in
-  their order, if they were not applied, under new ids (above any the function's own mark has seen);
+  nothing more of it, then reads the marks; of the commands whose replies were not read, a transaction
+  not applied goes again, under a new seq, and one applied but not counted has its FCALL sent alone;
 - Redis lost the function library ("function not found": FUNCTION FLUSH, or a restart without
   persistence): a transaction stores its events but its FCALL fails; after a FUNCTION LOAD the FCALL
-  goes again alone, under a new, higher seq, behind every command sent before it (the function keeps a
-  mark of its own).
+  goes again alone, under the batch's own seq and slot.
 
 Failures: a transaction Redis refuses fails exactly the requests that had events in it (503); one whose
 events are stored but whose counting failed otherwise is answered as stored, and logged. Resending is
@@ -103,10 +103,23 @@ class _Flush:
 
 class _Command:
     """One partition's transaction of one flush, or its FCALL alone (`count_only`) once the events are
-    stored; `seq` (and the transaction's `slot` in its partition's ring) are given when it is first sent,
-    and again when it is resent."""
+    stored. `seq` and `slot` (its entry in its partition's ring) are given when the transaction is first
+    sent, new ones when it goes again unapplied; its FCALL alone keeps them. `reload`: the FCALL alone
+    waits for a FUNCTION LOAD."""
 
-    __slots__ = ("body", "count", "count_only", "flush", "key", "n_args", "reloads", "seq", "slot", "xadds")
+    __slots__ = (
+        "body",
+        "count",
+        "count_only",
+        "flush",
+        "key",
+        "n_args",
+        "reload",
+        "reloads",
+        "seq",
+        "slot",
+        "xadds",
+    )
 
     def __init__(
         self, flush: _Flush, key: Key, count: int, n_args: int, body: list[bytes], xadds: list[bytes]
@@ -121,6 +134,7 @@ class _Command:
         self.slot = 0
         self.reloads = 0
         self.count_only = False
+        self.reload = False
 
 
 class _LoadLibrary:
@@ -338,14 +352,7 @@ class Batcher:
         kill = self._lost_client is not None and not restarted
         if kill:
             commands.append(pack("CLIENT", "KILL", "ID", str(self._lost_client)))
-        commands += [
-            pack(
-                "MGET",
-                store.mark_key(token, partition, self._writer),
-                store.counted_key(token, partition, self._writer),
-            )
-            for token, partition in keys
-        ]
+        commands += [pack("GET", store.mark_key(token, partition, self._writer)) for token, partition in keys]
         async with asyncio.timeout(self._timeout):
             replies = await pipe.call(commands)
         load, marks = replies[0], replies[-len(keys) :]
@@ -366,44 +373,36 @@ class Batcher:
         for mark in marks:
             if isinstance(mark, ReplyError):
                 raise mark
-        applied = {
-            key: (store.applied_seqs(ring), int(counted) if counted is not None else 0)
-            for key, (ring, counted) in zip(keys, marks, strict=True)
-        }
+        rings = {key: store.ring_entries(ring) for key, ring in zip(keys, marks, strict=True)}
         self._unsettled, self._lost_client, self._lost_run_id = [], None, None
         for command in unsettled:
-            stored, counted = applied[command.key]
+            counted = rings[command.key].get(command.seq)  # None: not applied
             if command.count_only:
-                # Its events were stored before; its seq is the FCALL's own.
-                if command.seq > counted:
-                    self._again(command)
-                else:
+                # Its events were stored before; only its counting is in question.
+                if counted:
                     self._finish(command)
-            elif command.seq not in stored:
-                self._again(command)  # not applied: the whole transaction again
-            elif command.seq > counted:
+                else:
+                    self._resend.append(command)
+            elif counted is None:
+                # Not applied, and the closed connection cannot apply it now: the whole transaction
+                # again, as a new one.
+                self._number(command)
+                self._resend.append(command)
+            elif not counted:
                 metrics.count_stored(command.count, deduplicated=True)
                 command.count_only = True  # its events are in; its FCALL failed
-                self._again(command)
+                self._resend.append(command)
             else:
                 metrics.count_stored(command.count, deduplicated=True)
                 self._finish(command)
 
-    def _again(self, command: _Command) -> None:
-        """Queue a command that was not applied, under a new id: the closed connection can no longer run
-        it, and a later command of that connection may have been counted (the function skips ids at or
-        below its mark)."""
-        self._number(command)
-        self._resend.append(command)
-
     def _number(self, command: _Command) -> None:
-        """The command's id, and for a transaction its slot in its partition's ring."""
+        """A transaction's seq, and its slot in its partition's ring."""
         self._seq += 1
         command.seq = self._seq
-        if not command.count_only:
-            slot = self._slots.get(command.key, 0)
-            command.slot = slot
-            self._slots[command.key] = (slot + 1) % store.RING_SLOTS
+        slot = self._slots.get(command.key, 0)
+        command.slot = slot
+        self._slots[command.key] = (slot + 1) % store.RING_SLOTS
 
     def _disconnect(self) -> None:
         pipe, self._pipe = self._pipe, None
@@ -428,11 +427,13 @@ class Batcher:
         self._write(commands)
 
     def _send_resends(self) -> None:
-        """Commands of a lost connection go first, in their order (the settle gave them new ids in it);
-        FCALLs refused for a missing library follow a FUNCTION LOAD, numbered as they are packed."""
+        """Commands of a lost connection go first, in their order; FCALLs refused for a missing library
+        follow a FUNCTION LOAD."""
         resend, self._resend = self._resend, []
-        kept = sorted((c for c in resend if c.seq), key=lambda c: c.seq)
-        reload = [c for c in resend if not c.seq]
+        kept = sorted((c for c in resend if not c.reload), key=lambda c: c.seq)
+        reload = [c for c in resend if c.reload]
+        for command in reload:
+            command.reload = False
         self._write(kept, reload)
 
     def _write(self, commands: list[_Command], after_load: list[_Command] | None = None) -> None:
@@ -461,7 +462,7 @@ class Batcher:
         token, partition = command.key
         window = self._funnel_window(token)
         if command.count_only:
-            batch_id = b"%s:%d" % (self._writer, command.seq)
+            batch_id = store.batch_id(self._writer, command.seq, command.slot)
             out.append(self._headers.header(token, partition, window, batch_id, command.n_args))
             out.extend(command.body)
             return 0
@@ -528,7 +529,7 @@ class Batcher:
         item.count_only = True
         if store.is_missing_function(err) and item.reloads < MAX_RELOADS:
             item.reloads += 1
-            item.seq = 0  # certainly not counted: it goes again under a new id, after the load
+            item.reload = True
             self._resend.append(item)
             self._kick.set()
             return

@@ -5,12 +5,11 @@ Redis Cluster slot and a later move to a cluster needs no change of layout. Days
 
     tg:{<token>:<p>}:events           stream of partition p of a project; entry field `data` holds the
                                       event's normalised JSON; entry ids are Redis' own (arrival order)
-    tg:{<token>:<p>}:batch:<writer>   the sequence numbers of one gateway writer's last 256 batches whose
-                                      events are in the stream (8 bytes each, little-endian, in a ring;
-                                      expires after a day): tells a retry what is applied
-    tg:{<token>:<p>}:counted:<writer> the highest sequence number counted for the counters below
-                                      (`tg_count`): a second run of the function for a batch changes
-                                      nothing
+    tg:{<token>:<p>}:batch:<writer>   one gateway writer's last 256 batches whose events are in the
+                                      stream, in a ring of 8-byte entries (expires after a day): the
+                                      batch's sequence number (7 bytes, little-endian), then a byte that
+                                      is 1 once `tg_count` has counted it. Tells a retry what is applied,
+                                      and makes a second run of the function for a batch change nothing
     tg:{<token>:<p>}:ev:<day>         hash: `<HH>:<event name>` -> events of that name in that hour
     tg:{<token>:<p>}:eu:<day>:<name>  HyperLogLog of the distinct_ids that sent <name> that day
     tg:{<token>:<p>}:funnels          set of funnel names seen
@@ -49,6 +48,8 @@ LIBRARY: Final = "trackgate"
 PROJECTS_KEY: Final = "tg:projects"
 PROJECT_NAMES_KEY: Final = "tg:project-names"
 PROJECT_SECRETS_KEY: Final = "tg:project-secrets"
+RING_SLOTS: Final = 256
+"""Entries in a partition's ring of a writer's applied batches (see below)."""
 
 
 def stream_key(token: str, partition: int) -> str:
@@ -65,7 +66,7 @@ def project_key(token: str) -> str:
 #     SETRANGE tg:{<token>:<p>}:batch:<writer> <8 * slot> <seq, 8 bytes>
 #     EXPIRE tg:{<token>:<p>}:batch:<writer> 86400
 #     XADD tg:{<token>:<p>}:events * data <json>      (one per event, made by the decoder)
-#     FCALL tg_count 1 <stream> ... <writer>:<seq> <the events' arguments>
+#     FCALL tg_count 1 <stream> ... <writer>:<seq>:<slot> <the events' arguments>
 #     EXEC
 #
 # so the stream entries, the mark, the counters and the funnel state of a batch change together. The
@@ -85,8 +86,10 @@ def project_key(token: str) -> str:
 # kept long enough for any retry, would be a steady churn of keys). A command found not applied goes
 # again under a new seq, above every seq the function's own mark may have seen.
 #
-# When the function alone failed inside an applied transaction (Redis lost the library), it is run again
-# by itself; its own mark (the highest seq counted) makes that once.
+# The function sets its batch's counted byte in the ring and counts only if it was not set: when it failed
+# inside an applied transaction (Redis lost the library), it is run again by itself, under the batch's
+# own seq and slot, and counts once. A retry reads both: not in the ring, the transaction goes again;
+# in it but not counted, the function alone.
 #
 # Per-event arguments: see PACKED_LAYOUT in the decoder (rust/src/resp.rs); the day and the counter field
 # come ready-made, so the function does no date arithmetic or string building per event.
@@ -247,22 +250,22 @@ end
 
 -- KEYS: the partition's stream. ARGV: maxlen (0: none), max age in seconds (0: none), the project's
 -- funnel window in seconds, the argument layout (the decoder's PACKED_LAYOUT), batch id
--- (<writer>:<seq>), how late in seconds an event may arrive (the decoder's max age), then the events'
--- arguments: day, 'HH:<name>', distinct_id, funnel, and for
--- mp_funnel events time, step, goal. The events themselves are added by the XADDs of the same
--- transaction.
+-- (<writer>:<seq>:<slot in the ring>), how late in seconds an event may arrive (the decoder's max age),
+-- then the events' arguments: day, 'HH:<name>', distinct_id, funnel, and for mp_funnel events time,
+-- step, goal. The events themselves are added by the XADDs of the same transaction.
 -- Returns the number of events counted; 0 when the batch had been counted before.
 local function tg_count(keys, args)
   local stream = keys[1]
   local prefix = string.sub(stream, 1, -7)
   local window = tonumber(args[3])
-  local writer, seq = string.match(args[5], '^([%w%-]+):(%d+)$')
+  local writer, slot = string.match(args[5], '^([%w%-]+):%d+:(%d+)$')
+  slot = tonumber(slot)
   local late = tonumber(args[6])
   if args[4] ~= '@LAYOUT@' then
     return redis.error_reply('ERR tg_count: argument layout ' .. tostring(args[4]) .. ' is not @LAYOUT@: ' ..
       'the gateway and the function library are of different versions')
   end
-  if not writer or not window or not late then
+  if not writer or not window or not late or slot >= @RING_SLOTS@ then
     return redis.error_reply('ERR tg_count: malformed arguments')
   end
   -- Walk the events' arguments once before changing anything: a malformed call changes nothing. A
@@ -281,13 +284,10 @@ local function tg_count(keys, args)
   if i ~= n + 1 then
     return redis.error_reply('ERR tg_count: malformed event arguments')
   end
-  seq = tonumber(seq)
-  local mark = prefix .. 'counted:' .. writer
-  -- One call in the usual case: set the mark and get the one before. A resent batch finds a mark at
-  -- least as high, puts it back and is not applied again.
-  local last = redis.call('SET', mark, seq, 'EX', 86400, 'GET')
-  if last and tonumber(last) >= seq then
-    redis.call('SET', mark, last, 'EX', 86400)
+  -- The batch's counted byte, the last of its ring entry: one call sets it and says whether it was set
+  -- already (a resent counting), in which case nothing more is done.
+  local mark = prefix .. 'batch:' .. writer
+  if redis.call('BITFIELD', mark, 'SET', 'u8', '#' .. (slot * 8 + 7), 1)[1] ~= 0 then
     return 0
   end
 
@@ -363,7 +363,7 @@ local function tg_count(keys, args)
 end
 
 redis.register_function('tg_count', tg_count)
-""".replace("@LAYOUT@", str(PACKED_LAYOUT))
+""".replace("@LAYOUT@", str(PACKED_LAYOUT)).replace("@RING_SLOTS@", str(RING_SLOTS))
 
 
 async def load_functions(client: Redis, *, replace: bool) -> None:
@@ -389,25 +389,27 @@ MULTI: Final = b"*1\r\n$5\r\nMULTI\r\n"
 EXEC: Final = b"*1\r\n$4\r\nEXEC\r\n"
 # A writer's marks outlive any retry of its commands by far; a day, as the function's own.
 MARK_SECONDS: Final = b"86400"
-RING_SLOTS: Final = 256
 _SEQ: Final = struct.Struct("<Q")
+_COUNTED: Final = 1 << 56  # the entry's last byte, set by tg_count
 _OFFSETS: Final = tuple(bulk(b"%d" % (slot * _SEQ.size)) for slot in range(RING_SLOTS))
 
 
-def applied_seqs(ring: bytes | None) -> frozenset[int]:
-    """The seqs a partition's ring (`mark_key`) holds: the writer's last RING_SLOTS applied batches.
-    Slots not written yet read 0, which is no seq (they start at 1)."""
+def ring_entries(ring: bytes | None) -> dict[int, bool]:
+    """What a partition's ring (`mark_key`) holds: the writer's last RING_SLOTS applied batches, each
+    seq with whether it was counted. Slots not written yet read 0, which is no seq (they start at 1)."""
     if not ring:
-        return frozenset()
-    return frozenset(n for (n,) in _SEQ.iter_unpack(ring[: len(ring) - len(ring) % _SEQ.size]) if n)
+        return {}
+    whole = ring[: len(ring) - len(ring) % _SEQ.size]
+    return {n % _COUNTED: n >= _COUNTED for (n,) in _SEQ.iter_unpack(whole) if n % _COUNTED}
+
+
+def batch_id(writer: bytes, seq: int, slot: int) -> bytes:
+    """What tg_count is told of its batch: the writer, the seq, and the seq's slot in the ring."""
+    return b"%s:%d:%d" % (writer, seq, slot)
 
 
 def mark_key(token: str, partition: int, writer: bytes) -> bytes:
     return b"tg:{%s:%d}:batch:%s" % (token.encode(), partition, writer)
-
-
-def counted_key(token: str, partition: int, writer: bytes) -> bytes:
-    return b"tg:{%s:%d}:counted:%s" % (token.encode(), partition, writer)
 
 
 MARK_REPLIES: Final = 2
@@ -475,6 +477,6 @@ class WriteCommands:
         setrange, expire = marks
         out.append(b"%s%s$8\r\n%s\r\n%s" % (setrange, _OFFSETS[slot], _SEQ.pack(seq), expire))
         out.extend(xadds)
-        out.append(self.header(token, partition, window, b"%s:%d" % (writer, seq), args))
+        out.append(self.header(token, partition, window, batch_id(writer, seq, slot), args))
         out.extend(packed)
         out.append(EXEC)

@@ -5,8 +5,9 @@
 use crate::event::Valid;
 
 /// The version of the function's argument layout, which it checks: a gateway and a function library of
-/// different versions must not misread each other. 4: the function's fixed arguments (made by
-/// `store.WriteCommands`) gained the events' max age; the events' arguments are as in 3.
+/// different versions must not misread each other. 5: the batch id among the function's fixed arguments
+/// (made by `store.WriteCommands`) is `<writer>:<seq>:<slot>`, the slot of the batch's entry in its
+/// partition's ring; 4 gave the events' max age; the events' arguments are as in 3.
 ///
 /// Per event, four arguments: its UTC day (`YYYY-MM-DD`); `HH:<event name>`, the hour's counter field;
 /// the distinct_id (`""` when none); the funnel (`""` unless mp_funnel). An mp_funnel event has three
@@ -14,7 +15,7 @@ use crate::event::Valid;
 /// ready-made, so it does no date arithmetic or string building per event. The event itself is not
 /// among them: it goes to its stream in an `XADD` of its own (see `Batch::xadds`), which costs Redis
 /// less than the same XADD called from the function (see `store.py`).
-pub const PACKED_LAYOUT: u32 = 4;
+pub const PACKED_LAYOUT: u32 = 5;
 
 #[derive(Debug)]
 pub struct Batch {
