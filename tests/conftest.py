@@ -280,7 +280,8 @@ class ReplyDropper:
     connection was lost, that Redis runs after the gateway has moved on (`late_delivered` then says
     whether Redis still took them).
 
-    With `mute` set, Redis' answers are thrown away: the gateway hears nothing on any connection."""
+    With `mute` set, Redis' answers are thrown away: the gateway hears nothing on any connection. With
+    `mute_after` set to some bytes, `mute` is set once an answer holding them has reached the gateway."""
 
     def __init__(self, upstream_port: int, delay: float = 0.0, late: float = 2.0) -> None:
         self.port = free_port()
@@ -292,6 +293,7 @@ class ReplyDropper:
         self.stall = threading.Event()
         self.stalled = threading.Event()
         self.mute = threading.Event()
+        self.mute_after: bytes | None = None
         self.late_delivered: bool | None = None
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._stop = False
@@ -346,6 +348,9 @@ class ReplyDropper:
                         if self.delay:
                             time.sleep(self.delay)
                         client.sendall(data)
+                        if self.mute_after is not None and self.mute_after in data:
+                            self.mute_after = None
+                            self.mute.set()
 
     def _deliver_late(self, server: socket.socket, data: bytes) -> None:
         time.sleep(self.late)

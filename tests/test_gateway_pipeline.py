@@ -278,6 +278,42 @@ def test_a_write_whose_counting_failed_and_whose_answer_was_lost_is_counted_once
     assert counted_events(private_redis.client(), token) == 121
 
 
+def test_a_counting_whose_batch_left_the_ring_is_given_up_not_run_twice(
+    private_redis: RedisServer, tmp_path: Path
+) -> None:
+    """A batch's counting failed (no library) and went again alone; it ran, but its answer was lost, and
+    the partition's ring is gone by the time the gateway settles (here: deleted). Whether it ran cannot
+    be known then, and its slot could be another batch's: it is given up and logged, not run again."""
+    proxy = ReplyDropper(private_redis.port)
+    token = create_project(private_redis.url, "ringless")
+    gw = Gateway(tmp_path / "gw", "--redis-timeout", "3", "--retry-window", "20", redis_url=proxy.url)
+    gw.start()
+    admin = private_redis.client()
+    event = {"event": "e", "properties": {"token": token, "distinct_id": "one-user"}}
+    try:
+        assert requests.get(gw.url("/readyz"), timeout=5).status_code == 200
+        proxy.mute_after = b"unction not found"
+        admin.function_delete(store.LIBRARY)
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(
+                requests.post, gw.url("/track"), data={"data": json.dumps(event)}, timeout=60
+            )
+            wait_for(proxy.mute.is_set, 10, "the failed counting's answer")
+            wait_for(lambda: counted_events(admin, token) == 1, 10, "the counting alone, run again")
+            for ring in admin.scan_iter(match=f"tg:{{{token}:*}}:batch:*"):
+                admin.delete(ring)
+            proxy.mute.clear()
+            status = answer.result(60).status_code
+    finally:
+        admin.function_load(store.FUNCTION_SOURCE, replace=True)
+        gw.stop()
+        proxy.close()
+    assert status == 200
+    assert counted_events(admin, token) == 1
+    assert sum(admin.xlen(k) for k in admin.scan_iter(match=f"tg:{{{token}:*}}:events")) == 1
+    assert "whether they were counted is no longer known" in gw.log()
+
+
 @pytest.fixture
 def password_redis(tmp_path: Path) -> Iterator[tuple[int, str]]:
     port, password = free_port(), uuid.uuid4().hex

@@ -379,7 +379,9 @@ class Batcher:
             counted = rings[command.key].get(command.seq)  # None: not applied
             if command.count_only:
                 # Its events were stored before; only its counting is in question.
-                if counted:
+                if counted is None:
+                    self._uncountable(command)
+                elif counted:
                     self._finish(command)
                 else:
                     self._resend.append(command)
@@ -395,6 +397,17 @@ class Batcher:
             else:
                 metrics.count_stored(command.count, deduplicated=True)
                 self._finish(command)
+
+    def _uncountable(self, command: _Command) -> None:
+        """A counting whose batch has left its partition's ring (or the ring is gone): whether it ran cannot
+        be known, and its slot may be another batch's now, so it is given up. Its events are stored."""
+        metrics.REDIS_ERRORS.labels("count").inc()
+        log.error(
+            "%d events are stored in %s, but whether they were counted is no longer known: not counted again",
+            command.count,
+            store.stream_key(*command.key),
+        )
+        self._finish(command)
 
     def _number(self, command: _Command) -> None:
         """A transaction's seq, and its slot in its partition's ring."""

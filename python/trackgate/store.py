@@ -5,11 +5,12 @@ Redis Cluster slot and a later move to a cluster needs no change of layout. Days
 
     tg:{<token>:<p>}:events           stream of partition p of a project; entry field `data` holds the
                                       event's normalised JSON; entry ids are Redis' own (arrival order)
-    tg:{<token>:<p>}:batch:<writer>   one gateway writer's last 256 batches whose events are in the
-                                      stream, in a ring of 8-byte entries (expires after a day): the
-                                      batch's sequence number (7 bytes, little-endian), then a byte that
-                                      is 1 once `tg_count` has counted it. Tells a retry what is applied,
-                                      and makes a second run of the function for a batch change nothing
+    tg:{<token>:<p>}:batch:<writer>   which of one gateway writer's last 256 batches numbered for the
+                                      partition are in the stream, a ring of 8-byte entries (expires
+                                      after a day): the batch's sequence number (7 bytes, little-endian),
+                                      then a byte that is 1 once `tg_count` has counted it. Tells a retry
+                                      what is applied, and makes a second run of the function for a batch
+                                      change nothing
     tg:{<token>:<p>}:ev:<day>         hash: `<HH>:<event name>` -> events of that name in that hour
     tg:{<token>:<p>}:eu:<day>:<name>  HyperLogLog of the distinct_ids that sent <name> that day
     tg:{<token>:<p>}:funnels          set of funnel names seen
@@ -75,21 +76,24 @@ def project_key(token: str) -> str:
 # 2.7-4.1 µs per event this way against 4.2-5.8 µs with the XADDs inside the function. The function only
 # counts.
 #
-# Batch ids are `<writer>:<seq>`: a writer is one gateway worker's lifetime, and its sequence numbers grow
-# with every command it sends. After a lost connection the batcher closes it (CLIENT KILL) and reads the
-# marks: a transaction is applied exactly when its seq is in its partition's ring. A ring, not the highest
-# seq: Redis may refuse a transaction when it is queued (OOM, MISCONF) and apply the next, and a highest
-# seq would then count the refused one as applied. Slot k of the ring holds the writer's k-th transaction
-# to the partition (mod RING_SLOTS), so the ring holds the last RING_SLOTS of them: more than twice as
-# many as a partition can have unanswered (one per flush in flight, at most 64, and their resends). One
-# 2 KiB key per writer and partition replaces a key per batch (which, at thousands of batches a second
-# kept long enough for any retry, would be a steady churn of keys). A command found not applied goes
-# again under a new seq, above every seq the function's own mark may have seen.
+# Batch ids are `<writer>:<seq>:<slot>`: a writer is one gateway worker's lifetime, and its sequence
+# numbers grow with every transaction it sends. After a lost connection the batcher closes it (CLIENT
+# KILL) and reads the marks: a transaction is applied exactly when its seq is in its partition's ring. A
+# ring, not the highest seq: Redis may refuse a transaction when it is queued (OOM, MISCONF) and apply the
+# next, and a highest seq would then count the refused one as applied. Slot k of the ring is for the
+# writer's k-th transaction to the partition (mod RING_SLOTS; one not applied leaves the slot's older
+# entry), so the ring holds the last RING_SLOTS numbered: more than twice as many as a partition can have
+# unanswered at once (one per flush in flight, at most 64, and their resends). One 2 KiB key per writer
+# and partition replaces a key per batch (which, at thousands of batches a second kept long enough for
+# any retry, would be a steady churn of keys). A transaction found not applied goes again as a new one,
+# with a new seq and slot.
 #
 # The function sets its batch's counted byte in the ring and counts only if it was not set: when it failed
 # inside an applied transaction (Redis lost the library), it is run again by itself, under the batch's
 # own seq and slot, and counts once. A retry reads both: not in the ring, the transaction goes again;
-# in it but not counted, the function alone.
+# in it but not counted, the function alone. A counting still waiting after its entry has left the ring
+# (a connection lost again and again for long enough to number 256 more transactions to its partition)
+# is given up and logged rather than sent: its slot may be another batch's by then.
 #
 # Per-event arguments: see PACKED_LAYOUT in the decoder (rust/src/resp.rs); the day and the counter field
 # come ready-made, so the function does no date arithmetic or string building per event.
@@ -387,7 +391,7 @@ _FCALL: Final = bulk(b"FCALL") + bulk(b"tg_count") + bulk(b"1")
 _FIXED_ARGS: Final = 6
 MULTI: Final = b"*1\r\n$5\r\nMULTI\r\n"
 EXEC: Final = b"*1\r\n$4\r\nEXEC\r\n"
-# A writer's marks outlive any retry of its commands by far; a day, as the function's own.
+# A writer's marks outlive any retry of its commands by far: a day.
 MARK_SECONDS: Final = b"86400"
 _SEQ: Final = struct.Struct("<Q")
 _COUNTED: Final = 1 << 56  # the entry's last byte, set by tg_count
@@ -395,8 +399,9 @@ _OFFSETS: Final = tuple(bulk(b"%d" % (slot * _SEQ.size)) for slot in range(RING_
 
 
 def ring_entries(ring: bytes | None) -> dict[int, bool]:
-    """What a partition's ring (`mark_key`) holds: the writer's last RING_SLOTS applied batches, each
-    seq with whether it was counted. Slots not written yet read 0, which is no seq (they start at 1)."""
+    """What a partition's ring (`mark_key`) holds: the applied batches among the writer's last RING_SLOTS
+    numbered for the partition, each seq with whether it was counted. Slots not written yet read 0, which
+    is no seq (they start at 1)."""
     if not ring:
         return {}
     whole = ring[: len(ring) - len(ring) % _SEQ.size]
