@@ -218,6 +218,11 @@ Batch = tuple[str, int, int, int, bytes, bytes]
 """A decoded request's batch: token, partition, events, packed arguments, packed, XADDs."""
 
 
+def _slot(seq: int, slot: int | None) -> int:
+    """A transaction's slot in its partition's ring: by default, seq's own."""
+    return seq % store.RING_SLOTS if slot is None else slot
+
+
 def send_write(
     client: redis.Redis,
     writer: bytes,
@@ -238,7 +243,7 @@ def send_write(
     events = sum(b[2] for b in batches)
     out: list[bytes] = []
     store.WriteCommands(maxlen, max_age, late).transaction(
-        out, token, partition, window, writer, seq, seq % store.RING_SLOTS if slot is None else slot,
+        out, token, partition, window, writer, seq, _slot(seq, slot),
         sum(b[3] for b in batches),
         [b[4] for b in batches], [b[5] for b in batches],
     )  # fmt: skip
@@ -258,7 +263,7 @@ def send_count(
     """The FCALL of a transaction alone, as the batcher resends it when only the counting failed: under
     the transaction's seq and slot (default: seq's own slot)."""
     token, partition = batches[0][:2]
-    batch_id = store.batch_id(writer, seq, seq % store.RING_SLOTS if slot is None else slot)
+    batch_id = store.batch_id(writer, seq, _slot(seq, slot))
     header = store.WriteCommands(0, 0, late).header(
         token, partition, window, batch_id, sum(b[3] for b in batches)
     )

@@ -380,7 +380,8 @@ class Batcher:
             if command.count_only:
                 # Its events were stored before; only its counting is in question.
                 if counted is None:
-                    self._uncountable(command)
+                    # Whether it ran cannot be known, and its slot may be another batch's by now.
+                    self._count_given_up(command, "its batch has left the partition's ring")
                 elif counted:
                     self._finish(command)
                 else:
@@ -397,17 +398,6 @@ class Batcher:
             else:
                 metrics.count_stored(command.count, deduplicated=True)
                 self._finish(command)
-
-    def _uncountable(self, command: _Command) -> None:
-        """A counting whose batch has left its partition's ring (or the ring is gone): whether it ran cannot
-        be known, and its slot may be another batch's now, so it is given up. Its events are stored."""
-        metrics.REDIS_ERRORS.labels("count").inc()
-        log.error(
-            "%d events are stored in %s, but whether they were counted is no longer known: not counted again",
-            command.count,
-            store.stream_key(*command.key),
-        )
-        self._finish(command)
 
     def _number(self, command: _Command) -> None:
         """A transaction's seq, and its slot in its partition's ring."""
@@ -546,14 +536,18 @@ class Batcher:
             self._resend.append(item)
             self._kick.set()
             return
+        self._count_given_up(item, f"Redis refused to count them: {err}")
+
+    def _count_given_up(self, command: _Command, why: str) -> None:
+        """Its events are stored, and answered as such; its counting is not tried again."""
         metrics.REDIS_ERRORS.labels("count").inc()
         log.error(
-            "%d events are stored in %s, but Redis refused to count them: %s",
-            item.count,
-            store.stream_key(*item.key),
-            err,
+            "%d events are stored in %s, but not counted: %s",
+            command.count,
+            store.stream_key(*command.key),
+            why,
         )
-        self._finish(item)
+        self._finish(command)
 
     def _refused(self, command: _Command, err: ReplyError | None, stored: int = 0) -> None:
         command.flush.failed.add(command.key)

@@ -322,7 +322,10 @@ class App:
                 # A project created since the last reload: decode again with the fresh list.
                 request = decode()
         except DecodeError as err:
-            self._refuse(scope, proto, err.kind, str(err), cors, err, status=STATUS.get(err.kind, err.status))
+            status = STATUS.get(err.kind, err.status)
+            self._refuse(
+                scope, proto, err.kind, str(err), cors, err, callback=_callback_of(err), status=status
+            )
             return
         await self._store_and_answer(scope, proto, request, cors)
 
@@ -436,8 +439,6 @@ class App:
         if params is None:
             self._answer(proto, status, None, None, b"0", headers)
             return
-        if isinstance(params, DecodeError):
-            callback = _callback_of(params)
         detail = b"0"
         if params.verbose:
             detail = _encode(
