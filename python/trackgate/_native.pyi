@@ -112,3 +112,22 @@ def decode_request(
 
 def decode_data(data: str | bytes, *, now: float, options: Options) -> Request:
     """Decode the value of one `data` parameter: base64 (any variant), raw JSON, or gzip bytes."""
+
+class ReplyError(Exception):
+    """An error reply from Redis (`-ERR ...`): handed over as a value, never raised."""
+
+@final
+class ReplyReader:
+    """Redis's replies (RESP2) read from the bytes of a connection, in order, as hiredis reads them:
+    bytes for status and bulk strings, int, None for nil, list, a ReplyError value for an error reply.
+    Raises ValueError for bytes that are not RESP2."""
+
+    def __init__(self) -> None: ...
+    def feed(self, data: bytes) -> None: ...
+    def has_data(self) -> bool:
+        """Whether bytes are waiting that no reply has been read from yet."""
+    def skip(self, n: int) -> tuple[int, ReplyError | None]:
+        """Pass over up to `n` whole replies without building them: how many, and the last error reply
+        among them."""
+    def gets(self) -> object:
+        """The next whole reply, or False until all of it has arrived."""

@@ -8,6 +8,7 @@ pub mod errors;
 pub mod event;
 pub mod json;
 pub mod payload;
+pub mod replies;
 pub mod request;
 pub mod resp;
 
