@@ -411,20 +411,41 @@ def start_redis(
     return server, url
 
 
-def redis_forks(url: str | None) -> tuple[int, int] | None:
-    """Redis' forks so far and how long the last one stopped it (µs); None if it cannot be asked. A fork
-    (an append-only-file rewrite, every --auto-aof-rewrite-min-size of writes) stops Redis for milliseconds
-    and its child takes CPU for seconds: the runs it falls in say so."""
+@dataclass(frozen=True)
+class RedisForks:
+    """What a Redis says of its forks: an append-only-file rewrite (every --auto-aof-rewrite-min-size of
+    writes) forks it, which stops it for milliseconds, then the child takes CPU for seconds."""
+
+    forks: int
+    last_fork_usec: int
+    rewriting: bool  # a rewrite's child is running now
+
+
+def redis_forks(url: str | None) -> RedisForks | None:
+    """None if Redis cannot be asked."""
     import redis
 
     if url is None:
         return None
     try:
         with redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2) as client:
-            stats = client.info("stats")
-            return int(stats["total_forks"]), int(stats["latest_fork_usec"])
+            info = client.info("all")
+            return RedisForks(
+                int(info["total_forks"]), int(info["latest_fork_usec"]), bool(info["aof_rewrite_in_progress"])
+            )
     except (redis.RedisError, OSError, KeyError):
         return None
+
+
+def wait_for_rewrite(url: str | None, timeout: float = 120) -> float:
+    """Wait until Redis is not rewriting its append-only file; returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        state = redis_forks(url)
+        if state is None or not state.rewriting:
+            break
+        time.sleep(0.2)
+    return time.monotonic() - started
 
 
 def _redis_ping(url: str) -> bool:
@@ -668,6 +689,7 @@ class Run:
     stored_events: float | None = None  # gateway only: its own count of events written during the run
     acknowledged_events: int = 0
     redis_forks: int = 0  # forks of the target's Redis during the run (see redis_forks)
+    redis_rewriting: bool = False  # a rewrite of the target Redis's append-only file overlapped the run
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -817,12 +839,16 @@ def measure(
                     f"{run.acknowledged_events} events answered but {run.stored_events:.0f} stored"
                 )
     forks_after = redis_forks(target.redis_url)
-    if forks_before is not None and forks_after is not None and forks_after[0] > forks_before[0]:
-        run.redis_forks = forks_after[0] - forks_before[0]
-        run.notes.append(
-            f"Redis forked {run.redis_forks}x (an append-only-file rewrite; the last fork stopped it for "
-            f"{forks_after[1] / 1000:.1f} ms, and the rewrite shared the cores)"
-        )
+    if forks_before is not None and forks_after is not None:
+        run.redis_forks = forks_after.forks - forks_before.forks
+        run.redis_rewriting = bool(run.redis_forks) or forks_before.rewriting or forks_after.rewriting
+        if run.redis_forks:
+            run.notes.append(
+                f"Redis forked {run.redis_forks}x (an append-only-file rewrite; the last fork stopped it for "
+                f"{forks_after.last_fork_usec / 1000:.1f} ms, and the rewrite shared the cores)"
+            )
+        elif run.redis_rewriting:
+            run.notes.append("Redis was rewriting its append-only file (the rewrite shared the cores)")
     if rate is not None and run.requests_per_s < 0.95 * rate:
         run.notes.append(
             f"asked {rate:,.0f} requests/s, did {run.requests_per_s:,.0f}: the rate was not held"

@@ -430,6 +430,11 @@ def markdown(results: dict[str, Any], images: list[Path]) -> str:
             "Every fifth event is an `mp_funnel` step (users go through steps 1, 2, 3 of one funnel).",
             _table(["request", "events/s without", "events/s with 20% mp_funnel", "ratio"], rows, "lrrr"),
         ]
+        parts += [
+            f"{_LABELS.get(key, key)}: {f['redone']}; the table has the second comparison."
+            for key, f in funnel.items()
+            if f.get("redone")
+        ]
 
     soak = results.get("soak")
     if soak:
