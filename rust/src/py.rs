@@ -528,10 +528,9 @@ fn reply_error<'py>(py: Python<'py>, text: &[u8]) -> Bound<'py, PyAny> {
 /// The reply starting at `pos` of a whole reply, as hiredis gives it: bytes for status and bulk
 /// strings, int, None for nil, list, a ReplyError value for an error.
 fn build_reply<'py>(py: Python<'py>, reply: &[u8], pos: &mut usize) -> PyResult<Bound<'py, PyAny>> {
-    let (found, after) = replies::item(reply, *pos)
-        .ok()
-        .flatten()
-        .ok_or_else(|| PyValueError::new_err("a reply read as whole is not"))?;
+    let (found, after) = replies::item(reply, *pos).ok().flatten().ok_or_else(|| {
+        PyValueError::new_err("the reply reader lost its place in a whole reply (a bug)")
+    })?;
     *pos = after;
     Ok(match found {
         Item::Status(text) | Item::Bulk(text) => PyBytes::new(py, text).into_any(),
