@@ -361,6 +361,8 @@ def start_gateway(
         # The private redis-server's socket, unless the data directory's path was too long for one.
         sock = work / f"{name}-data" / "redis.sock"
         url = f"unix://{sock}" if sock.is_socket() else None
+        if url is not None:
+            _REDIS_URLS.append(url)
     return Target(name, base, server, redis=redis, token=found.group(1), redis_url=url)
 
 
@@ -408,6 +410,7 @@ def start_redis(
             raise RuntimeError(f"{name} did not start: {server.log_tail()}")
         time.sleep(0.05)
     server.remember()
+    _REDIS_URLS.append(url)
     return server, url
 
 
@@ -446,6 +449,16 @@ def wait_for_rewrite(url: str | None, timeout: float = 120) -> float:
             break
         time.sleep(0.2)
     return time.monotonic() - started
+
+
+# Every redis-server of the bench's targets: a rewrite that one of them started after its own target's run
+# must not take a core from the next run, whichever target that is.
+_REDIS_URLS: list[str] = []
+
+
+def wait_for_rewrites() -> float:
+    """Wait until no Redis of the bench is rewriting its append-only file; returns the seconds waited."""
+    return sum(wait_for_rewrite(url) for url in _REDIS_URLS)
 
 
 def _redis_ping(url: str) -> bool:
@@ -690,6 +703,7 @@ class Run:
     acknowledged_events: int = 0
     redis_forks: int = 0  # forks of the target's Redis during the run (see redis_forks)
     redis_rewriting: bool = False  # a rewrite of the target Redis's append-only file overlapped the run
+    rewrite_wait_s: float = 0.0  # waited before the run for the bench's Redis servers to end their rewrites
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -784,6 +798,7 @@ def measure(
     """Warm up (unmeasured), then one measured wrk run, with CPU time of the server and its Redis."""
     script = scripts.path(target.token, shape, rate, threads)
     url = target.base + "/track"
+    waited = wait_for_rewrites()
     if warmup > 0:
         run_wrk(url, script, connections, warmup, threads)
     own, redis = target.split_pids()
@@ -800,6 +815,7 @@ def measure(
     run = Run(
         target=target.name, shape=shape.key, label=shape.label, part=part, batch=shape.batch,
         funnel_fraction=shape.funnel_fraction, connections=connections, seconds=duration, rate=rate,
+        rewrite_wait_s=waited,
         requests=raw["requests"], requests_per_s=ok_requests / duration,
         events_per_s=ok_requests * shape.batch / duration,
         p50_ms=raw["p50_us"] / 1000, p75_ms=raw["p75_us"] / 1000, p90_ms=raw["p90_us"] / 1000,
