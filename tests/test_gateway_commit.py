@@ -137,7 +137,6 @@ def test_a_batch_marks_its_partition_and_is_counted_once(
     assert store.ring_entries(rclient.get(ring_key)) == {7: True}
     # Its counting alone again (a resend): nothing more counted.
     assert send_count(rclient, writer, 7, [batch]) == 0
-    assert send_count(rclient, writer, 7, [batch]) == 0
     assert send_write(rclient, writer, 8, [batch])[-1] == 3
     assert len(stored_with(rclient, token, "run", run)) == 6
     assert store.ring_entries(rclient.get(ring_key)) == {7: True, 8: True}
