@@ -46,10 +46,10 @@ Requests
       4n+1 is invalid; non-zero trailing bits are accepted (old encoders left them).
   R11 JSON text: all of it must be UTF-8 (invalid_utf8, checked before parsing). Blank -> empty. RFC 8259
       grammar; NaN and Infinity are not JSON; a \\u escape of a lone surrogate has no UTF-8 form ->
-      invalid_json. Numbers are kept as written (1e400 is valid JSON; it only fails where it is read as a
-      number: time, step). Any nesting depth is valid JSON (too_deep is a rule for property values, E11);
-      the oracle itself cannot read more than about 990 levels (Python's recursion limit), so generated
-      inputs stay far below that.
+      invalid_json. Numbers are kept as written; 1e400 is valid JSON, which fails where it is read as a
+      number (time, step) and as a property value (E11). Any nesting depth is valid JSON (too_deep is a
+      rule for property values, E11); the oracle itself cannot read more than about 990 levels (Python's
+      recursion limit), so generated inputs stay far below that.
   R12 The document: an object is one event; an array is a batch: [] -> empty_batch; too_many_events as soon
       as element max_events + 1 begins, whatever follows it (a reader need not parse a 10 MB batch it will
       refuse); any other JSON value -> not_events. Otherwise the document must be valid JSON as a whole
@@ -80,8 +80,10 @@ Events (errors: one per event, the first rule broken, in EVENT_RULE_ORDER below)
   E11 Container limits inside each property value, properties in document order, the first violation in
       reading order: too_deep at the opening bracket of a container at level > max_depth (a property's
       own container is level 1); array_too_long and too_many_keys at the closing bracket of the container
-      (so after whatever its contents broke). Nested objects' keys count as sent. max_properties is also
-      the key limit of nested objects.
+      (so after whatever its contents broke); number_out_of_range at a number, anywhere in the value or
+      as the value, that has a fraction or an exponent and is beyond a double (1e400, -1e400, 1e309;
+      1e-400 is 0, and an integer of any length is kept). Nested objects' keys count as sent.
+      max_properties is also the key limit of nested objects.
   E12 duplicate_property names the first key, in document order, that appears again later
       ({"a":1,"b":2,"b":3,"a":4} -> properties.a).
   E13 event_too_large: len(normalised JSON) > max_event_bytes.
@@ -125,7 +127,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # The per-event rules, in the order they are checked: an invalid event reports the first one it breaks.
-# too_deep, array_too_long and too_many_keys share one step (E11): whichever comes first in reading order.
+# too_deep, array_too_long, too_many_keys and number_out_of_range share one step (E11): whichever comes
+# first in reading order.
 EVENT_RULE_ORDER = (
     "not_an_object",
     "event_missing",
@@ -145,7 +148,7 @@ EVENT_RULE_ORDER = (
     "step_invalid",
     "goal_invalid",
     "too_many_properties",
-    "too_deep | array_too_long | too_many_keys",
+    "too_deep | array_too_long | too_many_keys | number_out_of_range",
     "duplicate_property",
     "event_too_large",
 )
@@ -357,9 +360,8 @@ def _stdlib_loads(data: bytes) -> Any:
 
 
 def _stdlib_dumps(value: Any) -> bytes:
-    # allow_nan only for a property like 1e400, kept by R11: the oracle writes it as Infinity, which json
-    # parses back to the same value as the native decoder's "1e400".
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    # No value of a valid event is infinite (E11 refuses 1e400 in properties; time is checked by E5).
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
 STDLIB = Backend(
@@ -374,7 +376,8 @@ def fast_backend() -> Backend:
     """pybase64 + orjson: the same checks, on faster libraries. Used by bench/, not by the tests, because
     orjson gives up three details of the contract: it keeps the last of duplicate keys silently (so
     duplicate_property and E10's count as sent are not seen), it refuses 1e400 (invalid_json instead of
-    R11), and a numeric distinct_id becomes Python's repr of the float, not its literal (E6).
+    E11's number_out_of_range), and a numeric distinct_id becomes Python's repr of the float, not its
+    literal (E6).
     """
     import orjson
     import pybase64
@@ -625,11 +628,20 @@ def _step_value(value: Any) -> int | None:
     return int(number)
 
 
+def _beyond_double(value: Any) -> bool:
+    """E11: a fraction or an exponent beyond a double (Python reads 1e400 as inf); not an integer literal,
+    which the oracle turns into a float only past 4000 digits."""
+    if not isinstance(value, float) or not math.isinf(value):
+        return False
+    text = getattr(value, "text", None)
+    return text is None or any(c in text for c in ".eE")
+
+
 def _shape_violation(value: Any, level: int, options: Options) -> str | None:
-    """E11: the first container limit `value` breaks in reading order; `level` is its container's level."""
+    """E11: the first limit `value` breaks in reading order; `level` is its container's level."""
     is_dict = isinstance(value, dict)
     if not is_dict and not isinstance(value, list):
-        return None
+        return "number_out_of_range" if _beyond_double(value) else None
     if level > options.max_depth:
         return "too_deep"
     children = [v for _, v in _members(value)] if is_dict else value

@@ -234,6 +234,9 @@ def test_bad_parameters_are_named(loaded: tuple[Gateway, str, str, list[Any]]) -
     r = api(gw, "/api/events", secret, **{"from": "2026-01-02", "to": "2026-01-01"})
     assert r.status_code == 400
     assert requests.post(gw.url("/api/funnels"), auth=(secret, ""), timeout=10).status_code == 405
+    r = api(gw, "/api/events", secret, **{f"p{i}": "1" for i in range(25)})
+    assert r.status_code == 400
+    assert "parameters" in r.json()["error"]
 
 
 def test_the_cli_report_and_export(

@@ -303,6 +303,73 @@ def test_rules_as_keywords_or_options_but_not_both() -> None:
         trackgate.decode(old, now=NOW, options=trackgate.Options(), max_age=1.0)
 
 
+@pytest.mark.parametrize(
+    ("rule", "value", "error", "message"),
+    [
+        ("max_events", -1, ValueError, "max_events must be at least 1, got -1"),
+        ("max_events", 0, ValueError, "max_events must be at least 1, got 0"),
+        ("max_events", 10**20, ValueError, f"max_events must be at most {2**64 - 1}, got {10**20}"),
+        ("max_properties", 0, ValueError, "max_properties must be at least 1"),
+        ("max_event_bytes", 0, ValueError, "max_event_bytes must be at least 1"),
+        ("max_distinct_id_chars", 0, ValueError, "max_distinct_id_chars must be at least 1"),
+        ("max_depth", -1, ValueError, "max_depth must be from 0 to 64, got -1"),
+        ("max_depth", 65, ValueError, "max_depth must be from 0 to 64, got 65"),
+        ("partitions", -1, ValueError, "partitions must be from 1 to 65536, got -1"),
+        ("partitions", 65537, ValueError, "partitions must be from 1 to 65536, got 65537"),
+        ("max_array_len", "5", TypeError, "max_array_len must be an int, not str"),
+        ("max_events", True, TypeError, "max_events must be an int, not bool"),
+        ("max_age", float("nan"), ValueError, "max_age must be a finite number"),
+    ],
+)
+def test_a_wrong_rule_names_itself(rule: str, value: object, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=re.escape(message)):
+        trackgate.Options(**{rule: value})  # type: ignore[arg-type]
+    with pytest.raises(error, match=re.escape(message)):
+        trackgate.decode(b64(event()), now=NOW, **{rule: value})
+
+
+def test_the_smallest_rules_are_accepted() -> None:
+    options = trackgate.Options(max_depth=0, max_array_len=0, max_events=1, partitions=1, max_properties=1)
+    assert (options.max_depth, options.max_array_len, options.partitions) == (0, 0, 1)
+
+
+@pytest.mark.parametrize("now", [-1.0, float("nan"), float("inf")])
+def test_a_wrong_now_is_a_value_error(now: float) -> None:
+    with pytest.raises(ValueError, match="now must be a finite number of seconds since 1970"):
+        trackgate.decode(b64(event()), now=now)
+    with pytest.raises(ValueError, match="now must be"):
+        trackgate.decode_request("data=x", b"", now=now, options=trackgate.Options())
+
+
+def test_a_str_with_a_lone_surrogate_is_invalid_utf8() -> None:
+    # A str that no UTF-8 bytes can stand for: refused as the same text sent as bytes would be.
+    lone = "\ud800"
+    error = decode_error('{"event":"é' + lone + '","properties":{"token":"t"}}')
+    assert (error.kind, error.status) == ("invalid_utf8", 400)
+    assert "(byte 12 of" in str(error)  # "é" is two bytes
+    with pytest.raises(trackgate.DecodeError) as caught:
+        trackgate.decode_request("data=" + lone, b"", now=NOW, options=trackgate.Options())
+    assert caught.value.kind == "invalid_utf8"
+
+
+def test_a_token_set_is_made_of_str() -> None:
+    tokens = trackgate.TokenSet(iter(["a", "b"]))
+    assert ("a" in tokens, "c" in tokens, len(tokens)) == (True, False, 2)
+    assert (1 in tokens, None in tokens) == (False, False)  # like a set's: not a str, not in it
+    with pytest.raises(TypeError, match="an iterable of str, not one str"):
+        trackgate.TokenSet("abc")
+    with pytest.raises(TypeError, match="tokens must be str, not int"):
+        trackgate.TokenSet(["a", 1])  # type: ignore[list-item]
+
+
+def test_numbers_beyond_a_double_are_refused_by_name() -> None:
+    payload = json.dumps(event({"ok": 1})).replace('"ok": 1', '"ok": 1, "huge": 1e400')
+    assert the_one_error(payload) == ("properties.huge", "number_out_of_range")
+    assert "beyond the range of a double" in decode_error(payload).errors()[0]["msg"]
+    kept = json.dumps(event()).replace('"token": "t"', '"token": "t", "big": 1' + "0" * 30)
+    assert accepted(kept)[0].properties["big"] == 10**30
+
+
 def test_decode_without_now_uses_the_clock() -> None:
     before = time.time()
     [stored] = trackgate.decode(b64(event()))

@@ -1,7 +1,20 @@
 """Typed stub of the private native module. Import from `trackgate`, not from here."""
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Final, final
+
+__all__ = [
+    "PACKED_LAYOUT",
+    "DecodeError",
+    "Options",
+    "ReplyError",
+    "ReplyReader",
+    "Request",
+    "TokenSet",
+    "__version__",
+    "decode_data",
+    "decode_request",
+]
 
 __version__: Final[str]
 
@@ -14,18 +27,28 @@ PACKED_LAYOUT: Final[int]
 class Options:
     """The decoding rules. Limits are inclusive: a value equal to the limit is accepted."""
 
-    max_age: float
-    max_future_skew: float
-    max_event_name_chars: int
-    max_distinct_id_chars: int
-    max_properties: int
-    max_depth: int
-    max_array_len: int
-    max_event_bytes: int
-    max_request_bytes: int
-    max_events: int
-    partitions: int
-
+    @property
+    def max_age(self) -> float: ...
+    @property
+    def max_future_skew(self) -> float: ...
+    @property
+    def max_event_name_chars(self) -> int: ...
+    @property
+    def max_distinct_id_chars(self) -> int: ...
+    @property
+    def max_properties(self) -> int: ...
+    @property
+    def max_depth(self) -> int: ...
+    @property
+    def max_array_len(self) -> int: ...
+    @property
+    def max_event_bytes(self) -> int: ...
+    @property
+    def max_request_bytes(self) -> int: ...
+    @property
+    def max_events(self) -> int: ...
+    @property
+    def partitions(self) -> int: ...
     def __init__(
         self,
         *,
@@ -46,46 +69,63 @@ class Options:
 class TokenSet:
     """The tokens of known projects; events with any other token fail with kind `unknown_token`."""
 
-    def __init__(self, tokens: list[str]) -> None: ...
-    def __contains__(self, token: str) -> bool: ...
+    def __init__(self, tokens: Iterable[str]) -> None: ...
+    def __contains__(self, token: object, /) -> bool: ...
     def __len__(self) -> int: ...
 
 @final
 class Request:
     """What one HTTP request carried, decoded and validated."""
 
-    verbose: bool
-    img: bool
-    test: bool
-    use_ip: bool
-    callback: str | None
-    redirect: str | None
-    total: int
-    accepted: int
-    errors: list[tuple[int, str, str, str]]
-    """One (index, field, kind, message) per invalid event, in index order."""
-    batches: list[tuple[str, int, int, int, bytes, bytes]]
-    """One (token, partition, count, args, packed, xadds) per partition that received valid events:
-    `count` events whose arguments (see PACKED_LAYOUT) are `args` RESP bulk strings in `packed`, ready to
-    append to an FCALL command, and whose `XADD <stream> * data <json>` commands, complete, are `xadds`;
-    the events in time order in both."""
+    @property
+    def verbose(self) -> bool: ...
+    @property
+    def img(self) -> bool: ...
+    @property
+    def test(self) -> bool: ...
+    @property
+    def use_ip(self) -> bool: ...
+    @property
+    def callback(self) -> str | None: ...
+    @property
+    def redirect(self) -> str | None: ...
+    @property
+    def total(self) -> int: ...
+    @property
+    def accepted(self) -> int: ...
+    @property
+    def errors(self) -> list[tuple[int, str, str, str]]:
+        """One (index, field, kind, message) per invalid event, in index order."""
+    @property
+    def batches(self) -> list[tuple[str, int, int, int, bytes, bytes]]:
+        """One (token, partition, count, args, packed, xadds) per partition that received valid events:
+        `count` events whose arguments (see PACKED_LAYOUT) are `args` RESP bulk strings in `packed`, ready to
+        append to an FCALL command, and whose `XADD <stream> * data <json>` commands, complete, are `xadds`;
+        the events in time order in both."""
 
     def events(self) -> list[bytes]:
         """The normalised JSON of each valid event, in request order."""
 
+@final
 class DecodeError(ValueError):
     """The payload could not be used. `kind` is a stable snake_case name, `status` the HTTP status."""
 
-    kind: str
-    status: int
-    message: str
-    events: list[object]
-    verbose: bool
-    """For a request refused as a whole, its answer-shaping parameters, as its query string and its form
-    body say (an encoded, JSON or oversized body is not read for them)."""
-    img: bool
-    callback: str | None
-
+    @property
+    def kind(self) -> str: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def events(self) -> list[object]: ...
+    @property
+    def verbose(self) -> bool:
+        """For a request refused as a whole, its answer-shaping parameters, as its query string and its form
+        body say (an encoded, JSON or oversized body is not read for them)."""
+    @property
+    def img(self) -> bool: ...
+    @property
+    def callback(self) -> str | None: ...
     def __init__(
         self,
         kind: str,
@@ -93,6 +133,7 @@ class DecodeError(ValueError):
         status: int = 400,
         errors: Sequence[tuple[int, str, str, str]] | None = None,
         events: Sequence[object] | None = None,
+        /,
     ) -> None: ...
     def errors(self) -> list[dict[str, object]]:
         """Per-event errors as dicts with `index`, `loc`, `field`, `kind` and `msg`."""

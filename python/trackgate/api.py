@@ -29,6 +29,8 @@ _JSON: Final = [("content-type", "application/json"), ("cache-control", "no-stor
 _CHALLENGE: Final = ("www-authenticate", 'Basic realm="trackgate", charset="UTF-8"')
 _EXPORT_FLUSH_BYTES: Final = 64 * 1024
 _DEFAULT_DAYS: Final = 30
+_MAX_QUERY_FIELDS: Final = 20
+"""No endpoint reads as many parameters: a query with more is refused before it is parsed."""
 _encode = msgspec.json.Encoder().encode
 
 
@@ -70,7 +72,10 @@ class Api:
             if scope.method not in ("GET", "HEAD"):
                 raise ApiError(405, f"{scope.method[:20]} is not allowed; the API is read-only (GET)")
             token = await self._authenticate(scope.headers.get("authorization"))
-            query = parse_qs(scope.query_string, max_num_fields=20)
+            try:
+                query = parse_qs(scope.query_string, max_num_fields=_MAX_QUERY_FIELDS)
+            except ValueError:
+                raise ApiError(400, f"the query has more than {_MAX_QUERY_FIELDS} parameters") from None
             # Granian hands over the path percent-decoded: a funnel's name is used as it stands (a name
             # may end with "/", so only the fixed endpoints are matched with a trailing slash or not).
             path = scope.path

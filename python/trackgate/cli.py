@@ -8,6 +8,7 @@ import contextlib
 import datetime as dt
 import logging
 import logging.config
+import math
 import os
 import shutil
 import sys
@@ -63,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     settings.add_arguments(serve)
 
-    project = commands.add_parser("project", help="create and list projects")
+    project = commands.add_parser("project", help="create, list and configure projects")
     actions = project.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = actions.add_parser("create", help="create a project; prints its token and secret")
     create.add_argument("name")
@@ -72,14 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     create.add_argument(
         "--funnel-window-days",
-        type=float,
+        type=_window_days,
         default=projects.DEFAULT_FUNNEL_WINDOW / 86400,
         help="days after a user's step 1 in which later funnel steps count (default: 30)",
     )
     listing = actions.add_parser("list", help="list the projects")
     window = actions.add_parser("set-funnel-window", help="change a project's funnel conversion window")
     window.add_argument("name")
-    window.add_argument("days", type=float)
+    window.add_argument("days", type=_window_days)
 
     funnel = commands.add_parser("funnels", help="funnel reports")
     funnel_actions = funnel.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -221,9 +222,22 @@ def _with_redis(args: argparse.Namespace) -> int:
             return asyncio.run(_project_action(args, url))
         if args.command == "funnels":
             return asyncio.run(_funnel_report(args, config, url))
+        start, end = _date_range(args)
+        project = asyncio.run(_project_named(url, args.project))
+        # Opened once the arguments are known to be good: a mistyped date must not empty the file.
         with contextlib.ExitStack() as files:
             out = files.enter_context(open(args.output, "wb")) if args.output else sys.stdout.buffer
-            return asyncio.run(_export(args, config, url, out))
+            return asyncio.run(_export(config, url, project, start, end, out))
+
+
+def _window_days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        days = math.nan
+    if not math.isfinite(days):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days")
+    return days
 
 
 def _days(seconds_in_days: float) -> int:
@@ -289,30 +303,51 @@ async def _funnel_report(args: argparse.Namespace, config: settings.Settings, ur
     return 0
 
 
-async def _export(args: argparse.Namespace, config: settings.Settings, url: str, out: BinaryIO) -> int:
-    start, end = _date_range(args)
+async def _project_named(url: str, name_or_token: str) -> projects.Project:
     async with Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5) as client:
-        project = await _find_project(client, args.project)
-        async with client.pipeline(transaction=False) as pipe:
-            for p in range(config.partitions):
-                pipe.xlen(store.stream_key(project.token, p))
-            stored = sum(await pipe.execute())
-        written = 0
-        # The bar counts stream entries read, of all the project's stored entries: an upper bound.
-        with tqdm(total=stored, unit="event", file=sys.stderr, desc="export") as bar:
-            lines = export.export_events(
-                client,
-                project.token,
-                config.partitions,
-                start,
-                end,
-                max_future_skew=config.max_future_skew,
-                progress=bar.update,
-            )
-            async for line in lines:
-                out.write(line)
-                written += 1
-            bar.update(stored - bar.n)
+        return await _find_project(client, name_or_token)
+
+
+async def _export(
+    config: settings.Settings,
+    url: str,
+    project: projects.Project,
+    start: dt.date,
+    end: dt.date,
+    out: BinaryIO,
+) -> int:
+    async with Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5) as client:
+        return await _write_export(client, project, config, start, end, out)
+
+
+async def _write_export(
+    client: Redis,
+    project: projects.Project,
+    config: settings.Settings,
+    start: dt.date,
+    end: dt.date,
+    out: BinaryIO,
+) -> int:
+    async with client.pipeline(transaction=False) as pipe:
+        for p in range(config.partitions):
+            pipe.xlen(store.stream_key(project.token, p))
+        stored = sum(await pipe.execute())
+    written = 0
+    # The bar counts stream entries read, of all the project's stored entries: an upper bound.
+    with tqdm(total=stored, unit="event", file=sys.stderr, desc="export") as bar:
+        lines = export.export_events(
+            client,
+            project.token,
+            config.partitions,
+            start,
+            end,
+            max_future_skew=config.max_future_skew,
+            progress=bar.update,
+        )
+        async for line in lines:
+            out.write(line)
+            written += 1
+        bar.update(stored - bar.n)
     print(f"{written} events of {project.name!r} from {start} to {end}", file=sys.stderr)
     return 0
 

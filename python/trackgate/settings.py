@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, get_args, get_origin
 
 import msgspec
+from redis.connection import parse_url
 
 from trackgate._native import Options
 
@@ -51,7 +53,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     ] = "asyncio"
     backpressure: Annotated[
         int,
-        _doc("requests a worker handles concurrently before Granian queues connections (0: Granian's)", ge=0),
+        _doc(
+            "requests a worker handles concurrently before Granian queues connections (0: Granian's)",
+            ge=0,
+            le=1_000_000,
+        ),
     ] = 0
     log_level: Annotated[
         str, _doc("log level: debug, info, warning or error", pattern="^(debug|info|warning|error)$")
@@ -65,19 +71,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         ".trackgate"
     )
     redis_timeout: Annotated[
-        float, _doc("seconds a batch write may take before its connection counts as lost", gt=0)
+        float, _doc("seconds a batch write may take before its connection counts as lost", gt=0, le=3600)
     ] = 3.0
     retry_window: Annotated[
-        float, _doc("seconds a batch whose write failed is retried before its requests get 503", ge=0)
+        float,
+        _doc("seconds a batch whose write failed is retried before its requests get 503", ge=0, le=3600),
     ] = 2.0
-    retry_after: Annotated[int, _doc("Retry-After seconds sent with 503 answers", ge=0)] = 2
+    retry_after: Annotated[int, _doc("Retry-After seconds sent with 503 answers", ge=0, le=86400)] = 2
 
     # Group commit
     # Up to `pipeline_depth` flushes are in flight per worker; events arriving meanwhile form the next
     # one, so flushes grow with load by themselves. A linger trades latency for fewer, larger writes at
     # moderate load.
     batch_max_events: Annotated[
-        int, _doc("a worker writes its pending events once this many are waiting", ge=1)
+        int, _doc("a worker writes its pending events once this many are waiting", ge=1, le=1_000_000)
     ] = 2000
     batch_linger_ms: Annotated[
         float,
@@ -91,12 +98,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         int, _doc("flushes a worker has in flight to Redis at once, on its one connection", ge=1, le=64)
     ] = 4
     max_pending_events: Annotated[
-        int, _doc("events a worker holds unwritten before it answers 503 (back-pressure)", ge=1)
+        int,
+        _doc("events a worker holds unwritten before it answers 503 (back-pressure)", ge=1, le=100_000_000),
     ] = 100_000
 
     # Streams
     stream_maxlen: Annotated[
-        int, _doc("trim each partition's stream to about this many entries (0: no length limit)", ge=0)
+        int,
+        _doc(
+            "trim each partition's stream to about this many entries (0: no length limit)", ge=0, le=2**63 - 1
+        ),
     ] = 1_000_000
     stream_max_age: Annotated[
         float, _doc("also trim entries older than this many seconds (0: no age limit)", ge=0)
@@ -110,7 +121,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     trusted_proxies: Annotated[
         tuple[str, ...], _doc("addresses or networks of proxies whose X-Forwarded-For is believed")
     ] = ()
-    token_refresh: Annotated[float, _doc("seconds between reloads of the project list", gt=0)] = 5.0
+    token_refresh: Annotated[float, _doc("seconds between reloads of the project list", gt=0, le=86400)] = 5.0
 
     # Decoding rules (see the README's table)
     partitions: Annotated[
@@ -238,13 +249,24 @@ def _explain(err: msgspec.ValidationError, values: Mapping[str, Any]) -> str:
     if found is None:
         return text
     name = found.group(1)
-    return (
-        f"--{name.replace('_', '-')} ({ENV_PREFIX}{name.upper()}) = {values.get(name)!r}: "
-        f"{text[: found.start()].lower()}"
-    )
+    return f"{_flag(name)} = {values.get(name)!r}: {text[: found.start()].lower()}"
+
+
+def _flag(name: str) -> str:
+    """A setting as the user gives it: `--redis-url (TRACKGATE_REDIS_URL)`."""
+    return f"--{name.replace('_', '-')} ({ENV_PREFIX}{name.upper()})"
 
 
 def _check(settings: Settings) -> None:
+    for field in _FIELDS:
+        value = getattr(settings, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SettingsError(f"{_flag(field.name)} = {value!r}: expected a finite number")
+    if settings.redis_url is not None:
+        try:
+            parse_url(settings.redis_url)  # type: ignore[no-untyped-call]
+        except ValueError as err:
+            raise SettingsError(f"{_flag('redis_url')} = {settings.redis_url!r}: {err}") from None
     for proxy in settings.trusted_proxies:
         try:
             ipaddress.ip_network(proxy, strict=False)
@@ -256,7 +278,12 @@ def _check(settings: Settings) -> None:
     try:
         settings.decoder_options()
     except ValueError as err:
-        raise SettingsError(str(err)) from None
+        # The decoder names the rule ("max_events must be ..."); say which flag that is.
+        text = str(err)
+        name = text.split(" ", 1)[0]
+        if any(field.name == name for field in _FIELDS):
+            text = f"{_flag(name)}: {text}"
+        raise SettingsError(text) from None
 
 
 def to_worker_environment(settings: Settings) -> dict[str, str]:

@@ -172,6 +172,7 @@ pub enum EventErrorKind {
     TooDeep,
     ArrayTooLong,
     DuplicateProperty,
+    NumberOutOfRange,
     EventTooLarge,
 }
 
@@ -200,6 +201,7 @@ impl EventErrorKind {
             Self::TooDeep => "too_deep",
             Self::ArrayTooLong => "array_too_long",
             Self::DuplicateProperty => "duplicate_property",
+            Self::NumberOutOfRange => "number_out_of_range",
             Self::EventTooLarge => "event_too_large",
         }
     }

@@ -4,7 +4,9 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 use crate::errors::{EventError, EventErrorKind};
-use crate::json::{write_str, JsonType, Scalar, Scanner, Shape, StrToken, SyntaxError};
+use crate::json::{
+    fits_double, write_str, JsonType, Scalar, Scanner, Shape, StrToken, SyntaxError,
+};
 use crate::{Context, Options};
 
 /// Seconds values from this one on are taken as milliseconds (1e11 s is the year 5138).
@@ -233,6 +235,10 @@ fn scan_properties<'a>(
                 JsonType::String
             }
             Scalar::Number(n) => {
+                if members.violation.is_none() && !fits_double(n) {
+                    let at = members.properties.len();
+                    members.violation = Some((EventErrorKind::NumberOutOfRange, 0, at));
+                }
                 scratch.values.extend_from_slice(n);
                 JsonType::Number
             }
@@ -595,6 +601,9 @@ impl<'a> Normaliser<'_, 'a, '_> {
                     "{field} is nested more than {} levels deep",
                     options.max_depth
                 )
+            }
+            EventErrorKind::NumberOutOfRange => {
+                format!("{field} holds a number beyond the range of a double (about ±1.8e308)")
             }
             EventErrorKind::ArrayTooLong => {
                 format!(

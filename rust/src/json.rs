@@ -80,6 +80,29 @@ impl Shape {
     }
 }
 
+/// Whether a number token (already checked against the grammar) can be read by every consumer: a
+/// fraction or an exponent must stay below a double's ±1.8e308 (`1e400` reads as infinity, or fails,
+/// depending on the reader); an integer is kept as sent whatever its length, as readers take it as an
+/// integer. Only a token with an exponent, or one of over 309 bytes, can be out of range.
+#[inline]
+pub fn fits_double(n: &[u8]) -> bool {
+    if n.len() < 310 && !n.iter().any(|&b| b | 0x20 == b'e') {
+        return true;
+    }
+    fits_double_slow(n)
+}
+
+#[cold]
+fn fits_double_slow(n: &[u8]) -> bool {
+    if !n.iter().any(|&b| matches!(b, b'.' | b'e' | b'E')) {
+        return true;
+    }
+    std::str::from_utf8(n)
+        .ok()
+        .and_then(|text| text.parse::<f64>().ok())
+        .is_some_and(f64::is_finite)
+}
+
 /// A string token as it stands in the input, quotes included.
 #[derive(Debug, Clone, Copy)]
 pub struct StrToken<'a> {
@@ -409,6 +432,9 @@ impl<'a> Scanner<'a> {
                 Ok(JsonType::String)
             }
             Scalar::Number(n) => {
+                if !fits_double(n) {
+                    shape.note(EventErrorKind::NumberOutOfRange, 0);
+                }
                 out.extend_from_slice(n);
                 Ok(JsonType::Number)
             }

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PySlice, PyString, PyTuple};
 
 use crate::replies::{self, Item, ReplyBuffer};
 use crate::{request, Context, Decoded, EventError, Params, RequestError};
@@ -68,15 +68,15 @@ impl PyOptions {
     fn new(
         max_age: f64,
         max_future_skew: f64,
-        max_event_name_chars: usize,
-        max_distinct_id_chars: usize,
-        max_properties: usize,
-        max_depth: usize,
-        max_array_len: usize,
-        max_event_bytes: usize,
-        max_request_bytes: usize,
-        max_events: usize,
-        partitions: u32,
+        #[pyo3(from_py_with = max_event_name_chars)] max_event_name_chars: usize,
+        #[pyo3(from_py_with = max_distinct_id_chars)] max_distinct_id_chars: usize,
+        #[pyo3(from_py_with = max_properties)] max_properties: usize,
+        #[pyo3(from_py_with = max_depth)] max_depth: usize,
+        #[pyo3(from_py_with = max_array_len)] max_array_len: usize,
+        #[pyo3(from_py_with = max_event_bytes)] max_event_bytes: usize,
+        #[pyo3(from_py_with = max_request_bytes)] max_request_bytes: usize,
+        #[pyo3(from_py_with = max_events)] max_events: usize,
+        #[pyo3(from_py_with = partitions)] partitions: u32,
     ) -> PyResult<Self> {
         for (name, value) in [("max_age", max_age), ("max_future_skew", max_future_skew)] {
             if !value.is_finite() || value < 0.0 {
@@ -84,25 +84,6 @@ impl PyOptions {
                     "{name} must be a finite number >= 0, got {value}"
                 )));
             }
-        }
-        for (name, value) in [
-            ("max_events", max_events),
-            ("max_request_bytes", max_request_bytes),
-        ] {
-            if value == 0 {
-                return Err(PyValueError::new_err(format!("{name} must be at least 1")));
-            }
-        }
-        if max_depth > crate::json::MAX_DEPTH_LIMIT {
-            return Err(PyValueError::new_err(format!(
-                "max_depth must be at most {}, got {max_depth}",
-                crate::json::MAX_DEPTH_LIMIT
-            )));
-        }
-        if !(1..=65536).contains(&partitions) {
-            return Err(PyValueError::new_err(format!(
-                "partitions must be from 1 to 65536, got {partitions}"
-            )));
         }
         Ok(Self {
             max_age,
@@ -126,6 +107,63 @@ impl PyOptions {
     }
 }
 
+/// An integer option from `min` to `max`; a wrong value is a ValueError that names the option, whatever
+/// its size or sign (the derived conversion says only "can't convert negative int to unsigned").
+fn limit(name: &str, value: &Bound<'_, PyAny>, min: usize, max: usize) -> PyResult<usize> {
+    if !value.is_instance_of::<PyInt>() || value.is_instance_of::<PyBool>() {
+        return Err(not_an_int(name, value));
+    }
+    match value.extract::<usize>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(out_of_range(name, value, min, max)),
+    }
+}
+
+macro_rules! limits {
+    ($($name:ident: $min:expr, $max:expr;)*) => {$(
+        fn $name(value: &Bound<'_, PyAny>) -> PyResult<usize> {
+            limit(stringify!($name), value, $min, $max)
+        }
+    )*};
+}
+
+limits! {
+    max_event_name_chars: 1, usize::MAX;
+    max_distinct_id_chars: 1, usize::MAX;
+    max_properties: 1, usize::MAX;
+    max_depth: 0, crate::json::MAX_DEPTH_LIMIT;
+    max_array_len: 0, usize::MAX;
+    max_event_bytes: 1, usize::MAX;
+    max_request_bytes: 1, usize::MAX;
+    max_events: 1, usize::MAX;
+}
+
+fn partitions(value: &Bound<'_, PyAny>) -> PyResult<u32> {
+    let n = limit("partitions", value, 1, 65536)?;
+    Ok(u32::try_from(n).expect("at most 65536"))
+}
+
+#[cold]
+fn not_an_int(name: &str, value: &Bound<'_, PyAny>) -> PyErr {
+    let type_name = type_name(value.as_borrowed());
+    PyTypeError::new_err(format!("{name} must be an int, not {type_name}"))
+}
+
+#[cold]
+fn out_of_range(name: &str, value: &Bound<'_, PyAny>, min: usize, max: usize) -> PyErr {
+    let shown = value
+        .str()
+        .map_or_else(|_| "?".to_owned(), |s| s.to_string());
+    let message = if max != usize::MAX {
+        format!("{name} must be from {min} to {max}, got {shown}")
+    } else if value.lt(min).unwrap_or(true) {
+        format!("{name} must be at least {min}, got {shown}")
+    } else {
+        format!("{name} must be at most {max}, got {shown}")
+    };
+    PyValueError::new_err(message)
+}
+
 #[pyclass(module = "trackgate._native", name = "TokenSet", frozen)]
 #[derive(Debug)]
 struct PyTokenSet(HashSet<String>);
@@ -133,17 +171,42 @@ struct PyTokenSet(HashSet<String>);
 #[pymethods]
 impl PyTokenSet {
     #[new]
-    fn new(tokens: Vec<String>) -> Self {
-        Self(tokens.into_iter().collect())
+    fn new(tokens: &Bound<'_, PyAny>) -> PyResult<Self> {
+        // A str is iterable too: taken as tokens, it would be a set of single characters.
+        if tokens.is_instance_of::<PyString>() {
+            return Err(PyTypeError::new_err(
+                "tokens must be an iterable of str, not one str",
+            ));
+        }
+        let mut set = HashSet::new();
+        for token in tokens.try_iter()? {
+            let token = token?;
+            let Ok(text) = token.cast::<PyString>() else {
+                return Err(not_a_token(&token));
+            };
+            set.insert(text.to_str()?.to_owned());
+        }
+        Ok(Self(set))
     }
 
-    fn __contains__(&self, token: &str) -> bool {
-        self.0.contains(token)
+    /// Like a set's: whatever is not a str is not in it.
+    fn __contains__(&self, token: &Bound<'_, PyAny>) -> bool {
+        token
+            .cast::<PyString>()
+            .ok()
+            .and_then(|text| text.to_str().ok().map(|t| self.0.contains(t)))
+            .unwrap_or(false)
     }
 
     fn __len__(&self) -> usize {
         self.0.len()
     }
+}
+
+#[cold]
+fn not_a_token(token: &Bound<'_, PyAny>) -> PyErr {
+    let type_name = type_name(token.as_borrowed());
+    PyTypeError::new_err(format!("tokens must be str, not {type_name}"))
 }
 
 /// A decoded request. Everything is converted on access, and only what the caller asks for.
@@ -361,18 +424,42 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Text<'py> {
 
 #[cold]
 fn not_text(obj: Borrowed<'_, '_, PyAny>) -> PyErr {
-    let name = obj
-        .get_type()
+    PyTypeError::new_err(format!("expected str or bytes, not {}", type_name(obj)))
+}
+
+/// For messages: the name of an object's type.
+fn type_name(obj: Borrowed<'_, '_, PyAny>) -> String {
+    obj.get_type()
         .name()
-        .map_or_else(|_| "?".to_owned(), |n| n.to_string());
-    PyTypeError::new_err(format!("expected str or bytes, not {name}"))
+        .map_or_else(|_| "?".to_owned(), |n| n.to_string())
 }
 
 fn with_bytes<R>(text: Text<'_>, f: impl FnOnce(&[u8]) -> PyResult<R>) -> PyResult<R> {
     match text {
         Text::Bytes(bytes) => f(bytes.as_bytes()),
-        Text::Str(s) => f(s.to_str()?.as_bytes()),
+        Text::Str(s) => match s.to_str() {
+            Ok(text) => f(text.as_bytes()),
+            Err(err) => Err(not_unicode(&s, &err)),
+        },
     }
+}
+
+/// A `str` holding a lone surrogate has no UTF-8 form: refused as `invalid_utf8`, at the byte where
+/// the UTF-8 of what precedes the surrogate ends.
+#[cold]
+fn not_unicode(text: &Bound<'_, PyString>, err: &PyErr) -> PyErr {
+    let py = text.py();
+    let offset = err
+        .value(py)
+        .getattr("start")
+        .and_then(|start| start.extract::<usize>())
+        .map_or(0, |start| {
+            let end = isize::try_from(start).unwrap_or(isize::MAX);
+            text.get_item(PySlice::new(py, 0, end, 1))
+                .and_then(|before| Ok(before.cast_into::<PyString>()?.to_str()?.len()))
+                .unwrap_or(start)
+        });
+    request_error(py, &RequestError::InvalidUtf8 { offset }, Params::default())
 }
 
 /// Runs a decode, without the GIL for large inputs; a refusal carries the parameters `params` reads.
@@ -459,7 +546,7 @@ fn check_now(now: f64) -> PyResult<()> {
     if now.is_finite() && now >= 0.0 {
         Ok(())
     } else {
-        Err(PyTypeError::new_err(format!(
+        Err(PyValueError::new_err(format!(
             "now must be a finite number of seconds since 1970, got {now}"
         )))
     }

@@ -1,0 +1,70 @@
+"""The command line refuses bad arguments and settings with a message that names them, exit status 2, and
+no traceback; and it changes nothing (no file emptied, no Redis started) before they are known good."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import TRACKGATE, RedisServer
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TRACKGATE_")}
+    return subprocess.run(
+        [TRACKGATE, *args], capture_output=True, text=True, timeout=60, env={**environ, **(env or {})}
+    )
+
+
+def refused(done: subprocess.CompletedProcess[str], *names: str) -> None:
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    for name in names:
+        assert name in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("days", ["nan", "inf", "-inf", "soon"])
+def test_a_funnel_window_that_is_not_a_number_of_days(days: str, tmp_path: Path) -> None:
+    data = ["--data-dir", str(tmp_path)]
+    refused(run("project", "create", "shop", "--funnel-window-days", days, *data), "--funnel-window-days")
+    refused(run("project", "set-funnel-window", "shop", days, *data), "days")
+    assert not (tmp_path / "redis.pid").exists()
+
+
+@pytest.mark.parametrize("url", ["notaurl", "http://example.com", "redis://host:port/0"])
+def test_a_redis_url_redis_cannot_use(url: str, tmp_path: Path) -> None:
+    refused(run("project", "list", "--redis-url", url), "--redis-url (TRACKGATE_REDIS_URL)", repr(url))
+    refused(
+        run("serve", "--data-dir", str(tmp_path), env={"TRACKGATE_REDIS_URL": url}),
+        "--redis-url (TRACKGATE_REDIS_URL)",
+    )
+    assert not (tmp_path / "redis.pid").exists()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("TRACKGATE_MAX_EVENTS", "99999999999999999999", "max_events"),
+        ("TRACKGATE_MAX_REQUEST_BYTES", "-5", "--max-request-bytes"),
+        ("TRACKGATE_REDIS_TIMEOUT", "inf", "--redis-timeout"),
+        ("TRACKGATE_REDIS_TIMEOUT", "nan", "--redis-timeout"),
+        ("TRACKGATE_MAX_AGE", "inf", "--max-age"),
+        ("TRACKGATE_STREAM_MAXLEN", str(2**63), "--stream-maxlen"),
+        ("TRACKGATE_PARTITIONS", "0", "--partitions"),
+    ],
+)
+def test_a_setting_out_of_range(variable: str, value: str, named: str, tmp_path: Path) -> None:
+    refused(run("serve", "--data-dir", str(tmp_path), env={variable: value}), named)
+    refused(run("project", "list", "--data-dir", str(tmp_path), env={variable: value}), named)
+    assert not (tmp_path / "redis.pid").exists()
+
+
+def test_a_failed_export_leaves_the_output_file_alone(redis_server: RedisServer, tmp_path: Path) -> None:
+    target = tmp_path / "events.jsonl"
+    target.write_text("kept\n")
+    common = ["--redis-url", redis_server.url, "--output", str(target)]
+    refused(run("export", "--project", "demo", "--to", "2026-11-40", *common), "--from/--to")
+    refused(run("export", "--project", "no-such-project", *common), "no-such-project")
+    assert target.read_text() == "kept\n"
