@@ -73,9 +73,11 @@ Events (errors: one per event, the first rule broken, in EVENT_RULE_ORDER below)
   E7  $insert_id: a string of 0 to 36 characters from A-Z a-z 0-9 "-" ("" included: the README says at most
       36); else insert_id_invalid.
   E8  ip: present and not a string -> ip_invalid, even with ip=1 (which will replace it).
-  E9  mp_funnel (event name exactly "mp_funnel"): funnel a non-empty string (else funnel_invalid); step a
-      JSON number whose value is a whole number (2, 2.0, 2e0) or a string of 1 to 10 ASCII digits ("2",
-      "02"), from 1 to 2**31 - 1 (else step_invalid); goal a string, "" allowed (else goal_invalid).
+  E9  mp_funnel (event name exactly "mp_funnel"): funnel a non-empty string of at most
+      max_event_name_chars characters (else funnel_invalid); step a JSON number whose value is a whole
+      number (2, 2.0, 2e0) or a string of 1 to 10 ASCII digits ("2", "02"), from 1 to 100 (else
+      step_invalid); goal a string of at most max_event_name_chars characters, "" allowed (else
+      goal_invalid).
   E10 too_many_properties counts the members of `properties` as sent (duplicates included).
   E11 Container limits inside each property value, properties in document order, the first violation in
       reading order: too_deep at the opening bracket of a container at level > max_depth (a property's
@@ -172,7 +174,7 @@ JSON_WHITESPACE = b" \t\n\r"
 GZIP_MAGIC = b"\x1f\x8b"
 MILLISECONDS_FROM = 1e11
 MAX_INSERT_ID_CHARS = 36
-MAX_STEP = 2**31 - 1
+MAX_STEP = 100
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -772,13 +774,14 @@ def validate_event(index: int, value: Any, ctx: _Context) -> ValidEvent | EventE
     funnel: dict[str, Any] | None = None
     if name == "mp_funnel":
         funnel_name = properties.get("funnel")
-        if not isinstance(funnel_name, str) or not funnel_name:
+        too_long = options.max_event_name_chars
+        if not isinstance(funnel_name, str) or not funnel_name or len(funnel_name) > too_long:
             return error("properties.funnel", "funnel_invalid", "funnel must be a non-empty string")
         step = _step_value(properties.get("step", _ABSENT))
         if step is None:
             return error("properties.step", "step_invalid", "properties.step must be an integer >= 1")
         goal = properties.get("goal", _ABSENT)
-        if not isinstance(goal, str):
+        if not isinstance(goal, str) or len(goal) > too_long:
             return error("properties.goal", "goal_invalid", "properties.goal must be a string")
         funnel = {"name": funnel_name, "step": step, "goal": goal}
 

@@ -416,8 +416,8 @@ def events(draw: st.DrawFn, now: float, options: ref.Options) -> Any:
         )
         part(
             "step",
-            st.sampled_from([1, "2", "02", 2.0, 2**31 - 1, "2147483647"]) | st.integers(1, 99),
-            st.sampled_from([0, -1, 2.5, "0", "x", "2.0", " 2", 2**31, "2147483648", True, None]),
+            st.sampled_from([1, "2", "02", 2.0, 100, "100", "0000000100"]) | st.integers(1, 99),
+            st.sampled_from([0, -1, 2.5, "0", "x", "2.0", " 2", 101, "101", 2**31, "2147483648", True, None]),
             optional=name != "mp_funnel",
         )
         part(
@@ -994,13 +994,34 @@ EDGE_CASES = [
         data(js(ev({"funnel": "F", "step": 2.5, "goal": "g"}, name="mp_funnel"))),
         errors((0, "properties.step", "step_invalid")),
     ),
-    case(
-        "funnel_step_max", data(js(ev({"funnel": "F", "step": 2**31 - 1, "goal": "g"}, name="mp_funnel"))), OK
-    ),
+    case("funnel_step_max", data(js(ev({"funnel": "F", "step": 100, "goal": "g"}, name="mp_funnel"))), OK),
     case(
         "funnel_step_over_max",
-        data(js(ev({"funnel": "F", "step": str(2**31), "goal": "g"}, name="mp_funnel"))),
+        data(js(ev({"funnel": "F", "step": "101", "goal": "g"}, name="mp_funnel"))),
         errors((0, "properties.step", "step_invalid")),
+    ),
+    case(
+        "funnel_step_huge",
+        data(js(ev({"funnel": "F", "step": 2**31 - 1, "goal": "g"}, name="mp_funnel"))),
+        errors((0, "properties.step", "step_invalid")),
+    ),
+    case(
+        "funnel_name_at_max_chars",
+        data(js(ev({"funnel": "é" * 9, "step": 1, "goal": "✓" * 9}, name="mp_funnel"))),
+        OK,
+        max_event_name_chars=len("mp_funnel"),
+    ),
+    case(
+        "funnel_name_over_max_chars",
+        data(js(ev({"funnel": "F" * 10, "step": 1, "goal": "g"}, name="mp_funnel"))),
+        errors((0, "properties.funnel", "funnel_invalid")),
+        max_event_name_chars=len("mp_funnel"),
+    ),
+    case(
+        "funnel_goal_over_max_chars",
+        data(js(ev({"funnel": "F", "step": 1, "goal": "\\" * 10}, name="mp_funnel"))),
+        errors((0, "properties.goal", "goal_invalid")),
+        max_event_name_chars=len("mp_funnel"),
     ),
     case(
         "funnel_goal_missing",

@@ -4,6 +4,7 @@ from collections.abc import Iterable, Sequence
 from typing import Final, final
 
 __all__ = [
+    "MAX_FUNNEL_STEP",
     "PACKED_LAYOUT",
     "DecodeError",
     "Options",
@@ -22,6 +23,9 @@ __version__: Final[str]
 # Per event: its UTC day (YYYY-MM-DD), "HH:<event name>", the distinct_id ("" when none), the funnel
 # ("" unless mp_funnel); an mp_funnel event adds its time in whole seconds, its step and its goal.
 PACKED_LAYOUT: Final[int]
+
+# The highest mp_funnel step the decoder accepts (step_invalid above it), and the last a report lists.
+MAX_FUNNEL_STEP: Final[int]
 
 @final
 class Options:

@@ -24,6 +24,8 @@ from collections.abc import Iterable
 import msgspec
 from redis.asyncio import Redis
 
+from trackgate._native import MAX_FUNNEL_STEP
+
 MAX_RANGE_DAYS = 366
 _COUNTERS = ("u", "h", "o", "s")
 
@@ -87,6 +89,8 @@ async def _goals(client: Redis, token: str, partitions: int, name: str) -> dict[
             if field.startswith(b"t"):
                 continue
             step = int(field)
+            if step > MAX_FUNNEL_STEP:
+                continue
             seen = float(fields.get(b"t" + field, b"0"))
             if step not in first or seen < first[step][0]:
                 first[step] = (seen, _text(value))
@@ -111,7 +115,8 @@ Totals = dict[tuple[str, int], int]
 
 
 def _steps(goals: dict[int, str], totals: Totals) -> list[Step]:
-    last = max([*goals, *(step for _, step in totals)], default=0)
+    # Steps above the cap (stored before there was one) are left out: a report stays bounded.
+    last = max((n for n in [*goals, *(n for _, n in totals)] if n <= MAX_FUNNEL_STEP), default=0)
     steps = []
     first_users = totals.get(("u", 1), 0)
     previous_users = first_users

@@ -12,7 +12,10 @@ use crate::{Context, Options};
 /// Seconds values from this one on are taken as milliseconds (1e11 s is the year 5138).
 const MILLISECONDS_FROM: f64 = 1e11;
 const MAX_INSERT_ID_CHARS: usize = 36;
-const MAX_STEP: f64 = 2_147_483_647.0;
+/// The highest funnel step. A report lists every step up to the highest seen, per day of a range: an
+/// unbounded step would let one event (anyone who knows a project's public token can send it) make
+/// reports of millions of steps.
+pub const MAX_FUNNEL_STEP: u32 = 100;
 
 /// A reserved property as it was sent: its token when a scalar, its type either way.
 #[derive(Debug, Clone, Copy)]
@@ -563,31 +566,38 @@ impl<'a> Normaliser<'_, 'a, '_> {
     fn funnel(&self) -> Result<(StrToken<'a>, u32, StrToken<'a>), EventError> {
         use EventErrorKind as K;
         let m = self.members;
+        // Names of Redis keys and hash fields: held to the length of an event name.
+        let max = self.ctx.options.max_event_name_chars;
+        let fits = |s: &StrToken<'_>| s.raw.len() - 2 <= max || s.text().chars().count() <= max;
         let name = m
             .get(Slot::Funnel)
             .and_then(|r| r.string())
-            .filter(|s| s.raw.len() > 2)
+            .filter(|s| s.raw.len() > 2 && fits(s))
             .ok_or_else(|| {
                 self.reject(
                     K::FunnelInvalid,
                     "properties.funnel",
-                    "mp_funnel events need properties.funnel, a non-empty string".into(),
+                    format!("mp_funnel events need properties.funnel, a non-empty string of at most {max} characters"),
                 )
             })?;
         let step = m.get(Slot::Step).and_then(|r| parse_step(r.scalar?)).ok_or_else(|| {
             self.reject(
                 K::StepInvalid,
                 "properties.step",
-                "mp_funnel events need properties.step, an integer of at least 1 (or a string holding one)".into(),
+                format!("mp_funnel events need properties.step, an integer from 1 to {MAX_FUNNEL_STEP} (or a string holding one)"),
             )
         })?;
-        let goal = m.get(Slot::Goal).and_then(|r| r.string()).ok_or_else(|| {
-            self.reject(
-                K::GoalInvalid,
-                "properties.goal",
-                "mp_funnel events need properties.goal, a string".into(),
-            )
-        })?;
+        let goal = m
+            .get(Slot::Goal)
+            .and_then(|r| r.string())
+            .filter(fits)
+            .ok_or_else(|| {
+                self.reject(
+                    K::GoalInvalid,
+                    "properties.goal",
+                    format!("mp_funnel events need properties.goal, a string of at most {max} characters"),
+                )
+            })?;
         Ok((name, step, goal))
     }
 
@@ -821,7 +831,8 @@ fn parse_step(scalar: Scalar<'_>) -> Option<u32> {
         }
         _ => return None,
     };
-    (value.fract() == 0.0 && (1.0..=MAX_STEP).contains(&value)).then_some(value as u32)
+    (value.fract() == 0.0 && (1.0..=f64::from(MAX_FUNNEL_STEP)).contains(&value))
+        .then_some(value as u32)
 }
 
 /// A validated JSON number token as f64 (Rust's parser is correctly rounded).

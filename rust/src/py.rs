@@ -638,6 +638,7 @@ fn build_reply<'py>(py: Python<'py>, reply: &[u8], pos: &mut usize) -> PyResult<
 fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("PACKED_LAYOUT", crate::PACKED_LAYOUT)?;
+    m.add("MAX_FUNNEL_STEP", crate::event::MAX_FUNNEL_STEP)?;
     m.add_class::<PyOptions>()?;
     m.add_class::<PyTokenSet>()?;
     m.add_class::<PyRequest>()?;

@@ -515,7 +515,8 @@ fn funnel_steps_that_are_accepted() {
         ("\"2\"", 2),
         ("2.0", 2),
         ("3e0", 3),
-        ("2147483647", 2_147_483_647),
+        ("100", 100),
+        ("\"0100\"", 100),
     ] {
         let json = s.accept(funnel_event(&format!(
             "\"funnel\":\"F\",\"step\":{step},\"goal\":\"G\""
@@ -533,8 +534,21 @@ fn funnel_steps_that_are_accepted() {
 fn funnel_steps_that_are_rejected() {
     let s = Setup::default();
     for step in [
-        "0", "-1", "\"x\"", "\"2.5\"", "1.5", "\"0\"", "\"-1\"", "\"\"", "true", "null", "[1]",
+        "0",
+        "-1",
+        "\"x\"",
+        "\"2.5\"",
+        "1.5",
+        "\"0\"",
+        "\"-1\"",
+        "\"\"",
+        "true",
+        "null",
+        "[1]",
         "{}",
+        "101",
+        "\"101\"",
+        "2147483647",
     ] {
         s.assert_rejected(
             funnel_event(&format!("\"funnel\":\"F\",\"step\":{step},\"goal\":\"G\"")),
@@ -710,6 +724,33 @@ fn depth_at_and_over_the_limit() {
     let none = with_options(|o| o.max_depth = 0);
     none.accept(event("\"a\":1,\"b\":\"[]\""));
     none.assert_rejected(event("\"a\":1,\"b\":[]"), K::TooDeep, "properties.b");
+}
+
+#[test]
+fn numbers_beyond_a_double_are_refused_where_they_stand() {
+    let s = Setup::default();
+    for kept in [
+        "1.7976931348623157e308",
+        "-1e308",
+        "1e-400",
+        "12345678901234567890123456789",
+    ] {
+        let json = s.accept(event(&format!("\"a\":{kept}")));
+        assert!(json.contains(&format!("\"a\":{kept}")), "{json}");
+    }
+    let long_integer = "9".repeat(400);
+    s.accept(event(&format!("\"a\":{long_integer}")));
+    for beyond in ["1e400", "-1E309", "2.5e+999"] {
+        s.assert_rejected(
+            event(&format!("\"a\":{beyond}")),
+            K::NumberOutOfRange,
+            "properties.a",
+        );
+        let nested = format!("\"b\":{{\"c\":[1,{beyond}]}}");
+        s.assert_rejected(event(&nested), K::NumberOutOfRange, "properties.b");
+    }
+    let fraction = format!("\"a\":{long_integer}.5");
+    s.assert_rejected(event(&fraction), K::NumberOutOfRange, "properties.a");
 }
 
 #[test]
