@@ -473,12 +473,13 @@ CAPTURE_ORIGIN_GET_FIRST = "http://127.0.0.1:38077"
 
 @pytest.fixture(scope="session")
 def tuned_gateway(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """An allow-list of origins, a 100 kB request cap, no trusted proxies, and events accepted from
-    ten years back (the captured requests carry the capture day's times)."""
+    """An allow-list of origins, a 100 kB request cap, a body timeout of 1 s, no trusted proxies, and
+    events accepted from ten years back (the captured requests carry the capture day's times)."""
     gw = Gateway(
         tmp_path_factory.mktemp("tuned"),
         "--allowed-origins", f"https://app.example.com,{CAPTURE_ORIGIN},{CAPTURE_ORIGIN_GET_FIRST}",
         "--max-request-bytes", "100000",
+        "--body-timeout", "1",
         "--max-age", str(10 * 365 * 86400),
         redis_url=redis_server.url,
     )  # fmt: skip

@@ -7,6 +7,8 @@ import gzip
 import json
 import logging
 import re
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -444,3 +446,36 @@ def test_refusals_are_logged_at_most_once_a_second_per_reason(caplog: pytest.Log
         "refused b",
         "refused c (and 4 more refused for this reason since its last line)",
     ]
+
+
+def _stalled_upload(gw: Gateway) -> socket.socket:
+    """A POST that announces 100 bytes of body and sends 2."""
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    head = (
+        "POST /track?verbose=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n\r\n"
+    )
+    sock.sendall(head.encode() + b"da")
+    return sock
+
+
+def test_a_body_that_stops_arriving_gets_408(tuned_gateway: Gateway) -> None:
+    sock = _stalled_upload(tuned_gateway)
+    started = time.monotonic()
+    answer = sock.recv(65536).decode()
+    waited = time.monotonic() - started
+    sock.close()
+    assert answer.startswith("HTTP/1.1 408"), answer
+    assert "did not arrive within 1 s" in answer
+    assert 0.5 < waited < 5
+    assert requests.get(tuned_gateway.url("/healthz"), timeout=5).status_code == 200
+
+
+def test_clients_that_leave_mid_body_are_not_errors(tuned_gateway: Gateway) -> None:
+    for _ in range(20):
+        _stalled_upload(tuned_gateway).close()
+    time.sleep(0.5)
+    assert requests.get(tuned_gateway.url("/healthz"), timeout=5).status_code == 200
+    log = tuned_gateway.log()
+    assert "Traceback" not in log
+    assert "raised an exception" not in log

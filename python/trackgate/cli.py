@@ -203,8 +203,9 @@ def _granian(config: settings.Settings) -> Any:
         log_level=LogLevels(config.log_level),
         log_dictconfig=_logging_config(config.log_level),
         respawn_failed_workers=True,
-        # A worker writes its queued batches before it exits; give it that long, then stop waiting.
-        workers_kill_timeout=int(config.redis_timeout + config.retry_window) + 10,
+        # A worker finishes its requests (a slow body takes up to --body-timeout) and writes its queued
+        # batches before it exits; give it that long, then stop waiting.
+        workers_kill_timeout=int(max(config.redis_timeout + config.retry_window, config.body_timeout)) + 10,
     )
 
 

@@ -20,6 +20,7 @@ from typing import Final, Protocol
 from urllib.parse import urlsplit
 
 import msgspec
+from granian.rsgi import ProtocolClosed  # type: ignore[attr-defined]  # re-exported, not in __all__
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -49,6 +50,8 @@ class _Params(Protocol):
 # Every way a /track request can fail, and its status: the one place that decides. Whole-request decode
 # errors are listed by the decoder's kind (the decoder's own `status` agrees; a kind added to the decoder
 # later falls back to it); the rest are the gateway's reasons.
+CLIENT_CLOSED: Final = 499
+"""Counted for a request whose client left before it could be answered (nginx's number for it)."""
 STATUS: Final[dict[str, int]] = {
     # the decoder, whole request
     "empty": 400,
@@ -71,6 +74,7 @@ STATUS: Final[dict[str, int]] = {
     "invalid_redirect": 400,
     "origin_not_allowed": 403,
     "method_not_allowed": 405,
+    "body_timeout": 408,
     "redis_unavailable": 503,
     "overloaded": 503,
     "stopping": 503,
@@ -273,7 +277,20 @@ class App:
                 ("vary", "Origin"),
             ]
         if method == "POST":
-            body = await self._read_body(proto, headers.get("content-length"))
+            try:
+                async with asyncio.timeout(self.settings.body_timeout):
+                    body = await self._read_body(proto, headers.get("content-length"))
+            except TimeoutError:
+                params = self._query_params(scope.query_string)
+                message = f"the request body did not arrive within {self.settings.body_timeout:g} s"
+                self._refuse(
+                    scope, proto, "body_timeout", message, cors, params, callback=_callback_of(params)
+                )
+                return
+            except ProtocolClosed:
+                # The client left before its body arrived: there is no one to answer, nor to log about.
+                metrics.count_request("track", CLIENT_CLOSED)
+                return
             if body is None:
                 params = self._query_params(scope.query_string)
                 self._refuse(

@@ -114,6 +114,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     ] = 0.0
 
     # HTTP
+    body_timeout: Annotated[
+        float,
+        _doc(
+            "seconds a request's body may take to arrive before the answer is 408 (Granian times out "
+            "headers after 30 s)",
+            gt=0,
+            le=3600,
+        ),
+    ] = 10.0
     allowed_origins: Annotated[
         tuple[str, ...], _doc("CORS origins allowed to send events with credentials (*: any)")
     ] = ("*",)
