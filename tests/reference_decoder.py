@@ -91,7 +91,8 @@ Events (errors: one per event, the first rule broken, in EVENT_RULE_ORDER below)
   E13 event_too_large: len(normalised JSON) > max_event_bytes.
   E14 Error fields: "" when the event as a whole is at fault (not_an_object, event_too_large); "event";
       "properties"; "properties.<name>" for the reserved ones ("properties.$insert_id",
-      "properties.step", ...); "properties.<top-level key>" for E11 and E12.
+      "properties.step", ...); "properties.<top-level key>" for E11 and E12, the key cut after 100
+      characters, followed by "..." (an answer repeats the field; a key may be as long as the event).
 
 The normalised event
   N1  Keys in README order; distinct_id when one was sent (even "") or substituted; insert_id when sent; ip
@@ -630,6 +631,11 @@ def _step_value(value: Any) -> int | None:
     return int(number)
 
 
+def _key_field(key: str) -> str:
+    """E14: the error field of a top-level property."""
+    return f"properties.{key[:100]}..." if len(key) > 100 else f"properties.{key}"
+
+
 def _beyond_double(value: Any) -> bool:
     """E11: a fraction or an exponent beyond a double (Python reads 1e400 as inf); not an integer literal,
     which the oracle turns into a float only past 4000 digits."""
@@ -796,11 +802,11 @@ def validate_event(index: int, value: Any, ctx: _Context) -> ValidEvent | EventE
     for key, member in members:
         kind = _shape_violation(member, 1, options)
         if kind:
-            return error(f"properties.{key}", kind, f"properties.{key} breaks the {kind} limit")
+            return error(_key_field(key), kind, f"{_key_field(key)} breaks the {kind} limit")
     if isinstance(properties, _ObjectWithDuplicates):
         counts = Counter(key for key, _ in members)
         key = next(key for key, _ in members if counts[key] > 1)
-        return error(f"properties.{key}", "duplicate_property", f"properties.{key} appears more than once")
+        return error(_key_field(key), "duplicate_property", f"{_key_field(key)} appears more than once")
 
     # The normalised event (N1 - N3)
     written_time = _output_number(event_time)

@@ -873,6 +873,16 @@ EDGE_CASES = [
     ),
     case("broken_before_max", data("[" + ONE + ",{broken," + ONE + "]"), "invalid_json", max_events=3),
     case(
+        "long_key_cut_in_the_field",
+        data(raw_event('"' + "é" * 150 + '":1e400')),
+        errors((0, "properties." + "é" * 100 + "...", "number_out_of_range")),
+    ),
+    case(
+        "key_of_100_characters_whole",
+        data(raw_event('"' + "k" * 100 + '":1,"' + "k" * 100 + '":2')),
+        errors((0, "properties." + "k" * 100, "duplicate_property")),
+    ),
+    case(
         "number_beyond_f64",
         data(raw_event('"x":1e400')),
         errors((0, "properties.x", "number_out_of_range")),

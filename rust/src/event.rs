@@ -604,7 +604,7 @@ impl<'a> Normaliser<'_, 'a, '_> {
     #[cold]
     fn shape_error(&self, kind: EventErrorKind, value: usize, key: &[u8]) -> EventError {
         let options = self.ctx.options;
-        let field = format!("properties.{}", String::from_utf8_lossy(key));
+        let field = property_field(key);
         let message = match kind {
             EventErrorKind::TooDeep => {
                 format!(
@@ -644,7 +644,7 @@ impl<'a> Normaliser<'_, 'a, '_> {
         }
         for (i, a) in props.iter().enumerate() {
             if let Some(b) = props[i + 1..].iter().find(|b| b.key == a.key) {
-                let field = format!("properties.{}", String::from_utf8_lossy(&b.key));
+                let field = property_field(&b.key);
                 let message = format!("{field} appears more than once");
                 return Err(self.reject(EventErrorKind::DuplicateProperty, &field, message));
             }
@@ -816,6 +816,20 @@ fn key_hash(key: &[u8]) -> u64 {
     let head = load(&key[..n.min(8)]);
     let tail = if n > 8 { load(&key[n - 8..]) } else { 0 };
     head ^ tail.rotate_left(29) ^ ((n as u64) << 56)
+}
+
+/// Key names longer than this are cut in error fields: the answer repeats the field, and a key can be
+/// as long as the event (1 MB by default), so a small gzipped request could draw a large answer.
+const MAX_FIELD_KEY_CHARS: usize = 100;
+
+/// `properties.<key>` for an error, the key cut to MAX_FIELD_KEY_CHARS characters (ending in "...").
+#[cold]
+fn property_field(key: &[u8]) -> String {
+    let key = String::from_utf8_lossy(key);
+    match key.char_indices().nth(MAX_FIELD_KEY_CHARS) {
+        Some((cut, _)) => format!("properties.{}...", &key[..cut]),
+        None => format!("properties.{key}"),
+    }
 }
 
 /// An integer of at least 1, as a JSON number (2, 2.0) or as a string of digits ("2").
