@@ -44,7 +44,10 @@ Requests
       "-" and "_" (URL-safe) become "+" and "/" (the two alphabets may even be mixed); trailing "=" may
       number anywhere from 0 to the canonical padding, and "=" elsewhere is invalid; an unpadded length of
       4n+1 is invalid; non-zero trailing bits are accepted (old encoders left them).
-  R11 JSON text: all of it must be UTF-8 (invalid_utf8, checked before parsing). Blank -> empty. RFC 8259
+  R11 JSON text: all of it must be UTF-8 (invalid_utf8, checked before parsing), except that a UTF-16
+      surrogate encoded on its own in 3 bytes (ED A0-BF 80-BF, CESU-8: how mixpanel-js's base64 path
+      writes characters beyond U+FFFF) is read as UTF-16: a high one followed by a low one is their
+      character, any other is U+FFFD. Blank -> empty. RFC 8259
       grammar; NaN and Infinity are not JSON; a \\u escape of a lone surrogate has no UTF-8 form ->
       invalid_json. Numbers are kept as written; 1e400 is valid JSON, which fails where it is read as a
       number (time, step) and as a property value (E11). Any nesting depth is valid JSON (too_deep is a
@@ -545,10 +548,25 @@ def _too_many_events_before_error(text: bytes, max_events: int) -> bool:
     return True
 
 
+def _from_cesu8(text: bytes) -> bytes:
+    """R11: surrogates encoded on their own, 3 bytes each (CESU-8), read as UTF-16."""
+    try:
+        text.decode("utf-8")
+        return text
+    except UnicodeDecodeError:
+        pass
+    try:
+        units = text.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        raise _fail("invalid_utf8", "data is not valid UTF-8") from None
+    return units.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace").encode("utf-8")
+
+
 def parse_events(text: bytes, options: Options, backend: Backend) -> list[Any]:
     """R11 and R12: the events of a JSON text."""
     if not _first_non_space(text):
         raise _fail("empty", "data holds no JSON value")
+    text = _from_cesu8(text)
     try:
         document = backend.loads(text)
     except InvalidUtf8Error:

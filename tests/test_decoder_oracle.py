@@ -16,6 +16,7 @@ import dataclasses
 import gzip
 import json
 import math
+import struct
 import urllib.parse
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -702,6 +703,14 @@ def ip_1(event: dict[str, Any], peer_ip: str | None = PEER_IP) -> Call:
     return Call(query="ip=1", body=_form(data=js(event)).encode(), peer_ip=peer_ip)
 
 
+def cesu8(text: str) -> bytes:
+    """`text` as mixpanel-js's base64 path encodes it: each UTF-16 unit on its own, so a character beyond
+    U+FFFF is two 3-byte surrogates, and a lone surrogate is one."""
+    raw = text.encode("utf-16-le", "surrogatepass")
+    units = struct.unpack(f"<{len(raw) // 2}H", raw)
+    return "".join(map(chr, units)).encode("utf-8", "surrogatepass")
+
+
 def data(value: str | bytes) -> Call:
     return Call(data=value)
 
@@ -854,6 +863,13 @@ EDGE_CASES = [
         "invalid_utf8_in_base64", data(_b64(b'{"event":"\xff","properties":{"token":"t"}}')), "invalid_utf8"
     ),
     case("invalid_utf8_raw_json", data(b'{"event":"\xc3\x28"}'), "invalid_utf8"),
+    case("cesu8_pairs", data(_b64(cesu8(raw_event('"title":"caf\u00e9 \U0001f600\U0001f680!"')))), OK),
+    case("cesu8_pair_in_a_key", data(_b64(cesu8(raw_event('"\U0001f600":1')))), OK),
+    case("cesu8_lone_high_at_the_end", data(_b64(cesu8(raw_event('"x":"a\ud83d"')))), OK),
+    case("cesu8_lone_low", data(_b64(cesu8(raw_event('"x":"\ude00a"')))), OK),
+    case("cesu8_low_then_high", data(_b64(cesu8(raw_event('"x":"\ude00\ud83d"')))), OK),
+    case("cesu8_raw_json", data(cesu8(raw_event('"x":"\U0001f600"'))), OK),
+    case("cesu8_then_invalid", data(_b64(cesu8(raw_event('"x":"\U0001f600"')) + b"\xff")), "invalid_utf8"),
     case("nan", data(raw_event('"x":NaN')), "invalid_json"),
     case("infinity", data("[" + raw_event('"x":-Infinity') + "]"), "invalid_json"),
     case("lone_surrogate", data('{"event":"\\ud800","properties":{"token":"t"}}'), "invalid_json"),

@@ -125,6 +125,31 @@ def test_browser_shaped_post_with_send_beacon_body(
     assert "ip" not in stored["properties"]
 
 
+def _mixpanel_js_base64(text: str) -> str:
+    """base64 as mixpanel-js writes it (`_.utf8Encode`, then `_.base64Encode`): each UTF-16 unit of the
+    JSON encoded on its own, so a character beyond U+FFFF becomes two 3-byte surrogates (CESU-8)."""
+    units = text.encode("utf-16-le", "surrogatepass")
+    chars = "".join(chr(int.from_bytes(units[i : i + 2], "little")) for i in range(0, len(units), 2))
+    return base64.b64encode(chars.encode("utf-8", "surrogatepass")).decode()
+
+
+def test_browser_batch_with_emoji(tuned_gateway: Gateway, rclient: redis.Redis, token: str) -> None:
+    marker = uuid.uuid4().hex
+    batch = [_browser_event(token, marker, i) for i in range(2)]
+    batch[0]["properties"]["title"] = "Launch \U0001f680 caf\u00e9"
+    # mixpanel-js cuts strings at 255 UTF-16 units, which can split a pair: the lone half becomes U+FFFD.
+    batch[1]["properties"]["title"] = "x" * 254 + "\ud83d"  # the first UTF-16 unit of U+1F600
+    data = _mixpanel_js_base64(json.dumps(batch, ensure_ascii=False, separators=(",", ":")))
+    r = requests.post(
+        tuned_gateway.url("/track/?ip=1&_=1795667298218&verbose=1"),
+        data="data=" + quote(data, safe=""),
+        headers={"content-type": "application/x-www-form-urlencoded", "origin": CAPTURE_ORIGIN},
+    )
+    assert (r.status_code, r.json()) == (200, {"status": 1, "error": None})
+    stored = sorted(stored_with(rclient, token, "marker", marker), key=lambda e: e["properties"]["i"])
+    assert [e["properties"]["title"] for e in stored] == ["Launch \U0001f680 caf\u00e9", "x" * 254 + "\ufffd"]
+
+
 @pytest.fixture(scope="module")
 def capture_token(redis_server: Any) -> str:
     # The token the captured clients were configured with.

@@ -138,18 +138,63 @@ pub struct Events {
     pub batches: Batches,
 }
 
-pub fn decode_events<'j>(
+pub fn decode_events(json: &[u8], ctx: &Context<'_>, use_ip: bool) -> Result<Events, RequestError> {
+    // The SIMD check is several times faster on the (usual) valid input.
+    if simdutf8::basic::from_utf8(json).is_ok() {
+        return scan_events(json, ctx, use_ip);
+    }
+    scan_events(&from_cesu8(json)?, ctx, use_ip)
+}
+
+/// UTF-8 text from text that is UTF-8 but for characters beyond U+FFFF written as two 3-byte
+/// surrogates (CESU-8): mixpanel-js's base64 path encodes each UTF-16 unit of the JSON on its own, so
+/// every emoji in a browser's batch arrives so. A high surrogate followed by a low one is the character
+/// they stand for; any other surrogate (a string cut between the two) is U+FFFD. Any other invalid byte
+/// is `invalid_utf8`, at its offset.
+#[cold]
+fn from_cesu8(bytes: &[u8]) -> Result<Vec<u8>, RequestError> {
+    const REPLACEMENT: &[u8] = "\u{FFFD}".as_bytes();
+    let surrogate = |at: usize| -> Option<u32> {
+        match bytes.get(at..at + 3)? {
+            [0xED, b1 @ 0xA0..=0xBF, b2 @ 0x80..=0xBF] => {
+                Some(0xD000 | (u32::from(*b1) & 0x3F) << 6 | (u32::from(*b2) & 0x3F))
+            }
+            _ => None,
+        }
+    };
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let valid = match std::str::from_utf8(&bytes[i..]) {
+            Ok(_) => bytes.len() - i,
+            Err(e) => e.valid_up_to(),
+        };
+        out.extend_from_slice(&bytes[i..i + valid]);
+        i += valid;
+        if i == bytes.len() {
+            break;
+        }
+        let Some(unit) = surrogate(i) else {
+            return Err(RequestError::InvalidUtf8 { offset: i });
+        };
+        if let (0xD800..=0xDBFF, Some(low @ 0xDC00..=0xDFFF)) = (unit, surrogate(i + 3)) {
+            let code = 0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00);
+            let c = char::from_u32(code).expect("a surrogate pair makes a valid scalar value");
+            out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+            i += 6;
+        } else {
+            out.extend_from_slice(REPLACEMENT);
+            i += 3;
+        }
+    }
+    Ok(out)
+}
+
+fn scan_events<'j>(
     json: &'j [u8],
     ctx: &Context<'_>,
     use_ip: bool,
 ) -> Result<Events, RequestError> {
-    // The SIMD check is several times faster on the (usual) valid input; the slow one says where.
-    if simdutf8::basic::from_utf8(json).is_err() {
-        let e = std::str::from_utf8(json).expect_err("simdutf8 and std agree on validity");
-        return Err(RequestError::InvalidUtf8 {
-            offset: e.valid_up_to(),
-        });
-    }
     let mut scanner = Scanner::new(json);
     let mut events = Events::default();
     let mut scratch = Scratch::new(ctx.now);
