@@ -867,11 +867,25 @@ pub fn write_number(out: &mut Vec<u8>, value: f64) {
 }
 
 fn human_duration(seconds: f64) -> String {
+    // Two units, so that an event a minute past a 3-hour limit does not read "3.0 hours old".
     let s = seconds.max(0.0).round() as u64;
-    match s {
-        0..=119 => format!("{s} seconds"),
-        120..=7199 => format!("{} minutes", s / 60),
-        7200..=172_799 => format!("{:.1} hours", seconds / 3600.0),
-        _ => format!("{:.1} days", seconds / 86400.0),
+    let (major, minor) = match s {
+        0..=119 => return units(s, "second"),
+        120..=7199 => ((s / 60, "minute"), (s % 60, "second")),
+        7200..=172_799 => ((s / 3600, "hour"), (s % 3600 / 60, "minute")),
+        _ => ((s / 86400, "day"), (s % 86400 / 3600, "hour")),
+    };
+    if minor.0 == 0 {
+        units(major.0, major.1)
+    } else {
+        format!("{} {}", units(major.0, major.1), units(minor.0, minor.1))
+    }
+}
+
+fn units(n: u64, unit: &str) -> String {
+    if n == 1 {
+        format!("1 {unit}")
+    } else {
+        format!("{n} {unit}s")
     }
 }

@@ -233,6 +233,24 @@ fn time_exactly_max_age_old_is_accepted_a_bit_older_rejected() {
     let error = s.reject(timed("1"));
     assert_eq!(error.kind, K::TimeTooOld);
     assert!(error.message.contains("old"), "{}", error.message);
+    // In two units: a minute past the limit does not read as the limit itself.
+    for (age, said) in [
+        (
+            3.0 * 3600.0 + 61.0,
+            "is 3 hours 1 minute old; events older than 3 hours are rejected",
+        ),
+        (5.0 * 86400.0 + 7200.0, "is 5 days 2 hours old;"),
+        (3.0 * 3600.0 + 0.6, "is 3 hours old;"),
+    ] {
+        let message = s.reject(timed(&(NOW - age).to_string())).message;
+        assert!(message.contains(said), "{message}");
+    }
+    let tight = with_options(|o| o.max_age = 90.0);
+    let message = tight.reject(timed(&(NOW - 150.0).to_string())).message;
+    assert!(
+        message.contains("is 2 minutes 30 seconds old; events older than 90 seconds"),
+        "{message}"
+    );
 }
 
 #[test]
