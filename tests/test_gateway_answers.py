@@ -251,9 +251,18 @@ def test_redirect_elsewhere_is_400_and_nothing_stored(
     assert stored_with(rclient, token, "marker", marker) == []
 
 
-def test_redirect_is_not_followed_when_events_fail(gateway: Gateway, token: str) -> None:
-    data = quote(b64({"properties": {"token": token}}))
+def test_redirect_is_followed_when_events_fail(
+    gateway: Gateway, rclient: redis.Redis, token: str, marker: str
+) -> None:
+    # A static link (an email's) whose event no longer passes: the person still gets where they clicked.
+    data = quote(b64([{"properties": {"token": token}}, event(token, marker)]))
     r = requests.get(gateway.url(f"/track?redirect=https://example.com/&data={data}"), allow_redirects=False)
+    assert (r.status_code, r.headers["location"]) == (302, "https://example.com/")
+    assert len(stored_with(rclient, token, "marker", marker)) == 1
+    metrics = requests.get(gateway.url("/metrics"), timeout=10).text
+    assert 'trackgate_events_rejected_total{kind="event_missing"}' in metrics
+    # A request that is not events at all is still refused.
+    r = requests.get(gateway.url("/track?redirect=https://example.com/&data=%25%25"), allow_redirects=False)
     assert r.status_code == 400
 
 

@@ -384,17 +384,19 @@ class App:
                     self._unavailable(scope, proto, "write_failed", request, cors, callback)
                     return
         errors = request.errors
-        if not errors:
-            if request.redirect is not None:
-                proto.response_bytes(
-                    302, [*cors, ("location", request.redirect), ("cache-control", "no-store")], b""
-                )
-                metrics.count_request("track", 302)
-                return
-            self._answer(proto, 200, request, callback, VERBOSE_OK, cors)
-            return
         for error in errors:
             metrics.EVENTS_REJECTED.labels(error[2]).inc()
+        if request.redirect is not None:
+            # A person clicked a link (an email's, a page's): they go on even when its events were
+            # refused, which the metrics count; only an outage (503, above) keeps them here.
+            proto.response_bytes(
+                302, [*cors, ("location", request.redirect), ("cache-control", "no-store")], b""
+            )
+            metrics.count_request("track", 302)
+            return
+        if not errors:
+            self._answer(proto, 200, request, callback, VERBOSE_OK, cors)
+            return
         reason = "unknown_token" if all(e[2] == "unknown_token" for e in errors) else "invalid_events"
         index, field, _, detail = errors[0]
         # The error names the field; the decoder's messages mostly do already.
