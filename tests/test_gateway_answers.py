@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import json
@@ -18,7 +19,7 @@ import pytest
 import redis
 import requests
 from conftest import Gateway, create_project, stored_with
-from trackgate.http import RefusalLog
+from trackgate.http import BodyDeadlines, RefusalLog
 
 GIF_PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 
@@ -488,3 +489,31 @@ def test_clients_that_leave_mid_body_are_not_errors(tuned_gateway: Gateway) -> N
     log = tuned_gateway.log()
     assert "Traceback" not in log
     assert "raised an exception" not in log
+
+
+def test_body_deadlines_cancel_only_the_reads_past_their_time() -> None:
+    now = [100.0]
+    deadlines = BodyDeadlines(10.0, clock=lambda: now[0])
+
+    async def scenario() -> tuple[list[bool], list[bool]]:
+        reads = [asyncio.ensure_future(asyncio.sleep(60)) for _ in range(3)]
+        deadlines.begin(reads[0])  # at 100
+        now[0] = 105.0
+        deadlines.begin(reads[1])  # at 105
+        deadlines.begin(reads[2])
+        deadlines.end(reads[2])  # its body arrived
+        now[0] = 110.0
+        deadlines.sweep()
+        await asyncio.sleep(0)
+        first = [r.cancelled() for r in reads]
+        now[0] = 116.0
+        deadlines.sweep()
+        await asyncio.sleep(0)
+        expired = [deadlines.expired(r) for r in reads]
+        for r in reads:
+            r.cancel()
+        return first, expired
+
+    first, expired = asyncio.run(scenario())
+    assert first == [True, False, False]
+    assert expired == [True, True, False]
