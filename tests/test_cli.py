@@ -25,7 +25,7 @@ def refused(done: subprocess.CompletedProcess[str], *names: str) -> None:
         assert name in done.stderr, done.stderr
 
 
-@pytest.mark.parametrize("days", ["nan", "inf", "-inf", "soon"])
+@pytest.mark.parametrize("days", ["nan", "inf", "-inf", "soon", "1e305", "0", "-2"])
 def test_a_funnel_window_that_is_not_a_number_of_days(days: str, tmp_path: Path) -> None:
     data = ["--data-dir", str(tmp_path)]
     refused(run("project", "create", "shop", "--funnel-window-days", days, *data), "--funnel-window-days")

@@ -341,15 +341,18 @@ def test_a_wrong_now_is_a_value_error(now: float) -> None:
         trackgate.decode_request("data=x", b"", now=now, options=trackgate.Options())
 
 
-def test_a_str_with_a_lone_surrogate_is_invalid_utf8() -> None:
-    # A str that no UTF-8 bytes can stand for: refused as the same text sent as bytes would be.
-    lone = "\ud800"
-    error = decode_error('{"event":"é' + lone + '","properties":{"token":"t"}}')
-    assert (error.kind, error.status) == ("invalid_utf8", 400)
-    assert "(byte 12 of" in str(error)  # "é" is two bytes
-    with pytest.raises(trackgate.DecodeError) as caught:
-        trackgate.decode_request("data=" + lone, b"", now=NOW, options=trackgate.Options())
-    assert caught.value.kind == "invalid_utf8"
+def test_a_str_with_surrogates_decodes_as_mixpanel_browser_bytes_do() -> None:
+    # A lone surrogate, and a pair as two code points ("surrogatepass" decoding of CESU-8 leaves them so).
+    lone, pair = "\ud800", "\ud83d\ude00"
+    [stored] = accepted('{"event":"é' + lone + '","properties":{"token":"t"}}')
+    assert stored.event == "é\ufffd"
+    [stored] = accepted('{"event":"' + pair + '","properties":{"token":"t"}}')
+    assert stored.event == "\U0001f600"
+    as_bytes = ('{"event":"' + pair + '","properties":{"token":"t"}}').encode("utf-8", "surrogatepass")
+    assert accepted(as_bytes) == accepted('{"event":"' + pair + '","properties":{"token":"t"}}')
+    query = "data=" + '{"event":"e' + lone + '","properties":{"token":"t"}}'
+    request = trackgate.decode_request(query, b"", now=NOW, options=trackgate.Options())
+    assert json.loads(request.events()[0])["event"] == "e\ufffd"
 
 
 def test_a_token_set_is_made_of_str() -> None:

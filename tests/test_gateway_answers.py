@@ -12,13 +12,14 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 import redis
 import requests
-from conftest import Gateway, create_project, stored_with
+from conftest import Gateway, RedisServer, create_project, stored_with
 from trackgate.http import BodyDeadlines, RefusalLog
 
 GIF_PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
@@ -469,8 +470,8 @@ def _stalled_upload(gw: Gateway) -> socket.socket:
     return sock
 
 
-def test_a_body_that_stops_arriving_gets_408(tuned_gateway: Gateway) -> None:
-    sock = _stalled_upload(tuned_gateway)
+def _assert_408_after_a_second(gw: Gateway) -> None:
+    sock = _stalled_upload(gw)
     started = time.monotonic()
     answer = sock.recv(65536).decode()
     waited = time.monotonic() - started
@@ -478,7 +479,24 @@ def test_a_body_that_stops_arriving_gets_408(tuned_gateway: Gateway) -> None:
     assert answer.startswith("HTTP/1.1 408"), answer
     assert "did not arrive within 1 s" in answer
     assert 0.5 < waited < 5
-    assert requests.get(tuned_gateway.url("/healthz"), timeout=5).status_code == 200
+    assert requests.get(gw.url("/healthz"), timeout=5).status_code == 200
+
+
+def test_a_body_that_stops_arriving_gets_408(tuned_gateway: Gateway) -> None:
+    _assert_408_after_a_second(tuned_gateway)
+
+
+def test_a_body_that_stops_arriving_gets_408_with_rust_tasks(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Granian's Rust task implementation shares one task object between requests: the deadline must
+    # cancel the read itself.
+    gw = Gateway(tmp_path, "--task-impl", "rust", "--body-timeout", "1", redis_url=redis_server.url)
+    gw.start()
+    try:
+        _assert_408_after_a_second(gw)
+    finally:
+        gw.stop()
 
 
 def test_clients_that_leave_mid_body_are_not_errors(tuned_gateway: Gateway) -> None:
@@ -489,31 +507,32 @@ def test_clients_that_leave_mid_body_are_not_errors(tuned_gateway: Gateway) -> N
     log = tuned_gateway.log()
     assert "Traceback" not in log
     assert "raised an exception" not in log
+    time.sleep(0.5)  # the counts are published every 0.25 s
+    metrics = requests.get(tuned_gateway.url("/metrics"), timeout=5).text
+    counted = re.search(r'^trackgate_requests_total\{route="track",status="499"\} (\S+)$', metrics, re.M)
+    assert counted is not None
+    assert float(counted.group(1)) >= 20
 
 
 def test_body_deadlines_cancel_only_the_reads_past_their_time() -> None:
     now = [100.0]
     deadlines = BodyDeadlines(10.0, clock=lambda: now[0])
 
-    async def scenario() -> tuple[list[bool], list[bool]]:
-        reads = [asyncio.ensure_future(asyncio.sleep(60)) for _ in range(3)]
-        deadlines.begin(reads[0])  # at 100
+    async def scenario() -> list[tuple[bool, bool]]:
+        loop = asyncio.get_running_loop()
+        reads = [deadlines.begin()]  # at 100
         now[0] = 105.0
-        deadlines.begin(reads[1])  # at 105
-        deadlines.begin(reads[2])
+        reads += [deadlines.begin(), deadlines.begin()]  # at 105
+        for read in reads:
+            read.pending = loop.create_future()
         deadlines.end(reads[2])  # its body arrived
         now[0] = 110.0
         deadlines.sweep()
-        await asyncio.sleep(0)
-        first = [r.cancelled() for r in reads]
+        first = [(r.expired, r.pending is not None and r.pending.cancelled()) for r in reads]
         now[0] = 116.0
         deadlines.sweep()
-        await asyncio.sleep(0)
-        expired = [deadlines.expired(r) for r in reads]
-        for r in reads:
-            r.cancel()
-        return first, expired
+        return first + [(r.expired, r.pending is not None and r.pending.cancelled()) for r in reads]
 
-    first, expired = asyncio.run(scenario())
-    assert first == [True, False, False]
-    assert expired == [True, True, False]
+    outcome = asyncio.run(scenario())
+    assert outcome[:3] == [(True, True), (False, False), (False, False)]
+    assert outcome[3:] == [(True, True), (True, True), (False, False)]

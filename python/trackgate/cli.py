@@ -203,9 +203,9 @@ def _granian(config: settings.Settings) -> Any:
         log_level=LogLevels(config.log_level),
         log_dictconfig=_logging_config(config.log_level),
         respawn_failed_workers=True,
-        # A worker finishes its requests (a slow body takes up to --body-timeout) and writes its queued
-        # batches before it exits; give it that long, then stop waiting.
-        workers_kill_timeout=int(max(config.redis_timeout + config.retry_window, config.body_timeout)) + 10,
+        # A worker finishes its requests (a slow body takes up to --body-timeout, then its write up to
+        # --redis-timeout and --retry-window) before it exits; give it that long, then stop waiting.
+        workers_kill_timeout=int(config.body_timeout + config.redis_timeout + config.retry_window) + 10,
     )
 
 
@@ -238,6 +238,8 @@ def _window_days(text: str) -> float:
         days = math.nan
     if not math.isfinite(days):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of days")
+    if not 0 < days <= 366:
+        raise argparse.ArgumentTypeError(f"{text!r}: a funnel window is from 1 minute to 366 days")
     return days
 
 

@@ -29,7 +29,7 @@ from trackgate._native import DecodeError, Options, Request, decode_request
 from trackgate.api import Api
 from trackgate.batcher import Batcher, UnavailableError
 from trackgate.projects import TokenCache
-from trackgate.rsgi import Headers, HTTPProtocol, Scope
+from trackgate.rsgi import Headers, HTTPProtocol, PendingRead, Scope
 from trackgate.settings import Settings, for_worker
 
 log = logging.getLogger("trackgate.http")
@@ -111,39 +111,49 @@ class VerboseFailure(msgspec.Struct):
 _encode = msgspec.json.Encoder().encode
 
 
+class BodyRead:
+    """One request's body on its way in: when it began, the read Granian has pending (cancelling it wakes
+    the handler with CancelledError), and whether its deadline passed."""
+
+    __slots__ = ("expired", "pending", "started")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.pending: PendingRead | None = None
+        self.expired = False
+
+
 class BodyDeadlines:
-    """The requests whose body is still arriving, and a sweep that cancels those past `timeout`.
+    """The bodies still arriving, and a sweep that cancels the reads of those past `timeout`.
 
     One sweep every SWEEP_SECONDS instead of a timer per request: `asyncio.timeout` costs ~5 µs a
     request on uvloop (a timer made and cancelled), a tenth of a one-event POST. A body may so take up to
-    SWEEP_SECONDS longer than the timeout. The clock is passed in, so that tests need not wait."""
+    SWEEP_SECONDS longer than the timeout. The pending read is cancelled, not the request's task: with
+    Granian's Rust task implementation every request shares one task object, whose cancel() does
+    nothing. The clock is passed in, so that tests need not wait."""
 
     SWEEP_SECONDS: Final = 0.5
 
     def __init__(self, timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.timeout = timeout
         self._clock = clock
-        self._reading: dict[asyncio.Task[object], float] = {}
-        self._expired: set[asyncio.Task[object]] = set()
+        self._reading: set[BodyRead] = set()
 
-    def begin(self, task: asyncio.Task[object]) -> None:
-        self._reading[task] = self._clock()
+    def begin(self) -> BodyRead:
+        read = BodyRead(self._clock())
+        self._reading.add(read)
+        return read
 
-    def expired(self, task: asyncio.Task[object]) -> bool:
-        """Whether the sweep cancelled `task` for its deadline."""
-        return task in self._expired
-
-    def end(self, task: asyncio.Task[object]) -> None:
-        self._reading.pop(task, None)
-        self._expired.discard(task)
+    def end(self, read: BodyRead) -> None:
+        self._reading.discard(read)
 
     def sweep(self) -> None:
         cutoff = self._clock() - self.timeout
-        for task, started in list(self._reading.items()):
-            if started <= cutoff:
-                del self._reading[task]
-                self._expired.add(task)
-                task.cancel()
+        for read in [r for r in self._reading if r.started <= cutoff]:
+            self._reading.discard(read)
+            read.expired = True
+            if read.pending is not None:
+                read.pending.cancel()
 
 
 class RefusalLog:
@@ -322,15 +332,13 @@ class App:
                 ("vary", "Origin"),
             ]
         if method == "POST":
-            task = asyncio.current_task()
-            assert task is not None, "requests run as tasks"
-            self._deadlines.begin(task)
+            read = self._deadlines.begin()
             try:
-                body = await self._read_body(proto, headers.get("content-length"))
+                body = await self._read_body(proto, headers.get("content-length"), read)
             except asyncio.CancelledError:
-                if not self._deadlines.expired(task):
-                    raise
-                task.uncancel()
+                task = asyncio.current_task()
+                if not read.expired or (task is not None and task.cancelling()):
+                    raise  # not (only) the deadline: the request itself is being cancelled
                 params = self._query_params(scope.query_string)
                 message = f"the request body did not arrive within {self._deadlines.timeout:g} s"
                 self._refuse(
@@ -339,10 +347,11 @@ class App:
                 return
             except ProtocolClosed:
                 # The client left before its body arrived: there is no one to answer, nor to log about.
+                # (A chunked body cut short arrives as a shorter body instead, and is refused as such.)
                 metrics.count_request("track", CLIENT_CLOSED)
                 return
             finally:
-                self._deadlines.end(task)
+                self._deadlines.end(read)
             if body is None:
                 params = self._query_params(scope.query_string)
                 self._refuse(
@@ -567,17 +576,25 @@ class App:
         except DecodeError as err:
             return err
 
-    async def _read_body(self, proto: HTTPProtocol, length: str | None) -> bytes | None:
-        """The body, or None when it is over the request limit (refused before it is all in memory)."""
+    async def _read_body(self, proto: HTTPProtocol, length: str | None, read: BodyRead) -> bytes | None:
+        """The body, or None when it is over the request limit (refused before it is all in memory).
+        Every read is left in `read.pending` while it waits, for the deadline sweep to cancel."""
         limit = self._options.max_request_bytes
         if length is not None:
             if length.isdigit() and int(length) > limit:
                 return None
-            return await proto()
+            read.pending = proto()
+            return await read.pending
         # Chunked: no length announced, so count while reading.
         chunks = []
         size = 0
-        async for chunk in proto:
+        stream = proto.__aiter__()
+        while True:
+            try:
+                read.pending = stream.__anext__()
+                chunk = await read.pending
+            except StopAsyncIteration:
+                break
             size += len(chunk)
             if size > limit:
                 return None

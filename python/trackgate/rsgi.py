@@ -3,8 +3,8 @@ docs/spec/RSGI.md): the scope of a request and the protocol object that reads it
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import Generator
+from typing import Any, Protocol
 
 
 class Headers(Protocol):
@@ -29,8 +29,20 @@ class Transport(Protocol):
     async def send_bytes(self, data: bytes) -> None: ...
 
 
+class PendingRead(Protocol):
+    """A read of the request's body: awaitable once; cancel() wakes the awaiting code with
+    CancelledError (without cancelling its task)."""
+
+    def __await__(self) -> Generator[Any, None, bytes]: ...
+    def cancel(self) -> bool: ...
+
+
+class BodyChunks(Protocol):
+    def __anext__(self) -> PendingRead: ...
+
+
 class HTTPProtocol(Protocol):
-    async def __call__(self) -> bytes: ...
-    def __aiter__(self) -> AsyncIterator[bytes]: ...
+    def __call__(self) -> PendingRead: ...
+    def __aiter__(self) -> BodyChunks: ...
     def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None: ...
     def response_stream(self, status: int, headers: list[tuple[str, str]]) -> Transport: ...

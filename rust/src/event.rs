@@ -497,8 +497,9 @@ impl<'a> Normaliser<'_, 'a, '_> {
                 K::TimeTooOld,
                 FIELD,
                 format!(
-                    "properties.time is {} old; events older than {} are rejected",
+                    "properties.time is {} old, {} more than the {} allowed",
                     human_duration(age),
+                    human_duration(age - max_age),
                     human_duration(max_age)
                 ),
             ));
@@ -867,9 +868,10 @@ pub fn write_number(out: &mut Vec<u8>, value: f64) {
 }
 
 fn human_duration(seconds: f64) -> String {
-    // Two units, so that an event a minute past a 3-hour limit does not read "3.0 hours old".
+    // Two units: "3 hours 1 minute", where one decimal said "3.0 hours".
     let s = seconds.max(0.0).round() as u64;
     let (major, minor) = match s {
+        0 if seconds > 0.0 => return "less than a second".to_owned(),
         0..=119 => return units(s, "second"),
         120..=7199 => ((s / 60, "minute"), (s % 60, "second")),
         7200..=172_799 => ((s / 3600, "hour"), (s % 3600 / 60, "minute")),

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PySlice, PyString, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
 
 use crate::replies::{self, Item, ReplyBuffer};
 use crate::{request, Context, Decoded, EventError, Params, RequestError};
@@ -437,29 +437,17 @@ fn type_name(obj: Borrowed<'_, '_, PyAny>) -> String {
 fn with_bytes<R>(text: Text<'_>, f: impl FnOnce(&[u8]) -> PyResult<R>) -> PyResult<R> {
     match text {
         Text::Bytes(bytes) => f(bytes.as_bytes()),
-        Text::Str(s) => match s.to_str() {
-            Ok(text) => f(text.as_bytes()),
-            Err(err) => Err(not_unicode(&s, &err)),
-        },
+        Text::Str(s) => {
+            if let Ok(text) = s.to_str() {
+                return f(text.as_bytes());
+            }
+            // A str holding surrogates has no UTF-8 form. Encoded with "surrogatepass" they become the
+            // 3-byte sequences that mixpanel-browser sends (CESU-8), and decode as those do: a pair as
+            // its character, a lone one as U+FFFD (see payload.rs).
+            let bytes = s.call_method1("encode", ("utf-8", "surrogatepass"))?;
+            f(bytes.cast_into::<PyBytes>()?.as_bytes())
+        }
     }
-}
-
-/// A `str` holding a lone surrogate has no UTF-8 form: refused as `invalid_utf8`, at the byte where
-/// the UTF-8 of what precedes the surrogate ends.
-#[cold]
-fn not_unicode(text: &Bound<'_, PyString>, err: &PyErr) -> PyErr {
-    let py = text.py();
-    let offset = err
-        .value(py)
-        .getattr("start")
-        .and_then(|start| start.extract::<usize>())
-        .map_or(0, |start| {
-            let end = isize::try_from(start).unwrap_or(isize::MAX);
-            text.get_item(PySlice::new(py, 0, end, 1))
-                .and_then(|before| Ok(before.cast_into::<PyString>()?.to_str()?.len()))
-                .unwrap_or(start)
-        });
-    request_error(py, &RequestError::InvalidUtf8 { offset }, Params::default())
 }
 
 /// Runs a decode, without the GIL for large inputs; a refusal carries the parameters `params` reads.
