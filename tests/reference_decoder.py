@@ -86,8 +86,8 @@ Events (errors: one per event, the first rule broken, in EVENT_RULE_ORDER below)
       reading order: too_deep at the opening bracket of a container at level > max_depth (a property's
       own container is level 1); array_too_long and too_many_keys at the closing bracket of the container
       (so after whatever its contents broke); number_out_of_range at a number, anywhere in the value or
-      as the value, that has a fraction or an exponent and is beyond a double (1e400, -1e400, 1e309;
-      1e-400 is 0, and an integer of any length is kept). Nested objects' keys count as sent.
+      as the value, beyond a double's range (1e400, -1e400, 1e309, an integer of 310 digits; 1e-400 is
+      0, and is kept as written). Nested objects' keys count as sent.
       max_properties is also the key limit of nested objects.
   E12 duplicate_property names the first key, in document order, that appears again later
       ({"a":1,"b":2,"b":3,"a":4} -> properties.a).
@@ -367,7 +367,7 @@ def _stdlib_loads(data: bytes) -> Any:
 
 
 def _stdlib_dumps(value: Any) -> bytes:
-    # No value of a valid event is infinite: E11 refuses 1e400 in properties, and integers stay ints.
+    # No value of a valid event is infinite: E11 refuses numbers beyond a double in properties.
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
@@ -656,8 +656,9 @@ def _key_field(key: str) -> str:
 
 
 def _beyond_double(value: Any) -> bool:
-    """E11: a fraction or an exponent beyond a double (Python reads 1e400 as inf)."""
-    return isinstance(value, float) and math.isinf(value)
+    """E11: a number beyond a double (Python reads 1e400 as inf, and refuses to make a float of a larger
+    int)."""
+    return _is_number(value) and math.isinf(_as_f64(value))
 
 
 def _shape_violation(value: Any, level: int, options: Options) -> str | None:

@@ -915,8 +915,17 @@ EDGE_CASES = [
     ),
     case("largest_f64_is_kept", data(raw_event('"x":1.7976931348623157e308')), OK),
     case("underflow_is_kept", data(raw_event('"x":1e-400')), OK),
-    case("long_integer_is_kept", data(raw_event('"x":1' + "0" * 400)), OK),
-    case("integer_of_5000_digits_is_kept", data(raw_event('"x":-9' + "0" * 5000)), OK),
+    case("integer_of_309_digits_is_kept", data(raw_event('"x":1' + "0" * 308)), OK),
+    case(
+        "integer_beyond_f64",
+        data(raw_event('"x":1' + "0" * 309)),
+        errors((0, "properties.x", "number_out_of_range")),
+    ),
+    case(
+        "integer_of_5000_digits",
+        data(raw_event('"x":-9' + "0" * 5000)),
+        errors((0, "properties.x", "number_out_of_range")),
+    ),
     case(
         "out_of_range_before_a_later_limit",
         data(raw_event('"x":1e400,"y":[[[[1]]]]')),

@@ -80,10 +80,10 @@ impl Shape {
     }
 }
 
-/// Whether a number token (already checked against the grammar) can be read by every consumer: a
-/// fraction or an exponent must stay below a double's ±1.8e308 (`1e400` reads as infinity, or fails,
-/// depending on the reader); an integer is kept as sent whatever its length, as readers take it as an
-/// integer. Only a token with an exponent, or one of over 309 bytes, can be out of range.
+/// Whether a number token (already checked against the grammar) stays within a double's ±1.8e308, as
+/// every reader needs: `1e400` reads as infinity or fails, depending on the reader (orjson refuses it,
+/// and an integer of over 309 digits too). Only a token with an exponent, or of over 309 bytes, can be
+/// out of range.
 #[inline]
 pub fn fits_double(n: &[u8]) -> bool {
     if n.len() < 310 && !n.iter().any(|&b| b | 0x20 == b'e') {
@@ -94,9 +94,6 @@ pub fn fits_double(n: &[u8]) -> bool {
 
 #[cold]
 fn fits_double_slow(n: &[u8]) -> bool {
-    if !n.iter().any(|&b| matches!(b, b'.' | b'e' | b'E')) {
-        return true;
-    }
     std::str::from_utf8(n)
         .ok()
         .and_then(|text| text.parse::<f64>().ok())
