@@ -4,11 +4,12 @@ no traceback; and it changes nothing (no file emptied, no Redis started) before 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import TRACKGATE, RedisServer
+from conftest import TRACKGATE, Gateway, RedisServer
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -68,3 +69,39 @@ def test_a_failed_export_leaves_the_output_file_alone(redis_server: RedisServer,
     refused(run("export", "--project", "demo", "--to", "2026-11-40", *common), "--from/--to")
     refused(run("export", "--project", "no-such-project", *common), "no-such-project")
     assert target.read_text() == "kept\n"
+
+
+def test_a_port_already_listened_on(gateway: Gateway, tmp_path: Path) -> None:
+    # Granian listens with SO_REUSEPORT: a second gateway would share the port and take part of the
+    # first one's traffic to its own Redis.
+    refused(run("serve", "--port", str(gateway.port), "--data-dir", str(tmp_path)), "cannot listen on")
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        refused(run("serve", "--port", str(port), "--data-dir", str(tmp_path)), f"port {port}")
+    assert not (tmp_path / "redis.pid").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--host", "localhost"], "--host (TRACKGATE_HOST) = 'localhost': expected an IP address"),
+        (["--host", "192.0.2.1"], "cannot listen on 192.0.2.1"),
+        (["--port", "abc"], "--port (TRACKGATE_PORT) = 'abc': expected an integer"),
+        (["--redirect-hosts", "https://shop.example.com"], "must be a host name alone"),
+        (["--redirect-hosts", "*.example.com"], "must be a host name alone"),
+    ],
+)
+def test_serve_refuses_what_it_cannot_listen_or_redirect_with(
+    args: list[str], named: str, tmp_path: Path
+) -> None:
+    refused(run("serve", "--data-dir", str(tmp_path), *args), named)
+    assert not (tmp_path / "redis.pid").exists()
+
+
+def test_a_data_dir_that_cannot_be_one(tmp_path: Path) -> None:
+    afile = tmp_path / "a-file"
+    afile.write_text("")
+    refused(run("serve", "--data-dir", str(afile)), "--data-dir", "File exists")
+    refused(run("project", "list", "--data-dir", str(afile / "below")), "--data-dir")

@@ -11,6 +11,7 @@ import logging.config
 import math
 import os
 import shutil
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -122,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     config = settings.build(args)
     logging.config.dictConfig(_logging_config(config.log_level))
-    data_dir = Path(config.data_dir).resolve()
+    data_dir = _usable_data_dir(config)
+    _check_port(config.host, config.port)
     lock = DataDirLock(data_dir)
     if not lock.try_acquire():
         raise settings.SettingsError(f"another trackgate serve uses {data_dir}; give this one --data-dir")
@@ -145,6 +147,32 @@ def _serve(args: argparse.Namespace) -> int:
             log.info("Redis stopped")
         lock.release()
     return 0
+
+
+def _usable_data_dir(config: settings.Settings) -> Path:
+    data_dir = Path(config.data_dir).resolve()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise settings.SettingsError(f"--data-dir {data_dir}: {err.strerror or err}") from None
+    return data_dir
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse a port already listened on. Granian listens with SO_REUSEPORT, so a second gateway on the
+    port would start without a word and take part of the first one's traffic (to its own Redis); a
+    socket without that option cannot bind beside a listener. SO_REUSEADDR lets a restart bind while
+    the last run's connections linger in TIME_WAIT."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            reason = err.strerror or err
+            raise settings.SettingsError(f"cannot listen on {host} port {port}: {reason}") from None
 
 
 async def _prepare(redis_url: str, *, demo: bool) -> tuple[projects.Project, str | None] | None:
@@ -362,7 +390,7 @@ def _redis_for_cli(config: settings.Settings) -> Iterator[str]:
     if config.redis_url is not None:
         yield config.redis_url
         return
-    data_dir = Path(config.data_dir).resolve()
+    data_dir = _usable_data_dir(config)
     url = running_url(data_dir)
     if url is not None:
         yield url

@@ -251,6 +251,11 @@ def build(args: argparse.Namespace | None = None, environ: Mapping[str, str] | N
     return settings
 
 
+# A host name or address as a URL's host part holds it: no scheme, port, path or wildcard.
+_HOST_NAME = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]")
+_TYPE_WORDS = {"`int`": "an integer", "`float`": "a number", "`str`": "text"}
+
+
 def _explain(err: msgspec.ValidationError, values: Mapping[str, Any]) -> str:
     """msgspec says "Expected `int` >= 1 - at `$.workers`"; say it in the user's terms."""
     text = str(err)
@@ -258,7 +263,12 @@ def _explain(err: msgspec.ValidationError, values: Mapping[str, Any]) -> str:
     if found is None:
         return text
     name = found.group(1)
-    return f"{_flag(name)} = {values.get(name)!r}: {text[: found.start()].lower()}"
+    detail = text[: found.start()]
+    # "Expected `int`, got `str`" is msgspec's way of saying that the value is not an integer.
+    if detail.startswith("Expected ") and ", got `str`" in detail:
+        wanted = detail.removeprefix("Expected ").split(",")[0]
+        detail = f"expected {_TYPE_WORDS.get(wanted, wanted)}"
+    return f"{_flag(name)} = {values.get(name)!r}: {detail[:1].lower()}{detail[1:]}"
 
 
 def _flag(name: str) -> str:
@@ -267,6 +277,15 @@ def _flag(name: str) -> str:
 
 
 def _check(settings: Settings) -> None:
+    try:
+        ipaddress.ip_address(settings.host)
+    except ValueError:
+        raise SettingsError(
+            f"{_flag('host')} = {settings.host!r}: expected an IP address (127.0.0.1, 0.0.0.0, ::)"
+        ) from None
+    for host in settings.redirect_hosts:
+        if not _HOST_NAME.fullmatch(host):
+            raise SettingsError(f"redirect host {host!r} must be a host name alone, like shop.example.com")
     for field in _FIELDS:
         value = getattr(settings, field.name)
         if isinstance(value, float) and not math.isfinite(value):
