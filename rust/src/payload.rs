@@ -143,7 +143,18 @@ pub fn decode_events(json: &[u8], ctx: &Context<'_>, use_ip: bool) -> Result<Eve
     if simdutf8::basic::from_utf8(json).is_ok() {
         return scan_events(json, ctx, use_ip);
     }
-    scan_events(&from_cesu8(json)?, ctx, use_ip)
+    let (text, pairs) = from_cesu8(json)?;
+    scan_events(&text, ctx, use_ip).map_err(|err| match err {
+        // Offsets into the payload as sent: each pair before the error took 2 bytes less in `text`.
+        RequestError::InvalidJson { offset, detail } => {
+            let before = pairs.partition_point(|&at| at < offset);
+            RequestError::InvalidJson {
+                offset: offset + 2 * before,
+                detail,
+            }
+        }
+        other => other,
+    })
 }
 
 /// UTF-8 text from text that is UTF-8 but for characters beyond U+FFFF written as two 3-byte
@@ -152,7 +163,7 @@ pub fn decode_events(json: &[u8], ctx: &Context<'_>, use_ip: bool) -> Result<Eve
 /// they stand for; any other surrogate (a string cut between the two) is U+FFFD. Any other invalid byte
 /// is `invalid_utf8`, at its offset.
 #[cold]
-fn from_cesu8(bytes: &[u8]) -> Result<Vec<u8>, RequestError> {
+fn from_cesu8(bytes: &[u8]) -> Result<(Vec<u8>, Vec<usize>), RequestError> {
     const REPLACEMENT: &[u8] = "\u{FFFD}".as_bytes();
     let surrogate = |at: usize| -> Option<u32> {
         match bytes.get(at..at + 3)? {
@@ -163,6 +174,8 @@ fn from_cesu8(bytes: &[u8]) -> Result<Vec<u8>, RequestError> {
         }
     };
     let mut out = Vec::with_capacity(bytes.len());
+    // Where, in `out`, each pair's character was written: for error offsets into the payload as sent.
+    let mut pairs = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
         let valid = match std::str::from_utf8(&bytes[i..]) {
@@ -180,6 +193,7 @@ fn from_cesu8(bytes: &[u8]) -> Result<Vec<u8>, RequestError> {
         if let (0xD800..=0xDBFF, Some(low @ 0xDC00..=0xDFFF)) = (unit, surrogate(i + 3)) {
             let code = 0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00);
             let c = char::from_u32(code).expect("a surrogate pair makes a valid scalar value");
+            pairs.push(out.len());
             out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
             i += 6;
         } else {
@@ -187,7 +201,7 @@ fn from_cesu8(bytes: &[u8]) -> Result<Vec<u8>, RequestError> {
             i += 3;
         }
     }
-    Ok(out)
+    Ok((out, pairs))
 }
 
 fn scan_events<'j>(

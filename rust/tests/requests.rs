@@ -680,6 +680,14 @@ fn characters_beyond_the_bmp_as_mixpanel_js_encodes_them() {
         let json = s.accept(b64(&raw));
         assert!(json.contains(want), "{json}");
     }
+    // A JSON error after pairs is placed in the payload as sent.
+    let mut raw = cesu8(&event("\"a\":\"\u{1F600}\u{1F600}\",\"b\":x"));
+    let at = raw.iter().position(|&b| b == b'x').unwrap();
+    raw.truncate(at + 1);
+    match s.data_error(&raw) {
+        RequestError::InvalidJson { offset, .. } => assert_eq!(offset, at),
+        other => panic!("{other:?}"),
+    }
     // Anything else that is not UTF-8 stays an error, after repaired pairs too.
     let mut raw = cesu8(&event("\"a\":\"\u{1F600}x\""));
     let at = raw.iter().position(|&b| b == b'x').unwrap();
