@@ -47,12 +47,12 @@ Requests
   R11 JSON text: all of it must be UTF-8 (invalid_utf8, checked before parsing), except that a UTF-16
       surrogate encoded on its own in 3 bytes (ED A0-BF 80-BF, CESU-8: how mixpanel-js's base64 path
       writes characters beyond U+FFFF) is read as UTF-16: a high one followed by a low one is their
-      character, any other is U+FFFD. Blank -> empty. RFC 8259
-      grammar; NaN and Infinity are not JSON; a \\u escape of a lone surrogate has no UTF-8 form ->
-      invalid_json. Numbers are kept as written; 1e400 is valid JSON, which fails where it is read as a
-      number (time, step) and as a property value (E11). Any nesting depth is valid JSON (too_deep is a
-      rule for property values, E11); the oracle itself cannot read more than about 990 levels (Python's
-      recursion limit), so generated inputs stay far below that.
+      character, any other is U+FFFD. Blank -> empty. RFC 8259 grammar; NaN and Infinity are not JSON;
+      a \\u escape of a lone surrogate (a string cut between the halves of a pair) is read as U+FFFD, as
+      its CESU-8 bytes are. Numbers are kept as written; 1e400 is valid JSON, which fails where it is
+      read as a number (time, step) and as a property value (E11). Any nesting depth is valid JSON
+      (too_deep is a rule for property values, E11); the oracle itself cannot read more than about 990
+      levels (Python's recursion limit), so generated inputs stay far below that.
   R12 The document: an object is one event; an array is a batch: [] -> empty_batch; too_many_events as soon
       as element max_events + 1 begins, whatever follows it (a reader need not parse a 10 MB batch it will
       refuse); any other JSON value -> not_events. Otherwise the document must be valid JSON as a whole
@@ -341,15 +341,19 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _has_lone_surrogate(value: Any) -> bool:
+def _without_lone_surrogates(value: Any) -> Any:
+    """R11: a lone surrogate (from a \\u escape) as U+FFFD, in keys and values."""
     if isinstance(value, str):
-        return _SURROGATE.search(value) is not None
+        if _SURROGATE.search(value) is None:
+            return value
+        return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
     if isinstance(value, dict):
         items = value.pairs if isinstance(value, _ObjectWithDuplicates) else value.items()
-        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in items)
+        fixed = [(_without_lone_surrogates(k), _without_lone_surrogates(v)) for k, v in items]
+        return _object_from_pairs(fixed)
     if isinstance(value, list):
-        return any(_has_lone_surrogate(item) for item in value)
-    return False
+        return [_without_lone_surrogates(item) for item in value]
+    return value
 
 
 def _stdlib_loads(data: bytes) -> Any:
@@ -361,8 +365,8 @@ def _stdlib_loads(data: bytes) -> Any:
         value = _STDLIB_DECODER.decode(text)
     except (ValueError, RecursionError) as error:
         raise InvalidJsonError(str(error)) from None
-    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
-        raise InvalidJsonError("a \\u escape of a lone surrogate")
+    if _SURROGATE_ESCAPE.search(text):
+        value = _without_lone_surrogates(value)
     return value
 
 

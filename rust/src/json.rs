@@ -24,6 +24,10 @@ impl From<SyntaxError> for RequestError {
     }
 }
 
+/// The syntax error of a `\u` escape of a lone surrogate, which the payload reader repairs (see
+/// `without_lone_surrogates`).
+pub const UNPAIRED_SURROGATE: &str = "unpaired surrogate in a \\u escape";
+
 /// The deepest `max_depth` allowed. Values are copied recursively only down to `max_depth`; anything
 /// deeper is validated by a loop with its own stack, so no input can exhaust the thread's stack.
 pub const MAX_DEPTH_LIMIT: usize = 64;
@@ -98,6 +102,45 @@ fn fits_double_slow(n: &[u8]) -> bool {
         .ok()
         .and_then(|text| text.parse::<f64>().ok())
         .is_some_and(f64::is_finite)
+}
+
+/// `text` with every `\u` escape of a lone surrogate replaced by `\ufffd`, the same six bytes, so that
+/// offsets hold. Such escapes come from clients that cut a string between the two halves of a pair
+/// (JavaScript's and Java's strings count UTF-16 units); refusing them would refuse a whole batch for
+/// one character. Escapes are found as the scanner reads them (a `\\` is one escape, so `\\ud800`
+/// is text); a backslash outside a string is left for the scanner to refuse.
+#[cold]
+pub fn without_lone_surrogates(text: &[u8]) -> Vec<u8> {
+    let unit = |at: usize| -> Option<u32> {
+        let digits = std::str::from_utf8(text.get(at..at + 4)?).ok()?;
+        u32::from_str_radix(digits, 16).ok()
+    };
+    let mut out = text.to_vec();
+    let mut i = 0;
+    while i < text.len() {
+        if text[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        if text.get(i + 1) != Some(&b'u') {
+            i += 2;
+            continue;
+        }
+        match unit(i + 2) {
+            Some(0xD800..=0xDBFF)
+                if text.get(i + 6..i + 8) == Some(b"\\u")
+                    && unit(i + 8).is_some_and(|low| (0xDC00..=0xDFFF).contains(&low)) =>
+            {
+                i += 12;
+            }
+            Some(0xD800..=0xDFFF) => {
+                out[i..i + 6].copy_from_slice(b"\\ufffd");
+                i += 6;
+            }
+            _ => i += 2,
+        }
+    }
+    out
 }
 
 /// A string token as it stands in the input, quotes included.
@@ -293,7 +336,8 @@ impl<'a> Scanner<'a> {
     }
 
     /// Validates the escape at `i` (a backslash) and returns the index after it. A `\u` escape of a
-    /// surrogate must form a pair: a lone one has no UTF-8 form, so it could not be stored faithfully.
+    /// surrogate must form a pair: a lone one has no UTF-8 form. It is refused here, on the fast path,
+    /// and the payload reader repairs such text and reads it again (`without_lone_surrogates`).
     fn escape(&mut self, i: usize) -> Result<usize, SyntaxError> {
         match self.buf.get(i + 1) {
             Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(i + 2),
@@ -307,10 +351,10 @@ impl<'a> Scanner<'a> {
                         }
                     }
                     self.pos = i;
-                    Err(self.error("unpaired surrogate in a \\u escape"))
+                    Err(self.error(UNPAIRED_SURROGATE))
                 } else if (0xDC00..0xE000).contains(&unit) {
                     self.pos = i;
-                    Err(self.error("unpaired surrogate in a \\u escape"))
+                    Err(self.error(UNPAIRED_SURROGATE))
                 } else {
                     Ok(i + 6)
                 }

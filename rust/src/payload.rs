@@ -12,7 +12,7 @@ use flate2::read::MultiGzDecoder;
 
 use crate::errors::{EventError, EventErrorKind, RequestError};
 use crate::event::{decode_event, Scratch};
-use crate::json::Scanner;
+use crate::json::{without_lone_surrogates, Scanner, UNPAIRED_SURROGATE};
 use crate::resp::Batches;
 use crate::Context;
 
@@ -141,10 +141,10 @@ pub struct Events {
 pub fn decode_events(json: &[u8], ctx: &Context<'_>, use_ip: bool) -> Result<Events, RequestError> {
     // The SIMD check is several times faster on the (usual) valid input.
     if simdutf8::basic::from_utf8(json).is_ok() {
-        return scan_events(json, ctx, use_ip);
+        return scan_repairing(json, ctx, use_ip);
     }
     let (text, pairs) = from_cesu8(json)?;
-    scan_events(&text, ctx, use_ip).map_err(|err| match err {
+    scan_repairing(&text, ctx, use_ip).map_err(|err| match err {
         // Offsets into the payload as sent: each pair before the error took 2 bytes less in `text`.
         RequestError::InvalidJson { offset, detail } => {
             let before = pairs.partition_point(|&at| at < offset);
@@ -202,6 +202,17 @@ fn from_cesu8(bytes: &[u8]) -> Result<(Vec<u8>, Vec<usize>), RequestError> {
         }
     }
     Ok((out, pairs))
+}
+
+/// The events of `text`, read again with its lone-surrogate escapes made U+FFFD when it has any: two
+/// passes for such a payload, none more for any other.
+fn scan_repairing(text: &[u8], ctx: &Context<'_>, use_ip: bool) -> Result<Events, RequestError> {
+    match scan_events(text, ctx, use_ip) {
+        Err(RequestError::InvalidJson { detail, .. }) if detail == UNPAIRED_SURROGATE => {
+            scan_events(&without_lone_surrogates(text), ctx, use_ip)
+        }
+        outcome => outcome,
+    }
 }
 
 fn scan_events<'j>(

@@ -770,8 +770,9 @@ fn broken_json_is_invalid_json() {
         format!("[{one}"),
         "{".to_owned(),
         "[".to_owned(),
-        r#"{"event":"e","properties":{"token":"tok","a":"\ud800"}}"#.to_owned(),
         r#"{"event":"e","properties":{"token":"tok","a":"x	y"}}"#.to_owned(),
+        // After a lone surrogate (read as U+FFFD), the payload is still read to its end.
+        r#"{"event":"e","properties":{"token":"tok","a":"\ud800"},}"#.to_owned(),
         r#"{"event":"e",}"#.to_owned(),
         "{'event':'e'}".to_owned(),
     ] {
@@ -781,6 +782,37 @@ fn broken_json_is_invalid_json() {
         assert_eq!(s.data_error(b64(&payload)).kind(), "invalid_json");
     }
     assert_eq!(s.data_error(b64("123 x")).kind(), "invalid_json");
+}
+
+#[test]
+fn lone_surrogate_escapes_are_read_as_the_replacement_character() {
+    // A string cut between the two halves of a pair (JavaScript and Java count UTF-16 units), then
+    // JSON-encoded: the lone half is U+FFFD; pairs, escaped backslashes and the rest are untouched.
+    let s = Setup::default();
+    for (sent, stored) in [
+        (r"\ud83d", r"\ufffd"),
+        (r"a\ude00b", r"a\ufffdb"),
+        (r"\ud83d\ud83d\ude00", r"\ufffd\ud83d\ude00"),
+        (r"\ud83d\u0041", r"\ufffd\u0041"),
+        (r"\\ud83d", r"\\ud83d"),
+        (r"\\\ud83d", r"\\\ufffd"),
+    ] {
+        let json = s.accept(event(&format!("\"a\":\"{sent}\",\"{sent}\":1")));
+        assert!(
+            json.contains(&format!("\"a\":\"{stored}\",\"{stored}\":1")),
+            "{sent}: {json}"
+        );
+    }
+    let name = s.accept(r#"{"event":"x\ud83d","properties":{"token":"tok"}}"#);
+    assert!(name.starts_with(r#"{"event":"x\ufffd""#), "{name}");
+    // A broken escape after one is still an error, at its place in the payload.
+    let broken = r#"{"event":"e","properties":{"token":"tok","a":"\ud800","b":"\u12"}}"#;
+    match s.data_error(broken) {
+        RequestError::InvalidJson { offset, .. } => {
+            assert_eq!(offset, broken.find(r"\u12").unwrap() + 2); // at its digits
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
