@@ -86,8 +86,8 @@ Events (errors: one per event, the first rule broken, in EVENT_RULE_ORDER below)
       reading order: too_deep at the opening bracket of a container at level > max_depth (a property's
       own container is level 1); array_too_long and too_many_keys at the closing bracket of the container
       (so after whatever its contents broke); number_out_of_range at a number, anywhere in the value or
-      as the value, beyond a double's range (1e400, -1e400, 1e309, an integer of 310 digits; 1e-400 is
-      0, and is kept as written). Nested objects' keys count as sent.
+      as the value, beyond a double's range, ±1.8e308 (1e400, -1e400, 1e309, 309 nines; 1e-400 is 0, and
+      is kept as written). Nested objects' keys count as sent.
       max_properties is also the key limit of nested objects.
   E12 duplicate_property names the first key, in document order, that appears again later
       ({"a":1,"b":2,"b":3,"a":4} -> properties.a).
@@ -385,10 +385,11 @@ STDLIB = Backend(
 
 def fast_backend() -> Backend:
     """pybase64 + orjson: the same checks, on faster libraries. Used by bench/, not by the tests, because
-    orjson gives up three details of the contract: it keeps the last of duplicate keys silently (so
-    duplicate_property and E10's count as sent are not seen), it refuses 1e400 (invalid_json instead of
-    E11's number_out_of_range), and a numeric distinct_id becomes Python's repr of the float, not its
-    literal (E6).
+    orjson gives up details of the contract: it keeps the last of duplicate keys silently (so
+    duplicate_property and E10's count as sent are not seen), it refuses 1e400 and integers beyond a
+    double (invalid_json instead of E11's number_out_of_range), it refuses \\u escapes of lone surrogates
+    and CESU-8 (invalid_json or invalid_utf8 instead of R11's U+FFFD), and a numeric distinct_id becomes
+    Python's repr of the float, not its literal (E6).
     """
     import orjson
     import pybase64

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TRACKGATE, Gateway, RedisServer
+from trackgate.settings import redirect_host
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -89,8 +90,8 @@ def test_a_port_already_listened_on(gateway: Gateway, tmp_path: Path) -> None:
         (["--host", "localhost"], "--host (TRACKGATE_HOST) = 'localhost': expected an IP address"),
         (["--host", "192.0.2.1"], "cannot listen on 192.0.2.1"),
         (["--port", "abc"], "--port (TRACKGATE_PORT) = 'abc': expected an integer"),
-        (["--redirect-hosts", "https://shop.example.com"], "must be a host name alone"),
-        (["--redirect-hosts", "*.example.com"], "must be a host name alone"),
+        (["--redirect-hosts", "https://shop.example.com"], "must be a host name or address alone"),
+        (["--redirect-hosts", "*.example.com"], "must be a host name or address alone"),
     ],
 )
 def test_serve_refuses_what_it_cannot_listen_or_redirect_with(
@@ -105,3 +106,26 @@ def test_a_data_dir_that_cannot_be_one(tmp_path: Path) -> None:
     afile.write_text("")
     refused(run("serve", "--data-dir", str(afile)), "--data-dir", "File exists")
     refused(run("project", "list", "--data-dir", str(afile / "below")), "--data-dir")
+
+
+@pytest.mark.parametrize(
+    ("entry", "host"),
+    [
+        ("Shop.Example.com.", "shop.example.com"),
+        ("my_shop.example.com", "my_shop.example.com"),
+        ("[::1]", "::1"),
+        ("::1", "::1"),
+        ("10.0.0.7", "10.0.0.7"),
+        ("https://shop.example.com", None),
+        ("*.example.com", None),
+        ("shop.example.com:8443", None),
+        ("", None),
+        ("bücher.example", None),
+    ],
+)
+def test_redirect_hosts_as_urls_name_them(entry: str, host: str | None) -> None:
+    assert redirect_host(entry) == host
+
+
+def test_a_host_with_a_zone_is_refused(tmp_path: Path) -> None:
+    refused(run("serve", "--host", "fe80::1%lo", "--data-dir", str(tmp_path)), "expected an IP address")

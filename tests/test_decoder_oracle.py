@@ -927,6 +927,17 @@ EDGE_CASES = [
     case("largest_f64_is_kept", data(raw_event('"x":1.7976931348623157e308')), OK),
     case("underflow_is_kept", data(raw_event('"x":1e-400')), OK),
     case("integer_of_309_digits_is_kept", data(raw_event('"x":1' + "0" * 308)), OK),
+    case("largest_f64_integer_is_kept", data(raw_event('"x":17976931348623157' + "0" * 292)), OK),
+    case(
+        "integer_of_309_nines",
+        data(raw_event('"x":' + "9" * 309)),
+        errors((0, "properties.x", "number_out_of_range")),
+    ),
+    case(
+        "negative_integer_of_309_nines",
+        data(raw_event('"x":-' + "9" * 309)),
+        errors((0, "properties.x", "number_out_of_range")),
+    ),
     case(
         "integer_beyond_f64",
         data(raw_event('"x":1' + "0" * 309)),
@@ -1206,3 +1217,20 @@ def test_what_edge_cases_store() -> None:
     )
     assert (flags.verbose, flags.img, flags.test, flags.use_ip) == (True, True, False, False)
     assert (flags.callback, flags.redirect) == ("", None)
+
+
+# Surrogates, which the generators above leave out (hypothesis's text has none): lone halves and pairs,
+# sent as JSON \u escapes (json.dumps' default) and as CESU-8 bytes (mixpanel-browser's base64 path).
+surrogate_texts = st.lists(
+    st.characters(categories=["Cs"]) | st.sampled_from(["a", "é", "\U0001f600"]),
+    max_size=6,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(surrogate_texts, min_size=1, max_size=3), key=surrogate_texts, cesu=st.booleans())
+def test_native_agrees_with_oracle_on_surrogates(values: list[str], key: str, cesu: bool) -> None:
+    properties: dict[str, Any] = {"token": "t", **{f"v{i}": v for i, v in enumerate(values)}, "k" + key: 1}
+    event = {"event": "e" + key, "properties": properties}
+    payload = _b64(cesu8(json.dumps(event, ensure_ascii=False))) if cesu else json.dumps(event)
+    assert_agree(data(payload), ref.Options(), NOW)

@@ -214,8 +214,17 @@ def test_img_failure_still_a_pixel_with_the_status(gateway: Gateway, token: str)
 # redirect
 
 
-def test_redirect_to_an_allowed_host(gateway: Gateway, rclient: redis.Redis, token: str, marker: str) -> None:
-    target = "https://shop.example.org/thanks?order=7&x=%20y"
+@pytest.mark.parametrize(
+    "target",
+    [
+        "https://shop.example.org/thanks?order=7&x=%20y",
+        "https://SHOP.example.org./",
+        "http://example.com:8080/",
+    ],
+)
+def test_redirect_to_an_allowed_host(
+    gateway: Gateway, rclient: redis.Redis, token: str, marker: str, target: str
+) -> None:
     r = requests.get(
         gateway.url(f"/track?redirect={quote(target, safe='')}&data={quote(b64(event(token, marker)))}"),
         allow_redirects=False,

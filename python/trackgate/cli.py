@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     config = settings.build(args)
     logging.config.dictConfig(_logging_config(config.log_level))
-    data_dir = _usable_data_dir(config)
     _check_port(config.host, config.port)
+    data_dir = _usable_data_dir(config)
     lock = DataDirLock(data_dir)
     if not lock.try_acquire():
         raise settings.SettingsError(f"another trackgate serve uses {data_dir}; give this one --data-dir")
@@ -166,13 +166,13 @@ def _check_port(host: str, port: int) -> None:
     if port == 0:
         return
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
-        except OSError as err:
-            reason = err.strerror or err
-            raise settings.SettingsError(f"cannot listen on {host} port {port}: {reason}") from None
+    except OSError as err:
+        reason = err.strerror or err
+        raise settings.SettingsError(f"cannot listen on {host} port {port}: {reason}") from None
 
 
 async def _prepare(redis_url: str, *, demo: bool) -> tuple[projects.Project, str | None] | None:

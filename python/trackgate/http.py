@@ -30,7 +30,7 @@ from trackgate.api import Api
 from trackgate.batcher import Batcher, UnavailableError
 from trackgate.projects import TokenCache
 from trackgate.rsgi import Headers, HTTPProtocol, PendingRead, Scope
-from trackgate.settings import Settings, for_worker
+from trackgate.settings import Settings, for_worker, redirect_host
 
 log = logging.getLogger("trackgate.http")
 
@@ -230,7 +230,7 @@ class App:
         self._options = settings.decoder_options()
         self._any_origin = "*" in settings.allowed_origins
         self._origins = frozenset(settings.allowed_origins)
-        self._redirect_hosts = frozenset(h.lower() for h in settings.redirect_hosts)
+        self._redirect_hosts = frozenset(filter(None, map(redirect_host, settings.redirect_hosts)))
         self._proxies = tuple(ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies)
         # Peers repeat (they are the proxies), so each address is parsed and matched once.
         self._trusted = functools.lru_cache(maxsize=4096)(self._is_trusted)
@@ -641,7 +641,7 @@ class App:
             return False
         if parts.scheme not in ("http", "https") or "@" in parts.netloc or not parts.hostname:
             return False
-        return parts.hostname in self._redirect_hosts
+        return redirect_host(parts.hostname) in self._redirect_hosts
 
 
 def _names_unknown_token(request: Request) -> bool:

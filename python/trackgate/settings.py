@@ -251,8 +251,24 @@ def build(args: argparse.Namespace | None = None, environ: Mapping[str, str] | N
     return settings
 
 
-# A host name or address as a URL's host part holds it: no scheme, port, path or wildcard.
-_HOST_NAME = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]")
+# A host name as a URL's host part holds it: no scheme, port, path or wildcard.
+_HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def redirect_host(host: str) -> str | None:
+    """A --redirect-hosts entry as `urlsplit(url).hostname` gives it (lower case, an IPv6 address without
+    its brackets, no trailing dot), or None when no URL's host could ever be it."""
+    bare = host.strip().lower()
+    if bare.startswith("[") and bare.endswith("]"):
+        bare = bare[1:-1]
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    bare = bare.rstrip(".")
+    return bare if bare and _HOST_NAME.fullmatch(bare) else None
+
+
 _TYPE_WORDS = {"`int`": "an integer", "`float`": "a number", "`str`": "text"}
 
 
@@ -278,14 +294,20 @@ def _flag(name: str) -> str:
 
 def _check(settings: Settings) -> None:
     try:
-        ipaddress.ip_address(settings.host)
+        address = ipaddress.ip_address(settings.host)
     except ValueError:
+        address = None
+    # Granian reads the host as a Rust IpAddr, which has no zone (fe80::1%eth0).
+    if address is None or getattr(address, "scope_id", None):
         raise SettingsError(
             f"{_flag('host')} = {settings.host!r}: expected an IP address (127.0.0.1, 0.0.0.0, ::)"
-        ) from None
+        )
     for host in settings.redirect_hosts:
-        if not _HOST_NAME.fullmatch(host):
-            raise SettingsError(f"redirect host {host!r} must be a host name alone, like shop.example.com")
+        if redirect_host(host) is None:
+            raise SettingsError(
+                f"redirect host {host!r} must be a host name or address alone, like shop.example.com "
+                "(non-ASCII names in punycode, xn--...)"
+            )
     for field in _FIELDS:
         value = getattr(settings, field.name)
         if isinstance(value, float) and not math.isfinite(value):

@@ -86,11 +86,10 @@ impl Shape {
 
 /// Whether a number token (already checked against the grammar) stays within a double's ±1.8e308, as
 /// every reader needs: `1e400` reads as infinity or fails, depending on the reader (orjson refuses it,
-/// and an integer of over 309 digits too). Only a token with an exponent, or of over 309 bytes, can be
-/// out of range.
+/// and an integer beyond it too). A token of 308 bytes or fewer without an exponent is below 1e308.
 #[inline]
 pub fn fits_double(n: &[u8]) -> bool {
-    if n.len() < 310 && !n.iter().any(|&b| b | 0x20 == b'e') {
+    if n.len() <= 308 && !n.iter().any(|&b| b | 0x20 == b'e') {
         return true;
     }
     fits_double_slow(n)
