@@ -233,6 +233,7 @@ def test_string_steps_and_mp_properties(project: Project) -> None:
 
 def test_reports_leave_out_steps_above_the_highest_the_decoder_accepts(project: Project) -> None:
     # Counters of a step far above the cap (kept by a gateway from before it), written as tg_count would.
+    assert MAX_FUNNEL_STEP < 1_000_000
     project.send(step(project, "u1", 1, MIDNIGHT + 60))
     prefix = f"tg:{{{project.token}:0}}:"
     project.client.hset(prefix + "fg:signup", mapping={"1000000": "g", "t1000000": "1"})
@@ -241,7 +242,6 @@ def test_reports_leave_out_steps_above_the_highest_the_decoder_accepts(project: 
     assert column(report, "step") == [1]
     assert [len(steps) for steps in report.days.values()] == [1]
     assert column(report, "users") == [1]
-    assert MAX_FUNNEL_STEP == 100
 
 
 def test_funnels_are_listed_with_their_steps(project: Project) -> None:

@@ -74,14 +74,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     create.add_argument(
         "--funnel-window-days",
-        type=_window_days,
-        default=projects.DEFAULT_FUNNEL_WINDOW / 86400,
+        dest="funnel_window",
+        type=_window_seconds,
+        default=projects.DEFAULT_FUNNEL_WINDOW,
         help="days after a user's step 1 in which later funnel steps count (default: 30)",
     )
     listing = actions.add_parser("list", help="list the projects")
     window = actions.add_parser("set-funnel-window", help="change a project's funnel conversion window")
     window.add_argument("name")
-    window.add_argument("days", type=_window_days)
+    window.add_argument("window", metavar="days", type=_window_seconds)
 
     funnel = commands.add_parser("funnels", help="funnel reports")
     funnel_actions = funnel.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -259,35 +260,33 @@ def _with_redis(args: argparse.Namespace) -> int:
             return asyncio.run(_export(config, url, project, start, end, out))
 
 
-def _window_days(text: str) -> float:
+def _window_seconds(text: str) -> int:
+    """A funnel window given in days, in seconds; refused here, before any Redis is started."""
     try:
-        days = float(text)
+        seconds = float(text) * 86400
     except ValueError:
-        days = math.nan
-    if not math.isfinite(days):
+        seconds = math.nan
+    if not math.isfinite(seconds):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of days")
-    if not 0 < days <= 366:
-        raise argparse.ArgumentTypeError(f"{text!r}: a funnel window is from 1 minute to 366 days")
-    return days
-
-
-def _days(seconds_in_days: float) -> int:
-    return round(seconds_in_days * 86400)
+    try:
+        projects.check_window(round(seconds))
+    except projects.ProjectError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
+    return round(seconds)
 
 
 async def _project_action(args: argparse.Namespace, url: str) -> int:
     async with Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5) as client:
         if args.action == "create":
-            project, secret = await projects.create_project(
-                client, args.name, args.token, _days(args.funnel_window_days)
-            )
+            project, secret = await projects.create_project(client, args.name, args.token, args.funnel_window)
             print(f"token: {project.token}\nsecret: {secret}")
             print("keep the secret: it is not shown again", file=sys.stderr)
             return 0
         if args.action == "set-funnel-window":
             project = await _find_project(client, args.name)
-            await projects.set_funnel_window(client, project.token, _days(args.days))
-            print(f"{project.name}: funnel window {args.days:g} days (from the gateway's next token reload)")
+            await projects.set_funnel_window(client, project.token, args.window)
+            days = args.window / 86400
+            print(f"{project.name}: funnel window {days:g} days (from the gateway's next token reload)")
             return 0
         found = await projects.list_projects(client)
         if not found:
@@ -348,37 +347,26 @@ async def _export(
     out: BinaryIO,
 ) -> int:
     async with Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5) as client:
-        return await _write_export(client, project, config, start, end, out)
-
-
-async def _write_export(
-    client: Redis,
-    project: projects.Project,
-    config: settings.Settings,
-    start: dt.date,
-    end: dt.date,
-    out: BinaryIO,
-) -> int:
-    async with client.pipeline(transaction=False) as pipe:
-        for p in range(config.partitions):
-            pipe.xlen(store.stream_key(project.token, p))
-        stored = sum(await pipe.execute())
-    written = 0
-    # The bar counts stream entries read, of all the project's stored entries: an upper bound.
-    with tqdm(total=stored, unit="event", file=sys.stderr, desc="export") as bar:
-        lines = export.export_events(
-            client,
-            project.token,
-            config.partitions,
-            start,
-            end,
-            max_future_skew=config.max_future_skew,
-            progress=bar.update,
-        )
-        async for line in lines:
-            out.write(line)
-            written += 1
-        bar.update(stored - bar.n)
+        async with client.pipeline(transaction=False) as pipe:
+            for p in range(config.partitions):
+                pipe.xlen(store.stream_key(project.token, p))
+            stored = sum(await pipe.execute())
+        written = 0
+        # The bar counts stream entries read, of all the project's stored entries: an upper bound.
+        with tqdm(total=stored, unit="event", file=sys.stderr, desc="export") as bar:
+            lines = export.export_events(
+                client,
+                project.token,
+                config.partitions,
+                start,
+                end,
+                max_future_skew=config.max_future_skew,
+                progress=bar.update,
+            )
+            async for line in lines:
+                out.write(line)
+                written += 1
+            bar.update(stored - bar.n)
     print(f"{written} events of {project.name!r} from {start} to {end}", file=sys.stderr)
     return 0
 

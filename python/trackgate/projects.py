@@ -58,7 +58,7 @@ async def create_project(
 ) -> tuple[Project, str]:
     """A new project and its secret (shown once; only its hash is kept). `token` keeps an existing
     Mixpanel token, so that clients moving to the gateway need no change."""
-    _check_window(funnel_window)
+    check_window(funnel_window)
     name = name.strip()
     if not name or len(name) > _MAX_NAME:
         raise ProjectError(f"a project name is 1 to {_MAX_NAME} characters")
@@ -108,14 +108,14 @@ async def get_project(client: Redis, token: str) -> Project | None:
     )
 
 
-def _check_window(seconds: int) -> None:
+def check_window(seconds: int) -> None:
     if not 60 <= seconds <= 366 * 86400:
         raise ProjectError("a funnel window is from 1 minute to 366 days")
 
 
 async def set_funnel_window(client: Redis, token: str, seconds: int) -> None:
     """Takes effect in the gateway's workers at their next token reload."""
-    _check_window(seconds)
+    check_window(seconds)
     await client.hset(project_key(token), "funnel_window", str(seconds))
 
 

@@ -8,8 +8,8 @@ owner's job: Redis answers the commands of one connection in the order they were
 
 The reader is the native one: a transaction answers `+QUEUED` once per event before EXEC's array, and
 those replies, which the owner asks to pass over, are passed over in Rust, with no Python object and no
-Python loop iteration each (hiredis built and this loop discarded them: 11 of the 16 µs of a 50-event
-request's replies).
+Python loop iteration each (hiredis built them and a Python loop discarded them: 16.3 µs for a 50-event
+request's replies against 7.7 this way, a `timeit` of `data_received`).
 
 The URL is read by redis-py's own parser, so `--redis-url` means the same here as everywhere else:
 `redis://[[user]:password@]host[:port][/db]`, `rediss://` (TLS; `ssl_cert_reqs`, `ssl_ca_certs`,

@@ -587,7 +587,7 @@ impl PyReplyReader {
             .next_reply()
             .map_err(|e| PyValueError::new_err(e.to_string()))?
         {
-            None => Ok(pyo3::types::PyBool::new(py, false).to_owned().into_any()),
+            None => Ok(PyBool::new(py, false).to_owned().into_any()),
             Some(reply) => build_reply(py, reply, &mut 0),
         }
     }
