@@ -106,9 +106,9 @@ class EmbeddedRedis:
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
             "--appendfsync", "everysec",
-            # Redis' default (rewrite from 64 MB) forked a rewrite of the whole data set every second or
-            # two under load (18 in 25 s of 50-event POSTs): a fork stall each time, and a second process
-            # re-serialising every stream. From 1 GB it is about one a minute at 20 MB/s of events.
+            # Redis' default (rewrite from 64 MB) forks a rewrite of the whole data set every few seconds
+            # under load: a fork stall each time, and a second process re-serialising every stream. The
+            # rewrite rate at each threshold is in bench/README.md.
             "--auto-aof-rewrite-min-size", "1gb",
             "--save", "",
             "--daemonize", "no",
