@@ -25,6 +25,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from trackgate._native import MAX_FUNNEL_STEP
+from trackgate.keys import funnel_counters_key, funnel_goals_key, funnel_names_key
 
 MAX_RANGE_DAYS = 366
 _COUNTERS = ("u", "h", "o", "s")
@@ -60,10 +61,6 @@ class FunnelReport(msgspec.Struct, frozen=True, rename={"start": "from", "end": 
     days: dict[str, list[Step]]
 
 
-def partition_prefix(token: str, partition: int) -> str:
-    return f"tg:{{{token}:{partition}}}:"
-
-
 def days_between(start: dt.date, end: dt.date) -> list[dt.date]:
     if end < start:
         raise ValueError("`from` is after `to`")
@@ -81,7 +78,7 @@ async def _goals(client: Redis, token: str, partitions: int, name: str) -> dict[
     """Each step's goal: of the goals the partitions saw first, the earliest."""
     async with client.pipeline(transaction=False) as pipe:
         for p in range(partitions):
-            pipe.hgetall(partition_prefix(token, p) + "fg:" + name)
+            pipe.hgetall(funnel_goals_key(token, p, name))
         replies: list[dict[bytes, bytes]] = await pipe.execute()
     first: dict[int, tuple[float, str]] = {}
     for fields in replies:
@@ -100,7 +97,7 @@ async def _goals(client: Redis, token: str, partitions: int, name: str) -> dict[
 async def list_funnels(client: Redis, token: str, partitions: int) -> list[FunnelInfo]:
     async with client.pipeline(transaction=False) as pipe:
         for p in range(partitions):
-            pipe.smembers(partition_prefix(token, p) + "funnels")
+            pipe.smembers(funnel_names_key(token, p))
         replies: list[set[bytes]] = await pipe.execute()
     names = sorted({_text(n) for members in replies for n in members})
     funnels = []
@@ -171,7 +168,7 @@ async def funnel_report(
     async with client.pipeline(transaction=False) as pipe:
         for day in days:
             for p in range(partitions):
-                pipe.hgetall(f"{partition_prefix(token, p)}fc:{name}:{day.isoformat()}")
+                pipe.hgetall(funnel_counters_key(token, p, name, day.isoformat()))
         replies: list[dict[bytes, bytes]] = await pipe.execute()
     goal_bytes = {step: goal.encode() for step, goal in goals.items()}
     overall: Totals = {}

@@ -1,36 +1,6 @@
-"""What trackgate keeps in Redis: the key layout, the `trackgate` function library, its loading.
+"""The `trackgate` function library and its loading, and the transaction that writes one batch.
 
-Keys. Every key of one partition carries the hash tag `{<token>:<p>}`, so one transaction touches one
-Redis Cluster slot and a later move to a cluster needs no change of layout. Days are UTC `YYYY-MM-DD`.
-
-    tg:{<token>:<p>}:events           stream of partition p of a project; entry field `data` holds the
-                                      event's normalised JSON; entry ids are Redis' own (arrival order)
-    tg:{<token>:<p>}:batch:<writer>   which of one gateway writer's last 256 batches numbered for the
-                                      partition are in the stream, a ring of 8-byte entries (expires
-                                      after a day): the batch's sequence number (7 bytes, little-endian),
-                                      then a byte that is 1 once `tg_count` has counted it. Tells a retry
-                                      what is applied, and makes a second run of the function for a batch
-                                      change nothing
-    tg:{<token>:<p>}:ev:<day>         hash: `<HH>:<event name>` -> events of that name in that hour
-    tg:{<token>:<p>}:eu:<day>:<name>  HyperLogLog of the distinct_ids that sent <name> that day
-    tg:{<token>:<p>}:funnels          set of funnel names seen
-    tg:{<token>:<p>}:fg:<funnel>      hash: `<step>` -> the first goal seen, `t<step>` -> when
-                                      (server time, microseconds)
-    tg:{<token>:<p>}:fs:<funnel>      hash: distinct_id -> `<entry time>:<step reached>:<time reached>`,
-                                      the user's current attempt
-    tg:{<token>:<p>}:fx:<funnel>      sorted set: distinct_id -> its attempt's entry time, so that attempts
-                                      no later event can continue are removed from `fs` (see tg_count)
-    tg:{<token>:<p>}:fc:<funnel>:<day>  hash of the counters of users whose attempt began on <day>:
-                                      `u<step>` users, `h<step>` hits, `o<step>` out of order,
-                                      `s<step>` seconds from the previous step, `q<step>:<goal>` hits
-                                      per goal (goal conflicts: the hits of other goals than the first)
-    tg:projects                       set of project tokens
-    tg:project:<token>                hash: name, secret (a hash of it), created, funnel_window
-    tg:project-names                  hash: project name -> token
-    tg:project-secrets                hash: secret hash -> token
-
-`p` is a stable hash of the distinct_id (the decoder's), so one user's events share a stream, in order,
-and per-user state (funnel attempts, unique users) lives in one partition: reports sum the partitions.
+The key names come from `keys.py`.
 """
 
 from __future__ import annotations
@@ -43,22 +13,15 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from trackgate._native import PACKED_LAYOUT
+
+# Named through `store` by the batcher and the CLI as well.
+from trackgate.keys import mark_key as mark_key
+from trackgate.keys import stream_key as stream_key
 from trackgate.redis_pipe import bulk
 
 LIBRARY: Final = "trackgate"
-PROJECTS_KEY: Final = "tg:projects"
-PROJECT_NAMES_KEY: Final = "tg:project-names"
-PROJECT_SECRETS_KEY: Final = "tg:project-secrets"
 RING_SLOTS: Final = 256
 """Entries in a partition's ring of a writer's applied batches (see below)."""
-
-
-def stream_key(token: str, partition: int) -> str:
-    return f"tg:{{{token}:{partition}}}:events"
-
-
-def project_key(token: str) -> str:
-    return f"tg:project:{token}"
 
 
 # A batch is written as one transaction:
@@ -411,10 +374,6 @@ def ring_entries(ring: bytes | None) -> dict[int, bool]:
 def batch_id(writer: bytes, seq: int, slot: int) -> bytes:
     """What tg_count is told of its batch: the writer, the seq, and the seq's slot in the ring."""
     return b"%s:%d:%d" % (writer, seq, slot)
-
-
-def mark_key(token: str, partition: int, writer: bytes) -> bytes:
-    return b"tg:{%s:%d}:batch:%s" % (token.encode(), partition, writer)
 
 
 MARK_REPLIES: Final = 2
