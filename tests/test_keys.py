@@ -25,6 +25,10 @@ def test_every_key_is_named_as_documented() -> None:
     assert keys.PROJECT_SECRETS_KEY == "tg:project-secrets"
 
 
+def test_the_function_is_given_the_stream_and_the_partition_prefix() -> None:
+    assert keys.count_function_keys("tok", 3) == ("tg:{tok:3}:events", "tg:{tok:3}:")
+
+
 def test_the_decoder_adds_events_to_the_streams_keys_names() -> None:
     """The native decoder builds the stream names of its XADDs itself (from its KEY_PREFIX): every XADD
     of every batch names `keys.stream_key` of the batch's project and partition."""

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 from conftest import Batch, RedisServer, send_count, send_write
-from trackgate import Options, decode_request, keys, store
+from trackgate import PACKED_LAYOUT, Options, decode_request, keys, store
 
 DAY = 86400
 MIDNIGHT = dt.datetime(2026, 11, 20, tzinfo=dt.UTC).timestamp()
@@ -256,3 +256,21 @@ def test_attempts_no_later_event_can_continue_are_removed(client: redis.Redis) -
     assert client.zrange(index, 0, -1) == [b"here"]
     assert 0 < client.ttl(states) <= 60 + 60 + 3600
     assert 0 < client.ttl(index) <= 60 + 60 + 3600
+
+
+def test_a_call_of_another_version_changes_nothing(client: redis.Redis) -> None:
+    """A gateway and a function library of different versions must not misread each other: a call in
+    another argument layout, or with another number of keys, is refused before anything changes."""
+    token = "v" + uuid.uuid4().hex[:15]
+    names = keys.count_function_keys(token, 0)
+    event = ["2026-11-20", "01:Page View", "u1", ""]
+
+    def call(names: tuple[str, ...], layout: int) -> Any:
+        return client.fcall("tg_count", len(names), *names, 0, 0, WINDOW, layout, "w:1:1", DAY, *event)
+
+    with pytest.raises(redis.ResponseError, match="different versions"):
+        call(names, PACKED_LAYOUT + 1)
+    with pytest.raises(redis.ResponseError, match="different versions"):
+        call(names[:1], PACKED_LAYOUT)
+    assert list(client.scan_iter(match=f"*{token}*")) == []
+    assert call(names, PACKED_LAYOUT) == 1

@@ -1,12 +1,13 @@
 """Funnel reports, assembled from the counters the `tg_count` function keeps per partition.
 
-The function does the counting when it stores an event (see `store.py`); a report only sums a few
-small hashes per partition and day, so it costs the same whatever the number of events.
+The function does the counting when it stores an event (`lua/trackgate.lua`, loaded by `store.py`); a
+report only sums a few small hashes per partition and day, so it costs the same whatever the number of
+events.
 
 Semantics, as the function applies them:
 - A user (distinct_id) counts at step N of a funnel once per attempt, and only after counting at step
-  N-1 in the same attempt. An attempt starts with a step 1 and lasts the project's funnel window (30 days
-  by default); a step 1 after the window starts a new attempt.
+  N-1 in the same attempt. An attempt starts with a step 1 and lasts the project's funnel window
+  (`projects.DEFAULT_FUNNEL_WINDOW` unless set); a step 1 after the window starts a new attempt.
 - A step that does not follow the user's last step (skipped, before step 1, after the window) is stored
   and counted as out of order; it does not advance the user. A repeated step is a hit only.
 - Order: one user's events in the order they reached the gateway, and within one request by `time`.

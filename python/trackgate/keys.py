@@ -7,8 +7,9 @@ so one transaction touches one Redis Cluster slot and a later move to a cluster 
 layout. Days are UTC `YYYY-MM-DD`.
 
 Two builders live outside this module and are checked against it: the native decoder names the streams
-in the XADDs it packs (its `KEY_PREFIX`, `tests/test_keys.py`), and the `tg_count` function names the
-keys it writes (`tests/test_write_function.py` compares them with the builders here).
+in the XADDs it packs (its `KEY_PREFIX`, `tests/test_keys.py`), and the `tg_count` function completes the
+partition prefix `count_function_keys` hands it with the `Family` names it is loaded with
+(`tests/test_write_function.py` compares the keys it writes with the builders here).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ PROJECT_SECRETS_KEY: Final = PREFIX + "project-secrets"
 
 
 class Family(StrEnum):
-    """What a partition's key names after the partition prefix; the key's own parts, if any, follow,
-    joined by ":"."""
+    """The kinds of a partition's keys: a key's name is the partition prefix, its family, then the key's
+    own parts (if any) joined by ":". The function library's source names the families (`@FUNNEL_GOALS@`,
+    ...) and is loaded with their values, so it builds its keys the same way."""
 
     STREAM = "events"
     MARKS = "batch:"
@@ -100,3 +102,9 @@ def funnel_counters_key(token: str, partition: int, funnel: str, day: str) -> st
     """Hash of the counters of the users whose attempt began on `day`: `u<step>` users, `h<step>` hits,
     `o<step>` out of order, `s<step>` seconds from the previous step, `q<step>:<goal>` hits per goal."""
     return f"{partition_prefix(token, partition)}{Family.FUNNEL_COUNTERS}{funnel}:{day}"
+
+
+def count_function_keys(token: str, partition: int) -> tuple[str, str]:
+    """The KEYS of `tg_count` for a partition: its stream, and the partition prefix that the function
+    completes as the builders above do."""
+    return stream_key(token, partition), partition_prefix(token, partition)
