@@ -24,6 +24,7 @@ import pytest
 import redis
 import requests
 from trackgate import store
+from trackgate.keys import stream_key
 
 # A hung gateway must fail its test, not hang the suite: every HTTP request without its own timeout
 # gets this one (requests.get/post and sessions all go through Session.request).
@@ -186,10 +187,6 @@ def create_project_keys(redis_url: str, name: str, token: str | None = None, *ex
 def partition_of(distinct_id: str) -> int:
     """The decoder's partition function (CRC-32 of the distinct_id), as downstream tools would compute it."""
     return zlib.crc32(distinct_id.encode()) % PARTITIONS
-
-
-def stream_key(token: str, partition: int) -> str:
-    return f"tg:{{{token}:{partition}}}:events"
 
 
 def stored_events(client: redis.Redis, token: str) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ import pytest
 import redis
 import redis.asyncio
 from conftest import PARTITIONS, Batch, RedisServer, partition_of, send_count, send_write
-from trackgate import Options, decode_request, store
+from trackgate import Options, decode_request, keys, store
 from trackgate._native import MAX_FUNNEL_STEP
 from trackgate.counts import EventCounts, event_counts
 from trackgate.funnels import FunnelReport, Step, funnel_report, list_funnels
@@ -223,7 +223,7 @@ def test_a_batch_counted_again_is_counted_once(project: Project) -> None:
     report = project.report()
     assert column(report, "users") == [1, 1]
     assert column(report, "hits") == [1, 1]
-    assert project.client.xlen(store.stream_key(project.token, partition_of("u1"))) == 2
+    assert project.client.xlen(keys.stream_key(project.token, partition_of("u1"))) == 2
 
 
 def test_string_steps_and_mp_properties(project: Project) -> None:
@@ -235,9 +235,10 @@ def test_reports_leave_out_steps_above_the_highest_the_decoder_accepts(project: 
     # Counters of a step far above the cap (kept by a gateway from before it), written as tg_count would.
     assert MAX_FUNNEL_STEP < 1_000_000
     project.send(step(project, "u1", 1, MIDNIGHT + 60))
-    prefix = f"tg:{{{project.token}:0}}:"
-    project.client.hset(prefix + "fg:signup", mapping={"1000000": "g", "t1000000": "1"})
-    project.client.hset(prefix + f"fc:signup:{D0.isoformat()}", mapping={"u1000000": 1, "h1000000": 1})
+    goals = keys.funnel_goals_key(project.token, 0, "signup")
+    counters = keys.funnel_counters_key(project.token, 0, "signup", D0.isoformat())
+    project.client.hset(goals, mapping={"1000000": "g", "t1000000": "1"})
+    project.client.hset(counters, mapping={"u1000000": 1, "h1000000": 1})
     report = project.report()
     assert column(report, "step") == [1]
     assert [len(steps) for steps in report.days.values()] == [1]
@@ -289,7 +290,7 @@ def test_event_counts_per_hour_and_unique_users_per_day(project: Project) -> Non
 def test_a_hash_of_one_partition_holds_its_users_state(project: Project) -> None:
     # Per-user state lives in the user's partition: the key layout the README documents.
     project.send(step(project, "u1", 1, T))
-    key = f"tg:{{{project.token}:{partition_of('u1')}}}:fs:signup"
+    key = keys.funnel_states_key(project.token, partition_of("u1"), "signup")
     assert project.client.hget(key, "u1") == f"{int(T)}:1:{int(T)}".encode()
     other = partition_of("u1") + 1 if partition_of("u1") + 1 < PARTITIONS else 0
-    assert not project.client.exists(f"tg:{{{project.token}:{other}}}:fs:signup")
+    assert not project.client.exists(keys.funnel_states_key(project.token, other, "signup"))

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 from conftest import Batch, RedisServer, send_count, send_write
-from trackgate import Options, decode_request, store
+from trackgate import PACKED_LAYOUT, Options, decode_request, keys, store
 
 DAY = 86400
 MIDNIGHT = dt.datetime(2026, 11, 20, tzinfo=dt.UTC).timestamp()
@@ -73,36 +73,45 @@ def decoded(events: list[dict[str, Any]]) -> Batch:
     return batch
 
 
+def short_name(token: str, key: str) -> str:
+    """A key of the project's partition 0 without the partition's prefix: the same for every project."""
+    prefix = keys.partition_prefix(token, 0)
+    assert key.startswith(prefix)
+    return key.removeprefix(prefix)
+
+
 def state(client: redis.Redis, token: str) -> dict[str, Any]:
-    """Every key of the project's partition 0, by its name without the hash tag; streams as their
-    entries' data, HyperLogLogs as their bytes, the goals without the times they were first seen."""
-    prefix = f"tg:{{{token}:0}}:"
+    """Every key of the project's partition 0 but the marks, by its `short_name`; streams as their entries'
+    data, HyperLogLogs as their bytes, the goals without the times they were first seen."""
+    goals = keys.funnel_goals_key(token, 0, "")
+    marks = keys.mark_key(token, 0, b"").decode()
     out: dict[str, Any] = {}
-    for raw in client.scan_iter(match=f"tg:{{{token}:0}}:*"):
+    for raw in client.scan_iter(match=f"*{token}*"):
         key = raw.decode()
-        name = key.removeprefix(prefix)
         kind = client.type(key).decode()
         if kind == "stream":
-            out[name] = [fields[b"data"].decode() for _, fields in client.xrange(key)]
+            out[short_name(token, key)] = [fields[b"data"].decode() for _, fields in client.xrange(key)]
         elif kind == "hash":
             value = {k.decode(): v.decode() for k, v in client.hgetall(key).items()}
-            if name.startswith("fg:"):
+            if key.startswith(goals):
                 value = {k: v for k, v in value.items() if not k.startswith("t")}
-            out[name] = value
+            out[short_name(token, key)] = value
         elif kind == "set":
-            out[name] = {m.decode() for m in client.smembers(key)}
+            out[short_name(token, key)] = {m.decode() for m in client.smembers(key)}
         elif kind == "zset":
-            out[name] = {m.decode(): score for m, score in client.zrange(key, 0, -1, withscores=True)}
-        elif name.startswith("batch:"):
+            scores = client.zrange(key, 0, -1, withscores=True)
+            out[short_name(token, key)] = {m.decode(): score for m, score in scores}
+        elif key.startswith(marks):
             continue
         else:
-            out[name] = client.get(key)
+            out[short_name(token, key)] = client.get(key)
     return out
 
 
 def expected(client: redis.Redis, token: str, requests: list[list[dict[str, Any]]]) -> dict[str, Any]:
     """What counting each event by itself gives: a counter per (day, hour, name), every user of a
-    (day, name) in its HyperLogLog, and this scenario's funnel, worked out by hand."""
+    (day, name) in its HyperLogLog, and this scenario's funnel, worked out by hand; keys by their `short_name`
+    as `keys` builds them."""
     hours: Counter[tuple[str, str]] = Counter()
     users: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
     for events in requests:
@@ -114,19 +123,23 @@ def expected(client: redis.Redis, token: str, requests: list[list[dict[str, Any]
                 users[(day, name)].add(event["properties"]["distinct_id"])
     out: dict[str, Any] = defaultdict(dict)
     for (day, field), n in hours.items():
-        out[f"ev:{day}"][field] = str(n)
-    for (day, name), ids in users.items():
+        out[short_name(token, keys.hourly_counts_key(token, 0, day))][field] = str(n)
+    for (day, event), ids in users.items():
         # The same users added to a fresh HyperLogLog: the same registers, the same bytes.
         scratch = f"scratch:{uuid.uuid4().hex}"
         client.pfadd(scratch, *sorted(ids))
-        out[f"eu:{day}:{name}"] = client.get(scratch)
+        out[short_name(token, keys.daily_users_key(token, 0, day, event))] = client.get(scratch)
         client.delete(scratch)
-    out["funnels"] = {"signup"}
-    out["fg:signup"] = {"1": "g1", "2": "g2", "3": "g3"}
+    out[short_name(token, keys.funnel_names_key(token, 0))] = {"signup"}
+    out[short_name(token, keys.funnel_goals_key(token, 0, "signup"))] = {"1": "g1", "2": "g2", "3": "g3"}
     # u1: steps 1, 2, 3 (and 2 again: a hit); u2: step 1, then 3 (out of order); no user: a hit of 2.
-    out["fs:signup"] = {"u1": f"{T}:3:{T + 100}", "u2": f"{T + 10}:1:{T + 10}"}
-    out["fx:signup"] = {"u1": float(T), "u2": float(T + 10)}
-    out["fc:signup:2026-11-20"] = {
+    states = {"u1": f"{T}:3:{T + 100}", "u2": f"{T + 10}:1:{T + 10}"}
+    out[short_name(token, keys.funnel_states_key(token, 0, "signup"))] = states
+    out[short_name(token, keys.funnel_attempts_key(token, 0, "signup"))] = {
+        "u1": float(T),
+        "u2": float(T + 10),
+    }
+    out[short_name(token, keys.funnel_counters_key(token, 0, "signup", "2026-11-20"))] = {
         "h1": "2",
         "q1:g1": "2",
         "u1": "2",
@@ -162,8 +175,9 @@ def test_joined_requests_count_as_each_event_by_itself(client: redis.Redis) -> N
     for seq, events in enumerate(apart_requests, 1):
         assert send_write(client, b"w", seq, [decoded(events)], window=WINDOW)[-1] == len(events)
 
+    stream_name = short_name(joined, keys.stream_key(joined, 0))
     got = state(client, joined)
-    stream = got.pop("events")
+    stream = got.pop(stream_name)
     # The stream: each request's events by time, the requests in the order they were joined.
     by_time = [sorted(events, key=lambda e: e["properties"]["time"]) for events in joined_requests]
     assert [json.loads(d)["properties"]["$insert_id"] for d in stream] == [
@@ -172,16 +186,16 @@ def test_joined_requests_count_as_each_event_by_itself(client: redis.Redis) -> N
     assert got == expected(client, joined, joined_requests)
     # Sent one request per call instead, the same state.
     apart_state = state(client, apart)
-    assert len(apart_state.pop("events")) == 16
+    assert len(apart_state.pop(stream_name)) == 16
     assert apart_state == got
 
     # The counting run again for the batch (as the batcher does when only it failed) changes nothing.
     assert send_count(client, b"w", 1, parts, window=WINDOW) == 0
     again = state(client, joined)
-    assert again.pop("events") == stream
+    assert again.pop(stream_name) == stream
     assert again == got
     # (PFCOUNT caches the count in the HyperLogLog's bytes: last.)
-    assert client.pfcount(f"tg:{{{joined}:0}}:eu:2026-11-20:Page View") == 4
+    assert client.pfcount(keys.daily_users_key(joined, 0, "2026-11-20", "Page View")) == 4
 
 
 def corrupt(batch: Batch, old: bytes, new: bytes) -> Batch:
@@ -212,7 +226,7 @@ def test_a_malformed_call_changes_nothing(client: redis.Redis) -> None:
     for n, (part, message) in enumerate(broken):
         with pytest.raises(redis.ResponseError, match=f"tg_count: {message}"):
             send_count(client, b"w", n + 1, [good, part], window=WINDOW)
-        assert list(client.scan_iter(match=f"tg:{{{token}:*")) == [], n
+        assert list(client.scan_iter(match=f"*{token}*")) == [], n
     # The same batch id then applies.
     assert send_count(client, b"w", 1, [good, batch], window=WINDOW) == 16
 
@@ -232,7 +246,7 @@ def test_attempts_no_later_event_can_continue_are_removed(client: redis.Redis) -
         [decoded] = request.batches
         return decoded
 
-    states, index = f"tg:{{{token}:0}}:fs:signup", f"tg:{{{token}:0}}:fx:signup"
+    states, index = keys.funnel_states_key(token, 0, "signup"), keys.funnel_attempts_key(token, 0, "signup")
     # Written while events may still arrive 400 days late: kept.
     send_write(client, b"w", 1, [batch("gone", now - 2 * DAY)], window=60, late=400 * DAY)
     assert client.hkeys(states) == [b"gone"]
@@ -242,3 +256,21 @@ def test_attempts_no_later_event_can_continue_are_removed(client: redis.Redis) -
     assert client.zrange(index, 0, -1) == [b"here"]
     assert 0 < client.ttl(states) <= 60 + 60 + 3600
     assert 0 < client.ttl(index) <= 60 + 60 + 3600
+
+
+def test_a_call_of_another_version_changes_nothing(client: redis.Redis) -> None:
+    """A gateway and a function library of different versions must not misread each other: a call in
+    another argument layout, or with another number of keys, is refused before anything changes."""
+    token = "v" + uuid.uuid4().hex[:15]
+    names = keys.count_function_keys(token, 0)
+    event = ["2026-11-20", "01:Page View", "u1", ""]
+
+    def call(names: tuple[str, ...], layout: int) -> Any:
+        return client.fcall("tg_count", len(names), *names, 0, 0, WINDOW, layout, "w:1:1", DAY, *event)
+
+    with pytest.raises(redis.ResponseError, match="different versions"):
+        call(names, PACKED_LAYOUT + 1)
+    with pytest.raises(redis.ResponseError, match="different versions"):
+        call(names[:1], PACKED_LAYOUT)
+    assert list(client.scan_iter(match=f"*{token}*")) == []
+    assert call(names, PACKED_LAYOUT) == 1

@@ -12,7 +12,8 @@ from typing import Literal
 import msgspec
 from redis.asyncio import Redis
 
-from trackgate.funnels import days_between, partition_prefix
+from trackgate.funnels import days_between
+from trackgate.keys import daily_users_key, hourly_counts_key
 
 Unit = Literal["day", "hour"]
 
@@ -50,7 +51,7 @@ async def event_counts(
     async with client.pipeline(transaction=False) as pipe:
         for day in days:
             for p in range(partitions):
-                pipe.hgetall(f"{partition_prefix(token, p)}ev:{day.isoformat()}")
+                pipe.hgetall(hourly_counts_key(token, p, day.isoformat()))
         replies: list[dict[bytes, bytes]] = await pipe.execute()
     # (name, day index, hour) -> count
     hourly: dict[tuple[str, int, int], int] = {}
@@ -88,7 +89,7 @@ async def _daily_users(
         for name in names:
             for day in days:
                 for p in range(partitions):
-                    pipe.pfcount(f"{partition_prefix(token, p)}eu:{day.isoformat()}:{name}")
+                    pipe.pfcount(daily_users_key(token, p, day.isoformat(), name))
         replies: list[int] = await pipe.execute()
     users: dict[tuple[str, int], int] = {}
     at = 0

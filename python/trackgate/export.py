@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 import msgspec
 from redis.asyncio import Redis
 
-from trackgate.store import stream_key
+from trackgate.keys import stream_key
 
 SLICE = 1000
 

@@ -1,12 +1,13 @@
 """Funnel reports, assembled from the counters the `tg_count` function keeps per partition.
 
-The function does the counting when it stores an event (see `store.py`); a report only sums a few
-small hashes per partition and day, so it costs the same whatever the number of events.
+The function does the counting when it stores an event (`lua/trackgate.lua`, loaded by `store.py`); a
+report only sums a few small hashes per partition and day, so it costs the same whatever the number of
+events.
 
 Semantics, as the function applies them:
 - A user (distinct_id) counts at step N of a funnel once per attempt, and only after counting at step
-  N-1 in the same attempt. An attempt starts with a step 1 and lasts the project's funnel window (30 days
-  by default); a step 1 after the window starts a new attempt.
+  N-1 in the same attempt. An attempt starts with a step 1 and lasts the project's funnel window
+  (`projects.DEFAULT_FUNNEL_WINDOW` unless set); a step 1 after the window starts a new attempt.
 - A step that does not follow the user's last step (skipped, before step 1, after the window) is stored
   and counted as out of order; it does not advance the user. A repeated step is a hit only.
 - Order: one user's events in the order they reached the gateway, and within one request by `time`.
@@ -25,6 +26,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from trackgate._native import MAX_FUNNEL_STEP
+from trackgate.keys import funnel_counters_key, funnel_goals_key, funnel_names_key
 
 MAX_RANGE_DAYS = 366
 _COUNTERS = ("u", "h", "o", "s")
@@ -60,10 +62,6 @@ class FunnelReport(msgspec.Struct, frozen=True, rename={"start": "from", "end": 
     days: dict[str, list[Step]]
 
 
-def partition_prefix(token: str, partition: int) -> str:
-    return f"tg:{{{token}:{partition}}}:"
-
-
 def days_between(start: dt.date, end: dt.date) -> list[dt.date]:
     if end < start:
         raise ValueError("`from` is after `to`")
@@ -81,7 +79,7 @@ async def _goals(client: Redis, token: str, partitions: int, name: str) -> dict[
     """Each step's goal: of the goals the partitions saw first, the earliest."""
     async with client.pipeline(transaction=False) as pipe:
         for p in range(partitions):
-            pipe.hgetall(partition_prefix(token, p) + "fg:" + name)
+            pipe.hgetall(funnel_goals_key(token, p, name))
         replies: list[dict[bytes, bytes]] = await pipe.execute()
     first: dict[int, tuple[float, str]] = {}
     for fields in replies:
@@ -100,7 +98,7 @@ async def _goals(client: Redis, token: str, partitions: int, name: str) -> dict[
 async def list_funnels(client: Redis, token: str, partitions: int) -> list[FunnelInfo]:
     async with client.pipeline(transaction=False) as pipe:
         for p in range(partitions):
-            pipe.smembers(partition_prefix(token, p) + "funnels")
+            pipe.smembers(funnel_names_key(token, p))
         replies: list[set[bytes]] = await pipe.execute()
     names = sorted({_text(n) for members in replies for n in members})
     funnels = []
@@ -171,7 +169,7 @@ async def funnel_report(
     async with client.pipeline(transaction=False) as pipe:
         for day in days:
             for p in range(partitions):
-                pipe.hgetall(f"{partition_prefix(token, p)}fc:{name}:{day.isoformat()}")
+                pipe.hgetall(funnel_counters_key(token, p, name, day.isoformat()))
         replies: list[dict[bytes, bytes]] = await pipe.execute()
     goal_bytes = {step: goal.encode() for step, goal in goals.items()}
     overall: Totals = {}

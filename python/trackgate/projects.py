@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from trackgate._native import TokenSet
-from trackgate.store import PROJECT_NAMES_KEY, PROJECT_SECRETS_KEY, PROJECTS_KEY, project_key
+from trackgate.keys import PROJECT_NAMES_KEY, PROJECT_SECRETS_KEY, PROJECTS_KEY, project_key
 
 log = logging.getLogger("trackgate.projects")
 

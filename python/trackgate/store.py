@@ -1,80 +1,44 @@
-"""What trackgate keeps in Redis: the key layout, the `trackgate` function library, its loading.
+"""The `trackgate` function library and its loading, and the transaction that writes one batch.
 
-Keys. Every key of one partition carries the hash tag `{<token>:<p>}`, so one transaction touches one
-Redis Cluster slot and a later move to a cluster needs no change of layout. Days are UTC `YYYY-MM-DD`.
-
-    tg:{<token>:<p>}:events           stream of partition p of a project; entry field `data` holds the
-                                      event's normalised JSON; entry ids are Redis' own (arrival order)
-    tg:{<token>:<p>}:batch:<writer>   which of one gateway writer's last 256 batches numbered for the
-                                      partition are in the stream, a ring of 8-byte entries (expires
-                                      after a day): the batch's sequence number (7 bytes, little-endian),
-                                      then a byte that is 1 once `tg_count` has counted it. Tells a retry
-                                      what is applied, and makes a second run of the function for a batch
-                                      change nothing
-    tg:{<token>:<p>}:ev:<day>         hash: `<HH>:<event name>` -> events of that name in that hour
-    tg:{<token>:<p>}:eu:<day>:<name>  HyperLogLog of the distinct_ids that sent <name> that day
-    tg:{<token>:<p>}:funnels          set of funnel names seen
-    tg:{<token>:<p>}:fg:<funnel>      hash: `<step>` -> the first goal seen, `t<step>` -> when
-                                      (server time, microseconds)
-    tg:{<token>:<p>}:fs:<funnel>      hash: distinct_id -> `<entry time>:<step reached>:<time reached>`,
-                                      the user's current attempt
-    tg:{<token>:<p>}:fx:<funnel>      sorted set: distinct_id -> its attempt's entry time, so that attempts
-                                      no later event can continue are removed from `fs` (see tg_count)
-    tg:{<token>:<p>}:fc:<funnel>:<day>  hash of the counters of users whose attempt began on <day>:
-                                      `u<step>` users, `h<step>` hits, `o<step>` out of order,
-                                      `s<step>` seconds from the previous step, `q<step>:<goal>` hits
-                                      per goal (goal conflicts: the hits of other goals than the first)
-    tg:projects                       set of project tokens
-    tg:project:<token>                hash: name, secret (a hash of it), created, funnel_window
-    tg:project-names                  hash: project name -> token
-    tg:project-secrets                hash: secret hash -> token
-
-`p` is a stable hash of the distinct_id (the decoder's), so one user's events share a stream, in order,
-and per-user state (funnel attempts, unique users) lives in one partition: reports sum the partitions.
+The key names come from `keys.py`; the library's source is `lua/trackgate.lua`.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import struct
+from importlib import resources
 from typing import Final
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from trackgate import keys
 from trackgate._native import PACKED_LAYOUT
+
+# Named through `store` by the batcher and the CLI as well.
+from trackgate.keys import mark_key as mark_key
+from trackgate.keys import stream_key as stream_key
 from trackgate.redis_pipe import bulk
 
 LIBRARY: Final = "trackgate"
-PROJECTS_KEY: Final = "tg:projects"
-PROJECT_NAMES_KEY: Final = "tg:project-names"
-PROJECT_SECRETS_KEY: Final = "tg:project-secrets"
 RING_SLOTS: Final = 256
 """Entries in a partition's ring of a writer's applied batches (see below)."""
-
-
-def stream_key(token: str, partition: int) -> str:
-    return f"tg:{{{token}:{partition}}}:events"
-
-
-def project_key(token: str) -> str:
-    return f"tg:project:{token}"
 
 
 # A batch is written as one transaction:
 #
 #     MULTI
-#     SETRANGE tg:{<token>:<p>}:batch:<writer> <8 * slot> <seq, 8 bytes>
-#     EXPIRE tg:{<token>:<p>}:batch:<writer> 86400
-#     XADD tg:{<token>:<p>}:events * data <json>      (one per event, made by the decoder)
-#     FCALL tg_count 1 <stream> ... <writer>:<seq>:<slot> <the events' arguments>
+#     SETRANGE <mark key> <8 * slot> <seq, 8 bytes>
+#     EXPIRE <mark key> <MARK_SECONDS>
+#     XADD <stream> * data <json>      (one per event, made by the decoder)
+#     FCALL tg_count <keys> ... <writer>:<seq>:<slot> <the events' arguments>
 #     EXEC
 #
 # so the stream entries, the mark, the counters and the funnel state of a batch change together. The
-# events go in by plain XADDs because a redis.call from Lua costs Redis far more than the command itself
-# (XADD 1.1 µs in commandstats, the call ~3 µs more per event): the same 200-event batches cost Redis
-# 2.7-4.1 µs per event this way against 4.2-5.8 µs with the XADDs inside the function. The function only
-# counts.
+# events go in by plain XADDs because a redis.call from Lua costs Redis more than the command itself
+# does, a cost paid per event (bench/README.md): the function only counts.
 #
 # Batch ids are `<writer>:<seq>:<slot>`: a writer is one gateway worker's lifetime, and its sequence
 # numbers grow with every transaction it sends. After a lost connection the batcher closes it (CLIENT
@@ -83,291 +47,37 @@ def project_key(token: str) -> str:
 # next, and a highest seq would then count the refused one as applied. Slot k of the ring is for the
 # writer's k-th transaction to the partition (mod RING_SLOTS; one not applied leaves the slot's older
 # entry), so the ring holds the last RING_SLOTS numbered: more than twice as many as a partition can have
-# unanswered at once (one per flush in flight, at most 64, and their resends). One 2 KiB key per writer
-# and partition replaces a key per batch (which, at thousands of batches a second kept long enough for
-# any retry, would be a steady churn of keys). A transaction found not applied goes again as a new one,
-# with a new seq and slot.
+# unanswered at once (one per flush in flight, at most 64, and their resends). One small key per writer
+# and partition replaces a key per batch (which, with every batch's key kept long enough for any retry,
+# would be a steady churn of keys). A transaction found not applied goes again as a new one, with a new
+# seq and slot.
 #
 # The function sets its batch's counted byte in the ring and counts only if it was not set: when it failed
 # inside an applied transaction (Redis lost the library), it is run again by itself, under the batch's
 # own seq and slot, and counts once. A retry reads both: not in the ring, the transaction goes again;
 # in it but not counted, the function alone. A counting still waiting after its entry has left the ring
-# (a connection lost again and again for long enough to number 256 more transactions to its partition)
-# is given up and logged rather than sent: its slot may be another batch's by then.
+# (a connection lost again and again for long enough to number RING_SLOTS more transactions to its
+# partition) is given up and logged rather than sent: its slot may be another batch's by then.
 #
 # Per-event arguments: see PACKED_LAYOUT in the decoder (rust/src/resp.rs); the day and the counter field
 # come ready-made, so the function does no date arithmetic or string building per event.
-FUNCTION_SOURCE: Final = r"""#!lua name=trackgate
 
-local DAY = 86400
 
--- Days since 1970-01-01 to YYYY-MM-DD (Howard Hinnant's civil_from_days): Redis' Lua has no os.date.
-local function civil(days)
-  local z = days + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)
-  yoe = math.floor(yoe / 365)
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local d = doy - math.floor((153 * mp + 2) / 5) + 1
-  local m = mp < 10 and mp + 3 or mp - 9
-  local y = yoe + era * 400
-  if m <= 2 then y = y + 1 end
-  return string.format('%04d-%02d-%02d', y, m, d)
-end
+def _library_source() -> str:
+    """The library's source with the values it shares with this side filled in: each `@NAME@` in the
+    file. The key families go in with the source rather than as arguments of every call: Redis makes a
+    Lua string of every key a call passes."""
+    values = {
+        "LIBRARY": LIBRARY,
+        "LAYOUT": str(PACKED_LAYOUT),
+        "RING_SLOTS": str(RING_SLOTS),
+        **{family.name: family.value for family in keys.Family},
+    }
+    source = (resources.files("trackgate") / "lua" / "trackgate.lua").read_text(encoding="utf-8")
+    return re.sub(r"@([A-Z_]+)@", lambda match: values[match[1]], source)
 
--- Trimming by age, once per call.
-local function trim_by_age(stream, max_age)
-  local now = redis.call('TIME')
-  local cutoff = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - max_age * 1000
-  if cutoff > 0 then
-    redis.call('XTRIM', stream, 'MINID', '~', cutoff)
-  end
-end
 
-local function server_time_us()
-  local now = redis.call('TIME')
-  return now[1] .. string.format('%06d', tonumber(now[2]))
-end
-
--- A batch's funnel work: users' states read once and written back once, counters summed and written
--- once per field, each goal checked once.
-local function funnel_batch()
-  return { states = {}, dirty = {}, index = {}, counters = {}, goals = {} }
-end
-
-local function add(fb, key, field, n)
-  local c = fb.counters[key]
-  if not c then
-    c = {}
-    fb.counters[key] = c
-  end
-  c[field] = (c[field] or 0) + n
-end
-
--- Goals: each partition keeps the first goal it saw per step, with the server time it saw it; a report
--- takes the earliest over the partitions, and counts as conflicts the hits (`q<step>:<goal>` keeps
--- them per goal) whose goal is another. That stays exact however users spread over partitions.
-local function funnel_event(fb, prefix, day, window, uid, t, funnel, step, n, goal)
-  local goals = prefix .. 'fg:' .. funnel
-  local seen = goals .. '\0' .. n
-  if not fb.goals[seen] then
-    fb.goals[seen] = true
-    if redis.call('HSETNX', goals, n, goal) == 1 then
-      redis.call('HSET', goals, 't' .. n, server_time_us())
-      redis.call('SADD', prefix .. 'funnels', funnel)
-    end
-  end
-  local cohort = t
-  local entry, reached, last
-  local key = prefix .. 'fs:' .. funnel
-  local users = fb.states[key]
-  if not users then
-    users = {}
-    fb.states[key] = users
-    fb.dirty[key] = {}
-    fb.index[key] = prefix .. 'fx:' .. funnel
-  end
-  if uid ~= '' then
-    local state = users[uid]
-    if state == nil then
-      state = false
-      local raw = redis.call('HGET', key, uid)
-      if raw then
-        local e, r, l = string.match(raw, '^([%d%.%-]+):(%d+):([%d%.%-]+)$')
-        state = { tonumber(e), tonumber(r), tonumber(l) }
-      end
-      users[uid] = state
-    end
-    if state then
-      entry, reached, last = state[1], state[2], state[3]
-      if t - entry <= window then
-        cohort = entry
-      else
-        entry = nil
-      end
-    end
-  end
-  local counters = prefix .. 'fc:' .. funnel .. ':' .. day(math.floor(cohort / DAY))
-  add(fb, counters, 'h' .. n, 1)
-  add(fb, counters, 'q' .. n .. ':' .. goal, 1)
-  if uid == '' then
-    -- No user to follow: a hit, never a step taken.
-    if step > 1 then add(fb, counters, 'o' .. n, 1) end
-    return
-  end
-  if step == 1 then
-    if not entry then
-      users[uid] = { t, 1, t }
-      fb.dirty[key][uid] = true
-      add(fb, counters, 'u1', 1)
-    end
-  elseif entry and reached == step - 1 then
-    users[uid] = { entry, step, t }
-    fb.dirty[key][uid] = true
-    add(fb, counters, 'u' .. n, 1)
-    add(fb, counters, 's' .. n, t - last)
-  elseif not (entry and reached >= step) then
-    add(fb, counters, 'o' .. n, 1)
-  end
-end
-
--- Attempts are kept while a later event could still continue one: an event may arrive `late` seconds
--- after its time and continues an attempt begun at most `window` seconds before it, so an attempt begun
--- before now - window - late is over for good. Each call that writes a funnel's states removes up to
--- PRUNE of its attempts that are over (an hour's margin for the clocks of gateway and Redis), and both
--- keys expire when the funnel gets no events for that long.
-local PRUNE = 500
-
-local function write_funnel_batch(fb, window, late)
-  local now = tonumber(redis.call('TIME')[1])
-  local keep = window + late + 3600
-  for key, uids in pairs(fb.dirty) do
-    local users, flat, entries = fb.states[key], {}, {}
-    local index = fb.index[key]
-    for uid in pairs(uids) do
-      local s = users[uid]
-      flat[#flat + 1] = uid
-      flat[#flat + 1] = string.format('%d:%d:%d', s[1], s[2], s[3])
-      entries[#entries + 1] = s[1]
-      entries[#entries + 1] = uid
-    end
-    for from = 1, #flat, 1000 do
-      redis.call('HSET', key, unpack(flat, from, math.min(from + 999, #flat)))
-      redis.call('ZADD', index, unpack(entries, from, math.min(from + 999, #entries)))
-    end
-    local over = redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. (now - keep), 'LIMIT', 0, PRUNE)
-    if #over > 0 then
-      redis.call('HDEL', key, unpack(over))
-      redis.call('ZREM', index, unpack(over))
-    end
-    redis.call('EXPIRE', key, keep)
-    redis.call('EXPIRE', index, keep)
-  end
-  for key, fields in pairs(fb.counters) do
-    for field, n in pairs(fields) do
-      redis.call('HINCRBY', key, field, n)
-    end
-  end
-end
-
--- KEYS: the partition's stream. ARGV: maxlen (0: none), max age in seconds (0: none), the project's
--- funnel window in seconds, the argument layout (the decoder's PACKED_LAYOUT), batch id
--- (<writer>:<seq>:<slot in the ring>), how late in seconds an event may arrive (the decoder's max age),
--- then the events' arguments: day, 'HH:<name>', distinct_id, funnel, and for mp_funnel events time,
--- step, goal. The events themselves are added by the XADDs of the same transaction.
--- Returns the number of events counted; 0 when the batch had been counted before.
-local function tg_count(keys, args)
-  local stream = keys[1]
-  local prefix = string.sub(stream, 1, -7)
-  local window = tonumber(args[3])
-  local writer, slot = string.match(args[5], '^([%w%-]+):%d+:(%d+)$')
-  slot = tonumber(slot)
-  local late = tonumber(args[6])
-  if args[4] ~= '@LAYOUT@' then
-    return redis.error_reply('ERR tg_count: argument layout ' .. tostring(args[4]) .. ' is not @LAYOUT@: ' ..
-      'the gateway and the function library are of different versions')
-  end
-  if not writer or not window or not late or slot >= @RING_SLOTS@ then
-    return redis.error_reply('ERR tg_count: malformed arguments')
-  end
-  -- Walk the events' arguments once before changing anything: a malformed call changes nothing. A
-  -- funnel event's time and step are read after the first writes, so they are checked here.
-  local i, n = 7, #args
-  while i <= n do
-    if args[i + 3] ~= '' then
-      if not (string.match(args[i + 4] or '', '^%-?%d+$') and string.match(args[i + 5] or '', '^%d+$')) then
-        return redis.error_reply('ERR tg_count: malformed funnel event')
-      end
-      i = i + 7
-    else
-      i = i + 4
-    end
-  end
-  if i ~= n + 1 then
-    return redis.error_reply('ERR tg_count: malformed event arguments')
-  end
-  -- The batch's counted byte, the last of its ring entry: one call sets it and says whether it was set
-  -- already (a resent counting), in which case nothing more is done.
-  local mark = prefix .. 'batch:' .. writer
-  if redis.call('BITFIELD', mark, 'SET', 'u8', '#' .. (slot * 8 + 7), 1)[1] ~= 0 then
-    return 0
-  end
-
-  local days = {}
-  local function day(n)
-    local d = days[n]
-    if not d then
-      d = civil(n)
-      days[n] = d
-    end
-    return d
-  end
-  -- Counters are summed over the batch first: one HINCRBY per (day, hour, event), one PFADD per
-  -- (day, hour, event) with all its users, however many events share them.
-  -- The funnel tables are made for the first mp_funnel event: most calls have none.
-  local counts, users, added, fb = {}, {}, 0, nil
-  i = 7
-  while i <= n do
-    added = added + 1
-    local d, field, uid, funnel = args[i], args[i + 1], args[i + 2], args[i + 3]
-    local per_day = counts[d]
-    if not per_day then
-      per_day = {}
-      counts[d] = per_day
-      users[d] = {}
-    end
-    per_day[field] = (per_day[field] or 0) + 1
-    if uid ~= '' then
-      local list = users[d][field]
-      if not list then
-        list = {}
-        users[d][field] = list
-      end
-      list[#list + 1] = uid
-    end
-    if funnel ~= '' then
-      local t, n = tonumber(args[i + 4]), args[i + 5]
-      fb = fb or funnel_batch()
-      funnel_event(fb, prefix, day, window, uid, t, funnel, tonumber(n), n, args[i + 6])
-      i = i + 7
-    else
-      i = i + 4
-    end
-  end
-  if fb then
-    write_funnel_batch(fb, window, late)
-  end
-  for d, fields in pairs(counts) do
-    local key = prefix .. 'ev:' .. d
-    for field, count in pairs(fields) do
-      redis.call('HINCRBY', key, field, count)
-    end
-  end
-  for d, fields in pairs(users) do
-    for field, list in pairs(fields) do
-      local key = prefix .. 'eu:' .. d .. ':' .. string.sub(field, 4)
-      -- PFADD in slices: Lua's unpack has a limit on the number of values.
-      for from = 1, #list, 1000 do
-        redis.call('PFADD', key, unpack(list, from, math.min(from + 999, #list)))
-      end
-    end
-  end
-  -- Trimmed once per batch, not per XADD: the same `~` bound (whole nodes only) for an XADD's worth of
-  -- work, and fewer arguments in every XADD that the append-only file records.
-  if args[1] ~= '0' then
-    redis.call('XTRIM', stream, 'MAXLEN', '~', args[1])
-  end
-  local max_age = tonumber(args[2])
-  if max_age > 0 then
-    trim_by_age(stream, max_age)
-  end
-  return added
-end
-
-redis.register_function('tg_count', tg_count)
-""".replace("@LAYOUT@", str(PACKED_LAYOUT)).replace("@RING_SLOTS@", str(RING_SLOTS))
+FUNCTION_SOURCE: Final = _library_source()
 
 
 async def load_functions(client: Redis, *, replace: bool) -> None:
@@ -387,8 +97,6 @@ def is_missing_function(err: Exception) -> bool:
     return "function not found" in str(err).lower()
 
 
-_FCALL: Final = bulk(b"FCALL") + bulk(b"tg_count") + bulk(b"1")
-_FIXED_ARGS: Final = 6
 MULTI: Final = b"*1\r\n$5\r\nMULTI\r\n"
 EXEC: Final = b"*1\r\n$4\r\nEXEC\r\n"
 # A writer's marks outlive any retry of its commands by far: a day.
@@ -413,10 +121,6 @@ def batch_id(writer: bytes, seq: int, slot: int) -> bytes:
     return b"%s:%d:%d" % (writer, seq, slot)
 
 
-def mark_key(token: str, partition: int, writer: bytes) -> bytes:
-    return b"tg:{%s:%d}:batch:%s" % (token.encode(), partition, writer)
-
-
 MARK_REPLIES: Final = 2
 """The replies in EXEC's that answer the mark's commands (SETRANGE, EXPIRE); the XADDs' follow."""
 
@@ -428,31 +132,34 @@ def transaction_replies(events: int) -> int:
 
 
 class WriteCommands:
-    """Builds a batch's transaction (see above) and `FCALL tg_count 1 <stream> <maxlen> <max age> <window>
-    <layout> <batch id> <event max age>` headers; the decoder's XADD commands and the events' `args`
-    packed arguments follow unchanged. What depends on the partition alone is encoded once."""
+    """Builds a batch's transaction (see above) and `FCALL tg_count <number of keys> <keys> <maxlen>
+    <max age> <window> <layout> <batch id> <event max age>` headers; the decoder's XADD commands and the
+    events' `args` packed arguments follow unchanged. What depends on the partition alone is encoded
+    once."""
 
     def __init__(self, stream_maxlen: int, stream_max_age: float, event_max_age: float) -> None:
-        self._limits = bulk(str(stream_maxlen).encode()) + bulk(str(int(stream_max_age)).encode())
-        self._layout = bulk(str(PACKED_LAYOUT).encode())
+        self._limits = (str(stream_maxlen).encode(), str(int(stream_max_age)).encode())
+        self._layout = str(PACKED_LAYOUT).encode()
         self._late = bulk(str(math.ceil(event_max_age)).encode())
-        self._prefixes: dict[tuple[str, int, int], bytes] = {}
+        self._prefixes: dict[tuple[str, int, int], tuple[bytes, int]] = {}
         self._marks: dict[tuple[str, int, bytes], tuple[bytes, bytes]] = {}
 
-    def _prefix(self, token: str, partition: int, window: int) -> bytes:
-        """`FCALL tg_count 1 <stream> <maxlen> <max age> <window> <layout>`, without its array header."""
+    def _prefix(self, token: str, partition: int, window: int) -> tuple[bytes, int]:
+        """`FCALL tg_count <number of keys> <keys> <maxlen> <max age> <window> <layout>`, without its
+        array header, and the number of its bulk strings."""
         key = (token, partition, window)
         prefix = self._prefixes.get(key)
         if prefix is None:
-            stream = bulk(stream_key(token, partition).encode())
-            prefix = self._prefixes[key] = (
-                _FCALL + stream + self._limits + bulk(str(window).encode()) + self._layout
-            )
+            names = [name.encode() for name in keys.count_function_keys(token, partition)]
+            parts = [b"FCALL", b"tg_count", b"%d" % len(names), *names]
+            parts += [*self._limits, b"%d" % window, self._layout]
+            prefix = self._prefixes[key] = (b"".join(map(bulk, parts)), len(parts))
         return prefix
 
     def header(self, token: str, partition: int, window: int, batch_id: bytes, args: int) -> bytes:
-        prefix = self._prefix(token, partition, window)
-        return b"*%d\r\n%s%s%s" % (4 + _FIXED_ARGS + args, prefix, bulk(batch_id), self._late)
+        prefix, size = self._prefix(token, partition, window)
+        # The prefix, the batch id, the event max age, the events' arguments.
+        return b"*%d\r\n%s%s%s" % (size + 2 + args, prefix, bulk(batch_id), self._late)
 
     def transaction(
         self,

@@ -48,9 +48,13 @@ struct Entry {
     json_len: usize,
 }
 
+/// What every Redis key of trackgate begins with: `keys.PREFIX` on the Python side, which builds every
+/// other key (`tests/test_keys.py` compares the streams named here with its `stream_key`).
+pub const KEY_PREFIX: &str = "tg:";
+
 /// The stream of a (project, partition); the hash tag keeps all of a partition's keys in one cluster slot.
 pub fn stream_key(token: &str, partition: u32) -> String {
-    format!("tg:{{{token}:{partition}}}:events")
+    format!("{KEY_PREFIX}{{{token}:{partition}}}:events")
 }
 
 /// `XADD <stream> * data ` as RESP, up to the event's own bulk string.

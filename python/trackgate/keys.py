@@ -1,0 +1,110 @@
+"""Every Redis key trackgate uses, each built here and nowhere else.
+
+A project's data is split into partitions: `p` is a stable hash of the distinct_id (the decoder's), so one
+user's events share a stream, in order, and per-user state (funnel attempts, unique users) lives in one
+partition; reports sum the partitions. Every key of one partition carries the hash tag `{<token>:<p>}`,
+so one transaction touches one Redis Cluster slot and a later move to a cluster needs no change of
+layout. Days are UTC `YYYY-MM-DD`.
+
+Two builders live outside this module and are checked against it: the native decoder names the streams
+in the XADDs it packs (its `KEY_PREFIX`, `tests/test_keys.py`), and the `tg_count` function completes the
+partition prefix `count_function_keys` hands it with the `Family` names it is loaded with
+(`tests/test_write_function.py` compares the keys it writes with the builders here).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final
+
+PREFIX: Final = "tg:"
+"""What every key begins with (the native decoder's `KEY_PREFIX`)."""
+
+PROJECTS_KEY: Final = PREFIX + "projects"
+"""Set of the project tokens."""
+PROJECT_NAMES_KEY: Final = PREFIX + "project-names"
+"""Hash: project name -> token."""
+PROJECT_SECRETS_KEY: Final = PREFIX + "project-secrets"
+"""Hash: an API secret's hash -> its project's token."""
+
+
+class Family(StrEnum):
+    """The kinds of a partition's keys: a key's name is the partition prefix, its family, then the key's
+    own parts (if any) joined by ":". The function library's source names the families (`@FUNNEL_GOALS@`,
+    ...) and is loaded with their values, so it builds its keys the same way."""
+
+    STREAM = "events"
+    MARKS = "batch:"
+    HOURLY_COUNTS = "ev:"
+    DAILY_USERS = "eu:"
+    FUNNEL_NAMES = "funnels"
+    FUNNEL_GOALS = "fg:"
+    FUNNEL_STATES = "fs:"
+    FUNNEL_ATTEMPTS = "fx:"
+    FUNNEL_COUNTERS = "fc:"
+
+
+def project_key(token: str) -> str:
+    """Hash of a project: name, secret (a hash of it), created, funnel_window."""
+    return f"{PREFIX}project:{token}"
+
+
+def partition_prefix(token: str, partition: int) -> str:
+    """What every key of one partition of a project begins with: the prefix and the hash tag."""
+    return f"{PREFIX}{{{token}:{partition}}}:"
+
+
+def stream_key(token: str, partition: int) -> str:
+    """Stream of a partition's events: entry field `data` holds the event's normalised JSON; entry ids
+    are Redis' own (arrival order)."""
+    return partition_prefix(token, partition) + Family.STREAM
+
+
+def mark_key(token: str, partition: int, writer: bytes) -> bytes:
+    """String of one gateway writer's marks in a partition: which of its last batches numbered for the
+    partition are in the stream, and which of them `tg_count` counted (a ring, see `store.py`)."""
+    return (partition_prefix(token, partition) + Family.MARKS).encode() + writer
+
+
+def hourly_counts_key(token: str, partition: int, day: str) -> str:
+    """Hash of a day's event counts: `<HH>:<event name>` -> events of that name in that hour."""
+    return partition_prefix(token, partition) + Family.HOURLY_COUNTS + day
+
+
+def daily_users_key(token: str, partition: int, day: str, event: str) -> str:
+    """HyperLogLog of the distinct_ids that sent `event` that day."""
+    return f"{partition_prefix(token, partition)}{Family.DAILY_USERS}{day}:{event}"
+
+
+def funnel_names_key(token: str, partition: int) -> str:
+    """Set of the funnel names the partition has seen."""
+    return partition_prefix(token, partition) + Family.FUNNEL_NAMES
+
+
+def funnel_goals_key(token: str, partition: int, funnel: str) -> str:
+    """Hash of a funnel's goals: `<step>` -> the first goal the partition saw for it, `t<step>` -> when
+    (server time, microseconds)."""
+    return partition_prefix(token, partition) + Family.FUNNEL_GOALS + funnel
+
+
+def funnel_states_key(token: str, partition: int, funnel: str) -> str:
+    """Hash of users' current attempts: distinct_id -> `<entry time>:<step reached>:<time reached>`."""
+    return partition_prefix(token, partition) + Family.FUNNEL_STATES + funnel
+
+
+def funnel_attempts_key(token: str, partition: int, funnel: str) -> str:
+    """Sorted set: distinct_id -> its attempt's entry time, so that attempts no later event can continue
+    are found and removed from the states."""
+    return partition_prefix(token, partition) + Family.FUNNEL_ATTEMPTS + funnel
+
+
+def funnel_counters_key(token: str, partition: int, funnel: str, day: str) -> str:
+    """Hash of the counters of the users whose attempt began on `day`: `u<step>` users, `h<step>` hits,
+    `o<step>` out of order, `s<step>` seconds from the previous step, `q<step>:<goal>` hits per goal."""
+    return f"{partition_prefix(token, partition)}{Family.FUNNEL_COUNTERS}{funnel}:{day}"
+
+
+def count_function_keys(token: str, partition: int) -> tuple[str, str]:
+    """The KEYS of `tg_count` for a partition: its stream, and the partition prefix that the function
+    completes as the builders above do."""
+    return stream_key(token, partition), partition_prefix(token, partition)

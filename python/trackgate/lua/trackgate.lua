@@ -1,0 +1,282 @@
+#!lua name=@LIBRARY@
+-- trackgate's function library: `tg_count`, the counting of a batch. store.py loads it with each name
+-- between @ signs replaced by its value on the Python side.
+
+local DAY = 86400
+
+-- Key names are keys.py's: the partition prefix the caller passes, a family, the key's own parts joined
+-- by ':'.
+local MARKS, HOURLY_COUNTS, DAILY_USERS = '@MARKS@', '@HOURLY_COUNTS@', '@DAILY_USERS@'
+local FUNNEL_NAMES, FUNNEL_GOALS, FUNNEL_STATES = '@FUNNEL_NAMES@', '@FUNNEL_GOALS@', '@FUNNEL_STATES@'
+local FUNNEL_ATTEMPTS, FUNNEL_COUNTERS = '@FUNNEL_ATTEMPTS@', '@FUNNEL_COUNTERS@'
+
+-- Days since 1970-01-01 to YYYY-MM-DD (Howard Hinnant's civil_from_days): Redis' Lua has no os.date.
+local function civil(days)
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)
+  yoe = math.floor(yoe / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return string.format('%04d-%02d-%02d', y, m, d)
+end
+
+-- Trimming by age, once per call.
+local function trim_by_age(stream, max_age)
+  local now = redis.call('TIME')
+  local cutoff = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - max_age * 1000
+  if cutoff > 0 then
+    redis.call('XTRIM', stream, 'MINID', '~', cutoff)
+  end
+end
+
+local function server_time_us()
+  local now = redis.call('TIME')
+  return now[1] .. string.format('%06d', tonumber(now[2]))
+end
+
+-- A batch's funnel work: users' states read once and written back once, counters summed and written
+-- once per field, each goal checked once.
+local function funnel_batch()
+  return { states = {}, dirty = {}, index = {}, counters = {}, goals = {} }
+end
+
+local function add(fb, key, field, n)
+  local c = fb.counters[key]
+  if not c then
+    c = {}
+    fb.counters[key] = c
+  end
+  c[field] = (c[field] or 0) + n
+end
+
+-- Goals: each partition keeps the first goal it saw per step, with the server time it saw it; a report
+-- takes the earliest over the partitions, and counts as conflicts the hits (`q<step>:<goal>` keeps
+-- them per goal) whose goal is another. That stays exact however users spread over partitions.
+local function funnel_event(fb, prefix, day, window, uid, t, funnel, step, n, goal)
+  local goals = prefix .. FUNNEL_GOALS .. funnel
+  local seen = goals .. '\0' .. n
+  if not fb.goals[seen] then
+    fb.goals[seen] = true
+    if redis.call('HSETNX', goals, n, goal) == 1 then
+      redis.call('HSET', goals, 't' .. n, server_time_us())
+      redis.call('SADD', prefix .. FUNNEL_NAMES, funnel)
+    end
+  end
+  local cohort = t
+  local entry, reached, last
+  local key = prefix .. FUNNEL_STATES .. funnel
+  local users = fb.states[key]
+  if not users then
+    users = {}
+    fb.states[key] = users
+    fb.dirty[key] = {}
+    fb.index[key] = prefix .. FUNNEL_ATTEMPTS .. funnel
+  end
+  if uid ~= '' then
+    local state = users[uid]
+    if state == nil then
+      state = false
+      local raw = redis.call('HGET', key, uid)
+      if raw then
+        local e, r, l = string.match(raw, '^([%d%.%-]+):(%d+):([%d%.%-]+)$')
+        state = { tonumber(e), tonumber(r), tonumber(l) }
+      end
+      users[uid] = state
+    end
+    if state then
+      entry, reached, last = state[1], state[2], state[3]
+      if t - entry <= window then
+        cohort = entry
+      else
+        entry = nil
+      end
+    end
+  end
+  local counters = prefix .. FUNNEL_COUNTERS .. funnel .. ':' .. day(math.floor(cohort / DAY))
+  add(fb, counters, 'h' .. n, 1)
+  add(fb, counters, 'q' .. n .. ':' .. goal, 1)
+  if uid == '' then
+    -- No user to follow: a hit, never a step taken.
+    if step > 1 then add(fb, counters, 'o' .. n, 1) end
+    return
+  end
+  if step == 1 then
+    if not entry then
+      users[uid] = { t, 1, t }
+      fb.dirty[key][uid] = true
+      add(fb, counters, 'u1', 1)
+    end
+  elseif entry and reached == step - 1 then
+    users[uid] = { entry, step, t }
+    fb.dirty[key][uid] = true
+    add(fb, counters, 'u' .. n, 1)
+    add(fb, counters, 's' .. n, t - last)
+  elseif not (entry and reached >= step) then
+    add(fb, counters, 'o' .. n, 1)
+  end
+end
+
+-- Attempts are kept while a later event could still continue one: an event may arrive `late` seconds
+-- after its time and continues an attempt begun at most `window` seconds before it, so an attempt begun
+-- before now - window - late is over for good. Each call that writes a funnel's states removes up to
+-- PRUNE of its attempts that are over (an hour's margin for the clocks of gateway and Redis), and both
+-- keys expire when the funnel gets no events for that long.
+local PRUNE = 500
+
+local function write_funnel_batch(fb, window, late)
+  local now = tonumber(redis.call('TIME')[1])
+  local keep = window + late + 3600
+  for key, uids in pairs(fb.dirty) do
+    local users, flat, entries = fb.states[key], {}, {}
+    local index = fb.index[key]
+    for uid in pairs(uids) do
+      local s = users[uid]
+      flat[#flat + 1] = uid
+      flat[#flat + 1] = string.format('%d:%d:%d', s[1], s[2], s[3])
+      entries[#entries + 1] = s[1]
+      entries[#entries + 1] = uid
+    end
+    for from = 1, #flat, 1000 do
+      redis.call('HSET', key, unpack(flat, from, math.min(from + 999, #flat)))
+      redis.call('ZADD', index, unpack(entries, from, math.min(from + 999, #entries)))
+    end
+    local over = redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. (now - keep), 'LIMIT', 0, PRUNE)
+    if #over > 0 then
+      redis.call('HDEL', key, unpack(over))
+      redis.call('ZREM', index, unpack(over))
+    end
+    redis.call('EXPIRE', key, keep)
+    redis.call('EXPIRE', index, keep)
+  end
+  for key, fields in pairs(fb.counters) do
+    for field, n in pairs(fields) do
+      redis.call('HINCRBY', key, field, n)
+    end
+  end
+end
+
+-- KEYS (keys.count_function_keys): the partition's stream and the prefix of all its keys. ARGV: maxlen
+-- (0: none), max age in seconds (0: none), the project's funnel window in seconds, the argument layout
+-- (the decoder's PACKED_LAYOUT), batch id (<writer>:<seq>:<slot in the ring>), how late in seconds an
+-- event may arrive (the decoder's max age), then the events' arguments: day, 'HH:<name>', distinct_id,
+-- funnel, and for mp_funnel events time, step, goal. The events themselves are added by the XADDs of the
+-- same transaction.
+-- Returns the number of events counted; 0 when the batch had been counted before.
+local function tg_count(keys, args)
+  local stream, prefix = keys[1], keys[2]
+  local window = tonumber(args[3])
+  local writer, slot = string.match(args[5], '^([%w%-]+):%d+:(%d+)$')
+  slot = tonumber(slot)
+  local late = tonumber(args[6])
+  if args[4] ~= '@LAYOUT@' then
+    return redis.error_reply('ERR tg_count: argument layout ' .. tostring(args[4]) .. ' is not @LAYOUT@: ' ..
+      'the gateway and the function library are of different versions')
+  end
+  if #keys ~= 2 then
+    return redis.error_reply('ERR tg_count: called with ' .. #keys .. ' keys, not 2: ' ..
+      'the gateway and the function library are of different versions')
+  end
+  if not writer or not window or not late or slot >= @RING_SLOTS@ then
+    return redis.error_reply('ERR tg_count: malformed arguments')
+  end
+  -- Walk the events' arguments once before changing anything: a malformed call changes nothing. A
+  -- funnel event's time and step are read after the first writes, so they are checked here.
+  local i, n = 7, #args
+  while i <= n do
+    if args[i + 3] ~= '' then
+      if not (string.match(args[i + 4] or '', '^%-?%d+$') and string.match(args[i + 5] or '', '^%d+$')) then
+        return redis.error_reply('ERR tg_count: malformed funnel event')
+      end
+      i = i + 7
+    else
+      i = i + 4
+    end
+  end
+  if i ~= n + 1 then
+    return redis.error_reply('ERR tg_count: malformed event arguments')
+  end
+  -- The batch's counted byte, the last of its ring entry: one call sets it and says whether it was set
+  -- already (a resent counting), in which case nothing more is done.
+  local mark = prefix .. MARKS .. writer
+  if redis.call('BITFIELD', mark, 'SET', 'u8', '#' .. (slot * 8 + 7), 1)[1] ~= 0 then
+    return 0
+  end
+
+  local days = {}
+  local function day(n)
+    local d = days[n]
+    if not d then
+      d = civil(n)
+      days[n] = d
+    end
+    return d
+  end
+  -- Counters are summed over the batch first: one HINCRBY per (day, hour, event), one PFADD per
+  -- (day, hour, event) with all its users, however many events share them.
+  -- The funnel tables are made for the first mp_funnel event: most calls have none.
+  local counts, users, added, fb = {}, {}, 0, nil
+  i = 7
+  while i <= n do
+    added = added + 1
+    local d, field, uid, funnel = args[i], args[i + 1], args[i + 2], args[i + 3]
+    local per_day = counts[d]
+    if not per_day then
+      per_day = {}
+      counts[d] = per_day
+      users[d] = {}
+    end
+    per_day[field] = (per_day[field] or 0) + 1
+    if uid ~= '' then
+      local list = users[d][field]
+      if not list then
+        list = {}
+        users[d][field] = list
+      end
+      list[#list + 1] = uid
+    end
+    if funnel ~= '' then
+      local t, n = tonumber(args[i + 4]), args[i + 5]
+      fb = fb or funnel_batch()
+      funnel_event(fb, prefix, day, window, uid, t, funnel, tonumber(n), n, args[i + 6])
+      i = i + 7
+    else
+      i = i + 4
+    end
+  end
+  if fb then
+    write_funnel_batch(fb, window, late)
+  end
+  for d, fields in pairs(counts) do
+    local key = prefix .. HOURLY_COUNTS .. d
+    for field, count in pairs(fields) do
+      redis.call('HINCRBY', key, field, count)
+    end
+  end
+  for d, fields in pairs(users) do
+    for field, list in pairs(fields) do
+      local key = prefix .. DAILY_USERS .. d .. ':' .. string.sub(field, 4)
+      -- PFADD in slices: Lua's unpack has a limit on the number of values.
+      for from = 1, #list, 1000 do
+        redis.call('PFADD', key, unpack(list, from, math.min(from + 999, #list)))
+      end
+    end
+  end
+  -- Trimmed once per batch, not per XADD: the same `~` bound (whole nodes only) for an XADD's worth of
+  -- work, and fewer arguments in every XADD that the append-only file records.
+  if args[1] ~= '0' then
+    redis.call('XTRIM', stream, 'MAXLEN', '~', args[1])
+  end
+  local max_age = tonumber(args[2])
+  if max_age > 0 then
+    trim_by_age(stream, max_age)
+  end
+  return added
+end
+
+redis.register_function('tg_count', tg_count)

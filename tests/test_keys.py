@@ -1,0 +1,48 @@
+"""The key layout: what `trackgate.keys` builds is the layout the README documents for the tools that
+read Redis, and the native decoder names the same streams."""
+
+from __future__ import annotations
+
+import json
+
+from trackgate import Options, decode_request, keys
+from trackgate.redis_pipe import bulk
+
+
+def test_every_key_is_named_as_documented() -> None:
+    assert keys.stream_key("tok", 3) == "tg:{tok:3}:events"
+    assert keys.mark_key("tok", 3, b"w1") == b"tg:{tok:3}:batch:w1"
+    assert keys.hourly_counts_key("tok", 3, "2026-11-20") == "tg:{tok:3}:ev:2026-11-20"
+    assert keys.daily_users_key("tok", 3, "2026-11-20", "Sign up") == "tg:{tok:3}:eu:2026-11-20:Sign up"
+    assert keys.funnel_names_key("tok", 3) == "tg:{tok:3}:funnels"
+    assert keys.funnel_goals_key("tok", 3, "signup") == "tg:{tok:3}:fg:signup"
+    assert keys.funnel_states_key("tok", 3, "signup") == "tg:{tok:3}:fs:signup"
+    assert keys.funnel_attempts_key("tok", 3, "signup") == "tg:{tok:3}:fx:signup"
+    assert keys.funnel_counters_key("tok", 3, "signup", "2026-11-20") == "tg:{tok:3}:fc:signup:2026-11-20"
+    assert keys.PROJECTS_KEY == "tg:projects"
+    assert keys.project_key("tok") == "tg:project:tok"
+    assert keys.PROJECT_NAMES_KEY == "tg:project-names"
+    assert keys.PROJECT_SECRETS_KEY == "tg:project-secrets"
+
+
+def test_the_function_is_given_the_stream_and_the_partition_prefix() -> None:
+    assert keys.count_function_keys("tok", 3) == ("tg:{tok:3}:events", "tg:{tok:3}:")
+
+
+def test_the_decoder_adds_events_to_the_streams_keys_names() -> None:
+    """The native decoder builds the stream names of its XADDs itself (from its KEY_PREFIX): every XADD
+    of every batch names `keys.stream_key` of the batch's project and partition."""
+    events = [
+        {"event": "e", "properties": {"token": token, "distinct_id": f"u{i}", "time": 1_700_000_000}}
+        for token in ("first-token", "second_token")
+        for i in range(40)
+    ]
+    body = json.dumps(events).encode()
+    request = decode_request(b"", body, "application/json", now=1_700_000_000, options=Options(partitions=8))
+    assert request.errors == []
+    seen = set()
+    for token, partition, count, _, _, xadds in request.batches:
+        xadd = b"*5\r\n$4\r\nXADD\r\n" + bulk(keys.stream_key(token, partition).encode())
+        assert xadds.count(xadd) == xadds.count(b"XADD") == count
+        seen.add((token, partition))
+    assert len(seen) == 16
