@@ -3,10 +3,10 @@ Python path.
 
 wrk's numbers move by 10% and more from minute to minute on a shared machine, more than most changes to
 the gateway's code are worth. This script takes the HTTP server and the load generator out: it runs
-trackgate's RSGI app (`trackgate.http.App`, with its batcher and a private redis-server) in this process,
-on uvloop, and calls it with in-memory requests from `--callers` concurrent callers, each request in its
-own asyncio Task as Granian makes it. It reads the CPU time of this one process, which other work on the
-machine hardly moves, for three handlers called the same way, alternated round by round:
+trackgate's RSGI app (`trackgate.gateway.app.App`, with its batcher and a private redis-server) in this
+process, on uvloop, and calls it with in-memory requests from `--callers` concurrent callers, each request
+in its own asyncio Task as Granian makes it. It reads the CPU time of this one process, which other work
+on the machine hardly moves, for three handlers called the same way, alternated round by round:
 
 - nothing: the do-nothing handler of bench/ceiling_app.py (what calling a handler costs here);
 - no Redis: trackgate's app with its batcher replaced by an answer that is already there (the handler and
@@ -38,7 +38,8 @@ import harness as h
 import uvloop
 from ceiling_app import Ceiling
 from redis.asyncio import Redis
-from trackgate import http, projects
+from trackgate import projects
+from trackgate.gateway.app import GC_THRESHOLD, App, Services
 from trackgate.settings import Settings
 
 Handler = Callable[[Any, Any], Awaitable[None]]
@@ -86,6 +87,8 @@ class _Proto:
 class _Stored:
     """The batcher's place when Redis is left out: every request's events are in Redis at once."""
 
+    ready = True
+
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._done: asyncio.Future[frozenset[Any]] = loop.create_future()
         self._done.set_result(frozenset())
@@ -132,16 +135,18 @@ async def _measure(
             headers |= {"content-type": "application/x-www-form-urlencoded", "content-length": str(len(body))}
         requests.append((_Scope(method, path, query, _Headers(headers)), body.encode()))
 
-    app = http.App()
-    await app.start(Settings(redis_url=url))
-    no_redis = http.App()
-    await no_redis.start(Settings(redis_url=url))
-    await no_redis._batcher.close()
-    no_redis._batcher = _Stored(asyncio.get_running_loop())  # type: ignore[assignment]
-    # As each worker does after start-up (http.App.__rsgi_init__).
+    settings = Settings(redis_url=url)
+    app = App()
+    await app.start(settings)
+    no_redis = App()
+    services = await Services.from_settings(settings)
+    await services.sink.close()
+    services.sink = _Stored(asyncio.get_running_loop())
+    await no_redis.start(settings, services)
+    # As each worker does after start-up (App.__rsgi_init__).
     gc.collect()
     gc.freeze()
-    gc.set_threshold(http.GC_THRESHOLD, 10, 10)
+    gc.set_threshold(GC_THRESHOLD, 10, 10)
     handlers: dict[str, Handler] = {
         "nothing": Ceiling().__rsgi__,
         "no Redis": no_redis.__rsgi__,

@@ -20,7 +20,8 @@ import pytest
 import redis
 import requests
 from conftest import Gateway, RedisServer, create_project, stored_with
-from trackgate.http import BodyDeadlines, RefusalLog
+from trackgate.gateway.body import BodyDeadlines
+from trackgate.gateway.refusals import RefusalLog
 
 GIF_PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 

@@ -1,10 +1,15 @@
 """The parts of Granian's RSGI interface the app uses, as typing protocols (see granian's
-docs/spec/RSGI.md): the scope of a request and the protocol object that reads it and answers it."""
+docs/spec/RSGI.md): the scope of a request and the protocol object that reads it and answers it, and the
+error a read raises when the client has gone."""
 
 from __future__ import annotations
 
 from collections.abc import Generator
 from typing import Any, Protocol
+
+from granian.rsgi import ProtocolClosed  # type: ignore[attr-defined]  # re-exported, not in __all__
+
+__all__ = ["BodyChunks", "HTTPProtocol", "Headers", "PendingRead", "ProtocolClosed", "Scope", "Transport"]
 
 
 class Headers(Protocol):

@@ -1,0 +1,165 @@
+"""How an ingestion endpoint answers, in the shape the request asked for: `1`/`0`, verbose JSON, JSONP
+or a pixel; a redirect; and a refusal, logged and counted."""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Final, Protocol
+
+import msgspec
+
+from trackgate import metrics
+from trackgate._native import Request
+from trackgate.gateway.refusals import CLIENT_CLOSED, Reason, Refusal, RefusalLog
+from trackgate.rsgi import HTTPProtocol, Scope
+
+TRANSPARENT_GIF: Final = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+VERBOSE_OK: Final = b'{"status":1,"error":null}'
+_CALLBACK_RE: Final = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*(?:\.[A-Za-z_$][A-Za-z0-9_$]*)*\Z")
+_MAX_CALLBACK: Final = 128
+INVALID_CALLBACK: Final = (
+    f"callback: must be a dotted JavaScript identifier of at most {_MAX_CALLBACK} characters"
+)
+
+PLAIN_TEXT: Final = [("content-type", "text/plain; charset=utf-8")]
+_JSON: Final = [("content-type", "application/json")]
+_JS: Final = [("content-type", "text/javascript; charset=utf-8"), ("x-content-type-options", "nosniff")]
+_GIF: Final = [("content-type", "image/gif"), ("cache-control", "no-store")]
+
+
+class AnswerParams(Protocol):
+    """What shapes an answer: a decoded `Request` has these, and so does the `DecodeError` of a request
+    refused as a whole."""
+
+    @property
+    def verbose(self) -> bool: ...
+    @property
+    def img(self) -> bool: ...
+    @property
+    def callback(self) -> str | None: ...
+
+
+class FailedRecord(msgspec.Struct):
+    index: int
+    field: str
+    kind: str
+    message: str
+
+
+class VerboseFailure(msgspec.Struct):
+    status: int
+    error: str
+    num_records_imported: int
+    failed_records: list[FailedRecord]
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def failed_events(errors: list[tuple[int, str, str, str]]) -> list[FailedRecord]:
+    """A decoded request's `errors`, its invalid events in index order (the one reader of the decoder's
+    error tuples)."""
+    return [FailedRecord(index, field, kind, message) for index, field, kind, message in errors]
+
+
+def valid_callback(name: str) -> bool:
+    return len(name) <= _MAX_CALLBACK and _CALLBACK_RE.match(name) is not None
+
+
+def echoable_callback(params: AnswerParams) -> str | None:
+    """The request's callback when it is one to echo, else None."""
+    callback = params.callback
+    return callback if callback is not None and valid_callback(callback) else None
+
+
+class Answers:
+    """One endpoint's answers, each counted in `trackgate_requests_total` under the endpoint's route."""
+
+    __slots__ = ("_refusals", "_route")
+
+    def __init__(self, route: str, refusals: RefusalLog) -> None:
+        self._route = route
+        self._refusals = refusals
+
+    def answer(
+        self,
+        proto: HTTPProtocol,
+        status: int,
+        params: AnswerParams | None,
+        callback: str | None,
+        verbose_body: bytes,
+        extra: list[tuple[str, str]],
+    ) -> None:
+        """The body the request asked for: `1`/`0`, `verbose_body`, JSONP (`callback`, already checked) or
+        a pixel."""
+        ok = status == 200
+        if params is None or not params.verbose:
+            body, headers = (b"1" if ok else b"0"), PLAIN_TEXT
+        else:
+            body, headers = verbose_body, _JSON
+        if callback is not None:
+            body, headers = b"%s(%s)" % (callback.encode(), body), _JS
+        elif params is not None and params.img:
+            body, headers = TRANSPARENT_GIF, _GIF
+        proto.response_bytes(status, [*headers, *extra] if extra else headers, body)
+        metrics.count_request(self._route, status)
+
+    def empty(self, proto: HTTPProtocol, status: int, headers: list[tuple[str, str]]) -> None:
+        """An answer without a body: a redirect, a preflight's."""
+        proto.response_bytes(status, headers, b"")
+        metrics.count_request(self._route, status)
+
+    def client_left(self) -> None:
+        """The client left before the request could be answered: nothing to send, nothing to log."""
+        metrics.count_request(self._route, CLIENT_CLOSED)
+
+    def refuse(
+        self,
+        scope: Scope,
+        proto: HTTPProtocol,
+        reason: Reason,
+        message: str,
+        headers: list[tuple[str, str]],
+        params: AnswerParams | None = None,
+    ) -> None:
+        """Refuse the request as a whole; without `params` (it was not read) the answer is a plain `0`."""
+        self._refused(scope, proto, reason, VerboseFailure(0, message, 0, []), headers, params)
+
+    def refuse_events(
+        self,
+        scope: Scope,
+        proto: HTTPProtocol,
+        request: Request,
+        failed: list[FailedRecord],
+        headers: list[tuple[str, str]],
+    ) -> None:
+        """Refuse a decoded request some of whose events failed (its valid events are stored)."""
+        reason = Refusal.for_failed_events(record.kind for record in failed)
+        first = failed[0]
+        detail = first.message
+        # The error names the field; the decoder's messages mostly do already.
+        if first.field and first.field not in detail:
+            detail = f"{first.field}: {detail}"
+        message = (
+            f"{len(failed)} of {request.total} events failed; the first, at index {first.index}: {detail}"
+        )
+        self._refused(
+            scope, proto, reason, VerboseFailure(0, message, request.accepted, failed), headers, request
+        )
+
+    def _refused(
+        self,
+        scope: Scope,
+        proto: HTTPProtocol,
+        reason: Reason,
+        failure: VerboseFailure,
+        headers: list[tuple[str, str]],
+        params: AnswerParams | None,
+    ) -> None:
+        self._refusals.refused(scope, reason, failure.error)
+        if params is None:
+            self.answer(proto, reason.status, None, None, b"0", headers)
+            return
+        body = _encode(failure) if params.verbose else b"0"
+        self.answer(proto, reason.status, params, echoable_callback(params), body, headers)

@@ -1,0 +1,174 @@
+"""The RSGI application Granian runs in each worker: its collaborators, its routes, its lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from trackgate import metrics, store
+from trackgate.api import Api
+from trackgate.batcher import Batcher
+from trackgate.gateway import log
+from trackgate.gateway.answers import PLAIN_TEXT
+from trackgate.gateway.body import BodyDeadlines
+from trackgate.gateway.client import ClientAddress
+from trackgate.gateway.cors import Cors
+from trackgate.gateway.ingest import Endpoint, Ingestion, Sink, TokenSource
+from trackgate.gateway.redirects import RedirectPolicy
+from trackgate.gateway.refusals import RefusalLog
+from trackgate.gateway.track import track_endpoint
+from trackgate.projects import TokenCache
+from trackgate.rsgi import HTTPProtocol, Scope
+from trackgate.settings import Settings, for_worker
+
+# Net allocations of tracked objects (a young generation's size) before a collection; Python's is 700.
+GC_THRESHOLD: Final = 10_000
+
+
+@dataclass(slots=True)
+class Services:
+    """What the app works with: passed in, so that a test can give a memory sink and a fixed clock.
+    `clock` gives the receive time of events; `monotonic` times body deadlines and the refusal log."""
+
+    sink: Sink
+    tokens: TokenSource
+    admin: Redis
+    clock: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+
+    @classmethod
+    async def from_settings(cls, settings: Settings) -> Services:
+        """The worker's own: its batcher, its project list, its Redis client for the rest."""
+        if settings.redis_url is None:
+            raise RuntimeError("no Redis URL: run the app with `trackgate serve`, or set TRACKGATE_REDIS_URL")
+        admin = Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        try:
+            await store.load_functions(admin, replace=False)
+        except (RedisError, OSError) as err:
+            log.warning("function library not checked (Redis unreachable): %s", err)
+        tokens = TokenCache(admin, settings.token_refresh)
+        await tokens.start()
+        batcher = Batcher(
+            settings.redis_url,
+            max_events=settings.batch_max_events,
+            linger=settings.batch_linger_ms / 1000,
+            depth=settings.pipeline_depth,
+            max_pending=settings.max_pending_events,
+            timeout=settings.redis_timeout,
+            retry_window=settings.retry_window,
+            stream_maxlen=settings.stream_maxlen,
+            stream_max_age=settings.stream_max_age,
+            event_max_age=settings.max_age,
+            funnel_window=tokens.funnel_window,
+        )
+        await batcher.start()
+        return cls(sink=batcher, tokens=tokens, admin=admin)
+
+    async def close(self) -> None:
+        """Write what the sink holds, then let go of Redis."""
+        await self.sink.close()
+        await self.tokens.stop()
+        await self.admin.aclose()
+
+
+class App:
+    """One per worker process. Granian takes its `__rsgi__` when it imports the app, before the worker's
+    event loop runs, so the object exists first and `__rsgi_init__` wires it; Granian calls `__rsgi_del__`
+    after the last in-flight request was answered."""
+
+    settings: Settings
+    ingestion: Ingestion
+    _services: Services
+    _track: Endpoint
+    _api: Api
+    _tasks: tuple[asyncio.Task[None], ...]
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self.start(for_worker()))
+        # What exists now (modules, settings, clients) lives as long as the worker: frozen, it is never
+        # walked by a collection again, where a full collection under load would walk all of it, time and
+        # again. The requests' own objects die with their request, so collections are needed only when
+        # that count keeps growing: the higher first threshold leaves them to real cycles instead of the
+        # in-flight requests' peaks.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_THRESHOLD, 10, 10)
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self.stop())
+
+    async def start(self, settings: Settings, services: Services | None = None) -> None:
+        """Wire the app to `services`, by default the worker's own as `settings` say."""
+        if services is None:
+            services = await Services.from_settings(settings)
+        self.settings = settings
+        self._services = services
+        options = settings.decoder_options()
+        self.ingestion = Ingestion(
+            sink=services.sink,
+            tokens=services.tokens,
+            cors=Cors(settings.allowed_origins),
+            clients=ClientAddress(settings.trusted_proxies),
+            redirects=RedirectPolicy(settings.redirect_hosts),
+            deadlines=BodyDeadlines(settings.body_timeout, services.monotonic),
+            refusals=RefusalLog(clock=services.monotonic),
+            body_limit=options.max_request_bytes,
+            retry_after=[("retry-after", str(settings.retry_after))],
+        )
+        self._track = track_endpoint(self.ingestion, options, services.clock)
+        self._api = Api(services.admin, settings)
+        self._tasks = (
+            asyncio.create_task(_publish_metrics(), name="trackgate-metrics"),
+            asyncio.create_task(self.ingestion.deadlines.sweep_forever(), name="trackgate-body-deadlines"),
+        )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._services.close()
+        metrics.publish()
+        metrics.worker_exited()
+
+    async def __rsgi__(self, scope: Scope, proto: HTTPProtocol) -> None:
+        path = scope.path
+        if path == "/track" or path == "/track/":
+            await self._track(scope, proto)
+        elif path == "/healthz":
+            _plain(proto, "healthz", 200, b"ok\n")
+        elif path == "/readyz":
+            await self._ready(proto)
+        elif path.startswith("/api/"):
+            await self._api(scope, proto)
+        elif path == "/dashboard" or path == "/dashboard/":
+            self._api.dashboard(proto)
+        elif path == "/metrics":
+            proto.response_bytes(200, [("content-type", metrics.CONTENT_TYPE)], metrics.render())
+            metrics.count_request("metrics", 200)
+        else:
+            _plain(proto, "other", 404, b"not found\n")
+
+    async def _ready(self, proto: HTTPProtocol) -> None:
+        try:
+            ok = bool(await asyncio.wait_for(self._services.admin.ping(), 1.0)) and self._services.sink.ready
+        except (RedisError, OSError, TimeoutError):
+            ok = False
+        _plain(proto, "readyz", 200 if ok else 503, b"ready\n" if ok else b"Redis is not reachable\n")
+
+
+def _plain(proto: HTTPProtocol, route: str, status: int, body: bytes) -> None:
+    proto.response_bytes(status, PLAIN_TEXT, body)
+    metrics.count_request(route, status)
+
+
+async def _publish_metrics() -> None:
+    while True:
+        await asyncio.sleep(metrics.PUBLISH_SECONDS)
+        metrics.publish()

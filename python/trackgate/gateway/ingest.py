@@ -1,0 +1,219 @@
+"""What every ingestion endpoint does with a request, whatever its events are: CORS, the method, the
+body and its deadline, the caller's address, decoding (by the endpoint's decoder), handing the events to
+the sink, and the answer. An endpoint is this flow with its route and its decoder (see track.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from trackgate import metrics
+from trackgate._native import DecodeError, Request, TokenSet
+from trackgate.batcher import Key, UnavailableError
+from trackgate.gateway.answers import (
+    INVALID_CALLBACK,
+    VERBOSE_OK,
+    AnswerParams,
+    Answers,
+    failed_events,
+    valid_callback,
+)
+from trackgate.gateway.body import BodyDeadlines, BodyTimeoutError, read_body
+from trackgate.gateway.client import ClientAddress
+from trackgate.gateway.cors import Cors
+from trackgate.gateway.redirects import RedirectPolicy
+from trackgate.gateway.refusals import BODY_TOO_LARGE, Refusal, RefusalLog
+from trackgate.rsgi import HTTPProtocol, ProtocolClosed, Scope
+
+Batches = list[tuple[str, int, int, int, bytes, bytes]]
+METHODS: Final = "GET, POST, OPTIONS"
+
+
+class Sink(Protocol):
+    """Where accepted events go: the worker's batcher."""
+
+    def submit(self, batches: Batches, count: int) -> Awaitable[frozenset[Key]]:
+        """The future gives the keys whose write failed (empty when all are stored); raises
+        UnavailableError when the events cannot be taken."""
+
+    @property
+    def ready(self) -> bool: ...
+    async def close(self) -> None: ...
+
+
+class TokenSource(Protocol):
+    """The tokens of the known projects (the worker's TokenCache)."""
+
+    @property
+    def tokens(self) -> TokenSet: ...
+    async def reload_for_unknown(self) -> bool: ...
+    async def stop(self) -> None: ...
+
+
+class Decoder(Protocol):
+    """An endpoint's reading of its requests."""
+
+    def decode(
+        self, query: str, body: bytes, content_type: str | None, content_encoding: str | None, peer: str
+    ) -> Request:
+        """The request's events; raises DecodeError when the request as a whole is unusable."""
+
+    def params(self, query: str) -> AnswerParams:
+        """How to answer a request whose body is refused unread: as its query string says."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ingestion:
+    """What the ingestion endpoints of a worker share."""
+
+    sink: Sink
+    tokens: TokenSource
+    cors: Cors
+    clients: ClientAddress
+    redirects: RedirectPolicy
+    deadlines: BodyDeadlines
+    refusals: RefusalLog
+    body_limit: int
+    retry_after: list[tuple[str, str]]
+
+
+class Endpoint:
+    """One ingestion endpoint, its route named in the metrics."""
+
+    __slots__ = (
+        "_answers",
+        "_clients",
+        "_cors",
+        "_deadlines",
+        "_decode",
+        "_decoder",
+        "_limit",
+        "_redirects",
+        "_retry_after",
+        "_sink",
+        "_tokens",
+    )
+
+    def __init__(self, route: str, decoder: Decoder, shared: Ingestion) -> None:
+        self._decoder = decoder
+        self._decode = decoder.decode
+        self._answers = Answers(route, shared.refusals)
+        self._sink = shared.sink
+        self._tokens = shared.tokens
+        self._cors = shared.cors
+        self._clients = shared.clients
+        self._redirects = shared.redirects
+        self._deadlines = shared.deadlines
+        self._limit = shared.body_limit
+        self._retry_after = shared.retry_after
+
+    async def __call__(self, scope: Scope, proto: HTTPProtocol) -> None:
+        method = scope.method
+        headers = scope.headers
+        origin = headers.get("origin")
+        cors: list[tuple[str, str]] = []
+        if origin is not None:
+            allowed = self._cors.headers(origin)
+            if allowed is None:
+                message = f"origin {origin[:100]!r} is not allowed"
+                self._answers.refuse(scope, proto, Refusal.ORIGIN_NOT_ALLOWED, message, cors)
+                return
+            cors = allowed
+        if method == "POST":
+            try:
+                body = await read_body(proto, headers.get("content-length"), self._limit, self._deadlines)
+            except BodyTimeoutError:
+                message = f"the request body did not arrive within {self._deadlines.timeout:g} s"
+                params = self._decoder.params(scope.query_string)
+                self._answers.refuse(scope, proto, Refusal.BODY_TIMEOUT, message, cors, params)
+                return
+            except ProtocolClosed:
+                self._answers.client_left()
+                return
+            if body is None:
+                message = f"the request is larger than {self._limit} bytes"
+                params = self._decoder.params(scope.query_string)
+                self._answers.refuse(scope, proto, BODY_TOO_LARGE, message, cors, params)
+                return
+        elif method == "GET":
+            body = b""
+        elif method == "OPTIONS":
+            self._answers.empty(proto, 204, self._cors.preflight(headers, cors, METHODS))
+            return
+        else:
+            message = f"{method[:20]} is not allowed; use GET or POST"
+            allow = [*cors, ("allow", METHODS)]
+            self._answers.refuse(scope, proto, Refusal.METHOD_NOT_ALLOWED, message, allow)
+            return
+        query = scope.query_string
+        content_type = headers.get("content-type")
+        content_encoding = headers.get("content-encoding")
+        peer = self._clients.of(scope.client, headers)
+        try:
+            request = self._decode(query, body, content_type, content_encoding, peer)
+            if request.errors and _names_unknown_token(request) and await self._tokens.reload_for_unknown():
+                # A project created since the last reload: decode again with the fresh list.
+                request = self._decode(query, body, content_type, content_encoding, peer)
+        except DecodeError as err:
+            self._answers.refuse(scope, proto, err, str(err), cors, err)
+            return
+        await self._store_and_answer(scope, proto, request, cors)
+
+    async def _store_and_answer(
+        self, scope: Scope, proto: HTTPProtocol, request: Request, cors: list[tuple[str, str]]
+    ) -> None:
+        callback = request.callback
+        if callback is not None and not valid_callback(callback):
+            self._answers.refuse(scope, proto, Refusal.INVALID_CALLBACK, INVALID_CALLBACK, cors, request)
+            return
+        redirect = request.redirect
+        if redirect is not None and not self._redirects.allows(redirect):
+            message = "redirect: only http(s) URLs to an allowed host are followed"
+            self._answers.refuse(scope, proto, Refusal.INVALID_REDIRECT, message, cors, request)
+            return
+        if request.accepted:
+            metrics.count_accepted(request.accepted)
+            if not request.test:
+                try:
+                    unstored = await self._sink.submit(request.batches, request.accepted)
+                except UnavailableError as err:
+                    self._unavailable(scope, proto, Refusal.named(err.reason), request, cors)
+                    return
+                if unstored and any(key in unstored for key in _keys(request.batches)):
+                    self._unavailable(scope, proto, Refusal.WRITE_FAILED, request, cors)
+                    return
+        errors = request.errors
+        if errors:
+            failed = failed_events(errors)
+            for record in failed:
+                metrics.EVENTS_REJECTED.labels(record.kind).inc()
+            if redirect is None:
+                self._answers.refuse_events(scope, proto, request, failed, cors)
+                return
+        if redirect is not None:
+            # A person clicked a link (an email's, a page's): they go on even when its events were
+            # refused, which the metrics count; only an outage (503, above) keeps them here.
+            self._answers.empty(proto, 302, [*cors, ("location", redirect), ("cache-control", "no-store")])
+        else:
+            self._answers.answer(proto, 200, request, callback, VERBOSE_OK, cors)
+
+    def _unavailable(
+        self,
+        scope: Scope,
+        proto: HTTPProtocol,
+        reason: Refusal,
+        request: Request,
+        cors: list[tuple[str, str]],
+    ) -> None:
+        message = f"Redis cannot take the events now ({reason.kind.replace('_', ' ')}); retry later"
+        self._answers.refuse(scope, proto, reason, message, [*cors, *self._retry_after], request)
+
+
+def _names_unknown_token(request: Request) -> bool:
+    return any(record.kind == Refusal.UNKNOWN_TOKEN.kind for record in failed_events(request.errors))
+
+
+def _keys(batches: Batches) -> Iterable[Key]:
+    """The (token, partition) of each partition batch (the one reader of the decoder's batch tuples)."""
+    return ((batch[0], batch[1]) for batch in batches)

@@ -1,0 +1,122 @@
+"""Why the gateway refuses a request, with the status each reason is answered with, and the log of
+refusals.
+
+The decoder's own reasons (a payload it cannot use) carry their status in the `DecodeError` it raises:
+that table lives in the decoder. This module holds the other one: the reasons the gateway itself
+decides, and how the per-event outcome of a decoded request becomes a reason.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Iterable
+from typing import Final, Protocol
+
+from trackgate import metrics
+from trackgate._native import DecodeError, Options, decode_request
+from trackgate.gateway import log
+from trackgate.rsgi import Scope
+
+CLIENT_CLOSED: Final = 499
+"""Counted for a request whose client left before it could be answered (nginx's number for it)."""
+
+
+class Reason(Protocol):
+    """A refusal's name (its log line, its `trackgate_requests_rejected_total` label) and status."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def status(self) -> int: ...
+
+
+class Refusal(enum.Enum):
+    """Every reason the gateway itself refuses a request for, and its status."""
+
+    kind: str
+    status: int
+
+    def __init__(self, kind: str, status: int) -> None:
+        self.kind = kind
+        self.status = status
+
+    ORIGIN_NOT_ALLOWED = "origin_not_allowed", 403
+    METHOD_NOT_ALLOWED = "method_not_allowed", 405
+    BODY_TIMEOUT = "body_timeout", 408
+    INVALID_CALLBACK = "invalid_callback", 400
+    INVALID_REDIRECT = "invalid_redirect", 400
+    # A decoded request some of whose events failed (see `for_failed_events`).
+    INVALID_EVENTS = "invalid_events", 400
+    UNKNOWN_TOKEN = "unknown_token", 401
+    # The sink cannot take the events: the batcher's UnavailableError reasons. Clients retry these.
+    REDIS_UNAVAILABLE = "redis_unavailable", 503
+    OVERLOADED = "overloaded", 503
+    STOPPING = "stopping", 503
+    WRITE_FAILED = "write_failed", 503
+
+    @classmethod
+    def named(cls, kind: str) -> Refusal:
+        """The reason of that kind: the batcher's UnavailableError reasons are such kinds."""
+        return _BY_KIND[kind]
+
+    @classmethod
+    def for_failed_events(cls, kinds: Iterable[str]) -> Refusal:
+        """401 only when every failed event names an unknown token (the per-event kind of the same name):
+        the client has the wrong token, not bad events."""
+        unknown = cls.UNKNOWN_TOKEN.kind
+        return cls.UNKNOWN_TOKEN if all(kind == unknown for kind in kinds) else cls.INVALID_EVENTS
+
+
+_BY_KIND: Final = {refusal.kind: refusal for refusal in Refusal}
+
+
+def _decoders_oversized_body() -> DecodeError:
+    try:
+        decode_request("", b"{}", now=0.0, options=Options(max_request_bytes=1))
+    except DecodeError as err:
+        return err
+    raise AssertionError("the decoder accepted a body over its limit")
+
+
+BODY_TOO_LARGE: Final[Reason] = _decoders_oversized_body()
+"""A body over the request limit, refused before it is all read: the decoder's reason and status for
+such a body, taken from the decoder itself."""
+
+
+class RefusalLog:
+    """One log line per refused request, except that a reason is logged at most once a second: an outage
+    or a misbehaving client refused thousands of times a second would otherwise bury the log. The next
+    line of a reason says how many were left out; `trackgate_requests_rejected_total` counts them all."""
+
+    def __init__(self, interval: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._next: dict[str, float] = {}
+        self._left_out: dict[str, int] = {}
+
+    def refused(self, scope: Scope, reason: Reason, message: str) -> None:
+        """Count a refused request, and log it in one line (never the payload)."""
+        metrics.REQUESTS_REJECTED.labels(reason.kind).inc()
+        self.warning(
+            reason.kind,
+            "%s %s from %s: %d %s: %.300s",
+            scope.method,
+            scope.path,
+            scope.client,
+            reason.status,
+            reason.kind,
+            message,
+        )
+
+    def warning(self, reason: str, message: str, *args: object) -> None:
+        now = self._clock()
+        if now < self._next.get(reason, 0.0):
+            self._left_out[reason] = self._left_out.get(reason, 0) + 1
+            return
+        self._next[reason] = now + self._interval
+        left_out = self._left_out.pop(reason, 0)
+        if left_out:
+            message += " (and %d more refused for this reason since its last line)"
+            args = (*args, left_out)
+        log.warning(message, *args)

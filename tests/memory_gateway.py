@@ -1,0 +1,259 @@
+"""An App in this process, for in-process tests: a memory sink, a fixed token list, fixed clocks, and
+in-memory RSGI requests, without Granian or Redis. The decoder is the real one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from redis.asyncio import Redis
+from trackgate import metrics
+from trackgate._native import TokenSet
+from trackgate.batcher import Key, UnavailableError
+from trackgate.gateway.app import App, Services
+from trackgate.gateway.ingest import Batches
+from trackgate.settings import Settings
+
+TOKEN = "tk-handler"
+NOW = 1_700_000_000.25
+ORIGIN = "https://shop.example"
+
+
+class Headers:
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self._pairs = pairs
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        return next((v for k, v in self._pairs if k == key), default)
+
+    def get_all(self, key: str) -> list[str]:
+        return [v for k, v in self._pairs if k == key]
+
+
+@dataclass
+class Scope:
+    method: str
+    path: str
+    query_string: str
+    client: str
+    headers: Headers
+
+
+class Proto:
+    """Granian's protocol object in memory: the body, whole when it has a Content-Length, else in chunks
+    (`read` replaces the whole body's read: a stalled or failed one), and the one response."""
+
+    def __init__(self, chunks: list[bytes], read: asyncio.Future[bytes] | None = None) -> None:
+        self._chunks = chunks
+        self._read = read
+        self.status = 0
+        self.headers: list[tuple[str, str]] = []
+        self.body = b""
+
+    def __call__(self) -> asyncio.Future[bytes]:
+        if self._read is not None:
+            return self._read
+        return _resolved(b"".join(self._chunks))
+
+    def __aiter__(self) -> Proto:
+        return self
+
+    def __anext__(self) -> asyncio.Future[bytes]:
+        read = asyncio.get_running_loop().create_future()
+        if self._chunks:
+            read.set_result(self._chunks.pop(0))
+        else:
+            read.set_exception(StopAsyncIteration())
+        return read
+
+    def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        assert self.status == 0, "answered twice"
+        self.status, self.headers, self.body = status, headers, body
+
+    def response_stream(self, status: int, headers: list[tuple[str, str]]) -> Any:
+        raise AssertionError("/track does not stream")
+
+    def header(self, name: str) -> str | None:
+        return dict(self.headers).get(name)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+
+def _resolved(body: bytes) -> asyncio.Future[bytes]:
+    read: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    read.set_result(body)
+    return read
+
+
+class MemorySink:
+    """Records the submitted batches; its futures resolve with `unstored` keys, or fail with `failure`.
+    `refusal` makes submit itself refuse, as a batcher does when it cannot queue."""
+
+    ready = True
+
+    def __init__(
+        self,
+        *,
+        refusal: str | None = None,
+        failure: str | None = None,
+        unstored: frozenset[Key] = frozenset(),
+    ) -> None:
+        self.refusal = refusal
+        self.failure = failure
+        self.unstored = unstored
+        self.submitted: list[tuple[Batches, int]] = []
+
+    def submit(self, batches: Batches, count: int) -> asyncio.Future[frozenset[Key]]:
+        if self.refusal is not None:
+            raise UnavailableError(self.refusal)
+        self.submitted.append((batches, count))
+        done: asyncio.Future[frozenset[Key]] = asyncio.get_running_loop().create_future()
+        if self.failure is not None:
+            done.set_exception(UnavailableError(self.failure))
+        else:
+            done.set_result(self.unstored)
+        return done
+
+    def stored(self) -> list[dict[str, Any]]:
+        """The normalised events of the submitted batches, as their XADDs carry them."""
+        return [
+            json.loads(data)
+            for batches, _ in self.submitted
+            for batch in batches
+            for data in re.findall(rb"\r\ndata\r\n\$\d+\r\n(.*?)\r\n", batch[5])
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+class FixedTokens:
+    """The known tokens; a reload (for an unknown token) finds `after_reload` when given."""
+
+    def __init__(self, *tokens: str, after_reload: tuple[str, ...] | None = None) -> None:
+        self.tokens = TokenSet(tokens)
+        self._after_reload = after_reload
+        self.reloads = 0
+
+    async def reload_for_unknown(self) -> bool:
+        self.reloads += 1
+        if self._after_reload is not None:
+            self.tokens = TokenSet(self._after_reload)
+        return True
+
+    async def stop(self) -> None:
+        return None
+
+
+@dataclass
+class Gateway:
+    app: App
+    sink: MemorySink
+    clock: list[float] = field(default_factory=lambda: [100.0])
+
+    async def call(
+        self,
+        method: str = "GET",
+        query: str | dict[str, str] = "",
+        body: bytes | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+        client: str = "127.0.0.1:50000",
+        proto: Proto | None = None,
+        chunked: bool = False,
+    ) -> Proto:
+        query = query if isinstance(query, str) else urlencode(query)
+        pairs = list(headers)
+        if body is not None and not chunked:
+            pairs.append(("content-length", str(len(body))))
+        if proto is None:
+            proto = Proto([body[i : i + 7] for i in range(0, len(body), 7)] if body else [])
+        await self.app.__rsgi__(Scope(method, "/track", query, client, Headers(pairs)), proto)
+        return proto
+
+
+@asynccontextmanager
+async def running(
+    sink: MemorySink | None = None, tokens: FixedTokens | None = None, **settings: Any
+) -> AsyncIterator[Gateway]:
+    gateway = Gateway(App(), sink or MemorySink())
+    services = Services(
+        sink=gateway.sink,
+        tokens=tokens or FixedTokens(TOKEN),
+        admin=Redis.from_url("redis://127.0.0.1:1"),  # never used by /track
+        clock=lambda: NOW,
+        monotonic=lambda: gateway.clock[0],
+    )
+    await gateway.app.start(Settings(redis_url="redis://127.0.0.1:1", **settings), services)
+    try:
+        yield gateway
+    finally:
+        await gateway.app.stop()
+
+
+def answer(
+    query: str | dict[str, str] = "",
+    body: bytes | None = None,
+    *,
+    method: str = "GET",
+    headers: tuple[tuple[str, str], ...] = (),
+    client: str = "127.0.0.1:50000",
+    chunked: bool = False,
+    sink: MemorySink | None = None,
+    tokens: FixedTokens | None = None,
+    **settings: Any,
+) -> Proto:
+    """One request's answer from a fresh gateway."""
+
+    async def scenario() -> Proto:
+        async with running(sink, tokens, **settings) as gateway:
+            return await gateway.call(method, query, body, headers, client, chunked=chunked)
+
+    return asyncio.run(scenario())
+
+
+def answer_stalled(query: str = "", **settings: Any) -> Proto:
+    """The answer to a POST whose body never arrives: none until its deadline, then one."""
+
+    async def scenario() -> Proto:
+        async with running(**settings) as gateway:
+            stalled = Proto([], read=asyncio.get_running_loop().create_future())
+            request = asyncio.create_task(gateway.call("POST", query, b"data=...", proto=stalled))
+            await asyncio.sleep(0)
+            deadlines = gateway.app.ingestion.deadlines
+            deadlines.sweep()
+            assert not request.done(), "answered before its deadline"
+            gateway.clock[0] += deadlines.timeout
+            deadlines.sweep()
+            return await request
+
+    return asyncio.run(scenario())
+
+
+def event(token: str = TOKEN, **props: Any) -> dict[str, Any]:
+    return {"event": "signup", "properties": {"token": token, "distinct_id": "u-1", **props}}
+
+
+def data(*events: dict[str, Any], **params: str) -> dict[str, str]:
+    return {"data": json.dumps(list(events) if len(events) != 1 else events[0]), **params}
+
+
+def form(*events: dict[str, Any]) -> bytes:
+    return urlencode(data(*events)).encode()
+
+
+INVALID = {"event": "", "properties": {"token": TOKEN, "distinct_id": "u-2"}}
+
+
+def counted(metric: str, **labels: str | int) -> float:
+    """A counter's value, as a scrape reads it: `counted("requests", route="track", status=499)`."""
+    selector = ",".join(f'{name}="{value}"' for name, value in labels.items())
+    found = re.search(rf"^trackgate_{metric}_total{{{selector}}} (\S+)$", metrics.render().decode(), re.M)
+    return float(found.group(1)) if found else 0.0

@@ -1,0 +1,90 @@
+"""The gateway's table of refusals: every reason it can produce is in the table, each is produced, and
+each is answered with the table's status and counted under its name."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from collections.abc import Callable
+
+import pytest
+from memory_gateway import (
+    INVALID,
+    ORIGIN,
+    TOKEN,
+    FixedTokens,
+    MemorySink,
+    Proto,
+    answer,
+    answer_stalled,
+    counted,
+    data,
+    event,
+    form,
+)
+from trackgate import batcher
+from trackgate.gateway.refusals import BODY_TOO_LARGE, Reason, Refusal
+
+# A request that is refused for each reason.
+SCENARIOS: dict[Refusal, Callable[[], Proto]] = {
+    Refusal.ORIGIN_NOT_ALLOWED: lambda: answer(
+        data(event()), headers=(("origin", "https://evil.example"),), allowed_origins=(ORIGIN,)
+    ),
+    Refusal.METHOD_NOT_ALLOWED: lambda: answer(data(event()), method="PUT"),
+    Refusal.BODY_TIMEOUT: lambda: answer_stalled(body_timeout=5.0),
+    Refusal.INVALID_CALLBACK: lambda: answer(data(event(), callback="a-b")),
+    Refusal.INVALID_REDIRECT: lambda: answer(
+        data(event(), redirect="https://evil.example/"), redirect_hosts=("shop.example",)
+    ),
+    Refusal.INVALID_EVENTS: lambda: answer(data(INVALID)),
+    Refusal.UNKNOWN_TOKEN: lambda: answer(data(event("tk-nobody")), tokens=FixedTokens("tk-other")),
+    Refusal.REDIS_UNAVAILABLE: lambda: answer(data(event()), sink=MemorySink(failure="redis_unavailable")),
+    Refusal.OVERLOADED: lambda: answer(data(event()), sink=MemorySink(refusal="overloaded")),
+    Refusal.STOPPING: lambda: answer(data(event()), sink=MemorySink(refusal="stopping")),
+    Refusal.WRITE_FAILED: lambda: answer(
+        data(event()), sink=MemorySink(unstored=frozenset((TOKEN, p) for p in range(4)))
+    ),
+}
+
+
+def test_every_refusal_has_a_scenario() -> None:
+    assert set(SCENARIOS) == set(Refusal)
+
+
+def _answered_and_counted(reason: Reason, scenario: Callable[[], Proto]) -> None:
+    before = counted("requests_rejected", reason=reason.kind)
+    assert scenario().status == reason.status
+    assert counted("requests_rejected", reason=reason.kind) == before + 1
+
+
+@pytest.mark.parametrize("refusal", list(Refusal), ids=lambda r: r.kind)
+def test_each_refusal_is_answered_with_its_status_and_counted(refusal: Refusal) -> None:
+    _answered_and_counted(refusal, SCENARIOS[refusal])
+
+
+def test_a_body_over_the_limit_is_the_decoders_body_too_large() -> None:
+    body = form(event(pad="x" * 600))
+    assert (BODY_TOO_LARGE.kind, BODY_TOO_LARGE.status) == ("body_too_large", 413)
+    _answered_and_counted(BODY_TOO_LARGE, lambda: answer(body=body, method="POST", max_request_bytes=500))
+
+
+def _string_literals(node: ast.AST) -> set[str]:
+    return {c.value for c in ast.walk(node) if isinstance(c, ast.Constant) and isinstance(c.value, str)}
+
+
+def test_every_reason_the_batcher_gives_is_in_the_table() -> None:
+    # The reasons are the string literals passed to UnavailableError and to the calls that make one.
+    raisers = {"UnavailableError", "fail", "_fail_everything"}
+    reasons = set()
+    for node in ast.walk(ast.parse(inspect.getsource(batcher))):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) in raisers:
+            for arg in node.args:
+                reasons |= _string_literals(arg)
+    assert "overloaded" in reasons  # the scan finds them
+    for reason in reasons:
+        assert Refusal.named(reason).status == 503
+
+
+def test_unknown_token_only_when_every_failed_event_has_one() -> None:
+    assert Refusal.for_failed_events(["unknown_token", "unknown_token"]) is Refusal.UNKNOWN_TOKEN
+    assert Refusal.for_failed_events(["unknown_token", "event_invalid"]) is Refusal.INVALID_EVENTS
