@@ -99,7 +99,7 @@ def main() -> int:
                 conn = client.connection_pool.get_connection()
                 before, started = cpu_seconds([server.process.pid]), time.perf_counter()
                 for i in range(0, len(commands), 64):
-                    conn.send_packed_command([b"".join(commands[i : i + 64])])
+                    conn.send_packed_command([b"".join(commands[i : i + 64])])  # type: ignore[no-untyped-call]
                 # Replies read once all is sent: Redis answers in order, and its socket holds them.
                 for _ in range(replies):
                     conn.read_response()

@@ -34,7 +34,7 @@ PARTITIONS = 4
 def population(users: int, now: float) -> list[dict[str, Any]]:
     """Users entering a 4-step funnel over 30 days, each step with a page view beside it."""
     rng = random.Random(1)
-    events = []
+    events: list[dict[str, Any]] = []
     for u in range(users):
         t = now - rng.uniform(1, 30 * 86400)
         for step in range(1, rng.randint(1, 4) + 1):
@@ -69,7 +69,7 @@ def store_events(client: redis.Redis, events: list[dict[str, Any]], now: float) 
                 [xadds],
             )  # fmt: skip
             replies += store.transaction_replies(count) + 1
-        conn.send_packed_command([b"".join(commands)])
+        conn.send_packed_command([b"".join(commands)])  # type: ignore[no-untyped-call]
         for _ in range(replies):
             conn.read_response()
     client.connection_pool.release(conn)

@@ -88,7 +88,7 @@ def soak(
         time.sleep(min(0.1, max(0.0, next_sample - time.monotonic())))
     if aborted:
         wrk.communicate()
-        raw = {"requests": 0, "non_2xx": 0, "socket_errors": 0, "p50_us": 0, "p99_us": 0}
+        raw: dict[str, Any] = {"requests": 0, "non_2xx": 0, "socket_errors": 0, "p50_us": 0, "p99_us": 0}
         raw["duration_us"] = (time.monotonic() - start) * 1e6
     else:
         raw = finish_wrk(wrk, 60)

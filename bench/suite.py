@@ -88,21 +88,9 @@ def decoder_part(quick: bool) -> dict[str, Any]:
     """bench/decode_bench.py's contestants, shapes and timing, imported and called."""
     import decode_bench as db
 
-    seconds, repeats = (0.1, 3) if quick else (0.5, 5)
-    shapes = {
-        "single": db.form_body(db.browser_event(0)),
-        "batch of 50": db.form_body([db.browser_event(i) for i in range(50)]),
-    }
-    decoders = {
-        "native": db.native_decoder(),
-        "stdlib": db.oracle_decoder(db.ref.STDLIB),
-        "pybase64+orjson": db.oracle_decoder(db.ref.fast_backend()),
-    }
-    for shape, body in shapes.items():
-        reference = db.stored_events("native", body)
-        for name in decoders:
-            if db.stored_events(name, body) != reference:
-                raise RuntimeError(f"{name} does not store the same events as native for the {shape} request")
+    seconds, repeats = db.loop_settings(quick)
+    shapes, decoders = db.request_shapes(), db.decoders()
+    db.check_same_events(shapes, decoders)
     rates: dict[str, dict[str, float]] = {}
     for shape, body in shapes.items():
         rates[shape] = {}
