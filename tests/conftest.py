@@ -25,19 +25,6 @@ import redis
 import requests
 from trackgate import store
 
-# A hung gateway must fail its test, not hang the suite: every HTTP request without its own timeout
-# gets this one (requests.get/post and sessions all go through Session.request).
-HTTP_TIMEOUT = 30
-_session_request = requests.Session.request
-
-
-def _request_with_timeout(self: requests.Session, method: str, url: str, **kwargs: Any) -> requests.Response:
-    kwargs.setdefault("timeout", HTTP_TIMEOUT)
-    return _session_request(self, method, url, **kwargs)
-
-
-requests.Session.request = _request_with_timeout  # type: ignore[method-assign]
-
 BIN = Path(sys.executable).parent
 TRACKGATE = str(BIN / "trackgate")
 PARTITIONS = 4

@@ -33,7 +33,8 @@ def event(token: str, distinct_id: str, **props: Any) -> dict[str, Any]:
 
 
 def post(session: requests.Session, gateway: Gateway, payload: object) -> requests.Response:
-    return session.post(gateway.url("/track"), data={"data": json.dumps(payload)})
+    # A timeout of its own: it is also called from worker threads, which pytest-timeout cannot interrupt.
+    return session.post(gateway.url("/track"), data={"data": json.dumps(payload)}, timeout=30)
 
 
 def test_right_after_a_1_the_event_is_in_its_partition_stream(
