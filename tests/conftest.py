@@ -18,7 +18,7 @@ import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -179,11 +179,16 @@ def stream_key(token: str, partition: int) -> str:
     return f"tg:{{{token}:{partition}}}:events"
 
 
+def stream_entries(client: redis.Redis, key: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """XRANGE of a whole stream, typed as this suite's clients (no decode_responses) answer it."""
+    return cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(key))
+
+
 def stored_events(client: redis.Redis, token: str) -> list[dict[str, Any]]:
     """Every event stored for a project, all partitions."""
     found = []
     for partition in range(PARTITIONS):
-        for _id, fields in client.xrange(stream_key(token, partition)):
+        for _id, fields in stream_entries(client, stream_key(token, partition)):
             found.append(json.loads(fields[b"data"]))
     return found
 
@@ -193,7 +198,7 @@ def send_packed(client: redis.Redis, command: bytes, replies: int = 1) -> Any:
     `replies`."""
     conn = client.connection_pool.get_connection()
     try:
-        conn.send_packed_command([command])
+        conn.send_packed_command([command])  # type: ignore[no-untyped-call]
         for _ in range(replies - 1):
             conn.read_response()
         return conn.read_response()

@@ -73,7 +73,9 @@ def decoded(events: list[dict[str, Any]]) -> Batch:
     return batch
 
 
-def state(client: redis.Redis, token: str) -> dict[str, Any]:
+# `client` is a redis.Redis without decode_responses, typed Any: redis-py types its replies
+# bytes | str | None.
+def state(client: Any, token: str) -> dict[str, Any]:
     """Every key of the project's partition 0, by its name without the hash tag; streams as their
     entries' data, HyperLogLogs as their bytes, the goals without the times they were first seen."""
     prefix = f"tg:{{{token}:0}}:"
