@@ -1,4 +1,4 @@
-# trackgate: `make run` and `make test` do all the set-up on a fresh machine.
+# trackgate: `make run` and `make test` do all the set-up on a fresh machine; `make help` lists the targets.
 SHELL := /bin/bash
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,87 +6,82 @@ PY := $(BIN)/python
 # pyo3's build script must see the same interpreter the extension is built for.
 export PYO3_PYTHON := $(abspath $(PY))
 NATIVE_GLOB := python/trackgate/_native*.so
+# Tools from Debian's packages of the same names, installed by one rule below.
+APT_TOOLS := redis-server chromium wrk
 
-.PHONY: all venv build build-test run test test-rust test-python lint fmt bench bench-quick clean redis-server chromium wrk
+.PHONY: all help venv build-serve build build-test run test test-rust test-python lint fmt bench bench-quick \
+	clean $(APT_TOOLS)
 
-all: build
+all: build ## the release extension with the dev extra (as `build`)
+
+help: ## list the targets and what they do
+	@grep -E '^[a-zA-Z$$()_ -]+:.*## ' $(MAKEFILE_LIST) \
+	  | sed -e 's/$$(APT_TOOLS)/$(APT_TOOLS)/' \
+	  | awk 'BEGIN {FS = ":.*## "}; {printf "  %-32s %s\n", $$1, $$2}'
 
 $(VENV)/.stamp: pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip 'maturin>=1.9,<2.0'
 	touch $@
 
-venv: $(VENV)/.stamp
+venv: $(VENV)/.stamp ## the virtualenv in .venv/ with maturin, nothing else
 
-# The in-tree .so is deleted first so that a stale build can never shadow a fresh one.
-build: venv
+# Each build deletes the in-tree .so first so that a stale build can never shadow a fresh one. All three
+# install into the same venv: a build without the dev extra leaves the dev packages an earlier build
+# installed, and the builds that need them always ask for them.
+build-serve: venv ## the release extension and what serving needs (no dev extra)
+	rm -f $(NATIVE_GLOB)
+	$(BIN)/maturin develop --release -q
+
+build: venv ## the release extension (fat LTO) and the dev extra: what the benchmarks need
 	rm -f $(NATIVE_GLOB)
 	$(BIN)/maturin develop --release -E dev -q
 
-build-test: venv
+build-test: venv ## the test-release extension (no LTO) and the dev extra: what tests and lint need
 	rm -f $(NATIVE_GLOB)
 	$(BIN)/maturin develop --profile test-release -E dev -q
 
-# Installs redis-server through apt-get when it is missing and we are root; otherwise says how.
-redis-server:
-	@command -v redis-server >/dev/null 2>&1 || { \
+# When a tool is missing: apt-get installs it when we are root and have apt-get, else says how. The
+# dashboard test drives Debian's Chromium with Playwright (never `playwright install`); wrk drives the
+# benchmarks' load.
+$(APT_TOOLS): ## install this tool with apt-get when it is missing
+	@command -v $@ >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing redis-server (apt-get)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	    echo "installing $@ (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $@ >/dev/null; \
 	  else \
-	    echo "redis-server is missing: run 'sudo apt-get install redis-server'"; exit 1; \
+	    echo "$@ is missing: run 'sudo apt-get install $@'"; exit 1; \
 	  fi; }
 
-# The dashboard test drives Debian's Chromium with Playwright (never `playwright install`): installs it
-# through apt-get when it is missing and we are root; otherwise says how.
-chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing chromium (apt-get)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else \
-	    echo "chromium is missing: run 'sudo apt-get install chromium'"; exit 1; \
-	  fi; }
-
-# wrk drives the benchmarks' load: installed through apt-get when missing and we are root, like redis-server.
-wrk:
-	@command -v wrk >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing wrk (apt-get)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
-	  else \
-	    echo "wrk is missing: run 'sudo apt-get install wrk'"; exit 1; \
-	  fi; }
-
-# The whole suite (a few minutes) and a ~35-second subset; results in bench/results/
-bench: build redis-server wrk
-	$(PY) bench/suite.py
-
-bench-quick: build redis-server wrk
-	$(PY) bench/suite.py --quick
-
-run: build redis-server
+run: build-serve redis-server ## build, then `trackgate serve --demo` on 127.0.0.1:8000 with its own Redis
 	$(BIN)/trackgate serve --demo
 
-test: build-test redis-server chromium lint test-rust test-python
+test: build-test redis-server chromium test-rust test-python ## build, then cargo test and pytest (not lint)
 
-test-rust:
+test-rust: ## cargo test, without building the extension
 	cargo test --workspace --quiet
 
-test-python:
+test-python: ## pytest against the extension built last, without building
 	$(BIN)/pytest -q
 
-lint: venv
+# Checks that need the built extension (a stubtest of trackgate._native) go after mypy.
+lint: build-test ## clippy, rustfmt, ruff and mypy; fails on any finding
 	cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
 	cargo fmt --all --check
 	$(BIN)/ruff check python tests bench
 	$(BIN)/ruff format --check python tests bench
 	$(BIN)/mypy
 
-fmt: venv
+fmt: build-test ## rewrite Rust and Python sources in the project's format, fix what ruff can
 	cargo fmt --all
 	$(BIN)/ruff format python tests bench
 	$(BIN)/ruff check --fix python tests bench
 
-clean:
+bench: build redis-server wrk ## the whole benchmark suite; results in bench/results/
+	$(PY) bench/suite.py
+
+bench-quick: build redis-server wrk ## a subset of the suite, to check that it runs; results in bench/results/
+	$(PY) bench/suite.py --quick
+
+clean: ## delete the Rust build, the venv and the in-tree extension
 	rm -rf target $(VENV) $(NATIVE_GLOB)

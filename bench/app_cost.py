@@ -1,12 +1,12 @@
 """trackgate's own CPU per request, without the HTTP server: the number to watch when changing the
 Python path.
 
-wrk's numbers move by 10% and more from minute to minute on a shared machine, more than most changes to
-the gateway's code are worth. This script takes the HTTP server and the load generator out: it runs
-trackgate's RSGI app (`trackgate.gateway.app.App`, with its batcher and a private redis-server) in this
-process, on uvloop, and calls it with in-memory requests from `--callers` concurrent callers, each request
-in its own asyncio Task as Granian makes it. It reads the CPU time of this one process, which other work
-on the machine hardly moves, for three handlers called the same way, alternated round by round:
+wrk's numbers move from minute to minute on a shared machine, by more than most changes to the gateway's
+code are worth. This script takes the HTTP server and the load generator out: it runs
+trackgate's RSGI app (`trackgate.gateway.app.App`, with its batcher and a private redis-server) in this process,
+on uvloop, and calls it with in-memory requests from `--callers` concurrent callers, each request in its
+own asyncio Task as Granian makes it. It reads the CPU time of this one process, which other work on the
+machine hardly moves, for three handlers called the same way, alternated round by round:
 
 - nothing: the do-nothing handler of bench/ceiling_app.py (what calling a handler costs here);
 - no Redis: trackgate's app with its batcher replaced by an answer that is already there (the handler and
@@ -18,7 +18,7 @@ trackgate's cost per request is its line minus the first. The gateway under wrk 
 per request: Granian's share (HTTP, handing each request to the event loop and back) is what the
 ceiling's CPU per request shows in `make bench`.
 
-    .venv/bin/python bench/app_cost.py                 # GET 1 and POST 50, about 40 s
+    .venv/bin/python bench/app_cost.py                 # GET 1 and POST 50
     .venv/bin/python bench/app_cost.py --batch 1 --rounds 9
 """
 
@@ -34,13 +34,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import harness as h
 import uvloop
 from ceiling_app import Ceiling
+from processes import run_main, servers_stopped_on_exit
 from redis.asyncio import Redis
+from redis_servers import start_redis
 from trackgate import projects
 from trackgate.gateway.app import GC_THRESHOLD, App, Services
 from trackgate.settings import Settings
+from workloads import Shape, requests_for
 
 Handler = Callable[[Any, Any], Awaitable[None]]
 
@@ -128,7 +130,7 @@ async def _measure(
     await projects.create_project(admin, f"app-cost-{batch}", token=token)
     await admin.aclose()
     requests = []
-    for method, target, body in h.requests_for(token, h.Shape(batch), time.time()):
+    for method, target, body in requests_for(token, Shape(batch), time.time()):
         path, _, query = target.partition("?")
         headers = {"host": "bench", "user-agent": "app_cost"}
         if body:
@@ -174,8 +176,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--events", type=int, default=100_000, help="events per handler per round")
     args = parser.parse_args()
-    with h.servers_stopped_on_exit(), tempfile.TemporaryDirectory(prefix="trackgate-app-cost-") as tmp:
-        _, url = h.start_redis(Path(tmp), "redis", unix=True)
+    with servers_stopped_on_exit(), tempfile.TemporaryDirectory(prefix="trackgate-app-cost-") as tmp:
+        _, url = start_redis(Path(tmp), "redis", unix=True)
         print(f"trackgate's CPU per request in one process (median of {args.rounds} alternated rounds)")
         for batch in args.batch or [1, 50]:
             n = max(args.callers, args.events // batch)
@@ -183,7 +185,7 @@ def main() -> int:
                 _measure(url, f"appcost{batch:04d}token", batch, args.callers, n, args.rounds)
             )
             base = statistics.median(results["nothing"])
-            label = h.Shape(batch).label
+            label = Shape(batch).label
             for name, values in results.items():
                 cost = statistics.median(values)
                 spread = (max(values) - min(values)) / cost
@@ -195,4 +197,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    h.run_main(main)
+    run_main(main)

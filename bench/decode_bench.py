@@ -11,8 +11,8 @@ All three do the whole job: form decoding, base64, JSON, every per-event rule, t
 event, and its partition. The script first checks that they store the same events, then prints events per
 second (best of several repetitions, garbage collection off while timing) and the ratios.
 
-    .venv/bin/python bench/decode_bench.py            # about 20 s
-    .venv/bin/python bench/decode_bench.py --quick    # about 3 s
+    .venv/bin/python bench/decode_bench.py
+    .venv/bin/python bench/decode_bench.py --quick    # shorter loops, fewer repetitions
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import platform
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,37 @@ def browser_event(i: int) -> dict[str, Any]:
             "token": TOKEN,
         },
     }
+
+
+def loop_settings(quick: bool) -> tuple[float, int]:
+    """(seconds per timed loop, repetitions)."""
+    return (0.1, 3) if quick else (0.5, 5)
+
+
+def request_shapes() -> dict[str, bytes]:
+    """The requests measured, by name: one event, and a batch of 50."""
+    return {
+        "single": form_body(browser_event(0)),
+        "batch of 50": form_body([browser_event(i) for i in range(50)]),
+    }
+
+
+def decoders() -> dict[str, Callable[[bytes], int]]:
+    """The contestants, by name."""
+    return {
+        "native": native_decoder(),
+        "stdlib": oracle_decoder(ref.STDLIB),
+        "pybase64+orjson": oracle_decoder(ref.fast_backend()),
+    }
+
+
+def check_same_events(shapes: dict[str, bytes], names: Iterable[str]) -> None:
+    """Raise RuntimeError unless every decoder stores the same events as native for every shape."""
+    for shape, body in shapes.items():
+        reference = stored_events("native", body)
+        for name in names:
+            if stored_events(name, body) != reference:
+                raise RuntimeError(f"{name} does not store the same events as native for the {shape} request")
 
 
 def form_body(events: Any) -> bytes:
@@ -132,17 +163,8 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="shorter loops and fewer repetitions")
     args = parser.parse_args()
-    seconds, repeats = (0.1, 3) if args.quick else (0.5, 5)
-
-    shapes = {
-        "single": form_body(browser_event(0)),
-        "batch of 50": form_body([browser_event(i) for i in range(50)]),
-    }
-    decoders = {
-        "native": native_decoder(),
-        "stdlib": oracle_decoder(ref.STDLIB),
-        "pybase64+orjson": oracle_decoder(ref.fast_backend()),
-    }
+    seconds, repeats = loop_settings(args.quick)
+    shapes, contestants = request_shapes(), decoders()
 
     event_bytes = len(json.dumps(browser_event(0), separators=(",", ":")))
     print(
@@ -150,17 +172,16 @@ def main() -> None:
         f"{platform.machine()}"
     )
     print(f"one event: {event_bytes} bytes of JSON; request: form body `data=<base64>`, query {QUERY!r}")
-    for shape, body in shapes.items():
-        reference = stored_events("native", body)
-        for name in decoders:
-            if stored_events(name, body) != reference:
-                sys.exit(f"{name} does not store the same events as native for the {shape} request")
+    try:
+        check_same_events(shapes, contestants)
+    except RuntimeError as err:
+        sys.exit(str(err))
     print("all three decoders store the same events\n")
 
     rates: dict[tuple[str, str], float] = {}
     print(f"{'':12} {'decoder':>16} {'events/s':>12}")
     for shape, body in shapes.items():
-        for name, decode in decoders.items():
+        for name, decode in contestants.items():
             rates[(shape, name)] = events_per_second(decode, body, seconds, repeats)
             print(f"{shape:12} {name:>16} {rates[(shape, name)]:>12,.0f}")
     print()

@@ -1,6 +1,6 @@
 """The gateway's knobs, one at a time, each against the defaults measured alongside it.
 
-    .venv/bin/python bench/knobs.py                       # about 10 minutes
+    .venv/bin/python bench/knobs.py                       # every knob
     .venv/bin/python bench/knobs.py --only workers linger --seconds 5
     .venv/bin/python bench/knobs.py --variant "4 partitions=--partitions 4"
 
@@ -21,7 +21,6 @@ import datetime
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import harness as h
+from measure import Run, measure, require_tools
+from processes import run_main, servers_stopped_on_exit
+from provenance import default_result, machine_info, versions
+from targets import TRACKGATE, Target, start_gateway
+from workloads import Shape
+from wrk import RequestFiles
 
 CONNECTIONS = 64
 BATCHES = (1, 50)
@@ -76,23 +80,23 @@ def available(variant: Variant, help_text: str) -> bool:
     return all(arg in help_text for arg in variant.args if arg.startswith("--"))
 
 
-def start_variant(work: Path, variant: Variant) -> h.Target:
+def start_variant(work: Path, variant: Variant) -> Target:
     name = "gateway-" + re.sub(r"[^a-z0-9]+", "-", variant.name.lower()).strip("-")[:40]
-    return h.start_gateway(work, None, list(variant.args), name=name, persistence=variant.redis)
+    return start_gateway(work, None, list(variant.args), name=name, persistence=variant.redis)
 
 
 def compare(
-    base: h.Target, other: h.Target, scripts: h.Scripts, seconds: int, half: dict[int, float], name: str
+    base: Target, other: Target, requests: RequestFiles, seconds: int, half: dict[int, float], name: str
 ) -> dict[str, Any]:
     """A B B A closed-loop runs per batch size, then one half-load run of each."""
     out: dict[str, Any] = {}
     for batch in BATCHES:
-        shape = h.Shape(batch)
-        runs: dict[str, list[h.Run]] = {"defaults": [], "variant": []}
+        shape = Shape(batch)
+        runs: dict[str, list[Run]] = {"defaults": [], "variant": []}
         for label, target in (("defaults", base), ("variant", other), ("variant", other), ("defaults", base)):
             warmup = 0 if runs[label] else 1
             runs[label].append(
-                h.measure(target, scripts, shape, CONNECTIONS, seconds, warmup=warmup, part="knob")
+                measure(target, requests, shape, CONNECTIONS, seconds, warmup=warmup, part="knob")
             )
         rate = {k: sum(r.acknowledged_events for r in v) / sum(r.seconds for r in v) for k, v in runs.items()}
         cpu = {
@@ -103,7 +107,7 @@ def compare(
             for k, v in runs.items()
         }
         halves = {
-            label: h.measure(target, scripts, shape, CONNECTIONS, seconds, rate=half[batch], part="knob-half")
+            label: measure(target, requests, shape, CONNECTIONS, seconds, rate=half[batch], part="knob-half")
             for label, target in (("defaults", base), ("variant", other))
         }
         out[shape.key] = {
@@ -144,9 +148,9 @@ def main() -> int:
         "--out", type=Path, help="JSON file to write (default bench/results/<date>-<host>-knobs.json)"
     )
     args = parser.parse_args()
-    h.require_tools()
+    require_tools()
     help_text = subprocess.run(
-        [str(h.BIN / "trackgate"), "serve", "--help"], capture_output=True, text=True, check=True
+        [TRACKGATE, "serve", "--help"], capture_output=True, text=True, check=True
     ).stdout
     variants = default_variants()
     if args.only:
@@ -156,35 +160,34 @@ def main() -> int:
         variants.append(Variant("custom", name.strip(), flags.split()))
     missing = [v.name for v in variants if not available(v, help_text)]
     variants = [v for v in variants if available(v, help_text)]
-    stamp = datetime.date.today().isoformat() + "-" + socket.gethostname().split(".")[0]
-    out: Path = args.out or h.HERE / "results" / f"{stamp}-knobs.json"
+    out: Path = args.out or default_result("-knobs")
     out.parent.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": h.machine_info(),
-        "versions": h.versions(),
+        "machine": machine_info(),
+        "versions": versions(),
         "seconds": args.seconds,
         "connections": CONNECTIONS,
         "not_available": missing,
         "variants": [],
     }
-    with h.servers_stopped_on_exit(), tempfile.TemporaryDirectory(prefix="trackgate-knobs-") as tmp:
+    with servers_stopped_on_exit(), tempfile.TemporaryDirectory(prefix="trackgate-knobs-") as tmp:
         work = Path(tmp)
-        scripts = h.Scripts(work)
-        first = h.start_gateway(work, None, [], name="gateway-first")
+        requests = RequestFiles(work)
+        first = start_gateway(work, None, [], name="gateway-first")
         half: dict[int, float] = {}
         for batch in BATCHES:
-            run = h.measure(first, scripts, h.Shape(batch), CONNECTIONS, args.seconds, warmup=1, part="knob")
+            run = measure(first, requests, Shape(batch), CONNECTIONS, args.seconds, warmup=1, part="knob")
             half[batch] = run.requests_per_s / 2
         first.stop()
         for i, variant in enumerate(variants):
             # Both fresh: a gateway whose Redis has filled its streams to the trim length works harder
             # than a new one.
-            base = h.start_gateway(work, None, [], name=f"gateway-defaults-{i}")
+            base = start_gateway(work, None, [], name=f"gateway-defaults-{i}")
             other = start_variant(work, variant)
             try:
-                compared = compare(base, other, scripts, args.seconds, half, variant.name)
+                compared = compare(base, other, requests, args.seconds, half, variant.name)
             finally:
                 other.stop()
                 base.stop()
@@ -235,4 +238,4 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    h.run_main(main)
+    run_main(main)

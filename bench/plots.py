@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-STYLE = {
+STYLE: dict[str, dict[str, Any]] = {
     "gateway": {"color": "#1f6fb4", "marker": "o", "linestyle": "-", "label": "trackgate gateway"},
     "ceiling": {
         "color": "#7f7f7f",

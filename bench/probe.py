@@ -17,7 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import harness as h
+from measure import measure, require_tools
+from processes import run_main, servers_stopped_on_exit
+from targets import start_gateway
+from workloads import Shape
+from wrk import RequestFiles
 
 
 def main() -> int:
@@ -37,15 +41,15 @@ def main() -> int:
     )
     parser.add_argument("serve_args", nargs="*", help="after --: `trackgate serve` flags")
     args = parser.parse_args()
-    h.require_tools()
-    shape = h.Shape(args.batch, args.funnel)
-    with h.servers_stopped_on_exit(), tempfile.TemporaryDirectory(prefix="trackgate-probe-") as tmp:
+    require_tools()
+    shape = Shape(args.batch, args.funnel)
+    with servers_stopped_on_exit(), tempfile.TemporaryDirectory(prefix="trackgate-probe-") as tmp:
         work = Path(tmp)
-        target = h.start_gateway(work, None, args.serve_args, persistence=args.persistence)
-        scripts = h.Scripts(work)
+        target = start_gateway(work, None, args.serve_args, persistence=args.persistence)
+        requests = RequestFiles(work)
         for i in range(args.runs):
-            run = h.measure(
-                target, scripts, shape, args.connections, args.seconds, rate=args.rate, warmup=0 if i else 1
+            run = measure(
+                target, requests, shape, args.connections, args.seconds, rate=args.rate, warmup=0 if i else 1
             )
             d = run.seconds
             gateway_us, redis_us = run.server_us_per_event or 0, run.redis_us_per_event or 0
@@ -64,4 +68,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    h.run_main(main)
+    run_main(main)

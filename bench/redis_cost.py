@@ -22,8 +22,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import harness
 import redis
+from processes import run_main, servers_stopped_on_exit
+from procstat import cpu_seconds
+from redis_servers import start_redis
 from trackgate import Options, decode_request, store
 
 TOKEN = "benchtoken0001"
@@ -59,8 +61,8 @@ def main() -> int:
         "--merge", type=int, default=1, help="requests per call: their packed sections concatenated"
     )
     args = parser.parse_args()
-    with harness.servers_stopped_on_exit(), tempfile.TemporaryDirectory() as work:
-        server, url = harness.start_redis(Path(work), "redis", persistence="none", unix=True)
+    with servers_stopped_on_exit(), tempfile.TemporaryDirectory() as work:
+        server, url = start_redis(Path(work), "redis", persistence="none", unix=True)
         try:
             client = redis.Redis.from_url(url)
             client.function_load(store.FUNCTION_SOURCE, replace=True)
@@ -95,14 +97,14 @@ def main() -> int:
                         merged.clear()
                 client.config_resetstat()
                 conn = client.connection_pool.get_connection()
-                before, started = harness.cpu_seconds([server.process.pid]), time.perf_counter()
+                before, started = cpu_seconds([server.process.pid]), time.perf_counter()
                 for i in range(0, len(commands), 64):
-                    conn.send_packed_command([b"".join(commands[i : i + 64])])
+                    conn.send_packed_command([b"".join(commands[i : i + 64])])  # type: ignore[no-untyped-call]
                 # Replies read once all is sent: Redis answers in order, and its socket holds them.
                 for _ in range(replies):
                     conn.read_response()
                 wall = time.perf_counter() - started
-                used = harness.cpu_seconds([server.process.pid]) - before
+                used = cpu_seconds([server.process.pid]) - before
                 client.connection_pool.release(conn)
                 # Time inside EXEC alone (wall clock, so the noisier of the two): no reading or parsing.
                 inside = client.info("commandstats")["cmdstat_exec"]["usec"]
@@ -118,4 +120,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    harness.run_main(main)
+    run_main(main)

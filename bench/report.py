@@ -47,6 +47,10 @@ def _half(results: dict[str, Any], target: str, batch: int) -> dict[str, Any] | 
     return rows[-1] if rows else None
 
 
+def _at_connections(run: dict[str, Any] | None) -> str:
+    return f" (c={run['connections']})" if run else ""
+
+
 def _value(run: dict[str, Any] | None, key: str) -> float | None:
     return None if run is None else run[key]
 
@@ -135,13 +139,13 @@ def _kernel(run: dict[str, Any]) -> float | None:
 
 def _idle(run: dict[str, Any], cpus: int) -> float | None:
     """Idle cores during the run. /proc/stat samples busy time at each tick and a process's times are
-    the scheduler's exact ones, so the two disagree by up to ~0.2 cores when processes wake often: the
-    larger busy figure is taken."""
+    the scheduler's exact ones, so the two disagree when processes wake often: the larger busy figure is
+    taken."""
     if "machine_busy_cores" not in run:
         return None
     ours = (run["server_cpu_s"] + run["redis_cpu_s"] + run["wrk_cpu_s"]) / run["seconds"]
     busy = max(run["machine_busy_cores"], ours + (_kernel(run) or 0.0))
-    return max(0.0, cpus - busy)
+    return max(0.0, cpus - float(busy))
 
 
 def _load_note(results: dict[str, Any]) -> str:
@@ -228,7 +232,7 @@ def markdown(results: dict[str, Any], images: list[Path]) -> str:
         label = "GET 1 event" if batch == 1 else f"POST {batch} events"
         rows.append(
             [label, unit]
-            + [_fmt(_value(b[t], key)) + (f" (c={b[t]['connections']})" if b[t] else "") for t in TARGETS]
+            + [_fmt(_value(b[t], key)) + _at_connections(b[t]) for t in TARGETS]
             + [
                 _x(_ratio(_value(b["gateway"], key), _value(b["ceiling"], key))),
                 _x(_ratio(_value(b["gateway"], key), _value(b["peer"], key))),

@@ -19,9 +19,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import harness
 import redis
 import redis.asyncio
+from processes import run_main, servers_stopped_on_exit
+from redis_servers import start_redis
 from trackgate import Options, decode_request, store
 from trackgate.counts import event_counts
 from trackgate.funnels import funnel_report
@@ -33,7 +34,7 @@ PARTITIONS = 4
 def population(users: int, now: float) -> list[dict[str, Any]]:
     """Users entering a 4-step funnel over 30 days, each step with a page view beside it."""
     rng = random.Random(1)
-    events = []
+    events: list[dict[str, Any]] = []
     for u in range(users):
         t = now - rng.uniform(1, 30 * 86400)
         for step in range(1, rng.randint(1, 4) + 1):
@@ -68,7 +69,7 @@ def store_events(client: redis.Redis, events: list[dict[str, Any]], now: float) 
                 [xadds],
             )  # fmt: skip
             replies += store.transaction_replies(count) + 1
-        conn.send_packed_command([b"".join(commands)])
+        conn.send_packed_command([b"".join(commands)])  # type: ignore[no-untyped-call]
         for _ in range(replies):
             conn.read_response()
     client.connection_pool.release(conn)
@@ -100,8 +101,8 @@ def main() -> int:
     )
     parser.add_argument("--users", type=int, default=2000)
     args = parser.parse_args()
-    with harness.servers_stopped_on_exit(), tempfile.TemporaryDirectory() as work:
-        server, url = harness.start_redis(Path(work), "redis", persistence="none", unix=True)
+    with servers_stopped_on_exit(), tempfile.TemporaryDirectory() as work:
+        server, url = start_redis(Path(work), "redis", persistence="none", unix=True)
         try:
             client = redis.Redis.from_url(url)
             client.function_load(store.FUNCTION_SOURCE, replace=True)
@@ -116,4 +117,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    harness.run_main(main)
+    run_main(main)

@@ -1,6 +1,6 @@
 """Memory soak: the RSS of the gateway's workers over a long run at a fixed 80% of its maximum throughput.
 
-    .venv/bin/python bench/soak.py --minutes 10          # the full soak (about 11 minutes)
+    .venv/bin/python bench/soak.py --minutes 10          # the full soak
     .venv/bin/python bench/soak.py --minutes 1 --json /tmp/soak.json
 
 It starts `trackgate serve` with its private Redis (on 127.0.0.1 only), measures the maximum throughput of
@@ -25,16 +25,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-import harness as h
+from measure import Run, measure, require_tools
+from processes import run_main, servers_stopped_on_exit
+from procstat import cpu_seconds, rss_bytes, start_time
+from provenance import machine_info, versions
+from targets import Target, gateway_granian_settings, gateway_stored_events, start_gateway
+from workloads import Shape
+from wrk import RequestFiles, finish_wrk, start_wrk
 
-SOAK_SHAPE = h.Shape(50, 0.2)
+SOAK_SHAPE = Shape(50, 0.2)
 CONNECTIONS = 64
 
 
 def soak(
-    target: h.Target,
-    scripts: h.Scripts,
-    shape: h.Shape,
+    target: Target,
+    requests: RequestFiles,
+    shape: Shape,
     rate_rps: float,
     seconds: float,
     *,
@@ -44,20 +50,20 @@ def soak(
 ) -> dict[str, Any]:
     """Send `shape` at `rate_rps` requests/s for `seconds`, sampling the RSS of the target's workers and
     of its Redis every `every` seconds."""
-    script = scripts.path(target.token, shape, rate_rps)
+    script = requests.script(target.token, shape, rate_rps)
     workers = target.server.worker_pids()
-    started = {pid: h.start_time(pid) for pid in workers}
+    started = {pid: start_time(pid) for pid in workers}
     _, redis = target.split_pids()
     samples: list[dict[str, Any]] = []
     aborted = None
-    cpu_before = (h.cpu_seconds(workers), h.cpu_seconds(redis))
-    stored_before = h.gateway_stored_events(target)
+    cpu_before = (cpu_seconds(workers), cpu_seconds(redis))
+    stored_before = gateway_stored_events(target)
     start = time.monotonic()
-    wrk = h.start_wrk(target.base + "/track", script, connections, seconds)
+    wrk = start_wrk(target.base + "/track", script, connections, seconds)
     next_sample = start
     while wrk.poll() is None:
         now = time.monotonic()
-        gone = [pid for pid in workers if h.start_time(pid) != started[pid]]
+        gone = [pid for pid in workers if start_time(pid) != started[pid]]
         if gone or target.server.process.poll() is not None:
             # A worker that crashed (Granian starts another) or a gateway that was stopped from outside:
             # what was sampled so far is all there is.
@@ -71,8 +77,8 @@ def soak(
             samples.append(
                 {
                     "t": round(now - start, 2),
-                    "workers_rss": [h.rss_bytes(pid) for pid in workers],
-                    "redis_rss": sum(h.rss_bytes(pid) for pid in redis),
+                    "workers_rss": [rss_bytes(pid) for pid in workers],
+                    "redis_rss": sum(rss_bytes(pid) for pid in redis),
                 }
             )
             next_sample += every
@@ -82,13 +88,13 @@ def soak(
         time.sleep(min(0.1, max(0.0, next_sample - time.monotonic())))
     if aborted:
         wrk.communicate()
-        raw = {"requests": 0, "non_2xx": 0, "socket_errors": 0, "p50_us": 0, "p99_us": 0}
+        raw: dict[str, Any] = {"requests": 0, "non_2xx": 0, "socket_errors": 0, "p50_us": 0, "p99_us": 0}
         raw["duration_us"] = (time.monotonic() - start) * 1e6
     else:
-        raw = h.finish_wrk(wrk, 60)
+        raw = finish_wrk(wrk, 60)
     elapsed = raw["duration_us"] / 1e6
-    stored_after = h.gateway_stored_events(target)
-    cpu = (h.cpu_seconds(workers) - cpu_before[0], h.cpu_seconds(redis) - cpu_before[1])
+    stored_after = gateway_stored_events(target)
+    cpu = (cpu_seconds(workers) - cpu_before[0], cpu_seconds(redis) - cpu_before[1])
     ok = raw["requests"] - raw["non_2xx"]
     result: dict[str, Any] = {
         "shape": shape.key,
@@ -152,8 +158,8 @@ def growth(samples: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     }
 
 
-def find_max(target: h.Target, scripts: h.Scripts, shape: h.Shape, seconds: float) -> h.Run:
-    return h.measure(target, scripts, shape, CONNECTIONS, seconds, warmup=2, part="soak-max")
+def find_max(target: Target, requests: RequestFiles, shape: Shape, seconds: float) -> Run:
+    return measure(target, requests, shape, CONNECTIONS, seconds, warmup=2, part="soak-max")
 
 
 def main() -> int:
@@ -168,33 +174,33 @@ def main() -> int:
         "--json", type=Path, help="also write the result here, and its plot beside it (<name>-soak.png)"
     )
     args = parser.parse_args()
-    h.require_tools()
+    require_tools()
     seconds = args.minutes * 60
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    machine, versions = h.machine_info(), h.versions()
-    with h.servers_stopped_on_exit(), tempfile.TemporaryDirectory(prefix="trackgate-soak-") as tmp:
+    machine, software = machine_info(), versions()
+    with servers_stopped_on_exit(), tempfile.TemporaryDirectory(prefix="trackgate-soak-") as tmp:
         work = Path(tmp)
-        gateway = h.start_gateway(work, args.workers, args.gateway_arg)
-        scripts = h.Scripts(work)
-        peak = find_max(gateway, scripts, SOAK_SHAPE, 10)
+        gateway = start_gateway(work, args.workers, args.gateway_arg)
+        requests = RequestFiles(work)
+        peak = find_max(gateway, requests, SOAK_SHAPE, 10)
         rate = peak.requests_per_s * args.load
         print(
             f"maximum: {peak.events_per_s:,.0f} events/s ({peak.requests_per_s:,.0f} requests/s); "
             f"soaking at {args.load:.0%} = {rate:,.0f} requests/s for {seconds:.0f} s",
             file=sys.stderr,
         )
-        result = soak(gateway, scripts, SOAK_SHAPE, rate, seconds, progress=True)
+        result = soak(gateway, requests, SOAK_SHAPE, rate, seconds, progress=True)
         result["max_events_per_s"] = peak.events_per_s
         result["load_fraction"] = args.load
         gateway.stop()
     print_result(result)
     if args.json:
-        granian = h.gateway_granian_settings(args.workers, args.gateway_arg)
+        granian = gateway_granian_settings(args.workers, args.gateway_arg)
         machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         document = {
             "suite": {"mode": "soak", "command": shlex.join(["python", *sys.argv]), "started": started},
             "machine": machine,
-            "versions": versions,
+            "versions": software,
             "settings": {"workers": granian.workers, "gateway_args": args.gateway_arg},
             "soak": result,
         }
@@ -231,4 +237,4 @@ def print_result(result: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    h.run_main(main)
+    run_main(main)

@@ -1,8 +1,8 @@
 """The benchmark suite: everything `make bench` measures, in one run, into one JSON file, one Markdown
 report and its plots.
 
-    .venv/bin/python bench/suite.py            # `make bench`: about 5 minutes on 2 cores
-    .venv/bin/python bench/suite.py --quick    # `make bench-quick`: about 40 seconds
+    .venv/bin/python bench/suite.py            # `make bench`
+    .venv/bin/python bench/suite.py --quick    # `make bench-quick`: a subset, to check the bench runs
 
 Parts, all in the same run so that their ratios share the machine's state (it is shared and noisy):
 
@@ -27,7 +27,6 @@ import datetime
 import json
 import os
 import shlex
-import socket
 import sys
 import tempfile
 import time
@@ -35,10 +34,23 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import harness as h
 import soak as soak_mod
+from measure import Run, measure, require_tools
+from processes import run_main, servers_stopped_on_exit
+from provenance import default_result, machine_info, versions
+from targets import (
+    PEER_STREAM_MAXLEN,
+    STREAM_MAXLEN,
+    GranianSettings,
+    Target,
+    gateway_granian_settings,
+    start_ceiling,
+    start_gateway,
+    start_peer,
+)
+from workloads import Shape
+from wrk import RequestFiles
 
-RESULTS = h.HERE / "results"
 TARGETS = ("ceiling", "gateway", "peer")
 
 
@@ -76,21 +88,9 @@ def decoder_part(quick: bool) -> dict[str, Any]:
     """bench/decode_bench.py's contestants, shapes and timing, imported and called."""
     import decode_bench as db
 
-    seconds, repeats = (0.1, 3) if quick else (0.5, 5)
-    shapes = {
-        "single": db.form_body(db.browser_event(0)),
-        "batch of 50": db.form_body([db.browser_event(i) for i in range(50)]),
-    }
-    decoders = {
-        "native": db.native_decoder(),
-        "stdlib": db.oracle_decoder(db.ref.STDLIB),
-        "pybase64+orjson": db.oracle_decoder(db.ref.fast_backend()),
-    }
-    for shape, body in shapes.items():
-        reference = db.stored_events("native", body)
-        for name in decoders:
-            if db.stored_events(name, body) != reference:
-                raise RuntimeError(f"{name} does not store the same events as native for the {shape} request")
+    seconds, repeats = db.loop_settings(quick)
+    shapes, decoders = db.request_shapes(), db.decoders()
+    db.check_same_events(shapes, decoders)
     rates: dict[str, dict[str, float]] = {}
     for shape, body in shapes.items():
         rates[shape] = {}
@@ -104,7 +104,7 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def describe(run: h.Run) -> str:
+def describe(run: Run) -> str:
     text = (
         f"{run.part:9} {run.target:8} {run.label:32} c={run.connections:<4} "
         f"{run.requests_per_s:>9,.0f} req/s {run.events_per_s:>10,.0f} ev/s  p99 {run.p99_ms:7.2f} ms"
@@ -120,26 +120,26 @@ def run_parts(
     work: Path,
     plan: Plan,
     args: argparse.Namespace,
-    granian: h.GranianSettings,
+    granian: GranianSettings,
     results: dict[str, Any],
-    runs: list[h.Run],
+    runs: list[Run],
 ) -> None:
     """Parts 2 to 6, with the servers up; what they measure goes into `results` and `runs` as it comes."""
     workers = granian.workers
     log("starting the servers")
-    targets: dict[str, h.Target] = {"gateway": h.start_gateway(work, args.workers, args.gateway_arg)}
+    targets: dict[str, Target] = {"gateway": start_gateway(work, args.workers, args.gateway_arg)}
     token = targets["gateway"].token
     if "ceiling" in plan.targets:
-        targets["ceiling"] = h.start_ceiling(work, granian)
+        targets["ceiling"] = start_ceiling(work, granian)
     if "peer" in plan.targets:
-        targets["peer"] = h.start_peer(work, workers, token)
+        targets["peer"] = start_peer(work, workers, token)
     for target in targets.values():
         target.token = token
     order = [targets[name] for name in TARGETS if name in targets]
-    scripts = h.Scripts(work)
+    requests = RequestFiles(work)
 
-    def measure(target: h.Target, shape: h.Shape, connections: int, **kw: Any) -> h.Run:
-        run = h.measure(target, scripts, shape, connections, plan.seconds, threads=args.threads, **kw)
+    def measured(target: Target, shape: Shape, connections: int, **kw: Any) -> Run:
+        run = measure(target, requests, shape, connections, plan.seconds, threads=args.threads, **kw)
         runs.append(run)
         log(describe(run))
         return run
@@ -153,22 +153,22 @@ def run_parts(
         for target in order:
             warmup = plan.warmup if target.name in warmed else max(plan.warmup, 1)
             warmed.add(target.name)
-            measure(target, h.Shape(batch), connections, warmup=warmup, part="load")
+            measured(target, Shape(batch), connections, warmup=warmup, part="load")
 
     log("part 3: 20% mp_funnel events against none (gateway)")
     gateway = targets["gateway"]
     funnel: dict[str, Any] = {}
     for batch in (1, 50):
-        plain, mixed = h.Shape(batch), h.Shape(batch, 0.2)
+        plain, mixed = Shape(batch), Shape(batch, 0.2)
         sequence = [plain, mixed, mixed, plain][: 2 * plan.funnel_pairs]
         # A rewrite of Redis's append-only file takes a core for seconds: whichever runs it overlaps lose
         # throughput for a reason that is not the funnels. The comparison is made again once after it.
         redone = None
         for attempt in (1, 2):
-            done: dict[str, list[h.Run]] = {plain.key: [], mixed.key: []}
+            done: dict[str, list[Run]] = {plain.key: [], mixed.key: []}
             for shape in sequence:
-                run = h.measure(
-                    gateway, scripts, shape, plan.middle, plan.funnel_seconds, threads=args.threads,
+                run = measure(
+                    gateway, requests, shape, plan.middle, plan.funnel_seconds, threads=args.threads,
                     warmup=0 if done[shape.key] or plan.quick else 1, part="funnel",
                 )  # fmt: skip
                 runs.append(run)
@@ -181,14 +181,14 @@ def run_parts(
                 break
             if not overlapped:
                 break
-            # The next run waits for the rewrite to end, as every run does (h.measure).
+            # The next run waits for the rewrite to end, as every run does (measure.measure).
             redone = f"made again: a rewrite of Redis's append-only file overlapped {overlapped} of its runs"
-            log(f"funnels, {h.Shape(batch).label}: {redone}")
+            log(f"funnels, {Shape(batch).label}: {redone}")
         rate = {
             key: sum(r.acknowledged_events for r in rs) / sum(r.seconds for r in rs)
             for key, rs in done.items()
         }
-        funnel[h.Shape(batch).key] = {
+        funnel[Shape(batch).key] = {
             "connections": plan.middle,
             "events_per_s_without": rate[plain.key],
             "events_per_s_with_20pct_funnel": rate[mixed.key],
@@ -208,9 +208,9 @@ def run_parts(
                 (r for r in runs if r.part == "load" and r.target == target.name and r.batch == batch),
                 key=lambda r: r.requests_per_s,
             )
-            maxima[target.name][h.Shape(batch).key] = best.requests_per_s
-            measure(
-                target, h.Shape(batch), plan.half_connections, warmup=plan.warmup,
+            maxima[target.name][Shape(batch).key] = best.requests_per_s
+            measured(
+                target, Shape(batch), plan.half_connections, warmup=plan.warmup,
                 rate=best.requests_per_s / 2, part="half-load",
             )  # fmt: skip
     results["max_requests_per_s"] = maxima
@@ -221,10 +221,10 @@ def run_parts(
                 targets[name].stop()
         log(f"part 6: memory soak, {plan.soak_seconds} s at 80% of the maximum (gateway)")
         shape = soak_mod.SOAK_SHAPE
-        peak = h.measure(gateway, scripts, shape, soak_mod.CONNECTIONS, plan.seconds, part="soak-max")
+        peak = measure(gateway, requests, shape, soak_mod.CONNECTIONS, plan.seconds, part="soak-max")
         runs.append(peak)
         log(describe(peak))
-        result = soak_mod.soak(gateway, scripts, shape, peak.requests_per_s * 0.8, plan.soak_seconds)
+        result = soak_mod.soak(gateway, requests, shape, peak.requests_per_s * 0.8, plan.soak_seconds)
         result["max_events_per_s"] = peak.events_per_s
         result["load_fraction"] = 0.8
         results["soak"] = result
@@ -239,7 +239,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="the ~40-second subset (`make bench-quick`)")
+    parser.add_argument("--quick", action="store_true", help="the quick subset (`make bench-quick`)")
     parser.add_argument(
         "--workers",
         type=int,
@@ -259,14 +259,13 @@ def main() -> int:
     args = parser.parse_args()
     if "gateway" in args.skip:
         parser.error("the gateway cannot be skipped")
-    h.require_tools()
+    require_tools()
     plan = Plan(args)
     started = time.time()
-    stamp = datetime.date.today().isoformat() + "-" + socket.gethostname().split(".")[0]
-    out: Path = args.out or RESULTS / f"{stamp}{'-quick' if plan.quick else ''}.json"
+    out: Path = args.out or default_result("-quick" if plan.quick else "")
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    granian = h.gateway_granian_settings(args.workers, args.gateway_arg)
+    granian = gateway_granian_settings(args.workers, args.gateway_arg)
     workers = granian.workers  # what the gateway runs; the ceiling and the peer get as many
     results: dict[str, Any] = {
         "suite": {
@@ -274,8 +273,8 @@ def main() -> int:
             "command": shlex.join([Path(sys.executable).name, *sys.argv]),
             "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         },
-        "machine": h.machine_info(),
-        "versions": h.versions(),
+        "machine": machine_info(),
+        "versions": versions(),
         "settings": {
             "workers": workers,
             "gateway_args": args.gateway_arg,
@@ -284,8 +283,7 @@ def main() -> int:
             f"its own redis-server on TCP loopback",
             "redis": "private redis-server per server under test: appendonly yes, appendfsync everysec, "
             "no RDB snapshots",
-            "stream_maxlen": f"gateway {h.STREAM_MAXLEN} per partition; "
-            f"peer {h.PEER_STREAM_MAXLEN} (one stream)",
+            "stream_maxlen": f"gateway {STREAM_MAXLEN} per partition; peer {PEER_STREAM_MAXLEN} (one stream)",
             "wrk": f"-t{args.threads}, --timeout 10s, requests pre-formatted in init()",
             "concurrency": plan.concurrency,
             "batch_sizes": plan.batch_sizes,
@@ -299,7 +297,7 @@ def main() -> int:
         },
         "runs": [],
     }
-    runs: list[h.Run] = []
+    runs: list[Run] = []
 
     if "decoder" not in args.skip:
         log("part 1: decoder micro-benchmark")
@@ -309,7 +307,7 @@ def main() -> int:
             traceback.print_exc()
             results["decoder"] = {"error": f"{type(err).__name__}: {err}"}
 
-    with h.servers_stopped_on_exit(), tempfile.TemporaryDirectory(prefix="trackgate-bench-") as tmp:
+    with servers_stopped_on_exit(), tempfile.TemporaryDirectory(prefix="trackgate-bench-") as tmp:
         try:
             run_parts(Path(tmp), plan, args, granian, results, runs)
         except Exception as err:  # keep what was measured: the report says where it stopped
@@ -332,4 +330,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    h.run_main(main)
+    run_main(main)

@@ -18,26 +18,13 @@ import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
 import requests
 from trackgate import store
 from trackgate.keys import stream_key
-
-# A hung gateway must fail its test, not hang the suite: every HTTP request without its own timeout
-# gets this one (requests.get/post and sessions all go through Session.request).
-HTTP_TIMEOUT = 30
-_session_request = requests.Session.request
-
-
-def _request_with_timeout(self: requests.Session, method: str, url: str, **kwargs: Any) -> requests.Response:
-    kwargs.setdefault("timeout", HTTP_TIMEOUT)
-    return _session_request(self, method, url, **kwargs)
-
-
-requests.Session.request = _request_with_timeout  # type: ignore[method-assign]
 
 BIN = Path(sys.executable).parent
 TRACKGATE = str(BIN / "trackgate")
@@ -189,11 +176,16 @@ def partition_of(distinct_id: str) -> int:
     return zlib.crc32(distinct_id.encode()) % PARTITIONS
 
 
+def stream_entries(client: redis.Redis, key: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """XRANGE of a whole stream, typed as this suite's clients (no decode_responses) answer it."""
+    return cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(key))
+
+
 def stored_events(client: redis.Redis, token: str) -> list[dict[str, Any]]:
     """Every event stored for a project, all partitions."""
     found = []
     for partition in range(PARTITIONS):
-        for _id, fields in client.xrange(stream_key(token, partition)):
+        for _id, fields in stream_entries(client, stream_key(token, partition)):
             found.append(json.loads(fields[b"data"]))
     return found
 
@@ -203,7 +195,7 @@ def send_packed(client: redis.Redis, command: bytes, replies: int = 1) -> Any:
     `replies`."""
     conn = client.connection_pool.get_connection()
     try:
-        conn.send_packed_command([command])
+        conn.send_packed_command([command])  # type: ignore[no-untyped-call]
         for _ in range(replies - 1):
             conn.read_response()
         return conn.read_response()

@@ -68,9 +68,9 @@ def population(token: str, users: int, seed: int) -> list[dict[str, Any]]:
     return events
 
 
-def expected_report(events: list[dict[str, Any]], window: float = 30 * DAY) -> dict[int, dict[str, int]]:
+def expected_report(events: list[dict[str, Any]], window: float = 30 * DAY) -> dict[int, Counter[str]]:
     """The funnel's counters, computed plainly from the events in the order they are sent."""
-    state: dict[str, tuple[float, int, float]] = {}
+    state: dict[str, tuple[int, int, int]] = {}
     first_goal: dict[int, str] = {}
     totals: dict[int, Counter[str]] = defaultdict(Counter)
     for event in events:

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -177,7 +178,7 @@ def api(gateway: Gateway, secret: str, path: str, **params: str) -> Any:
 
 
 def funnel_path(name: str) -> str:
-    return "/api/funnels/" + requests.utils.quote(name, safe="")
+    return "/api/funnels/" + quote(name, safe="")
 
 
 # What the page must show: the same formatting rules as the page's script
@@ -300,7 +301,7 @@ def check_report(
 ) -> dict[str, Any]:
     """Waits for the page's report of `name` over the range, and compares it with the API's."""
     expect(page.locator("#report")).to_have_attribute("data-loaded", f"{name}|{start}|{end}")
-    report = api(gateway, secret, funnel_path(name), **{"from": start, "to": end})
+    report: dict[str, Any] = api(gateway, secret, funnel_path(name), **{"from": start, "to": end})
     assert page.get_by_test_id("report-funnel").text_content() == name
     assert page.get_by_test_id("report-from").text_content() == report["from"] == start
     assert page.get_by_test_id("report-to").text_content() == report["to"] == end

@@ -342,7 +342,7 @@ def time_values(draw: st.DrawFn, now: float, options: ref.Options, *, valid: boo
     return seconds * 1000
 
 
-EVENT_PARTS = (
+EVENT_PARTS: tuple[str, ...] = (
     "event",
     "properties",
     "token",
@@ -720,7 +720,7 @@ def errors(*triples: tuple[int, str, str], accepted: int = 0) -> tuple[int, list
 
 
 ONE = js(ev())
-OK = (1, [])
+OK: tuple[int, list[Any]] = (1, [])
 ZIPPED_FORM = gzip.compress(_form(data=ONE).encode())
 # The normalised form of ev() at NOW_WHOLE, to put max_event_bytes exactly at and under its size.
 ONE_STORED = (

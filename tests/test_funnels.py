@@ -77,7 +77,9 @@ class Project:
         return asyncio.run(read())
 
 
-def step(project: Project, user: str, n: int | str, at: float, goal: str | None = None, **extra: Any) -> dict:
+def step(
+    project: Project, user: str, n: int | str, at: float, goal: str | None = None, **extra: Any
+) -> dict[str, Any]:
     goal = goal if goal is not None else f"goal {n}"
     properties = {"token": project.token, "distinct_id": user, "time": at, "funnel": "signup", "step": n}
     return {"event": "mp_funnel", "properties": {**properties, "goal": goal, **extra}}

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import pytest
@@ -538,10 +538,16 @@ def test_body_deadlines_cancel_only_the_reads_past_their_time() -> None:
         deadlines.end(reads[2])  # its body arrived
         now[0] = 110.0
         deadlines.sweep()
-        first = [(r.expired, r.pending is not None and r.pending.cancelled()) for r in reads]
+        first = [
+            (r.expired, r.pending is not None and cast(asyncio.Future[bytes], r.pending).cancelled())
+            for r in reads
+        ]
         now[0] = 116.0
         deadlines.sweep()
-        return first + [(r.expired, r.pending is not None and r.pending.cancelled()) for r in reads]
+        return first + [
+            (r.expired, r.pending is not None and cast(asyncio.Future[bytes], r.pending).cancelled())
+            for r in reads
+        ]
 
     outcome = asyncio.run(scenario())
     assert outcome[:3] == [(True, True), (False, False), (False, False)]

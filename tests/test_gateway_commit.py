@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -23,6 +23,7 @@ from conftest import (
     send_count,
     send_write,
     stored_with,
+    stream_entries,
     stream_key,
 )
 from trackgate import Options, TokenSet, decode_request, store
@@ -33,7 +34,8 @@ def event(token: str, distinct_id: str, **props: Any) -> dict[str, Any]:
 
 
 def post(session: requests.Session, gateway: Gateway, payload: object) -> requests.Response:
-    return session.post(gateway.url("/track"), data={"data": json.dumps(payload)})
+    # A timeout of its own: it is also called from worker threads, which pytest-timeout cannot interrupt.
+    return session.post(gateway.url("/track"), data={"data": json.dumps(payload)}, timeout=30)
 
 
 def test_right_after_a_1_the_event_is_in_its_partition_stream(
@@ -44,7 +46,7 @@ def test_right_after_a_1_the_event_is_in_its_partition_stream(
         marker = uuid.uuid4().hex
         assert post(http, gateway, event(token, user, marker=marker, i=i)).text == "1"
         # No waiting, no polling: the answer came after the write.
-        entries = rclient.xrange(stream_key(token, partition_of(user)))
+        entries = stream_entries(rclient, stream_key(token, partition_of(user)))
         assert any(json.loads(fields[b"data"])["properties"].get("marker") == marker for _, fields in entries)
 
 
@@ -55,7 +57,7 @@ def test_one_users_events_share_a_stream_in_order(
     for i in range(10):
         batch = [event(token, user, seq=i * 5 + j) for j in range(5)]
         assert post(http, gateway, batch).text == "1"
-    entries = rclient.xrange(stream_key(token, partition_of(user)))
+    entries = stream_entries(rclient, stream_key(token, partition_of(user)))
     seqs = [
         d["properties"]["seq"]
         for d in (json.loads(f[b"data"]) for _, f in entries)
@@ -134,12 +136,16 @@ def test_a_batch_marks_its_partition_and_is_counted_once(
     # What a retry reads to know the batch is in and counted: its entry in the partition's ring.
     partition = batch[1]
     ring_key = store.mark_key(token, partition, writer)
-    assert store.ring_entries(rclient.get(ring_key)) == {7: True}
+
+    def ring() -> bytes:
+        return cast(bytes, rclient.get(ring_key))
+
+    assert store.ring_entries(ring()) == {7: True}
     # Its counting alone again (a resend): nothing more counted.
     assert send_count(rclient, writer, 7, [batch]) == 0
     assert send_write(rclient, writer, 8, [batch])[-1] == 3
     assert len(stored_with(rclient, token, "run", run)) == 6
-    assert store.ring_entries(rclient.get(ring_key)) == {7: True, 8: True}
+    assert store.ring_entries(ring()) == {7: True, 8: True}
     # A transaction whose counting failed (no library) is in the ring, not counted; the counting alone
     # then counts it, once.
     rclient.function_delete(store.LIBRARY)
@@ -148,15 +154,15 @@ def test_a_batch_marks_its_partition_and_is_counted_once(
     finally:
         rclient.function_load(store.FUNCTION_SOURCE, replace=True)
     assert isinstance(reply[-1], redis.ResponseError)
-    assert store.ring_entries(rclient.get(ring_key))[9] is False
+    assert store.ring_entries(ring())[9] is False
     assert send_count(rclient, writer, 9, [batch]) == 3
     assert send_count(rclient, writer, 9, [batch]) == 0
-    assert store.ring_entries(rclient.get(ring_key))[9] is True
+    assert store.ring_entries(ring())[9] is True
     # The ring keeps the last RING_SLOTS seqs: slot k holds the k-th transaction (mod RING_SLOTS).
     for seq in range(10, 10 + store.RING_SLOTS):
         send_write(rclient, writer, seq, [batch], slot=(seq - 7) % store.RING_SLOTS)
-    assert set(store.ring_entries(rclient.get(ring_key))) == set(range(10, 10 + store.RING_SLOTS))
-    assert len(rclient.get(ring_key)) == 8 * store.RING_SLOTS
+    assert set(store.ring_entries(ring())) == set(range(10, 10 + store.RING_SLOTS))
+    assert len(ring()) == 8 * store.RING_SLOTS
     # One small mark per writer and partition, expiring: not a key per batch.
     marks = list(rclient.scan_iter(match=f"tg:{{{token}:*}}:batch:{writer.decode()}"))
     assert len(marks) == 1

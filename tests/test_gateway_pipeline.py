@@ -188,9 +188,9 @@ def two_writes_answers_lost(
     redis_server: RedisServer,
     tmp_path: Path,
     name: str,
-    first_goes_wrong: Callable[[redis.Redis], None],
+    first_goes_wrong: Callable[[redis.Redis], object],
     until_first_done: Callable[[redis.Redis, str, str], bool],
-    then_right_again: Callable[[redis.Redis], None],
+    then_right_again: Callable[[redis.Redis], object],
 ) -> tuple[list[int], str]:
     """A gateway whose Redis answers nobody (a muted proxy) writes two batches of one user, so of one
     partition: a first request of one event, made to go wrong in Redis by `first_goes_wrong`, then, once
@@ -239,7 +239,7 @@ def test_a_write_redis_refused_whose_answer_was_lost_is_sent_again_not_taken_as_
     """Redis refuses a transaction when it is queued (out of memory here) and applies the next one for
     the same partition. The refused one is not in the partition's ring of applied batches, so it goes
     again, and is answered 200 only once stored."""
-    before = private_redis.client().info("errorstats").get("errorstat_OOM", {}).get("count", 0)
+    before = int(private_redis.client().info("errorstats").get("errorstat_OOM", {}).get("count", 0))
 
     def refused(admin: redis.Redis, token: str, run: str) -> bool:
         return int(admin.info("errorstats").get("errorstat_OOM", {}).get("count", 0)) > before

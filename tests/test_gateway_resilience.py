@@ -151,7 +151,7 @@ def test_metrics_add_up_over_two_workers(redis_server: RedisServer, tmp_path: Pa
         per_worker = [
             sum(
                 value
-                for key, value, *_ in MmapedDict.read_all_values_from_file(str(path))
+                for key, value, *_ in MmapedDict.read_all_values_from_file(str(path))  # type: ignore[no-untyped-call]
                 if json.loads(key)[2] == {"route": "track", "status": "200"}
             )
             for path in (tmp_path / "gw" / "data" / "metrics").glob("counter_*.db")

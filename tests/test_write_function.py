@@ -80,7 +80,9 @@ def short_name(token: str, key: str) -> str:
     return key.removeprefix(prefix)
 
 
-def state(client: redis.Redis, token: str) -> dict[str, Any]:
+# `client` is a redis.Redis without decode_responses, typed Any: redis-py types its replies
+# bytes | str | None.
+def state(client: Any, token: str) -> dict[str, Any]:
     """Every key of the project's partition 0 but the marks, by its `short_name`; streams as their entries'
     data, HyperLogLogs as their bytes, the goals without the times they were first seen."""
     goals = keys.funnel_goals_key(token, 0, "")

@@ -1,0 +1,89 @@
+"""What the load generator sends: the shapes of requests and the events in them."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What each request carries: one event by GET (mixpanel-browser style: base64 in the query string,
+    ip=1, a cache buster), or a batch by POST (mixpanel-python style: a form body `data=<JSON array>`)."""
+
+    batch: int
+    funnel_fraction: float = 0.0
+
+    @property
+    def key(self) -> str:
+        name = "get1" if self.batch == 1 else f"post{self.batch}"
+        return name + (f"+funnel{round(self.funnel_fraction * 100)}" if self.funnel_fraction else "")
+
+    @property
+    def label(self) -> str:
+        name = "GET 1 event" if self.batch == 1 else f"POST {self.batch} events"
+        return name + (f", {round(self.funnel_fraction * 100)}% mp_funnel" if self.funnel_fraction else "")
+
+
+def make_event(token: str, i: int, now: float, funnel_index: int | None = None) -> dict[str, Any]:
+    """A ~300-byte event; with `funnel_index`, an mp_funnel step instead: users go through steps 1, 2, 3
+    of a `checkout` funnel in order, three funnel events per user."""
+    if funnel_index is not None:
+        return {
+            "event": "mp_funnel",
+            "properties": {
+                "token": token,
+                "distinct_id": f"funnel-user-{funnel_index // 3}",
+                "time": now,
+                "$insert_id": f"f{funnel_index:031x}",
+                "mp_lib": "web",
+                "funnel": "checkout",
+                "step": funnel_index % 3 + 1,
+                "goal": ("view cart", "enter address", "pay")[funnel_index % 3],
+            },
+        }
+    return {
+        "event": "bench event",
+        "properties": {
+            "token": token,
+            "distinct_id": f"user-{i}",
+            "time": now,
+            "$insert_id": f"{i:032x}",
+            "mp_lib": "web",
+            "$current_url": "https://shop.example.com/products/42?ref=bench",
+            "plan": "pro",
+            "amount": 42.5,
+        },
+    }
+
+
+def _events(token: str, shape: Shape, start: int, now: float) -> list[dict[str, Any]]:
+    """Events start .. start+batch-1; with a funnel fraction f, every (1/f)-th event overall is a funnel
+    step (so exactly f of them over the script)."""
+    every = round(1 / shape.funnel_fraction) if shape.funnel_fraction else 0
+    out = []
+    for i in range(start, start + shape.batch):
+        if every and i % every == every - 1:
+            out.append(make_event(token, i, now, funnel_index=i // every))
+        else:
+            out.append(make_event(token, i, now))
+    return out
+
+
+def requests_for(token: str, shape: Shape, now: float) -> list[tuple[str, str, str]]:
+    """(method, path, body) of the distinct requests the load cycles through: about 10,000 users in all.
+    Paths and bodies are URL-encoded, so they hold no whitespace."""
+    variants = 1000 if shape.batch == 1 else max(10, 10_000 // shape.batch)
+    out = []
+    for v in range(variants):
+        events = _events(token, shape, v * shape.batch, now)
+        if shape.batch == 1:
+            data = base64.b64encode(json.dumps(events[0]).encode()).decode()
+            out.append(("GET", f"/track/?data={urllib.parse.quote(data, safe='')}&ip=1&_={v}", ""))
+        else:
+            body = "data=" + urllib.parse.quote(json.dumps(events), safe="") + "&verbose=1&ip=0"
+            out.append(("POST", "/track", body))
+    return out
