@@ -2,9 +2,9 @@
 Python path.
 
 wrk's numbers move from minute to minute on a shared machine, by more than most changes to the gateway's
-code are worth. This script takes the HTTP server and the load generator out: it runs
-trackgate's RSGI app (`trackgate.gateway.app.App`, with its batcher and a private redis-server) in this process,
-on uvloop, and calls it with in-memory requests from `--callers` concurrent callers, each request in its
+code are worth. This script takes the HTTP server and the load generator out: it runs trackgate's RSGI
+app (`trackgate.gateway.app.App`, with its batcher and a private redis-server) in this process, on
+uvloop, and calls it with in-memory requests from `--callers` concurrent callers, each request in its
 own asyncio Task as Granian makes it. It reads the CPU time of this one process, which other work on the
 machine hardly moves, for three handlers called the same way, alternated round by round:
 

@@ -24,9 +24,9 @@ from conftest import (
     send_write,
     stored_with,
     stream_entries,
-    stream_key,
 )
 from trackgate import Options, TokenSet, decode_request, store
+from trackgate.keys import stream_key
 
 
 def event(token: str, distinct_id: str, **props: Any) -> dict[str, Any]:

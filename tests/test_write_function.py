@@ -126,11 +126,11 @@ def expected(client: redis.Redis, token: str, requests: list[list[dict[str, Any]
     out: dict[str, Any] = defaultdict(dict)
     for (day, field), n in hours.items():
         out[short_name(token, keys.hourly_counts_key(token, 0, day))][field] = str(n)
-    for (day, event), ids in users.items():
+    for (day, name), ids in users.items():
         # The same users added to a fresh HyperLogLog: the same registers, the same bytes.
         scratch = f"scratch:{uuid.uuid4().hex}"
         client.pfadd(scratch, *sorted(ids))
-        out[short_name(token, keys.daily_users_key(token, 0, day, event))] = client.get(scratch)
+        out[short_name(token, keys.daily_users_key(token, 0, day, name))] = client.get(scratch)
         client.delete(scratch)
     out[short_name(token, keys.funnel_names_key(token, 0))] = {"signup"}
     out[short_name(token, keys.funnel_goals_key(token, 0, "signup"))] = {"1": "g1", "2": "g2", "3": "g3"}
