@@ -213,30 +213,42 @@ def test_a_counting_whose_batch_left_the_ring_is_given_up_not_run_twice(
 
 
 def test_a_silent_connection_is_lost_after_timeout_without_a_reply(caplog: pytest.LogCaptureFixture) -> None:
-    """Any reply is progress: the watchdog waits `timeout` from the last one, not from the first send."""
+    """The watchdog waits `timeout` from the last sign of progress: a reply, or a write to an idle pipe;
+    not from the first send."""
 
     async def scenario() -> None:
         redis, clock = ScriptedRedis(), ScriptedClock()
         redis.auto = False
         batcher = await started(redis, clock, timeout=3.0, retry_window=10.0)
         [silent] = redis.connections
-        flushes = [request(*(user_in(0, n) for n in range(100))) for _ in range(2)]
+        flushes = [request(*(user_in(0, n) for n in range(100))) for _ in range(3)]
         answers = []
-        for r in flushes:
+
+        async def send(r: Request) -> None:
             answers.append(batcher.submit(r.batches, r.accepted))
             await until(lambda: len(silent.writes) == len(answers), "the flush written")
-        clock.advance(2.0)
-        silent.run(len(silent.writes[0]))
-        silent.answer()
+
+        await send(flushes[0])  # t = 0
+        clock.advance(1.0)
+        silent.process()  # t = 1: the pipe is idle
         await until(answers[0].done, "the first answer")
+        clock.advance(1.5)
+        await send(flushes[1])  # t = 2.5
+        await send(flushes[2])
+        clock.advance(2.5)  # t = 5: nothing for 2.5 s since the write to the idle pipe
+        await quiet()
+        assert not silent.closed
+        silent.run(len(silent.writes[1]))
+        silent.answer()  # t = 5: the second answered
+        await until(answers[1].done, "the second answer")
         clock.advance(2.9)
         await quiet()
         assert not silent.closed
         redis.auto = True
-        clock.advance(0.2)
-        await until(answers[1].done, "the second answer")
+        clock.advance(0.2)  # t = 8.1: nothing for 3 s
+        await until(answers[2].done, "the third answer")
         assert silent.closed
-        assert answers[1].result() == frozenset()
+        assert answers[2].result() == frozenset()
         assert silent.deliver_late() == 0
         assert_stored_once(redis, *flushes)
         await batcher.close()
