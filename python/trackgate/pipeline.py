@@ -125,7 +125,8 @@ class Pipeline:
         self._sent.popleft()
         if item.count_only:
             self._counted(item, reply)
-        elif isinstance(reply, ReplyError) or reply is None:
+            return
+        if isinstance(reply, ReplyError) or reply is None:
             # EXECABORT: a command was refused when queued; the pipe kept why.
             pipe = self.pipe
             passed = pipe.passed_error if pipe is not None else None
