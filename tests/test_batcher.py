@@ -5,6 +5,7 @@ test_gateway_*.py.)"""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -26,13 +27,14 @@ from trackgate import Request, store
 from trackgate.batcher import PIPELINE_MIN_EVENTS, UnavailableError
 
 
-def keys(*requests: Request) -> frozenset[tuple[str, int]]:
-    return frozenset((b[0], b[1]) for r in requests for b in r.batches)
+def keys(r: Request) -> frozenset[tuple[str, int]]:
+    """The (token, partition) pairs a request has events in, found from its events."""
+    return frozenset((TOKEN, partition_of(json.loads(event)["distinct_id"])) for event in r.events())
 
 
 def answered_503(failed: frozenset[tuple[str, int]], r: Request) -> bool:
     """As http.py answers a request whose flush had `failed` keys: 503 when any of its own failed."""
-    return any((b[0], b[1]) in failed for b in r.batches)
+    return bool(keys(r) & failed)
 
 
 def test_a_request_is_answered_once_its_flush_is_answered_not_before() -> None:

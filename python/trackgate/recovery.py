@@ -47,7 +47,7 @@ class Sent(enum.Enum):
 class Mark(enum.Enum):
     """What the batch's entry in its partition's ring says, read after the connection was lost."""
 
-    UNREAD = "unread"  # no connection since: not known yet
+    UNREAD = "unread"  # not read since (no connection), or the command waits to go again
     NOT_APPLIED = "not applied"  # the seq is not in the ring
     APPLIED = "applied"  # in the ring, its counted byte not set
     COUNTED = "counted"  # in the ring and counted
@@ -78,7 +78,7 @@ class Decision:
     """The marks show the transaction's events stored, which its lost reply would have said: they count
     as stored now (deduplicated)."""
     reason: str = ""
-    """Why the counting was given up, for the log."""
+    """Why its counting is given up, or its requests fail, for the log."""
 
 
 WAIT: Final = Decision(Action.WAIT)

@@ -31,10 +31,10 @@ from redis.asyncio.connection import SSLConnection, parse_url
 from trackgate._native import ReplyError as ReplyError  # what a reply is when Redis answered `-ERR ...`
 from trackgate._native import ReplyReader
 
-# A Unix socket's send buffer bounds what is in flight to Redis: 208 KiB by default, less than one flush of
-# 50-event requests. Redis cannot run a command before it has all of it, so it waited, idle, for the
-# worker's loop to come round and write the rest. 4 MiB (the kernel caps it at net.core.wmem_max) lets
-# several flushes wait in the socket. TCP sizes its own buffers.
+# A Unix socket's send buffer bounds what is in flight to Redis, and the kernel's default can hold less than
+# one flush. Redis cannot run a command before it has all of it, so it would wait, idle, for the worker's
+# loop to come round and write the rest. This size (the kernel caps it at net.core.wmem_max) lets several
+# flushes wait in the socket. TCP sizes its own buffers.
 UNIX_SEND_BUFFER: Final = 4 * 1024 * 1024
 
 _RUN_ID: Final = re.compile(rb"^run_id:(\w+)", re.MULTILINE)
