@@ -36,15 +36,10 @@ class Packer:
     """Numbers commands and packs them: the decoder's XADDs and packed FCALL arguments are appended
     unchanged, around the transaction's own few commands."""
 
-    def __init__(
-        self,
-        commands: store.WriteCommands,
-        funnel_window: Callable[[str], int],
-        writer: bytes | None = None,
-    ) -> None:
+    def __init__(self, commands: store.WriteCommands, funnel_window: Callable[[str], int]) -> None:
         self._headers = commands
         self._funnel_window = funnel_window
-        self.writer = writer if writer is not None else secrets.token_hex(8).encode()
+        self.writer = secrets.token_hex(8).encode()
         self._seq = 0
         self._slots: dict[Key, int] = {}  # per partition: the ring slot of its next transaction
 
