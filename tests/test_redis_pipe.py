@@ -43,8 +43,9 @@ def exchange(url: str, data: bytes, skips: list[int]) -> tuple[RedisPipe, list[A
 
 
 def test_a_unix_socket_holds_several_flushes(private_redis: RedisServer) -> None:
-    """Redis runs a command only once it has all of it: with the kernel's default 208 KiB a flush of
-    50-event requests did not fit, and Redis waited for the worker to write the rest."""
+    """Redis runs a command only once it has all of it: a flush that does not fit in the socket's send
+    buffer (the kernel's default may be smaller than one) leaves Redis waiting for the worker to write
+    the rest."""
     wmem_max = int(Path("/proc/sys/net/core/wmem_max").read_text())
     value = b"x" * (3 * 1024 * 1024)
     data = pack("SET", "pipe-test", value) + pack("STRLEN", "pipe-test")

@@ -8,8 +8,7 @@ owner's job: Redis answers the commands of one connection in the order they were
 
 The reader is the native one: a transaction answers `+QUEUED` once per event before EXEC's array, and
 those replies, which the owner asks to pass over, are passed over in Rust, with no Python object and no
-Python loop iteration each (hiredis built them and a Python loop discarded them: 16.3 µs for a 50-event
-request's replies against 7.7 this way, a `timeit` of `data_received`).
+Python loop iteration each; hiredis would build every one of them for a Python loop to discard.
 
 The URL is read by redis-py's own parser, so `--redis-url` means the same here as everywhere else:
 `redis://[[user]:password@]host[:port][/db]`, `rediss://` (TLS; `ssl_cert_reqs`, `ssl_ca_certs`,
@@ -25,17 +24,17 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 from redis.asyncio.connection import SSLConnection, parse_url
 
 from trackgate._native import ReplyError as ReplyError  # what a reply is when Redis answered `-ERR ...`
 from trackgate._native import ReplyReader
 
-# A Unix socket's send buffer bounds what is in flight to Redis: 208 KiB by default, less than one flush of
-# 50-event requests. Redis cannot run a command before it has all of it, so it waited, idle, for the
-# worker's loop to come round and write the rest. 4 MiB (the kernel caps it at net.core.wmem_max) lets
-# several flushes wait in the socket. TCP sizes its own buffers.
+# A Unix socket's send buffer bounds what is in flight to Redis, and the kernel's default can hold less than
+# one flush. Redis cannot run a command before it has all of it, so it would wait, idle, for the worker's
+# loop to come round and write the rest. This size (the kernel caps it at net.core.wmem_max) lets several
+# flushes wait in the socket. TCP sizes its own buffers.
 UNIX_SEND_BUFFER: Final = 4 * 1024 * 1024
 
 _RUN_ID: Final = re.compile(rb"^run_id:(\w+)", re.MULTILINE)
@@ -52,14 +51,30 @@ def pack(*args: bytes | str) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join(bulk(a.encode() if isinstance(a, str) else a) for a in args)
 
 
+class Connection(Protocol):
+    """What the batcher uses of a connection: RedisPipe's interface, which a test's fake can script."""
+
+    client_id: int | None
+    run_id: bytes | None
+    passed_error: ReplyError | None
+
+    async def call(self, commands: list[bytes]) -> list[Any]: ...
+    def write(self, data: bytes, skips: list[int]) -> None: ...
+    def close(self) -> None: ...
+
+
+OnReply = Callable[[Any], None]
+"""Called with each reply handed over, in order."""
+OnLost = Callable[[Connection, Exception], None]
+"""Called once when a connection is gone, whoever closed it."""
+
+
 class RedisPipe(asyncio.Protocol):
     """One connection. `on_reply(reply)` is called for each reply in order (a `ReplyError` for an error
     reply), except those the writer asked to pass over; `on_lost(pipe, exc)` once, when the connection is
     gone, whoever closed it."""
 
-    def __init__(
-        self, on_reply: Callable[[Any], None], on_lost: Callable[[RedisPipe, Exception], None]
-    ) -> None:
+    def __init__(self, on_reply: OnReply, on_lost: OnLost) -> None:
         self.on_reply = on_reply
         self._on_lost = on_lost
         self._reader = ReplyReader()
@@ -74,12 +89,7 @@ class RedisPipe(asyncio.Protocol):
         self.passed_error: ReplyError | None = None  # the last error among the replies passed over
 
     @classmethod
-    async def open(
-        cls,
-        url: str,
-        on_reply: Callable[[Any], None],
-        on_lost: Callable[[RedisPipe, Exception], None],
-    ) -> RedisPipe:
+    async def open(cls, url: str, on_reply: OnReply, on_lost: OnLost) -> RedisPipe:
         """Connect, authenticate and select the database (the caller bounds the time); raises OSError
         (ConnectionError when Redis refuses the set-up)."""
         options: dict[str, Any] = dict(parse_url(url))

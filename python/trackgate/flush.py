@@ -1,0 +1,136 @@
+"""A flush: the accepted events of many requests, gathered for one write to Redis, and its commands, one
+transaction per (project, partition).
+
+Requests hand over the decoder's partition batches, already RESP-packed; a flush only joins them per
+partition. Python builds nothing per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final
+
+Key = tuple[str, int]
+"""A (project token, partition) pair: one stream, one transaction per flush."""
+
+Batch = tuple[str, int, int, int, bytes, bytes]
+"""The decoder's events of one request for one partition: (token, partition, count, args, packed,
+xadds), see `trackgate.Request.batches`."""
+
+NO_FAILURES: Final[frozenset[Key]] = frozenset()
+
+
+class UnavailableError(Exception):
+    """Redis cannot take the events now; the request is answered 503."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Flush:
+    """Its requests wait on `waiters`, each for the keys whose write failed."""
+
+    __slots__ = (
+        "args",
+        "counts",
+        "deadline",
+        "due",
+        "events",
+        "failed",
+        "outstanding",
+        "parts",
+        "started",
+        "waiters",
+        "xadds",
+    )
+
+    def __init__(self) -> None:
+        self.parts: dict[Key, list[bytes]] = {}
+        self.xadds: dict[Key, list[bytes]] = {}
+        self.counts: dict[Key, int] = {}
+        self.args: dict[Key, int] = {}
+        self.events = 0
+        self.waiters: list[asyncio.Future[frozenset[Key]]] = []
+        self.due = False
+        self.failed: set[Key] = set()
+        self.outstanding = 0  # its commands not finished yet, once sent
+        self.started = 0.0
+        self.deadline = 0.0  # until when its commands are tried again
+
+    def add(self, batches: list[Batch], count: int, waiter: asyncio.Future[frozenset[Key]]) -> None:
+        """One request's batches, `count` events in all, answered through `waiter`."""
+        parts, xadds, counts, args = self.parts, self.xadds, self.counts, self.args
+        for token, partition, n, n_args, packed, added in batches:
+            key = (token, partition)
+            chunks = parts.get(key)
+            if chunks is None:
+                parts[key] = [packed]
+                xadds[key] = [added]
+                counts[key] = n
+                args[key] = n_args
+            else:
+                chunks.append(packed)
+                xadds[key].append(added)
+                counts[key] += n
+                args[key] += n_args
+        self.events += count
+        self.waiters.append(waiter)
+
+    def commands(self) -> list[Command]:
+        """Its transactions, one per partition, as it is sent."""
+        commands = [
+            Command(self, key, self.counts[key], self.args[key], chunks, self.xadds[key])
+            for key, chunks in self.parts.items()
+        ]
+        self.outstanding = len(commands)
+        return commands
+
+    def answer(self) -> None:
+        """Every command is finished: its requests get the keys that failed."""
+        result = frozenset(self.failed) if self.failed else NO_FAILURES
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(result)
+
+    def fail(self, reason: str) -> None:
+        """Its requests get UnavailableError(reason): they were never stored, or may not be."""
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_exception(UnavailableError(reason))
+
+
+class Command:
+    """One partition's transaction of one flush, or its FCALL alone (`count_only`) once the events are
+    stored. `seq` and `slot` (its entry in its partition's ring) are given when the transaction is first
+    sent, new ones when it goes again unapplied; its FCALL alone keeps them. `reload`: the FCALL alone
+    waits for a FUNCTION LOAD."""
+
+    __slots__ = (
+        "body",
+        "count",
+        "count_only",
+        "flush",
+        "key",
+        "n_args",
+        "reload",
+        "reloads",
+        "seq",
+        "slot",
+        "xadds",
+    )
+
+    def __init__(
+        self, flush: Flush, key: Key, count: int, n_args: int, body: list[bytes], xadds: list[bytes]
+    ) -> None:
+        self.flush = flush
+        self.key = key
+        self.count = count
+        self.n_args = n_args
+        self.body = body
+        self.xadds = xadds
+        self.seq = 0
+        self.slot = 0
+        self.reloads = 0
+        self.count_only = False
+        self.reload = False

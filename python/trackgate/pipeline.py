@@ -1,0 +1,325 @@
+"""The batcher's writes on their way (see `batcher.py`): the connection they go out on, the commands
+whose replies are awaited, the flushes they finish, and what becomes of the commands of a lost connection
+(decided in `recovery.py`, carried out here).
+
+Replies are matched to commands by order alone: Redis answers a connection's commands in the order they
+were sent. The handlers of replies and of a lost connection are called by the connection and never
+await; the batcher's writing task does the waiting, woken by `wake`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final, Protocol
+
+from trackgate import metrics, recovery, store
+from trackgate.flush import Command, Flush, Key
+from trackgate.packing import Packer, library_loaded
+from trackgate.recovery import Action, Decision, Mark, Sent
+from trackgate.redis_pipe import Connection, ReplyError
+
+log = logging.getLogger("trackgate.batcher")  # the batcher's log, whichever of its modules writes
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """What the batcher times its waits with: the event loop's `time` and `call_later`."""
+
+    def time(self) -> float: ...
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> Timer: ...
+
+
+class _LoadLibrary:
+    """FUNCTION LOAD sent ahead of the commands Redis refused for want of the library."""
+
+    __slots__ = ()
+
+
+_LOAD: Final = _LoadLibrary()
+_NO_COMMANDS: Final[list[Command]] = []
+
+
+class Pipeline:
+    """`pending`: events accepted and not finished; `flights`: flushes sent and not finished (answered,
+    or failed); `resend`: commands to send again, `unsettled`: those of a lost connection that Redis may
+    have applied, with that connection's id and the Redis process it was in (`lost_client`,
+    `lost_run_id`)."""
+
+    def __init__(
+        self,
+        packer: Packer,
+        clock: Clock,
+        *,
+        timeout: float,
+        retry_window: float,
+        wake: Callable[[], None],
+    ) -> None:
+        self._packer = packer
+        self._clock = clock
+        self._timeout = timeout
+        self._retry_window = retry_window
+        self._wake = wake
+        self.pipe: Connection | None = None
+        self.pending = 0
+        self.flights = 0
+        self._sent: deque[Command | _LoadLibrary] = deque()  # replies awaited, in send order
+        self.resend: list[Command] = []
+        self.unsettled: list[Command] = []
+        self.lost_client: int | None = None
+        self.lost_run_id: bytes | None = None
+        self._progress = 0.0  # when the pipe last answered, or was first waited on
+        self._watchdog: Timer | None = None
+
+    # Sending
+
+    def send_flush(self, flush: Flush) -> None:
+        flush.started = time.perf_counter()
+        flush.deadline = self._clock.time() + self._retry_window
+        self.flights += 1
+        commands = flush.commands()
+        flush.outstanding = len(commands)
+        metrics.queue(self.pending, self.flights)
+        self._write(commands)
+
+    def send_resends(self) -> None:
+        """Commands of a lost connection go first, in their order; FCALLs refused for a missing library
+        follow a FUNCTION LOAD."""
+        resend, self.resend = self.resend, []
+        kept = sorted((c for c in resend if not c.reload), key=lambda c: c.seq)
+        reload = [c for c in resend if c.reload]
+        for command in reload:
+            command.reload = False
+        self._write(kept, reload)
+
+    def _write(self, commands: list[Command], after_load: list[Command] = _NO_COMMANDS) -> None:
+        pipe = self.pipe
+        assert pipe is not None
+        data, skips = self._packer.write(commands, after_load)
+        sent = self._sent
+        if not sent:
+            self._progress = self._clock.time()
+            self._arm_watchdog()
+        sent.extend(commands)
+        if after_load:
+            sent.append(_LOAD)
+            sent.extend(after_load)
+        pipe.write(data, skips)
+
+    # Replies, in send order
+
+    def on_reply(self, reply: Any) -> None:
+        self._progress = self._clock.time()
+        item = self._sent[0]
+        if item is _LOAD:
+            self._sent.popleft()
+            if library_loaded(reply):
+                log.warning("loaded the trackgate function library again")
+            return
+        assert isinstance(item, Command)
+        self._sent.popleft()
+        if item.count_only:
+            self._counted(item, reply)
+            return
+        if isinstance(reply, ReplyError) or reply is None:
+            # EXECABORT: a command was refused when queued; the pipe kept why.
+            pipe = self.pipe
+            passed = pipe.passed_error if pipe is not None else None
+            if pipe is not None:
+                pipe.passed_error = None
+            self._refused(item, reply if passed is None else ReplyError(f"{reply} ({passed})"))
+        else:
+            # EXEC's replies: the mark's, one per XADD, the FCALL's. Their types are looked at in C (map,
+            # set), not by a Python loop over the events; the XADDs' are read one by one only on an error.
+            added = reply[store.MARK_REPLIES : -1]
+            if ReplyError in set(map(type, added)):
+                failed = [r for r in added if isinstance(r, ReplyError)]
+                self._refused(item, failed[0], stored=item.count - len(failed))
+            else:
+                metrics.count_stored(item.count, deduplicated=False)
+                if isinstance(reply[-1], ReplyError):
+                    self._count_failed(item, reply[-1])
+                    return
+        self._finish(item)
+
+    def _counted(self, item: Command, reply: Any) -> None:
+        """The reply to a FCALL sent alone, for a batch whose events are stored."""
+        if isinstance(reply, ReplyError):
+            self._count_failed(item, reply)
+            return
+        self._finish(item)
+
+    def _count_failed(self, item: Command, err: ReplyError) -> None:
+        item.count_only = True
+        self.carry_out(item, recovery.after_counting_refused(err, item.reloads))
+
+    def _count_given_up(self, command: Command, why: str) -> None:
+        """Its events are stored, and answered as such; its counting is not tried again."""
+        metrics.REDIS_ERRORS.labels("count").inc()
+        log.error(
+            "%d events are stored in %s, but not counted: %s",
+            command.count,
+            store.stream_key(*command.key),
+            why,
+        )
+        self._finish(command)
+
+    def _refused(self, command: Command, err: ReplyError | None, stored: int = 0) -> None:
+        command.flush.failed.add(command.key)
+        metrics.REDIS_ERRORS.labels("command").inc()
+        log.error(
+            "Redis refused a write of %d events to %s (%d stored): %s",
+            command.count,
+            store.stream_key(*command.key),
+            stored,
+            err,
+        )
+
+    def _finish(self, command: Command) -> None:
+        flush = command.flush
+        flush.outstanding -= 1
+        if flush.outstanding:
+            return
+        self.flights -= 1
+        self.pending -= flush.events
+        metrics.observe_flush(flush.events, time.perf_counter() - flush.started)
+        metrics.queue(self.pending, self.flights)
+        flush.answer()
+        self._wake()
+
+    # A lost connection, and what its commands become
+
+    def lost(self, pipe: Connection | None, err: Exception) -> None:
+        """The pipe is gone: the commands whose replies were not read are resent on the next one."""
+        if pipe is None or pipe is not self.pipe:
+            return  # a connection given up before (its commands were moved then), or never used
+        log.error("Redis connection lost: %s", err)
+        metrics.REDIS_ERRORS.labels("connection").inc()
+        self.disconnect()
+        unanswered = [c for c in self._sent if isinstance(c, Command)]
+        self._sent.clear()
+        if unanswered:
+            self.unsettled.extend(unanswered)
+            self.lost_client, self.lost_run_id = pipe.client_id, pipe.run_id
+            # Their retry window runs from now: until a settle has read the marks, failing them would
+            # answer 503 for events that may be, or may yet be, stored.
+            deadline = self._clock.time() + self._retry_window
+            for command in unanswered:
+                command.flush.deadline = max(command.flush.deadline, deadline)
+        self._wake()
+
+    def disconnect(self) -> None:
+        pipe, self.pipe = self.pipe, None
+        if pipe is not None:
+            pipe.close()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _arm_watchdog(self) -> None:
+        if self._watchdog is None:
+            self._watchdog = self._clock.call_later(self._timeout, self._watch)
+
+    def _watch(self) -> None:
+        """A connection that answers nothing for `timeout` seconds while commands wait is lost."""
+        self._watchdog = None
+        if not self._sent or self.pipe is None:
+            return
+        idle = self._clock.time() - self._progress
+        if idle >= self._timeout:
+            self.lost(self.pipe, TimeoutError(f"no reply from Redis for {idle:.1f} s"))
+        else:
+            self._watchdog = self._clock.call_later(self._timeout - idle, self._watch)
+
+    def settled(self, unsettled: list[Command], rings: dict[Key, dict[int, bool]]) -> None:
+        """The marks of the unsettled commands are read (`rings`, per partition): each is carried out."""
+        self.unsettled, self.lost_client, self.lost_run_id = [], None, None
+        now = self._clock.time()
+        for command in unsettled:
+            mark = Mark.read(rings[command.key], command.seq)
+            sent, deadline = Sent.of(command.count_only), command.flush.deadline
+            self.carry_out(command, recovery.after_loss(sent, mark, now=now, deadline=deadline))
+
+    def carry_out(self, command: Command, decision: Decision) -> None:
+        action = decision.action
+        if decision.found_stored:
+            metrics.count_stored(command.count, deduplicated=True)
+        if action is Action.STORED:
+            self._finish(command)
+        elif action is Action.RESEND:
+            self._packer.number(command)
+            self.resend.append(command)
+        elif action is Action.RESEND_COUNTING:
+            command.count_only = True
+            self.resend.append(command)
+        elif action is Action.RELOAD_AND_RESEND_COUNTING:
+            command.count_only = True
+            command.reloads += 1
+            command.reload = True
+            self.resend.append(command)
+            self._wake()
+        elif action is Action.GIVE_UP_COUNTING:
+            self._count_given_up(command, decision.reason)
+        elif action is Action.FAIL:
+            command.flush.failed.add(command.key)
+            self._finish(command)
+
+    def expire(self) -> None:
+        """Give up the commands whose flush has been retried for `retry_window` seconds: their requests
+        fail, except where only the counting was left (the events are stored)."""
+        now = self._clock.time()
+        expired: list[tuple[Command, Decision]] = []
+
+        def waiting(commands: list[Command]) -> list[Command]:
+            kept = []
+            for command in commands:
+                sent, deadline = Sent.of(command.count_only), command.flush.deadline
+                decision = recovery.after_loss(sent, Mark.UNREAD, now=now, deadline=deadline)
+                if decision.action is Action.WAIT:
+                    kept.append(command)
+                else:
+                    expired.append((command, decision))
+            return kept
+
+        self.resend = waiting(self.resend)
+        self.unsettled = waiting(self.unsettled)
+        if not expired:
+            return
+        log.error(
+            "gave up on %d events after %g s of Redis errors",
+            sum(c.count for c, _ in expired),
+            self._retry_window,
+        )
+        for command, decision in expired:
+            if decision.action is Action.FAIL:
+                command.flush.failed.add(command.key)
+            else:
+                metrics.REDIS_ERRORS.labels("count").inc()
+            self._finish(command)
+
+    # Failing without Redis' word
+
+    def fail_unsent(self, flush: Flush, reason: str) -> None:
+        """A flush that was never sent, so is certainly not stored, fails."""
+        self.pending -= flush.events
+        flush.fail(reason)
+        metrics.queue(self.pending, self.flights)
+
+    def fail_everything(self, reason: str, open_flush: Flush) -> None:
+        flushes = {id(c.flush): c.flush for c in (*self.resend, *self.unsettled)}
+        flushes.update((id(c.flush), c.flush) for c in self._sent if isinstance(c, Command))
+        flushes[id(open_flush)] = open_flush
+        self.resend = []
+        self.unsettled = []
+        self._sent.clear()
+        self.flights = 0
+        for flush in flushes.values():
+            self.pending -= flush.events
+            flush.events = 0
+            flush.fail(reason)
+        metrics.queue(self.pending, self.flights)
