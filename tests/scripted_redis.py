@@ -27,10 +27,11 @@ from collections import Counter, deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from conftest import partition_of, stream_key
+from conftest import partition_of
 from trackgate import Options, Request, TokenSet, decode_request
 from trackgate._native import ReplyError, ReplyReader
 from trackgate.batcher import Batcher
+from trackgate.keys import PREFIX, Family, stream_key
 
 OnReply = Callable[[Any], None]
 OnLost = Callable[[Any, Exception], None]
@@ -102,11 +103,11 @@ class ScriptedRedis:
     # What the batcher stored
 
     def events(self, token: str) -> list[dict[str, Any]]:
-        prefix = f"tg:{{{token}:".encode()
+        prefix = f"{PREFIX}{{{token}:".encode()
         return [e for key, events in self.streams.items() if key.startswith(prefix) for e in events]
 
     def count_of(self, token: str) -> int:
-        prefix = f"tg:{{{token}:".encode()
+        prefix = f"{PREFIX}{{{token}:".encode()
         return sum(n for key, n in self.counted.items() if key.startswith(prefix))
 
     def ring(self, stream: bytes, writer: bytes) -> bytes | None:
@@ -152,14 +153,14 @@ class ScriptedRedis:
                 connection.killed = True
             return len(killed)
         if name == b"GET":
-            ring = self.rings.get(command[1])
-            return None if ring is None else bytes(ring)
+            found = self.rings.get(command[1])
+            return None if found is None else bytes(found)
         raise AssertionError(f"the batcher sent {name!r}")
 
     def _tg_count(self, command: list[bytes]) -> Any:
         if not self.library:
             return ReplyError(NOT_FOUND)
-        stream, args = command[3], command[4:]
+        stream, args = command[3], fcall_args(command)
         writer, _, slot = args[4].split(b":")
         ring = self.rings.setdefault(self._mark_key(stream, writer), bytearray())
         counted_byte = int(slot) * 8 + 7
@@ -173,7 +174,7 @@ class ScriptedRedis:
 
     @staticmethod
     def _mark_key(stream: bytes, writer: bytes) -> bytes:
-        return stream.removesuffix(b"events") + b"batch:" + writer
+        return stream.removesuffix(Family.STREAM.encode()) + Family.MARKS.encode() + writer
 
 
 class ScriptedConnection:
@@ -418,4 +419,9 @@ def assert_stored_once(redis: ScriptedRedis, *requests: Request) -> None:
 
 def batch_ids(write: list[list[bytes]]) -> list[bytes]:
     """The batch ids (`<writer>:<seq>:<slot>`) of a write's FCALLs."""
-    return [command[8] for command in write if command[0] == b"FCALL"]
+    return [fcall_args(command)[4] for command in write if command[0] == b"FCALL"]
+
+
+def fcall_args(command: list[bytes]) -> list[bytes]:
+    """An FCALL's arguments after its keys."""
+    return command[3 + int(command[2]) :]
