@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 from redis.asyncio import Redis
 from trackgate import metrics
 from trackgate._native import TokenSet
-from trackgate.batcher import Key, UnavailableError
+from trackgate.batcher import Key, Unavailable, UnavailableError
 from trackgate.gateway.app import App, Services
 from trackgate.gateway.ingest import Batches
 from trackgate.settings import Settings
@@ -102,8 +102,8 @@ class MemorySink:
     def __init__(
         self,
         *,
-        refusal: str | None = None,
-        failure: str | None = None,
+        refusal: Unavailable | None = None,
+        failure: Unavailable | None = None,
         unstored: frozenset[Key] = frozenset(),
     ) -> None:
         self.refusal = refusal

@@ -24,6 +24,7 @@ from memory_gateway import (
     form,
     running,
 )
+from trackgate.batcher import Unavailable
 from trackgate.gateway.answers import TRANSPARENT_GIF
 from trackgate.rsgi import ProtocolClosed
 
@@ -198,8 +199,8 @@ def test_other_methods_are_405_with_allow() -> None:
 # the sink
 
 
-@pytest.mark.parametrize("reason", ["redis_unavailable", "overloaded", "stopping"])
-def test_a_sink_that_cannot_take_the_events_is_503_with_retry_after(reason: str) -> None:
+@pytest.mark.parametrize("reason", list(Unavailable))
+def test_a_sink_that_cannot_take_the_events_is_503_with_retry_after(reason: Unavailable) -> None:
     proto = answer(data(event(), verbose="1"), sink=MemorySink(refusal=reason), retry_after=7)
     assert proto.status == 503
     assert proto.header("retry-after") == "7"
@@ -207,7 +208,7 @@ def test_a_sink_that_cannot_take_the_events_is_503_with_retry_after(reason: str)
 
 
 def test_a_write_that_fails_is_503() -> None:
-    proto = answer(data(event()), sink=MemorySink(failure="redis_unavailable"))
+    proto = answer(data(event()), sink=MemorySink(failure=Unavailable.REDIS_UNAVAILABLE))
     assert (proto.status, proto.header("retry-after")) == (503, "2")
 
 

@@ -39,12 +39,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
 from trackgate import store
-from trackgate.flush import Batch, Flush, Key, UnavailableError
+from trackgate.flush import Batch, Flush, Key, Unavailable, UnavailableError
 from trackgate.packing import LOAD_COMMAND, Packer, library_loaded
 from trackgate.pipeline import Clock, Pipeline
 from trackgate.redis_pipe import Connection, OnLost, OnReply, RedisPipe, ReplyError, pack
 
-__all__ = ["Batcher", "Clock", "Connect", "Key", "UnavailableError"]
+__all__ = ["Batcher", "Clock", "Connect", "Key", "Unavailable", "UnavailableError"]
 
 log = logging.getLogger("trackgate.batcher")
 
@@ -122,10 +122,10 @@ class Batcher:
         """Queue a request's partition batches; the future gives the keys whose write failed (empty when
         all are in Redis). Raises UnavailableError when the events cannot be queued."""
         if self._unreachable or self._closing:
-            raise UnavailableError("stopping" if self._closing else "redis_unavailable")
+            raise UnavailableError(Unavailable.STOPPING if self._closing else Unavailable.REDIS_UNAVAILABLE)
         pipeline = self._pipeline
         if pipeline.pending + count > self._max_pending:
-            raise UnavailableError("overloaded")
+            raise UnavailableError(Unavailable.OVERLOADED)
         flush = self._open
         if not flush.events:
             if self._linger > 0:
@@ -161,7 +161,7 @@ class Batcher:
                 log.error("gave up writing %d queued events after %g s", self._pipeline.pending, timeout)
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
-                self._pipeline.fail_everything("stopping", self._open)
+                self._pipeline.fail_everything(Unavailable.STOPPING, self._open)
         self._pipeline.disconnect()
 
     @contextlib.asynccontextmanager
@@ -232,7 +232,7 @@ class Batcher:
                 # A bug, not a Redis error: fail what is waiting, keep serving the next requests.
                 log.exception("writing a batch failed")
                 pipeline.disconnect()
-                pipeline.fail_everything("write_failed", self._open)
+                pipeline.fail_everything(Unavailable.WRITE_FAILED, self._open)
 
     def _has_room(self) -> bool:
         """Whether the open flush may go now. With nothing in flight it always may; behind other flushes
@@ -295,4 +295,4 @@ class Batcher:
         if not flush.events:
             return
         self._open = Flush()
-        self._pipeline.fail_unsent(flush, "redis_unavailable")
+        self._pipeline.fail_unsent(flush, Unavailable.REDIS_UNAVAILABLE)

@@ -8,6 +8,7 @@ partition. Python builds nothing per event.
 from __future__ import annotations
 
 import asyncio
+from enum import StrEnum
 from typing import Final
 
 Key = tuple[str, int]
@@ -20,10 +21,24 @@ xadds), see `trackgate.Request.batches`."""
 NO_FAILURES: Final[frozenset[Key]] = frozenset()
 
 
+class Unavailable(StrEnum):
+    """Why the batcher cannot take or keep a request's events: the gateway answers each with 503 and
+    `Retry-After` (see `trackgate.gateway.refusals`), so clients keep their events and retry."""
+
+    REDIS_UNAVAILABLE = "redis_unavailable"
+    """No connection to Redis: the events were never sent."""
+    OVERLOADED = "overloaded"
+    """More events are waiting than `max_pending` allows."""
+    STOPPING = "stopping"
+    """The worker is closing and could not write them in time."""
+    WRITE_FAILED = "write_failed"
+    """An unexpected error while writing them: they may or may not be stored."""
+
+
 class UnavailableError(Exception):
     """Redis cannot take the events now; the request is answered 503."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: Unavailable) -> None:
         super().__init__(reason)
         self.reason = reason
 
@@ -93,7 +108,7 @@ class Flush:
             if not waiter.done():
                 waiter.set_result(result)
 
-    def fail(self, reason: str) -> None:
+    def fail(self, reason: Unavailable) -> None:
         """Its requests get UnavailableError(reason): they were never stored, or may not be."""
         for waiter in self.waiters:
             if not waiter.done():

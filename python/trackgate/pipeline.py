@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from trackgate import metrics, recovery, store
-from trackgate.flush import Command, Flush, Key
+from trackgate.flush import Command, Flush, Key, Unavailable
 from trackgate.packing import Packer, library_loaded
 from trackgate.recovery import Action, Decision, Mark, Sent
 from trackgate.redis_pipe import Connection, ReplyError
@@ -304,13 +304,13 @@ class Pipeline:
 
     # Failing without Redis' word
 
-    def fail_unsent(self, flush: Flush, reason: str) -> None:
+    def fail_unsent(self, flush: Flush, reason: Unavailable) -> None:
         """A flush that was never sent, so is certainly not stored, fails."""
         self.pending -= flush.events
         flush.fail(reason)
         metrics.queue(self.pending, self.flights)
 
-    def fail_everything(self, reason: str, open_flush: Flush) -> None:
+    def fail_everything(self, reason: Unavailable, open_flush: Flush) -> None:
         flushes = {id(c.flush): c.flush for c in (*self.resend, *self.unsettled)}
         flushes.update((id(c.flush), c.flush) for c in self._sent if isinstance(c, Command))
         flushes[id(open_flush)] = open_flush

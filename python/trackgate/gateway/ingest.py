@@ -178,7 +178,7 @@ class Endpoint:
                 try:
                     unstored = await self._sink.submit(request.batches, request.accepted)
                 except UnavailableError as err:
-                    self._unavailable(scope, proto, Refusal.named(err.reason), request, cors)
+                    self._unavailable(scope, proto, Refusal.for_unavailable(err.reason), request, cors)
                     return
                 if unstored and any(key in unstored for key in _keys(request.batches)):
                     self._unavailable(scope, proto, Refusal.WRITE_FAILED, request, cors)

@@ -15,6 +15,7 @@ from typing import Final, Protocol
 
 from trackgate import metrics
 from trackgate._native import DecodeError, Options, decode_request
+from trackgate.batcher import Unavailable
 from trackgate.gateway import log
 from trackgate.rsgi import Scope
 
@@ -49,16 +50,16 @@ class Refusal(enum.Enum):
     # A decoded request some of whose events failed (see `for_failed_events`).
     INVALID_EVENTS = "invalid_events", 400
     UNKNOWN_TOKEN = "unknown_token", 401
-    # The sink cannot take the events: the batcher's UnavailableError reasons. Clients retry these.
-    REDIS_UNAVAILABLE = "redis_unavailable", 503
-    OVERLOADED = "overloaded", 503
-    STOPPING = "stopping", 503
-    WRITE_FAILED = "write_failed", 503
+    # The sink cannot take the events: the batcher's reasons. Clients retry these.
+    REDIS_UNAVAILABLE = Unavailable.REDIS_UNAVAILABLE, 503
+    OVERLOADED = Unavailable.OVERLOADED, 503
+    STOPPING = Unavailable.STOPPING, 503
+    WRITE_FAILED = Unavailable.WRITE_FAILED, 503
 
     @classmethod
-    def named(cls, kind: str) -> Refusal:
-        """The reason of that kind: the batcher's UnavailableError reasons are such kinds."""
-        return _BY_KIND[kind]
+    def for_unavailable(cls, reason: Unavailable) -> Refusal:
+        """The refusal of a request the batcher could not take, for its reason."""
+        return _BY_KIND[reason]
 
     @classmethod
     def for_failed_events(cls, kinds: Iterable[str]) -> Refusal:
