@@ -1,11 +1,15 @@
 """Typed stub of the private native module. Import from `trackgate`, not from here."""
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, final
 
+from trackgate.decode_errors import ErrorDetails, EventErrorKind, RequestErrorKind
+
 __all__ = [
+    "EVENT_ERROR_KINDS",
     "MAX_FUNNEL_STEP",
     "PACKED_LAYOUT",
+    "REQUEST_ERROR_STATUS",
     "DecodeError",
     "Options",
     "ReplyError",
@@ -26,6 +30,12 @@ PACKED_LAYOUT: Final[int]
 
 # The highest mp_funnel step the decoder accepts (step_invalid above it), and the last a report lists.
 MAX_FUNNEL_STEP: Final[int]
+
+# The HTTP status of each whole-request error kind: 413 asks mixpanel-browser to retry in smaller batches.
+REQUEST_ERROR_STATUS: Final[Mapping[RequestErrorKind, int]]
+
+# Every per-event error kind.
+EVENT_ERROR_KINDS: Final[tuple[EventErrorKind, ...]]
 
 @final
 class Options:
@@ -115,7 +125,7 @@ class DecodeError(ValueError):
     """The payload could not be used. `kind` is a stable snake_case name, `status` the HTTP status."""
 
     @property
-    def kind(self) -> str: ...
+    def kind(self) -> RequestErrorKind: ...
     @property
     def status(self) -> int: ...
     @property
@@ -132,14 +142,14 @@ class DecodeError(ValueError):
     def callback(self) -> str | None: ...
     def __init__(
         self,
-        kind: str,
+        kind: RequestErrorKind,
         message: str,
         status: int = 400,
         errors: Sequence[tuple[int, str, str, str]] | None = None,
         events: Sequence[object] | None = None,
         /,
     ) -> None: ...
-    def errors(self) -> list[dict[str, object]]:
+    def errors(self) -> list[ErrorDetails]:
         """Per-event errors as dicts with `index`, `loc`, `field`, `kind` and `msg`."""
 
 def decode_request(

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from trackgate._native import DecodeError, Options, decode_data
+from trackgate._native import REQUEST_ERROR_STATUS, DecodeError, Options, decode_data
 
 
 class Funnel(msgspec.Struct, frozen=True):
@@ -63,7 +63,7 @@ def decode(
             "invalid_events",
             f"{len(request.errors)} of {request.total} events are invalid; "
             f"the first, at index {first[0]}: {first[3]}",
-            400,
+            REQUEST_ERROR_STATUS["invalid_events"],
             request.errors,
             events,
         )

@@ -15,7 +15,7 @@ pub mod resp;
 #[cfg(feature = "python")]
 mod py;
 
-pub use errors::{EventError, EventErrorKind, RequestError};
+pub use errors::{EventError, EventErrorKind, RequestError, RequestErrorKind};
 pub use request::Params;
 pub use resp::{Batch, PACKED_LAYOUT};
 

@@ -8,7 +8,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
 
 use crate::replies::{self, Item, ReplyBuffer};
-use crate::{request, Context, Decoded, EventError, Params, RequestError};
+use crate::{
+    request, Context, Decoded, EventError, EventErrorKind, Params, RequestError, RequestErrorKind,
+};
 
 /// Requests larger than this are decoded with the GIL released, so other threads run meanwhile.
 const DETACH_FROM_BYTES: usize = 64 * 1024;
@@ -627,6 +629,13 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("PACKED_LAYOUT", crate::PACKED_LAYOUT)?;
     m.add("MAX_FUNNEL_STEP", crate::event::MAX_FUNNEL_STEP)?;
+    let statuses = PyDict::new(m.py());
+    for kind in RequestErrorKind::ALL {
+        statuses.set_item(kind.as_str(), kind.status())?;
+    }
+    m.add("REQUEST_ERROR_STATUS", statuses)?;
+    let event_kinds = EventErrorKind::ALL.iter().map(|kind| kind.as_str());
+    m.add("EVENT_ERROR_KINDS", PyTuple::new(m.py(), event_kinds)?)?;
     m.add_class::<PyOptions>()?;
     m.add_class::<PyTokenSet>()?;
     m.add_class::<PyRequest>()?;
