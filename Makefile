@@ -82,6 +82,7 @@ lint: venv
 	$(BIN)/ruff check python tests bench
 	$(BIN)/ruff format --check python tests bench
 	$(BIN)/mypy
+	$(PY) -m mypy.stubtest trackgate._native
 
 fmt: venv
 	cargo fmt --all

@@ -1,7 +1,7 @@
 """Typed stub of the private native module. Import from `trackgate`, not from here."""
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Final, final
+from typing import Final, Self, final
 
 from trackgate.decode_errors import ErrorDetails, EventErrorKind, RequestErrorKind
 
@@ -10,11 +10,13 @@ __all__ = [
     "MAX_FUNNEL_STEP",
     "PACKED_LAYOUT",
     "REQUEST_ERROR_STATUS",
+    "RULES",
     "DecodeError",
     "Options",
     "ReplyError",
     "ReplyReader",
     "Request",
+    "Rule",
     "TokenSet",
     "__version__",
     "decode_data",
@@ -63,27 +65,47 @@ class Options:
     def max_events(self) -> int: ...
     @property
     def partitions(self) -> int: ...
-    def __init__(
-        self,
+    # The defaults are the decoder's (see RULES, or `inspect.signature(Options)`), not written here twice.
+    def __new__(
+        cls,
         *,
-        max_age: float = 10800.0,
-        max_future_skew: float = 300.0,
-        max_event_name_chars: int = 255,
-        max_distinct_id_chars: int = 200,
-        max_properties: int = 255,
-        max_depth: int = 3,
-        max_array_len: int = 255,
-        max_event_bytes: int = 1_000_000,
-        max_request_bytes: int = 10_000_000,
-        max_events: int = 2000,
-        partitions: int = 4,
-    ) -> None: ...
+        max_age: float = ...,
+        max_future_skew: float = ...,
+        max_event_name_chars: int = ...,
+        max_distinct_id_chars: int = ...,
+        max_properties: int = ...,
+        max_depth: int = ...,
+        max_array_len: int = ...,
+        max_event_bytes: int = ...,
+        max_request_bytes: int = ...,
+        max_events: int = ...,
+        partitions: int = ...,
+    ) -> Self: ...
+
+@final
+class Rule:
+    """One decoding rule: its `Options` field, the help text of its setting, its default and its bounds
+    (inclusive; `maximum` is None when only the type bounds it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def help(self) -> str: ...
+    @property
+    def default(self) -> int | float: ...
+    @property
+    def minimum(self) -> int | float: ...
+    @property
+    def maximum(self) -> int | float | None: ...
+
+# Every rule, in the order of `Options`'s fields.
+RULES: Final[tuple[Rule, ...]]
 
 @final
 class TokenSet:
     """The tokens of known projects; events with any other token fail with kind `unknown_token`."""
 
-    def __init__(self, tokens: Iterable[str]) -> None: ...
+    def __new__(cls, tokens: Iterable[str]) -> Self: ...
     def __contains__(self, token: object, /) -> bool: ...
     def __len__(self) -> int: ...
 
@@ -140,15 +162,14 @@ class DecodeError(ValueError):
     def img(self) -> bool: ...
     @property
     def callback(self) -> str | None: ...
-    def __init__(
-        self,
+    def __new__(
+        cls,
         kind: RequestErrorKind,
         message: str,
         status: int = 400,
         errors: Sequence[tuple[int, str, str, str]] | None = None,
         events: Sequence[object] | None = None,
-        /,
-    ) -> None: ...
+    ) -> Self: ...
     def errors(self) -> list[ErrorDetails]:
         """Per-event errors as dicts with `index`, `loc`, `field`, `kind` and `msg`."""
 
