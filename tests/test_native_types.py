@@ -4,6 +4,7 @@ decoder has, and a decoder error's status is its kind's."""
 from __future__ import annotations
 
 import typing
+import zlib
 
 import pytest
 import trackgate
@@ -42,3 +43,23 @@ def test_a_refused_request_has_its_kinds_status(query: str, body: bytes, encodin
         )
     assert caught.value.kind != "invalid_events"
     assert caught.value.status == _native.REQUEST_ERROR_STATUS[caught.value.kind]
+
+
+def test_what_a_request_carries_is_named_and_frozen() -> None:
+    body = b'[{"event": "e", "properties": {"token": "t", "distinct_id": "u"}}, {"event": "e"}]'
+    request = trackgate.decode_request("", body, "application/json", now=1e9, options=trackgate.Options())
+    [error] = request.errors
+    assert (error.index, error.field, error.kind) == (1, "properties.token", "token_missing")
+    assert error == request.errors[0]
+    assert "token_missing" in repr(error)
+    [batch] = request.batches
+    assert (batch.token, batch.partition, batch.count, batch.args) == ("t", zlib.crc32(b"u") % 4, 1, 4)
+    assert batch.xadds.startswith(b"*5\r\n$4\r\nXADD\r\n")
+    with pytest.raises(AttributeError):
+        batch.count = 2  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        error.kind = "too_deep"  # type: ignore[misc]
+    parts = {
+        name: getattr(batch, name) for name in ("token", "partition", "count", "args", "packed", "xadds")
+    }
+    assert {name: getattr(_native.PartitionBatch(**parts), name) for name in parts} == parts

@@ -12,7 +12,9 @@ __all__ = [
     "REQUEST_ERROR_STATUS",
     "RULES",
     "DecodeError",
+    "EventError",
     "Options",
+    "PartitionBatch",
     "ReplyError",
     "ReplyReader",
     "Request",
@@ -130,17 +132,51 @@ class Request:
     @property
     def accepted(self) -> int: ...
     @property
-    def errors(self) -> list[tuple[int, str, str, str]]:
-        """One (index, field, kind, message) per invalid event, in index order."""
+    def errors(self) -> list[EventError]:
+        """One per invalid event, in index order."""
     @property
-    def batches(self) -> list[tuple[str, int, int, int, bytes, bytes]]:
-        """One (token, partition, count, args, packed, xadds) per partition that received valid events:
-        `count` events whose arguments (see PACKED_LAYOUT) are `args` RESP bulk strings in `packed`, ready to
-        append to an FCALL command, and whose `XADD <stream> * data <json>` commands, complete, are `xadds`;
-        the events in time order in both."""
+    def batches(self) -> list[PartitionBatch]:
+        """One per partition that received valid events, its events in time order."""
 
     def events(self) -> list[bytes]:
         """The normalised JSON of each valid event, in request order."""
+
+@final
+class EventError:
+    """One invalid event: its index in the request, the dotted path of the field at fault ("" when the
+    event itself is), why (a stable name) and a message for people."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def field(self) -> str: ...
+    @property
+    def kind(self) -> EventErrorKind: ...
+    @property
+    def message(self) -> str: ...
+
+@final
+class PartitionBatch:
+    """The valid events of one request for one (token, partition), ready for Redis: `count` events whose
+    arguments (see PACKED_LAYOUT) are `args` RESP bulk strings in `packed`, ready to append to an FCALL
+    command, and whose `XADD <stream> * data <json>` commands, complete, are `xadds`; the events in time
+    order in both."""
+
+    @property
+    def token(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def args(self) -> int: ...
+    @property
+    def packed(self) -> bytes: ...
+    @property
+    def xadds(self) -> bytes: ...
+    def __new__(
+        cls, *, token: str, partition: int, count: int, args: int, packed: bytes, xadds: bytes
+    ) -> Self: ...
 
 @final
 class DecodeError(ValueError):
@@ -167,7 +203,7 @@ class DecodeError(ValueError):
         kind: RequestErrorKind,
         message: str,
         status: int = 400,
-        errors: Sequence[tuple[int, str, str, str]] | None = None,
+        errors: Sequence[EventError] | None = None,
         events: Sequence[object] | None = None,
     ) -> Self: ...
     def errors(self) -> list[ErrorDetails]:

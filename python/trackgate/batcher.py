@@ -40,6 +40,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from trackgate import metrics, store
+from trackgate._native import PartitionBatch
 from trackgate.redis_pipe import RedisPipe, ReplyError, pack
 
 log = logging.getLogger("trackgate.batcher")
@@ -211,9 +212,7 @@ class Batcher:
             log.warning("Redis is not reachable yet (%s); answering 503 until it is", reason)
         self._task = asyncio.create_task(self._run(), name="trackgate-batcher")
 
-    def submit(
-        self, batches: list[tuple[str, int, int, int, bytes, bytes]], count: int
-    ) -> asyncio.Future[frozenset[Key]]:
+    def submit(self, batches: list[PartitionBatch], count: int) -> asyncio.Future[frozenset[Key]]:
         """Queue a request's partition batches; the future gives the keys whose write failed (empty when
         all are in Redis). Raises UnavailableError when the events cannot be queued."""
         if self._unreachable or self._closing:
@@ -228,19 +227,19 @@ class Batcher:
                 flush.due = True
                 self._kick.set()
         parts, xadds, counts, args = flush.parts, flush.xadds, flush.counts, flush.args
-        for token, partition, n, n_args, packed, added in batches:
-            key = (token, partition)
+        for batch in batches:
+            key = (batch.token, batch.partition)
             chunks = parts.get(key)
             if chunks is None:
-                parts[key] = [packed]
-                xadds[key] = [added]
-                counts[key] = n
-                args[key] = n_args
+                parts[key] = [batch.packed]
+                xadds[key] = [batch.xadds]
+                counts[key] = batch.count
+                args[key] = batch.args
             else:
-                chunks.append(packed)
-                xadds[key].append(added)
-                counts[key] += n
-                args[key] += n_args
+                chunks.append(batch.packed)
+                xadds[key].append(batch.xadds)
+                counts[key] += batch.count
+                args[key] += batch.args
         flush.events += count
         self._pending += count
         waiter: asyncio.Future[frozenset[Key]] = self._loop.create_future()

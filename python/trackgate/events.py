@@ -62,7 +62,7 @@ def decode(
         raise DecodeError(
             "invalid_events",
             f"{len(request.errors)} of {request.total} events are invalid; "
-            f"the first, at index {first[0]}: {first[3]}",
+            f"the first, at index {first.index}: {first.message}",
             REQUEST_ERROR_STATUS["invalid_events"],
             request.errors,
             events,

@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from trackgate import metrics, store
-from trackgate._native import DecodeError, Options, Request, decode_request
+from trackgate._native import DecodeError, EventError, Options, Request, decode_request
 from trackgate.api import Api
 from trackgate.batcher import Batcher, UnavailableError
 from trackgate.projects import TokenCache
@@ -441,12 +441,12 @@ class App:
                 except UnavailableError as err:
                     self._unavailable(scope, proto, err.reason, request, cors, callback)
                     return
-                if failed and any((b[0], b[1]) in failed for b in request.batches):
+                if failed and any((b.token, b.partition) in failed for b in request.batches):
                     self._unavailable(scope, proto, "write_failed", request, cors, callback)
                     return
         errors = request.errors
         for error in errors:
-            metrics.EVENTS_REJECTED.labels(error[2]).inc()
+            metrics.EVENTS_REJECTED.labels(error.kind).inc()
         if request.redirect is not None:
             # A person clicked a link (an email's, a page's): they go on even when its events were
             # refused, which the metrics count; only an outage (503, above) keeps them here.
@@ -458,8 +458,8 @@ class App:
         if not errors:
             self._answer(proto, 200, request, callback, VERBOSE_OK, cors)
             return
-        reason = "unknown_token" if all(e[2] == "unknown_token" for e in errors) else "invalid_events"
-        index, field, _, detail = errors[0]
+        reason = "unknown_token" if all(e.kind == "unknown_token" for e in errors) else "invalid_events"
+        index, field, detail = errors[0].index, errors[0].field, errors[0].message
         # The error names the field; the decoder's messages mostly do already.
         if field and field not in detail:
             detail = f"{field}: {detail}"
@@ -500,7 +500,7 @@ class App:
         callback: str | None = None,
         status: int | None = None,
         imported: int = 0,
-        errors: Sequence[tuple[int, str, str, str]] = (),
+        errors: Sequence[EventError] = (),
     ) -> None:
         """Answer a failure, and log it in one line (never the payload; see RefusalLog)."""
         if status is None:
@@ -526,7 +526,7 @@ class App:
                     status=0,
                     error=message,
                     num_records_imported=imported,
-                    failed_records=[FailedRecord(i, f, k, m) for i, f, k, m in errors],
+                    failed_records=[FailedRecord(e.index, e.field, e.kind, e.message) for e in errors],
                 )
             )
         self._answer(proto, status, params, callback, detail, headers)
@@ -645,7 +645,7 @@ class App:
 
 
 def _names_unknown_token(request: Request) -> bool:
-    return any(error[2] == "unknown_token" for error in request.errors)
+    return any(error.kind == "unknown_token" for error in request.errors)
 
 
 app = App()

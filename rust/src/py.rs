@@ -283,25 +283,23 @@ impl PyRequest {
     }
 
     #[getter]
-    fn errors<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        error_tuples(py, &self.0.errors)
+    fn errors(&self) -> Vec<PyEventError> {
+        self.0.errors.iter().cloned().map(PyEventError).collect()
     }
 
     #[getter]
-    fn batches<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let list = PyList::empty(py);
-        for batch in &self.0.batches.batches {
-            let item = (
-                PyString::new(py, &batch.token),
-                batch.partition,
-                batch.count,
-                batch.args,
-                PyBytes::new(py, &batch.packed),
-                PyBytes::new(py, &batch.xadds),
-            );
-            list.append(item)?;
-        }
-        Ok(list)
+    fn batches(&self, py: Python<'_>) -> Vec<PyPartitionBatch> {
+        let batches = self.0.batches.batches.iter();
+        batches
+            .map(|batch| PyPartitionBatch {
+                token: PyString::new(py, &batch.token).unbind(),
+                partition: batch.partition,
+                count: batch.count,
+                args: batch.args,
+                packed: PyBytes::new(py, &batch.packed).unbind(),
+                xadds: PyBytes::new(py, &batch.xadds).unbind(),
+            })
+            .collect()
     }
 
     fn events<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
@@ -319,18 +317,90 @@ impl PyRequest {
     }
 }
 
-fn error_tuples<'py>(py: Python<'py>, errors: &[EventError]) -> PyResult<Bound<'py, PyList>> {
-    PyList::new(
-        py,
-        errors.iter().map(|e| {
-            (
-                e.index,
-                e.field.as_str(),
-                e.kind.as_str(),
-                e.message.as_str(),
-            )
-        }),
-    )
+/// One rejected event: where it stood in the request, which field (a dotted path, empty when the
+/// event itself is at fault), why.
+#[pyclass(module = "trackgate._native", name = "EventError", frozen, eq)]
+#[derive(Debug, Clone, PartialEq)]
+struct PyEventError(EventError);
+
+#[pymethods]
+impl PyEventError {
+    #[getter]
+    fn index(&self) -> usize {
+        self.0.index
+    }
+    #[getter]
+    fn field(&self) -> &str {
+        &self.0.field
+    }
+    #[getter]
+    fn kind(&self) -> &'static str {
+        self.0.kind.as_str()
+    }
+    #[getter]
+    fn message(&self) -> &str {
+        &self.0.message
+    }
+
+    fn __repr__(&self) -> String {
+        let EventError {
+            index,
+            field,
+            kind,
+            message,
+        } = &self.0;
+        let kind = kind.as_str();
+        format!("EventError(index={index}, field={field:?}, kind={kind:?}, message={message:?})")
+    }
+}
+
+/// The events of one request for one (token, partition), ready for Redis: `count` events whose
+/// arguments are `args` RESP bulk strings in `packed`, and whose complete `XADD` commands are `xadds`.
+#[pyclass(module = "trackgate._native", name = "PartitionBatch", frozen, get_all)]
+#[derive(Debug)]
+struct PyPartitionBatch {
+    token: Py<PyString>,
+    partition: u32,
+    count: usize,
+    args: usize,
+    packed: Py<PyBytes>,
+    xadds: Py<PyBytes>,
+}
+
+#[pymethods]
+impl PyPartitionBatch {
+    /// For tests and benchmarks that send a batch of their own making.
+    #[new]
+    #[pyo3(signature = (*, token, partition, count, args, packed, xadds))]
+    fn new(
+        token: Py<PyString>,
+        partition: u32,
+        count: usize,
+        args: usize,
+        packed: Py<PyBytes>,
+        xadds: Py<PyBytes>,
+    ) -> Self {
+        Self {
+            token,
+            partition,
+            count,
+            args,
+            packed,
+            xadds,
+        }
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "PartitionBatch(token={:?}, partition={}, count={}, args={}, packed=<{} bytes>, xadds=<{} bytes>)",
+            self.token.bind(py).to_string_lossy(),
+            self.partition,
+            self.count,
+            self.args,
+            self.packed.bind(py).as_bytes().len(),
+            self.xadds.bind(py).as_bytes().len(),
+        )
+    }
 }
 
 /// The payload could not be used: the whole request, or (from `trackgate.decode`) some of its events.
@@ -344,7 +414,7 @@ struct PyDecodeError {
     status: u16,
     #[pyo3(get)]
     message: String,
-    error_list: Vec<(usize, String, String, String)>,
+    error_list: Vec<EventError>,
     #[pyo3(get)]
     events: Py<PyList>,
     /// The request's answer-shaping parameters, for a request refused as a whole.
@@ -365,14 +435,18 @@ impl PyDecodeError {
         kind: String,
         message: String,
         status: u16,
-        errors: Option<Vec<(usize, String, String, String)>>,
+        errors: Option<Vec<Bound<'_, PyEventError>>>,
         events: Option<Vec<Py<PyAny>>>,
     ) -> PyResult<Self> {
         Ok(Self {
             kind,
             status,
             message,
-            error_list: errors.unwrap_or_default(),
+            error_list: errors
+                .unwrap_or_default()
+                .into_iter()
+                .map(|error| error.get().0.clone())
+                .collect(),
             events: PyList::new(py, events.unwrap_or_default())?.unbind(),
             verbose: false,
             img: false,
@@ -383,7 +457,13 @@ impl PyDecodeError {
     /// One dict per invalid event: `index`, `loc` (index then the field's path), `field`, `kind`, `msg`.
     fn errors<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let list = PyList::empty(py);
-        for (index, field, kind, message) in &self.error_list {
+        for EventError {
+            index,
+            field,
+            kind,
+            message,
+        } in &self.error_list
+        {
             let dict = PyDict::new(py);
             dict.set_item("index", index)?;
             let mut loc: Vec<Bound<'py, PyAny>> = vec![index.into_pyobject(py)?.into_any()];
@@ -396,7 +476,7 @@ impl PyDecodeError {
             }
             dict.set_item("loc", PyTuple::new(py, loc)?)?;
             dict.set_item("field", field)?;
-            dict.set_item("kind", kind)?;
+            dict.set_item("kind", kind.as_str())?;
             dict.set_item("msg", message)?;
             list.append(dict)?;
         }
@@ -672,6 +752,8 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("RULES", rules(m.py())?)?;
     m.add_class::<PyTokenSet>()?;
     m.add_class::<PyRequest>()?;
+    m.add_class::<PyEventError>()?;
+    m.add_class::<PyPartitionBatch>()?;
     m.add_class::<PyDecodeError>()?;
     m.add_class::<PyReplyReader>()?;
     m.add("ReplyError", m.py().get_type::<ReplyError>())?;
