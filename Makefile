@@ -71,6 +71,7 @@ lint: build-test ## clippy, rustfmt, ruff and mypy; fails on any finding
 	$(BIN)/ruff check python tests bench
 	$(BIN)/ruff format --check python tests bench
 	$(BIN)/mypy
+	$(PY) -m mypy.stubtest trackgate._native
 
 fmt: build-test ## rewrite Rust and Python sources in the project's format, fix what ruff can
 	cargo fmt --all

@@ -80,10 +80,11 @@ def main() -> int:
                         [event(r * size + k, now, funnels=not args.no_funnels) for k in range(size)]
                     ).encode()
                     request = decode_request(b"", body, "application/json", now=now, options=options)
-                    for token, partition, count, n_args, packed, xadds in request.batches:
-                        n, c, parts, adds = merged.get((token, partition), (0, 0, [], []))
-                        merged[(token, partition)] = (n + n_args, c + count, [*parts, packed], [*adds, xadds])
-                        events += count
+                    for b in request.batches:
+                        key = (b.token, b.partition)
+                        n, c, parts, adds = merged.get(key, (0, 0, [], []))
+                        merged[key] = (n + b.args, c + b.count, [*parts, b.packed], [*adds, b.xadds])
+                        events += b.count
                     if (r + 1) % args.merge == 0 or r + 1 == max(1, args.events // size):
                         for (token, partition), (n_args, count, parts, adds) in merged.items():
                             seq += 1

@@ -62,13 +62,13 @@ def store_events(client: redis.Redis, events: list[dict[str, Any]], now: float) 
         )
         commands: list[bytes] = []
         replies = 0
-        for token, partition, count, n_args, packed, xadds in request.batches:
+        for b in request.batches:
             seq += 1
             headers.transaction(
-                commands, token, partition, 30 * 86400, b"w", seq, seq % store.RING_SLOTS, n_args, [packed],
-                [xadds],
+                commands, b.token, b.partition, 30 * 86400, b"w", seq, seq % store.RING_SLOTS, b.args,
+                [b.packed], [b.xadds],
             )  # fmt: skip
-            replies += store.transaction_replies(count) + 1
+            replies += store.transaction_replies(b.count) + 1
         conn.send_packed_command([b"".join(commands)])  # type: ignore[no-untyped-call]
         for _ in range(replies):
             conn.read_response()

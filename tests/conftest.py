@@ -24,6 +24,7 @@ import pytest
 import redis
 import requests
 from trackgate import store
+from trackgate._native import PartitionBatch
 from trackgate.keys import stream_key
 
 BIN = Path(sys.executable).parent
@@ -203,7 +204,7 @@ def send_packed(client: redis.Redis, command: bytes, replies: int = 1) -> Any:
         client.connection_pool.release(conn)
 
 
-Batch = tuple[str, int, int, int, bytes, bytes]
+Batch = PartitionBatch
 """A decoded request's batch: token, partition, events, packed arguments, packed, XADDs."""
 
 
@@ -227,14 +228,14 @@ def send_write(
     """One partition's transaction as the batcher builds it from `batches` (one or more requests'
     sections for the same partition, joined), its seq in `slot` of the ring (default: seq's own slot);
     returns EXEC's reply: the mark's two (SETRANGE, EXPIRE), one per XADD, the FCALL's."""
-    token, partition = batches[0][:2]
-    assert all(b[:2] == (token, partition) for b in batches)
-    events = sum(b[2] for b in batches)
+    token, partition = batches[0].token, batches[0].partition
+    assert all((b.token, b.partition) == (token, partition) for b in batches)
+    events = sum(b.count for b in batches)
     out: list[bytes] = []
     store.WriteCommands(maxlen, max_age, late).transaction(
         out, token, partition, window, writer, seq, _slot(seq, slot),
-        sum(b[3] for b in batches),
-        [b[4] for b in batches], [b[5] for b in batches],
+        sum(b.args for b in batches),
+        [b.packed for b in batches], [b.xadds for b in batches],
     )  # fmt: skip
     return send_packed(client, b"".join(out), store.transaction_replies(events) + 1)
 
@@ -251,12 +252,12 @@ def send_count(
 ) -> Any:
     """The FCALL of a transaction alone, as the batcher resends it when only the counting failed: under
     the transaction's seq and slot (default: seq's own slot)."""
-    token, partition = batches[0][:2]
+    token, partition = batches[0].token, batches[0].partition
     batch_id = store.batch_id(writer, seq, _slot(seq, slot))
     header = store.WriteCommands(0, 0, late).header(
-        token, partition, window, batch_id, sum(b[3] for b in batches)
+        token, partition, window, batch_id, sum(b.args for b in batches)
     )
-    return send_packed(client, header + b"".join(b[4] for b in batches))
+    return send_packed(client, header + b"".join(b.packed for b in batches))
 
 
 def stored_with(client: redis.Redis, token: str, prop: str, value: object) -> list[dict[str, Any]]:

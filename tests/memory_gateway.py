@@ -128,7 +128,7 @@ class MemorySink:
             json.loads(data)
             for batches, _ in self.submitted
             for batch in batches
-            for data in re.findall(rb"\r\ndata\r\n\$\d+\r\n(.*?)\r\n", batch[5])
+            for data in re.findall(rb"\r\ndata\r\n\$\d+\r\n(.*?)\r\n", batch.xadds)
         ]
 
     async def close(self) -> None:

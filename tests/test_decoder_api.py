@@ -387,17 +387,19 @@ def test_decode_request_reports_invalid_events_without_raising() -> None:
         "ip=1&verbose=1", body.encode(), FORM, now=NOW, options=trackgate.Options(), peer_ip="192.0.2.1"
     )
     assert (request.total, request.accepted, request.verbose, request.use_ip) == (2, 1, True, True)
-    assert [(i, field, kind) for i, field, kind, _ in request.errors] == [
-        (1, "properties.time", "time_invalid")
-    ]
+    assert [(e.index, e.field, e.kind) for e in request.errors] == [(1, "properties.time", "time_invalid")]
     [stored] = [json.loads(raw) for raw in request.events()]
     assert (stored["distinct_id"], stored["ip"], stored["properties"]["ip"]) == (
         "u",
         "192.0.2.1",
         "192.0.2.1",
     )
-    [(token, partition, count, _, _, _)] = request.batches
-    assert (token, partition, count) == ("t", zlib.crc32(b"u") % 4, 1)  # 4 partitions by default
+    [batch] = request.batches
+    assert (batch.token, batch.partition, batch.count) == (
+        "t",
+        zlib.crc32(b"u") % 4,
+        1,
+    )  # 4 partitions by default
 
 
 def test_unknown_tokens_are_rejected_with_a_token_set() -> None:
@@ -405,7 +407,7 @@ def test_unknown_tokens_are_rejected_with_a_token_set() -> None:
     request = trackgate.decode_request(
         "", body, FORM, now=NOW, options=trackgate.Options(), tokens=trackgate.TokenSet(["known"])
     )
-    assert [(i, kind) for i, _, kind, _ in request.errors] == [(0, "unknown_token")]
+    assert [(e.index, e.kind) for e in request.errors] == [(0, "unknown_token")]
     assert request.accepted == 1
 
 
@@ -550,8 +552,8 @@ def test_golden_capture(capture: dict[str, Any]) -> None:
     ]
 
     packed_users = []
-    for token, partition, count, _, _, _ in request.batches:
-        assert token == TOKEN
-        packed_users += [partition] * count
+    for batch in request.batches:
+        assert batch.token == TOKEN
+        packed_users += [batch.partition] * batch.count
     expected_partitions = [zlib.crc32(e["properties"]["distinct_id"].encode()) % 4 for e in sent]
     assert sorted(packed_users) == sorted(expected_partitions)

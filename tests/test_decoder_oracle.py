@@ -151,13 +151,14 @@ def assert_same_batches(native: Any, oracle: ref.Result, partitions: int) -> Non
     their token: their partition depends on the JSON to the byte."""
     packed_events = []  # (token, partition, canonical JSON, other fields)
     per_batch_order: dict[tuple[str, int], list[str]] = defaultdict(list)
-    for token, partition, count, args, packed, xadds in native.batches:
+    for batch in native.batches:
+        token, partition = batch.token, batch.partition
         assert 0 <= partition < partitions
-        strings = bulk_strings(packed)
-        assert len(strings) == args
+        strings = bulk_strings(batch.packed)
+        assert len(strings) == batch.args
         stream = f"tg:{{{token}:{partition}}}:events".encode()
-        commands = resp_commands(xadds)
-        assert len(commands) == count
+        commands = resp_commands(batch.xadds)
+        assert len(commands) == batch.count
         at = 0
         for command in commands:
             # N5: the event's XADD; four arguments, seven for an mp_funnel event (its fourth, the funnel,
@@ -217,7 +218,7 @@ def assert_agree(call: Call, options: ref.Options, now: float, tokens: list[str]
         return oracle
     params = ("verbose", "img", "test", "use_ip", "callback", "redirect", "total", "accepted")
     assert {p: getattr(native, p) for p in params} == {p: getattr(oracle, p) for p in params}, context
-    native_errors = [(index, field, kind) for index, field, kind, _ in native.errors]
+    native_errors = [(e.index, e.field, e.kind) for e in native.errors]
     oracle_errors = [(e.index, e.field, e.kind) for e in oracle.errors]
     assert native_errors == oracle_errors, f"per-event errors differ\n{context}\nnative: {native.errors}"
     assert_same_events(native, oracle)

@@ -54,7 +54,7 @@ class Project:
         for batch in self.decode(list(events)):
             self.seq += 1
             reply = send_write(self.client, self.writer, self.seq, [batch], window=self.window)
-            assert reply[-1] == batch[2]
+            assert reply[-1] == batch.count
 
     def report(self, name: str = "signup", start: dt.date = D0, end: dt.date | None = None) -> FunnelReport:
         async def read() -> FunnelReport | None:

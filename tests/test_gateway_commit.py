@@ -134,7 +134,7 @@ def test_a_batch_marks_its_partition_and_is_counted_once(
     assert send_write(rclient, writer, 7, [batch])[-1] == 3
     assert len(stored_with(rclient, token, "run", run)) == 3
     # What a retry reads to know the batch is in and counted: its entry in the partition's ring.
-    partition = batch[1]
+    partition = batch.partition
     ring_key = store.mark_key(token, partition, writer)
 
     def ring() -> bytes:

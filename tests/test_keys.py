@@ -41,8 +41,8 @@ def test_the_decoder_adds_events_to_the_streams_keys_names() -> None:
     request = decode_request(b"", body, "application/json", now=1_700_000_000, options=Options(partitions=8))
     assert request.errors == []
     seen = set()
-    for token, partition, count, _, _, xadds in request.batches:
-        xadd = b"*5\r\n$4\r\nXADD\r\n" + bulk(keys.stream_key(token, partition).encode())
-        assert xadds.count(xadd) == xadds.count(b"XADD") == count
-        seen.add((token, partition))
+    for batch in request.batches:
+        xadd = b"*5\r\n$4\r\nXADD\r\n" + bulk(keys.stream_key(batch.token, batch.partition).encode())
+        assert batch.xadds.count(xadd) == batch.xadds.count(b"XADD") == batch.count
+        seen.add((batch.token, batch.partition))
     assert len(seen) == 16

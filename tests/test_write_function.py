@@ -69,7 +69,7 @@ def decoded(events: list[dict[str, Any]]) -> Batch:
     request = decode_request(b"", json.dumps(events).encode(), "application/json", now=NOW, options=OPTIONS)
     assert request.errors == []
     [batch] = request.batches
-    assert (batch[1], batch[2]) == (0, len(events))
+    assert (batch.partition, batch.count) == (0, len(events))
     return batch
 
 
@@ -202,16 +202,22 @@ def test_joined_requests_count_as_each_event_by_itself(client: redis.Redis) -> N
 
 def corrupt(batch: Batch, old: bytes, new: bytes) -> Batch:
     """`batch` with one packed argument replaced, its RESP length fixed."""
-    token, partition, count, args, packed, xadds = batch
     before = b"$%d\r\n%s\r\n" % (len(old), old)
-    assert packed.count(before) == 1
-    return token, partition, count, args, packed.replace(before, b"$%d\r\n%s\r\n" % (len(new), new)), xadds
+    assert batch.packed.count(before) == 1
+    return _with(batch, packed=batch.packed.replace(before, b"$%d\r\n%s\r\n" % (len(new), new)))
 
 
 def truncated(batch: Batch) -> Batch:
     """`batch` without its last packed argument."""
-    token, partition, count, args, packed, xadds = batch
-    return token, partition, count, args - 1, packed[: packed.rindex(b"$")], xadds
+    return _with(batch, args=batch.args - 1, packed=batch.packed[: batch.packed.rindex(b"$")])
+
+
+def _with(batch: Batch, **changes: Any) -> Batch:
+    """`batch` with some of its parts changed."""
+    parts = {
+        name: getattr(batch, name) for name in ("token", "partition", "count", "args", "packed", "xadds")
+    }
+    return Batch(**{**parts, **changes})
 
 
 def test_a_malformed_call_changes_nothing(client: redis.Redis) -> None:

@@ -1,16 +1,24 @@
 """Typed stub of the private native module. Import from `trackgate`, not from here."""
 
-from collections.abc import Iterable, Sequence
-from typing import Final, final
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Final, Self, final
+
+from trackgate.decode_errors import ErrorDetails, EventErrorKind, RequestErrorKind
 
 __all__ = [
+    "EVENT_ERROR_KINDS",
     "MAX_FUNNEL_STEP",
     "PACKED_LAYOUT",
+    "REQUEST_ERROR_STATUS",
+    "RULES",
     "DecodeError",
+    "EventError",
     "Options",
+    "PartitionBatch",
     "ReplyError",
     "ReplyReader",
     "Request",
+    "Rule",
     "TokenSet",
     "__version__",
     "decode_data",
@@ -26,6 +34,12 @@ PACKED_LAYOUT: Final[int]
 
 # The highest mp_funnel step the decoder accepts (step_invalid above it), and the last a report lists.
 MAX_FUNNEL_STEP: Final[int]
+
+# The HTTP status of each whole-request error kind: 413 asks mixpanel-browser to retry in smaller batches.
+REQUEST_ERROR_STATUS: Final[Mapping[RequestErrorKind, int]]
+
+# Every per-event error kind.
+EVENT_ERROR_KINDS: Final[tuple[EventErrorKind, ...]]
 
 @final
 class Options:
@@ -53,27 +67,47 @@ class Options:
     def max_events(self) -> int: ...
     @property
     def partitions(self) -> int: ...
-    def __init__(
-        self,
+    # The defaults are the decoder's (see RULES, or `inspect.signature(Options)`), not written here twice.
+    def __new__(
+        cls,
         *,
-        max_age: float = 10800.0,
-        max_future_skew: float = 300.0,
-        max_event_name_chars: int = 255,
-        max_distinct_id_chars: int = 200,
-        max_properties: int = 255,
-        max_depth: int = 3,
-        max_array_len: int = 255,
-        max_event_bytes: int = 1_000_000,
-        max_request_bytes: int = 10_000_000,
-        max_events: int = 2000,
-        partitions: int = 4,
-    ) -> None: ...
+        max_age: float = ...,
+        max_future_skew: float = ...,
+        max_event_name_chars: int = ...,
+        max_distinct_id_chars: int = ...,
+        max_properties: int = ...,
+        max_depth: int = ...,
+        max_array_len: int = ...,
+        max_event_bytes: int = ...,
+        max_request_bytes: int = ...,
+        max_events: int = ...,
+        partitions: int = ...,
+    ) -> Self: ...
+
+@final
+class Rule:
+    """One decoding rule: its `Options` field, the help text of its setting, its default and its bounds
+    (inclusive; `maximum` is None when only the type bounds it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def help(self) -> str: ...
+    @property
+    def default(self) -> int | float: ...
+    @property
+    def minimum(self) -> int | float: ...
+    @property
+    def maximum(self) -> int | float | None: ...
+
+# Every rule, in the order of `Options`'s fields.
+RULES: Final[tuple[Rule, ...]]
 
 @final
 class TokenSet:
     """The tokens of known projects; events with any other token fail with kind `unknown_token`."""
 
-    def __init__(self, tokens: Iterable[str]) -> None: ...
+    def __new__(cls, tokens: Iterable[str]) -> Self: ...
     def __contains__(self, token: object, /) -> bool: ...
     def __len__(self) -> int: ...
 
@@ -98,24 +132,58 @@ class Request:
     @property
     def accepted(self) -> int: ...
     @property
-    def errors(self) -> list[tuple[int, str, str, str]]:
-        """One (index, field, kind, message) per invalid event, in index order."""
+    def errors(self) -> list[EventError]:
+        """One per invalid event, in index order."""
     @property
-    def batches(self) -> list[tuple[str, int, int, int, bytes, bytes]]:
-        """One (token, partition, count, args, packed, xadds) per partition that received valid events:
-        `count` events whose arguments (see PACKED_LAYOUT) are `args` RESP bulk strings in `packed`, ready to
-        append to an FCALL command, and whose `XADD <stream> * data <json>` commands, complete, are `xadds`;
-        the events in time order in both."""
+    def batches(self) -> list[PartitionBatch]:
+        """One per partition that received valid events, its events in time order."""
 
     def events(self) -> list[bytes]:
         """The normalised JSON of each valid event, in request order."""
+
+@final
+class EventError:
+    """One invalid event: its index in the request, the dotted path of the field at fault ("" when the
+    event itself is), why (a stable name) and a message for people."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def field(self) -> str: ...
+    @property
+    def kind(self) -> EventErrorKind: ...
+    @property
+    def message(self) -> str: ...
+
+@final
+class PartitionBatch:
+    """The valid events of one request for one (token, partition), ready for Redis: `count` events whose
+    arguments (see PACKED_LAYOUT) are `args` RESP bulk strings in `packed`, ready to append to an FCALL
+    command, and whose `XADD <stream> * data <json>` commands, complete, are `xadds`; the events in time
+    order in both."""
+
+    @property
+    def token(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def args(self) -> int: ...
+    @property
+    def packed(self) -> bytes: ...
+    @property
+    def xadds(self) -> bytes: ...
+    def __new__(
+        cls, *, token: str, partition: int, count: int, args: int, packed: bytes, xadds: bytes
+    ) -> Self: ...
 
 @final
 class DecodeError(ValueError):
     """The payload could not be used. `kind` is a stable snake_case name, `status` the HTTP status."""
 
     @property
-    def kind(self) -> str: ...
+    def kind(self) -> RequestErrorKind: ...
     @property
     def status(self) -> int: ...
     @property
@@ -130,16 +198,15 @@ class DecodeError(ValueError):
     def img(self) -> bool: ...
     @property
     def callback(self) -> str | None: ...
-    def __init__(
-        self,
-        kind: str,
+    def __new__(
+        cls,
+        kind: RequestErrorKind,
         message: str,
         status: int = 400,
-        errors: Sequence[tuple[int, str, str, str]] | None = None,
+        errors: Sequence[EventError] | None = None,
         events: Sequence[object] | None = None,
-        /,
-    ) -> None: ...
-    def errors(self) -> list[dict[str, object]]:
+    ) -> Self: ...
+    def errors(self) -> list[ErrorDetails]:
         """Per-event errors as dicts with `index`, `loc`, `field`, `kind` and `msg`."""
 
 def decode_request(

@@ -39,7 +39,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
 from trackgate import store
-from trackgate.flush import Batch, Flush, Key, Unavailable, UnavailableError
+from trackgate._native import PartitionBatch
+from trackgate.flush import Flush, Key, Unavailable, UnavailableError
 from trackgate.packing import LOAD_COMMAND, Packer, library_loaded
 from trackgate.pipeline import Clock, Pipeline
 from trackgate.redis_pipe import Connection, OnLost, OnReply, RedisPipe, ReplyError, pack
@@ -118,7 +119,7 @@ class Batcher:
             log.warning("Redis is not reachable yet (%s); answering 503 until it is", reason)
         self._task = asyncio.create_task(self._run(), name="trackgate-batcher")
 
-    def submit(self, batches: list[Batch], count: int) -> asyncio.Future[frozenset[Key]]:
+    def submit(self, batches: list[PartitionBatch], count: int) -> asyncio.Future[frozenset[Key]]:
         """Queue a request's partition batches; the future gives the keys whose write failed (empty when
         all are in Redis). Raises UnavailableError when the events cannot be queued."""
         if self._unreachable or self._closing:

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from trackgate._native import DecodeError, Options, decode_data
+from trackgate._native import REQUEST_ERROR_STATUS, DecodeError, Options, decode_data
 
 
 class Funnel(msgspec.Struct, frozen=True):
@@ -62,8 +62,8 @@ def decode(
         raise DecodeError(
             "invalid_events",
             f"{len(request.errors)} of {request.total} events are invalid; "
-            f"the first, at index {first[0]}: {first[3]}",
-            400,
+            f"the first, at index {first.index}: {first.message}",
+            REQUEST_ERROR_STATUS["invalid_events"],
             request.errors,
             events,
         )

@@ -11,12 +11,10 @@ import asyncio
 from enum import StrEnum
 from typing import Final
 
+from trackgate._native import PartitionBatch
+
 Key = tuple[str, int]
 """A (project token, partition) pair: one stream, one transaction per flush."""
-
-Batch = tuple[str, int, int, int, bytes, bytes]
-"""The decoder's events of one request for one partition: (token, partition, count, args, packed,
-xadds), see `trackgate.Request.batches`."""
 
 NO_FAILURES: Final[frozenset[Key]] = frozenset()
 
@@ -73,22 +71,22 @@ class Flush:
         self.started = 0.0
         self.deadline = 0.0  # until when its commands are tried again
 
-    def add(self, batches: list[Batch], count: int, waiter: asyncio.Future[frozenset[Key]]) -> None:
+    def add(self, batches: list[PartitionBatch], count: int, waiter: asyncio.Future[frozenset[Key]]) -> None:
         """One request's batches, `count` events in all, answered through `waiter`."""
         parts, xadds, counts, args = self.parts, self.xadds, self.counts, self.args
-        for token, partition, n, n_args, packed, added in batches:
-            key = (token, partition)
+        for batch in batches:
+            key = (batch.token, batch.partition)
             chunks = parts.get(key)
             if chunks is None:
-                parts[key] = [packed]
-                xadds[key] = [added]
-                counts[key] = n
-                args[key] = n_args
+                parts[key] = [batch.packed]
+                xadds[key] = [batch.xadds]
+                counts[key] = batch.count
+                args[key] = batch.args
             else:
-                chunks.append(packed)
-                xadds[key].append(added)
-                counts[key] += n
-                args[key] += n_args
+                chunks.append(batch.packed)
+                xadds[key].append(batch.xadds)
+                counts[key] += batch.count
+                args[key] += batch.args
         self.events += count
         self.waiters.append(waiter)
 

@@ -19,19 +19,25 @@ from typing import Annotated, Any, get_args, get_origin
 import msgspec
 from redis.connection import parse_url
 
-from trackgate._native import Options
+from trackgate._native import RULES, Options
 
 ENV_PREFIX = "TRACKGATE_"
 WORKER_SETTINGS_VAR = "TRACKGATE__WORKER_SETTINGS"
 # prometheus-client's own variable: it switches the library into multi-process mode at import time.
 METRICS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
 
-# The decoder's defaults are the decoder's business: read them from it instead of copying them here.
-_RULES = Options()
+# The decoder's rules are the decoder's business: their defaults, bounds and help texts are read from it.
+_RULES = {rule.name: rule for rule in RULES}
+_DEFAULTS = Options()
 
 
 def _doc(text: str, **constraints: Any) -> msgspec.Meta:
     return msgspec.Meta(description=text, **constraints)
+
+
+def _rule(name: str) -> msgspec.Meta:
+    rule = _RULES[name]
+    return _doc(rule.help, ge=rule.minimum, le=rule.maximum)
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -132,45 +138,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     ] = ()
     token_refresh: Annotated[float, _doc("seconds between reloads of the project list", gt=0, le=86400)] = 5.0
 
-    # Decoding rules (see the README's table)
-    partitions: Annotated[
-        int, _doc("streams per project; a user's events always share one", ge=1, le=65536)
-    ] = _RULES.partitions
-    max_age: Annotated[float, _doc("seconds an event's time may lie in the past", ge=0)] = _RULES.max_age
-    max_future_skew: Annotated[
-        float, _doc("seconds an event's time may lie ahead before it is set to now", ge=0)
-    ] = _RULES.max_future_skew
-    max_event_name_chars: Annotated[int, _doc("characters in an event name", ge=1)] = (
-        _RULES.max_event_name_chars
-    )
-    max_distinct_id_chars: Annotated[int, _doc("characters in a distinct_id", ge=1)] = (
-        _RULES.max_distinct_id_chars
-    )
-    max_properties: Annotated[int, _doc("properties of an event; keys of a nested object", ge=1)] = (
-        _RULES.max_properties
-    )
-    max_depth: Annotated[int, _doc("nesting levels inside a property", ge=0)] = _RULES.max_depth
-    max_array_len: Annotated[int, _doc("elements of an array", ge=0)] = _RULES.max_array_len
-    max_event_bytes: Annotated[int, _doc("bytes of an event's normalised JSON", ge=1)] = (
-        _RULES.max_event_bytes
-    )
-    max_request_bytes: Annotated[int, _doc("bytes of a request, inflated", ge=1)] = _RULES.max_request_bytes
-    max_events: Annotated[int, _doc("events in one request", ge=1)] = _RULES.max_events
+    # Decoding rules (see the README's table): the decoder's own defaults, bounds and help texts.
+    partitions: Annotated[int, _rule("partitions")] = _DEFAULTS.partitions
+    max_age: Annotated[float, _rule("max_age")] = _DEFAULTS.max_age
+    max_future_skew: Annotated[float, _rule("max_future_skew")] = _DEFAULTS.max_future_skew
+    max_event_name_chars: Annotated[int, _rule("max_event_name_chars")] = _DEFAULTS.max_event_name_chars
+    max_distinct_id_chars: Annotated[int, _rule("max_distinct_id_chars")] = _DEFAULTS.max_distinct_id_chars
+    max_properties: Annotated[int, _rule("max_properties")] = _DEFAULTS.max_properties
+    max_depth: Annotated[int, _rule("max_depth")] = _DEFAULTS.max_depth
+    max_array_len: Annotated[int, _rule("max_array_len")] = _DEFAULTS.max_array_len
+    max_event_bytes: Annotated[int, _rule("max_event_bytes")] = _DEFAULTS.max_event_bytes
+    max_request_bytes: Annotated[int, _rule("max_request_bytes")] = _DEFAULTS.max_request_bytes
+    max_events: Annotated[int, _rule("max_events")] = _DEFAULTS.max_events
 
     def decoder_options(self) -> Options:
-        return Options(
-            max_age=self.max_age,
-            max_future_skew=self.max_future_skew,
-            max_event_name_chars=self.max_event_name_chars,
-            max_distinct_id_chars=self.max_distinct_id_chars,
-            max_properties=self.max_properties,
-            max_depth=self.max_depth,
-            max_array_len=self.max_array_len,
-            max_event_bytes=self.max_event_bytes,
-            max_request_bytes=self.max_request_bytes,
-            max_events=self.max_events,
-            partitions=self.partitions,
-        )
+        return Options(**{name: getattr(self, name) for name in _RULES})
 
 
 class SettingsError(ValueError):

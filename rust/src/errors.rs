@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-/// The request as a whole cannot be used. One exhaustive match maps each to its HTTP status.
+/// The request as a whole cannot be used. Its kind (one exhaustive match) gives its name and HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestError {
     Empty,
@@ -43,42 +43,111 @@ pub enum RequestError {
         name: &'static str,
         detail: &'static str,
     },
+    /// Only from `trackgate.decode`, which takes a payload whole or not at all.
+    InvalidEvents {
+        invalid: usize,
+        total: usize,
+        /// The first invalid event's index and message.
+        index: usize,
+        message: String,
+    },
+}
+
+/// Declares an enum of error kinds with the stable snake_case name of each, and `ALL`, every variant in
+/// the order declared: tables made from `ALL` (statuses, the names Python exports) cannot miss one.
+macro_rules! kinds {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident { $($(#[$variant_meta:meta])* $variant:ident = $text:literal,)* }
+    ) => {
+        $(#[$meta])*
+        pub enum $name { $($(#[$variant_meta])* $variant,)* }
+
+        impl $name {
+            pub const ALL: &'static [Self] = &[$(Self::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)*
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+kinds! {
+    /// What made a request unusable as a whole: a `RequestError` without its details.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum RequestErrorKind {
+        Empty = "empty",
+        BodyTooLarge = "body_too_large",
+        DecompressedTooLarge = "decompressed_too_large",
+        InvalidGzip = "invalid_gzip",
+        UnsupportedEncoding = "unsupported_encoding",
+        InvalidBase64 = "invalid_base64",
+        InvalidUtf8 = "invalid_utf8",
+        InvalidJson = "invalid_json",
+        NotEvents = "not_events",
+        EmptyBatch = "empty_batch",
+        TooManyEvents = "too_many_events",
+        InvalidParameter = "invalid_parameter",
+        /// Some events are invalid: `trackgate.decode` refuses the payload (a gateway stores the others).
+        InvalidEvents = "invalid_events",
+    }
+}
+
+impl RequestErrorKind {
+    /// 413 tells mixpanel-browser to halve its batch and retry; every other client error is final.
+    pub fn status(self) -> u16 {
+        match self {
+            Self::BodyTooLarge | Self::DecompressedTooLarge | Self::TooManyEvents => 413,
+            Self::UnsupportedEncoding => 415,
+            Self::Empty
+            | Self::InvalidGzip
+            | Self::InvalidBase64
+            | Self::InvalidUtf8
+            | Self::InvalidJson
+            | Self::NotEvents
+            | Self::EmptyBatch
+            | Self::InvalidParameter
+            | Self::InvalidEvents => 400,
+        }
+    }
 }
 
 impl RequestError {
-    pub fn kind(&self) -> &'static str {
+    pub fn error_kind(&self) -> RequestErrorKind {
+        use RequestErrorKind as K;
         match self {
-            Self::Empty => "empty",
-            Self::BodyTooLarge { .. } => "body_too_large",
-            Self::DecompressedTooLarge { .. } => "decompressed_too_large",
-            Self::InvalidGzip { .. } => "invalid_gzip",
-            Self::UnsupportedEncoding { .. } => "unsupported_encoding",
-            Self::InvalidBase64 { .. } => "invalid_base64",
-            Self::InvalidUtf8 { .. } => "invalid_utf8",
-            Self::InvalidJson { .. } => "invalid_json",
-            Self::NotEvents { .. } => "not_events",
-            Self::EmptyBatch => "empty_batch",
-            Self::TooManyEvents { .. } => "too_many_events",
-            Self::InvalidParameter { .. } => "invalid_parameter",
+            Self::Empty => K::Empty,
+            Self::BodyTooLarge { .. } => K::BodyTooLarge,
+            Self::DecompressedTooLarge { .. } => K::DecompressedTooLarge,
+            Self::InvalidGzip { .. } => K::InvalidGzip,
+            Self::UnsupportedEncoding { .. } => K::UnsupportedEncoding,
+            Self::InvalidBase64 { .. } => K::InvalidBase64,
+            Self::InvalidUtf8 { .. } => K::InvalidUtf8,
+            Self::InvalidJson { .. } => K::InvalidJson,
+            Self::NotEvents { .. } => K::NotEvents,
+            Self::EmptyBatch => K::EmptyBatch,
+            Self::TooManyEvents { .. } => K::TooManyEvents,
+            Self::InvalidParameter { .. } => K::InvalidParameter,
+            Self::InvalidEvents { .. } => K::InvalidEvents,
         }
     }
 
-    /// 413 tells mixpanel-browser to halve its batch and retry; every other client error is final.
+    /// The stable snake_case name of its kind.
+    pub fn kind(&self) -> &'static str {
+        self.error_kind().as_str()
+    }
+
     pub fn status(&self) -> u16 {
-        match self {
-            Self::BodyTooLarge { .. }
-            | Self::DecompressedTooLarge { .. }
-            | Self::TooManyEvents { .. } => 413,
-            Self::UnsupportedEncoding { .. } => 415,
-            Self::Empty
-            | Self::InvalidGzip { .. }
-            | Self::InvalidBase64 { .. }
-            | Self::InvalidUtf8 { .. }
-            | Self::InvalidJson { .. }
-            | Self::NotEvents { .. }
-            | Self::EmptyBatch
-            | Self::InvalidParameter { .. } => 400,
-        }
+        self.error_kind().status()
     }
 
     #[cold]
@@ -141,75 +210,49 @@ impl fmt::Display for RequestError {
                 write!(f, "more than {max} events in one request; send smaller batches")
             }
             Self::InvalidParameter { name, detail } => write!(f, "parameter `{name}` {detail}"),
+            Self::InvalidEvents {
+                invalid,
+                total,
+                index,
+                message,
+            } => write!(
+                f,
+                "{invalid} of {total} events are invalid; the first, at index {index}: {message}"
+            ),
         }
     }
 }
 
 impl std::error::Error for RequestError {}
 
-/// Why one event of a request was rejected. The other events of the request are unaffected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EventErrorKind {
-    NotAnObject,
-    EventMissing,
-    EventInvalid,
-    EventTooLong,
-    PropertiesInvalid,
-    TokenMissing,
-    TokenInvalid,
-    UnknownToken,
-    TimeInvalid,
-    TimeTooOld,
-    DistinctIdInvalid,
-    DistinctIdTooLong,
-    InsertIdInvalid,
-    IpInvalid,
-    FunnelInvalid,
-    StepInvalid,
-    GoalInvalid,
-    TooManyProperties,
-    TooManyKeys,
-    TooDeep,
-    ArrayTooLong,
-    DuplicateProperty,
-    NumberOutOfRange,
-    EventTooLarge,
-}
-
-impl EventErrorKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::NotAnObject => "not_an_object",
-            Self::EventMissing => "event_missing",
-            Self::EventInvalid => "event_invalid",
-            Self::EventTooLong => "event_too_long",
-            Self::PropertiesInvalid => "properties_invalid",
-            Self::TokenMissing => "token_missing",
-            Self::TokenInvalid => "token_invalid",
-            Self::UnknownToken => "unknown_token",
-            Self::TimeInvalid => "time_invalid",
-            Self::TimeTooOld => "time_too_old",
-            Self::DistinctIdInvalid => "distinct_id_invalid",
-            Self::DistinctIdTooLong => "distinct_id_too_long",
-            Self::InsertIdInvalid => "insert_id_invalid",
-            Self::IpInvalid => "ip_invalid",
-            Self::FunnelInvalid => "funnel_invalid",
-            Self::StepInvalid => "step_invalid",
-            Self::GoalInvalid => "goal_invalid",
-            Self::TooManyProperties => "too_many_properties",
-            Self::TooManyKeys => "too_many_keys",
-            Self::TooDeep => "too_deep",
-            Self::ArrayTooLong => "array_too_long",
-            Self::DuplicateProperty => "duplicate_property",
-            Self::NumberOutOfRange => "number_out_of_range",
-            Self::EventTooLarge => "event_too_large",
-        }
-    }
-}
-
-impl fmt::Display for EventErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+kinds! {
+    /// Why one event of a request was rejected. The other events of the request are unaffected.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum EventErrorKind {
+        NotAnObject = "not_an_object",
+        EventMissing = "event_missing",
+        EventInvalid = "event_invalid",
+        EventTooLong = "event_too_long",
+        PropertiesInvalid = "properties_invalid",
+        TokenMissing = "token_missing",
+        TokenInvalid = "token_invalid",
+        UnknownToken = "unknown_token",
+        TimeInvalid = "time_invalid",
+        TimeTooOld = "time_too_old",
+        DistinctIdInvalid = "distinct_id_invalid",
+        DistinctIdTooLong = "distinct_id_too_long",
+        InsertIdInvalid = "insert_id_invalid",
+        IpInvalid = "ip_invalid",
+        FunnelInvalid = "funnel_invalid",
+        StepInvalid = "step_invalid",
+        GoalInvalid = "goal_invalid",
+        TooManyProperties = "too_many_properties",
+        TooManyKeys = "too_many_keys",
+        TooDeep = "too_deep",
+        ArrayTooLong = "array_too_long",
+        DuplicateProperty = "duplicate_property",
+        NumberOutOfRange = "number_out_of_range",
+        EventTooLarge = "event_too_large",
     }
 }
 
@@ -237,5 +280,50 @@ impl EventError {
             kind,
             message,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    fn snake_case(name: &str) -> bool {
+        !name.is_empty()
+            && name.split('_').all(|word| {
+                !word.is_empty()
+                    && word
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            })
+    }
+
+    #[test]
+    fn every_request_error_kind_has_a_client_error_status_and_its_own_name() {
+        let names: HashSet<_> = RequestErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), RequestErrorKind::ALL.len());
+        for kind in RequestErrorKind::ALL {
+            assert!(snake_case(kind.as_str()), "{kind}");
+            assert!(matches!(kind.status(), 400 | 413 | 415), "{kind}");
+        }
+        assert_eq!(RequestErrorKind::TooManyEvents.status(), 413);
+        assert_eq!(RequestErrorKind::UnsupportedEncoding.status(), 415);
+    }
+
+    #[test]
+    fn a_request_error_has_the_name_and_status_of_its_kind() {
+        let error = RequestError::TooManyEvents { max: 2 };
+        assert_eq!(error.error_kind(), RequestErrorKind::TooManyEvents);
+        assert_eq!((error.kind(), error.status()), ("too_many_events", 413));
+    }
+
+    #[test]
+    fn every_event_error_kind_has_its_own_name() {
+        let names: HashSet<_> = EventErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), EventErrorKind::ALL.len());
+        assert!(names.iter().all(|name| snake_case(name)));
+        let request_names: HashSet<_> = RequestErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert!(names.is_disjoint(&request_names));
     }
 }

@@ -4,6 +4,8 @@
 
 use std::collections::HashSet;
 
+#[macro_use]
+mod options;
 pub mod errors;
 pub mod event;
 pub mod json;
@@ -15,49 +17,10 @@ pub mod resp;
 #[cfg(feature = "python")]
 mod py;
 
-pub use errors::{EventError, EventErrorKind, RequestError};
+pub use errors::{EventError, EventErrorKind, RequestError, RequestErrorKind};
+pub use options::Options;
 pub use request::Params;
 pub use resp::{Batch, PACKED_LAYOUT};
-
-/// The rules. Every limit is inclusive: a value equal to it is accepted.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Options {
-    /// Seconds: older events are rejected (the original API's rule is 3 hours; Mixpanel now takes 5 days).
-    pub max_age: f64,
-    /// Seconds: events further in the future are set to the receive time.
-    pub max_future_skew: f64,
-    pub max_event_name_chars: usize,
-    pub max_distinct_id_chars: usize,
-    /// Top-level properties of an event, and keys of any object nested in them.
-    pub max_properties: usize,
-    /// Containers nested inside one property value.
-    pub max_depth: usize,
-    pub max_array_len: usize,
-    /// Bytes of an event's normalised JSON.
-    pub max_event_bytes: usize,
-    /// Bytes of a request (query string and body), also after decompression.
-    pub max_request_bytes: usize,
-    pub max_events: usize,
-    pub partitions: u32,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            max_age: 3.0 * 3600.0,
-            max_future_skew: 300.0,
-            max_event_name_chars: 255,
-            max_distinct_id_chars: 200,
-            max_properties: 255,
-            max_depth: 3,
-            max_array_len: 255,
-            max_event_bytes: 1_000_000,
-            max_request_bytes: 10_000_000,
-            max_events: 2000,
-            partitions: 4,
-        }
-    }
-}
 
 /// The tokens of the projects the gateway serves.
 pub type TokenSet = HashSet<String>;

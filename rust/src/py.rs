@@ -6,104 +6,161 @@ use std::collections::HashSet;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
+use pyo3::IntoPyObjectExt;
 
 use crate::replies::{self, Item, ReplyBuffer};
-use crate::{request, Context, Decoded, EventError, Params, RequestError};
+use crate::{
+    request, Context, Decoded, EventError, EventErrorKind, Params, RequestError, RequestErrorKind,
+};
 
 /// Requests larger than this are decoded with the GIL released, so other threads run meanwhile.
 const DETACH_FROM_BYTES: usize = 64 * 1024;
 
-#[pyclass(module = "trackgate._native", name = "Options", frozen, get_all)]
+#[pyclass(module = "trackgate._native", name = "Options", frozen)]
 #[derive(Debug, Clone)]
-struct PyOptions {
-    max_age: f64,
-    max_future_skew: f64,
-    max_event_name_chars: usize,
-    max_distinct_id_chars: usize,
-    max_properties: usize,
-    max_depth: usize,
-    max_array_len: usize,
-    max_event_bytes: usize,
-    max_request_bytes: usize,
-    max_events: usize,
-    partitions: u32,
+struct PyOptions(crate::Options);
+
+/// The Python side of the rules (see `options.rs`): a keyword-only constructor with each rule's
+/// default, each argument checked against the rule's bounds, a getter per rule, and `RULES`.
+macro_rules! python_options {
+    ($(
+        $(#[doc = $doc:literal])*
+        $name:ident: $type:ty = $default:tt, $min:literal..=$max:expr, $help:literal;
+    )*) => {
+        /// One function per rule, for `from_py_with`: the argument's type and bounds, checked.
+        mod rule_argument {
+            use super::{Bound, PyAny, PyResult, RuleValue};
+            $(
+                pub(super) fn $name(value: &Bound<'_, PyAny>) -> PyResult<$type> {
+                    <$type as RuleValue>::extract(stringify!($name), value, $min, $max)
+                }
+            )*
+        }
+
+        #[pymethods]
+        impl PyOptions {
+            #[new]
+            #[pyo3(signature = (*, $($name = $default),*))]
+            #[allow(clippy::too_many_arguments)]
+            fn new($(#[pyo3(from_py_with = rule_argument::$name)] $name: $type),*) -> Self {
+                Self(crate::Options { $($name),* })
+            }
+
+            $(
+                #[getter]
+                fn $name(&self) -> $type {
+                    self.0.$name
+                }
+            )*
+
+            fn __repr__(&self) -> String {
+                format!("{:?}", self.0)
+                    .replacen("Options {", "Options(", 1)
+                    .replace(" }", ")")
+            }
+        }
+
+        /// The rules, for the gateway's settings: name, help text, default and bounds of each.
+        fn rules(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
+            PyTuple::new(py, [$(
+                PyRule {
+                    name: stringify!($name),
+                    help: $help,
+                    default: <$type as RuleValue>::to_python($default, py)?,
+                    minimum: <$type as RuleValue>::to_python($min, py)?,
+                    maximum: <$type as RuleValue>::bound_to_python($max, py)?,
+                },
+            )*])
+        }
+    };
 }
 
-impl PyOptions {
-    fn rules(&self) -> crate::Options {
-        crate::Options {
-            max_age: self.max_age,
-            max_future_skew: self.max_future_skew,
-            max_event_name_chars: self.max_event_name_chars,
-            max_distinct_id_chars: self.max_distinct_id_chars,
-            max_properties: self.max_properties,
-            max_depth: self.max_depth,
-            max_array_len: self.max_array_len,
-            max_event_bytes: self.max_event_bytes,
-            max_request_bytes: self.max_request_bytes,
-            max_events: self.max_events,
-            partitions: self.partitions,
-        }
+with_rules!(python_options);
+
+/// A rule's value: read from Python with its bounds checked, and handed back.
+trait RuleValue: Copy + PartialEq + for<'py> IntoPyObject<'py> {
+    /// The type's largest value: a maximum that bounds nothing.
+    const UNBOUNDED: Self;
+
+    fn extract(name: &str, value: &Bound<'_, PyAny>, min: Self, max: Self) -> PyResult<Self>;
+
+    fn to_python(self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.into_py_any(py)
     }
+
+    /// None for a maximum that bounds nothing.
+    fn bound_to_python(self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        (self != Self::UNBOUNDED)
+            .then(|| self.to_python(py))
+            .transpose()
+    }
+}
+
+impl RuleValue for f64 {
+    const UNBOUNDED: Self = f64::INFINITY;
+
+    fn extract(name: &str, value: &Bound<'_, PyAny>, min: Self, max: Self) -> PyResult<Self> {
+        let value: f64 = value.extract()?;
+        if value.is_finite() && (min..=max).contains(&value) {
+            return Ok(value);
+        }
+        let bounds = if max == Self::UNBOUNDED {
+            format!(">= {min}")
+        } else {
+            format!("from {min} to {max}")
+        };
+        Err(PyValueError::new_err(format!(
+            "{name} must be a finite number {bounds}, got {value}"
+        )))
+    }
+}
+
+impl RuleValue for usize {
+    const UNBOUNDED: Self = usize::MAX;
+
+    fn extract(name: &str, value: &Bound<'_, PyAny>, min: Self, max: Self) -> PyResult<Self> {
+        limit(name, value, min, max)
+    }
+}
+
+impl RuleValue for u32 {
+    const UNBOUNDED: Self = u32::MAX;
+
+    fn extract(name: &str, value: &Bound<'_, PyAny>, min: Self, max: Self) -> PyResult<Self> {
+        let n = limit(name, value, min as usize, max as usize)?;
+        Ok(u32::try_from(n).expect("within a u32's bounds"))
+    }
+}
+
+/// One decoding rule, as `trackgate.settings` builds a setting from it.
+#[pyclass(module = "trackgate._native", name = "Rule", frozen, get_all)]
+#[derive(Debug)]
+struct PyRule {
+    name: &'static str,
+    help: &'static str,
+    default: Py<PyAny>,
+    minimum: Py<PyAny>,
+    maximum: Option<Py<PyAny>>,
 }
 
 #[pymethods]
-impl PyOptions {
-    #[new]
-    #[pyo3(signature = (
-        *,
-        max_age = 10800.0,
-        max_future_skew = 300.0,
-        max_event_name_chars = 255,
-        max_distinct_id_chars = 200,
-        max_properties = 255,
-        max_depth = 3,
-        max_array_len = 255,
-        max_event_bytes = 1_000_000,
-        max_request_bytes = 10_000_000,
-        max_events = 2000,
-        partitions = 4,
-    ))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        max_age: f64,
-        max_future_skew: f64,
-        #[pyo3(from_py_with = max_event_name_chars)] max_event_name_chars: usize,
-        #[pyo3(from_py_with = max_distinct_id_chars)] max_distinct_id_chars: usize,
-        #[pyo3(from_py_with = max_properties)] max_properties: usize,
-        #[pyo3(from_py_with = max_depth)] max_depth: usize,
-        #[pyo3(from_py_with = max_array_len)] max_array_len: usize,
-        #[pyo3(from_py_with = max_event_bytes)] max_event_bytes: usize,
-        #[pyo3(from_py_with = max_request_bytes)] max_request_bytes: usize,
-        #[pyo3(from_py_with = max_events)] max_events: usize,
-        #[pyo3(from_py_with = partitions)] partitions: u32,
-    ) -> PyResult<Self> {
-        for (name, value) in [("max_age", max_age), ("max_future_skew", max_future_skew)] {
-            if !value.is_finite() || value < 0.0 {
-                return Err(PyValueError::new_err(format!(
-                    "{name} must be a finite number >= 0, got {value}"
-                )));
-            }
-        }
-        Ok(Self {
-            max_age,
-            max_future_skew,
-            max_event_name_chars,
-            max_distinct_id_chars,
-            max_properties,
-            max_depth,
-            max_array_len,
-            max_event_bytes,
-            max_request_bytes,
-            max_events,
-            partitions,
-        })
-    }
-
-    fn __repr__(&self) -> String {
-        format!("{:?}", self.rules())
-            .replacen("Options {", "Options(", 1)
-            .replace(" }", ")")
+impl PyRule {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let shown = |value: &Py<PyAny>| {
+            value
+                .bind(py)
+                .repr()
+                .map_or_else(|_| "?".to_owned(), |r| r.to_string())
+        };
+        format!(
+            "Rule(name={:?}, default={}, minimum={}, maximum={})",
+            self.name,
+            shown(&self.default),
+            shown(&self.minimum),
+            self.maximum
+                .as_ref()
+                .map_or_else(|| "None".to_owned(), shown)
+        )
     }
 }
 
@@ -117,30 +174,6 @@ fn limit(name: &str, value: &Bound<'_, PyAny>, min: usize, max: usize) -> PyResu
         Ok(n) if (min..=max).contains(&n) => Ok(n),
         _ => Err(out_of_range(name, value, min, max)),
     }
-}
-
-macro_rules! limits {
-    ($($name:ident: $min:expr, $max:expr;)*) => {$(
-        fn $name(value: &Bound<'_, PyAny>) -> PyResult<usize> {
-            limit(stringify!($name), value, $min, $max)
-        }
-    )*};
-}
-
-limits! {
-    max_event_name_chars: 1, usize::MAX;
-    max_distinct_id_chars: 1, usize::MAX;
-    max_properties: 1, usize::MAX;
-    max_depth: 0, crate::json::MAX_DEPTH_LIMIT;
-    max_array_len: 0, usize::MAX;
-    max_event_bytes: 1, usize::MAX;
-    max_request_bytes: 1, usize::MAX;
-    max_events: 1, usize::MAX;
-}
-
-fn partitions(value: &Bound<'_, PyAny>) -> PyResult<u32> {
-    let n = limit("partitions", value, 1, 65536)?;
-    Ok(u32::try_from(n).expect("at most 65536"))
 }
 
 #[cold]
@@ -250,25 +283,23 @@ impl PyRequest {
     }
 
     #[getter]
-    fn errors<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        error_tuples(py, &self.0.errors)
+    fn errors(&self) -> Vec<PyEventError> {
+        self.0.errors.iter().cloned().map(PyEventError).collect()
     }
 
     #[getter]
-    fn batches<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let list = PyList::empty(py);
-        for batch in &self.0.batches.batches {
-            let item = (
-                PyString::new(py, &batch.token),
-                batch.partition,
-                batch.count,
-                batch.args,
-                PyBytes::new(py, &batch.packed),
-                PyBytes::new(py, &batch.xadds),
-            );
-            list.append(item)?;
-        }
-        Ok(list)
+    fn batches(&self, py: Python<'_>) -> Vec<PyPartitionBatch> {
+        let batches = self.0.batches.batches.iter();
+        batches
+            .map(|batch| PyPartitionBatch {
+                token: PyString::new(py, &batch.token).unbind(),
+                partition: batch.partition,
+                count: batch.count,
+                args: batch.args,
+                packed: PyBytes::new(py, &batch.packed).unbind(),
+                xadds: PyBytes::new(py, &batch.xadds).unbind(),
+            })
+            .collect()
     }
 
     fn events<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
@@ -286,18 +317,90 @@ impl PyRequest {
     }
 }
 
-fn error_tuples<'py>(py: Python<'py>, errors: &[EventError]) -> PyResult<Bound<'py, PyList>> {
-    PyList::new(
-        py,
-        errors.iter().map(|e| {
-            (
-                e.index,
-                e.field.as_str(),
-                e.kind.as_str(),
-                e.message.as_str(),
-            )
-        }),
-    )
+/// One rejected event: where it stood in the request, which field (a dotted path, empty when the
+/// event itself is at fault), why.
+#[pyclass(module = "trackgate._native", name = "EventError", frozen, eq)]
+#[derive(Debug, Clone, PartialEq)]
+struct PyEventError(EventError);
+
+#[pymethods]
+impl PyEventError {
+    #[getter]
+    fn index(&self) -> usize {
+        self.0.index
+    }
+    #[getter]
+    fn field(&self) -> &str {
+        &self.0.field
+    }
+    #[getter]
+    fn kind(&self) -> &'static str {
+        self.0.kind.as_str()
+    }
+    #[getter]
+    fn message(&self) -> &str {
+        &self.0.message
+    }
+
+    fn __repr__(&self) -> String {
+        let EventError {
+            index,
+            field,
+            kind,
+            message,
+        } = &self.0;
+        let kind = kind.as_str();
+        format!("EventError(index={index}, field={field:?}, kind={kind:?}, message={message:?})")
+    }
+}
+
+/// The events of one request for one (token, partition), ready for Redis: `count` events whose
+/// arguments are `args` RESP bulk strings in `packed`, and whose complete `XADD` commands are `xadds`.
+#[pyclass(module = "trackgate._native", name = "PartitionBatch", frozen, get_all)]
+#[derive(Debug)]
+struct PyPartitionBatch {
+    token: Py<PyString>,
+    partition: u32,
+    count: usize,
+    args: usize,
+    packed: Py<PyBytes>,
+    xadds: Py<PyBytes>,
+}
+
+#[pymethods]
+impl PyPartitionBatch {
+    /// For tests and benchmarks that send a batch of their own making.
+    #[new]
+    #[pyo3(signature = (*, token, partition, count, args, packed, xadds))]
+    fn new(
+        token: Py<PyString>,
+        partition: u32,
+        count: usize,
+        args: usize,
+        packed: Py<PyBytes>,
+        xadds: Py<PyBytes>,
+    ) -> Self {
+        Self {
+            token,
+            partition,
+            count,
+            args,
+            packed,
+            xadds,
+        }
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "PartitionBatch(token={:?}, partition={}, count={}, args={}, packed=<{} bytes>, xadds=<{} bytes>)",
+            self.token.bind(py).to_string_lossy(),
+            self.partition,
+            self.count,
+            self.args,
+            self.packed.bind(py).as_bytes().len(),
+            self.xadds.bind(py).as_bytes().len(),
+        )
+    }
 }
 
 /// The payload could not be used: the whole request, or (from `trackgate.decode`) some of its events.
@@ -311,7 +414,7 @@ struct PyDecodeError {
     status: u16,
     #[pyo3(get)]
     message: String,
-    error_list: Vec<(usize, String, String, String)>,
+    error_list: Vec<EventError>,
     #[pyo3(get)]
     events: Py<PyList>,
     /// The request's answer-shaping parameters, for a request refused as a whole.
@@ -332,14 +435,18 @@ impl PyDecodeError {
         kind: String,
         message: String,
         status: u16,
-        errors: Option<Vec<(usize, String, String, String)>>,
+        errors: Option<Vec<Bound<'_, PyEventError>>>,
         events: Option<Vec<Py<PyAny>>>,
     ) -> PyResult<Self> {
         Ok(Self {
             kind,
             status,
             message,
-            error_list: errors.unwrap_or_default(),
+            error_list: errors
+                .unwrap_or_default()
+                .into_iter()
+                .map(|error| error.get().0.clone())
+                .collect(),
             events: PyList::new(py, events.unwrap_or_default())?.unbind(),
             verbose: false,
             img: false,
@@ -350,7 +457,13 @@ impl PyDecodeError {
     /// One dict per invalid event: `index`, `loc` (index then the field's path), `field`, `kind`, `msg`.
     fn errors<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let list = PyList::empty(py);
-        for (index, field, kind, message) in &self.error_list {
+        for EventError {
+            index,
+            field,
+            kind,
+            message,
+        } in &self.error_list
+        {
             let dict = PyDict::new(py);
             dict.set_item("index", index)?;
             let mut loc: Vec<Bound<'py, PyAny>> = vec![index.into_pyobject(py)?.into_any()];
@@ -363,7 +476,7 @@ impl PyDecodeError {
             }
             dict.set_item("loc", PyTuple::new(py, loc)?)?;
             dict.set_item("field", field)?;
-            dict.set_item("kind", kind)?;
+            dict.set_item("kind", kind.as_str())?;
             dict.set_item("msg", message)?;
             list.append(dict)?;
         }
@@ -483,9 +596,9 @@ fn decode_request(
     tokens: Option<&PyTokenSet>,
 ) -> PyResult<PyRequest> {
     check_now(now)?;
-    let rules = options.rules();
+    let rules = &options.0;
     let ctx = Context {
-        options: &rules,
+        options: rules,
         now,
         peer_ip,
         tokens: tokens.map(|t| &t.0),
@@ -513,9 +626,9 @@ fn decode_data(
     options: &PyOptions,
 ) -> PyResult<PyRequest> {
     check_now(now)?;
-    let rules = options.rules();
+    let rules = &options.0;
     let ctx = Context {
-        options: &rules,
+        options: rules,
         now,
         peer_ip: None,
         tokens: None,
@@ -627,9 +740,20 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("PACKED_LAYOUT", crate::PACKED_LAYOUT)?;
     m.add("MAX_FUNNEL_STEP", crate::event::MAX_FUNNEL_STEP)?;
+    let statuses = PyDict::new(m.py());
+    for kind in RequestErrorKind::ALL {
+        statuses.set_item(kind.as_str(), kind.status())?;
+    }
+    m.add("REQUEST_ERROR_STATUS", statuses)?;
+    let event_kinds = EventErrorKind::ALL.iter().map(|kind| kind.as_str());
+    m.add("EVENT_ERROR_KINDS", PyTuple::new(m.py(), event_kinds)?)?;
     m.add_class::<PyOptions>()?;
+    m.add_class::<PyRule>()?;
+    m.add("RULES", rules(m.py())?)?;
     m.add_class::<PyTokenSet>()?;
     m.add_class::<PyRequest>()?;
+    m.add_class::<PyEventError>()?;
+    m.add_class::<PyPartitionBatch>()?;
     m.add_class::<PyDecodeError>()?;
     m.add_class::<PyReplyReader>()?;
     m.add("ReplyError", m.py().get_type::<ReplyError>())?;

@@ -10,7 +10,7 @@ from typing import Final, Protocol
 import msgspec
 
 from trackgate import metrics
-from trackgate._native import Request
+from trackgate._native import EventError, Request
 from trackgate.gateway.refusals import CLIENT_CLOSED, Reason, Refusal, RefusalLog
 from trackgate.rsgi import HTTPProtocol, Scope
 
@@ -57,10 +57,9 @@ class VerboseFailure(msgspec.Struct):
 _encode = msgspec.json.Encoder().encode
 
 
-def failed_events(errors: list[tuple[int, str, str, str]]) -> list[FailedRecord]:
-    """A decoded request's `errors`, its invalid events in index order (the one reader of the decoder's
-    error tuples)."""
-    return [FailedRecord(index, field, kind, message) for index, field, kind, message in errors]
+def failed_events(errors: list[EventError]) -> list[FailedRecord]:
+    """A decoded request's `errors`, its invalid events in index order."""
+    return [FailedRecord(e.index, e.field, e.kind, e.message) for e in errors]
 
 
 def valid_callback(name: str) -> bool:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from trackgate import metrics
-from trackgate._native import DecodeError, Request, TokenSet
+from trackgate._native import DecodeError, PartitionBatch, Request, TokenSet
 from trackgate.batcher import Key, UnavailableError
 from trackgate.gateway.answers import (
     INVALID_CALLBACK,
@@ -26,7 +26,7 @@ from trackgate.gateway.redirects import RedirectPolicy
 from trackgate.gateway.refusals import BODY_TOO_LARGE, Refusal, RefusalLog
 from trackgate.rsgi import HTTPProtocol, ProtocolClosed, Scope
 
-Batches = list[tuple[str, int, int, int, bytes, bytes]]
+Batches = list[PartitionBatch]
 METHODS: Final = "GET, POST, OPTIONS"
 
 
@@ -211,9 +211,9 @@ class Endpoint:
 
 
 def _names_unknown_token(request: Request) -> bool:
-    return any(record.kind == Refusal.UNKNOWN_TOKEN.kind for record in failed_events(request.errors))
+    return any(error.kind == Refusal.UNKNOWN_TOKEN.kind for error in request.errors)
 
 
 def _keys(batches: Batches) -> Iterable[Key]:
-    """The (token, partition) of each partition batch (the one reader of the decoder's batch tuples)."""
-    return ((batch[0], batch[1]) for batch in batches)
+    """The (token, partition) of each partition batch."""
+    return ((batch.token, batch.partition) for batch in batches)

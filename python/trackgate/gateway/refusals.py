@@ -11,11 +11,13 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 from trackgate import metrics
-from trackgate._native import DecodeError, Options, decode_request
+from trackgate._native import REQUEST_ERROR_STATUS
 from trackgate.batcher import Unavailable
+from trackgate.decode_errors import RequestErrorKind
 from trackgate.gateway import log
 from trackgate.rsgi import Scope
 
@@ -72,17 +74,16 @@ class Refusal(enum.Enum):
 _BY_KIND: Final = {refusal.kind: refusal for refusal in Refusal}
 
 
-def _decoders_oversized_body() -> DecodeError:
-    try:
-        decode_request("", b"{}", now=0.0, options=Options(max_request_bytes=1))
-    except DecodeError as err:
-        return err
-    raise AssertionError("the decoder accepted a body over its limit")
+@dataclass(frozen=True, slots=True)
+class DecoderReason:
+    """A reason of the decoder's, refused by the gateway before the decoder sees the request."""
+
+    kind: RequestErrorKind
+    status: int
 
 
-BODY_TOO_LARGE: Final[Reason] = _decoders_oversized_body()
-"""A body over the request limit, refused before it is all read: the decoder's reason and status for
-such a body, taken from the decoder itself."""
+BODY_TOO_LARGE: Final[Reason] = DecoderReason("body_too_large", REQUEST_ERROR_STATUS["body_too_large"])
+"""A body over the request limit, refused before it is all read, as the decoder would refuse it."""
 
 
 class RefusalLog:
