@@ -97,7 +97,7 @@ class MemorySink:
     """Records the submitted batches; its futures resolve with `unstored` keys, or fail with `failure`.
     `refusal` makes submit itself refuse, as a batcher does when it cannot queue."""
 
-    ready = True
+    not_ready_reason: str | None = None
 
     def __init__(
         self,

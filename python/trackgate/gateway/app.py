@@ -156,11 +156,19 @@ class App:
             _plain(proto, "other", 404, b"not found\n")
 
     async def _ready(self, proto: HTTPProtocol) -> None:
+        """Ready means that writes succeed: 503, saying why, while they cannot."""
+        why = await self.not_ready_reason()
+        if why is None:
+            _plain(proto, "readyz", 200, b"ready\n")
+        else:
+            _plain(proto, "readyz", 503, why.encode() + b"\n")
+
+    async def not_ready_reason(self) -> str | None:
         try:
-            ok = bool(await asyncio.wait_for(self._services.admin.ping(), 1.0)) and self._services.sink.ready
+            await asyncio.wait_for(self._services.admin.ping(), 1.0)
         except (RedisError, OSError, TimeoutError):
-            ok = False
-        _plain(proto, "readyz", 200 if ok else 503, b"ready\n" if ok else b"Redis is not reachable\n")
+            return "Redis is not reachable"
+        return self._services.sink.not_ready_reason
 
 
 def _plain(proto: HTTPProtocol, route: str, status: int, body: bytes) -> None:

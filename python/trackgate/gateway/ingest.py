@@ -38,7 +38,9 @@ class Sink(Protocol):
         UnavailableError when the events cannot be taken."""
 
     @property
-    def ready(self) -> bool: ...
+    def not_ready_reason(self) -> str | None:
+        """Why events cannot be stored now (said by /readyz), or None when they can."""
+
     async def close(self) -> None: ...
 
 
