@@ -15,6 +15,7 @@ from memory_gateway import (
     Proto,
     answer,
     answer_stalled,
+    answer_while_held,
     counted,
     data,
     event,
@@ -41,6 +42,9 @@ SCENARIOS: dict[Refusal, Callable[[], Proto]] = {
     ),
     Refusal.OVERLOADED: lambda: answer(data(event()), sink=MemorySink(refusal=Unavailable.OVERLOADED)),
     Refusal.STOPPING: lambda: answer(data(event()), sink=MemorySink(refusal=Unavailable.STOPPING)),
+    Refusal.BODY_BYTES_IN_FLIGHT: lambda: answer_while_held(
+        form(event(pad="x" * 600)), form(event(pad="y" * 600)), max_body_bytes_in_flight=1000
+    ),
     Refusal.WRITE_FAILED: lambda: answer(
         data(event()), sink=MemorySink(unstored=frozenset((TOKEN, p) for p in range(4)))
     ),

@@ -17,7 +17,7 @@ from trackgate.api import Api
 from trackgate.batcher import Batcher
 from trackgate.gateway import log
 from trackgate.gateway.answers import PLAIN_TEXT
-from trackgate.gateway.body import BodyDeadlines
+from trackgate.gateway.body import BodyBudget, BodyDeadlines
 from trackgate.gateway.client import ClientAddress
 from trackgate.gateway.cors import Cors
 from trackgate.gateway.ingest import Endpoint, Ingestion, Sink, TokenSource
@@ -118,6 +118,7 @@ class App:
             clients=ClientAddress(settings.trusted_proxies),
             redirects=RedirectPolicy(settings.redirect_hosts),
             deadlines=BodyDeadlines(settings.body_timeout, services.monotonic),
+            budget=BodyBudget(settings.max_body_bytes_in_flight),
             refusals=RefusalLog(clock=services.monotonic),
             body_limit=options.max_request_bytes,
             retry_after=[("retry-after", str(settings.retry_after))],

@@ -58,6 +58,9 @@ class Refusal(enum.Enum):
     OVERLOADED = Unavailable.OVERLOADED, 503
     STOPPING = Unavailable.STOPPING, 503
     WRITE_FAILED = Unavailable.WRITE_FAILED, 503
+    # The worker holds as many bytes of request bodies as its budget allows (--max-body-bytes-in-flight):
+    # refused before the body is read, retried by clients.
+    BODY_BYTES_IN_FLIGHT = "body_bytes_in_flight", 503
 
     @classmethod
     def for_unavailable(cls, reason: Unavailable) -> Refusal:
