@@ -152,8 +152,11 @@ class MemorySink:
 class FixedTokens:
     """The known tokens; a reload (for an unknown token) finds `after_reload` when given."""
 
-    def __init__(self, *tokens: str, after_reload: tuple[str, ...] | None = None) -> None:
+    def __init__(
+        self, *tokens: str, after_reload: tuple[str, ...] | None = None, registry_missing: bool = False
+    ) -> None:
         self.tokens = TokenSet(tokens)
+        self.registry_missing = registry_missing
         self._after_reload = after_reload
         self.reloads = 0
 

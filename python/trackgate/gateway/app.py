@@ -24,7 +24,7 @@ from trackgate.gateway.ingest import Endpoint, Ingestion, Sink, TokenSource
 from trackgate.gateway.redirects import RedirectPolicy
 from trackgate.gateway.refusals import RefusalLog
 from trackgate.gateway.track import track_endpoint
-from trackgate.projects import TokenCache
+from trackgate.projects import REGISTRY_MISSING, TokenCache
 from trackgate.rsgi import HTTPProtocol, Scope
 from trackgate.settings import Settings, for_worker
 
@@ -169,6 +169,8 @@ class App:
             await asyncio.wait_for(self._services.admin.ping(), 1.0)
         except (RedisError, OSError, TimeoutError):
             return "Redis is not reachable"
+        if self._services.tokens.registry_missing:
+            return REGISTRY_MISSING
         return self._services.sink.not_ready_reason
 
 

@@ -32,6 +32,7 @@ from trackgate.gateway.client import ClientAddress
 from trackgate.gateway.cors import Cors
 from trackgate.gateway.redirects import RedirectPolicy
 from trackgate.gateway.refusals import BODY_TOO_LARGE, Reason, Refusal, RefusalLog
+from trackgate.projects import REGISTRY_MISSING
 from trackgate.rsgi import HTTPProtocol, ProtocolClosed, Scope
 
 Batches = list[PartitionBatch]
@@ -57,6 +58,10 @@ class TokenSource(Protocol):
 
     @property
     def tokens(self) -> TokenSet: ...
+    @property
+    def registry_missing(self) -> bool:
+        """The project registry is gone from Redis: no request can be told apart as a known project's."""
+
     async def reload_for_unknown(self) -> bool: ...
     async def stop(self) -> None: ...
 
@@ -133,6 +138,18 @@ class Endpoint:
                 self._answers.refuse(scope, proto, Refusal.ORIGIN_NOT_ALLOWED, message, cors)
                 return
             cors = allowed
+        if method == "OPTIONS":
+            self._answers.empty(proto, 204, self._cors.preflight(headers, cors, METHODS))
+            return
+        if method != "POST" and method != "GET":
+            message = f"{method[:20]} is not allowed; use GET or POST"
+            allow = [*cors, ("allow", METHODS)]
+            self._answers.refuse(scope, proto, Refusal.METHOD_NOT_ALLOWED, message, allow)
+            return
+        if self._tokens.registry_missing:
+            retry = [*cors, *self._retry_after]
+            self._refuse_unread(scope, proto, Refusal.REGISTRY_MISSING, REGISTRY_MISSING, retry)
+            return
         if method == "POST":
             # The body's bytes count against the worker's budget until the request is answered.
             claim = self._budget.claim()
@@ -140,14 +157,8 @@ class Endpoint:
                 await self._post(scope, proto, cors, claim)
             finally:
                 claim.release()
-        elif method == "GET":
-            await self._decode_and_store(scope, proto, b"", cors)
-        elif method == "OPTIONS":
-            self._answers.empty(proto, 204, self._cors.preflight(headers, cors, METHODS))
         else:
-            message = f"{method[:20]} is not allowed; use GET or POST"
-            allow = [*cors, ("allow", METHODS)]
-            self._answers.refuse(scope, proto, Refusal.METHOD_NOT_ALLOWED, message, allow)
+            await self._decode_and_store(scope, proto, b"", cors)
 
     async def _post(
         self, scope: Scope, proto: HTTPProtocol, cors: list[tuple[str, str]], claim: BodyClaim

@@ -61,6 +61,9 @@ class Refusal(enum.Enum):
     # The worker holds as many bytes of request bodies as its budget allows (--max-body-bytes-in-flight):
     # refused before the body is read, retried by clients.
     BODY_BYTES_IN_FLIGHT = "body_bytes_in_flight", 503
+    # The project registry is gone from Redis (see projects.TokenCache): until it is restored, events
+    # are kept by the clients, which retry a 503 (a 401 they would drop).
+    REGISTRY_MISSING = "registry_missing", 503
 
     @classmethod
     def for_unavailable(cls, reason: Unavailable) -> Refusal:
