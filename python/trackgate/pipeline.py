@@ -185,7 +185,9 @@ class Pipeline:
         )
         self._finish(command)
 
-    def _refused(self, command: Command, err: object, cause: object, stored: int = 0) -> None:
+    def _refused(
+        self, command: Command, err: ReplyError | None, cause: ReplyError | None, stored: int = 0
+    ) -> None:
         """`err` is what Redis answered; `cause` the error that says why (its code names the kind of
         line in the log)."""
         command.flush.failed.add(command.key)
