@@ -158,13 +158,13 @@ class App:
 
     async def _ready(self, proto: HTTPProtocol) -> None:
         """Ready means that writes succeed: 503, saying why, while they cannot."""
-        why = await self.not_ready_reason()
+        why = await self._not_ready_reason()
         if why is None:
             _plain(proto, "readyz", 200, b"ready\n")
         else:
             _plain(proto, "readyz", 503, why.encode() + b"\n")
 
-    async def not_ready_reason(self) -> str | None:
+    async def _not_ready_reason(self) -> str | None:
         try:
             await asyncio.wait_for(self._services.admin.ping(), 1.0)
         except (RedisError, OSError, TimeoutError):
