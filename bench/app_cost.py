@@ -89,7 +89,7 @@ class _Proto:
 class _Stored:
     """The batcher's place when Redis is left out: every request's events are in Redis at once."""
 
-    ready = True
+    not_ready_reason: str | None = None
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._done: asyncio.Future[frozenset[Any]] = loop.create_future()

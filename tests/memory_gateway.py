@@ -55,8 +55,10 @@ class Proto:
         self.status = 0
         self.headers: list[tuple[str, str]] = []
         self.body = b""
+        self.reads = 0  # of the body, whole or a chunk
 
     def __call__(self) -> asyncio.Future[bytes]:
+        self.reads += 1
         if self._read is not None:
             return self._read
         return _resolved(b"".join(self._chunks))
@@ -65,6 +67,7 @@ class Proto:
         return self
 
     def __anext__(self) -> asyncio.Future[bytes]:
+        self.reads += 1
         read = asyncio.get_running_loop().create_future()
         if self._chunks:
             read.set_result(self._chunks.pop(0))
@@ -95,9 +98,10 @@ def _resolved(body: bytes) -> asyncio.Future[bytes]:
 
 class MemorySink:
     """Records the submitted batches; its futures resolve with `unstored` keys, or fail with `failure`.
-    `refusal` makes submit itself refuse, as a batcher does when it cannot queue."""
+    `refusal` makes submit itself refuse, as a batcher does when it cannot queue. With `hold` set, its
+    futures wait in `held` until `write_held()`: requests whose write is in flight."""
 
-    ready = True
+    not_ready_reason: str | None = None
 
     def __init__(
         self,
@@ -105,10 +109,13 @@ class MemorySink:
         refusal: Unavailable | None = None,
         failure: Unavailable | None = None,
         unstored: frozenset[Key] = frozenset(),
+        hold: bool = False,
     ) -> None:
         self.refusal = refusal
         self.failure = failure
         self.unstored = unstored
+        self.hold = hold
+        self.held: list[asyncio.Future[frozenset[Key]]] = []
         self.submitted: list[tuple[Batches, int]] = []
 
     def submit(self, batches: Batches, count: int) -> asyncio.Future[frozenset[Key]]:
@@ -116,11 +123,18 @@ class MemorySink:
             raise UnavailableError(self.refusal)
         self.submitted.append((batches, count))
         done: asyncio.Future[frozenset[Key]] = asyncio.get_running_loop().create_future()
-        if self.failure is not None:
+        if self.hold:
+            self.held.append(done)
+        elif self.failure is not None:
             done.set_exception(UnavailableError(self.failure))
         else:
             done.set_result(self.unstored)
         return done
+
+    def write_held(self) -> None:
+        for done in self.held:
+            done.set_result(self.unstored)
+        self.held.clear()
 
     def stored(self) -> list[dict[str, Any]]:
         """The normalised events of the submitted batches, as their XADDs carry them."""
@@ -138,8 +152,11 @@ class MemorySink:
 class FixedTokens:
     """The known tokens; a reload (for an unknown token) finds `after_reload` when given."""
 
-    def __init__(self, *tokens: str, after_reload: tuple[str, ...] | None = None) -> None:
+    def __init__(
+        self, *tokens: str, after_reload: tuple[str, ...] | None = None, registry_missing: bool = False
+    ) -> None:
         self.tokens = TokenSet(tokens)
+        self.registry_missing = registry_missing
         self._after_reload = after_reload
         self.reloads = 0
 
@@ -235,6 +252,29 @@ def answer_stalled(query: str = "", **settings: Any) -> Proto:
             return await request
 
     return asyncio.run(scenario())
+
+
+def answer_while_held(held: bytes, body: bytes, chunked: bool = False, **settings: Any) -> Proto:
+    """The answer to a POST of `body` while a POST of `held` waits for its write, its body in flight."""
+
+    async def scenario() -> Proto:
+        async with running(MemorySink(hold=True), **settings) as gateway:
+            first = asyncio.create_task(gateway.call("POST", body=held))
+            await until_submitted(gateway.sink, 1)
+            second = await gateway.call("POST", body=body, chunked=chunked)
+            gateway.sink.write_held()
+            assert (await first).status == 200
+            return second
+
+    return asyncio.run(scenario())
+
+
+async def until_submitted(sink: MemorySink, requests: int) -> None:
+    for _ in range(1000):
+        if len(sink.submitted) >= requests:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{requests} requests were not submitted")
 
 
 def event(token: str = TOKEN, **props: Any) -> dict[str, Any]:

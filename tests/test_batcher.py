@@ -25,6 +25,7 @@ from scripted_redis import (
 )
 from trackgate import Request, store
 from trackgate.batcher import PIPELINE_MIN_EVENTS, UnavailableError
+from trackgate.pipeline import FAILING_FOR
 
 
 def keys(r: Request) -> frozenset[tuple[str, int]]:
@@ -282,3 +283,74 @@ def test_xadds_redis_refuses_fail_the_requests_with_events_in_their_partition(
         play(scenario)
     assert f"Redis refused a write of 2 events to {store.stream_key(TOKEN, 0)} (0 stored)" in caplog.text
     assert "WRONGTYPE" in caplog.text
+
+
+OOM = "OOM command not allowed when used memory > 'maxmemory'."
+
+
+def test_a_thousand_refused_writes_make_a_few_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    """An outage refuses every write: one line a second per Redis error, the next saying how many it
+    stands for."""
+
+    async def scenario() -> None:
+        redis, clock = ScriptedRedis(), ScriptedClock()
+        redis.refuse = lambda command: OOM
+        batcher = await started(redis, clock)
+        for i in range(1000):
+            r = request(user_in(0, i))
+            answer = batcher.submit(r.batches, r.accepted)
+            await until(answer.done, "the answer")
+            assert answer.result() == frozenset({(TOKEN, 0)})
+            if i % 100 == 99:
+                clock.advance(0.25)
+        await batcher.close()
+
+    with caplog.at_level(logging.ERROR, "trackgate.batcher"):
+        play(scenario)
+    lines = [r.getMessage() for r in caplog.records if "Redis refused a write" in r.getMessage()]
+    # 1,000 refusals over 2.5 s of the clock: a line a second.
+    assert 1 < len(lines) <= 4
+    assert OOM in lines[0]
+    assert all("more like it since its last line" in line for line in lines[1:])
+    left_out = sum(int(line.split("(and ")[1].split(" ")[0]) for line in lines[1:])
+    assert len(lines) + left_out <= 1000
+
+
+def test_not_ready_while_writes_are_refused_and_ready_after_one_succeeds() -> None:
+    async def scenario() -> None:
+        redis, clock = ScriptedRedis(), ScriptedClock()
+        batcher = await started(redis, clock)
+        assert batcher.not_ready_reason is None
+        redis.refuse = lambda command: OOM
+        r = request(user_in(0))
+        answer = batcher.submit(r.batches, r.accepted)
+        await until(answer.done, "the answer")
+        reason = batcher.not_ready_reason
+        assert reason is not None
+        assert OOM in reason
+        redis.refuse = lambda command: None
+        answer = batcher.submit(r.batches, r.accepted)
+        await until(answer.done, "the answer")
+        assert answer.result() == frozenset()
+        assert batcher.not_ready_reason is None
+        await batcher.close()
+
+    play(scenario)
+
+
+def test_refused_writes_long_ago_no_longer_make_the_worker_unready() -> None:
+    async def scenario() -> None:
+        redis, clock = ScriptedRedis(), ScriptedClock()
+        batcher = await started(redis, clock)
+        redis.refuse = lambda command: OOM
+        r = request(user_in(0))
+        answer = batcher.submit(r.batches, r.accepted)
+        await until(answer.done, "the answer")
+        assert not batcher.ready
+        clock.advance(FAILING_FOR - 0.1)
+        assert not batcher.ready
+        clock.advance(0.1)
+        assert batcher.ready
+        await batcher.close()
+
+    play(scenario)

@@ -55,6 +55,7 @@ def test_a_redis_url_redis_cannot_use(url: str, tmp_path: Path) -> None:
         ("TRACKGATE_MAX_AGE", "inf", "--max-age"),
         ("TRACKGATE_STREAM_MAXLEN", str(2**63), "--stream-maxlen"),
         ("TRACKGATE_PARTITIONS", "0", "--partitions"),
+        ("TRACKGATE_MAX_BODY_BYTES_IN_FLIGHT", "9999999", "expected at least --max-request-bytes"),
     ],
 )
 def test_a_setting_out_of_range(variable: str, value: str, named: str, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ each is answered with the table's status and counted under its name."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import pytest
@@ -15,10 +16,12 @@ from memory_gateway import (
     Proto,
     answer,
     answer_stalled,
+    answer_while_held,
     counted,
     data,
     event,
     form,
+    running,
 )
 from trackgate.batcher import Unavailable
 from trackgate.gateway.refusals import BODY_TOO_LARGE, Reason, Refusal
@@ -41,6 +44,10 @@ SCENARIOS: dict[Refusal, Callable[[], Proto]] = {
     ),
     Refusal.OVERLOADED: lambda: answer(data(event()), sink=MemorySink(refusal=Unavailable.OVERLOADED)),
     Refusal.STOPPING: lambda: answer(data(event()), sink=MemorySink(refusal=Unavailable.STOPPING)),
+    Refusal.BODY_BYTES_IN_FLIGHT: lambda: answer_while_held(
+        form(event(pad="x" * 600)), form(event(pad="y" * 600)), max_body_bytes_in_flight=1000
+    ),
+    Refusal.REGISTRY_MISSING: lambda: answer(data(event()), tokens=FixedTokens(TOKEN, registry_missing=True)),
     Refusal.WRITE_FAILED: lambda: answer(
         data(event()), sink=MemorySink(unstored=frozenset((TOKEN, p) for p in range(4)))
     ),
@@ -77,3 +84,19 @@ def test_every_reason_the_batcher_gives_is_a_503() -> None:
 def test_unknown_token_only_when_every_failed_event_has_one() -> None:
     assert Refusal.for_failed_events(["unknown_token", "unknown_token"]) is Refusal.UNKNOWN_TOKEN
     assert Refusal.for_failed_events(["unknown_token", "event_invalid"]) is Refusal.INVALID_EVENTS
+
+
+def test_while_the_registry_is_missing_events_are_refused_unread_with_retry_after() -> None:
+    async def scenario() -> None:
+        async with running(tokens=FixedTokens(TOKEN, registry_missing=True)) as gateway:
+            body = form(event())
+            unread = Proto([body])
+            refused = await gateway.call("POST", "verbose=1", body, proto=unread)
+            assert (refused.status, refused.header("retry-after")) == (503, "2")
+            assert "trackgate project restore" in refused.text
+            assert unread.reads == 0
+            assert (await gateway.call("GET", data(event()))).status == 503
+            assert (await gateway.call("OPTIONS")).status == 204
+            assert not gateway.sink.submitted
+
+    asyncio.run(scenario())

@@ -106,8 +106,19 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
 
     @property
+    def not_ready_reason(self) -> str | None:
+        """Why the worker's writes cannot succeed now (stopping, no connection, recent writes refused or
+        given up), or None when they can."""
+        if self._closing:
+            return "the worker is stopping"
+        if self._pipeline.pipe is None:
+            return "Redis is not reachable"
+        failing = self._pipeline.failing()
+        return None if failing is None else f"writes to Redis are failing: {failing}"
+
+    @property
     def ready(self) -> bool:
-        return self._pipeline.pipe is not None and not self._closing
+        return self.not_ready_reason is None
 
     async def start(self) -> None:
         """Connect (a failure is not fatal: the gateway answers 503 and keeps trying) and start writing."""

@@ -1,4 +1,5 @@
-"""`trackgate serve` and `trackgate project create|list`."""
+"""`trackgate serve`, `trackgate project create|list|set-funnel-window|backup|restore`, `trackgate funnels
+report` and `trackgate export`."""
 
 from __future__ import annotations
 
@@ -14,19 +15,21 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from tqdm import tqdm
 
-from trackgate import export, funnels, projects, settings, store
+from trackgate import export, funnels, projects, registry_backup, settings, store
 from trackgate.embedded import DataDirLock, EmbeddedRedis, EmbeddedRedisError, running_url
 
 log = logging.getLogger("trackgate")
+
+T = TypeVar("T")
 
 
 def _logging_config(level: str) -> dict[str, Any]:
@@ -83,6 +86,15 @@ def _parser() -> argparse.ArgumentParser:
     window = actions.add_parser("set-funnel-window", help="change a project's funnel conversion window")
     window.add_argument("name")
     window.add_argument("window", metavar="days", type=_window_seconds)
+    backup = actions.add_parser(
+        "backup", help="write the project registry (tokens, names, secret hashes, settings) as JSON"
+    )
+    backup.add_argument("--output", "-o", help="file to write (default: standard output)")
+    restore = actions.add_parser("restore", help="put the projects of a backup back into the registry")
+    restore.add_argument("file", help="a file `trackgate project backup` wrote (-: standard input)")
+    restore.add_argument(
+        "--force", action="store_true", help="overwrite projects and names that exist with other settings"
+    )
 
     funnel = commands.add_parser("funnels", help="funnel reports")
     funnel_actions = funnel.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -96,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--from", dest="start", help="first UTC day, YYYY-MM-DD (default: 30 days ago)")
         sub.add_argument("--to", dest="end", help="last UTC day, YYYY-MM-DD (default: today)")
         sub.add_argument("--partitions", help="the gateway's --partitions (default: 4)")
-    for sub in (create, listing, window, report, export):
+    for sub in (create, listing, window, backup, restore, report, export):
         sub.add_argument(
             "--redis-url", help="Redis holding the projects (default: the private redis-server's)"
         )
@@ -247,6 +259,8 @@ class UsageError(ValueError):
 
 def _with_redis(args: argparse.Namespace) -> int:
     config = settings.build(args)
+    if args.command == "project" and args.action in ("backup", "restore"):
+        return _registry_file(args, config)
     with _redis_for_cli(config) as url:
         if args.command == "project":
             return asyncio.run(_project_action(args, url))
@@ -295,6 +309,38 @@ async def _project_action(args: argparse.Namespace, url: str) -> int:
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(project.created))
             print(f"{project.token}  {created}  {project.name}")
         return 0
+
+
+def _registry_file(args: argparse.Namespace, config: settings.Settings) -> int:
+    """`project backup` and `project restore`."""
+    if args.action == "backup":
+        with _redis_for_cli(config) as url:
+            data = asyncio.run(_with_client(url, registry_backup.backup))
+        # Written once the registry is read: a failed read must not empty an earlier backup.
+        if args.output:
+            Path(args.output).write_bytes(data)
+        else:
+            sys.stdout.buffer.write(data)
+        count = len(registry_backup.read_backup(data).projects)
+        print(f"{count} projects written to {args.output or 'standard output'}", file=sys.stderr)
+        return 0
+    # Read, and checked, before any Redis is started.
+    saved = registry_backup.read_backup(
+        sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    )
+    with _redis_for_cli(config) as url:
+        restored = asyncio.run(
+            _with_client(url, lambda client: registry_backup.restore(client, saved, force=args.force))
+        )
+    print(
+        f"{len(restored.written)} projects restored, {len(restored.unchanged)} there already", file=sys.stderr
+    )
+    return 0
+
+
+async def _with_client(url: str, action: Callable[[Redis], Awaitable[T]]) -> T:
+    async with Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5) as client:
+        return await action(client)
 
 
 async def _find_project(client: Redis, name_or_token: str) -> projects.Project:

@@ -20,8 +20,13 @@ from trackgate.flush import Command, Flush, Key, Unavailable
 from trackgate.packing import Packer, library_loaded
 from trackgate.recovery import Action, Decision, Mark, Sent
 from trackgate.redis_pipe import Connection, ReplyError
+from trackgate.throttled_log import ThrottledLog
 
 log = logging.getLogger("trackgate.batcher")  # the batcher's log, whichever of its modules writes
+
+FAILING_FOR: Final = 10.0
+"""Seconds after a refused or given-up write during which the write path counts as failing (the worker
+is not ready), unless a write succeeds first: long enough to span the gaps between a client's retries."""
 
 
 class Timer(Protocol):
@@ -75,6 +80,12 @@ class Pipeline:
         self.lost_run_id: bytes | None = None
         self._progress = 0.0  # when the pipe last answered, or was first waited on
         self._watchdog: Timer | None = None
+        # Why the last write failed, and when; cleared by the next write that succeeds.
+        self._failure: str | None = None
+        self._failed_at = 0.0
+        # An outage refuses every write, and each would be a line; the lines of one Redis error code
+        # (OOM, WRONGTYPE, ...) are logged once a second.
+        self._errors = ThrottledLog(log, "like it", clock=clock.time)
 
     # Sending
 
@@ -132,15 +143,19 @@ class Pipeline:
             passed = pipe.passed_error if pipe is not None else None
             if pipe is not None:
                 pipe.passed_error = None
-            self._refused(item, reply if passed is None else ReplyError(f"{reply} ({passed})"))
+            if passed is None:
+                self._refused(item, reply, reply)
+            else:
+                self._refused(item, ReplyError(f"{reply} ({passed})"), passed)
         else:
             # EXEC's replies: the mark's, one per XADD, the FCALL's. Their types are looked at in C (map,
             # set), not by a Python loop over the events; the XADDs' are read one by one only on an error.
             added = reply[store.MARK_REPLIES : -1]
             if ReplyError in set(map(type, added)):
                 failed = [r for r in added if isinstance(r, ReplyError)]
-                self._refused(item, failed[0], stored=item.count - len(failed))
+                self._refused(item, failed[0], failed[0], stored=item.count - len(failed))
             else:
+                self._failure = None
                 metrics.count_stored(item.count, deduplicated=False)
                 if isinstance(reply[-1], ReplyError):
                     self._count_failed(item, reply[-1])
@@ -161,7 +176,8 @@ class Pipeline:
     def _count_given_up(self, command: Command, why: str) -> None:
         """Its events are stored, and answered as such; its counting is not tried again."""
         metrics.REDIS_ERRORS.labels("count").inc()
-        log.error(
+        self._errors.error(
+            "count:" + why.split(" ", 1)[0],
             "%d events are stored in %s, but not counted: %s",
             command.count,
             store.stream_key(*command.key),
@@ -169,16 +185,33 @@ class Pipeline:
         )
         self._finish(command)
 
-    def _refused(self, command: Command, err: ReplyError | None, stored: int = 0) -> None:
+    def _refused(
+        self, command: Command, err: ReplyError | None, cause: ReplyError | None, stored: int = 0
+    ) -> None:
+        """`err` is what Redis answered; `cause` the error that says why (its code names the kind of
+        line in the log)."""
         command.flush.failed.add(command.key)
         metrics.REDIS_ERRORS.labels("command").inc()
-        log.error(
+        self._write_failed(str(err))
+        self._errors.error(
+            "refused:" + str(cause).split(" ", 1)[0],
             "Redis refused a write of %d events to %s (%d stored): %s",
             command.count,
             store.stream_key(*command.key),
             stored,
             err,
         )
+
+    def _write_failed(self, why: str) -> None:
+        self._failure = why
+        self._failed_at = self._clock.time()
+
+    def failing(self) -> str | None:
+        """Why writes are failing: the last one failed (refused, or given up) within FAILING_FOR seconds
+        and none succeeded since; None when they are not."""
+        if self._failure is not None and self._clock.time() - self._failed_at < FAILING_FOR:
+            return self._failure
+        return None
 
     def _finish(self, command: Command) -> None:
         flush = command.flush
@@ -297,6 +330,7 @@ class Pipeline:
         )
         for command, decision in expired:
             if decision.action is Action.FAIL:
+                self._write_failed(f"gave up after {self._retry_window:g} s of Redis errors")
                 command.flush.failed.add(command.key)
             else:
                 metrics.REDIS_ERRORS.labels("count").inc()

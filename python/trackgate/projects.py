@@ -36,6 +36,11 @@ class ProjectError(ValueError):
 
 DEFAULT_FUNNEL_WINDOW: Final = 30 * 86400
 
+REGISTRY_MISSING: Final = (
+    f"the project registry ({PROJECTS_KEY}) is gone from Redis (restarted without its data, or flushed); "
+    "restore it with `trackgate project restore`"
+)
+
 
 class Project(msgspec.Struct, frozen=True):
     token: str
@@ -108,6 +113,10 @@ async def get_project(client: Redis, token: str) -> Project | None:
     )
 
 
+def valid_token(token: str) -> bool:
+    return _TOKEN_RE.match(token) is not None
+
+
 def check_window(seconds: int) -> None:
     if not 60 <= seconds <= 366 * 86400:
         raise ProjectError("a funnel window is from 1 minute to 366 days")
@@ -144,12 +153,18 @@ class TokenCache:
     Reloaded every `interval` seconds, and when a request names a token it does not know (a project
     created a moment ago). Such reloads happen at most once a second: requests that arrive sooner wait
     for the next one and share it, so a stream of bad tokens costs one Redis read a second, and a new
-    project's first events are never refused because of a stale list."""
+    project's first events are never refused because of a stale list.
+
+    A list found empty when the worker knew projects means the registry is gone, not that every project
+    was deleted: Redis restarted without its data, or was flushed. Then `registry_missing` is set and the
+    old list kept until the registry is back: the gateway answers 503, which clients retry, rather than
+    store events for projects that no longer exist, or answer 401, which they do not retry."""
 
     MIN_INTERVAL = 1.0
 
     def __init__(self, client: Redis, interval: float) -> None:
         self.tokens = TokenSet([])
+        self.registry_missing = False
         self._windows: dict[str, int] = {}
         self._client = client
         self._interval = interval
@@ -188,6 +203,14 @@ class TokenCache:
             return False
         finally:
             self._loaded_at = time.monotonic()
+        if not members and len(self.tokens):
+            if not self.registry_missing:
+                log.error("%s; answering 503 until it is back", REGISTRY_MISSING)
+            self.registry_missing = True
+            return True
+        if self.registry_missing:
+            log.warning("the project registry is back: %d projects", len(members))
+        self.registry_missing = False
         self.tokens = TokenSet(members)
         self._windows = {
             token: int(window) for token, window in zip(members, windows, strict=True) if window is not None

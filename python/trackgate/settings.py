@@ -129,6 +129,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             le=3600,
         ),
     ] = 10.0
+    max_body_bytes_in_flight: Annotated[
+        int,
+        _doc(
+            "bytes of request bodies a worker holds at once; a request past them is answered 503 before "
+            "its body is read (at least --max-request-bytes)",
+            ge=1,
+        ),
+    ] = 64 * 1024 * 1024
     allowed_origins: Annotated[
         tuple[str, ...], _doc("CORS origins allowed to send events with credentials (*: any)")
     ] = ("*",)
@@ -307,6 +315,11 @@ def _check(settings: Settings) -> None:
     for origin in settings.allowed_origins:
         if origin != "*" and "://" not in origin:
             raise SettingsError(f"allowed origin {origin!r} must look like https://app.example.com or be *")
+    if settings.max_body_bytes_in_flight < settings.max_request_bytes:
+        raise SettingsError(
+            f"{_flag('max_body_bytes_in_flight')} = {settings.max_body_bytes_in_flight}: expected at least "
+            f"{_flag('max_request_bytes')} ({settings.max_request_bytes}), or no request that large is taken"
+        )
     try:
         settings.decoder_options()
     except ValueError as err:

@@ -17,14 +17,14 @@ from trackgate.api import Api
 from trackgate.batcher import Batcher
 from trackgate.gateway import log
 from trackgate.gateway.answers import PLAIN_TEXT
-from trackgate.gateway.body import BodyDeadlines
+from trackgate.gateway.body import BodyBudget, BodyDeadlines
 from trackgate.gateway.client import ClientAddress
 from trackgate.gateway.cors import Cors
 from trackgate.gateway.ingest import Endpoint, Ingestion, Sink, TokenSource
 from trackgate.gateway.redirects import RedirectPolicy
 from trackgate.gateway.refusals import RefusalLog
 from trackgate.gateway.track import track_endpoint
-from trackgate.projects import TokenCache
+from trackgate.projects import REGISTRY_MISSING, TokenCache
 from trackgate.rsgi import HTTPProtocol, Scope
 from trackgate.settings import Settings, for_worker
 
@@ -118,6 +118,7 @@ class App:
             clients=ClientAddress(settings.trusted_proxies),
             redirects=RedirectPolicy(settings.redirect_hosts),
             deadlines=BodyDeadlines(settings.body_timeout, services.monotonic),
+            budget=BodyBudget(settings.max_body_bytes_in_flight),
             refusals=RefusalLog(clock=services.monotonic),
             body_limit=options.max_request_bytes,
             retry_after=[("retry-after", str(settings.retry_after))],
@@ -156,11 +157,21 @@ class App:
             _plain(proto, "other", 404, b"not found\n")
 
     async def _ready(self, proto: HTTPProtocol) -> None:
+        """Ready means that writes succeed: 503, saying why, while they cannot."""
+        why = await self._not_ready_reason()
+        if why is None:
+            _plain(proto, "readyz", 200, b"ready\n")
+        else:
+            _plain(proto, "readyz", 503, why.encode() + b"\n")
+
+    async def _not_ready_reason(self) -> str | None:
         try:
-            ok = bool(await asyncio.wait_for(self._services.admin.ping(), 1.0)) and self._services.sink.ready
+            await asyncio.wait_for(self._services.admin.ping(), 1.0)
         except (RedisError, OSError, TimeoutError):
-            ok = False
-        _plain(proto, "readyz", 200 if ok else 503, b"ready\n" if ok else b"Redis is not reachable\n")
+            return "Redis is not reachable"
+        if self._services.tokens.registry_missing:
+            return REGISTRY_MISSING
+        return self._services.sink.not_ready_reason
 
 
 def _plain(proto: HTTPProtocol, route: str, status: int, body: bytes) -> None:

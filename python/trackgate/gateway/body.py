@@ -1,4 +1,5 @@
-"""Reading a request's body: bounded by the request limit, and by a deadline for its arrival."""
+"""Reading a request's body: bounded by the request limit, by the worker's budget of body bytes in flight,
+and by a deadline for its arrival."""
 
 from __future__ import annotations
 
@@ -12,6 +13,55 @@ from trackgate.rsgi import HTTPProtocol, PendingRead
 
 class BodyTimeoutError(Exception):
     """The body did not arrive within the deadline."""
+
+
+class BodyTooLargeError(Exception):
+    """The body is over the request limit."""
+
+
+class BodyBudgetError(Exception):
+    """The body would take the worker over its budget of body bytes in flight."""
+
+
+class BodyBudget:
+    """The bytes of request bodies a worker holds at once, up to `limit`.
+
+    Each request's body stays in memory, with what is decoded from it, until the request is answered;
+    without a bound, many large uploads at once take a worker's memory as far as the requests in flight
+    times the request limit. A body is counted before it is read when its length is announced, else as
+    its chunks arrive; its bytes are given back when its request is answered."""
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def claim(self) -> BodyClaim:
+        return BodyClaim(self)
+
+
+class BodyClaim:
+    """One request's bytes of the budget."""
+
+    __slots__ = ("_budget", "held")
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self._budget = budget
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        """Count `size` more bytes; False, counting nothing, when the budget has not that many left."""
+        budget = self._budget
+        if budget.held + size > budget.limit:
+            return False
+        budget.held += size
+        self.held += size
+        return True
+
+    def release(self) -> None:
+        self._budget.held -= self.held
+        self.held = 0
 
 
 class BodyRead:
@@ -65,16 +115,22 @@ class BodyDeadlines:
 
 
 async def read_body(
-    proto: HTTPProtocol, length: str | None, limit: int, deadlines: BodyDeadlines
-) -> bytes | None:
-    """The body, or None when it is over `limit` bytes (refused before it is all in memory). Raises
-    BodyTimeoutError when the deadline sweep cancelled the read, and Granian's ProtocolClosed when the client
-    left before its body arrived (a chunked body cut short arrives as a shorter body instead)."""
+    proto: HTTPProtocol, length: str | None, limit: int, deadlines: BodyDeadlines, claim: BodyClaim
+) -> bytes:
+    """The body, counted in `claim`. Refused before it is all in memory: BodyTooLargeError when it is over
+    `limit` bytes, BodyBudgetError when the worker's budget has no room for it (an announced length is
+    refused before any of the body is read). Raises BodyTimeoutError when the deadline sweep cancelled
+    the read, and Granian's ProtocolClosed when the client left before its body arrived (a chunked body
+    cut short arrives as a shorter body instead)."""
+    if length is not None and length.isdigit():
+        size = int(length)
+        if size > limit:
+            raise BodyTooLargeError
+        if not claim.take(size):
+            raise BodyBudgetError
     read = deadlines.begin()
     try:
         if length is not None:
-            if length.isdigit() and int(length) > limit:
-                return None
             read.pending = proto()
             return await read.pending
         # Chunked: no length announced, so count while reading.
@@ -89,7 +145,9 @@ async def read_body(
                 break
             size += len(chunk)
             if size > limit:
-                return None
+                raise BodyTooLargeError
+            if not claim.take(len(chunk)):
+                raise BodyBudgetError
             chunks.append(chunk)
         return b"".join(chunks)
     except asyncio.CancelledError:

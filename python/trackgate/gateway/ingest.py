@@ -19,11 +19,20 @@ from trackgate.gateway.answers import (
     failed_events,
     valid_callback,
 )
-from trackgate.gateway.body import BodyDeadlines, BodyTimeoutError, read_body
+from trackgate.gateway.body import (
+    BodyBudget,
+    BodyBudgetError,
+    BodyClaim,
+    BodyDeadlines,
+    BodyTimeoutError,
+    BodyTooLargeError,
+    read_body,
+)
 from trackgate.gateway.client import ClientAddress
 from trackgate.gateway.cors import Cors
 from trackgate.gateway.redirects import RedirectPolicy
-from trackgate.gateway.refusals import BODY_TOO_LARGE, Refusal, RefusalLog
+from trackgate.gateway.refusals import BODY_TOO_LARGE, Reason, Refusal, RefusalLog
+from trackgate.projects import REGISTRY_MISSING
 from trackgate.rsgi import HTTPProtocol, ProtocolClosed, Scope
 
 Batches = list[PartitionBatch]
@@ -38,7 +47,9 @@ class Sink(Protocol):
         UnavailableError when the events cannot be taken."""
 
     @property
-    def ready(self) -> bool: ...
+    def not_ready_reason(self) -> str | None:
+        """Why events cannot be stored now (said by /readyz), or None when they can."""
+
     async def close(self) -> None: ...
 
 
@@ -47,6 +58,10 @@ class TokenSource(Protocol):
 
     @property
     def tokens(self) -> TokenSet: ...
+    @property
+    def registry_missing(self) -> bool:
+        """The project registry is gone from Redis: no request can be told apart as a known project's."""
+
     async def reload_for_unknown(self) -> bool: ...
     async def stop(self) -> None: ...
 
@@ -73,6 +88,7 @@ class Ingestion:
     clients: ClientAddress
     redirects: RedirectPolicy
     deadlines: BodyDeadlines
+    budget: BodyBudget
     refusals: RefusalLog
     body_limit: int
     retry_after: list[tuple[str, str]]
@@ -83,6 +99,7 @@ class Endpoint:
 
     __slots__ = (
         "_answers",
+        "_budget",
         "_clients",
         "_cors",
         "_deadlines",
@@ -105,6 +122,7 @@ class Endpoint:
         self._clients = shared.clients
         self._redirects = shared.redirects
         self._deadlines = shared.deadlines
+        self._budget = shared.budget
         self._limit = shared.body_limit
         self._retry_after = shared.retry_after
 
@@ -120,32 +138,64 @@ class Endpoint:
                 self._answers.refuse(scope, proto, Refusal.ORIGIN_NOT_ALLOWED, message, cors)
                 return
             cors = allowed
-        if method == "POST":
-            try:
-                body = await read_body(proto, headers.get("content-length"), self._limit, self._deadlines)
-            except BodyTimeoutError:
-                message = f"the request body did not arrive within {self._deadlines.timeout:g} s"
-                params = self._decoder.params(scope.query_string)
-                self._answers.refuse(scope, proto, Refusal.BODY_TIMEOUT, message, cors, params)
-                return
-            except ProtocolClosed:
-                self._answers.client_left()
-                return
-            if body is None:
-                message = f"the request is larger than {self._limit} bytes"
-                params = self._decoder.params(scope.query_string)
-                self._answers.refuse(scope, proto, BODY_TOO_LARGE, message, cors, params)
-                return
-        elif method == "GET":
-            body = b""
-        elif method == "OPTIONS":
+        if method == "OPTIONS":
             self._answers.empty(proto, 204, self._cors.preflight(headers, cors, METHODS))
             return
-        else:
+        if method != "POST" and method != "GET":
             message = f"{method[:20]} is not allowed; use GET or POST"
             allow = [*cors, ("allow", METHODS)]
             self._answers.refuse(scope, proto, Refusal.METHOD_NOT_ALLOWED, message, allow)
             return
+        if self._tokens.registry_missing:
+            retry = [*cors, *self._retry_after]
+            self._refuse_unread(scope, proto, Refusal.REGISTRY_MISSING, REGISTRY_MISSING, retry)
+            return
+        if method == "POST":
+            # The body's bytes count against the worker's budget until the request is answered.
+            claim = self._budget.claim()
+            try:
+                await self._post(scope, proto, cors, claim)
+            finally:
+                claim.release()
+        else:
+            await self._decode_and_store(scope, proto, b"", cors)
+
+    async def _post(
+        self, scope: Scope, proto: HTTPProtocol, cors: list[tuple[str, str]], claim: BodyClaim
+    ) -> None:
+        length = scope.headers.get("content-length")
+        try:
+            body = await read_body(proto, length, self._limit, self._deadlines, claim)
+        except BodyTimeoutError:
+            message = f"the request body did not arrive within {self._deadlines.timeout:g} s"
+            self._refuse_unread(scope, proto, Refusal.BODY_TIMEOUT, message, cors)
+            return
+        except BodyTooLargeError:
+            message = f"the request is larger than {self._limit} bytes"
+            self._refuse_unread(scope, proto, BODY_TOO_LARGE, message, cors)
+            return
+        except BodyBudgetError:
+            message = f"the worker's {self._budget.limit} bytes for request bodies are taken; retry later"
+            self._refuse_unread(
+                scope, proto, Refusal.BODY_BYTES_IN_FLIGHT, message, [*cors, *self._retry_after]
+            )
+            return
+        except ProtocolClosed:
+            self._answers.client_left()
+            return
+        await self._decode_and_store(scope, proto, body, cors)
+
+    def _refuse_unread(
+        self, scope: Scope, proto: HTTPProtocol, reason: Reason, message: str, headers: list[tuple[str, str]]
+    ) -> None:
+        """Refuse a request whose body was not (all) read: answered as its query string asks."""
+        params = self._decoder.params(scope.query_string)
+        self._answers.refuse(scope, proto, reason, message, headers, params)
+
+    async def _decode_and_store(
+        self, scope: Scope, proto: HTTPProtocol, body: bytes, cors: list[tuple[str, str]]
+    ) -> None:
+        headers = scope.headers
         query = scope.query_string
         content_type = headers.get("content-type")
         content_encoding = headers.get("content-encoding")

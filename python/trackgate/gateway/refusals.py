@@ -20,6 +20,7 @@ from trackgate.batcher import Unavailable
 from trackgate.decode_errors import RequestErrorKind
 from trackgate.gateway import log
 from trackgate.rsgi import Scope
+from trackgate.throttled_log import ThrottledLog
 
 CLIENT_CLOSED: Final = 499
 """Counted for a request whose client left before it could be answered (nginx's number for it)."""
@@ -57,6 +58,12 @@ class Refusal(enum.Enum):
     OVERLOADED = Unavailable.OVERLOADED, 503
     STOPPING = Unavailable.STOPPING, 503
     WRITE_FAILED = Unavailable.WRITE_FAILED, 503
+    # The worker holds as many bytes of request bodies as its budget allows (--max-body-bytes-in-flight):
+    # refused before the body is read, retried by clients.
+    BODY_BYTES_IN_FLIGHT = "body_bytes_in_flight", 503
+    # The project registry is gone from Redis (see projects.TokenCache): until it is restored, events
+    # are kept by the clients, which retry a 503 (a 401 they would drop).
+    REGISTRY_MISSING = "registry_missing", 503
 
     @classmethod
     def for_unavailable(cls, reason: Unavailable) -> Refusal:
@@ -86,16 +93,12 @@ BODY_TOO_LARGE: Final[Reason] = DecoderReason("body_too_large", REQUEST_ERROR_ST
 """A body over the request limit, refused before it is all read, as the decoder would refuse it."""
 
 
-class RefusalLog:
-    """One log line per refused request, except that a reason is logged at most once a second: an outage
-    or a misbehaving client refused thousands of times a second would otherwise bury the log. The next
-    line of a reason says how many were left out; `trackgate_requests_rejected_total` counts them all."""
+class RefusalLog(ThrottledLog):
+    """One log line per refused request, except that a reason is logged at most once a second (see
+    ThrottledLog); `trackgate_requests_rejected_total` counts them all."""
 
     def __init__(self, interval: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self._interval = interval
-        self._clock = clock
-        self._next: dict[str, float] = {}
-        self._left_out: dict[str, int] = {}
+        super().__init__(log, "refused for this reason", interval, clock)
 
     def refused(self, scope: Scope, reason: Reason, message: str) -> None:
         """Count a refused request, and log it in one line (never the payload)."""
@@ -110,15 +113,3 @@ class RefusalLog:
             reason.kind,
             message,
         )
-
-    def warning(self, reason: str, message: str, *args: object) -> None:
-        now = self._clock()
-        if now < self._next.get(reason, 0.0):
-            self._left_out[reason] = self._left_out.get(reason, 0) + 1
-            return
-        self._next[reason] = now + self._interval
-        left_out = self._left_out.pop(reason, 0)
-        if left_out:
-            message += " (and %d more refused for this reason since its last line)"
-            args = (*args, left_out)
-        log.warning(message, *args)
