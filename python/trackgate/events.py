@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time as _time
 from typing import Any
 
 import msgspec
 
-from trackgate._native import EventDecoder, Options
+from trackgate._native import EventDecoder
 
 
 class Funnel(msgspec.Struct, frozen=True):
@@ -33,26 +32,6 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     mp_keys: tuple[str, ...] = ()
 
 
-# Makes the Events in the native decoder, as it decodes them.
-_decoder = EventDecoder(Event, Funnel)
-
-
-def decode(
-    data: str | bytes,
-    *,
-    now: float | None = None,
-    options: Options | None = None,
-    **rules: Any,
-) -> list[Event]:
-    """Decode the value of a `data` parameter into events.
-
-    `data` is base64 (standard or URL-safe, padded or not), raw JSON, or gzip bytes, holding one event or
-    an array of events. `rules` are `Options` fields (`max_age=5 * 86400`, `max_depth=5`, ...), or pass a
-    ready `options`. Raises `DecodeError` when the payload is unusable or when any event is invalid; the
-    error then carries the valid events in `.events` and one entry per invalid event in `.errors()`.
-    """
-    if options is None:
-        options = Options(**rules)
-    elif rules:
-        raise TypeError("pass either options or individual rules, not both")
-    return _decoder.decode(data, now=_time.time() if now is None else now, options=options)
+# `decode(data, *, now=None, options=None, **rules)`: the native decoder makes the Events as it decodes
+# them (its docstring tells the rest).
+decode = EventDecoder(Event, Funnel).decode

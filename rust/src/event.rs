@@ -93,21 +93,23 @@ pub struct Scratch<'a> {
     members: Members<'a>,
     values: Vec<u8>,
     key_hashes: Vec<u64>,
-    /// The receive time, formatted once per request.
+    /// The receive time, formatted once per request when first written.
     received: Vec<u8>,
     /// The normalised JSON of the last valid event.
     pub json: Vec<u8>,
 }
 
-impl Scratch<'_> {
-    pub fn new(now: f64) -> Self {
-        let mut received = Vec::new();
-        write_number(&mut received, now);
+impl Default for Scratch<'_> {
+    fn default() -> Self {
+        // Room for the properties of most events, so that the first does not grow it step by step.
+        const PROPERTIES: usize = 16;
+        let mut members = Members::default();
+        members.properties.reserve(PROPERTIES);
         Self {
-            members: Members::default(),
+            members,
             values: Vec::new(),
-            key_hashes: Vec::new(),
-            received,
+            key_hashes: Vec::with_capacity(PROPERTIES),
+            received: Vec::new(),
             json: Vec::new(),
         }
     }
@@ -146,18 +148,30 @@ impl<'a> Members<'a> {
     }
 }
 
-/// Scans the event object at the cursor. `Ok(Err(..))` is a rejected event; `Err(..)` means the JSON
-/// itself is broken and the whole request is unusable. The normalised JSON is written only when
-/// `keep_json` (else only counted, for its limit).
-pub fn decode_event<'s, 'a: 's>(
+/// Where the events of a payload go as they are decoded, one by one.
+pub trait Sink {
+    /// Whether it reads `Normalised::json`: when not, the JSON is written only if it may be too large.
+    const KEEPS_JSON: bool = true;
+
+    fn event(&mut self, event: &Normalised<'_>);
+    fn error(&mut self, error: EventError);
+    /// After the last event of a payload that decoded.
+    fn finish(&mut self) {}
+}
+
+/// Scans the event object at the cursor and hands the event, or why it was rejected, to `sink`. An
+/// error means the JSON itself is broken and the whole request is unusable.
+pub fn decode_event<'a, S: Sink>(
     scanner: &mut Scanner<'a>,
     index: usize,
-    ctx: &'s Context<'s>,
+    ctx: &Context<'_>,
     use_ip: bool,
-    keep_json: bool,
-    scratch: &'s mut Scratch<'a>,
-) -> Result<Result<Normalised<'s>, EventError>, SyntaxError> {
+    scratch: &mut Scratch<'a>,
+    sink: &mut S,
+) -> Result<(), SyntaxError> {
+    let start = scanner.position();
     scan_members(scanner, ctx.options, scratch)?;
+    let span = scanner.position() - start;
     let Scratch {
         members,
         values,
@@ -174,24 +188,36 @@ pub fn decode_event<'s, 'a: 's>(
     };
     let mut event = match normaliser.run(key_hashes) {
         Ok(event) => event,
-        Err(error) => return Ok(Err(error)),
+        Err(error) => {
+            sink.error(error);
+            return Ok(());
+        }
     };
+    let keep_json = S::KEEPS_JSON;
+    let measure = !keep_json && most_json_bytes(span, ctx.peer_ip) > ctx.options.max_event_bytes;
+    if (keep_json || measure) && received.is_empty() {
+        write_number(received, ctx.now);
+    }
     let size = if keep_json {
         json.clear();
         event.write_json(json, received);
         json.len()
-    } else {
+    } else if measure {
         let mut length = Length::default();
         event.write_json(&mut length, received);
         length.0
+    } else {
+        0
     };
     if size > ctx.options.max_event_bytes {
-        return Ok(Err(normaliser.too_large(size)));
+        sink.error(normaliser.too_large(size));
+        return Ok(());
     }
     if keep_json {
         event.json = json;
     }
-    Ok(Ok(event))
+    sink.event(&event);
+    Ok(())
 }
 
 fn scan_members<'a>(
@@ -674,6 +700,18 @@ impl<'n> Normaliser<'n> {
     }
 }
 
+/// A bound on the bytes of the normalised JSON of an event whose JSON object took `span` bytes: when
+/// it is within the limit, the JSON need not be measured. The normalised JSON copies each byte of
+/// the event at most twice (a property's key in `mp_keys`, its value as a top-level field), writes at
+/// most a separator per byte, and adds fixed text, numbers and (with `ip=1`) the caller's address
+/// escaped, at most four times.
+fn most_json_bytes(span: usize, peer_ip: Option<&str>) -> usize {
+    let address = peer_ip.map_or(0, str::len);
+    span.saturating_mul(3)
+        .saturating_add(1024)
+        .saturating_add(address.saturating_mul(24))
+}
+
 /// A valid event as the gateway stores it: the fields the rules settled, and its properties as sent but
 /// for the ones the gateway sets (`time`, and `distinct_id` and `ip` with `ip=1`). The gateway writes
 /// it as JSON (`write_json`, in `json` once written); the Python binding makes objects of it.
@@ -893,13 +931,16 @@ impl<'a> DistinctId<'a> {
 
     /// Its text, as stored.
     pub fn text(&self) -> Option<Cow<'a, str>> {
+        self.bytes().map(utf8)
+    }
+
+    /// Its text as UTF-8 bytes, as stored.
+    pub fn bytes(&self) -> Option<Cow<'a, [u8]>> {
         match *self {
             Self::None => None,
-            Self::String(s) => Some(s.text()),
-            Self::Number(n) => Some(Cow::Borrowed(
-                std::str::from_utf8(n).expect("number tokens are ASCII"),
-            )),
-            Self::Peer(ip) => Some(Cow::Borrowed(ip)),
+            Self::String(s) => Some(s.bytes()),
+            Self::Number(n) => Some(Cow::Borrowed(n)),
+            Self::Peer(ip) => Some(Cow::Borrowed(ip.as_bytes())),
         }
     }
 }
@@ -913,12 +954,12 @@ pub enum IpValue<'a> {
 }
 
 impl<'a> IpValue<'a> {
-    /// Its text, as stored.
-    pub fn text(&self) -> Option<Cow<'a, str>> {
+    /// Its text as UTF-8 bytes, as stored.
+    pub fn bytes(&self) -> Option<Cow<'a, [u8]>> {
         match *self {
             Self::None => None,
-            Self::Sent(s) => Some(s.text()),
-            Self::Peer(ip) => Some(Cow::Borrowed(ip)),
+            Self::Sent(s) => Some(s.bytes()),
+            Self::Peer(ip) => Some(Cow::Borrowed(ip.as_bytes())),
         }
     }
 
@@ -1005,6 +1046,15 @@ fn number_text<'b>(
     }
 }
 
+/// Text of the payload, which was checked as UTF-8.
+fn utf8(bytes: Cow<'_, [u8]>) -> Cow<'_, str> {
+    const CHECKED: &str = "the payload was checked as UTF-8";
+    match bytes {
+        Cow::Borrowed(bytes) => Cow::Borrowed(std::str::from_utf8(bytes).expect(CHECKED)),
+        Cow::Owned(bytes) => Cow::Owned(String::from_utf8(bytes).expect(CHECKED)),
+    }
+}
+
 /// The characters of UTF-8 text: its bytes but for continuation bytes.
 fn char_count(text: &[u8]) -> usize {
     text.iter().filter(|&&b| b & 0xC0 != 0x80).count()
@@ -1032,5 +1082,77 @@ fn units(n: u64, unit: &str) -> String {
         format!("1 {unit}")
     } else {
         format!("{n} {unit}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Options;
+
+    /// Keeps the size of the last event's normalised JSON.
+    struct Size(usize);
+
+    impl Sink for Size {
+        fn event(&mut self, event: &Normalised<'_>) {
+            self.0 = event.json.len();
+        }
+
+        fn error(&mut self, error: EventError) {
+            panic!("a valid event: {error:?}");
+        }
+    }
+
+    /// The normalised JSON of `event` (with `ip=1` from `peer`) against the bound on its size.
+    fn assert_within_bound(event: &str, peer: &str) {
+        // Any time is recent enough: `"time":1` is the shortest one to replace.
+        let options = Options {
+            max_age: 1e18,
+            ..Options::default()
+        };
+        let ctx = Context {
+            options: &options,
+            now: 1_700_000_000.123_456_7,
+            peer_ip: Some(peer),
+            tokens: None,
+        };
+        let mut scanner = Scanner::new(event.as_bytes());
+        let mut size = Size(0);
+        decode_event(
+            &mut scanner,
+            0,
+            &ctx,
+            true,
+            &mut Scratch::default(),
+            &mut size,
+        )
+        .unwrap();
+        let bound = most_json_bytes(event.len(), Some(peer));
+        assert!(size.0 <= bound, "{event}: {} > {bound}", size.0);
+    }
+
+    #[test]
+    fn the_size_bound_holds_where_the_json_grows_most() {
+        let many_tiny = (0..200)
+            .map(|i| format!("\"mp_{i}\":0"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let peer = "\"\u{1}\\\u{1f}\"";
+        for properties in [
+            String::new(),
+            format!("{many_tiny},"),
+            "\"distinct_id\":0,\"ip\":\"\",\"time\":1,\"$insert_id\":\"a\",".to_owned(),
+            "\"distinct_id\":\"\",\"funnel\":\"f\",\"step\":1,\"goal\":\"\",".to_owned(),
+        ] {
+            let name = if properties.contains("funnel") {
+                "mp_funnel"
+            } else {
+                "e"
+            };
+            let event =
+                format!("{{\"event\":\"{name}\",\"properties\":{{{properties}\"token\":\"t\"}}}}");
+            assert_within_bound(&event, peer);
+            assert_within_bound(&event, "203.0.113.7");
+        }
     }
 }

@@ -218,6 +218,11 @@ impl<'a> Scanner<'a> {
         Self { buf, pos: 0 }
     }
 
+    /// Where it is in the text: the byte offset of what it reads next.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
     #[inline]
     pub fn skip_ws(&mut self) {
         while let Some(&b) = self.buf.get(self.pos) {
@@ -303,6 +308,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// A string token, starting at its opening quote.
+    #[inline]
     pub fn string(&mut self) -> Result<StrToken<'a>, SyntaxError> {
         let start = self.pos;
         debug_assert_eq!(self.buf.get(start), Some(&b'"'));
@@ -444,6 +450,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// A scalar, or the type of a container that starts here (not consumed).
+    #[inline]
     pub fn scalar(&mut self) -> Result<Scalar<'a>, SyntaxError> {
         Ok(match self.peek() {
             Some(b'"') => Scalar::String(self.string()?),

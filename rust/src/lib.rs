@@ -100,8 +100,8 @@ pub fn decode_data(data: &[u8], ctx: &Context<'_>) -> Result<Decoded, RequestErr
     Ok(Decoded::new(Params::default(), events))
 }
 
-/// Decodes the value of one `data` parameter into a sink that `new_sink` makes (see `payload::Sink`).
-pub fn decode_data_into<S: payload::Sink>(
+/// Decodes the value of one `data` parameter into a sink that `new_sink` makes (see `event::Sink`).
+pub fn decode_data_into<S: event::Sink>(
     data: &[u8],
     ctx: &Context<'_>,
     new_sink: impl FnMut() -> S,

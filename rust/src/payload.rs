@@ -11,7 +11,7 @@ use base64::Engine;
 use flate2::read::MultiGzDecoder;
 
 use crate::errors::{EventError, EventErrorKind, RequestError};
-use crate::event::{decode_event, Normalised, Scratch};
+use crate::event::{decode_event, Normalised, Scratch, Sink};
 use crate::json::{without_lone_surrogates, Scanner, UNPAIRED_SURROGATE};
 use crate::resp::Batches;
 use crate::Context;
@@ -136,17 +136,6 @@ pub fn decode_base64(data: &[u8]) -> Result<Vec<u8>, RequestError> {
             base64::DecodeError::InvalidPadding => "invalid padding".into(),
         })
     })
-}
-
-/// Where the events of a payload go as they are decoded, one by one.
-pub trait Sink {
-    /// Whether it reads `Normalised::json`: when not, the JSON is only measured.
-    const KEEPS_JSON: bool = true;
-
-    fn event(&mut self, event: &Normalised<'_>);
-    fn error(&mut self, error: EventError);
-    /// After the last event of a payload that decoded.
-    fn finish(&mut self) {}
 }
 
 /// The gateway's sink: valid events packed for Redis by partition, and the errors.
@@ -281,13 +270,10 @@ fn scan_events<'j, S: Sink>(
     mut sink: S,
 ) -> Result<S, RequestError> {
     let mut scanner = Scanner::new(json);
-    let mut scratch = Scratch::new(ctx.now);
+    let mut scratch = Scratch::default();
     let mut one = |scanner: &mut Scanner<'j>, sink: &mut S, index| -> Result<(), RequestError> {
         if scanner.peek() == Some(b'{') {
-            match decode_event(scanner, index, ctx, use_ip, S::KEEPS_JSON, &mut scratch)? {
-                Ok(event) => sink.event(&event),
-                Err(error) => sink.error(error),
-            }
+            decode_event(scanner, index, ctx, use_ip, &mut scratch, sink)?;
         } else {
             let ty = scanner.skip()?;
             sink.error(EventError::new(

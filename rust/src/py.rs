@@ -11,9 +11,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use pyo3::IntoPyObjectExt;
 
-use crate::event::{Normalised, Value};
-use crate::json::StrToken;
-use crate::payload::Sink;
+use crate::event::{IpValue, Normalised, Sink, Value};
+use crate::json::{Scalar, StrToken};
 use crate::replies::{self, Item, ReplyBuffer};
 use crate::{
     request, Context, Decoded, EventError, EventErrorKind, Params, RequestError, RequestErrorKind,
@@ -679,6 +678,8 @@ struct PyEventDecoder {
     funnel_type: Py<PyAny>,
     /// The names of the Event's fields, in the order `EventBuilder::event` passes them.
     event_fields: Py<PyTuple>,
+    /// The options of a call that gives none.
+    default_options: Py<PyOptions>,
     /// Strings made before, for the keys and short values that events of a batch, and batches,
     /// repeat: making one costs more than finding it.
     strings: Mutex<StringCache>,
@@ -694,20 +695,45 @@ impl PyEventDecoder {
             event_type: event,
             funnel_type: funnel,
             event_fields: PyTuple::new(py, names)?.unbind(),
+            default_options: Py::new(py, PyOptions(crate::Options::default()))?,
             strings: Mutex::new(StringCache::default()),
         })
     }
 
-    /// The events of a `data` value, or a DecodeError: the payload's, or `invalid_events` carrying
-    /// the valid events and one error per invalid one.
-    #[pyo3(signature = (data, *, now, options))]
+    /// Decode the value of a `data` parameter into events.
+    ///
+    /// `data` is base64 (standard or URL-safe, padded or not), raw JSON, or gzip bytes, holding one
+    /// event or an array of events. `rules` are `Options` fields (`max_age=5 * 86400`, `max_depth=5`,
+    /// ...), or pass a ready `options`. Raises `DecodeError` when the payload is unusable or when any
+    /// event is invalid; the error then carries the valid events in `.events` and one entry per
+    /// invalid event in `.errors()`.
+    #[pyo3(signature = (data, *, now = None, options = None, **rules))]
     fn decode<'py>(
         &self,
         py: Python<'py>,
         data: Text<'_>,
-        now: f64,
-        options: &PyOptions,
+        now: Option<f64>,
+        options: Option<Bound<'py, PyOptions>>,
+        rules: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyList>> {
+        let options = match (options, rules.filter(|rules| !rules.is_empty())) {
+            (Some(_), Some(_)) => {
+                return Err(PyTypeError::new_err(
+                    "pass either options or individual rules, not both",
+                ))
+            }
+            (Some(options), None) => options,
+            (None, Some(rules)) => py
+                .get_type::<PyOptions>()
+                .call((), Some(rules))?
+                .cast_into::<PyOptions>()?,
+            (None, None) => self.default_options.bind(py).clone(),
+        };
+        let options = options.get();
+        let now = match now {
+            Some(now) => now,
+            None => py.import("time")?.getattr("time")?.call0()?.extract()?,
+        };
         check_now(now)?;
         let ctx = Context {
             options: &options.0,
@@ -780,6 +806,7 @@ struct EventBuilder<'py, 'd> {
     total: usize,
     /// The first Python error (memory): the events after it are not made.
     failure: Option<PyErr>,
+    last_mp_keys: Option<Py<PyTuple>>,
 }
 
 impl<'py, 'd> EventBuilder<'py, 'd> {
@@ -798,6 +825,7 @@ impl<'py, 'd> EventBuilder<'py, 'd> {
             errors: Vec::new(),
             total: 0,
             failure: None,
+            last_mp_keys: None,
         }
     }
 
@@ -831,23 +859,37 @@ impl<'py, 'd> EventBuilder<'py, 'd> {
             py,
             strings: &mut strings,
         };
+        // The Event's own fields first: the properties they were read from take the same objects.
+        let token = values.token(event.token);
+        let distinct_id = values.optional(event.distinct_id.bytes());
+        let insert_id = values.optional(event.insert_id.map(|id| id.bytes()));
+        let ip = values.optional(event.ip.bytes());
         let time = PyFloat::new(py, event.time).into_any();
+        let same = |token: StrToken<'_>, field: Option<StrToken<'_>>| {
+            field.is_some_and(|field| std::ptr::eq(token.raw, field.raw))
+        };
+        let sent_ip = match event.ip {
+            IpValue::Sent(sent) => Some(sent),
+            _ => None,
+        };
         let properties = PyDict::new(py);
         event.try_for_each_property(|entry| {
             let value = match entry.value {
+                Value::Scalar(Scalar::String(s)) if same(s, Some(event.token)) => token.clone(),
+                Value::Scalar(Scalar::String(s)) if same(s, event.insert_id) => insert_id.clone(),
+                Value::Scalar(Scalar::String(s)) if same(s, sent_ip) => ip.clone(),
                 Value::Scalar(scalar) => crate::json::build_scalar(scalar, &mut values)?,
                 Value::Json(json) => crate::json::build(json, &mut values)?,
                 Value::Time(_) => match whole_number(event.time) {
                     Some(seconds) => seconds.into_pyobject(py)?.into_any(),
                     None => time.clone(),
                 },
-                Value::DistinctId(id) => values.text(id.text()),
-                Value::Ip(ip) => values.text(ip.text()),
+                Value::DistinctId(_) => distinct_id.clone(),
+                Value::Ip(_) => ip.clone(),
             };
             properties.set_item(values.string(entry.key), value)
         })?;
-        let mp_keys: Vec<_> = event.mp_keys().map(|(_, key)| values.string(key)).collect();
-        let mp_keys = PyTuple::new(py, mp_keys)?;
+        let mp_keys = self.mp_keys(event.mp_keys().map(|(_, key)| values.string(key)))?;
         let funnel = match event.funnel {
             None => py.None().into_bound(py),
             Some((name, step, goal)) => {
@@ -859,17 +901,35 @@ impl<'py, 'd> EventBuilder<'py, 'd> {
             values.token(event.name),
             time,
             self.received.clone(),
-            values.token(event.token),
+            token,
             properties.into_any(),
-            values.text(event.distinct_id.text()),
-            values.text(event.insert_id.map(|id| id.text())),
-            values.text(event.ip.text()),
+            distinct_id,
+            insert_id,
+            ip,
             funnel,
-            mp_keys.into_any(),
+            mp_keys,
         ];
         let event_type = self.types.event_type.bind(py);
         let built = call_with_keywords(event_type, self.types.event_fields.bind(py), &fields)?;
         self.events.append(built)
+    }
+
+    /// The tuple of an event's `mp_` keys: the previous event's when they are the same str objects,
+    /// as they are when a batch's events have the same keys.
+    fn mp_keys(
+        &mut self,
+        keys: impl Iterator<Item = Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let keys: Vec<_> = keys.collect();
+        if let Some(last) = &self.last_mp_keys {
+            let last = last.bind(self.py);
+            if last.len() == keys.len() && keys.iter().zip(last.iter()).all(|(a, b)| a.is(&b)) {
+                return Ok(last.clone().into_any());
+            }
+        }
+        let tuple = PyTuple::new(self.py, keys)?;
+        self.last_mp_keys = Some(tuple.clone().unbind());
+        Ok(tuple.into_any())
     }
 }
 
@@ -913,10 +973,10 @@ impl<'py> PyValues<'py, '_> {
         self.string(&token.bytes())
     }
 
-    /// The text, or None.
-    fn text(&mut self, text: Option<Cow<'_, str>>) -> Bound<'py, PyAny> {
+    /// A str of the text, or None.
+    fn optional(&mut self, text: Option<Cow<'_, [u8]>>) -> Bound<'py, PyAny> {
         match text {
-            Some(text) => self.string(text.as_bytes()),
+            Some(text) => self.string(&text),
             None => self.py.None().into_bound(self.py),
         }
     }
