@@ -1,7 +1,7 @@
 """Typed stub of the private native module. Import from `trackgate`, not from here."""
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Final, Generic, Self, TypeVar, final
+from typing import Final, Generic, Self, TypeVar, final
 
 from trackgate.decode_errors import ErrorDetails, EventErrorKind, RequestErrorKind
 
@@ -234,16 +234,10 @@ class EventDecoder(Generic[_Event, _Funnel]):
 
     def __new__(cls, event: Callable[..., _Event], funnel: Callable[[str, int, str], _Funnel]) -> Self: ...
     def decode(
-        self, data: str | bytes, *, now: float | None = None, options: Options | None = None, **rules: Any
+        self, data: str | bytes, *, now: float | None = None, options: Options | None = None
     ) -> list[_Event]:
-        """Decode the value of a `data` parameter into events.
-
-        `data` is base64 (standard or URL-safe, padded or not), raw JSON, or gzip bytes, holding one event
-        or an array of events. `rules` are `Options` fields (`max_age=5 * 86400`, `max_depth=5`, ...), or
-        pass a ready `options`. Raises `DecodeError` when the payload is unusable or when any event is
-        invalid; the error then carries the valid events in `.events` and one entry per invalid event in
-        `.errors()`.
-        """
+        """The events of a `data` value (see `trackgate.decode`), `now` by default the clock's, `options`
+        the default ones."""
 
 def decode_data(data: str | bytes, *, now: float, options: Options) -> Request:
     """Decode the value of one `data` parameter: base64 (any variant), raw JSON, or gzip bytes."""

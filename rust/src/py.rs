@@ -700,34 +700,20 @@ impl PyEventDecoder {
         })
     }
 
-    /// Decode the value of a `data` parameter into events.
-    ///
-    /// `data` is base64 (standard or URL-safe, padded or not), raw JSON, or gzip bytes, holding one
-    /// event or an array of events. `rules` are `Options` fields (`max_age=5 * 86400`, `max_depth=5`,
-    /// ...), or pass a ready `options`. Raises `DecodeError` when the payload is unusable or when any
-    /// event is invalid; the error then carries the valid events in `.events` and one entry per
-    /// invalid event in `.errors()`.
-    #[pyo3(signature = (data, *, now = None, options = None, **rules))]
+    /// The events of a `data` value (see `trackgate.decode`), `now` by default the clock's, `options`
+    /// the default ones. Raises DecodeError when the payload is unusable, and with kind
+    /// `invalid_events` (the valid events in `.events`) when any event is invalid.
+    #[pyo3(signature = (data, *, now = None, options = None))]
     fn decode<'py>(
         &self,
         py: Python<'py>,
         data: Text<'_>,
         now: Option<f64>,
         options: Option<Bound<'py, PyOptions>>,
-        rules: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let options = match (options, rules.filter(|rules| !rules.is_empty())) {
-            (Some(_), Some(_)) => {
-                return Err(PyTypeError::new_err(
-                    "pass either options or individual rules, not both",
-                ))
-            }
-            (Some(options), None) => options,
-            (None, Some(rules)) => py
-                .get_type::<PyOptions>()
-                .call((), Some(rules))?
-                .cast_into::<PyOptions>()?,
-            (None, None) => self.default_options.bind(py).clone(),
+        let options = match options {
+            Some(options) => options,
+            None => self.default_options.bind(py).clone(),
         };
         let options = options.get();
         let now = match now {
@@ -1036,7 +1022,7 @@ struct StringCache {
 
 #[derive(Debug)]
 struct CachedString {
-    len: usize,
+    words: Words,
     bytes: [u8; StringCache::MAX_BYTES],
     string: Py<PyString>,
 }
@@ -1052,9 +1038,11 @@ impl StringCache {
         if text.len() > Self::MAX_BYTES {
             return new(text);
         }
-        let slot = &mut self.slots[short_hash(text) as usize % Self::SLOTS];
+        let words = Words::of(text);
+        let slot = &mut self.slots[words.hash() as usize % Self::SLOTS];
         if let Some(cached) = slot {
-            if cached.bytes[..cached.len] == *text {
+            // Up to 16 bytes, the words are the whole text.
+            if cached.words == words && (text.len() <= 16 || cached.bytes[..text.len()] == *text) {
                 return cached.string.bind(py).clone();
             }
         }
@@ -1062,7 +1050,7 @@ impl StringCache {
         let mut bytes = [0; Self::MAX_BYTES];
         bytes[..text.len()].copy_from_slice(text);
         *slot = Some(CachedString {
-            len: text.len(),
+            words,
             bytes,
             string: string.clone().unbind(),
         });
@@ -1078,24 +1066,39 @@ impl Default for StringCache {
     }
 }
 
-/// A cheap hash of a short text, from its length and its first and last bytes.
-fn short_hash(text: &[u8]) -> u64 {
-    let n = text.len();
-    let (head, tail) = if n >= 8 {
-        let word = |at: usize| u64::from_le_bytes(text[at..at + 8].try_into().expect("8 bytes"));
-        (word(0), word(n - 8))
-    } else if n >= 4 {
-        let word =
-            |at: usize| u64::from(u32::from_le_bytes(text[at..at + 4].try_into().expect("4")));
-        (word(0), word(n - 4))
-    } else if n > 0 {
-        let byte = |at: usize| u64::from(text[at]);
-        (byte(0) | byte(n / 2) << 8, byte(n - 1))
-    } else {
-        (0, 0)
-    };
-    let mixed = (head ^ tail.rotate_left(32) ^ n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    mixed ^ (mixed >> 32)
+/// A short text's length and its first and last bytes, read as two words: all of a text of up to
+/// 16 bytes, and a hash of any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Words {
+    len: usize,
+    head: u64,
+    tail: u64,
+}
+
+impl Words {
+    fn of(text: &[u8]) -> Self {
+        let n = text.len();
+        let (head, tail) = if n >= 8 {
+            let word = |at: usize| u64::from_le_bytes(text[at..at + 8].try_into().expect("8"));
+            (word(0), word(n - 8))
+        } else if n >= 4 {
+            let word =
+                |at: usize| u64::from(u32::from_le_bytes(text[at..at + 4].try_into().expect("4")));
+            (word(0), word(n - 4))
+        } else if n > 0 {
+            let byte = |at: usize| u64::from(text[at]);
+            (byte(0) | byte(n / 2) << 8, byte(n - 1))
+        } else {
+            (0, 0)
+        };
+        Self { len: n, head, tail }
+    }
+
+    fn hash(self) -> u64 {
+        let mixed = (self.head ^ self.tail.rotate_left(32) ^ self.len as u64)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        mixed ^ (mixed >> 32)
+    }
 }
 
 pyo3::create_exception!(
