@@ -1061,7 +1061,7 @@ fn char_count(text: &[u8]) -> usize {
 }
 
 fn human_duration(seconds: f64) -> String {
-    // Two units: "3 hours 1 minute", where one decimal said "3.0 hours".
+    // Two whole units, "3 hours 1 minute", rather than a fraction of one.
     let s = seconds.max(0.0).round() as u64;
     let (major, minor) = match s {
         0 if seconds > 0.0 => return "less than a second".to_owned(),

@@ -1,5 +1,6 @@
-//! The Python binding, `trackgate._native`: the only file that knows about Python. Results stay in Rust
-//! until asked for; no Python object is made per property, and none per event on the gateway's path.
+//! The Python binding, `trackgate._native`: the only file that knows about Python. On the gateway's path
+//! results stay in Rust until asked for: no Python object is made per property, and none per event.
+//! `trackgate.decode` makes its typed events here, straight from the decoder's.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -535,7 +536,7 @@ enum Text<'py> {
 }
 
 // By hand, not derived: the derived extraction formats an error message for every variant it tries and
-// misses, which was a seventh of the decode time of a GET (whose query is a `str`).
+// misses, a cost that every GET (whose query is a `str`) would pay.
 impl<'a, 'py> FromPyObject<'a, 'py> for Text<'py> {
     type Error = PyErr;
 
