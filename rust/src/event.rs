@@ -115,7 +115,7 @@ impl Default for Scratch<'_> {
     }
 }
 
-/// What the rest of the pipeline needs of a valid event besides its JSON (in `Scratch::json`).
+/// What the gateway's batches need of a valid event besides its JSON (`Normalised::json`).
 #[derive(Debug)]
 pub struct Valid<'a> {
     pub token: Cow<'a, str>,
@@ -398,7 +398,6 @@ impl<'n> Normaliser<'n> {
             name,
             token,
             time,
-            received: self.ctx.now,
             distinct_id,
             insert_id,
             ip,
@@ -721,14 +720,13 @@ pub struct Normalised<'n> {
     pub token: StrToken<'n>,
     /// Seconds since 1970.
     pub time: f64,
-    pub received: f64,
     pub distinct_id: DistinctId<'n>,
     pub insert_id: Option<StrToken<'n>>,
     pub ip: IpValue<'n>,
     /// Name, step and goal of an `mp_funnel` event.
     pub funnel: Option<(StrToken<'n>, u32, StrToken<'n>)>,
     members: &'n Members<'n>,
-    /// The properties' values, minified (see `Property::value`).
+    /// The arrays and objects among the properties' values, minified (see `Sent::Container`).
     values: &'n [u8],
     /// The normalised JSON, when the sink keeps it (`Sink::KEEPS_JSON`).
     pub json: &'n [u8],
