@@ -1,15 +1,21 @@
 """The native decoder against the same checks in Python, in one process and one run.
 
-Three decoders take the same request, a mixpanel-browser-like POST (`data=<base64>` in a form body, `ip=1`
-in the query string), holding one ~300-byte event or a batch of 50:
+The gateway's decoder: three decoders take the same request, a mixpanel-browser-like POST (`data=<base64>`
+in a form body, `ip=1` in the query string), holding one ~300-byte event or a batch of 50:
 
 - native: `trackgate.decode_request` (Rust);
 - stdlib: tests/reference_decoder.py, the test oracle, on base64 + json;
 - pybase64+orjson: the same oracle on the fastest Python libraries for the two expensive steps.
 
 All three do the whole job: form decoding, base64, JSON, every per-event rule, the normalised JSON of each
-event, and its partition. The script first checks that they store the same events, then prints events per
-second (best of several repetitions, garbage collection off while timing) and the ratios.
+event, and its partition.
+
+The library: `trackgate.decode` on the `data` value of the same request (its base64), giving typed Events,
+against the oracle doing the same checks on the standard library, and against pybase64 + orjson parsing
+the same data with no checks at all.
+
+The script first checks that the contestants give the same events, then prints events per second (best
+of several repetitions, garbage collection off while timing) and the ratios.
 
     .venv/bin/python bench/decode_bench.py
     .venv/bin/python bench/decode_bench.py --quick    # shorter loops, fewer repetitions
@@ -31,6 +37,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+import msgspec
+import orjson
+import pybase64
 import reference_decoder as ref
 import trackgate
 
@@ -64,11 +73,21 @@ def loop_settings(quick: bool) -> tuple[float, int]:
     return (0.1, 3) if quick else (0.5, 5)
 
 
+def event_shapes() -> dict[str, Any]:
+    """The events measured, by name: one event, and a batch of 50."""
+    return {"single": browser_event(0), "batch of 50": [browser_event(i) for i in range(50)]}
+
+
 def request_shapes() -> dict[str, bytes]:
-    """The requests measured, by name: one event, and a batch of 50."""
+    """The requests measured, by name: the events of `event_shapes` as mixpanel-browser posts them."""
+    return {shape: form_body(events) for shape, events in event_shapes().items()}
+
+
+def data_shapes() -> dict[str, bytes]:
+    """The `data` values measured, by name: the events of `event_shapes` as base64."""
     return {
-        "single": form_body(browser_event(0)),
-        "batch of 50": form_body([browser_event(i) for i in range(50)]),
+        shape: base64.b64encode(json.dumps(events, separators=(",", ":")).encode())
+        for shape, events in event_shapes().items()
     }
 
 
@@ -130,6 +149,30 @@ def stored_events(name: str, body: bytes) -> list[Any]:
     return [json.loads(event.json) for event in result.events]
 
 
+def library_decoders() -> dict[str, Callable[[bytes], int]]:
+    """`trackgate.decode` on a `data` value, the oracle's checks on the standard library, parsing alone."""
+    options, ref_options = trackgate.Options(), ref.Options()
+
+    def native(data: bytes) -> int:
+        return len(trackgate.decode(data, now=NOW, options=options))
+
+    def stdlib(data: bytes) -> int:
+        return ref.decode_data(data, now=NOW, options=ref_options).accepted
+
+    def parsing_alone(data: bytes) -> int:
+        parsed = orjson.loads(pybase64.b64decode(data))
+        return len(parsed) if isinstance(parsed, list) else 1
+
+    return {"trackgate.decode": native, "stdlib": stdlib, "pybase64+orjson, no checks": parsing_alone}
+
+
+def same_typed_events(data: bytes) -> bool:
+    """`trackgate.decode` gives the events the oracle stores, read into Events (the types compared too)."""
+    stored = ref.decode_data(data, now=NOW).events
+    expected = [msgspec.json.decode(event.json, type=trackgate.Event) for event in stored]
+    return msgspec.json.encode(trackgate.decode(data, now=NOW)) == msgspec.json.encode(expected)
+
+
 def events_per_second(decode: Callable[[bytes], int], body: bytes, seconds: float, repeats: int) -> float:
     """Best of `repeats` timed loops, each about `seconds` long."""
     per_call = decode(body)
@@ -157,6 +200,23 @@ def _timed(decode: Callable[[bytes], int], body: bytes, calls: int) -> float:
             gc.enable()
 
 
+def measure(
+    title: str,
+    shapes: dict[str, bytes],
+    decoders: dict[str, Callable[[bytes], int]],
+    seconds: float,
+    repeats: int,
+) -> dict[tuple[str, str], float]:
+    print(f"{title}\n{'':12} {'decoder':>28} {'events/s':>12}")
+    rates: dict[tuple[str, str], float] = {}
+    for shape, body in shapes.items():
+        for name, decode in decoders.items():
+            rates[(shape, name)] = events_per_second(decode, body, seconds, repeats)
+            print(f"{shape:12} {name:>28} {rates[(shape, name)]:>12,.0f}")
+    print()
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -164,7 +224,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shorter loops and fewer repetitions")
     args = parser.parse_args()
     seconds, repeats = loop_settings(args.quick)
-    shapes, contestants = request_shapes(), decoders()
+    shapes, datas, contestants = request_shapes(), data_shapes(), decoders()
 
     event_bytes = len(json.dumps(browser_event(0), separators=(",", ":")))
     print(
@@ -176,20 +236,27 @@ def main() -> None:
         check_same_events(shapes, contestants)
     except RuntimeError as err:
         sys.exit(str(err))
-    print("all three decoders store the same events\n")
+    for shape, data in datas.items():
+        if not same_typed_events(data):
+            sys.exit(f"trackgate.decode does not give the stored events for the {shape} data")
+    print("all decoders store the same events; trackgate.decode gives them as Events\n")
 
-    rates: dict[tuple[str, str], float] = {}
-    print(f"{'':12} {'decoder':>16} {'events/s':>12}")
-    for shape, body in shapes.items():
-        for name, decode in contestants.items():
-            rates[(shape, name)] = events_per_second(decode, body, seconds, repeats)
-            print(f"{shape:12} {name:>16} {rates[(shape, name)]:>12,.0f}")
-    print()
+    rates = measure("the gateway's decoder: decode_request", shapes, contestants, seconds, repeats)
     for shape in shapes:
         native = rates[(shape, "native")]
         print(
             f"{shape:12} native/stdlib = {native / rates[(shape, 'stdlib')]:5.1f}x   "
             f"native/pybase64+orjson = {native / rates[(shape, 'pybase64+orjson')]:5.1f}x"
+        )
+    print()
+    library = library_decoders()
+    rates = measure("the library: trackgate.decode on the data value", datas, library, seconds, repeats)
+    for shape in datas:
+        native = rates[(shape, "trackgate.decode")]
+        parsing = rates[(shape, "pybase64+orjson, no checks")]
+        print(
+            f"{shape:12} trackgate.decode/stdlib = {native / rates[(shape, 'stdlib')]:5.1f}x   "
+            f"trackgate.decode/pybase64+orjson = {native / parsing:5.2f}x"
         )
 
 

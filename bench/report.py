@@ -489,6 +489,31 @@ def markdown(results: dict[str, Any], images: list[Path]) -> str:
                 rows,
             ),
         ]
+        library = decoder.get("library_events_per_s", {})
+        if library:
+            rows = []
+            for shape, rates in library.items():
+                native, stdlib = rates["trackgate.decode"], rates["stdlib"]
+                parsing = rates["pybase64+orjson, no checks"]
+                rows.append(
+                    [
+                        shape,
+                        _fmt(native),
+                        _fmt(stdlib),
+                        _fmt(parsing),
+                        _x(native / stdlib),
+                        _x(native / parsing),
+                    ]
+                )
+            parts += [
+                "Events/s of `trackgate.decode` on the same events' `data` value (base64), giving typed "
+                "Events, against the reference decoder's checks on the standard library and against "
+                "pybase64 + orjson parsing with no checks at all.",
+                _table(
+                    ["data", "trackgate.decode", "stdlib", "pybase64+orjson", "/stdlib", "/pybase64+orjson"],
+                    rows,
+                ),
+            ]
     elif decoder:
         parts += ["## Decoder", f"failed: {decoder.get('error')}"]
 

@@ -97,7 +97,20 @@ def decoder_part(quick: bool) -> dict[str, Any]:
         for name, decode in decoders.items():
             rates[shape][name] = db.events_per_second(decode, body, seconds, repeats)
             log(f"decoder {shape:12} {name:>16} {rates[shape][name]:>12,.0f} events/s")
-    return {"seconds_per_loop": seconds, "repeats": repeats, "events_per_s": rates}
+    library: dict[str, dict[str, float]] = {}
+    for shape, data in db.data_shapes().items():
+        if not db.same_typed_events(data):
+            raise RuntimeError(f"trackgate.decode does not give the stored events for the {shape} data")
+        library[shape] = {}
+        for name, decode in db.library_decoders().items():
+            library[shape][name] = db.events_per_second(decode, data, seconds, repeats)
+            log(f"library {shape:12} {name:>28} {library[shape][name]:>12,.0f} events/s")
+    return {
+        "seconds_per_loop": seconds,
+        "repeats": repeats,
+        "events_per_s": rates,
+        "library_events_per_s": library,
+    }
 
 
 def log(message: str) -> None:

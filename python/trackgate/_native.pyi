@@ -1,7 +1,7 @@
 """Typed stub of the private native module. Import from `trackgate`, not from here."""
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Final, Self, final
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Final, Generic, Self, TypeVar, final
 
 from trackgate.decode_errors import ErrorDetails, EventErrorKind, RequestErrorKind
 
@@ -12,6 +12,7 @@ __all__ = [
     "REQUEST_ERROR_STATUS",
     "RULES",
     "DecodeError",
+    "EventDecoder",
     "EventError",
     "Options",
     "PartitionBatch",
@@ -26,6 +27,9 @@ __all__ = [
 ]
 
 __version__: Final[str]
+
+_Event = TypeVar("_Event")
+_Funnel = TypeVar("_Funnel")
 
 # The version of the packed argument layout (see `Request.batches`), which the Redis function checks.
 # Per event: its UTC day (YYYY-MM-DD), "HH:<event name>", the distinct_id ("" when none), the funnel
@@ -221,6 +225,19 @@ def decode_request(
     tokens: TokenSet | None = None,
 ) -> Request:
     """Decode one /track request. Raises DecodeError when the request as a whole is unusable."""
+
+@final
+class EventDecoder(Generic[_Event, _Funnel]):
+    """Makes `event` objects (and `funnel` ones for mp_funnel events) as it decodes: `event` is called
+    with the keyword arguments event, time, received, token, properties, distinct_id, insert_id, ip,
+    funnel and mp_keys; `funnel` with name, step and goal."""
+
+    def __new__(cls, event: Callable[..., _Event], funnel: Callable[[str, int, str], _Funnel]) -> Self: ...
+    def decode(
+        self, data: str | bytes, *, now: float | None = None, options: Options | None = None
+    ) -> list[_Event]:
+        """The events of a `data` value (see `trackgate.decode`), `now` by default the clock's, `options`
+        the default ones."""
 
 def decode_data(data: str | bytes, *, now: float, options: Options) -> Request:
     """Decode the value of one `data` parameter: base64 (any variant), raw JSON, or gzip bytes."""

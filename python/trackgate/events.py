@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time as _time
 from typing import Any
 
 import msgspec
 
-from trackgate._native import REQUEST_ERROR_STATUS, DecodeError, Options, decode_data
+from trackgate._native import EventDecoder, Options
 
 
 class Funnel(msgspec.Struct, frozen=True):
@@ -33,7 +32,8 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     mp_keys: tuple[str, ...] = ()
 
 
-_event_decoder = msgspec.json.Decoder(Event)
+# Makes the Events in the native decoder, as it decodes them.
+_decode = EventDecoder(Event, Funnel).decode
 
 
 def decode(
@@ -50,21 +50,8 @@ def decode(
     ready `options`. Raises `DecodeError` when the payload is unusable or when any event is invalid; the
     error then carries the valid events in `.events` and one entry per invalid event in `.errors()`.
     """
-    if options is None:
+    if rules:
+        if options is not None:
+            raise TypeError("pass either options or individual rules, not both")
         options = Options(**rules)
-    elif rules:
-        raise TypeError("pass either options or individual rules, not both")
-    received = _time.time() if now is None else now
-    request = decode_data(data, now=received, options=options)
-    events = [_event_decoder.decode(raw) for raw in request.events()]
-    if request.errors:
-        first = request.errors[0]
-        raise DecodeError(
-            "invalid_events",
-            f"{len(request.errors)} of {request.total} events are invalid; "
-            f"the first, at index {first.index}: {first.message}",
-            REQUEST_ERROR_STATUS["invalid_events"],
-            request.errors,
-            events,
-        )
-    return events
+    return _decode(data, now=now, options=options)

@@ -1,11 +1,12 @@
 //! One event: its members scanned once, the rules applied in a fixed order, the normalised JSON written.
 
 use std::borrow::Cow;
+use std::convert::Infallible;
 use std::ops::Range;
 
 use crate::errors::{EventError, EventErrorKind};
 use crate::json::{
-    fits_double, write_str, JsonType, Scalar, Scanner, Shape, StrToken, SyntaxError,
+    fits_double, write_str, JsonType, Length, Out, Scalar, Scanner, Shape, StrToken, SyntaxError,
 };
 use crate::{Context, Options};
 
@@ -74,9 +75,16 @@ struct Property<'a> {
     key_raw: &'a [u8],
     /// Unescaped; UTF-8, since the payload was checked.
     key: Cow<'a, [u8]>,
-    /// The minified value, in `Scratch::values`.
-    value: Range<usize>,
+    value: Sent<'a>,
     slot: Option<Slot>,
+}
+
+/// A property's value as sent: a scalar's token, or an array or object minified into
+/// `Scratch::values`.
+#[derive(Debug, Clone)]
+enum Sent<'a> {
+    Scalar(Scalar<'a>),
+    Container(Range<usize>),
 }
 
 /// Buffers reused from event to event, so a batch allocates them once.
@@ -85,27 +93,29 @@ pub struct Scratch<'a> {
     members: Members<'a>,
     values: Vec<u8>,
     key_hashes: Vec<u64>,
-    /// The receive time, formatted once per request.
+    /// The receive time, formatted once per request when first written.
     received: Vec<u8>,
     /// The normalised JSON of the last valid event.
     pub json: Vec<u8>,
 }
 
-impl Scratch<'_> {
-    pub fn new(now: f64) -> Self {
-        let mut received = Vec::new();
-        write_number(&mut received, now);
+impl Default for Scratch<'_> {
+    fn default() -> Self {
+        // Room for the properties of most events, so that the first does not grow it step by step.
+        const PROPERTIES: usize = 16;
+        let mut members = Members::default();
+        members.properties.reserve(PROPERTIES);
         Self {
-            members: Members::default(),
+            members,
             values: Vec::new(),
-            key_hashes: Vec::new(),
-            received,
+            key_hashes: Vec::with_capacity(PROPERTIES),
+            received: Vec::new(),
             json: Vec::new(),
         }
     }
 }
 
-/// What the rest of the pipeline needs of a valid event besides its JSON (in `Scratch::json`).
+/// What the gateway's batches need of a valid event besides its JSON (`Normalised::json`).
 #[derive(Debug)]
 pub struct Valid<'a> {
     pub token: Cow<'a, str>,
@@ -138,16 +148,30 @@ impl<'a> Members<'a> {
     }
 }
 
-/// Scans the event object at the cursor. `Ok(Err(..))` is a rejected event; `Err(..)` means the JSON
-/// itself is broken and the whole request is unusable.
-pub fn decode_event<'a>(
+/// Where the events of a payload go as they are decoded, one by one.
+pub trait Sink {
+    /// Whether it reads `Normalised::json`: when not, the JSON is written only if it may be too large.
+    const KEEPS_JSON: bool = true;
+
+    fn event(&mut self, event: &Normalised<'_>);
+    fn error(&mut self, error: EventError);
+    /// After the last event of a payload that decoded.
+    fn finish(&mut self) {}
+}
+
+/// Scans the event object at the cursor and hands the event, or why it was rejected, to `sink`. An
+/// error means the JSON itself is broken and the whole request is unusable.
+pub fn decode_event<'a, S: Sink>(
     scanner: &mut Scanner<'a>,
     index: usize,
     ctx: &Context<'_>,
     use_ip: bool,
     scratch: &mut Scratch<'a>,
-) -> Result<Result<Valid<'a>, EventError>, SyntaxError> {
+    sink: &mut S,
+) -> Result<(), SyntaxError> {
+    let start = scanner.position();
     scan_members(scanner, ctx.options, scratch)?;
+    let span = scanner.position() - start;
     let Scratch {
         members,
         values,
@@ -161,9 +185,39 @@ pub fn decode_event<'a>(
         use_ip,
         members,
         values,
-        received,
     };
-    Ok(normaliser.run(json, key_hashes))
+    let mut event = match normaliser.run(key_hashes) {
+        Ok(event) => event,
+        Err(error) => {
+            sink.error(error);
+            return Ok(());
+        }
+    };
+    let keep_json = S::KEEPS_JSON;
+    let measure = !keep_json && most_json_bytes(span, ctx.peer_ip) > ctx.options.max_event_bytes;
+    if (keep_json || measure) && received.is_empty() {
+        write_number(received, ctx.now);
+    }
+    let size = if keep_json {
+        json.clear();
+        event.write_json(json, received);
+        json.len()
+    } else if measure {
+        let mut length = Length::default();
+        event.write_json(&mut length, received);
+        length.0
+    } else {
+        0
+    };
+    if size > ctx.options.max_event_bytes {
+        sink.error(normaliser.too_large(size));
+        return Ok(());
+    }
+    if keep_json {
+        event.json = json;
+    }
+    sink.event(&event);
+    Ok(())
 }
 
 fn scan_members<'a>(
@@ -230,32 +284,24 @@ fn scan_properties<'a>(
         let key_token = scanner.key()?;
         let key = key_token.bytes();
         let slot = Slot::of(&key);
-        let start = scratch.values.len();
         let scalar = scanner.scalar()?;
-        let ty = match scalar {
-            Scalar::String(s) => {
-                scratch.values.extend_from_slice(s.raw);
-                JsonType::String
+        let (value, ty) = match scalar {
+            Scalar::Container(_) => {
+                let start = scratch.values.len();
+                let ty = scanner.value(&mut scratch.values, &mut shape, 0)?;
+                if let (None, Some((kind, value))) = (members.violation, shape.violation) {
+                    members.violation = Some((kind, value, members.properties.len()));
+                }
+                (Sent::Container(start..scratch.values.len()), ty)
             }
             Scalar::Number(n) => {
                 if members.violation.is_none() && !fits_double(n) {
                     let at = members.properties.len();
                     members.violation = Some((EventErrorKind::NumberOutOfRange, 0, at));
                 }
-                scratch.values.extend_from_slice(n);
-                JsonType::Number
+                (Sent::Scalar(scalar), JsonType::Number)
             }
-            Scalar::Other(raw, ty) => {
-                scratch.values.extend_from_slice(raw);
-                ty
-            }
-            Scalar::Container(_) => {
-                let ty = scanner.value(&mut scratch.values, &mut shape, 0)?;
-                if let (None, Some((kind, value))) = (members.violation, shape.violation) {
-                    members.violation = Some((kind, value, members.properties.len()));
-                }
-                ty
-            }
+            _ => (Sent::Scalar(scalar), scalar.json_type()),
         };
         if let Some(slot) = slot {
             let scalar = (!matches!(scalar, Scalar::Container(_))).then_some(scalar);
@@ -264,7 +310,7 @@ fn scan_properties<'a>(
         members.properties.push(Property {
             key_raw: key_token.raw,
             key,
-            value: start..scratch.values.len(),
+            value,
             slot,
         });
         if !scanner.next_member(b'}')? {
@@ -273,23 +319,23 @@ fn scan_properties<'a>(
     }
 }
 
-struct Normaliser<'c, 'a, 'm> {
+struct Normaliser<'n> {
     index: usize,
-    ctx: &'c Context<'c>,
+    ctx: &'n Context<'n>,
     use_ip: bool,
-    members: &'m Members<'a>,
-    values: &'m [u8],
-    received: &'m [u8],
+    members: &'n Members<'n>,
+    values: &'n [u8],
 }
 
-impl<'a> Normaliser<'_, 'a, '_> {
+impl<'n> Normaliser<'n> {
     #[cold]
     fn reject(&self, kind: EventErrorKind, field: &str, message: String) -> EventError {
         EventError::new(self.index, kind, field, message)
     }
 
     /// The rules, in the order their errors are reported: the first broken one names the event's error.
-    fn run(&self, json: &mut Vec<u8>, key_hashes: &mut Vec<u64>) -> Result<Valid<'a>, EventError> {
+    /// The last, the size of the normalised JSON, is checked once it is written (`too_large`).
+    fn run(&self, key_hashes: &mut Vec<u64>) -> Result<Normalised<'n>, EventError> {
         use EventErrorKind as K;
         let options = self.ctx.options;
         let m = self.members;
@@ -316,7 +362,7 @@ impl<'a> Normaliser<'_, 'a, '_> {
                 )
             })?),
         };
-        let funnel = if name.text() == "mp_funnel" {
+        let funnel = if *name.bytes() == *b"mp_funnel" {
             Some(self.funnel()?)
         } else {
             None
@@ -338,9 +384,9 @@ impl<'a> Normaliser<'_, 'a, '_> {
         self.no_duplicates(key_hashes)?;
 
         let peer_ip = if self.use_ip { self.ctx.peer_ip } else { None };
-        let distinct_id = match (&sent_distinct_id, peer_ip) {
+        let distinct_id = match (sent_distinct_id, peer_ip) {
             (Some(DistinctId::String(s)), Some(ip)) if s.raw.len() == 2 => DistinctId::Peer(ip),
-            (Some(d), _) => *d,
+            (Some(d), _) => d,
             (None, Some(ip)) => DistinctId::Peer(ip),
             (None, None) => DistinctId::None,
         };
@@ -348,44 +394,31 @@ impl<'a> Normaliser<'_, 'a, '_> {
             Some(ip) => IpValue::Peer(ip),
             None => sent_ip.map_or(IpValue::None, IpValue::Sent),
         };
-        let funnel_json = funnel
-            .as_ref()
-            .map(|(name, step, goal)| (name.raw, *step, goal.raw));
-        self.write(
-            json,
-            &name,
-            &token,
+        Ok(Normalised {
+            name,
+            token,
             time,
             distinct_id,
             insert_id,
             ip,
-            funnel_json,
-        );
-        if json.len() > options.max_event_bytes {
-            return Err(self.reject(
-                K::EventTooLarge,
-                "",
-                format!(
-                    "the event is {} bytes; at most {} are allowed",
-                    json.len(),
-                    options.max_event_bytes
-                ),
-            ));
-        }
-        Ok(Valid {
-            token: token.text(),
-            name: name.text(),
-            distinct_id: match distinct_id {
-                DistinctId::Peer(ip) => Some(Cow::Owned(ip.to_owned())),
-                _ => sent_distinct_id.and_then(|d| d.text()),
-            },
-            insert_id: insert_id.map(|s| s.text()),
-            time,
-            funnel: funnel.map(|(name, step, goal)| (name.text(), step, goal.text())),
+            funnel,
+            members: m,
+            values: self.values,
+            json: &[],
         })
     }
 
-    fn event_name(&self) -> Result<StrToken<'a>, EventError> {
+    #[cold]
+    fn too_large(&self, size: usize) -> EventError {
+        let max = self.ctx.options.max_event_bytes;
+        self.reject(
+            EventErrorKind::EventTooLarge,
+            "",
+            format!("the event is {size} bytes; at most {max} are allowed"),
+        )
+    }
+
+    fn event_name(&self) -> Result<StrToken<'n>, EventError> {
         use EventErrorKind as K;
         let Some(reserved) = self.members.name else {
             return Err(self.reject(
@@ -404,7 +437,7 @@ impl<'a> Normaliser<'_, 'a, '_> {
                 ),
             ));
         };
-        let chars = name.text().chars().count();
+        let chars = char_count(&name.bytes());
         if chars == 0 {
             return Err(self.reject(
                 K::EventInvalid,
@@ -423,7 +456,7 @@ impl<'a> Normaliser<'_, 'a, '_> {
         Ok(name)
     }
 
-    fn token(&self) -> Result<StrToken<'a>, EventError> {
+    fn token(&self) -> Result<StrToken<'n>, EventError> {
         use EventErrorKind as K;
         const FIELD: &str = "properties.token";
         let Some(reserved) = self.members.get(Slot::Token) else {
@@ -510,14 +543,14 @@ impl<'a> Normaliser<'_, 'a, '_> {
         Ok(time)
     }
 
-    fn distinct_id(&self) -> Result<Option<DistinctId<'a>>, EventError> {
+    fn distinct_id(&self) -> Result<Option<DistinctId<'n>>, EventError> {
         use EventErrorKind as K;
         const FIELD: &str = "properties.distinct_id";
         let Some(reserved) = self.members.get(Slot::DistinctId) else {
             return Ok(None);
         };
         let (value, chars) = match reserved.scalar {
-            Some(Scalar::String(s)) => (DistinctId::String(s), s.text().chars().count()),
+            Some(Scalar::String(s)) => (DistinctId::String(s), char_count(&s.bytes())),
             Some(Scalar::Number(n)) => (DistinctId::Number(n), n.len()),
             _ => {
                 return Err(self.reject(
@@ -543,14 +576,14 @@ impl<'a> Normaliser<'_, 'a, '_> {
         Ok(Some(value))
     }
 
-    fn insert_id(&self) -> Result<Option<StrToken<'a>>, EventError> {
+    fn insert_id(&self) -> Result<Option<StrToken<'n>>, EventError> {
         let Some(reserved) = self.members.get(Slot::InsertId) else {
             return Ok(None);
         };
         if let Some(s) = reserved.string() {
-            let text = s.text();
+            let text = s.bytes();
             if text.len() <= MAX_INSERT_ID_CHARS
-                && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && text.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
             {
                 return Ok(Some(s));
             }
@@ -564,7 +597,7 @@ impl<'a> Normaliser<'_, 'a, '_> {
         ))
     }
 
-    fn funnel(&self) -> Result<(StrToken<'a>, u32, StrToken<'a>), EventError> {
+    fn funnel(&self) -> Result<(StrToken<'n>, u32, StrToken<'n>), EventError> {
         use EventErrorKind as K;
         let m = self.members;
         // Names of Redis keys and hash fields: held to the length of an event name.
@@ -630,18 +663,30 @@ impl<'a> Normaliser<'_, 'a, '_> {
         self.reject(kind, &field, message)
     }
 
-    /// Sorting hashes finds a candidate pair without comparing every key with every other; only keys
-    /// whose hashes collide are compared byte for byte.
+    /// Keys are compared by a cheap fingerprint first: every pair of them when there are few, else
+    /// neighbours once sorted (sorting hashes finds a candidate pair without comparing every key with
+    /// every other). Only keys whose fingerprints match are compared byte for byte.
     fn no_duplicates(&self, hashes: &mut Vec<u64>) -> Result<(), EventError> {
+        const FEW: usize = 16;
         let props = &self.members.properties;
         if props.len() < 2 {
             return Ok(());
         }
         hashes.clear();
         hashes.extend(props.iter().map(|p| key_hash(&p.key)));
-        hashes.sort_unstable();
-        if hashes.windows(2).all(|w| w[0] != w[1]) {
-            return Ok(());
+        if props.len() <= FEW {
+            let distinct = hashes
+                .iter()
+                .enumerate()
+                .all(|(i, a)| hashes[i + 1..].iter().all(|b| a != b));
+            if distinct {
+                return Ok(());
+            }
+        } else {
+            hashes.sort_unstable();
+            if hashes.windows(2).all(|w| w[0] != w[1]) {
+                return Ok(());
+            }
         }
         for (i, a) in props.iter().enumerate() {
             if let Some(b) = props[i + 1..].iter().find(|b| b.key == a.key) {
@@ -652,154 +697,274 @@ impl<'a> Normaliser<'_, 'a, '_> {
         }
         Ok(())
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    fn write(
-        &self,
-        out: &mut Vec<u8>,
-        name: &StrToken<'_>,
-        token: &StrToken<'_>,
-        time: f64,
-        distinct_id: DistinctId<'_>,
-        insert_id: Option<StrToken<'_>>,
-        ip: IpValue<'_>,
-        funnel: Option<(&[u8], u32, &[u8])>,
-    ) {
-        out.clear();
-        out.extend_from_slice(b"{\"event\":");
-        out.extend_from_slice(name.raw);
-        out.extend_from_slice(b",\"time\":");
-        write_number(out, time);
-        out.extend_from_slice(b",\"received\":");
-        out.extend_from_slice(self.received);
-        out.extend_from_slice(b",\"token\":");
-        out.extend_from_slice(token.raw);
-        if !matches!(distinct_id, DistinctId::None) {
-            out.extend_from_slice(b",\"distinct_id\":");
-            distinct_id.write(out);
+/// A bound on the bytes of the normalised JSON of an event whose JSON object took `span` bytes: when
+/// it is within the limit, the JSON need not be measured. The normalised JSON copies each byte of
+/// the event at most twice (a property's key in `mp_keys`, its value as a top-level field), writes at
+/// most a separator per byte, and adds fixed text, numbers and (with `ip=1`) the caller's address
+/// escaped, at most four times.
+fn most_json_bytes(span: usize, peer_ip: Option<&str>) -> usize {
+    let address = peer_ip.map_or(0, str::len);
+    span.saturating_mul(3)
+        .saturating_add(1024)
+        .saturating_add(address.saturating_mul(24))
+}
+
+/// A valid event as the gateway stores it: the fields the rules settled, and its properties as sent but
+/// for the ones the gateway sets (`time`, and `distinct_id` and `ip` with `ip=1`). The gateway writes
+/// it as JSON (`write_json`, in `json` once written); the Python binding makes objects of it.
+#[derive(Debug)]
+pub struct Normalised<'n> {
+    pub name: StrToken<'n>,
+    pub token: StrToken<'n>,
+    /// Seconds since 1970.
+    pub time: f64,
+    pub distinct_id: DistinctId<'n>,
+    pub insert_id: Option<StrToken<'n>>,
+    pub ip: IpValue<'n>,
+    /// Name, step and goal of an `mp_funnel` event.
+    pub funnel: Option<(StrToken<'n>, u32, StrToken<'n>)>,
+    members: &'n Members<'n>,
+    /// The arrays and objects among the properties' values, minified (see `Sent::Container`).
+    values: &'n [u8],
+    /// The normalised JSON, when the sink keeps it (`Sink::KEEPS_JSON`).
+    pub json: &'n [u8],
+}
+
+/// One property of a normalised event.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'n> {
+    /// The key as sent: a JSON string token, quotes included.
+    pub key_raw: &'n [u8],
+    /// The key's text, unescaped.
+    pub key: &'n [u8],
+    pub value: Value<'n>,
+}
+
+/// A property's value in a normalised event.
+#[derive(Debug, Clone, Copy)]
+pub enum Value<'n> {
+    /// A string, number, boolean or null as sent.
+    Scalar(Scalar<'n>),
+    /// An array or object as sent, minified.
+    Json(&'n [u8]),
+    /// The event's time, in seconds.
+    Time(f64),
+    DistinctId(DistinctId<'n>),
+    Ip(IpValue<'n>),
+}
+
+impl Value<'_> {
+    fn write(&self, out: &mut impl Out) {
+        match self {
+            Self::Scalar(scalar) => out.put(scalar.raw()),
+            Self::Json(json) => out.put(json),
+            Self::Time(time) => write_number(out, *time),
+            Self::DistinctId(id) => id.write(out),
+            Self::Ip(ip) => ip.write(out),
         }
-        if let Some(id) = insert_id {
-            out.extend_from_slice(b",\"insert_id\":");
-            out.extend_from_slice(id.raw);
-        }
-        if !matches!(ip, IpValue::None) {
-            out.extend_from_slice(b",\"ip\":");
-            ip.write(out);
-        }
-        if let Some((name, step, goal)) = funnel {
-            out.extend_from_slice(b",\"funnel\":{\"name\":");
-            out.extend_from_slice(name);
-            out.extend_from_slice(b",\"step\":");
-            out.extend_from_slice(itoa::Buffer::new().format(step).as_bytes());
-            out.extend_from_slice(b",\"goal\":");
-            out.extend_from_slice(goal);
-            out.push(b'}');
-        }
-        let props = &self.members.properties;
-        let mut first_mp = true;
-        for prop in props.iter().filter(|p| p.key.starts_with(b"mp_")) {
-            out.extend_from_slice(if first_mp { b",\"mp_keys\":[" } else { b"," });
-            out.extend_from_slice(prop.key_raw);
-            first_mp = false;
-        }
-        if !first_mp {
-            out.push(b']');
-        }
-        out.extend_from_slice(b",\"properties\":{");
-        let (mut has_time, mut has_distinct_id, mut has_ip) = (false, false, false);
-        for (i, prop) in props.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(prop.key_raw);
-            out.push(b':');
-            match prop.slot {
-                Some(Slot::Time) => {
-                    has_time = true;
-                    write_number(out, time);
-                }
-                Some(Slot::DistinctId) => {
-                    has_distinct_id = true;
-                    distinct_id.write(out);
-                }
-                Some(Slot::Ip) if matches!(ip, IpValue::Peer(_)) => {
-                    has_ip = true;
-                    ip.write(out);
-                }
-                _ => out.extend_from_slice(&self.values[prop.value.clone()]),
-            }
-        }
-        let mut sep = !props.is_empty();
-        let mut append = |out: &mut Vec<u8>, key: &[u8]| {
-            if sep {
-                out.push(b',');
-            }
-            sep = true;
-            out.extend_from_slice(key);
-        };
-        if !has_time {
-            append(out, b"\"time\":");
-            write_number(out, time);
-        }
-        if !has_distinct_id && matches!(distinct_id, DistinctId::Peer(_)) {
-            append(out, b"\"distinct_id\":");
-            distinct_id.write(out);
-        }
-        if !has_ip && matches!(ip, IpValue::Peer(_)) {
-            append(out, b"\"ip\":");
-            ip.write(out);
-        }
-        out.extend_from_slice(b"}}");
     }
 }
 
+impl<'n> Normalised<'n> {
+    /// Calls `f` with each property in the order they are stored: as sent, then `time`,
+    /// `distinct_id` and `ip` when the gateway sets them and they were not sent.
+    pub fn try_for_each_property<E>(
+        &self,
+        mut f: impl FnMut(Entry<'n>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for prop in &self.members.properties {
+            f(Entry {
+                key_raw: prop.key_raw,
+                key: &prop.key,
+                value: match prop.slot {
+                    Some(Slot::Time) => Value::Time(self.time),
+                    Some(Slot::DistinctId) => Value::DistinctId(self.distinct_id),
+                    Some(Slot::Ip) if matches!(self.ip, IpValue::Peer(_)) => Value::Ip(self.ip),
+                    _ => match &prop.value {
+                        Sent::Scalar(scalar) => Value::Scalar(*scalar),
+                        Sent::Container(range) => Value::Json(&self.values[range.clone()]),
+                    },
+                },
+            })?;
+        }
+        let mut added = |slot, key_raw: &'static [u8], value| {
+            if self.members.get(slot).is_some() {
+                return Ok(());
+            }
+            let key = &key_raw[1..key_raw.len() - 1];
+            f(Entry {
+                key_raw,
+                key,
+                value,
+            })
+        };
+        added(Slot::Time, b"\"time\"", Value::Time(self.time))?;
+        if let DistinctId::Peer(_) = self.distinct_id {
+            added(
+                Slot::DistinctId,
+                b"\"distinct_id\"",
+                Value::DistinctId(self.distinct_id),
+            )?;
+        }
+        if let IpValue::Peer(_) = self.ip {
+            added(Slot::Ip, b"\"ip\"", Value::Ip(self.ip))?;
+        }
+        Ok(())
+    }
+
+    /// The properties whose key starts with `mp_` (Mixpanel's own), in order: the keys as sent, and
+    /// unescaped.
+    pub fn mp_keys(&self) -> impl Iterator<Item = (&'n [u8], &'n [u8])> + '_ {
+        self.members
+            .properties
+            .iter()
+            .filter(|prop| prop.key.starts_with(b"mp_"))
+            .map(|prop| (prop.key_raw, &*prop.key))
+    }
+
+    /// What the gateway's batches need of the event.
+    pub fn valid(&self) -> Valid<'n> {
+        Valid {
+            token: self.token.text(),
+            name: self.name.text(),
+            distinct_id: self.distinct_id.text(),
+            insert_id: self.insert_id.map(|s| s.text()),
+            time: self.time,
+            funnel: self
+                .funnel
+                .map(|(name, step, goal)| (name.text(), step, goal.text())),
+        }
+    }
+
+    /// The normalised JSON: the top-level fields in the README's order, then the properties.
+    fn write_json(&self, out: &mut impl Out, received: &[u8]) {
+        let (mut ints, mut floats) = (itoa::Buffer::new(), ryu::Buffer::new());
+        let time = number_text(self.time, &mut ints, &mut floats);
+        out.put(b"{\"event\":");
+        out.put(self.name.raw);
+        out.put(b",\"time\":");
+        out.put(time);
+        out.put(b",\"received\":");
+        out.put(received);
+        out.put(b",\"token\":");
+        out.put(self.token.raw);
+        if !matches!(self.distinct_id, DistinctId::None) {
+            out.put(b",\"distinct_id\":");
+            self.distinct_id.write(out);
+        }
+        if let Some(id) = self.insert_id {
+            out.put(b",\"insert_id\":");
+            out.put(id.raw);
+        }
+        if !matches!(self.ip, IpValue::None) {
+            out.put(b",\"ip\":");
+            self.ip.write(out);
+        }
+        if let Some((name, step, goal)) = self.funnel {
+            out.put(b",\"funnel\":{\"name\":");
+            out.put(name.raw);
+            out.put(b",\"step\":");
+            out.put(itoa::Buffer::new().format(step).as_bytes());
+            out.put(b",\"goal\":");
+            out.put(goal.raw);
+            out.put_byte(b'}');
+        }
+        let mut mp_keys = self.mp_keys().map(|(raw, _)| raw).peekable();
+        if mp_keys.peek().is_some() {
+            out.put(b",\"mp_keys\":[");
+            for (i, key) in mp_keys.enumerate() {
+                if i > 0 {
+                    out.put_byte(b',');
+                }
+                out.put(key);
+            }
+            out.put_byte(b']');
+        }
+        out.put(b",\"properties\":{");
+        let mut first = true;
+        let written: Result<(), Infallible> = self.try_for_each_property(|entry| {
+            if !first {
+                out.put_byte(b',');
+            }
+            first = false;
+            out.put(entry.key_raw);
+            out.put_byte(b':');
+            match entry.value {
+                Value::Time(_) => out.put(time),
+                value => value.write(out),
+            }
+            Ok(())
+        });
+        let Ok(()) = written;
+        out.put(b"}}");
+    }
+}
+
+/// The distinct_id of a normalised event.
 #[derive(Debug, Clone, Copy)]
-enum DistinctId<'a> {
+pub enum DistinctId<'a> {
     None,
     String(StrToken<'a>),
     /// Stored as a string: its JSON number text, quoted.
     Number(&'a [u8]),
+    /// The caller's address, with `ip=1`.
     Peer(&'a str),
 }
 
 impl<'a> DistinctId<'a> {
-    fn write(&self, out: &mut Vec<u8>) {
+    fn write(&self, out: &mut impl Out) {
         match self {
-            Self::None => out.extend_from_slice(b"null"),
-            Self::String(s) => out.extend_from_slice(s.raw),
+            Self::None => out.put(b"null"),
+            Self::String(s) => out.put(s.raw),
             Self::Number(n) => {
-                out.push(b'"');
-                out.extend_from_slice(n);
-                out.push(b'"');
+                out.put_byte(b'"');
+                out.put(n);
+                out.put_byte(b'"');
             }
             Self::Peer(ip) => write_str(out, ip),
         }
     }
 
-    /// The text of a distinct_id that was sent (`Peer` values are owned by the caller).
-    fn text(&self) -> Option<Cow<'a, str>> {
+    /// Its text, as stored.
+    pub fn text(&self) -> Option<Cow<'a, str>> {
+        self.bytes().map(utf8)
+    }
+
+    /// Its text as UTF-8 bytes, as stored.
+    pub fn bytes(&self) -> Option<Cow<'a, [u8]>> {
         match *self {
-            Self::None | Self::Peer(_) => None,
-            Self::String(s) => Some(s.text()),
-            Self::Number(n) => Some(Cow::Borrowed(
-                std::str::from_utf8(n).expect("number tokens are ASCII"),
-            )),
+            Self::None => None,
+            Self::String(s) => Some(s.bytes()),
+            Self::Number(n) => Some(Cow::Borrowed(n)),
+            Self::Peer(ip) => Some(Cow::Borrowed(ip.as_bytes())),
         }
     }
 }
 
+/// The ip of a normalised event: as sent, or the caller's address with `ip=1`.
 #[derive(Debug, Clone, Copy)]
-enum IpValue<'a> {
+pub enum IpValue<'a> {
     None,
     Sent(StrToken<'a>),
     Peer(&'a str),
 }
 
-impl IpValue<'_> {
-    fn write(&self, out: &mut Vec<u8>) {
+impl<'a> IpValue<'a> {
+    /// Its text as UTF-8 bytes, as stored.
+    pub fn bytes(&self) -> Option<Cow<'a, [u8]>> {
+        match *self {
+            Self::None => None,
+            Self::Sent(s) => Some(s.bytes()),
+            Self::Peer(ip) => Some(Cow::Borrowed(ip.as_bytes())),
+        }
+    }
+
+    fn write(&self, out: &mut impl Out) {
         match self {
-            Self::None => out.extend_from_slice(b"null"),
-            Self::Sent(s) => out.extend_from_slice(s.raw),
+            Self::None => out.put(b"null"),
+            Self::Sent(s) => out.put(s.raw),
             Self::Peer(ip) => write_str(out, ip),
         }
     }
@@ -808,14 +973,13 @@ impl IpValue<'_> {
 /// A cheap fingerprint of a key (length, first and last eight bytes): equal keys always match, and
 /// the rare different keys that match are told apart byte for byte.
 fn key_hash(key: &[u8]) -> u64 {
-    let load = |bytes: &[u8]| {
-        let mut word = [0u8; 8];
-        word[..bytes.len()].copy_from_slice(bytes);
-        u64::from_le_bytes(word)
-    };
     let n = key.len();
-    let head = load(&key[..n.min(8)]);
-    let tail = if n > 8 { load(&key[n - 8..]) } else { 0 };
+    let word = |at: usize| u64::from_le_bytes(key[at..at + 8].try_into().expect("8 bytes"));
+    let (head, tail) = if n >= 8 {
+        (word(0), word(n - 8))
+    } else {
+        (key.iter().fold(0, |acc, &b| acc << 8 | u64::from(b)), 0)
+    };
     head ^ tail.rotate_left(29) ^ ((n as u64) << 56)
 }
 
@@ -859,16 +1023,43 @@ fn parse_f64(raw: &[u8]) -> f64 {
 }
 
 /// Whole numbers without a fraction, others in their shortest round-trip form.
-pub fn write_number(out: &mut Vec<u8>, value: f64) {
+pub fn write_number(out: &mut impl Out, value: f64) {
+    out.put(number_text(
+        value,
+        &mut itoa::Buffer::new(),
+        &mut ryu::Buffer::new(),
+    ));
+}
+
+/// A number as `write_number` writes it, in one of the two buffers.
+fn number_text<'b>(
+    value: f64,
+    ints: &'b mut itoa::Buffer,
+    floats: &'b mut ryu::Buffer,
+) -> &'b [u8] {
     if value.fract() == 0.0 && value.abs() < 9_007_199_254_740_992.0 {
-        out.extend_from_slice(itoa::Buffer::new().format(value as i64).as_bytes());
+        ints.format(value as i64).as_bytes()
     } else {
-        out.extend_from_slice(ryu::Buffer::new().format_finite(value).as_bytes());
+        floats.format_finite(value).as_bytes()
     }
 }
 
+/// Text of the payload, which was checked as UTF-8.
+fn utf8(bytes: Cow<'_, [u8]>) -> Cow<'_, str> {
+    const CHECKED: &str = "the payload was checked as UTF-8";
+    match bytes {
+        Cow::Borrowed(bytes) => Cow::Borrowed(std::str::from_utf8(bytes).expect(CHECKED)),
+        Cow::Owned(bytes) => Cow::Owned(String::from_utf8(bytes).expect(CHECKED)),
+    }
+}
+
+/// The characters of UTF-8 text: its bytes but for continuation bytes.
+fn char_count(text: &[u8]) -> usize {
+    text.iter().filter(|&&b| b & 0xC0 != 0x80).count()
+}
+
 fn human_duration(seconds: f64) -> String {
-    // Two units: "3 hours 1 minute", where one decimal said "3.0 hours".
+    // Two whole units, "3 hours 1 minute", rather than a fraction of one.
     let s = seconds.max(0.0).round() as u64;
     let (major, minor) = match s {
         0 if seconds > 0.0 => return "less than a second".to_owned(),
@@ -889,5 +1080,77 @@ fn units(n: u64, unit: &str) -> String {
         format!("1 {unit}")
     } else {
         format!("{n} {unit}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Options;
+
+    /// Keeps the size of the last event's normalised JSON.
+    struct Size(usize);
+
+    impl Sink for Size {
+        fn event(&mut self, event: &Normalised<'_>) {
+            self.0 = event.json.len();
+        }
+
+        fn error(&mut self, error: EventError) {
+            panic!("a valid event: {error:?}");
+        }
+    }
+
+    /// The normalised JSON of `event` (with `ip=1` from `peer`) against the bound on its size.
+    fn assert_within_bound(event: &str, peer: &str) {
+        // Any time is recent enough: `"time":1` is the shortest one to replace.
+        let options = Options {
+            max_age: 1e18,
+            ..Options::default()
+        };
+        let ctx = Context {
+            options: &options,
+            now: 1_700_000_000.123_456_7,
+            peer_ip: Some(peer),
+            tokens: None,
+        };
+        let mut scanner = Scanner::new(event.as_bytes());
+        let mut size = Size(0);
+        decode_event(
+            &mut scanner,
+            0,
+            &ctx,
+            true,
+            &mut Scratch::default(),
+            &mut size,
+        )
+        .unwrap();
+        let bound = most_json_bytes(event.len(), Some(peer));
+        assert!(size.0 <= bound, "{event}: {} > {bound}", size.0);
+    }
+
+    #[test]
+    fn the_size_bound_holds_where_the_json_grows_most() {
+        let many_tiny = (0..200)
+            .map(|i| format!("\"mp_{i}\":0"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let peer = "\"\u{1}\\\u{1f}\"";
+        for properties in [
+            String::new(),
+            format!("{many_tiny},"),
+            "\"distinct_id\":0,\"ip\":\"\",\"time\":1,\"$insert_id\":\"a\",".to_owned(),
+            "\"distinct_id\":\"\",\"funnel\":\"f\",\"step\":1,\"goal\":\"\",".to_owned(),
+        ] {
+            let name = if properties.contains("funnel") {
+                "mp_funnel"
+            } else {
+                "e"
+            };
+            let event =
+                format!("{{\"event\":\"{name}\",\"properties\":{{{properties}\"token\":\"t\"}}}}");
+            assert_within_bound(&event, peer);
+            assert_within_bound(&event, "203.0.113.7");
+        }
     }
 }

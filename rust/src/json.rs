@@ -218,6 +218,11 @@ impl<'a> Scanner<'a> {
         Self { buf, pos: 0 }
     }
 
+    /// Where it is in the text: the byte offset of what it reads next.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
     #[inline]
     pub fn skip_ws(&mut self) {
         while let Some(&b) = self.buf.get(self.pos) {
@@ -303,6 +308,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// A string token, starting at its opening quote.
+    #[inline]
     pub fn string(&mut self) -> Result<StrToken<'a>, SyntaxError> {
         let start = self.pos;
         debug_assert_eq!(self.buf.get(start), Some(&b'"'));
@@ -444,6 +450,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// A scalar, or the type of a container that starts here (not consumed).
+    #[inline]
     pub fn scalar(&mut self) -> Result<Scalar<'a>, SyntaxError> {
         Ok(match self.peek() {
             Some(b'"') => Scalar::String(self.string()?),
@@ -607,13 +614,117 @@ pub enum Scalar<'a> {
     Container(JsonType),
 }
 
-impl Scalar<'_> {
+impl<'a> Scalar<'a> {
+    /// The token as sent; nothing for a container, which is not read yet.
+    pub fn raw(&self) -> &'a [u8] {
+        match *self {
+            Self::String(token) => token.raw,
+            Self::Number(raw) | Self::Other(raw, _) => raw,
+            Self::Container(_) => b"",
+        }
+    }
+
     pub fn json_type(&self) -> JsonType {
         match self {
             Self::String(_) => JsonType::String,
             Self::Number(_) => JsonType::Number,
             Self::Other(_, ty) | Self::Container(ty) => *ty,
         }
+    }
+}
+
+/// Makes values of some kind (Python objects, in `py.rs`) from JSON text, one of each JSON kind; the
+/// containers are filled as the text is read.
+pub trait Build {
+    type Value;
+    type List;
+    type Map;
+    type Error;
+
+    fn null(&mut self) -> Result<Self::Value, Self::Error>;
+    fn bool(&mut self, value: bool) -> Result<Self::Value, Self::Error>;
+    /// A string's text, unescaped: UTF-8, since the payload was checked.
+    fn string(&mut self, text: &[u8]) -> Result<Self::Value, Self::Error>;
+    fn int(&mut self, value: i64) -> Result<Self::Value, Self::Error>;
+    /// An integer beyond i64, as its text.
+    fn big_int(&mut self, text: &str) -> Result<Self::Value, Self::Error>;
+    fn float(&mut self, value: f64) -> Result<Self::Value, Self::Error>;
+    fn list(&mut self) -> Result<Self::List, Self::Error>;
+    fn push(&mut self, list: &mut Self::List, item: Self::Value) -> Result<(), Self::Error>;
+    fn end_list(&mut self, list: Self::List) -> Self::Value;
+    fn map(&mut self) -> Result<Self::Map, Self::Error>;
+    /// `key` as `string` has it.
+    fn insert(
+        &mut self,
+        map: &mut Self::Map,
+        key: &[u8],
+        value: Self::Value,
+    ) -> Result<(), Self::Error>;
+    fn end_map(&mut self, map: Self::Map) -> Self::Value;
+}
+
+/// The value of `json`, a value the scanner has validated and minified (a property's value as the
+/// decoder keeps it), made by `build`. Numbers are read as JSON readers in Python read them: an integer
+/// literal is an int of any size, any other number a float.
+pub fn build<B: Build>(json: &[u8], build: &mut B) -> Result<B::Value, B::Error> {
+    let mut reader = Scanner::new(json);
+    let value = read(&mut reader, build);
+    debug_assert!(reader.at_end(), "one value");
+    value
+}
+
+fn read<B: Build>(reader: &mut Scanner<'_>, build: &mut B) -> Result<B::Value, B::Error> {
+    const VALID: &str = "the value was validated";
+    match reader.scalar().expect(VALID) {
+        Scalar::Container(JsonType::Array) => {
+            let mut list = build.list()?;
+            if !reader.open(b'[', b']') {
+                loop {
+                    let item = read(reader, build)?;
+                    build.push(&mut list, item)?;
+                    if !reader.next_member(b']').expect(VALID) {
+                        break;
+                    }
+                }
+            }
+            Ok(build.end_list(list))
+        }
+        Scalar::Container(JsonType::Object) => {
+            let mut map = build.map()?;
+            if !reader.open(b'{', b'}') {
+                loop {
+                    let key = reader.key().expect(VALID);
+                    let value = read(reader, build)?;
+                    build.insert(&mut map, &key.bytes(), value)?;
+                    if !reader.next_member(b'}').expect(VALID) {
+                        break;
+                    }
+                }
+            }
+            Ok(build.end_map(map))
+        }
+        scalar => build_scalar(scalar, build),
+    }
+}
+
+/// The value of a string, number, boolean or null token, made by `build`, as `build` reads them.
+pub fn build_scalar<B: Build>(scalar: Scalar<'_>, build: &mut B) -> Result<B::Value, B::Error> {
+    match scalar {
+        Scalar::String(token) => build.string(&token.bytes()),
+        Scalar::Number(number) => {
+            let text = std::str::from_utf8(number).expect("number tokens are ASCII");
+            if number.iter().any(|b| matches!(b, b'.' | b'e' | b'E')) {
+                build.float(text.parse().expect("a validated number"))
+            } else if let Ok(value) = text.parse() {
+                build.int(value)
+            } else {
+                build.big_int(text)
+            }
+        }
+        Scalar::Other(b"true", _) => build.bool(true),
+        Scalar::Other(b"false", _) => build.bool(false),
+        Scalar::Other(..) => build.null(),
+        Scalar::Container(_) => unreachable!("containers are read by `build`"),
     }
 }
 
@@ -671,9 +782,46 @@ fn hex_value(digits: &[u8]) -> u32 {
     })
 }
 
+/// Where JSON text goes: a buffer, or a count of its bytes when only its size is needed.
+pub trait Out {
+    fn put(&mut self, bytes: &[u8]);
+
+    fn put_byte(&mut self, byte: u8) {
+        self.put(&[byte]);
+    }
+}
+
+impl Out for Vec<u8> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+
+    #[inline]
+    fn put_byte(&mut self, byte: u8) {
+        self.push(byte);
+    }
+}
+
+/// The size of the JSON text written to it.
+#[derive(Debug, Default)]
+pub struct Length(pub usize);
+
+impl Out for Length {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.0 += bytes.len();
+    }
+
+    #[inline]
+    fn put_byte(&mut self, _: u8) {
+        self.0 += 1;
+    }
+}
+
 /// Writes `text` as a JSON string token.
-pub fn write_str(out: &mut Vec<u8>, text: &str) {
-    out.push(b'"');
+pub fn write_str(out: &mut impl Out, text: &str) {
+    out.put_byte(b'"');
     let bytes = text.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
@@ -686,19 +834,18 @@ pub fn write_str(out: &mut Vec<u8>, text: &str) {
             0..=0x1F => None,
             _ => continue,
         };
-        out.extend_from_slice(&bytes[start..i]);
+        out.put(&bytes[start..i]);
         if let Some(e) = escape {
-            out.extend_from_slice(e);
+            out.put(e);
         } else {
             const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[(b >> 4) as usize]);
-            out.push(HEX[(b & 0xF) as usize]);
+            out.put(b"\\u00");
+            out.put(&[HEX[(b >> 4) as usize], HEX[(b & 0xF) as usize]]);
         }
         start = i + 1;
     }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
+    out.put(&bytes[start..]);
+    out.put_byte(b'"');
 }
 
 #[cfg(test)]

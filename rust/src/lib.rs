@@ -49,6 +49,15 @@ pub struct Decoded {
 }
 
 impl Decoded {
+    fn new(params: Params, events: payload::Events) -> Self {
+        Self {
+            params,
+            total: events.total,
+            errors: events.errors,
+            batches: events.batches,
+        }
+    }
+
     pub fn accepted(&self) -> usize {
         self.batches.events.len()
     }
@@ -73,24 +82,30 @@ pub fn decode_request(
     let max = ctx.options.max_request_bytes;
     let split = request::split(query, body, content_type, content_encoding, max)?;
     let use_ip = split.params.use_ip;
+    let sink = || payload::Events::new(ctx.options.partitions);
     let events = match &split.payload {
-        request::Payload::Json(body) => payload::decode_events(body, ctx, use_ip)?,
+        request::Payload::Json(body) => payload::decode_events(body, ctx, use_ip, sink)?,
         request::Payload::Data(data) => {
             let json = payload::data_to_json(data, max - query.len(), !split.inflated)?;
-            payload::decode_events(&json, ctx, use_ip)?
+            payload::decode_events(&json, ctx, use_ip, sink)?
         }
         request::Payload::Missing => return Err(RequestError::Empty),
     };
-    Ok(Decoded {
-        params: split.params,
-        total: events.total,
-        errors: events.errors,
-        batches: events.batches,
-    })
+    Ok(Decoded::new(split.params, events))
 }
 
 /// Decodes the value of one `data` parameter (base64, raw JSON or gzip bytes).
 pub fn decode_data(data: &[u8], ctx: &Context<'_>) -> Result<Decoded, RequestError> {
+    let events = decode_data_into(data, ctx, || payload::Events::new(ctx.options.partitions))?;
+    Ok(Decoded::new(Params::default(), events))
+}
+
+/// Decodes the value of one `data` parameter into a sink that `new_sink` makes (see `event::Sink`).
+pub fn decode_data_into<S: event::Sink>(
+    data: &[u8],
+    ctx: &Context<'_>,
+    new_sink: impl FnMut() -> S,
+) -> Result<S, RequestError> {
     if data.len() > ctx.options.max_request_bytes {
         return Err(RequestError::BodyTooLarge {
             size: data.len(),
@@ -98,11 +113,5 @@ pub fn decode_data(data: &[u8], ctx: &Context<'_>) -> Result<Decoded, RequestErr
         });
     }
     let json = payload::data_to_json(data, ctx.options.max_request_bytes, true)?;
-    let events = payload::decode_events(&json, ctx, false)?;
-    Ok(Decoded {
-        params: Params::default(),
-        total: events.total,
-        errors: events.errors,
-        batches: events.batches,
-    })
+    payload::decode_events(&json, ctx, false, new_sink)
 }
