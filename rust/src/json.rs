@@ -633,7 +633,7 @@ impl<'a> Scalar<'a> {
     }
 }
 
-/// Makes values of some kind (Python objects, in `py.rs`) from JSON text, one of each JSON kind; the
+/// Makes values of some kind (Python objects, in `py/`) from JSON text, one of each JSON kind; the
 /// containers are filled as the text is read.
 pub trait Build {
     type Value;

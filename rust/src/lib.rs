@@ -1,5 +1,5 @@
 //! trackgate's native decoder: Mixpanel `/track` requests in, validated and normalised events out,
-//! grouped by (token, partition) and packed for Redis. Plain Rust; `py.rs` is the only file that knows
+//! grouped by (token, partition) and packed for Redis. Plain Rust; `py/` is the only module that knows
 //! about Python.
 
 use std::collections::HashSet;

@@ -1,4 +1,4 @@
-//! The decoder's rules, each written once: `Options`, its `Default`, and (in `py.rs`) the Python
+//! The decoder's rules, each written once: `Options`, its `Default`, and (in `py/options.rs`) the Python
 //! constructor, its checks and the table of rules that the gateway's settings are made from.
 
 /// Hands the rules to `$then`, a macro: each rule written once, with its type, its default, its bounds

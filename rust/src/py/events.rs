@@ -1,0 +1,361 @@
+//! `trackgate.decode`'s typed events, made straight from the decoder's.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::sync::Mutex;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+
+use super::decode::{check_now, with_bytes, Text};
+use super::decoded::{decode_error, request_error};
+use super::options::PyOptions;
+use super::strings::StringCache;
+use crate::event::{IpValue, Normalised, Sink, Value};
+use crate::json::{Scalar, StrToken};
+use crate::{Context, EventError, Params, RequestError};
+
+/// Makes the typed events of `trackgate.decode` (msgspec Structs, defined in Python and handed over
+/// once) straight from the decoder's events: no JSON is written for Python to read again, and no
+/// Python code runs per event.
+#[pyclass(module = "trackgate._native", name = "EventDecoder", frozen)]
+#[derive(Debug)]
+pub(super) struct PyEventDecoder {
+    event_type: Py<PyAny>,
+    funnel_type: Py<PyAny>,
+    /// The names of the Event's fields, in the order `EventBuilder::event` passes them.
+    event_fields: Py<PyTuple>,
+    /// The options of a call that gives none.
+    default_options: Py<PyOptions>,
+    /// Strings made before, for the keys and short values that events of a batch, and batches,
+    /// repeat: making one costs more than finding it.
+    strings: Mutex<StringCache>,
+}
+
+#[pymethods]
+impl PyEventDecoder {
+    #[new]
+    fn new(py: Python<'_>, event: Py<PyAny>, funnel: Py<PyAny>) -> PyResult<Self> {
+        // Interned, as the class's own field names are: its constructor matches them by identity.
+        let names = EVENT_FIELDS.map(|name| PyString::intern(py, name));
+        Ok(Self {
+            event_type: event,
+            funnel_type: funnel,
+            event_fields: PyTuple::new(py, names)?.unbind(),
+            default_options: Py::new(py, PyOptions(crate::Options::default()))?,
+            strings: Mutex::new(StringCache::default()),
+        })
+    }
+
+    /// The events of a `data` value (see `trackgate.decode`), `now` by default the clock's, `options`
+    /// the default ones. Raises DecodeError when the payload is unusable, and with kind
+    /// `invalid_events` (the valid events in `.events`) when any event is invalid.
+    #[pyo3(signature = (data, *, now = None, options = None))]
+    fn decode<'py>(
+        &self,
+        py: Python<'py>,
+        data: Text<'_>,
+        now: Option<f64>,
+        options: Option<Bound<'py, PyOptions>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let options = match options {
+            Some(options) => options,
+            None => self.default_options.bind(py).clone(),
+        };
+        let options = options.get();
+        let now = match now {
+            Some(now) => now,
+            None => py.import("time")?.getattr("time")?.call0()?.extract()?,
+        };
+        check_now(now)?;
+        let ctx = Context {
+            options: &options.0,
+            now,
+            peer_ip: None,
+            tokens: None,
+        };
+        // Another decode holds the strings only when a finaliser that ran during this one's
+        // allocations decodes too: it makes its own.
+        let mut own = None;
+        let mut held = self.strings.try_lock();
+        let strings = match held.as_deref_mut() {
+            Ok(strings) => strings,
+            Err(_) => own.insert(StringCache::default()),
+        };
+        let strings = RefCell::new(strings);
+        let received = PyFloat::new(py, now).into_any();
+        let new_builder = || EventBuilder::new(py, self, &strings, received.clone());
+        let built = with_bytes(data, |data| {
+            crate::decode_data_into(data, &ctx, new_builder)
+                .map_err(|e| request_error(py, &e, Params::default()))
+        })?;
+        built.finish()
+    }
+}
+
+/// The keyword arguments an Event is made with.
+pub(super) const EVENT_FIELDS: [&str; 10] = [
+    "event",
+    "time",
+    "received",
+    "token",
+    "properties",
+    "distinct_id",
+    "insert_id",
+    "ip",
+    "funnel",
+    "mp_keys",
+];
+
+/// `callable(**dict(zip(names, values)))`, without the dict: pyo3's `call` with keyword arguments
+/// builds one, which CPython unpacks again into names and values, and that costs more than making
+/// the Event itself.
+#[allow(unsafe_code)]
+pub(super) fn call_with_keywords<'py, const N: usize>(
+    callable: &Bound<'py, PyAny>,
+    names: &Bound<'py, PyTuple>,
+    values: &[Bound<'py, PyAny>; N],
+) -> PyResult<Bound<'py, PyAny>> {
+    assert_eq!(names.len(), N, "one name per value");
+    let args = values.each_ref().map(Bound::as_ptr);
+    // SAFETY: the GIL is held (the arguments are `Bound`); `args` points at N references that
+    // `values` keeps alive for the call, and `names` is a tuple of N str, as vectorcall takes them;
+    // the result is a new reference, or null with the exception set.
+    unsafe {
+        let result =
+            pyo3::ffi::PyObject_Vectorcall(callable.as_ptr(), args.as_ptr(), 0, names.as_ptr());
+        Bound::from_owned_ptr_or_err(callable.py(), result)
+    }
+}
+
+/// The payload's events as Python objects, as they are decoded.
+pub(super) struct EventBuilder<'py, 'd> {
+    py: Python<'py>,
+    types: &'d PyEventDecoder,
+    strings: &'d RefCell<&'d mut StringCache>,
+    received: Bound<'py, PyAny>,
+    events: Bound<'py, PyList>,
+    errors: Vec<EventError>,
+    total: usize,
+    /// The first Python error (memory): the events after it are not made.
+    failure: Option<PyErr>,
+    last_mp_keys: Option<Py<PyTuple>>,
+}
+
+impl<'py, 'd> EventBuilder<'py, 'd> {
+    fn new(
+        py: Python<'py>,
+        types: &'d PyEventDecoder,
+        strings: &'d RefCell<&'d mut StringCache>,
+        received: Bound<'py, PyAny>,
+    ) -> Self {
+        Self {
+            py,
+            types,
+            strings,
+            received,
+            events: PyList::empty(py),
+            errors: Vec::new(),
+            total: 0,
+            failure: None,
+            last_mp_keys: None,
+        }
+    }
+
+    /// The events, or `invalid_events` with them when any event is invalid.
+    fn finish(self) -> PyResult<Bound<'py, PyList>> {
+        if let Some(failure) = self.failure {
+            return Err(failure);
+        }
+        let Some(first) = self.errors.first() else {
+            return Ok(self.events);
+        };
+        let error = RequestError::InvalidEvents {
+            invalid: self.errors.len(),
+            total: self.total,
+            index: first.index,
+            message: first.message.clone(),
+        };
+        Err(decode_error(
+            self.py,
+            &error,
+            Params::default(),
+            self.errors,
+            self.events,
+        ))
+    }
+
+    fn event(&mut self, event: &Normalised<'_>) -> PyResult<()> {
+        let py = self.py;
+        let mut strings = self.strings.borrow_mut();
+        let mut values = PyValues {
+            py,
+            strings: &mut strings,
+        };
+        // The Event's own fields first: the properties they were read from take the same objects.
+        let token = values.token(event.token);
+        let distinct_id = values.optional(event.distinct_id.bytes());
+        let insert_id = values.optional(event.insert_id.map(|id| id.bytes()));
+        let ip = values.optional(event.ip.bytes());
+        let time = PyFloat::new(py, event.time).into_any();
+        let same = |token: StrToken<'_>, field: Option<StrToken<'_>>| {
+            field.is_some_and(|field| std::ptr::eq(token.raw, field.raw))
+        };
+        let sent_ip = match event.ip {
+            IpValue::Sent(sent) => Some(sent),
+            _ => None,
+        };
+        let properties = PyDict::new(py);
+        event.try_for_each_property(|entry| {
+            let value = match entry.value {
+                Value::Scalar(Scalar::String(s)) if same(s, Some(event.token)) => token.clone(),
+                Value::Scalar(Scalar::String(s)) if same(s, event.insert_id) => insert_id.clone(),
+                Value::Scalar(Scalar::String(s)) if same(s, sent_ip) => ip.clone(),
+                Value::Scalar(scalar) => crate::json::build_scalar(scalar, &mut values)?,
+                Value::Json(json) => crate::json::build(json, &mut values)?,
+                Value::Time(_) => match whole_number(event.time) {
+                    Some(seconds) => seconds.into_pyobject(py)?.into_any(),
+                    None => time.clone(),
+                },
+                Value::DistinctId(_) => distinct_id.clone(),
+                Value::Ip(_) => ip.clone(),
+            };
+            properties.set_item(values.string(entry.key), value)
+        })?;
+        let mp_keys = self.mp_keys(event.mp_keys().map(|(_, key)| values.string(key)))?;
+        let funnel = match event.funnel {
+            None => py.None().into_bound(py),
+            Some((name, step, goal)) => {
+                let (name, goal) = (values.token(name), values.token(goal));
+                self.types.funnel_type.bind(py).call1((name, step, goal))?
+            }
+        };
+        let fields = [
+            values.token(event.name),
+            time,
+            self.received.clone(),
+            token,
+            properties.into_any(),
+            distinct_id,
+            insert_id,
+            ip,
+            funnel,
+            mp_keys,
+        ];
+        let event_type = self.types.event_type.bind(py);
+        let built = call_with_keywords(event_type, self.types.event_fields.bind(py), &fields)?;
+        self.events.append(built)
+    }
+
+    /// The tuple of an event's `mp_` keys: the previous event's when they are the same str objects,
+    /// as they are when a batch's events have the same keys.
+    fn mp_keys(
+        &mut self,
+        keys: impl Iterator<Item = Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let keys: Vec<_> = keys.collect();
+        if let Some(last) = &self.last_mp_keys {
+            let last = last.bind(self.py);
+            if last.len() == keys.len() && keys.iter().zip(last.iter()).all(|(a, b)| a.is(&b)) {
+                return Ok(last.clone().into_any());
+            }
+        }
+        let tuple = PyTuple::new(self.py, keys)?;
+        self.last_mp_keys = Some(tuple.clone().unbind());
+        Ok(tuple.into_any())
+    }
+}
+
+impl Sink for EventBuilder<'_, '_> {
+    const KEEPS_JSON: bool = false;
+
+    fn event(&mut self, event: &Normalised<'_>) {
+        self.total += 1;
+        if self.failure.is_none() {
+            if let Err(err) = EventBuilder::event(self, event) {
+                self.failure = Some(err);
+            }
+        }
+    }
+
+    fn error(&mut self, error: EventError) {
+        self.total += 1;
+        self.errors.push(error);
+    }
+}
+
+/// A number the normalised JSON writes without a fraction, which Python then reads as an int.
+pub(super) fn whole_number(value: f64) -> Option<i64> {
+    (value.fract() == 0.0 && value.abs() < 9_007_199_254_740_992.0).then_some(value as i64)
+}
+
+/// Python values of JSON values, strings through the cache.
+pub(super) struct PyValues<'py, 'c> {
+    py: Python<'py>,
+    strings: &'c mut StringCache,
+}
+
+impl<'py> PyValues<'py, '_> {
+    /// A str of text of the payload, which was checked as UTF-8.
+    fn string(&mut self, text: &[u8]) -> Bound<'py, PyAny> {
+        self.strings.get(self.py, text).into_any()
+    }
+
+    /// The text of a string token.
+    fn token(&mut self, token: StrToken<'_>) -> Bound<'py, PyAny> {
+        self.string(&token.bytes())
+    }
+
+    /// A str of the text, or None.
+    fn optional(&mut self, text: Option<Cow<'_, [u8]>>) -> Bound<'py, PyAny> {
+        match text {
+            Some(text) => self.string(&text),
+            None => self.py.None().into_bound(self.py),
+        }
+    }
+}
+
+impl<'py> crate::json::Build for PyValues<'py, '_> {
+    type Value = Bound<'py, PyAny>;
+    type List = Bound<'py, PyList>;
+    type Map = Bound<'py, PyDict>;
+    type Error = PyErr;
+
+    fn null(&mut self) -> PyResult<Self::Value> {
+        Ok(self.py.None().into_bound(self.py))
+    }
+    fn bool(&mut self, value: bool) -> PyResult<Self::Value> {
+        Ok(PyBool::new(self.py, value).to_owned().into_any())
+    }
+    fn string(&mut self, text: &[u8]) -> PyResult<Self::Value> {
+        Ok(PyValues::string(self, text))
+    }
+    fn int(&mut self, value: i64) -> PyResult<Self::Value> {
+        Ok(value.into_pyobject(self.py)?.into_any())
+    }
+    #[cold]
+    fn big_int(&mut self, text: &str) -> PyResult<Self::Value> {
+        self.py.get_type::<PyInt>().call1((text,))
+    }
+    fn float(&mut self, value: f64) -> PyResult<Self::Value> {
+        Ok(PyFloat::new(self.py, value).into_any())
+    }
+    fn list(&mut self) -> PyResult<Self::List> {
+        Ok(PyList::empty(self.py))
+    }
+    fn push(&mut self, list: &mut Self::List, item: Self::Value) -> PyResult<()> {
+        list.append(item)
+    }
+    fn end_list(&mut self, list: Self::List) -> Self::Value {
+        list.into_any()
+    }
+    fn map(&mut self) -> PyResult<Self::Map> {
+        Ok(PyDict::new(self.py))
+    }
+    fn insert(&mut self, map: &mut Self::Map, key: &[u8], value: Self::Value) -> PyResult<()> {
+        map.set_item(PyValues::string(self, key), value)
+    }
+    fn end_map(&mut self, map: Self::Map) -> Self::Value {
+        map.into_any()
+    }
+}

@@ -1,0 +1,92 @@
+//! The string cache of `trackgate.decode`: repeated keys and values made once.
+
+use pyo3::prelude::*;
+use pyo3::types::PyString;
+
+/// Strings made before, found again by their text: a direct-mapped table, each text in one slot
+/// (the last one made there), its bytes kept beside the str to compare without asking Python.
+#[derive(Debug)]
+pub(super) struct StringCache {
+    slots: Vec<Option<CachedString>>,
+}
+
+#[derive(Debug)]
+pub(super) struct CachedString {
+    words: Words,
+    bytes: [u8; StringCache::MAX_BYTES],
+    string: Py<PyString>,
+}
+
+impl StringCache {
+    const SLOTS: usize = 1024;
+    /// Longer texts are made each time: rarely repeated, and slower to compare.
+    const MAX_BYTES: usize = 64;
+
+    /// A str of `text`, which is UTF-8.
+    pub(super) fn get<'py>(&mut self, py: Python<'py>, text: &[u8]) -> Bound<'py, PyString> {
+        let new = |text| PyString::new(py, std::str::from_utf8(text).expect("text is UTF-8"));
+        if text.len() > Self::MAX_BYTES {
+            return new(text);
+        }
+        let words = Words::of(text);
+        let slot = &mut self.slots[words.hash() as usize % Self::SLOTS];
+        if let Some(cached) = slot {
+            // Up to 16 bytes, the words are the whole text.
+            if cached.words == words && (text.len() <= 16 || cached.bytes[..text.len()] == *text) {
+                return cached.string.bind(py).clone();
+            }
+        }
+        let string = new(text);
+        let mut bytes = [0; Self::MAX_BYTES];
+        bytes[..text.len()].copy_from_slice(text);
+        *slot = Some(CachedString {
+            words,
+            bytes,
+            string: string.clone().unbind(),
+        });
+        string
+    }
+}
+
+impl Default for StringCache {
+    fn default() -> Self {
+        Self {
+            slots: (0..Self::SLOTS).map(|_| None).collect(),
+        }
+    }
+}
+
+/// A short text's length and its first and last bytes, read as two words: all of a text of up to
+/// 16 bytes, and a hash of any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Words {
+    len: usize,
+    head: u64,
+    tail: u64,
+}
+
+impl Words {
+    fn of(text: &[u8]) -> Self {
+        let n = text.len();
+        let (head, tail) = if n >= 8 {
+            let word = |at: usize| u64::from_le_bytes(text[at..at + 8].try_into().expect("8"));
+            (word(0), word(n - 8))
+        } else if n >= 4 {
+            let word =
+                |at: usize| u64::from(u32::from_le_bytes(text[at..at + 4].try_into().expect("4")));
+            (word(0), word(n - 4))
+        } else if n > 0 {
+            let byte = |at: usize| u64::from(text[at]);
+            (byte(0) | byte(n / 2) << 8, byte(n - 1))
+        } else {
+            (0, 0)
+        };
+        Self { len: n, head, tail }
+    }
+
+    fn hash(self) -> u64 {
+        let mixed = (self.head ^ self.tail.rotate_left(32) ^ self.len as u64)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        mixed ^ (mixed >> 32)
+    }
+}
