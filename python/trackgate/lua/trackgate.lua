@@ -7,6 +7,7 @@ local DAY = 86400
 -- Key names are keys.py's: the partition prefix the caller passes, a family, the key's own parts joined
 -- by ':'.
 local MARKS, HOURLY_COUNTS, DAILY_USERS = '@MARKS@', '@HOURLY_COUNTS@', '@DAILY_USERS@'
+local EVENT_NAMES = '@EVENT_NAMES@'
 local FUNNEL_NAMES, FUNNEL_GOALS, FUNNEL_STATES = '@FUNNEL_NAMES@', '@FUNNEL_GOALS@', '@FUNNEL_STATES@'
 local FUNNEL_ATTEMPTS, FUNNEL_COUNTERS = '@FUNNEL_ATTEMPTS@', '@FUNNEL_COUNTERS@'
 
@@ -65,7 +66,6 @@ local function funnel_event(fb, prefix, day, window, uid, t, funnel, step, n, go
     fb.goals[seen] = true
     if redis.call('HSETNX', goals, n, goal) == 1 then
       redis.call('HSET', goals, 't' .. n, server_time_us())
-      redis.call('SADD', prefix .. FUNNEL_NAMES, funnel)
     end
   end
   local cohort = t
@@ -129,7 +129,7 @@ end
 -- keys expire when the funnel gets no events for that long.
 local PRUNE = 500
 
-local function write_funnel_batch(fb, window, late)
+local function write_funnel_batch(fb, window, late, keep_counters)
   local now = tonumber(redis.call('TIME')[1])
   local keep = window + late + 3600
   for key, uids in pairs(fb.dirty) do
@@ -154,26 +154,136 @@ local function write_funnel_batch(fb, window, late)
     redis.call('EXPIRE', key, keep)
     redis.call('EXPIRE', index, keep)
   end
+  -- A cohort day's counters expire `keep_counters` seconds after their first write (NX: a later batch
+  -- does not push the expiry on).
   for key, fields in pairs(fb.counters) do
     for field, n in pairs(fields) do
       redis.call('HINCRBY', key, field, n)
     end
+    redis.call('EXPIRE', key, keep_counters, 'NX')
   end
 end
 
--- KEYS (keys.count_function_keys): the partition's stream and the prefix of all its keys. ARGV: maxlen
--- (0: none), max age in seconds (0: none), the project's funnel window in seconds, the argument layout
--- (the decoder's PACKED_LAYOUT), batch id (<writer>:<seq>:<slot in the ring>), how late in seconds an
--- event may arrive (the decoder's max age), then the events' arguments: day, 'HH:<name>', distinct_id,
--- funnel, and for mp_funnel events time, step, goal. The events themselves are added by the XADDs of the
--- same transaction.
--- Returns the number of events counted; 0 when the batch had been counted before.
+-- Caps (bounds.py): names past a cap are counted under OVERFLOW. Each partition keeps a set of the day's
+-- names, what the cap is checked against, and a name's keys get their expiry when the set first holds
+-- the name: once per key and day, not per event or batch.
+local OVERFLOW = '@OVERFLOW@'
+
+-- The arguments an event takes (PACKED_LAYOUT): 7 for an mp_funnel event, else 4.
+local function width(args, i)
+  return args[i + 3] ~= '' and 7 or 4
+end
+
+-- The name an event is counted under before the name cap: its own, or OVERFLOW for a funnel not
+-- followed (past the funnel cap).
+local function own_name(args, i, funnels)
+  local funnel = args[i + 3]
+  if funnel ~= '' and not funnels[funnel] then
+    return OVERFLOW
+  end
+  return string.sub(args[i + 1], 4)
+end
+
+-- The funnels the batch's events name, each admitted (followed) or not: one SISMEMBER per funnel and
+-- batch, and one SCARD per batch that names a funnel new to the partition.
+local function admit_funnels(prefix, args, first, cap)
+  local names = prefix .. FUNNEL_NAMES
+  local admitted, known = {}, nil
+  local i, n = first, #args
+  while i <= n do
+    local funnel = args[i + 3]
+    if funnel ~= '' and admitted[funnel] == nil then
+      if redis.call('SISMEMBER', names, funnel) == 1 then
+        admitted[funnel] = true
+      else
+        known = known or redis.call('SCARD', names)
+        admitted[funnel] = known < cap
+        if admitted[funnel] then
+          redis.call('SADD', names, funnel)
+          known = known + 1
+        end
+      end
+    end
+    i = i + width(args, i)
+  end
+  return admitted
+end
+
+-- A funnel's goals and the partition's funnel names last while the funnel has events: renewed by every
+-- batch that follows it, after its goals are written.
+local function keep_funnels(prefix, admitted, keep)
+  local any = false
+  for funnel, followed in pairs(admitted) do
+    if followed then
+      redis.call('EXPIRE', prefix .. FUNNEL_GOALS .. funnel, keep)
+      any = true
+    end
+  end
+  if any then
+    redis.call('EXPIRE', prefix .. FUNNEL_NAMES, keep)
+  end
+end
+
+-- Which of a day's names (a list, each once) are counted under their own name: those in the day's set,
+-- then new ones while the set holds fewer than `cap` (OVERFLOW aside). Returns the admitted (a set), the
+-- names new to the day (a list), and whether the set is new.
+local function admit_names(key, list, cap)
+  local admitted, fresh, candidates = {}, {}, {}
+  for from = 1, #list, 1000 do
+    local last = math.min(from + 999, #list)
+    local found = redis.call('SMISMEMBER', key, unpack(list, from, last))
+    for j = from, last do
+      if found[j - from + 1] == 1 then
+        admitted[list[j]] = true
+      else
+        candidates[#candidates + 1] = list[j]
+      end
+    end
+  end
+  if #candidates == 0 then
+    return admitted, fresh, false
+  end
+  local members = redis.call('SCARD', key)
+  local room = cap - members + redis.call('SISMEMBER', key, OVERFLOW)
+  local refused = false
+  for _, name in ipairs(candidates) do
+    if name == OVERFLOW or room > 0 then
+      admitted[name] = true
+      fresh[#fresh + 1] = name
+      if name ~= OVERFLOW then room = room - 1 end
+    else
+      refused = true
+    end
+  end
+  -- Names refused are counted under OVERFLOW, which then joins the day's names as any new name does.
+  if refused and not admitted[OVERFLOW] then
+    admitted[OVERFLOW] = true
+    fresh[#fresh + 1] = OVERFLOW
+  end
+  for from = 1, #fresh, 1000 do
+    redis.call('SADD', key, unpack(fresh, from, math.min(from + 999, #fresh)))
+  end
+  return admitted, fresh, members == 0
+end
+
+-- KEYS (keys.count_function_keys): the partition's stream and the prefix of all its keys. ARGV (the
+-- header store.WriteCommands builds): maxlen (0: none), max age in seconds (0: none), the project's
+-- funnel window in seconds, the argument layout (store.LAYOUT), batch id (<writer>:<seq>:<slot in the
+-- ring>), how late in seconds an event may arrive (the decoder's max age), the counter retention in
+-- days, the project's caps on event names a day and on funnel names; then the events' arguments (the
+-- decoder's PACKED_LAYOUT): day, 'HH:<name>', distinct_id, funnel, and for mp_funnel events time, step,
+-- goal. The events themselves are added by the XADDs of the same transaction.
+-- Returns {events counted, events counted under OVERFLOW}; {0, 0} when the batch had been counted
+-- before.
+local FIRST = @HEADER_ARGS@ + 1
+
 local function tg_count(keys, args)
   local stream, prefix = keys[1], keys[2]
   local window = tonumber(args[3])
   local writer, slot = string.match(args[5], '^([%w%-]+):%d+:(%d+)$')
   slot = tonumber(slot)
   local late = tonumber(args[6])
+  local retention, name_cap, funnel_cap = tonumber(args[7]), tonumber(args[8]), tonumber(args[9])
   if args[4] ~= '@LAYOUT@' then
     return redis.error_reply('ERR tg_count: argument layout ' .. tostring(args[4]) .. ' is not @LAYOUT@: ' ..
       'the gateway and the function library are of different versions')
@@ -182,21 +292,19 @@ local function tg_count(keys, args)
     return redis.error_reply('ERR tg_count: called with ' .. #keys .. ' keys, not 2: ' ..
       'the gateway and the function library are of different versions')
   end
-  if not writer or not window or not late or slot >= @RING_SLOTS@ then
+  if not writer or not window or not late or slot >= @RING_SLOTS@ or not retention or not name_cap
+      or not funnel_cap then
     return redis.error_reply('ERR tg_count: malformed arguments')
   end
   -- Walk the events' arguments once before changing anything: a malformed call changes nothing. A
   -- funnel event's time and step are read after the first writes, so they are checked here.
-  local i, n = 7, #args
+  local i, n = FIRST, #args
   while i <= n do
-    if args[i + 3] ~= '' then
-      if not (string.match(args[i + 4] or '', '^%-?%d+$') and string.match(args[i + 5] or '', '^%d+$')) then
-        return redis.error_reply('ERR tg_count: malformed funnel event')
-      end
-      i = i + 7
-    else
-      i = i + 4
+    if args[i + 3] ~= '' and
+        not (string.match(args[i + 4] or '', '^%-?%d+$') and string.match(args[i + 5] or '', '^%d+$')) then
+      return redis.error_reply('ERR tg_count: malformed funnel event')
     end
+    i = i + width(args, i)
   end
   if i ~= n + 1 then
     return redis.error_reply('ERR tg_count: malformed event arguments')
@@ -205,8 +313,9 @@ local function tg_count(keys, args)
   -- already (a resent counting), in which case nothing more is done.
   local mark = prefix .. MARKS .. writer
   if redis.call('BITFIELD', mark, 'SET', 'u8', '#' .. (slot * 8 + 7), 1)[1] ~= 0 then
-    return 0
+    return { 0, 0 }
   end
+  local keep = retention * DAY
 
   local days = {}
   local function day(n)
@@ -217,14 +326,44 @@ local function tg_count(keys, args)
     end
     return d
   end
+  -- Each event's name as counted: its own, or OVERFLOW for a funnel past the funnel cap; then the
+  -- day's names past the name cap.
+  local funnels = admit_funnels(prefix, args, FIRST, funnel_cap)
+  local names, listed = {}, {}
+  i = FIRST
+  while i <= n do
+    local d, name = args[i], own_name(args, i, funnels)
+    local seen = listed[d]
+    if not seen then
+      seen = { list = {}, set = {} }
+      listed[d] = seen
+    end
+    if not seen.set[name] then
+      seen.set[name] = true
+      seen.list[#seen.list + 1] = name
+    end
+    i = i + width(args, i)
+  end
+  local fresh = {}
+  for d, seen in pairs(listed) do
+    local admitted, new, created = admit_names(prefix .. EVENT_NAMES .. d, seen.list, name_cap)
+    names[d] = admitted
+    fresh[d] = { names = new, created = created }
+  end
   -- Counters are summed over the batch first: one HINCRBY per (day, hour, event), one PFADD per
   -- (day, hour, event) with all its users, however many events share them.
   -- The funnel tables are made for the first mp_funnel event: most calls have none.
-  local counts, users, added, fb = {}, {}, 0, nil
-  i = 7
+  local counts, users, added, over, fb = {}, {}, 0, 0, nil
+  i = FIRST
   while i <= n do
     added = added + 1
     local d, field, uid, funnel = args[i], args[i + 1], args[i + 2], args[i + 3]
+    local followed = funnel ~= '' and funnels[funnel]
+    local name = own_name(args, i, funnels)
+    if name == OVERFLOW or not names[d][name] then
+      over = over + 1
+      field = string.sub(field, 1, 3) .. OVERFLOW
+    end
     local per_day = counts[d]
     if not per_day then
       per_day = {}
@@ -240,17 +379,16 @@ local function tg_count(keys, args)
       end
       list[#list + 1] = uid
     end
-    if funnel ~= '' then
+    if followed then
       local t, n = tonumber(args[i + 4]), args[i + 5]
       fb = fb or funnel_batch()
       funnel_event(fb, prefix, day, window, uid, t, funnel, tonumber(n), n, args[i + 6])
-      i = i + 7
-    else
-      i = i + 4
     end
+    i = i + width(args, i)
   end
   if fb then
-    write_funnel_batch(fb, window, late)
+    write_funnel_batch(fb, window, late, keep)
+    keep_funnels(prefix, funnels, keep)
   end
   for d, fields in pairs(counts) do
     local key = prefix .. HOURLY_COUNTS .. d
@@ -267,6 +405,20 @@ local function tg_count(keys, args)
       end
     end
   end
+  -- A day's keys expire `retention` days after their first write: the day's set and hourly counts when
+  -- the set is made, a name's unique users when the name joins the set (made empty if the batch had no
+  -- user for it, so that a later user's PFADD finds the expiry set).
+  for d, new in pairs(fresh) do
+    if new.created then
+      redis.call('EXPIRE', prefix .. EVENT_NAMES .. d, keep)
+      redis.call('EXPIRE', prefix .. HOURLY_COUNTS .. d, keep)
+    end
+    for _, name in ipairs(new.names) do
+      local key = prefix .. DAILY_USERS .. d .. ':' .. name
+      redis.call('PFADD', key)
+      redis.call('EXPIRE', key, keep)
+    end
+  end
   -- Trimmed once per batch, not per XADD: the same `~` bound (whole nodes only) for an XADD's worth of
   -- work, and fewer arguments in every XADD that the append-only file records.
   if args[1] ~= '0' then
@@ -276,7 +428,7 @@ local function tg_count(keys, args)
   if max_age > 0 then
     trim_by_age(stream, max_age)
   end
-  return added
+  return { added, over }
 end
 
 redis.register_function('tg_count', tg_count)
