@@ -3,12 +3,17 @@ past a project's caps are counted under the overflow name, their events still st
 
 from __future__ import annotations
 
+import json
+import re
+import time
 import uuid
+from collections import Counter
 from typing import Any
 
 import pytest
 import redis
-from conftest import RedisServer, send_count, send_write
+import requests
+from conftest import PARTITIONS, Gateway, RedisServer, create_project, send_count, send_write
 from test_write_function import DAY, WINDOW, T, decoded, plain, step
 from trackgate import bounds, keys, store
 
@@ -132,3 +137,84 @@ def test_a_flood_of_names_in_one_batch_makes_keys_up_to_the_cap(client: redis.Re
     assert len(users) == 1501
     assert client.scard(keys.funnel_names_key(token, 0)) == 1200
     assert client.xlen(keys.stream_key(token, 0)) == 3500
+
+
+def overflowed_total(gw: Gateway) -> float:
+    text = requests.get(gw.url("/metrics"), timeout=10).text
+    found = re.search(r"^trackgate_events_overflowed_total (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def flood(gw: Gateway, token: str, at: int, *, funnels: bool) -> None:
+    """20,000 events at `at`, each of a name of its own (or of a funnel of its own) and a user of its
+    own, sent as mixpanel-browser sends them: 2,000 events a request."""
+    events = [
+        funnel_step(token, f"user {i}", f"funnel {i}", 1, at)
+        if funnels
+        else plain(token, f"event {i}", f"user {i}", at)
+        for i in range(20_000)
+    ]
+    with requests.Session() as http:
+        for i in range(0, len(events), 2000):
+            body = json.dumps(events[i : i + 2000])
+            assert http.post(gw.url("/track"), data={"data": body}, timeout=60).text == "1"
+
+
+def families(client: redis.Redis, token: str) -> Counter[str]:
+    """The project's keys by family, over its partitions."""
+    found: Counter[str] = Counter()
+    for p in range(PARTITIONS):
+        prefix = keys.partition_prefix(token, p)
+        for raw in client.scan_iter(match=f"{prefix}*", count=1000):
+            rest = raw.decode().removeprefix(prefix)
+            found[next(f.name for f in keys.Family if rest.startswith(f.value))] += 1
+    return found
+
+
+# `client` is a redis.Redis without decode_responses, typed Any: redis-py types its replies
+# bytes | str | None.
+def counted_as_overflow(client: Any, token: str, day: str) -> int:
+    """The events of the day counted under the overflow name, over the partitions."""
+    field = f":{bounds.OVERFLOW}".encode()
+    return sum(
+        int(n)
+        for p in range(PARTITIONS)
+        for name, n in client.hgetall(keys.hourly_counts_key(token, p, day)).items()
+        if name.endswith(field)
+    )
+
+
+def test_a_flood_of_new_names_through_the_gateway_stays_within_the_caps(
+    gateway: Gateway, redis_server: RedisServer, rclient: redis.Redis
+) -> None:
+    """20,000 new funnel names, then 20,000 new event names, sent through /track with the default caps:
+    every event is stored, and the keys the names make are the caps', per partition."""
+    token = create_project(redis_server.url, f"flood {uuid.uuid4().hex[:8]}")
+    caps = bounds.DEFAULT_CAPS
+    at = int(time.time()) - 60
+    day = time.strftime("%Y-%m-%d", time.gmtime(at))
+    before = overflowed_total(gateway)
+    flood(gateway, token, at, funnels=True)
+    flood(gateway, token, at, funnels=False)
+
+    assert sum(rclient.xlen(keys.stream_key(token, p)) for p in range(PARTITIONS)) == 40_000
+    # Each partition took thousands of names of each kind: each is at its caps, exactly. Its day's names
+    # are mp_funnel, the overflow name and as many event names as the cap leaves.
+    for p in range(PARTITIONS):
+        assert rclient.scard(keys.funnel_names_key(token, p)) == caps.funnel_names
+        assert rclient.scard(keys.event_names_key(token, p, day)) == caps.event_names_per_day + 1
+    found = families(rclient, token)
+    assert found["DAILY_USERS"] == PARTITIONS * (caps.event_names_per_day + 1)
+    assert found["EVENT_NAMES"] == found["HOURLY_COUNTS"] == PARTITIONS
+    # A funnel's goals, its users' attempts and its day's counters.
+    for family in ("FUNNEL_GOALS", "FUNNEL_STATES", "FUNNEL_ATTEMPTS", "FUNNEL_COUNTERS"):
+        assert found[family] == PARTITIONS * caps.funnel_names, family
+    assert found["FUNNEL_NAMES"] == found["STREAM"] == PARTITIONS
+
+    # What went over is counted under the overflow name, in Redis and in /metrics, and logged.
+    over = counted_as_overflow(rclient, token, day)
+    funnels_over = 20_000 - PARTITIONS * caps.funnel_names
+    names_over = 20_000 - PARTITIONS * (caps.event_names_per_day - 1)
+    assert over == funnels_over + names_over
+    assert overflowed_total(gateway) - before == over
+    assert f"counted as {bounds.OVERFLOW}" in gateway.log()
