@@ -48,7 +48,7 @@ class Caps(msgspec.Struct, frozen=True):
         for name in self.__struct_fields__:
             value = getattr(self, name)
             if not 1 <= value <= MAX_CAP:
-                raise CapError(f"{name.replace('_', '-')} is from 1 to {MAX_CAP:,}, not {value}")
+                raise CapError(f"--{name.replace('_', '-')} is from 1 to {MAX_CAP:,}, not {value}")
 
 
 DEFAULT_CAPS: Final = Caps()
