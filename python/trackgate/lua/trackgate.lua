@@ -174,39 +174,27 @@ local function width(args, i)
   return args[i + 3] ~= '' and 7 or 4
 end
 
--- The name an event is counted under before the name cap: its own, or OVERFLOW for a funnel not
--- followed (past the funnel cap).
-local function own_name(args, i, funnels)
-  local funnel = args[i + 3]
-  if funnel ~= '' and not funnels[funnel] then
-    return OVERFLOW
-  end
-  return string.sub(args[i + 1], 4)
-end
-
--- The funnels the batch's events name, each admitted (followed) or not: one SISMEMBER per funnel and
--- batch, and one SCARD per batch that names a funnel new to the partition.
-local function admit_funnels(prefix, args, first, cap)
-  local names = prefix .. FUNNEL_NAMES
-  local admitted, known = {}, nil
-  local i, n = first, #args
-  while i <= n do
-    local funnel = args[i + 3]
-    if funnel ~= '' and admitted[funnel] == nil then
-      if redis.call('SISMEMBER', names, funnel) == 1 then
-        admitted[funnel] = true
-      else
+-- Whether a funnel is followed: decided when the batch first names it (one SISMEMBER), and admitted
+-- while the partition follows fewer than `cap` funnels (one SCARD per batch that names a new one).
+-- Returns the decisions so far (funnel -> boolean) and the function that makes them.
+local function funnel_admission(prefix, cap)
+  local names, admitted, known = prefix .. FUNNEL_NAMES, {}, nil
+  return admitted, function(funnel)
+    local followed = admitted[funnel]
+    if followed == nil then
+      followed = redis.call('SISMEMBER', names, funnel) == 1
+      if not followed then
         known = known or redis.call('SCARD', names)
-        admitted[funnel] = known < cap
-        if admitted[funnel] then
+        followed = known < cap
+        if followed then
           redis.call('SADD', names, funnel)
           known = known + 1
         end
       end
+      admitted[funnel] = followed
     end
-    i = i + width(args, i)
+    return followed
   end
-  return admitted
 end
 
 -- A funnel's goals and the partition's funnel names last while the funnel has events: renewed by every
@@ -264,6 +252,37 @@ local function admit_names(key, list, cap)
     redis.call('SADD', key, unpack(fresh, from, math.min(from + 999, #fresh)))
   end
   return admitted, fresh, members == 0
+end
+
+-- A day's counters (field -> count) and users (field -> list) with the fields of names not `admitted`
+-- folded into OVERFLOW's, and `over` plus the events now counted as OVERFLOW.
+local function fold_refused(counts, users, admitted, over)
+  local folded_counts, folded_users = {}, {}
+  for field, count in pairs(counts) do
+    local name = string.sub(field, 4)
+    if not admitted[name] then
+      name = OVERFLOW
+      field = string.sub(field, 1, 3) .. OVERFLOW
+    end
+    if name == OVERFLOW then
+      over = over + count
+    end
+    folded_counts[field] = (folded_counts[field] or 0) + count
+  end
+  for field, list in pairs(users) do
+    if not admitted[string.sub(field, 4)] then
+      field = string.sub(field, 1, 3) .. OVERFLOW
+    end
+    local into = folded_users[field]
+    if into then
+      for _, uid in ipairs(list) do
+        into[#into + 1] = uid
+      end
+    else
+      folded_users[field] = list
+    end
+  end
+  return folded_counts, folded_users, over
 end
 
 -- KEYS (keys.count_function_keys): the partition's stream and the prefix of all its keys. ARGV (the
@@ -326,42 +345,18 @@ local function tg_count(keys, args)
     end
     return d
   end
-  -- Each event's name as counted: its own, or OVERFLOW for a funnel past the funnel cap; then the
-  -- day's names past the name cap.
-  local funnels = admit_funnels(prefix, args, FIRST, funnel_cap)
-  local names, listed = {}, {}
-  i = FIRST
-  while i <= n do
-    local d, name = args[i], own_name(args, i, funnels)
-    local seen = listed[d]
-    if not seen then
-      seen = { list = {}, set = {} }
-      listed[d] = seen
-    end
-    if not seen.set[name] then
-      seen.set[name] = true
-      seen.list[#seen.list + 1] = name
-    end
-    i = i + width(args, i)
-  end
-  local fresh = {}
-  for d, seen in pairs(listed) do
-    local admitted, new, created = admit_names(prefix .. EVENT_NAMES .. d, seen.list, name_cap)
-    names[d] = admitted
-    fresh[d] = { names = new, created = created }
-  end
-  -- Counters are summed over the batch first: one HINCRBY per (day, hour, event), one PFADD per
-  -- (day, hour, event) with all its users, however many events share them.
-  -- The funnel tables are made for the first mp_funnel event: most calls have none.
-  local counts, users, added, over, fb = {}, {}, 0, 0, nil
+  -- One walk over the events: counters summed by (day, hour, name), one HINCRBY and one PFADD (with
+  -- all its users) each however many events share them; each funnel admitted or not when first named,
+  -- an event of a funnel not followed counted as OVERFLOW; each day's names listed in the order first
+  -- seen. The funnel tables are made for the first mp_funnel event: most calls have none.
+  local counts, users, listed, added, fb = {}, {}, {}, 0, nil
+  local funnels, follows = funnel_admission(prefix, funnel_cap)
   i = FIRST
   while i <= n do
     added = added + 1
     local d, field, uid, funnel = args[i], args[i + 1], args[i + 2], args[i + 3]
-    local followed = funnel ~= '' and funnels[funnel]
-    local name = own_name(args, i, funnels)
-    if name == OVERFLOW or not names[d][name] then
-      over = over + 1
+    local followed = funnel ~= '' and follows(funnel)
+    if funnel ~= '' and not followed then
       field = string.sub(field, 1, 3) .. OVERFLOW
     end
     local per_day = counts[d]
@@ -369,8 +364,17 @@ local function tg_count(keys, args)
       per_day = {}
       counts[d] = per_day
       users[d] = {}
+      listed[d] = { list = {}, set = {} }
     end
-    per_day[field] = (per_day[field] or 0) + 1
+    local count = per_day[field]
+    if not count then
+      local seen, name = listed[d], string.sub(field, 4)
+      if not seen.set[name] then
+        seen.set[name] = true
+        seen.list[#seen.list + 1] = name
+      end
+    end
+    per_day[field] = (count or 0) + 1
     if uid ~= '' then
       local list = users[d][field]
       if not list then
@@ -385,6 +389,13 @@ local function tg_count(keys, args)
       funnel_event(fb, prefix, day, window, uid, t, funnel, tonumber(n), n, args[i + 6])
     end
     i = i + width(args, i)
+  end
+  -- The name cap, per day: the counters of names it refuses go to OVERFLOW's.
+  local fresh, over = {}, 0
+  for d, seen in pairs(listed) do
+    local admitted, new, created = admit_names(prefix .. EVENT_NAMES .. d, seen.list, name_cap)
+    fresh[d] = { names = new, created = created }
+    counts[d], users[d], over = fold_refused(counts[d], users[d], admitted, over)
   end
   if fb then
     write_funnel_batch(fb, window, late, keep)
