@@ -214,7 +214,7 @@ end
 
 -- Which of a day's names (a list, each once) are counted under their own name: those in the day's set,
 -- then new ones while the set holds fewer than `cap` (OVERFLOW aside). Returns the admitted (a set), the
--- names new to the day (a list), and whether the set is new.
+-- names new to the day (a list), whether the set is new, and whether any name was refused.
 local function admit_names(key, list, cap)
   local admitted, fresh, candidates = {}, {}, {}
   for from = 1, #list, 1000 do
@@ -229,7 +229,7 @@ local function admit_names(key, list, cap)
     end
   end
   if #candidates == 0 then
-    return admitted, fresh, false
+    return admitted, fresh, false, false
   end
   local members = redis.call('SCARD', key)
   local room = cap - members + redis.call('SISMEMBER', key, OVERFLOW)
@@ -251,7 +251,7 @@ local function admit_names(key, list, cap)
   for from = 1, #fresh, 1000 do
     redis.call('SADD', key, unpack(fresh, from, math.min(from + 999, #fresh)))
   end
-  return admitted, fresh, members == 0
+  return admitted, fresh, members == 0, refused
 end
 
 -- A day's counters (field -> count) and users (field -> list) with the fields of names not `admitted`
@@ -364,14 +364,15 @@ local function tg_count(keys, args)
       per_day = {}
       counts[d] = per_day
       users[d] = {}
-      listed[d] = { list = {}, set = {} }
+      listed[d] = {}
     end
     local count = per_day[field]
     if not count then
+      -- The day's names in the order first seen, each also a key of the same table.
       local seen, name = listed[d], string.sub(field, 4)
-      if not seen.set[name] then
-        seen.set[name] = true
-        seen.list[#seen.list + 1] = name
+      if not seen[name] then
+        seen[name] = true
+        seen[#seen + 1] = name
       end
     end
     per_day[field] = (count or 0) + 1
@@ -390,12 +391,15 @@ local function tg_count(keys, args)
     end
     i = i + width(args, i)
   end
-  -- The name cap, per day: the counters of names it refuses go to OVERFLOW's.
+  -- The name cap, per day: the counters of names it refuses go to OVERFLOW's (a day without either
+  -- needs no folding).
   local fresh, over = {}, 0
   for d, seen in pairs(listed) do
-    local admitted, new, created = admit_names(prefix .. EVENT_NAMES .. d, seen.list, name_cap)
+    local admitted, new, created, refused = admit_names(prefix .. EVENT_NAMES .. d, seen, name_cap)
     fresh[d] = { names = new, created = created }
-    counts[d], users[d], over = fold_refused(counts[d], users[d], admitted, over)
+    if refused or seen[OVERFLOW] then
+      counts[d], users[d], over = fold_refused(counts[d], users[d], admitted, over)
+    end
   end
   if fb then
     write_funnel_batch(fb, window, late, keep)
