@@ -23,7 +23,7 @@ from typing import Any, cast
 import pytest
 import redis
 import requests
-from trackgate import store
+from trackgate import bounds, store
 from trackgate._native import PartitionBatch
 from trackgate.keys import stream_key
 
@@ -224,6 +224,7 @@ def send_write(
     maxlen: int = 0,
     max_age: float = 0,
     late: float = 400 * 86400,
+    caps: bounds.Caps = bounds.DEFAULT_CAPS,
 ) -> Any:
     """One partition's transaction as the batcher builds it from `batches` (one or more requests'
     sections for the same partition, joined), its seq in `slot` of the ring (default: seq's own slot);
@@ -235,7 +236,7 @@ def send_write(
     store.WriteCommands(maxlen, max_age, late).transaction(
         out, token, partition, window, writer, seq, _slot(seq, slot),
         sum(b.args for b in batches),
-        [b.packed for b in batches], [b.xadds for b in batches],
+        [b.packed for b in batches], [b.xadds for b in batches], caps,
     )  # fmt: skip
     return send_packed(client, b"".join(out), store.transaction_replies(events) + 1)
 

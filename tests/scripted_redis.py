@@ -28,7 +28,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from conftest import partition_of
-from trackgate import Options, Request, TokenSet, decode_request
+from trackgate import Options, Request, TokenSet, decode_request, store
 from trackgate._native import ReplyError, ReplyReader
 from trackgate.batcher import Batcher
 from trackgate.keys import PREFIX, Family, stream_key
@@ -166,11 +166,11 @@ class ScriptedRedis:
         counted_byte = int(slot) * 8 + 7
         ring.extend(bytes(max(0, counted_byte + 1 - len(ring))))
         if ring[counted_byte]:
-            return 0
+            return [0, 0]
         ring[counted_byte] = 1
-        n = events_counted(args[6:])
+        n = events_counted(args[store.HEADER_ARGS :])
         self.counted[stream] = self.counted.get(stream, 0) + n
-        return n
+        return [n, 0]
 
     @staticmethod
     def _mark_key(stream: bytes, writer: bytes) -> bytes:

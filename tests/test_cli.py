@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TRACKGATE, Gateway, RedisServer
+from trackgate.bounds import DEFAULT_CAPS
 from trackgate.settings import redirect_host
 
 
@@ -130,3 +131,17 @@ def test_redirect_hosts_as_urls_name_them(entry: str, host: str | None) -> None:
 
 def test_a_host_with_a_zone_is_refused(tmp_path: Path) -> None:
     refused(run("serve", "--host", "fe80::1%lo", "--data-dir", str(tmp_path)), "expected an IP address")
+
+
+def test_set_caps_changes_the_caps_given_and_list_shows_them(redis_server: RedisServer) -> None:
+    name = "caps-" + os.urandom(6).hex()
+    url = ["--redis-url", redis_server.url]
+    assert run("project", "create", name, *url).returncode == 0
+    done = run("project", "set-caps", name, "--funnel-names", "7", *url)
+    assert done.returncode == 0, done.stderr
+    # The cap not given keeps its value (the default).
+    shown = f"  event-names-per-day={DEFAULT_CAPS.event_names_per_day} funnel-names=7  {name}\n"
+    assert shown in run("project", "list", *url).stdout
+    refused(run("project", "set-caps", name, "--event-names-per-day", "0", *url), "--event-names-per-day")
+    refused(run("project", "set-caps", name, "--funnel-names", "many", *url), "--funnel-names")
+    assert shown in run("project", "list", *url).stdout

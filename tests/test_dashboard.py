@@ -14,6 +14,7 @@ import json
 import math
 import re
 import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +23,9 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from conftest import Gateway, RedisServer, create_project_keys
+from conftest import TRACKGATE, Gateway, RedisServer, create_project_keys, wait_for
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from trackgate.bounds import OVERFLOW
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SIGNUP = "Signup flow"
@@ -477,3 +479,35 @@ def test_the_api_answers_401_without_the_secret(
     # The same request with the secret as the user name (any password) is answered.
     ok = requests.get(dash_gateway.url(path), auth=(project.secret, "anything"), timeout=10)
     assert ok.status_code == 200, ok.text
+
+
+def test_a_project_past_its_caps_shows_a_notice(
+    page: Page, dash_gateway: Gateway, redis_server: RedisServer
+) -> None:
+    """Events past the project's caps on names are counted as the overflow name: the page says so for a
+    range that holds some, and not for one that does not."""
+    past = create_project(redis_server.url)
+    caps = ["--event-names-per-day", "1", "--redis-url", redis_server.url]
+    subprocess.run([TRACKGATE, "project", "set-caps", past.token, *caps], check=True, capture_output=True)
+    send(dash_gateway, [other(past.token, "alice", at(DAY_A, 9), "Page view")])
+    names = iter(range(1_000_000))
+
+    def overflowed() -> bool:
+        # One new name a try: the gateway's workers read the caps at their next reload of the projects.
+        send(dash_gateway, [other(past.token, "alice", at(DAY_B, 9), f"name {next(names)}")])
+        events = api(dash_gateway, past.secret, "/api/events", **{"from": DAY_B.isoformat()})["events"]
+        return OVERFLOW in events
+
+    wait_for(overflowed, 30, "a name counted as the overflow name")
+    over = api(dash_gateway, past.secret, "/api/events", **{"from": DAY_A.isoformat()})["events"][OVERFLOW]
+
+    sign_in(page, dash_gateway, past.secret)
+    set_range(page, DAY_A, TODAY)
+    page.get_by_role("button", name="Refresh").click()
+    notice = page.get_by_test_id("overflow")
+    expect(notice).to_contain_text(f"counted as “{OVERFLOW}”")
+    expect(notice).to_contain_text("trackgate project set-caps")
+    expect(page.get_by_test_id("overflow-total")).to_have_attribute("data-value", str(over["total"]))
+    set_range(page, DAY_A, DAY_A)
+    page.get_by_role("button", name="Refresh").click()
+    expect(notice).to_be_hidden()

@@ -131,7 +131,7 @@ def test_a_batch_marks_its_partition_and_is_counted_once(
     run = uuid.uuid4().hex
     writer = uuid.uuid4().hex[:16].encode()
     batch = _batch(token, run)
-    assert send_write(rclient, writer, 7, [batch])[-1] == 3
+    assert send_write(rclient, writer, 7, [batch])[-1] == [3, 0]
     assert len(stored_with(rclient, token, "run", run)) == 3
     # What a retry reads to know the batch is in and counted: its entry in the partition's ring.
     partition = batch.partition
@@ -142,8 +142,8 @@ def test_a_batch_marks_its_partition_and_is_counted_once(
 
     assert store.ring_entries(ring()) == {7: True}
     # Its counting alone again (a resend): nothing more counted.
-    assert send_count(rclient, writer, 7, [batch]) == 0
-    assert send_write(rclient, writer, 8, [batch])[-1] == 3
+    assert send_count(rclient, writer, 7, [batch]) == [0, 0]
+    assert send_write(rclient, writer, 8, [batch])[-1] == [3, 0]
     assert len(stored_with(rclient, token, "run", run)) == 6
     assert store.ring_entries(ring()) == {7: True, 8: True}
     # A transaction whose counting failed (no library) is in the ring, not counted; the counting alone
@@ -155,8 +155,8 @@ def test_a_batch_marks_its_partition_and_is_counted_once(
         rclient.function_load(store.FUNCTION_SOURCE, replace=True)
     assert isinstance(reply[-1], redis.ResponseError)
     assert store.ring_entries(ring())[9] is False
-    assert send_count(rclient, writer, 9, [batch]) == 3
-    assert send_count(rclient, writer, 9, [batch]) == 0
+    assert send_count(rclient, writer, 9, [batch]) == [3, 0]
+    assert send_count(rclient, writer, 9, [batch]) == [0, 0]
     assert store.ring_entries(ring())[9] is True
     # The ring keeps the last RING_SLOTS seqs: slot k holds the k-th transaction (mod RING_SLOTS).
     for seq in range(10, 10 + store.RING_SLOTS):

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 from conftest import Batch, RedisServer, send_count, send_write
-from trackgate import PACKED_LAYOUT, Options, decode_request, keys, store
+from trackgate import PACKED_LAYOUT, Options, bounds, decode_request, keys, store
 
 DAY = 86400
 MIDNIGHT = dt.datetime(2026, 11, 20, tzinfo=dt.UTC).timestamp()
@@ -112,8 +112,8 @@ def state(client: Any, token: str) -> dict[str, Any]:
 
 def expected(client: redis.Redis, token: str, requests: list[list[dict[str, Any]]]) -> dict[str, Any]:
     """What counting each event by itself gives: a counter per (day, hour, name), every user of a
-    (day, name) in its HyperLogLog, and this scenario's funnel, worked out by hand; keys by their `short_name`
-    as `keys` builds them."""
+    (day, name) in its HyperLogLog, each day's names, and this scenario's funnel, worked out by hand;
+    keys by their `short_name` as `keys` builds them."""
     hours: Counter[tuple[str, str]] = Counter()
     users: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
     for events in requests:
@@ -132,6 +132,9 @@ def expected(client: redis.Redis, token: str, requests: list[list[dict[str, Any]
         client.pfadd(scratch, *sorted(ids))
         out[short_name(token, keys.daily_users_key(token, 0, day, name))] = client.get(scratch)
         client.delete(scratch)
+    for day, field in hours:
+        names = out.setdefault(short_name(token, keys.event_names_key(token, 0, day)), set())
+        names.add(field[3:])
     out[short_name(token, keys.funnel_names_key(token, 0))] = {"signup"}
     out[short_name(token, keys.funnel_goals_key(token, 0, "signup"))] = {"1": "g1", "2": "g2", "3": "g3"}
     # u1: steps 1, 2, 3 (and 2 again: a hit); u2: step 1, then 3 (out of order); no user: a hit of 2.
@@ -173,9 +176,9 @@ def test_joined_requests_count_as_each_event_by_itself(client: redis.Redis) -> N
     reply = send_write(client, b"w", 1, parts, window=WINDOW)
     assert len(reply) == 2 + 16 + 1
     assert reply[:2] == [16, 1]  # SETRANGE: the ring's length with slot 1 written; EXPIRE: set
-    assert reply[-1] == 16
+    assert reply[-1] == [16, 0]  # counted; none under the overflow name
     for seq, events in enumerate(apart_requests, 1):
-        assert send_write(client, b"w", seq, [decoded(events)], window=WINDOW)[-1] == len(events)
+        assert send_write(client, b"w", seq, [decoded(events)], window=WINDOW)[-1] == [len(events), 0]
 
     stream_name = short_name(joined, keys.stream_key(joined, 0))
     got = state(client, joined)
@@ -192,7 +195,7 @@ def test_joined_requests_count_as_each_event_by_itself(client: redis.Redis) -> N
     assert apart_state == got
 
     # The counting run again for the batch (as the batcher does when only it failed) changes nothing.
-    assert send_count(client, b"w", 1, parts, window=WINDOW) == 0
+    assert send_count(client, b"w", 1, parts, window=WINDOW) == [0, 0]
     again = state(client, joined)
     assert again.pop(stream_name) == stream
     assert again == got
@@ -236,7 +239,7 @@ def test_a_malformed_call_changes_nothing(client: redis.Redis) -> None:
             send_count(client, b"w", n + 1, [good, part], window=WINDOW)
         assert list(client.scan_iter(match=f"*{token}*")) == [], n
     # The same batch id then applies.
-    assert send_count(client, b"w", 1, [good, batch], window=WINDOW) == 16
+    assert send_count(client, b"w", 1, [good, batch], window=WINDOW) == [16, 0]
 
 
 def test_attempts_no_later_event_can_continue_are_removed(client: redis.Redis) -> None:
@@ -273,12 +276,18 @@ def test_a_call_of_another_version_changes_nothing(client: redis.Redis) -> None:
     names = keys.count_function_keys(token, 0)
     event = ["2026-11-20", "01:Page View", "u1", ""]
 
-    def call(names: tuple[str, ...], layout: int) -> Any:
-        return client.fcall("tg_count", len(names), *names, 0, 0, WINDOW, layout, "w:1:1", DAY, *event)
+    caps = bounds.DEFAULT_CAPS
+    tail = [bounds.DEFAULT_COUNTER_RETENTION_DAYS, caps.event_names_per_day, caps.funnel_names]
+
+    def call(names: tuple[str, ...], layout: object) -> Any:
+        return client.fcall("tg_count", len(names), *names, 0, 0, WINDOW, layout, "w:1:1", DAY, *tail, *event)
 
     with pytest.raises(redis.ResponseError, match="different versions"):
         call(names, PACKED_LAYOUT + 1)
+    # The decoder's layout alone: a library from before the header's last change.
     with pytest.raises(redis.ResponseError, match="different versions"):
-        call(names[:1], PACKED_LAYOUT)
+        call(names, PACKED_LAYOUT)
+    with pytest.raises(redis.ResponseError, match="different versions"):
+        call(names[:1], store.LAYOUT)
     assert list(client.scan_iter(match=f"*{token}*")) == []
-    assert call(names, PACKED_LAYOUT) == 1
+    assert call(names, store.LAYOUT) == [1, 0]

@@ -19,7 +19,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from trackgate import counts, export, funnels, metrics, projects
+from trackgate import bounds, counts, export, funnels, metrics, projects
 from trackgate.rsgi import HTTPProtocol, Scope
 from trackgate.settings import Settings
 
@@ -52,7 +52,8 @@ class Api:
 
     def dashboard(self, proto: HTTPProtocol) -> None:
         if self._dashboard is None:
-            self._dashboard = resources.files("trackgate").joinpath("dashboard.html").read_bytes()
+            page = resources.files("trackgate").joinpath("dashboard.html").read_bytes()
+            self._dashboard = page.replace(b"@OVERFLOW@", bounds.OVERFLOW.encode())
         headers = [
             ("content-type", "text/html; charset=utf-8"),
             ("cache-control", "no-store"),

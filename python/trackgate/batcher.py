@@ -38,7 +38,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
-from trackgate import store
+from trackgate import bounds, store
 from trackgate._native import PartitionBatch
 from trackgate.flush import Flush, Key, Unavailable, UnavailableError
 from trackgate.packing import LOAD_COMMAND, Packer, library_loaded
@@ -76,6 +76,8 @@ class Batcher:
         stream_max_age: float,
         event_max_age: float,
         funnel_window: Callable[[str], int],
+        caps: Callable[[str], bounds.Caps] = lambda token: bounds.DEFAULT_CAPS,
+        counter_retention_days: int = bounds.DEFAULT_COUNTER_RETENTION_DAYS,
         connect: Connect | None = None,
         clock: Clock | None = None,
     ) -> None:
@@ -92,7 +94,9 @@ class Batcher:
         )
         # One writer per worker lifetime; its sequence numbers make the batch ids the marks record.
         self._packer = Packer(
-            store.WriteCommands(stream_maxlen, stream_max_age, event_max_age), funnel_window
+            store.WriteCommands(stream_maxlen, stream_max_age, event_max_age, counter_retention_days),
+            funnel_window,
+            caps,
         )
         self._kick = asyncio.Event()
         self._pipeline = Pipeline(

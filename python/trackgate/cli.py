@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from tqdm import tqdm
 
-from trackgate import export, funnels, projects, registry_backup, settings, store
+from trackgate import bounds, export, funnels, projects, registry_backup, settings, store
 from trackgate.embedded import DataDirLock, EmbeddedRedis, EmbeddedRedisError, running_url
 
 log = logging.getLogger("trackgate")
@@ -95,6 +95,16 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument(
         "--force", action="store_true", help="overwrite projects and names that exist with other settings"
     )
+    caps = actions.add_parser(
+        "set-caps",
+        help="change a project's caps on event names a day and on funnels (per partition); past a cap "
+        f"events are stored in full and counted as {bounds.OVERFLOW}",
+    )
+    caps.add_argument("name")
+    for field in bounds.Caps.__struct_fields__:
+        caps.add_argument(
+            "--" + field.replace("_", "-"), type=int, help=f"default: {getattr(bounds.DEFAULT_CAPS, field)}"
+        )
 
     funnel = commands.add_parser("funnels", help="funnel reports")
     funnel_actions = funnel.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -108,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--from", dest="start", help="first UTC day, YYYY-MM-DD (default: 30 days ago)")
         sub.add_argument("--to", dest="end", help="last UTC day, YYYY-MM-DD (default: today)")
         sub.add_argument("--partitions", help="the gateway's --partitions (default: 4)")
-    for sub in (create, listing, window, backup, restore, report, export):
+    for sub in (create, listing, window, caps, backup, restore, report, export):
         sub.add_argument(
             "--redis-url", help="Redis holding the projects (default: the private redis-server's)"
         )
@@ -302,12 +312,14 @@ async def _project_action(args: argparse.Namespace, url: str) -> int:
             days = args.window / 86400
             print(f"{project.name}: funnel window {days:g} days (from the gateway's next token reload)")
             return 0
+        if args.action == "set-caps":
+            return await _set_caps(client, args)
         found = await projects.list_projects(client)
         if not found:
             print("no projects; create one with `trackgate project create NAME`", file=sys.stderr)
         for project in found:
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(project.created))
-            print(f"{project.token}  {created}  {project.name}")
+            print(f"{project.token}  {created}  {_caps_text(project.caps)}  {project.name}")
         return 0
 
 
@@ -341,6 +353,24 @@ def _registry_file(args: argparse.Namespace, config: settings.Settings) -> int:
 async def _with_client(url: str, action: Callable[[Redis], Awaitable[T]]) -> T:
     async with Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5) as client:
         return await action(client)
+
+
+def _caps_text(caps: bounds.Caps) -> str:
+    """The caps as `set-caps` takes them: `event-names-per-day=1000 funnel-names=100`."""
+    return " ".join(f"{name.replace('_', '-')}={getattr(caps, name)}" for name in caps.__struct_fields__)
+
+
+async def _set_caps(client: Redis, args: argparse.Namespace) -> int:
+    """The caps given; those not given stay as they are."""
+    project = await _find_project(client, args.name)
+    given = {f: getattr(args, f) for f in bounds.Caps.__struct_fields__ if getattr(args, f) is not None}
+    try:
+        caps = bounds.Caps(**(msgspec.structs.asdict(project.caps) | given))
+    except bounds.CapError as err:
+        raise UsageError(str(err)) from None
+    await projects.set_caps(client, project.token, caps)
+    print(f"{project.name}: {_caps_text(caps)} (from the gateway's next token reload)")
+    return 0
 
 
 async def _find_project(client: Redis, name_or_token: str) -> projects.Project:

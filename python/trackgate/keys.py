@@ -36,6 +36,7 @@ class Family(StrEnum):
     STREAM = "events"
     MARKS = "batch:"
     HOURLY_COUNTS = "ev:"
+    EVENT_NAMES = "en:"
     DAILY_USERS = "eu:"
     FUNNEL_NAMES = "funnels"
     FUNNEL_GOALS = "fg:"
@@ -69,6 +70,12 @@ def mark_key(token: str, partition: int, writer: bytes) -> bytes:
 def hourly_counts_key(token: str, partition: int, day: str) -> str:
     """Hash of a day's event counts: `<HH>:<event name>` -> events of that name in that hour."""
     return partition_prefix(token, partition) + Family.HOURLY_COUNTS + day
+
+
+def event_names_key(token: str, partition: int, day: str) -> str:
+    """Set of the event names counted under their own name that day: what the project's cap on names a
+    day is checked against (`bounds.py`), and what tells `tg_count` a day's name is new."""
+    return partition_prefix(token, partition) + Family.EVENT_NAMES + day
 
 
 def daily_users_key(token: str, partition: int, day: str, event: str) -> str:

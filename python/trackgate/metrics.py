@@ -57,6 +57,10 @@ FLUSHES_IN_FLIGHT = Gauge(
     multiprocess_mode="livesum",
 )
 REDIS_ERRORS = Counter("trackgate_redis_errors", "failed Redis operations, by kind", ["kind"])
+EVENTS_OVERFLOWED = Counter(
+    "trackgate_events_overflowed",
+    "events stored but counted under $overflow: past their project's cap on event or funnel names",
+)
 BATCHES_DEDUPLICATED = Counter(
     "trackgate_batches_deduplicated", "retried write commands that Redis had applied already"
 )

@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Callable
 from typing import Final
 
-from trackgate import metrics, store
+from trackgate import bounds, metrics, store
 from trackgate.flush import Command, Key
 from trackgate.redis_pipe import ReplyError, pack
 
@@ -36,9 +36,15 @@ class Packer:
     """Numbers commands and packs them: the decoder's XADDs and packed FCALL arguments are appended
     unchanged, around the transaction's own few commands."""
 
-    def __init__(self, commands: store.WriteCommands, funnel_window: Callable[[str], int]) -> None:
+    def __init__(
+        self,
+        commands: store.WriteCommands,
+        funnel_window: Callable[[str], int],
+        caps: Callable[[str], bounds.Caps],
+    ) -> None:
         self._headers = commands
         self._funnel_window = funnel_window
+        self._caps = caps
         self.writer = secrets.token_hex(8).encode()
         self._seq = 0
         self._slots: dict[Key, int] = {}  # per partition: the ring slot of its next transaction
@@ -66,10 +72,10 @@ class Packer:
         if not command.seq:
             self.number(command)
         token, partition = command.key
-        window = self._funnel_window(token)
+        window, caps = self._funnel_window(token), self._caps(token)
         if command.count_only:
             batch_id = store.batch_id(self.writer, command.seq, command.slot)
-            out.append(self._headers.header(token, partition, window, batch_id, command.n_args))
+            out.append(self._headers.header(token, partition, window, batch_id, command.n_args, caps))
             out.extend(command.body)
             return 0
         self._headers.transaction(
@@ -83,5 +89,6 @@ class Packer:
             command.n_args,
             command.body,
             command.xadds,
+            caps,
         )
         return store.transaction_replies(command.count)

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
-from trackgate import metrics, recovery, store
+from trackgate import bounds, metrics, recovery, store
 from trackgate.flush import Command, Flush, Key, Unavailable
 from trackgate.packing import Packer, library_loaded
 from trackgate.recovery import Action, Decision, Mark, Sent
@@ -48,6 +48,8 @@ class _LoadLibrary:
 
 _LOAD: Final = _LoadLibrary()
 _NO_COMMANDS: Final[list[Command]] = []
+# A flood of new names overflows batch after batch: one log line a minute says so.
+OVERFLOW_LOG_SECONDS: Final = 60.0
 
 
 class Pipeline:
@@ -86,6 +88,7 @@ class Pipeline:
         # An outage refuses every write, and each would be a line; the lines of one Redis error code
         # (OOM, WRONGTYPE, ...) are logged once a second.
         self._errors = ThrottledLog(log, "like it", clock=clock.time)
+        self._overflows = ThrottledLog(log, "overflowing batches", OVERFLOW_LOG_SECONDS, clock=clock.time)
 
     # Sending
 
@@ -160,6 +163,7 @@ class Pipeline:
                 if isinstance(reply[-1], ReplyError):
                     self._count_failed(item, reply[-1])
                     return
+                self._overflowed(item, reply[-1])
         self._finish(item)
 
     def _counted(self, item: Command, reply: Any) -> None:
@@ -167,7 +171,23 @@ class Pipeline:
         if isinstance(reply, ReplyError):
             self._count_failed(item, reply)
             return
+        self._overflowed(item, reply)
         self._finish(item)
+
+    def _overflowed(self, item: Command, reply: Any) -> None:
+        """tg_count's reply is [events counted, of them counted under the overflow name]."""
+        over = reply[1] if isinstance(reply, list) and len(reply) > 1 else 0
+        if not over:
+            return
+        metrics.EVENTS_OVERFLOWED.inc(over)
+        self._overflows.warning(
+            "overflow",
+            "%d events of %s counted as %s: the project is past its cap on event or funnel names "
+            "(trackgate project set-caps); they are stored in full (logged once a minute)",
+            over,
+            store.stream_key(*item.key),
+            bounds.OVERFLOW,
+        )
 
     def _count_failed(self, item: Command, err: ReplyError) -> None:
         item.count_only = True

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from trackgate._native import TokenSet
+from trackgate.bounds import DEFAULT_CAPS, CapError, Caps
 from trackgate.keys import PROJECT_NAMES_KEY, PROJECT_SECRETS_KEY, PROJECTS_KEY, project_key
 
 log = logging.getLogger("trackgate.projects")
@@ -48,6 +49,7 @@ class Project(msgspec.Struct, frozen=True):
     created: float
     funnel_window: int = DEFAULT_FUNNEL_WINDOW
     """Seconds after a user's step 1 during which later steps of a funnel count."""
+    caps: Caps = DEFAULT_CAPS
 
 
 def _text(value: bytes | str) -> str:
@@ -110,11 +112,32 @@ async def get_project(client: Redis, token: str) -> Project | None:
         name=_text(fields[b"name"]),
         created=float(fields[b"created"]),
         funnel_window=int(fields.get(b"funnel_window", DEFAULT_FUNNEL_WINDOW)),
+        caps=caps_of([fields.get(name.encode()) for name in _CAP_FIELDS]),
     )
 
 
 def valid_token(token: str) -> bool:
     return _TOKEN_RE.match(token) is not None
+
+
+_CAP_FIELDS: Final = Caps.__struct_fields__
+"""The project hash's fields of its caps, named as `Caps`'s."""
+
+
+def caps_of(values: list[bytes | str | None]) -> Caps:
+    """A project's caps from its hash's `_CAP_FIELDS` values: each missing one (or out of range, which
+    only an edit by hand makes) is the default."""
+    given = {name: int(value) for name, value in zip(_CAP_FIELDS, values, strict=True) if value is not None}
+    try:
+        return Caps(**given)
+    except (CapError, ValueError):
+        log.warning("project caps %r out of range: the defaults apply", given)
+        return DEFAULT_CAPS
+
+
+async def set_caps(client: Redis, token: str, caps: Caps) -> None:
+    """Takes effect in the gateway's workers at their next token reload."""
+    await client.hset(project_key(token), mapping={name: str(getattr(caps, name)) for name in _CAP_FIELDS})
 
 
 def check_window(seconds: int) -> None:
@@ -166,6 +189,7 @@ class TokenCache:
         self.tokens = TokenSet([])
         self.registry_missing = False
         self._windows: dict[str, int] = {}
+        self._caps: dict[str, Caps] = {}
         self._client = client
         self._interval = interval
         self._loaded_at = -1e9
@@ -195,8 +219,8 @@ class TokenCache:
             members = [_text(m) for m in await self._client.smembers(PROJECTS_KEY)]
             async with self._client.pipeline(transaction=False) as pipe:
                 for token in members:
-                    pipe.hget(project_key(token), "funnel_window")
-                windows = await pipe.execute()
+                    pipe.hmget(project_key(token), ["funnel_window", *_CAP_FIELDS])
+                settings = await pipe.execute()
         except (RedisError, OSError) as err:
             # Keep the last known tokens: an outage must not turn every event into a 401.
             log.warning("project list not reloaded: %s", err)
@@ -213,12 +237,18 @@ class TokenCache:
         self.registry_missing = False
         self.tokens = TokenSet(members)
         self._windows = {
-            token: int(window) for token, window in zip(members, windows, strict=True) if window is not None
+            token: int(window)
+            for token, (window, *_) in zip(members, settings, strict=True)
+            if window is not None
         }
+        self._caps = {token: caps_of(caps) for token, (_, *caps) in zip(members, settings, strict=True)}
         return True
 
     def funnel_window(self, token: str) -> int:
         return self._windows.get(token, DEFAULT_FUNNEL_WINDOW)
+
+    def caps(self, token: str) -> Caps:
+        return self._caps.get(token, DEFAULT_CAPS)
 
     async def reload_for_unknown(self) -> bool:
         """Reload because a request named an unknown token; True when the list was read."""

@@ -19,6 +19,7 @@ from typing import Annotated, Any, get_args, get_origin
 import msgspec
 from redis.connection import parse_url
 
+from trackgate import bounds
 from trackgate._native import RULES, Options
 
 ENV_PREFIX = "TRACKGATE_"
@@ -117,7 +118,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     ] = 1_000_000
     stream_max_age: Annotated[
         float, _doc("also trim entries older than this many seconds (0: no age limit)", ge=0)
-    ] = 0.0
+    ] = bounds.DEFAULT_STREAM_MAX_AGE
+    counter_retention_days: Annotated[
+        int, _doc("days a day's event counts, unique users and funnel counters are kept", ge=1, le=36600)
+    ] = bounds.DEFAULT_COUNTER_RETENTION_DAYS
 
     # HTTP
     body_timeout: Annotated[

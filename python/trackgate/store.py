@@ -14,7 +14,7 @@ from typing import Final
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from trackgate import keys
+from trackgate import bounds, keys
 from trackgate._native import PACKED_LAYOUT
 
 # Named through `store` by the batcher and the CLI as well.
@@ -25,6 +25,12 @@ from trackgate.redis_pipe import bulk
 LIBRARY: Final = "trackgate"
 RING_SLOTS: Final = 256
 """Entries in a partition's ring of a writer's applied batches (see below)."""
+HEADER_VERSION: Final = 2
+"""The version of tg_count's header (below); raised with every change of it."""
+LAYOUT: Final = f"{PACKED_LAYOUT}.{HEADER_VERSION}"
+"""What names a call's argument layout: the decoder's packed events' and the header's."""
+HEADER_ARGS: Final = 9
+"""tg_count's arguments before the events': see WriteCommands."""
 
 
 # A batch is written as one transaction:
@@ -69,8 +75,10 @@ def _library_source() -> str:
     Lua string of every key a call passes."""
     values = {
         "LIBRARY": LIBRARY,
-        "LAYOUT": str(PACKED_LAYOUT),
+        "LAYOUT": LAYOUT,
         "RING_SLOTS": str(RING_SLOTS),
+        "HEADER_ARGS": str(HEADER_ARGS),
+        "OVERFLOW": bounds.OVERFLOW,
         **{family.name: family.value for family in keys.Family},
     }
     source = (resources.files("trackgate") / "lua" / "trackgate.lua").read_text(encoding="utf-8")
@@ -133,15 +141,23 @@ def transaction_replies(events: int) -> int:
 
 class WriteCommands:
     """Builds a batch's transaction (see above) and `FCALL tg_count <number of keys> <keys> <maxlen>
-    <max age> <window> <layout> <batch id> <event max age>` headers; the decoder's XADD commands and the
+    <max age> <window> <layout> <batch id> <event max age> <counter retention days> <event names a day>
+    <funnel names>` headers (HEADER_ARGS arguments after the keys); the decoder's XADD commands and the
     events' `args` packed arguments follow unchanged. What depends on the partition alone is encoded
     once."""
 
-    def __init__(self, stream_maxlen: int, stream_max_age: float, event_max_age: float) -> None:
+    def __init__(
+        self,
+        stream_maxlen: int,
+        stream_max_age: float,
+        event_max_age: float,
+        counter_retention_days: int = bounds.DEFAULT_COUNTER_RETENTION_DAYS,
+    ) -> None:
         self._limits = (str(stream_maxlen).encode(), str(int(stream_max_age)).encode())
-        self._layout = str(PACKED_LAYOUT).encode()
-        self._late = bulk(str(math.ceil(event_max_age)).encode())
+        self._layout = LAYOUT.encode()
+        self._late = bulk(str(math.ceil(event_max_age)).encode()) + bulk(b"%d" % counter_retention_days)
         self._prefixes: dict[tuple[str, int, int], tuple[bytes, int]] = {}
+        self._caps: dict[bounds.Caps, bytes] = {}
         self._marks: dict[tuple[str, int, bytes], tuple[bytes, bytes]] = {}
 
     def _prefix(self, token: str, partition: int, window: int) -> tuple[bytes, int]:
@@ -156,10 +172,27 @@ class WriteCommands:
             prefix = self._prefixes[key] = (b"".join(map(bulk, parts)), len(parts))
         return prefix
 
-    def header(self, token: str, partition: int, window: int, batch_id: bytes, args: int) -> bytes:
+    def _tail(self, caps: bounds.Caps) -> bytes:
+        """The header's arguments after the batch id: the event max age, the retention, the caps."""
+        tail = self._caps.get(caps)
+        if tail is None:
+            tail = self._caps[caps] = (
+                self._late + bulk(b"%d" % caps.event_names_per_day) + bulk(b"%d" % caps.funnel_names)
+            )
+        return tail
+
+    def header(
+        self,
+        token: str,
+        partition: int,
+        window: int,
+        batch_id: bytes,
+        args: int,
+        caps: bounds.Caps = bounds.DEFAULT_CAPS,
+    ) -> bytes:
         prefix, size = self._prefix(token, partition, window)
-        # The prefix, the batch id, the event max age, the events' arguments.
-        return b"*%d\r\n%s%s%s" % (size + 2 + args, prefix, bulk(batch_id), self._late)
+        # The prefix, the batch id, the tail, the events' arguments.
+        return b"*%d\r\n%s%s%s" % (size + HEADER_ARGS - 4 + args, prefix, bulk(batch_id), self._tail(caps))
 
     def transaction(
         self,
@@ -173,6 +206,7 @@ class WriteCommands:
         args: int,
         packed: list[bytes],
         xadds: list[bytes],
+        caps: bounds.Caps = bounds.DEFAULT_CAPS,
     ) -> None:
         """Append to `out` the transaction that writes one batch: `packed` and `xadds` are the decoder's
         sections of one or more requests for this partition, `args` their packed arguments in all; `slot`
@@ -189,6 +223,6 @@ class WriteCommands:
         setrange, expire = marks
         out.append(b"%s%s$8\r\n%s\r\n%s" % (setrange, _OFFSETS[slot], _SEQ.pack(seq), expire))
         out.extend(xadds)
-        out.append(self.header(token, partition, window, batch_id(writer, seq, slot), args))
+        out.append(self.header(token, partition, window, batch_id(writer, seq, slot), args, caps))
         out.extend(packed)
         out.append(EXEC)

@@ -67,6 +67,8 @@ class Services:
             stream_max_age=settings.stream_max_age,
             event_max_age=settings.max_age,
             funnel_window=tokens.funnel_window,
+            caps=tokens.caps,
+            counter_retention_days=settings.counter_retention_days,
         )
         await batcher.start()
         return cls(sink=batcher, tokens=tokens, admin=admin)

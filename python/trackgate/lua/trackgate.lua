@@ -7,6 +7,7 @@ local DAY = 86400
 -- Key names are keys.py's: the partition prefix the caller passes, a family, the key's own parts joined
 -- by ':'.
 local MARKS, HOURLY_COUNTS, DAILY_USERS = '@MARKS@', '@HOURLY_COUNTS@', '@DAILY_USERS@'
+local EVENT_NAMES = '@EVENT_NAMES@'
 local FUNNEL_NAMES, FUNNEL_GOALS, FUNNEL_STATES = '@FUNNEL_NAMES@', '@FUNNEL_GOALS@', '@FUNNEL_STATES@'
 local FUNNEL_ATTEMPTS, FUNNEL_COUNTERS = '@FUNNEL_ATTEMPTS@', '@FUNNEL_COUNTERS@'
 
@@ -65,7 +66,6 @@ local function funnel_event(fb, prefix, day, window, uid, t, funnel, step, n, go
     fb.goals[seen] = true
     if redis.call('HSETNX', goals, n, goal) == 1 then
       redis.call('HSET', goals, 't' .. n, server_time_us())
-      redis.call('SADD', prefix .. FUNNEL_NAMES, funnel)
     end
   end
   local cohort = t
@@ -129,7 +129,7 @@ end
 -- keys expire when the funnel gets no events for that long.
 local PRUNE = 500
 
-local function write_funnel_batch(fb, window, late)
+local function write_funnel_batch(fb, window, late, keep_counters)
   local now = tonumber(redis.call('TIME')[1])
   local keep = window + late + 3600
   for key, uids in pairs(fb.dirty) do
@@ -154,26 +154,155 @@ local function write_funnel_batch(fb, window, late)
     redis.call('EXPIRE', key, keep)
     redis.call('EXPIRE', index, keep)
   end
+  -- A cohort day's counters expire `keep_counters` seconds after their first write (NX: a later batch
+  -- does not push the expiry on).
   for key, fields in pairs(fb.counters) do
     for field, n in pairs(fields) do
       redis.call('HINCRBY', key, field, n)
     end
+    redis.call('EXPIRE', key, keep_counters, 'NX')
   end
 end
 
--- KEYS (keys.count_function_keys): the partition's stream and the prefix of all its keys. ARGV: maxlen
--- (0: none), max age in seconds (0: none), the project's funnel window in seconds, the argument layout
--- (the decoder's PACKED_LAYOUT), batch id (<writer>:<seq>:<slot in the ring>), how late in seconds an
--- event may arrive (the decoder's max age), then the events' arguments: day, 'HH:<name>', distinct_id,
--- funnel, and for mp_funnel events time, step, goal. The events themselves are added by the XADDs of the
--- same transaction.
--- Returns the number of events counted; 0 when the batch had been counted before.
+-- Caps (bounds.py): names past a cap are counted under OVERFLOW. Each partition keeps a set of the day's
+-- names, what the cap is checked against, and a name's keys get their expiry when the set first holds
+-- the name: once per key and day, not per event or batch.
+local OVERFLOW = '@OVERFLOW@'
+
+-- The arguments an event takes (PACKED_LAYOUT): 7 for an mp_funnel event, else 4.
+local function width(args, i)
+  return args[i + 3] ~= '' and 7 or 4
+end
+
+-- Whether a funnel is followed: decided when the batch first names it (one SISMEMBER), and admitted
+-- while the partition follows fewer than `cap` funnels (one SCARD per batch that names a new one).
+-- Returns the decisions so far (funnel -> boolean) and the function that makes them.
+local function funnel_admission(prefix, cap)
+  local names, admitted, known = prefix .. FUNNEL_NAMES, {}, nil
+  return admitted, function(funnel)
+    local followed = admitted[funnel]
+    if followed == nil then
+      followed = redis.call('SISMEMBER', names, funnel) == 1
+      if not followed then
+        known = known or redis.call('SCARD', names)
+        followed = known < cap
+        if followed then
+          redis.call('SADD', names, funnel)
+          known = known + 1
+        end
+      end
+      admitted[funnel] = followed
+    end
+    return followed
+  end
+end
+
+-- A funnel's goals and the partition's funnel names last while the funnel has events: renewed by every
+-- batch that follows it, after its goals are written.
+local function keep_funnels(prefix, admitted, keep)
+  local any = false
+  for funnel, followed in pairs(admitted) do
+    if followed then
+      redis.call('EXPIRE', prefix .. FUNNEL_GOALS .. funnel, keep)
+      any = true
+    end
+  end
+  if any then
+    redis.call('EXPIRE', prefix .. FUNNEL_NAMES, keep)
+  end
+end
+
+-- Which of a day's names (a list, each once) are counted under their own name: those in the day's set,
+-- then new ones while the set holds fewer than `cap` (OVERFLOW aside). Returns the admitted (a set), the
+-- names new to the day (a list), whether the set is new, and whether any name was refused.
+local function admit_names(key, list, cap)
+  local admitted, fresh, candidates = {}, {}, {}
+  for from = 1, #list, 1000 do
+    local last = math.min(from + 999, #list)
+    local found = redis.call('SMISMEMBER', key, unpack(list, from, last))
+    for j = from, last do
+      if found[j - from + 1] == 1 then
+        admitted[list[j]] = true
+      else
+        candidates[#candidates + 1] = list[j]
+      end
+    end
+  end
+  if #candidates == 0 then
+    return admitted, fresh, false, false
+  end
+  local members = redis.call('SCARD', key)
+  local room = cap - members + redis.call('SISMEMBER', key, OVERFLOW)
+  local refused = false
+  for _, name in ipairs(candidates) do
+    if name == OVERFLOW or room > 0 then
+      admitted[name] = true
+      fresh[#fresh + 1] = name
+      if name ~= OVERFLOW then room = room - 1 end
+    else
+      refused = true
+    end
+  end
+  -- Names refused are counted under OVERFLOW, which then joins the day's names as any new name does.
+  if refused and not admitted[OVERFLOW] then
+    admitted[OVERFLOW] = true
+    fresh[#fresh + 1] = OVERFLOW
+  end
+  for from = 1, #fresh, 1000 do
+    redis.call('SADD', key, unpack(fresh, from, math.min(from + 999, #fresh)))
+  end
+  return admitted, fresh, members == 0, refused
+end
+
+-- A day's counters (field -> count) and users (field -> list) with the fields of names not `admitted`
+-- folded into OVERFLOW's, and `over` plus the events now counted as OVERFLOW.
+local function fold_refused(counts, users, admitted, over)
+  local folded_counts, folded_users = {}, {}
+  for field, count in pairs(counts) do
+    local name = string.sub(field, 4)
+    if not admitted[name] then
+      name = OVERFLOW
+      field = string.sub(field, 1, 3) .. OVERFLOW
+    end
+    if name == OVERFLOW then
+      over = over + count
+    end
+    folded_counts[field] = (folded_counts[field] or 0) + count
+  end
+  for field, list in pairs(users) do
+    if not admitted[string.sub(field, 4)] then
+      field = string.sub(field, 1, 3) .. OVERFLOW
+    end
+    local into = folded_users[field]
+    if into then
+      for _, uid in ipairs(list) do
+        into[#into + 1] = uid
+      end
+    else
+      folded_users[field] = list
+    end
+  end
+  return folded_counts, folded_users, over
+end
+
+-- KEYS (keys.count_function_keys): the partition's stream and the prefix of all its keys. ARGV (the
+-- header store.WriteCommands builds): maxlen (0: none), max age in seconds (0: none), the project's
+-- funnel window in seconds, the argument layout (store.LAYOUT), batch id (<writer>:<seq>:<slot in the
+-- ring>), how late in seconds an event may arrive (the decoder's max age), the counter retention in
+-- days, the project's caps on event names a day and on funnel names; then the events' arguments (the
+-- decoder's PACKED_LAYOUT): day, 'HH:<name>', distinct_id, funnel, and for mp_funnel events time, step,
+-- goal. The events themselves are added by the XADDs of the same transaction.
+-- Returns {events counted, events counted under OVERFLOW}; {0, 0} when the batch had been counted
+-- before.
+local FIRST = @HEADER_ARGS@ + 1
+
 local function tg_count(keys, args)
   local stream, prefix = keys[1], keys[2]
   local window = tonumber(args[3])
   local writer, slot = string.match(args[5], '^([%w%-]+):%d+:(%d+)$')
   slot = tonumber(slot)
   local late = tonumber(args[6])
+  local retention, name_cap, funnel_cap = tonumber(args[7]), tonumber(args[8]), tonumber(args[9])
   if args[4] ~= '@LAYOUT@' then
     return redis.error_reply('ERR tg_count: argument layout ' .. tostring(args[4]) .. ' is not @LAYOUT@: ' ..
       'the gateway and the function library are of different versions')
@@ -182,21 +311,19 @@ local function tg_count(keys, args)
     return redis.error_reply('ERR tg_count: called with ' .. #keys .. ' keys, not 2: ' ..
       'the gateway and the function library are of different versions')
   end
-  if not writer or not window or not late or slot >= @RING_SLOTS@ then
+  if not writer or not window or not late or slot >= @RING_SLOTS@ or not retention or not name_cap
+      or not funnel_cap then
     return redis.error_reply('ERR tg_count: malformed arguments')
   end
   -- Walk the events' arguments once before changing anything: a malformed call changes nothing. A
   -- funnel event's time and step are read after the first writes, so they are checked here.
-  local i, n = 7, #args
+  local i, n = FIRST, #args
   while i <= n do
-    if args[i + 3] ~= '' then
-      if not (string.match(args[i + 4] or '', '^%-?%d+$') and string.match(args[i + 5] or '', '^%d+$')) then
-        return redis.error_reply('ERR tg_count: malformed funnel event')
-      end
-      i = i + 7
-    else
-      i = i + 4
+    if args[i + 3] ~= '' and
+        not (string.match(args[i + 4] or '', '^%-?%d+$') and string.match(args[i + 5] or '', '^%d+$')) then
+      return redis.error_reply('ERR tg_count: malformed funnel event')
     end
+    i = i + width(args, i)
   end
   if i ~= n + 1 then
     return redis.error_reply('ERR tg_count: malformed event arguments')
@@ -205,8 +332,9 @@ local function tg_count(keys, args)
   -- already (a resent counting), in which case nothing more is done.
   local mark = prefix .. MARKS .. writer
   if redis.call('BITFIELD', mark, 'SET', 'u8', '#' .. (slot * 8 + 7), 1)[1] ~= 0 then
-    return 0
+    return { 0, 0 }
   end
+  local keep = retention * DAY
 
   local days = {}
   local function day(n)
@@ -217,21 +345,37 @@ local function tg_count(keys, args)
     end
     return d
   end
-  -- Counters are summed over the batch first: one HINCRBY per (day, hour, event), one PFADD per
-  -- (day, hour, event) with all its users, however many events share them.
-  -- The funnel tables are made for the first mp_funnel event: most calls have none.
-  local counts, users, added, fb = {}, {}, 0, nil
-  i = 7
+  -- One walk over the events: counters summed by (day, hour, name), one HINCRBY and one PFADD (with
+  -- all its users) each however many events share them; each funnel admitted or not when first named,
+  -- an event of a funnel not followed counted as OVERFLOW; each day's names listed in the order first
+  -- seen. The funnel tables are made for the first mp_funnel event: most calls have none.
+  local counts, users, listed, added, fb = {}, {}, {}, 0, nil
+  local funnels, follows = funnel_admission(prefix, funnel_cap)
+  i = FIRST
   while i <= n do
     added = added + 1
     local d, field, uid, funnel = args[i], args[i + 1], args[i + 2], args[i + 3]
+    local followed = funnel ~= '' and follows(funnel)
+    if funnel ~= '' and not followed then
+      field = string.sub(field, 1, 3) .. OVERFLOW
+    end
     local per_day = counts[d]
     if not per_day then
       per_day = {}
       counts[d] = per_day
       users[d] = {}
+      listed[d] = {}
     end
-    per_day[field] = (per_day[field] or 0) + 1
+    local count = per_day[field]
+    if not count then
+      -- The day's names in the order first seen, each also a key of the same table.
+      local seen, name = listed[d], string.sub(field, 4)
+      if not seen[name] then
+        seen[name] = true
+        seen[#seen + 1] = name
+      end
+    end
+    per_day[field] = (count or 0) + 1
     if uid ~= '' then
       local list = users[d][field]
       if not list then
@@ -240,17 +384,26 @@ local function tg_count(keys, args)
       end
       list[#list + 1] = uid
     end
-    if funnel ~= '' then
+    if followed then
       local t, n = tonumber(args[i + 4]), args[i + 5]
       fb = fb or funnel_batch()
       funnel_event(fb, prefix, day, window, uid, t, funnel, tonumber(n), n, args[i + 6])
-      i = i + 7
-    else
-      i = i + 4
+    end
+    i = i + width(args, i)
+  end
+  -- The name cap, per day: the counters of names it refuses go to OVERFLOW's (a day without either
+  -- needs no folding).
+  local fresh, over = {}, 0
+  for d, seen in pairs(listed) do
+    local admitted, new, created, refused = admit_names(prefix .. EVENT_NAMES .. d, seen, name_cap)
+    fresh[d] = { names = new, created = created }
+    if refused or seen[OVERFLOW] then
+      counts[d], users[d], over = fold_refused(counts[d], users[d], admitted, over)
     end
   end
   if fb then
-    write_funnel_batch(fb, window, late)
+    write_funnel_batch(fb, window, late, keep)
+    keep_funnels(prefix, funnels, keep)
   end
   for d, fields in pairs(counts) do
     local key = prefix .. HOURLY_COUNTS .. d
@@ -267,6 +420,20 @@ local function tg_count(keys, args)
       end
     end
   end
+  -- A day's keys expire `retention` days after their first write: the day's set and hourly counts when
+  -- the set is made, a name's unique users when the name joins the set (made empty if the batch had no
+  -- user for it, so that a later user's PFADD finds the expiry set).
+  for d, new in pairs(fresh) do
+    if new.created then
+      redis.call('EXPIRE', prefix .. EVENT_NAMES .. d, keep)
+      redis.call('EXPIRE', prefix .. HOURLY_COUNTS .. d, keep)
+    end
+    for _, name in ipairs(new.names) do
+      local key = prefix .. DAILY_USERS .. d .. ':' .. name
+      redis.call('PFADD', key)
+      redis.call('EXPIRE', key, keep)
+    end
+  end
   -- Trimmed once per batch, not per XADD: the same `~` bound (whole nodes only) for an XADD's worth of
   -- work, and fewer arguments in every XADD that the append-only file records.
   if args[1] ~= '0' then
@@ -276,7 +443,7 @@ local function tg_count(keys, args)
   if max_age > 0 then
     trim_by_age(stream, max_age)
   end
-  return added
+  return { added, over }
 end
 
 redis.register_function('tg_count', tg_count)
