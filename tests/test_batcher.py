@@ -23,7 +23,8 @@ from scripted_redis import (
     until,
     user_in,
 )
-from trackgate import Request, store
+from trackgate import Request
+from trackgate import keys as key_names
 from trackgate.batcher import PIPELINE_MIN_EVENTS, UnavailableError
 from trackgate.pipeline import FAILING_FOR
 
@@ -238,7 +239,7 @@ def test_a_transaction_redis_refuses_fails_exactly_the_requests_with_events_in_i
 
     async def scenario() -> None:
         redis, clock = ScriptedRedis(), ScriptedClock()
-        refused_mark = store.mark_key(TOKEN, 1, b"")
+        refused_mark = key_names.mark_key(TOKEN, 1, b"")
         redis.refuse = lambda command: oom if command[1].startswith(refused_mark) else None
         batcher = await started(redis, clock)
         only_refused = request(user_in(1), user_in(1, 1))
@@ -258,7 +259,7 @@ def test_a_transaction_redis_refuses_fails_exactly_the_requests_with_events_in_i
 
     with caplog.at_level(logging.ERROR, "trackgate.batcher"):
         play(scenario)
-    assert f"Redis refused a write of 3 events to {store.stream_key(TOKEN, 1)} (0 stored)" in caplog.text
+    assert f"Redis refused a write of 3 events to {key_names.stream_key(TOKEN, 1)} (0 stored)" in caplog.text
     assert f"EXECABORT Transaction discarded because of previous errors. ({oom})" in caplog.text
 
 
@@ -281,7 +282,7 @@ def test_xadds_redis_refuses_fail_the_requests_with_events_in_their_partition(
 
     with caplog.at_level(logging.ERROR, "trackgate.batcher"):
         play(scenario)
-    assert f"Redis refused a write of 2 events to {store.stream_key(TOKEN, 0)} (0 stored)" in caplog.text
+    assert f"Redis refused a write of 2 events to {key_names.stream_key(TOKEN, 0)} (0 stored)" in caplog.text
     assert "WRONGTYPE" in caplog.text
 
 

@@ -5,15 +5,28 @@ that every way a request ends gives its bytes back."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import gzip
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlencode
 
 from memory_gateway import Gateway, MemorySink, Proto, event, form, running, until_submitted
 from trackgate.gateway.refusals import Refusal
 
 BUDGET = 3000
-HELD = form(event(pad="x" * 1800))
-SECOND = form(event(pad="y" * 1800))
+
+
+def browser_form(pad: str) -> bytes:
+    """A form body as mixpanel-browser posts it (`data=<base64>`): what its events hold once decoded is
+    less than the body, so the body's bytes are all the budget counts."""
+    text = base64.b64encode(json.dumps(event(pad=pad)).encode()).decode()
+    return urlencode({"data": text}).encode()
+
+
+HELD = browser_form("x" * 1400)
+SECOND = browser_form("y" * 1400)
 
 
 @asynccontextmanager
@@ -88,6 +101,33 @@ def test_bodies_refused_or_abandoned_give_their_bytes_back() -> None:
             gateway.clock[0] += gateway.app.ingestion.deadlines.timeout
             gateway.app.ingestion.deadlines.sweep()
             assert (await request).status == 408
+            assert budget.held == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_compressed_body_counts_what_it_inflates_to() -> None:
+    # Small on the wire, large once decoded: the events held until the answer are what the budget bounds.
+    events = [event(pad="z" * 900, n=i) for i in range(4)]
+    body = gzip.compress(json.dumps(events).encode())
+    gz = (("content-type", "application/json"), ("content-encoding", "gzip"))
+    assert len(body) < BUDGET // 10
+
+    async def scenario() -> None:
+        async with running(MemorySink(hold=True), max_body_bytes_in_flight=BUDGET) as gateway:
+            budget = gateway.app.ingestion.budget
+            refused = await gateway.call("POST", query="verbose=1", body=body, headers=gz)
+            assert refused.status == Refusal.BODY_BYTES_IN_FLIGHT.status == 503
+            assert refused.header("retry-after") == "2"
+            assert "inflate" in json.loads(refused.body)["error"]
+            assert gateway.sink.submitted == []
+            assert budget.held == 0
+            small = gzip.compress(json.dumps(events[:1]).encode())
+            held = asyncio.create_task(gateway.call("POST", body=small, headers=gz))
+            await until_submitted(gateway.sink, 1)
+            assert budget.held > len(small) * 3  # its inflated events, not its wire bytes
+            gateway.sink.write_held()
+            assert (await held).status == 200
             assert budget.held == 0
 
     asyncio.run(scenario())

@@ -29,7 +29,7 @@ from conftest import (
     stored_with,
     wait_for,
 )
-from trackgate import store
+from trackgate import keys, store
 
 
 def in_flight(gw: Gateway) -> float:
@@ -111,7 +111,10 @@ def test_function_library_lost_under_load_is_loaded_again_and_nothing_is_lost(
     assert load.acknowledged() <= stored_once(client, token, load)
     assert "loaded the trackgate function library again" in gw.log()
     # The events whose counting failed with the library were counted when it ran again, once.
-    stored = sum(client.xlen(key) for key in client.scan_iter(match=f"tg:{{{token}:*}}:events"))
+    stored = sum(
+        client.xlen(key)
+        for key in client.scan_iter(match=keys.partitions_pattern(token) + keys.Family.STREAM)
+    )
     assert counted_events(client, token) == stored
 
 
@@ -181,7 +184,11 @@ def test_commands_of_a_lost_connection_that_reach_redis_late_are_not_applied_twi
 
 def counted_events(client: redis.Redis, token: str) -> int:
     """The project's events as its hourly counters count them."""
-    return sum(int(n) for key in client.scan_iter(match=f"tg:{{{token}:*}}:ev:*") for n in client.hvals(key))
+    return sum(
+        int(n)
+        for key in client.scan_iter(match=keys.partitions_pattern(token) + keys.Family.HOURLY_COUNTS + "*")
+        for n in client.hvals(key)
+    )
 
 
 def two_writes_answers_lost(
@@ -300,7 +307,7 @@ def test_a_counting_whose_batch_left_the_ring_is_given_up_not_run_twice(
             )
             wait_for(proxy.mute.is_set, 10, "the failed counting's answer")
             wait_for(lambda: counted_events(admin, token) == 1, 10, "the counting alone, run again")
-            for ring in admin.scan_iter(match=f"tg:{{{token}:*}}:batch:*"):
+            for ring in admin.scan_iter(match=keys.partitions_pattern(token) + keys.Family.MARKS + "*"):
                 admin.delete(ring)
             proxy.mute.clear()
             status = answer.result(60).status_code
@@ -310,7 +317,10 @@ def test_a_counting_whose_batch_left_the_ring_is_given_up_not_run_twice(
         proxy.close()
     assert status == 200
     assert counted_events(admin, token) == 1
-    assert sum(admin.xlen(k) for k in admin.scan_iter(match=f"tg:{{{token}:*}}:events")) == 1
+    assert (
+        sum(admin.xlen(k) for k in admin.scan_iter(match=keys.partitions_pattern(token) + keys.Family.STREAM))
+        == 1
+    )
     assert "not counted: its batch has left the partition's ring" in gw.log()
 
 

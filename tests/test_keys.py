@@ -3,6 +3,7 @@ read Redis, and the native decoder names the same streams."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 
 from trackgate import Options, decode_request, keys
@@ -46,3 +47,11 @@ def test_the_decoder_adds_events_to_the_streams_keys_names() -> None:
         assert batch.xadds.count(xadd) == batch.xadds.count(b"XADD") == batch.count
         seen.add((batch.token, batch.partition))
     assert len(seen) == 16
+
+
+def test_the_partitions_pattern_matches_every_partition_key_of_its_project_only() -> None:
+    pattern = keys.partitions_pattern("tok")
+    assert fnmatch.fnmatchcase(keys.stream_key("tok", 3), pattern + "*")
+    assert fnmatch.fnmatchcase(keys.hourly_counts_key("tok", 0, "2026-12-07"), pattern + "*")
+    assert not fnmatch.fnmatchcase(keys.stream_key("tok2", 3), pattern + "*")
+    assert not fnmatch.fnmatchcase(keys.project_key("tok"), pattern + "*")

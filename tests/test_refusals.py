@@ -23,8 +23,9 @@ from memory_gateway import (
     form,
     running,
 )
+from trackgate._native import EVENT_ERROR_KINDS, REQUEST_ERROR_STATUS
 from trackgate.batcher import Unavailable
-from trackgate.gateway.refusals import BODY_TOO_LARGE, Reason, Refusal
+from trackgate.gateway.refusals import BODY_TOO_LARGE, UNKNOWN_TOKEN_KIND, Reason, Refusal
 
 # A request that is refused for each reason.
 SCENARIOS: dict[Refusal, Callable[[], Proto]] = {
@@ -100,3 +101,8 @@ def test_while_the_registry_is_missing_events_are_refused_unread_with_retry_afte
             assert not gateway.sink.submitted
 
     asyncio.run(scenario())
+
+
+def test_the_unknown_token_kind_is_the_decoders() -> None:
+    assert UNKNOWN_TOKEN_KIND in EVENT_ERROR_KINDS
+    assert Refusal.INVALID_EVENTS.status == REQUEST_ERROR_STATUS["invalid_events"]

@@ -38,7 +38,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
-from trackgate import bounds, store
+from trackgate import bounds, keys, store
 from trackgate._native import PartitionBatch
 from trackgate.flush import Flush, Key, Unavailable, UnavailableError
 from trackgate.packing import LOAD_COMMAND, Packer, library_loaded
@@ -272,7 +272,7 @@ class Batcher:
         pipe = pipeline.pipe
         assert pipe is not None
         unsettled = sorted(pipeline.unsettled, key=lambda c: c.seq)
-        keys = sorted({c.key for c in unsettled})
+        lost = sorted({c.key for c in unsettled})
         commands = [LOAD_COMMAND]
         # After a restart of Redis the lost connection is gone with its process, and its id may name
         # another client of the new one.
@@ -282,10 +282,10 @@ class Batcher:
         if kill:
             commands.append(pack("CLIENT", "KILL", "ID", str(lost_client)))
         writer = self._packer.writer
-        commands += [pack("GET", store.mark_key(token, partition, writer)) for token, partition in keys]
+        commands += [pack("GET", keys.mark_key(token, partition, writer)) for token, partition in lost]
         async with self._within(self._timeout):
             replies = await pipe.call(commands)
-        load, marks = replies[0], replies[-len(keys) :]
+        load, marks = replies[0], replies[-len(lost) :]
         library_loaded(load)
         if lost_client is None:
             log.error(
@@ -301,7 +301,7 @@ class Batcher:
         for mark in marks:
             if isinstance(mark, ReplyError):
                 raise mark
-        rings = {key: store.ring_entries(ring) for key, ring in zip(keys, marks, strict=True)}
+        rings = {key: store.ring_entries(ring) for key, ring in zip(lost, marks, strict=True)}
         pipeline.settled(unsettled, rings)
 
     def _fail_open_flush(self) -> None:

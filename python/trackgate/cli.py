@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from tqdm import tqdm
 
-from trackgate import bounds, export, funnels, projects, registry_backup, settings, store
+from trackgate import bounds, export, funnels, keys, projects, registry_backup, settings, store
 from trackgate.embedded import DataDirLock, EmbeddedRedis, EmbeddedRedisError, running_url
 
 log = logging.getLogger("trackgate")
@@ -425,7 +425,7 @@ async def _export(
     async with Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5) as client:
         async with client.pipeline(transaction=False) as pipe:
             for p in range(config.partitions):
-                pipe.xlen(store.stream_key(project.token, p))
+                pipe.xlen(keys.stream_key(project.token, p))
             stored = sum(await pipe.execute())
         written = 0
         # The bar counts stream entries read, of all the project's stored entries: an upper bound.

@@ -55,6 +55,12 @@ def partition_prefix(token: str, partition: int) -> str:
     return f"{PREFIX}{{{token}:{partition}}}:"
 
 
+def partitions_pattern(token: str) -> str:
+    """A SCAN pattern of what every key of every partition of a project begins with (tokens hold no glob
+    characters: projects.py refuses them)."""
+    return f"{PREFIX}{{{token}:*}}:"
+
+
 def stream_key(token: str, partition: int) -> str:
     """Stream of a partition's events: entry field `data` holds the event's normalised JSON; entry ids
     are Redis' own (arrival order)."""

@@ -31,7 +31,7 @@ from trackgate.gateway.body import (
 from trackgate.gateway.client import ClientAddress
 from trackgate.gateway.cors import Cors
 from trackgate.gateway.redirects import RedirectPolicy
-from trackgate.gateway.refusals import BODY_TOO_LARGE, Reason, Refusal, RefusalLog
+from trackgate.gateway.refusals import BODY_TOO_LARGE, UNKNOWN_TOKEN_KIND, Reason, Refusal, RefusalLog
 from trackgate.projects import REGISTRY_MISSING
 from trackgate.rsgi import HTTPProtocol, ProtocolClosed, Scope
 
@@ -183,7 +183,7 @@ class Endpoint:
         except ProtocolClosed:
             self._answers.client_left()
             return
-        await self._decode_and_store(scope, proto, body, cors)
+        await self._decode_and_store(scope, proto, body, cors, claim)
 
     def _refuse_unread(
         self, scope: Scope, proto: HTTPProtocol, reason: Reason, message: str, headers: list[tuple[str, str]]
@@ -193,7 +193,12 @@ class Endpoint:
         self._answers.refuse(scope, proto, reason, message, headers, params)
 
     async def _decode_and_store(
-        self, scope: Scope, proto: HTTPProtocol, body: bytes, cors: list[tuple[str, str]]
+        self,
+        scope: Scope,
+        proto: HTTPProtocol,
+        body: bytes,
+        cors: list[tuple[str, str]],
+        claim: BodyClaim | None = None,
     ) -> None:
         headers = scope.headers
         query = scope.query_string
@@ -208,7 +213,22 @@ class Endpoint:
         except DecodeError as err:
             self._answers.refuse(scope, proto, err, str(err), cors, err)
             return
+        if claim is not None and not self._hold_decoded(request, len(body), claim):
+            message = (
+                f"the events inflate past the worker's {self._budget.limit} bytes for request bodies; "
+                "retry later"
+            )
+            retry = [*cors, *self._retry_after]
+            self._answers.refuse(scope, proto, Refusal.BODY_BYTES_IN_FLIGHT, message, retry, request)
+            return
         await self._store_and_answer(scope, proto, request, cors)
+
+    @staticmethod
+    def _hold_decoded(request: Request, body_size: int, claim: BodyClaim) -> bool:
+        """Count what the decoded events hold beyond their body's size: a compressed body is small on
+        the wire and large once inflated, and the events are held until the request is answered."""
+        held = sum(len(batch.packed) + len(batch.xadds) for batch in request.batches)
+        return held <= body_size or claim.take(held - body_size)
 
     async def _store_and_answer(
         self, scope: Scope, proto: HTTPProtocol, request: Request, cors: list[tuple[str, str]]
@@ -261,7 +281,7 @@ class Endpoint:
 
 
 def _names_unknown_token(request: Request) -> bool:
-    return any(error.kind == Refusal.UNKNOWN_TOKEN.kind for error in request.errors)
+    return any(error.kind == UNKNOWN_TOKEN_KIND for error in request.errors)
 
 
 def _keys(batches: Batches) -> Iterable[Key]:

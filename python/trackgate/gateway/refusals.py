@@ -17,13 +17,17 @@ from typing import Final, Protocol
 from trackgate import metrics
 from trackgate._native import REQUEST_ERROR_STATUS
 from trackgate.batcher import Unavailable
-from trackgate.decode_errors import RequestErrorKind
+from trackgate.decode_errors import EventErrorKind, RequestErrorKind
 from trackgate.gateway import log
 from trackgate.rsgi import Scope
 from trackgate.throttled_log import ThrottledLog
 
 CLIENT_CLOSED: Final = 499
 """Counted for a request whose client left before it could be answered (nginx's number for it)."""
+
+
+UNKNOWN_TOKEN_KIND: Final[EventErrorKind] = "unknown_token"  # noqa: S105 (an error kind, not a secret)
+"""The decoder's kind for an event whose token is not a known project's."""
 
 
 class Reason(Protocol):
@@ -51,8 +55,9 @@ class Refusal(enum.Enum):
     INVALID_CALLBACK = "invalid_callback", 400
     INVALID_REDIRECT = "invalid_redirect", 400
     # A decoded request some of whose events failed (see `for_failed_events`).
-    INVALID_EVENTS = "invalid_events", 400
-    UNKNOWN_TOKEN = "unknown_token", 401
+    INVALID_EVENTS = "invalid_events", REQUEST_ERROR_STATUS["invalid_events"]
+    # Every failed event names a token the gateway does not know: the client has the wrong token.
+    UNKNOWN_TOKEN = UNKNOWN_TOKEN_KIND, 401
     # The sink cannot take the events: the batcher's reasons. Clients retry these.
     REDIS_UNAVAILABLE = Unavailable.REDIS_UNAVAILABLE, 503
     OVERLOADED = Unavailable.OVERLOADED, 503
@@ -74,8 +79,8 @@ class Refusal(enum.Enum):
     def for_failed_events(cls, kinds: Iterable[str]) -> Refusal:
         """401 only when every failed event names an unknown token (the per-event kind of the same name):
         the client has the wrong token, not bad events."""
-        unknown = cls.UNKNOWN_TOKEN.kind
-        return cls.UNKNOWN_TOKEN if all(kind == unknown for kind in kinds) else cls.INVALID_EVENTS
+        unknown_only = all(kind == UNKNOWN_TOKEN_KIND for kind in kinds)
+        return cls.UNKNOWN_TOKEN if unknown_only else cls.INVALID_EVENTS
 
 
 _BY_KIND: Final = {refusal.kind: refusal for refusal in Refusal}
