@@ -64,8 +64,8 @@ test-rust: ## cargo test, without building the extension
 test-python: ## pytest against the extension built last, without building
 	$(BIN)/pytest -q
 
-# Checks that need the built extension (a stubtest of trackgate._native) go after mypy.
-lint: build-test ## clippy, rustfmt, ruff and mypy; fails on any finding
+# The stub check needs the built extension: it compares _native.pyi with what the module really has.
+lint: build-test ## clippy, rustfmt, ruff, mypy and the stub check (stubtest); fails on any finding
 	cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
 	cargo fmt --all --check
 	$(BIN)/ruff check python tests bench
