@@ -1,0 +1,104 @@
+"""The project registry in process, against a real redis-server: what a token is, how a hand-edited
+hash is read, and a worker's TokenCache when the registry is lost and restored."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from conftest import RedisServer
+from redis.asyncio import Redis
+from trackgate.bounds import DEFAULT_CAPS
+from trackgate.keys import project_key
+from trackgate.projects import (
+    DEFAULT_FUNNEL_WINDOW,
+    ProjectError,
+    TokenCache,
+    checked_project,
+    create_project,
+    get_project,
+    valid_token,
+)
+
+GOOD_FIELDS = {"name": "shop", "secret": "sha256$" + "0" * 64, "created": "1700000000.5"}
+
+
+def test_a_token_ending_in_a_newline_is_not_a_token() -> None:
+    assert valid_token("abcdefgh")
+    assert not valid_token("abcdefgh\n")
+    assert not valid_token("abcdefgh\r\n")
+
+
+def test_a_project_is_not_created_with_a_token_ending_in_a_newline(private_redis: RedisServer) -> None:
+    async def create() -> None:
+        async with Redis.from_url(private_redis.url) as client:
+            await create_project(client, "shop", "abcdefgh\n")
+
+    with pytest.raises(ProjectError, match="a token is 8 to 64 characters"):
+        asyncio.run(create())
+    with private_redis.client() as client:
+        assert client.keys("*") == []
+
+
+def test_a_hash_as_the_registry_writes_it_is_checked_into_its_types() -> None:
+    project = checked_project("tk-aaaaaaaa", GOOD_FIELDS | {"funnel_window": "604800", "funnel_names": "5"})
+    assert project.name == "shop"
+    assert project.created == 1700000000.5
+    assert project.funnel_window == 604800
+    assert project.caps.funnel_names == 5
+    assert project.caps.event_names_per_day == DEFAULT_CAPS.event_names_per_day
+    assert checked_project("tk-aaaaaaaa", GOOD_FIELDS).funnel_window == DEFAULT_FUNNEL_WINDOW
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("funnel_window", "30d", "funnel_window '30d'"),
+        ("funnel_window", "5", "a funnel window is from 1 minute"),
+        ("event_names_per_day", "many", "event_names_per_day 'many'"),
+        ("funnel_names", "0", "--funnel-names is from 1"),
+        ("created", "yesterday", "created 'yesterday'"),
+        ("created", "nan", "created 'nan'"),
+        ("secret", "hunter2", "secret 'hunter2'"),
+        ("name", " shop", "name ' shop'"),
+    ],
+)
+def test_a_field_the_registry_would_misread_is_refused_by_name(field: str, value: str, message: str) -> None:
+    with pytest.raises(ProjectError, match=message):
+        checked_project("tk-aaaaaaaa", GOOD_FIELDS | {field: value})
+
+
+@pytest.mark.parametrize("missing", ["name", "secret", "created"])
+def test_a_hash_without_a_required_field_is_refused(missing: str) -> None:
+    fields = {name: value for name, value in GOOD_FIELDS.items() if name != missing}
+    with pytest.raises(ProjectError, match=f"no {missing}"):
+        checked_project("tk-aaaaaaaa", fields)
+
+
+def test_a_hand_edited_funnel_window_is_the_default_with_a_warning(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bad value in one hash neither stops a worker's TokenCache nor `project list`."""
+
+    async def scenario() -> None:
+        async with Redis.from_url(private_redis.url) as client:
+            good, _ = await create_project(client, "good", funnel_window=3600)
+            bad, _ = await create_project(client, "bad")
+            await client.hset(project_key(bad.token), "funnel_window", "30d")
+            cache = TokenCache(client, interval=3600)
+            await cache.start()
+            try:
+                assert good.token in cache.tokens
+                assert bad.token in cache.tokens
+                assert cache.funnel_window(good.token) == 3600
+                assert cache.funnel_window(bad.token) == DEFAULT_FUNNEL_WINDOW
+            finally:
+                await cache.stop()
+            listed = await get_project(client, bad.token)
+            assert listed is not None
+            assert listed.funnel_window == DEFAULT_FUNNEL_WINDOW
+
+    with caplog.at_level(logging.WARNING, logger="trackgate.projects"):
+        asyncio.run(scenario())
+    assert any("'30d'" in record.getMessage() for record in caplog.records)
