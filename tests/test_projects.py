@@ -9,8 +9,9 @@ import logging
 import pytest
 from conftest import RedisServer
 from redis.asyncio import Redis
+from trackgate import registry_backup
 from trackgate.bounds import DEFAULT_CAPS
-from trackgate.keys import project_key
+from trackgate.keys import PROJECTS_KEY, project_key
 from trackgate.projects import (
     DEFAULT_FUNNEL_WINDOW,
     ProjectError,
@@ -102,3 +103,30 @@ def test_a_hand_edited_funnel_window_is_the_default_with_a_warning(
     with caplog.at_level(logging.WARNING, logger="trackgate.projects"):
         asyncio.run(scenario())
     assert any("'30d'" in record.getMessage() for record in caplog.records)
+
+
+def test_the_token_cache_says_the_registry_is_missing_until_it_is_restored(
+    private_redis: RedisServer,
+) -> None:
+    async def scenario() -> None:
+        async with Redis.from_url(private_redis.url) as client:
+            project, _ = await create_project(client, "shop")
+            saved = await registry_backup.backup(client)
+            cache = TokenCache(client, interval=3600)
+            cache.MIN_INTERVAL = 0.0
+            await cache.start()
+            try:
+                assert not cache.registry_missing
+                await client.delete(PROJECTS_KEY)
+                assert await cache.reload_for_unknown()
+                assert cache.registry_missing
+                assert project.token in cache.tokens  # kept, to answer 503 rather than 401
+                restored = await registry_backup.restore(client, saved)
+                assert restored.written == ["shop"]
+                assert await cache.reload_for_unknown()
+                assert not cache.registry_missing
+                assert project.token in cache.tokens
+            finally:
+                await cache.stop()
+
+    asyncio.run(scenario())
