@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 from conftest import RedisServer
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from trackgate import registry_backup
 from trackgate.bounds import DEFAULT_CAPS
 from trackgate.keys import PROJECTS_KEY, project_key
@@ -128,5 +130,44 @@ def test_the_token_cache_says_the_registry_is_missing_until_it_is_restored(
                 assert project.token in cache.tokens
             finally:
                 await cache.stop()
+
+    asyncio.run(scenario())
+
+
+class _CreateBeforeCommit(Redis):
+    """A client whose next transaction lets `project create` run, through another connection, between a
+    restore's checks and its commit: the race the restore's WATCH exists for."""
+
+    raced: tuple[str, str] | None = None
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
+        client = self
+
+        class Racing(Pipeline):
+            async def execute(self, raise_on_error: bool = True) -> list[Any]:
+                if client.raced is not None:
+                    name, token = client.raced
+                    client.raced = None
+                    async with Redis(connection_pool=client.connection_pool) as other:
+                        await create_project(other, name, token)
+                return await super().execute(raise_on_error)
+
+        return Racing(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+
+
+def test_a_project_created_during_a_restore_is_not_overwritten(private_redis: RedisServer) -> None:
+    async def scenario() -> None:
+        async with Redis.from_url(private_redis.url) as client:
+            project, _ = await create_project(client, "shop", "tk-saved-shop")
+            saved = await registry_backup.backup(client)
+            await client.flushall()
+        racing = _CreateBeforeCommit(port=private_redis.port)
+        racing.raced = ("shop", "tk-created-meanwhile")
+        async with racing:
+            with pytest.raises(ProjectError, match="the name 'shop' belongs to project tk-created-meanwhile"):
+                await registry_backup.restore(racing, saved)
+            assert racing.raced is None  # the create did run, inside the restore
+            assert await racing.smembers(PROJECTS_KEY) == {b"tk-created-meanwhile"}
+            assert not await racing.exists(project_key(project.token))
 
     asyncio.run(scenario())
