@@ -85,9 +85,19 @@ def test_a_name_another_project_took_is_overwritten_only_with_force(
     refused = trackgate(private_redis, "restore", str(backup))
     assert refused.returncode == 2
     assert "the name 'shop' belongs to project" in refused.stderr
-    assert trackgate(private_redis, "restore", str(backup), "--force").returncode == 0
+    with private_redis.client() as client:
+        other = next(t.decode() for t in client.smembers(PROJECTS_KEY) if t.decode() != token)
+    forced = trackgate(private_redis, "restore", str(backup), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert f"removed project {other} ('shop')" in forced.stderr
     with private_redis.client() as client:
         assert client.hget(PROJECT_NAMES_KEY, "shop") == token.encode()
+        # The project that held the name is gone from the registry, not left as a second 'shop'.
+        assert client.smembers(PROJECTS_KEY) == {token.encode()}
+        assert not client.exists(project_key(other))
+        assert set(client.hvals(PROJECT_SECRETS_KEY)) == {token.encode()}
+    listed = trackgate(private_redis, "list")
+    assert listed.stdout.count("shop") == 1
 
 
 def test_a_file_that_is_not_a_backup_is_refused(private_redis: RedisServer, tmp_path: Path) -> None:
@@ -102,4 +112,57 @@ def test_a_file_that_is_not_a_backup_is_refused(private_redis: RedisServer, tmp_
         assert refused.returncode == 2
         assert "not a trackgate project backup" in refused.stderr
         assert "Traceback" not in refused.stderr
+    assert registry(private_redis)["tokens"] == []
+
+
+def test_a_registry_that_lost_only_an_index_is_restored(private_redis: RedisServer) -> None:
+    """A project whose hash and name are there but that the project set (or the secret index) lost is
+    not "there already": the gateway would answer 503 (or the API 401) for it."""
+    create_project_keys(private_redis.url, "shop")
+    create_project_keys(private_redis.url, "blog")
+    before = registry(private_redis)
+    saved = trackgate(private_redis, "backup").stdout
+    for lost in (PROJECTS_KEY, PROJECT_SECRETS_KEY):
+        with private_redis.client() as client:
+            client.delete(lost)
+        restored = trackgate(private_redis, "restore", "-", stdin=saved)
+        assert restored.returncode == 0, restored.stderr
+        assert "2 projects restored, 0 there already" in restored.stderr
+        assert registry(private_redis) == before
+
+
+def test_a_backup_of_an_empty_registry_keeps_the_earlier_file(
+    private_redis: RedisServer, tmp_path: Path
+) -> None:
+    create_project_keys(private_redis.url, "shop")
+    backup = tmp_path / "projects.json"
+    assert trackgate(private_redis, "backup", "-o", str(backup)).returncode == 0
+    good = backup.read_bytes()
+    with private_redis.client() as client:
+        client.flushall()  # Redis lost its data; the backup cron job runs
+    refused = trackgate(private_redis, "backup", "-o", str(backup))
+    assert refused.returncode == 2
+    assert "the project registry is empty" in refused.stderr
+    assert "--allow-empty" in refused.stderr
+    assert backup.read_bytes() == good
+    to_stdout = trackgate(private_redis, "backup")
+    assert to_stdout.returncode == 2
+    assert to_stdout.stdout == ""
+    allowed = trackgate(private_redis, "backup", "-o", str(backup), "--allow-empty")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "0 projects written" in allowed.stderr
+    assert json.loads(backup.read_bytes())["projects"] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["projects.json", "redis"]
+
+
+def test_a_hand_edited_field_the_workers_would_misread_is_refused(private_redis: RedisServer) -> None:
+    token, _ = create_project_keys(private_redis.url, "shop")
+    saved = json.loads(trackgate(private_redis, "backup").stdout)
+    saved["projects"][0]["fields"]["funnel_window"] = "30d"
+    with private_redis.client() as client:
+        client.flushall()
+    refused = trackgate(private_redis, "restore", "-", stdin=json.dumps(saved))
+    assert refused.returncode == 2
+    assert f"project {token} ('shop') of the backup: funnel_window '30d'" in refused.stderr
+    assert "Traceback" not in refused.stderr
     assert registry(private_redis)["tokens"] == []

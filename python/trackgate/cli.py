@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -90,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
         "backup", help="write the project registry (tokens, names, secret hashes, settings) as JSON"
     )
     backup.add_argument("--output", "-o", help="file to write (default: standard output)")
+    backup.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="write a backup of an empty registry too (by default refused, keeping an earlier file)",
+    )
     restore = actions.add_parser("restore", help="put the projects of a backup back into the registry")
     restore.add_argument("file", help="a file `trackgate project backup` wrote (-: standard input)")
     restore.add_argument(
@@ -327,14 +333,21 @@ def _registry_file(args: argparse.Namespace, config: settings.Settings) -> int:
     """`project backup` and `project restore`."""
     if args.action == "backup":
         with _redis_for_cli(config) as url:
-            data = asyncio.run(_with_client(url, registry_backup.backup))
-        # Written once the registry is read: a failed read must not empty an earlier backup.
+            saved = asyncio.run(_with_client(url, registry_backup.backup))
+        # An empty registry is what a Redis that lost its data holds: a cron'd backup of it must not
+        # replace the last good file.
+        if not saved.projects and not args.allow_empty:
+            raise UsageError(
+                "the project registry is empty: nothing written, so that an earlier backup is kept "
+                "(--allow-empty writes an empty backup)"
+            )
         if args.output:
-            Path(args.output).write_bytes(data)
+            _replace_file(Path(args.output), registry_backup.encode(saved))
         else:
-            sys.stdout.buffer.write(data)
-        count = len(registry_backup.read_backup(data).projects)
-        print(f"{count} projects written to {args.output or 'standard output'}", file=sys.stderr)
+            sys.stdout.buffer.write(registry_backup.encode(saved))
+        print(
+            f"{len(saved.projects)} projects written to {args.output or 'standard output'}", file=sys.stderr
+        )
         return 0
     # Read, and checked, before any Redis is started.
     saved = registry_backup.read_backup(
@@ -344,10 +357,28 @@ def _registry_file(args: argparse.Namespace, config: settings.Settings) -> int:
         restored = asyncio.run(
             _with_client(url, lambda client: registry_backup.restore(client, saved, force=args.force))
         )
+    for removed in restored.removed:
+        print(f"removed project {removed}, which held a name of the backup", file=sys.stderr)
     print(
         f"{len(restored.written)} projects restored, {len(restored.unchanged)} there already", file=sys.stderr
     )
     return 0
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write `data` to `path` whole or not at all: into a new file beside it, then renamed over it, so
+    that a failure midway (a full disk, a kill) leaves the earlier file as it was."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 async def _with_client(url: str, action: Callable[[Redis], Awaitable[T]]) -> T:

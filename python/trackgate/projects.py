@@ -11,10 +11,12 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import math
 import re
 import secrets
 import time
-from typing import Final
+from collections.abc import Callable, Mapping
+from typing import Final, TypeVar
 
 import msgspec
 from redis.asyncio import Redis
@@ -26,8 +28,12 @@ from trackgate.keys import PROJECT_NAMES_KEY, PROJECT_SECRETS_KEY, PROJECTS_KEY,
 
 log = logging.getLogger("trackgate.projects")
 
+T = TypeVar("T")
+
 # Tokens become part of Redis keys and of hash tags: no braces, colons or spaces.
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+# fullmatch, never match with `$`: `$` also matches before a final newline, which a key must not hold.
+_TOKEN_RE: Final = re.compile(r"[A-Za-z0-9_-]{8,64}")
+_SECRET_HASH_RE: Final = re.compile(r"sha256\$[0-9a-f]{64}")
 _MAX_NAME = 200
 
 
@@ -67,11 +73,9 @@ async def create_project(
     Mixpanel token, so that clients moving to the gateway need no change."""
     check_window(funnel_window)
     name = name.strip()
-    if not name or len(name) > _MAX_NAME:
-        raise ProjectError(f"a project name is 1 to {_MAX_NAME} characters")
+    check_name(name)
     token = token or secrets.token_hex(16)
-    if not _TOKEN_RE.match(token):
-        raise ProjectError("a token is 8 to 64 characters of A-Z, a-z, 0-9, '_' and '-'")
+    check_token(token)
     secret = secrets.token_urlsafe(32)
     project = Project(token=token, name=name, created=round(time.time(), 3), funnel_window=funnel_window)
     # Claim the name first: HSETNX is the atomic check that two concurrent creates cannot both pass.
@@ -111,13 +115,85 @@ async def get_project(client: Redis, token: str) -> Project | None:
         token=token,
         name=_text(fields[b"name"]),
         created=float(fields[b"created"]),
-        funnel_window=int(fields.get(b"funnel_window", DEFAULT_FUNNEL_WINDOW)),
+        funnel_window=window_of(fields.get(b"funnel_window")),
         caps=caps_of([fields.get(name.encode()) for name in _CAP_FIELDS]),
     )
 
 
+def checked_project(token: str, fields: Mapping[str, str]) -> Project:
+    """A project hash's fields as the registry's types, refusing (ProjectError, naming the field) what the
+    registry's readers would misread. The readers are lenient, since a hash in Redis is there already;
+    this is for a hash about to be written from elsewhere: a restored backup, perhaps edited by hand."""
+    check_token(token)
+
+    def field(name: str, parse: Callable[[str], T]) -> T:
+        try:
+            return parse(fields[name])
+        except KeyError:
+            raise ProjectError(f"no {name}") from None
+        except (ValueError, ProjectError) as err:
+            raise ProjectError(f"{name} {fields[name]!r}: {err}") from None
+
+    field("name", check_name)
+    field("secret", _check_secret_hash)
+    given = {name: field(name, int) for name in _CAP_FIELDS if name in fields}
+    try:
+        caps = Caps(**given)
+    except CapError as err:
+        raise ProjectError(str(err)) from None
+    return Project(
+        token=token,
+        name=fields["name"],
+        created=field("created", _finite),
+        funnel_window=field("funnel_window", _window) if "funnel_window" in fields else DEFAULT_FUNNEL_WINDOW,
+        caps=caps,
+    )
+
+
+def _check_secret_hash(text: str) -> None:
+    if _SECRET_HASH_RE.fullmatch(text) is None:
+        raise ProjectError("not a secret's hash as the registry keeps it (sha256$ and 64 hex digits)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("not a finite number")
+    return value
+
+
+def _window(text: str) -> int:
+    seconds = int(text)
+    check_window(seconds)
+    return seconds
+
+
+def window_of(value: bytes | str | None) -> int:
+    """A project's funnel window from its hash's `funnel_window`: missing is the default, and so is one
+    out of range or not a number (which only an edit by hand makes), with a warning, so that one bad
+    hash neither stops a worker nor loses the other projects' settings."""
+    if value is None:
+        return DEFAULT_FUNNEL_WINDOW
+    try:
+        return _window(_text(value))
+    except (ValueError, ProjectError):
+        log.warning("project funnel_window %r is not a valid window: the default applies", value)
+        return DEFAULT_FUNNEL_WINDOW
+
+
 def valid_token(token: str) -> bool:
-    return _TOKEN_RE.match(token) is not None
+    return _TOKEN_RE.fullmatch(token) is not None
+
+
+def check_token(token: str) -> None:
+    if not valid_token(token):
+        raise ProjectError("a token is 8 to 64 characters of A-Z, a-z, 0-9, '_' and '-'")
+
+
+def check_name(name: str) -> None:
+    """A name as `create_project` stores it: stripped, 1 to `_MAX_NAME` characters."""
+    if not name or len(name) > _MAX_NAME or name != name.strip():
+        raise ProjectError(f"a project name is 1 to {_MAX_NAME} characters, with no space at either end")
 
 
 _CAP_FIELDS: Final = Caps.__struct_fields__
@@ -125,13 +201,13 @@ _CAP_FIELDS: Final = Caps.__struct_fields__
 
 
 def caps_of(values: list[bytes | str | None]) -> Caps:
-    """A project's caps from its hash's `_CAP_FIELDS` values: each missing one (or out of range, which
-    only an edit by hand makes) is the default."""
-    given = {name: int(value) for name, value in zip(_CAP_FIELDS, values, strict=True) if value is not None}
+    """A project's caps from its hash's `_CAP_FIELDS` values: a missing one is its default; any out of
+    range or not a number (which only an edit by hand makes) make them all the defaults."""
+    given = {name: value for name, value in zip(_CAP_FIELDS, values, strict=True) if value is not None}
     try:
-        return Caps(**given)
+        return Caps(**{name: int(value) for name, value in given.items()})
     except (CapError, ValueError):
-        log.warning("project caps %r out of range: the defaults apply", given)
+        log.warning("project caps %r are not valid caps: the defaults apply", given)
         return DEFAULT_CAPS
 
 
@@ -237,7 +313,7 @@ class TokenCache:
         self.registry_missing = False
         self.tokens = TokenSet(members)
         self._windows = {
-            token: int(window)
+            token: window_of(window)
             for token, (window, *_) in zip(members, settings, strict=True)
             if window is not None
         }
