@@ -77,6 +77,7 @@ class ScriptedRedis:
         # Called with each command queued in a transaction: an error message refuses it (EXECABORT).
         self.refuse: Callable[[list[bytes]], str | None] = lambda command: None
         self.wrong_type: set[bytes] = set()  # streams whose XADDs fail
+        self.count_refused: dict[bytes, str] = {}  # streams whose counting Redis refuses, with the error
         self.auto = True
         self.run_id = b"run-1"
         self.connections: list[ScriptedConnection] = []
@@ -161,6 +162,8 @@ class ScriptedRedis:
         if not self.library:
             return ReplyError(NOT_FOUND)
         stream, args = command[3], fcall_args(command)
+        if stream in self.count_refused:
+            return ReplyError(self.count_refused[stream])
         writer, _, slot = args[4].split(b":")
         ring = self.rings.setdefault(self._mark_key(stream, writer), bytearray())
         counted_byte = int(slot) * 8 + 7

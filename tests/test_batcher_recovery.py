@@ -214,6 +214,32 @@ def test_a_library_that_will_not_load_is_given_up_and_the_events_answered_as_sto
     assert "but not counted: Redis refused to count them: ERR Function not found" in caplog.text
 
 
+def test_countings_refused_with_different_errors_are_each_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Refused countings are logged once a second per Redis error code: a refusal of one kind does not
+    hide another's in the same second."""
+    errors = {
+        0: "OOM command not allowed when used memory > 'maxmemory'.",
+        1: "BUSY Redis is busy running a script.",
+    }
+
+    async def scenario() -> None:
+        redis, clock = ScriptedRedis(), ScriptedClock()
+        redis.count_refused = {stream(p): error for p, error in errors.items()}
+        batcher = await started(redis, clock)
+        r = request(user_in(0), user_in(1))
+        answer = batcher.submit(r.batches, r.accepted)
+        await until(answer.done, "the answer")
+        assert answer.result() == frozenset()  # stored, answered so; the counting is given up
+        assert len(redis.events(TOKEN)) == 2
+        assert redis.count_of(TOKEN) == 0
+        await batcher.close()
+
+    with caplog.at_level(logging.ERROR, "trackgate.batcher"):
+        play(scenario)
+    for error in errors.values():
+        assert f"but not counted: Redis refused to count them: {error}" in caplog.text
+
+
 def test_a_counting_whose_batch_left_the_ring_is_given_up_not_run_twice(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

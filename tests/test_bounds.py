@@ -14,7 +14,7 @@ import pytest
 import redis
 import requests
 from conftest import PARTITIONS, Gateway, RedisServer, create_project, send_count, send_write
-from test_write_function import DAY, WINDOW, T, decoded, plain, step
+from test_write_function import DAY, WINDOW, T, decoded, plain, redis_seconds, step
 from trackgate import bounds, keys, store
 
 RETENTION = bounds.DEFAULT_COUNTER_RETENTION_DAYS * DAY
@@ -136,7 +136,57 @@ def test_a_flood_of_names_in_one_batch_makes_keys_up_to_the_cap(client: redis.Re
     users = {key for key in project_keys(client, token) if key.startswith(prefix)}
     assert len(users) == 1501
     assert client.scard(keys.funnel_names_key(token, 0)) == 1200
+    assert client.zcard(keys.funnel_activity_key(token, 0)) == 1200
     assert client.xlen(keys.stream_key(token, 0)) == 3500
+
+
+def test_a_quiet_funnel_gives_its_place_up_to_a_new_one(client: redis.Redis) -> None:
+    """The funnel cap holds the funnels a batch followed within the funnel window plus the late allowance:
+    past that no event can continue an attempt, so a quiet funnel's place goes to a new funnel, and the
+    quiet one comes back as a new one would. The function reads Redis' clock: the test moves a funnel's
+    last batch into the past instead of waiting."""
+    token = "q" + uuid.uuid4().hex[:15]
+    caps = bounds.Caps(funnel_names=2)
+    late = 3 * 3600
+    active, names = keys.funnel_activity_key(token, 0), keys.funnel_names_key(token, 0)
+
+    def follow(seq: int, *funnels: str) -> list[int]:
+        """[events counted, of them as overflow] of a batch with a step 1 of each funnel."""
+        events = decoded([funnel_step(token, "u1", funnel, 1, T + i) for i, funnel in enumerate(funnels)])
+        reply: list[int] = send_write(client, b"w", seq, [events], window=WINDOW, late=late, caps=caps)[-1]
+        return reply
+
+    def last_followed(funnel: str, ago: int) -> None:
+        assert client.zadd(active, {funnel: redis_seconds(client) - ago}, xx=True, ch=True) == 1
+
+    assert follow(1, "f1", "f2") == [2, 0]
+    # The cap is full while both are active: one whose last batch is well within the window stays.
+    last_followed("f1", WINDOW + late - 3600)
+    assert follow(2, "f3") == [1, 1]
+    assert not client.exists(keys.funnel_goals_key(token, 0, "f3"))
+    # Quiet for longer than window + late: its place goes to f3, its name stays listed for reports.
+    last_followed("f1", WINDOW + late + 1)
+    started = redis_seconds(client)
+    assert follow(3, "f3", "f2") == [2, 0]
+    assert client.hget(keys.funnel_goals_key(token, 0, "f3"), "1") == b"g1"
+    assert client.smembers(names) == {b"f1", b"f2", b"f3"}
+    # Each batch that follows a funnel sets its last batch to the batch's time.
+    assert set(client.zrange(active, 0, -1)) == {b"f2", b"f3"}
+    assert client.zcount(active, started, "+inf") == 2
+    # f1 comes back as a new funnel: refused while the two others are active...
+    assert follow(4, "f1") == [1, 1]
+    # ...and followed again once one of them is quiet; that one, named in the same batch, is then new
+    # and refused.
+    last_followed("f2", WINDOW + late + 1)
+    assert follow(5, "f1", "f2") == [2, 1]
+    assert set(client.zrange(active, 0, -1)) == {b"f1", b"f3"}
+    assert client.smembers(names) == {b"f1", b"f2", b"f3"}
+    # A quiet funnel named before a new one takes its place again, not one more place.
+    last_followed("f3", WINDOW + late + 1)
+    assert follow(6, "f3", "f4") == [2, 1]
+    assert set(client.zrange(active, 0, -1)) == {b"f1", b"f3"}
+    for key in (active, names):
+        assert RETENTION - 60 < client.ttl(key) <= RETENTION
 
 
 def overflowed_total(gw: Gateway) -> float:
@@ -202,6 +252,7 @@ def test_a_flood_of_new_names_through_the_gateway_stays_within_the_caps(
     # are mp_funnel, the overflow name and as many event names as the cap leaves.
     for p in range(PARTITIONS):
         assert rclient.scard(keys.funnel_names_key(token, p)) == caps.funnel_names
+        assert rclient.zcard(keys.funnel_activity_key(token, p)) == caps.funnel_names
         assert rclient.scard(keys.event_names_key(token, p, day)) == caps.event_names_per_day + 1
     found = families(rclient, token)
     assert found["DAILY_USERS"] == PARTITIONS * (caps.event_names_per_day + 1)
@@ -209,7 +260,7 @@ def test_a_flood_of_new_names_through_the_gateway_stays_within_the_caps(
     # A funnel's goals, its users' attempts and its day's counters.
     for family in ("FUNNEL_GOALS", "FUNNEL_STATES", "FUNNEL_ATTEMPTS", "FUNNEL_COUNTERS"):
         assert found[family] == PARTITIONS * caps.funnel_names, family
-    assert found["FUNNEL_NAMES"] == found["STREAM"] == PARTITIONS
+    assert found["FUNNEL_NAMES"] == found["FUNNEL_ACTIVITY"] == found["STREAM"] == PARTITIONS
 
     # What went over is counted under the overflow name, in Redis and in /metrics, and logged.
     over = counted_as_overflow(rclient, token, day)

@@ -16,6 +16,7 @@ def test_every_key_is_named_as_documented() -> None:
     assert keys.hourly_counts_key("tok", 3, "2026-11-20") == "tg:{tok:3}:ev:2026-11-20"
     assert keys.daily_users_key("tok", 3, "2026-11-20", "Sign up") == "tg:{tok:3}:eu:2026-11-20:Sign up"
     assert keys.funnel_names_key("tok", 3) == "tg:{tok:3}:funnels"
+    assert keys.funnel_activity_key("tok", 3) == "tg:{tok:3}:fa"
     assert keys.funnel_goals_key("tok", 3, "signup") == "tg:{tok:3}:fg:signup"
     assert keys.funnel_states_key("tok", 3, "signup") == "tg:{tok:3}:fs:signup"
     assert keys.funnel_attempts_key("tok", 3, "signup") == "tg:{tok:3}:fx:signup"

@@ -110,6 +110,12 @@ def state(client: Any, token: str) -> dict[str, Any]:
     return out
 
 
+def redis_seconds(client: redis.Redis) -> int:
+    """Redis' clock, seconds: what `tg_count` times a funnel's activity with."""
+    seconds, _ = client.time()
+    return seconds
+
+
 def expected(client: redis.Redis, token: str, requests: list[list[dict[str, Any]]]) -> dict[str, Any]:
     """What counting each event by itself gives: a counter per (day, hour, name), every user of a
     (day, name) in its HyperLogLog, each day's names, and this scenario's funnel, worked out by hand;
@@ -173,6 +179,7 @@ def test_joined_requests_count_as_each_event_by_itself(client: redis.Redis) -> N
     joined, apart = "j" + uuid.uuid4().hex[:15], "a" + uuid.uuid4().hex[:15]
     joined_requests, apart_requests = requests_for(joined), requests_for(apart)
     parts = [decoded(events) for events in joined_requests]
+    started = redis_seconds(client)
     reply = send_write(client, b"w", 1, parts, window=WINDOW)
     assert len(reply) == 2 + 16 + 1
     assert reply[:2] == [16, 1]  # SETRANGE: the ring's length with slot 1 written; EXPIRE: set
@@ -181,8 +188,13 @@ def test_joined_requests_count_as_each_event_by_itself(client: redis.Redis) -> N
         assert send_write(client, b"w", seq, [decoded(events)], window=WINDOW)[-1] == [len(events), 0]
 
     stream_name = short_name(joined, keys.stream_key(joined, 0))
+    activity_name = short_name(joined, keys.funnel_activity_key(joined, 0))
     got = state(client, joined)
     stream = got.pop(stream_name)
+    # The funnel's activity: when (server time) the batch followed it.
+    [(funnel, followed)] = got.pop(activity_name).items()
+    assert funnel == "signup"
+    assert started <= followed <= redis_seconds(client)
     # The stream: each request's events by time, the requests in the order they were joined.
     by_time = [sorted(events, key=lambda e: e["properties"]["time"]) for events in joined_requests]
     assert [json.loads(d)["properties"]["$insert_id"] for d in stream] == [
@@ -192,12 +204,14 @@ def test_joined_requests_count_as_each_event_by_itself(client: redis.Redis) -> N
     # Sent one request per call instead, the same state.
     apart_state = state(client, apart)
     assert len(apart_state.pop(stream_name)) == 16
+    assert set(apart_state.pop(activity_name)) == {"signup"}
     assert apart_state == got
 
     # The counting run again for the batch (as the batcher does when only it failed) changes nothing.
     assert send_count(client, b"w", 1, parts, window=WINDOW) == [0, 0]
     again = state(client, joined)
     assert again.pop(stream_name) == stream
+    assert again.pop(activity_name) == {funnel: followed}
     assert again == got
     # (PFCOUNT caches the count in the HyperLogLog's bytes: last.)
     assert client.pfcount(keys.daily_users_key(joined, 0, "2026-11-20", "Page View")) == 4

@@ -42,7 +42,9 @@ class Caps(msgspec.Struct, frozen=True):
     event_names_per_day: int = DEFAULT_EVENT_NAMES_PER_DAY
     """Distinct event names counted under their own name per UTC day."""
     funnel_names: int = DEFAULT_FUNNEL_NAMES
-    """Distinct funnels followed; a funnel leaves when it has had no event for the counter retention."""
+    """Distinct funnels followed at a time: those a batch followed within the funnel window plus the late
+    allowance (`keys.funnel_activity_key`). Past that no event can continue an attempt, so a quiet
+    funnel gives its place up to the next new one, and is admitted again as a new one would be."""
 
     def __post_init__(self) -> None:
         for name in self.__struct_fields__:

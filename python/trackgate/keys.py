@@ -39,6 +39,7 @@ class Family(StrEnum):
     EVENT_NAMES = "en:"
     DAILY_USERS = "eu:"
     FUNNEL_NAMES = "funnels"
+    FUNNEL_ACTIVITY = "fa"
     FUNNEL_GOALS = "fg:"
     FUNNEL_STATES = "fs:"
     FUNNEL_ATTEMPTS = "fx:"
@@ -90,8 +91,17 @@ def daily_users_key(token: str, partition: int, day: str, event: str) -> str:
 
 
 def funnel_names_key(token: str, partition: int) -> str:
-    """Set of the funnel names the partition has seen."""
+    """Set of the funnel names the partition has followed: what reports list. The funnel cap is checked
+    against `funnel_activity_key` instead, so a name stays here after its funnel gives its place up."""
     return partition_prefix(token, partition) + Family.FUNNEL_NAMES
+
+
+def funnel_activity_key(token: str, partition: int) -> str:
+    """Sorted set: funnel name -> when (server time, seconds) a batch last followed it. The funnels whose
+    last batch is within the funnel window plus the late allowance are active, and what the funnel cap
+    is checked against (`bounds.py`); a funnel quiet for longer is removed when a funnel not active asks
+    for a place."""
+    return partition_prefix(token, partition) + Family.FUNNEL_ACTIVITY
 
 
 def funnel_goals_key(token: str, partition: int, funnel: str) -> str:

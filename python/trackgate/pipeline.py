@@ -29,6 +29,12 @@ FAILING_FOR: Final = 10.0
 is not ready), unless a write succeeds first: long enough to span the gaps between a client's retries."""
 
 
+def _error_code(err: ReplyError | None) -> str:
+    """A Redis error's code (OOM, WRONGTYPE, ERR, ...), the first word of its message: what the lines of
+    the throttled log are kept apart by."""
+    return str(err).split(" ", 1)[0]
+
+
 class Timer(Protocol):
     def cancel(self) -> None: ...
 
@@ -183,21 +189,23 @@ class Pipeline:
         self._overflows.warning(
             "overflow",
             "%d events of %s counted as %s: the project is past its cap on event or funnel names "
-            "(trackgate project set-caps); they are stored in full (logged once a minute)",
+            "(trackgate project set-caps); they are stored in full (logged once every %g seconds)",
             over,
             store.stream_key(*item.key),
             bounds.OVERFLOW,
+            OVERFLOW_LOG_SECONDS,
         )
 
     def _count_failed(self, item: Command, err: ReplyError) -> None:
         item.count_only = True
-        self.carry_out(item, recovery.after_counting_refused(err, item.reloads))
+        self.carry_out(item, recovery.after_counting_refused(err, item.reloads), refusal=err)
 
-    def _count_given_up(self, command: Command, why: str) -> None:
-        """Its events are stored, and answered as such; its counting is not tried again."""
+    def _count_given_up(self, command: Command, why: str, kind: str) -> None:
+        """Its events are stored, and answered as such; its counting is not tried again. `kind` keys the
+        line in the throttled log: a Redis error's code, or the reason when Redis refused nothing."""
         metrics.REDIS_ERRORS.labels("count").inc()
         self._errors.error(
-            "count:" + why.split(" ", 1)[0],
+            "count:" + kind,
             "%d events are stored in %s, but not counted: %s",
             command.count,
             store.stream_key(*command.key),
@@ -214,7 +222,7 @@ class Pipeline:
         metrics.REDIS_ERRORS.labels("command").inc()
         self._write_failed(str(err))
         self._errors.error(
-            "refused:" + str(cause).split(" ", 1)[0],
+            "refused:" + _error_code(cause),
             "Redis refused a write of %d events to %s (%d stored): %s",
             command.count,
             store.stream_key(*command.key),
@@ -298,7 +306,8 @@ class Pipeline:
             sent, deadline = Sent.of(command.count_only), command.flush.deadline
             self.carry_out(command, recovery.after_loss(sent, mark, now=now, deadline=deadline))
 
-    def carry_out(self, command: Command, decision: Decision) -> None:
+    def carry_out(self, command: Command, decision: Decision, refusal: ReplyError | None = None) -> None:
+        """`refusal`: the error Redis answered the command with, if that is what the decision is on."""
         action = decision.action
         if decision.found_stored:
             metrics.count_stored(command.count, deduplicated=True)
@@ -317,7 +326,8 @@ class Pipeline:
             self.resend.append(command)
             self._wake()
         elif action is Action.GIVE_UP_COUNTING:
-            self._count_given_up(command, decision.reason)
+            kind = decision.reason if refusal is None else _error_code(refusal)
+            self._count_given_up(command, decision.reason, kind)
         elif action is Action.FAIL:
             command.flush.failed.add(command.key)
             self._finish(command)

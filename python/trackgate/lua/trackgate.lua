@@ -8,7 +8,8 @@ local DAY = 86400
 -- by ':'.
 local MARKS, HOURLY_COUNTS, DAILY_USERS = '@MARKS@', '@HOURLY_COUNTS@', '@DAILY_USERS@'
 local EVENT_NAMES = '@EVENT_NAMES@'
-local FUNNEL_NAMES, FUNNEL_GOALS, FUNNEL_STATES = '@FUNNEL_NAMES@', '@FUNNEL_GOALS@', '@FUNNEL_STATES@'
+local FUNNEL_NAMES, FUNNEL_ACTIVITY = '@FUNNEL_NAMES@', '@FUNNEL_ACTIVITY@'
+local FUNNEL_GOALS, FUNNEL_STATES = '@FUNNEL_GOALS@', '@FUNNEL_STATES@'
 local FUNNEL_ATTEMPTS, FUNNEL_COUNTERS = '@FUNNEL_ATTEMPTS@', '@FUNNEL_COUNTERS@'
 
 -- Days since 1970-01-01 to YYYY-MM-DD (Howard Hinnant's civil_from_days): Redis' Lua has no os.date.
@@ -129,8 +130,7 @@ end
 -- keys expire when the funnel gets no events for that long.
 local PRUNE = 500
 
-local function write_funnel_batch(fb, window, late, keep_counters)
-  local now = tonumber(redis.call('TIME')[1])
+local function write_funnel_batch(fb, now, window, late, keep_counters)
   local keep = window + late + 3600
   for key, uids in pairs(fb.dirty) do
     local users, flat, entries = fb.states[key], {}, {}
@@ -174,20 +174,29 @@ local function width(args, i)
   return args[i + 3] ~= '' and 7 or 4
 end
 
--- Whether a funnel is followed: decided when the batch first names it (one SISMEMBER), and admitted
--- while the partition follows fewer than `cap` funnels (one SCARD per batch that names a new one).
--- Returns the decisions so far (funnel -> boolean) and the function that makes them.
-local function funnel_admission(prefix, cap)
-  local names, admitted, known = prefix .. FUNNEL_NAMES, {}, nil
+-- Whether a funnel is followed: decided when the batch first names it. The funnel cap is checked
+-- against the partition's active funnels, those a batch followed within `window + late` seconds (server
+-- time): past that no event can continue an attempt begun while the funnel was followed, so a quiet
+-- funnel gives its place up. An active funnel is followed (one ZSCORE); another, new or quiet, is
+-- admitted while fewer than `cap` funnels are active, counted once per batch that names one (one
+-- ZREMRANGEBYSCORE of the quiet ones and one ZCARD). Returns the decisions so far (funnel -> boolean)
+-- and the function that makes them.
+local function funnel_admission(prefix, cap, now, window, late)
+  local active, admitted, known = prefix .. FUNNEL_ACTIVITY, {}, nil
+  local since = now - window - late
   return admitted, function(funnel)
     local followed = admitted[funnel]
     if followed == nil then
-      followed = redis.call('SISMEMBER', names, funnel) == 1
+      local last = redis.call('ZSCORE', active, funnel)
+      followed = last and tonumber(last) >= since
       if not followed then
-        known = known or redis.call('SCARD', names)
+        if not known then
+          redis.call('ZREMRANGEBYSCORE', active, '-inf', '(' .. since)
+          known = redis.call('ZCARD', active)
+        end
         followed = known < cap
         if followed then
-          redis.call('SADD', names, funnel)
+          redis.call('SADD', prefix .. FUNNEL_NAMES, funnel)
           known = known + 1
         end
       end
@@ -197,17 +206,24 @@ local function funnel_admission(prefix, cap)
   end
 end
 
--- A funnel's goals and the partition's funnel names last while the funnel has events: renewed by every
--- batch that follows it, after its goals are written.
-local function keep_funnels(prefix, admitted, keep)
-  local any = false
+-- A funnel's goals, the partition's funnel names and its activity last while a funnel has events:
+-- renewed by every batch that follows one, after its goals are written, with the followed funnels'
+-- activity set to `now`.
+local function keep_funnels(prefix, admitted, now, keep)
+  local activity = {}
   for funnel, followed in pairs(admitted) do
     if followed then
       redis.call('EXPIRE', prefix .. FUNNEL_GOALS .. funnel, keep)
-      any = true
+      activity[#activity + 1] = now
+      activity[#activity + 1] = funnel
     end
   end
-  if any then
+  if #activity > 0 then
+    local active = prefix .. FUNNEL_ACTIVITY
+    for from = 1, #activity, 1000 do
+      redis.call('ZADD', active, unpack(activity, from, math.min(from + 999, #activity)))
+    end
+    redis.call('EXPIRE', active, keep)
     redis.call('EXPIRE', prefix .. FUNNEL_NAMES, keep)
   end
 end
@@ -317,11 +333,13 @@ local function tg_count(keys, args)
   end
   -- Walk the events' arguments once before changing anything: a malformed call changes nothing. A
   -- funnel event's time and step are read after the first writes, so they are checked here.
-  local i, n = FIRST, #args
+  local i, n, named = FIRST, #args, false
   while i <= n do
-    if args[i + 3] ~= '' and
-        not (string.match(args[i + 4] or '', '^%-?%d+$') and string.match(args[i + 5] or '', '^%d+$')) then
-      return redis.error_reply('ERR tg_count: malformed funnel event')
+    if args[i + 3] ~= '' then
+      if not (string.match(args[i + 4] or '', '^%-?%d+$') and string.match(args[i + 5] or '', '^%d+$')) then
+        return redis.error_reply('ERR tg_count: malformed funnel event')
+      end
+      named = true
     end
     i = i + width(args, i)
   end
@@ -350,7 +368,9 @@ local function tg_count(keys, args)
   -- an event of a funnel not followed counted as OVERFLOW; each day's names listed in the order first
   -- seen. The funnel tables are made for the first mp_funnel event: most calls have none.
   local counts, users, listed, added, fb = {}, {}, {}, 0, nil
-  local funnels, follows = funnel_admission(prefix, funnel_cap)
+  -- Server time, seconds, for the funnels' activity and attempts: read only for a batch that names one.
+  local now = named and tonumber(redis.call('TIME')[1]) or 0
+  local funnels, follows = funnel_admission(prefix, funnel_cap, now, window, late)
   i = FIRST
   while i <= n do
     added = added + 1
@@ -402,8 +422,8 @@ local function tg_count(keys, args)
     end
   end
   if fb then
-    write_funnel_batch(fb, window, late, keep)
-    keep_funnels(prefix, funnels, keep)
+    write_funnel_batch(fb, now, window, late, keep)
+    keep_funnels(prefix, funnels, now, keep)
   end
   for d, fields in pairs(counts) do
     local key = prefix .. HOURLY_COUNTS .. d
