@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
-from trackgate import bounds, metrics, recovery, store
+from trackgate import bounds, keys, metrics, recovery, store
 from trackgate.flush import Command, Flush, Key, Unavailable
 from trackgate.packing import Packer, library_loaded
 from trackgate.recovery import Action, Decision, Mark, Sent
@@ -191,7 +191,7 @@ class Pipeline:
             "%d events of %s counted as %s: the project is past its cap on event or funnel names "
             "(trackgate project set-caps); they are stored in full (logged once every %g seconds)",
             over,
-            store.stream_key(*item.key),
+            keys.stream_key(*item.key),
             bounds.OVERFLOW,
             OVERFLOW_LOG_SECONDS,
         )
@@ -208,7 +208,7 @@ class Pipeline:
             "count:" + kind,
             "%d events are stored in %s, but not counted: %s",
             command.count,
-            store.stream_key(*command.key),
+            keys.stream_key(*command.key),
             why,
         )
         self._finish(command)
@@ -225,7 +225,7 @@ class Pipeline:
             "refused:" + _error_code(cause),
             "Redis refused a write of %d events to %s (%d stored): %s",
             command.count,
-            store.stream_key(*command.key),
+            keys.stream_key(*command.key),
             stored,
             err,
         )

@@ -16,10 +16,6 @@ from redis.exceptions import ResponseError
 
 from trackgate import bounds, keys
 from trackgate._native import PACKED_LAYOUT
-
-# Named through `store` by the batcher and the CLI as well.
-from trackgate.keys import mark_key as mark_key
-from trackgate.keys import stream_key as stream_key
 from trackgate.redis_pipe import bulk
 
 LIBRARY: Final = "trackgate"
@@ -215,7 +211,7 @@ class WriteCommands:
         key = (token, partition, writer)
         marks = self._marks.get(key)
         if marks is None:
-            ring = bulk(mark_key(token, partition, writer))
+            ring = bulk(keys.mark_key(token, partition, writer))
             marks = self._marks[key] = (
                 MULTI + b"*4\r\n$8\r\nSETRANGE\r\n" + ring,
                 b"*3\r\n$6\r\nEXPIRE\r\n" + ring + bulk(MARK_SECONDS),
