@@ -235,7 +235,7 @@ def two_writes_answers_lost(
         gw.stop()
         proxy.close()
     stored = Counter(e["properties"]["i"] for e in stored_with(admin, token, "run", run))
-    assert stored == Counter(range(121)), "an event answered 200 is missing, or stored twice"
+    assert stored == Counter(range(121)), f"an event is missing, or stored twice (answers: {answers})"
     assert "Redis connection lost" in gw.log()
     return answers, token
 
