@@ -194,6 +194,22 @@ def test_event_counts(loaded: tuple[Gateway, str, str, list[Any]]) -> None:
     assert sum(p["count"] for p in points) == want[("page view", str(START))]
 
 
+def test_event_names_are_listed_a_page_at_a_time(loaded: tuple[Gateway, str, str, list[Any]]) -> None:
+    gw, _, secret, _ = loaded
+    first = api(gw, "/api/events", secret, **RANGE, limit="1").json()
+    assert list(first["events"]) == ["mp_funnel"]
+    assert (first["total_names"], first["truncated"], first["next_offset"]) == (2, True, 1)
+    rest = api(gw, "/api/events", secret, **RANGE, limit="1", offset=str(first["next_offset"])).json()
+    assert list(rest["events"]) == ["page view"]
+    assert rest["next_offset"] is None
+    every = api(gw, "/api/events", secret, **RANGE).json()
+    assert (every["total_names"], every["truncated"], every["next_offset"]) == (2, False, None)
+    assert every["events"] == {**first["events"], **rest["events"]}
+    for name, value in (("limit", "0"), ("limit", "1001"), ("offset", "-1"), ("limit", "ten")):
+        r = api(gw, "/api/events", secret, **{name: value})
+        assert (r.status_code, r.json()["error"].split(":")[0]) == (400, name)
+
+
 def test_export_streams_the_raw_events(loaded: tuple[Gateway, str, str, list[Any]]) -> None:
     gw, _, secret, events = loaded
     day = START + dt.timedelta(days=1)

@@ -48,6 +48,7 @@ class Api:
         self._client = client
         self._partitions = settings.partitions
         self._skew = settings.max_future_skew
+        self._max_age = settings.max_age
         self._dashboard: bytes | None = None
 
     def dashboard(self, proto: HTTPProtocol) -> None:
@@ -124,7 +125,15 @@ class Api:
                 raise ApiError(400, "unit: expected day or hour")
             event = _one(query, "event")
             result = await counts.event_counts(
-                self._client, token, self._partitions, start, end, "hour" if unit == "hour" else "day", event
+                self._client,
+                token,
+                self._partitions,
+                start,
+                end,
+                "hour" if unit == "hour" else "day",
+                event,
+                offset=_count(query, "offset", 0, 2**31),
+                limit=_count(query, "limit", counts.NAMES_LIMIT, counts.MAX_NAMES_LIMIT, least=1),
             )
             return _encode(result)
         raise ApiError(404, f"no API endpoint at {path[:100]}")
@@ -138,6 +147,7 @@ class Api:
             start,
             end,
             max_future_skew=self._skew,
+            max_age=self._max_age,
         )
         transport = proto.response_stream(
             200, [("content-type", "application/x-ndjson"), ("cache-control", "no-store")]
@@ -172,6 +182,15 @@ def _basic_user(header: str | None) -> str | None:
 def _one(query: dict[str, list[str]], name: str) -> str | None:
     values = query.get(name)
     return values[-1] if values else None
+
+
+def _count(query: dict[str, list[str]], name: str, default: int, most: int, least: int = 0) -> int:
+    text = _one(query, name)
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdigit() and len(text) <= 10) or not least <= int(text) <= most:
+        raise ApiError(400, f"{name}: expected a whole number from {least} to {most}, got {text[:40]!r}")
+    return int(text)
 
 
 def _date(query: dict[str, list[str]], name: str, default: dt.date) -> dt.date:

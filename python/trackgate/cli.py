@@ -407,6 +407,7 @@ async def _export(
                 start,
                 end,
                 max_future_skew=config.max_future_skew,
+                max_age=config.max_age,
                 progress=bar.update,
             )
             async for line in lines:

@@ -2,12 +2,17 @@
 
 Counts are by event time (UTC). Unique users come from one HyperLogLog per partition, day and event
 name; a user's events all land in one partition, so the partitions' estimates add up (about 0.8% error).
+
+A report reads the counters of the names it answers with, and no others: one name's 24 hour fields of
+each day's hash (HMGET), its own HyperLogLogs. Listing the names of a range reads the hashes' field
+names only (HKEYS), then counts one page of them, so an answer's size and most of its cost are bounded
+by the page's `limit`, not by how many names the project holds.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Final, Literal
 
 import msgspec
 from redis.asyncio import Redis
@@ -16,6 +21,12 @@ from trackgate.funnels import days_between
 from trackgate.keys import daily_users_key, hourly_counts_key
 
 Unit = Literal["day", "hour"]
+
+NAMES_LIMIT: Final = 100
+"""Event names one answer counts unless the caller asks for another page size."""
+MAX_NAMES_LIMIT: Final = 1000
+"""The largest page a caller may ask for: each name costs its own reads of every day and partition."""
+_HOURS: Final = range(24)
 
 
 class Point(msgspec.Struct, frozen=True):
@@ -30,10 +41,17 @@ class Series(msgspec.Struct, frozen=True):
 
 
 class EventCounts(msgspec.Struct, frozen=True, rename={"start": "from", "end": "to"}):
+    """`total_names` names were seen in the range; `events` holds the page of them from the asked offset
+    (in name order), `truncated` says names were left out, `next_offset` is where the next page starts
+    (None: this page is the last)."""
+
     start: str
     end: str
     unit: str
     events: dict[str, Series]
+    total_names: int
+    truncated: bool
+    next_offset: int | None
 
 
 async def event_counts(
@@ -44,42 +62,75 @@ async def event_counts(
     end: dt.date,
     unit: Unit = "day",
     event: str | None = None,
+    *,
+    offset: int = 0,
+    limit: int = NAMES_LIMIT,
 ) -> EventCounts:
-    """Counts of every event name (or of `event` alone) from `start` to `end`, UTC days inclusive, with
-    every day or hour of the range present."""
+    """Counts of `event` alone, or of a page of the event names seen from `start` to `end` (UTC days
+    inclusive, names in order from `offset`, at most `limit`), with every day or hour of the range
+    present."""
     days = days_between(start, end)
-    async with client.pipeline(transaction=False) as pipe:
-        for day in days:
-            for p in range(partitions):
-                pipe.hgetall(hourly_counts_key(token, p, day.isoformat()))
-        replies: list[dict[bytes, bytes]] = await pipe.execute()
-    # (name, day index, hour) -> count
-    hourly: dict[tuple[str, int, int], int] = {}
-    for i, fields in enumerate(replies):
-        day_index = i // partitions
-        for field, value in fields.items():
-            hour, _, raw_name = field.partition(b":")
-            name = raw_name.decode("utf-8", "replace")
-            if event is not None and name != event:
-                continue
-            key = (name, day_index, int(hour))
-            hourly[key] = hourly.get(key, 0) + int(value)
-    names = sorted({name for name, _, _ in hourly} | ({event} if event is not None else set()))
+    day_keys = [hourly_counts_key(token, p, day.isoformat()) for day in days for p in range(partitions)]
+    if event is not None:
+        names, total = [event], 1
+    else:
+        every = await _names_seen(client, day_keys)
+        names, total = every[offset : offset + limit], len(every)
+    hourly = await _hourly_counts(client, day_keys, partitions, names)
     users = await _daily_users(client, token, partitions, days, names) if unit == "day" else {}
     events = {}
-    for name in names:
+    for n, name in enumerate(names):
         points = []
         for i, day in enumerate(days):
+            hours = hourly[n][i]
             if unit == "day":
-                count = sum(hourly.get((name, i, h), 0) for h in range(24))
-                points.append(Point(day.isoformat(), count, users.get((name, i), 0)))
+                points.append(Point(day.isoformat(), sum(hours), users.get((name, i), 0)))
             else:
-                points.extend(
-                    Point(f"{day.isoformat()}T{h:02d}:00:00Z", hourly.get((name, i, h), 0), None)
-                    for h in range(24)
-                )
+                points.extend(Point(f"{day.isoformat()}T{h:02d}:00:00Z", hours[h], None) for h in _HOURS)
         events[name] = Series(sum(p.count for p in points), points)
-    return EventCounts(start.isoformat(), end.isoformat(), unit, events)
+    after = offset + len(names)
+    more = event is None and after < total
+    return EventCounts(
+        start.isoformat(),
+        end.isoformat(),
+        unit,
+        events,
+        total_names=total,
+        truncated=len(names) < total,
+        next_offset=after if more else None,
+    )
+
+
+async def _names_seen(client: Redis, day_keys: list[str]) -> list[str]:
+    """The event names counted in any of the hashes, in order: field names only, no values."""
+    async with client.pipeline(transaction=False) as pipe:
+        for key in day_keys:
+            pipe.hkeys(key)
+        replies: list[list[bytes]] = await pipe.execute()
+    return sorted(
+        {field.partition(b":")[2].decode("utf-8", "replace") for fields in replies for field in fields}
+    )
+
+
+async def _hourly_counts(
+    client: Redis, day_keys: list[str], partitions: int, names: list[str]
+) -> list[list[list[int]]]:
+    """name index -> day index -> hour -> count, summed over the partitions: the 24 fields of each
+    name, read from each day's hash of each partition."""
+    hourly = [[[0] * len(_HOURS) for _ in range(len(day_keys) // partitions)] for _ in names]
+    if not names:
+        return hourly
+    fields = [f"{h:02d}:{name}" for name in names for h in _HOURS]
+    async with client.pipeline(transaction=False) as pipe:
+        for key in day_keys:
+            pipe.hmget(key, fields)
+        replies: list[list[bytes | None]] = await pipe.execute()
+    for k, values in enumerate(replies):
+        day_index = k // partitions
+        for f, value in enumerate(values):
+            if value is not None:
+                hourly[f // len(_HOURS)][day_index][f % len(_HOURS)] += int(value)
+    return hourly
 
 
 async def _daily_users(
