@@ -477,3 +477,20 @@ def test_the_api_answers_401_without_the_secret(
     # The same request with the secret as the user name (any password) is answered.
     ok = requests.get(dash_gateway.url(path), auth=(project.secret, "anything"), timeout=10)
     assert ok.status_code == 200, ok.text
+
+
+def test_the_page_waits_for_a_busy_worker(
+    page: Page, project: Project, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A worker that serves one report at a time answers the page's simultaneous calls 429 but one: the
+    page asks again after Retry-After and shows everything."""
+    gw = Gateway(tmp_path, "--max-report-requests", "1", "--retry-after", "1", redis_url=redis_server.url)
+    gw.start()
+    try:
+        sign_in(page, gw, project.secret)
+        expect(page.locator("#report")).to_have_attribute("data-loaded", re.compile(".+"))
+        expect(page.get_by_test_id("event-total-Purchase")).to_be_visible()
+        expect(page.get_by_test_id("app-error")).to_be_empty()
+        assert "429" not in page.locator("#app").inner_text()
+    finally:
+        gw.stop()

@@ -37,10 +37,11 @@ _encode = msgspec.json.Encoder().encode
 class ApiError(Exception):
     """An answer other than 200: its status and a message that names what is wrong."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 class Api:
@@ -48,6 +49,10 @@ class Api:
         self._client = client
         self._partitions = settings.partitions
         self._skew = settings.max_future_skew
+        self._retry_after = str(settings.retry_after)
+        self._max_running = settings.max_report_requests
+        self._max_reads = settings.max_report_reads
+        self._running = 0
         self._max_age = settings.max_age
         self._dashboard: bytes | None = None
 
@@ -69,6 +74,24 @@ class Api:
         metrics.count_request("dashboard", 200)
 
     async def __call__(self, scope: Scope, proto: HTTPProtocol) -> None:
+        # Reports share the worker with the writes: past the limit a report waits on the client's side,
+        # not in this event loop. A slot is held until the answer is sent (an export's last line).
+        if self._running >= self._max_running:
+            busy = f"this worker serves {self._max_running} reports at once (--max-report-requests)"
+            self._answer(proto, ApiError(429, busy, (("retry-after", self._retry_after),)))
+            return
+        self._running += 1
+        try:
+            await self._serve(scope, proto)
+        finally:
+            self._running -= 1
+
+    def _answer(self, proto: HTTPProtocol, err: ApiError) -> None:
+        headers = [*_JSON, *err.headers, *([_CHALLENGE] if err.status == 401 else [])]
+        proto.response_bytes(err.status, headers, _encode({"error": err.message}))
+        metrics.count_request("api", err.status)
+
+    async def _serve(self, scope: Scope, proto: HTTPProtocol) -> None:
         try:
             if scope.method not in ("GET", "HEAD"):
                 raise ApiError(405, f"{scope.method[:20]} is not allowed; the API is read-only (GET)")
@@ -85,9 +108,7 @@ class Api:
                 return
             body = await self._route(path, token, query)
         except ApiError as err:
-            headers = [*_JSON, _CHALLENGE] if err.status == 401 else _JSON
-            proto.response_bytes(err.status, headers, _encode({"error": err.message}))
-            metrics.count_request("api", err.status)
+            self._answer(proto, err)
             return
         except (RedisError, OSError) as err:
             log.error("API call %s failed: Redis: %s", scope.path, err)
@@ -114,6 +135,9 @@ class Api:
         if path.startswith("/api/funnels/"):
             name = path.removeprefix("/api/funnels/")
             start, end = _date_range(query)
+            self._bound(
+                funnels.report_keys_read(len(funnels.days_between(start, end)), self._partitions), "from/to"
+            )
             report = await funnels.funnel_report(self._client, token, self._partitions, name, start, end)
             if report is None:
                 raise ApiError(404, f"no funnel named {name!r} in this project")
@@ -124,19 +148,30 @@ class Api:
             if unit not in ("day", "hour"):
                 raise ApiError(400, "unit: expected day or hour")
             event = _one(query, "event")
-            result = await counts.event_counts(
-                self._client,
-                token,
+            offset = _count(query, "offset", 0, 2**31)
+            limit = _count(query, "limit", counts.NAMES_LIMIT, counts.MAX_NAMES_LIMIT, least=1)
+            span: counts.Unit = "hour" if unit == "hour" else "day"
+            reads = counts.keys_read(
+                len(funnels.days_between(start, end)),
                 self._partitions,
-                start,
-                end,
-                "hour" if unit == "hour" else "day",
-                event,
-                offset=_count(query, "offset", 0, 2**31),
-                limit=_count(query, "limit", counts.NAMES_LIMIT, counts.MAX_NAMES_LIMIT, least=1),
+                span,
+                1 if event is not None else limit,
+                listed=event is None,
+            )
+            self._bound(reads, "from/to" if event is not None or span == "hour" else "from/to or limit")
+            result = await counts.event_counts(
+                self._client, token, self._partitions, start, end, span, event, offset=offset, limit=limit
             )
             return _encode(result)
         raise ApiError(404, f"no API endpoint at {path[:100]}")
+
+    def _bound(self, reads: int, parameters: str) -> None:
+        if reads > self._max_reads:
+            raise ApiError(
+                400,
+                f"{parameters}: the report would read {reads} Redis keys, more than --max-report-reads "
+                f"({self._max_reads}); ask for fewer days or names",
+            )
 
     async def _export(self, proto: HTTPProtocol, token: str, query: dict[str, list[str]]) -> None:
         start, end = _date_range(query)

@@ -54,6 +54,13 @@ class EventCounts(msgspec.Struct, frozen=True, rename={"start": "from", "end": "
     next_offset: int | None
 
 
+def keys_read(days: int, partitions: int, unit: Unit, names: int, listed: bool) -> int:
+    """The Redis keys `event_counts` reads for `names` names (`listed`: without `event`, the names are
+    listed first): each hash twice when listing, then once, and a HyperLogLog per name in daily units."""
+    per_day_partition = (2 if listed else 1) + (names if unit == "day" else 0)
+    return days * partitions * per_day_partition
+
+
 async def event_counts(
     client: Redis,
     token: str,

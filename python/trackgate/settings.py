@@ -146,6 +146,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     ] = ()
     token_refresh: Annotated[float, _doc("seconds between reloads of the project list", gt=0, le=86400)] = 5.0
 
+    # Reports (the query API): each one bounded, so that reads cannot crowd out the writes.
+    max_report_requests: Annotated[
+        int,
+        _doc(
+            "query API requests a worker serves at once (a dashboard load sends 3); more are answered 429",
+            ge=1,
+            le=1000,
+        ),
+    ] = 4
+    max_report_reads: Annotated[
+        int,
+        _doc("Redis keys one report may read (days x names x partitions); more is refused with 400", ge=1),
+    ] = 250_000
+
     # Decoding rules (see the README's table): the decoder's own defaults, bounds and help texts.
     partitions: Annotated[int, _rule("partitions")] = _DEFAULTS.partitions
     max_age: Annotated[float, _rule("max_age")] = _DEFAULTS.max_age
