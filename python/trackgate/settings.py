@@ -147,6 +147,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     token_refresh: Annotated[float, _doc("seconds between reloads of the project list", gt=0, le=86400)] = 5.0
 
     # Reports (the query API): each one bounded, so that reads cannot crowd out the writes.
+    reports_port: Annotated[
+        int,
+        _doc(
+            "TCP port of the query API and the dashboard, served by a process of their own (0: --port + 1)",
+            ge=0,
+            le=65535,
+        ),
+    ] = 0
     max_report_requests: Annotated[
         int,
         _doc(
@@ -172,6 +180,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_event_bytes: Annotated[int, _rule("max_event_bytes")] = _DEFAULTS.max_event_bytes
     max_request_bytes: Annotated[int, _rule("max_request_bytes")] = _DEFAULTS.max_request_bytes
     max_events: Annotated[int, _rule("max_events")] = _DEFAULTS.max_events
+
+    @property
+    def reports_listen_port(self) -> int:
+        """The port the reports process listens on."""
+        return self.reports_port or self.port + 1
 
     def decoder_options(self) -> Options:
         return Options(**{name: getattr(self, name) for name in _RULES})
