@@ -70,6 +70,15 @@ def test_one_events_count_reads_that_names_fields_only(private_redis: RedisServe
     assert "hgetall" not in sent
     assert "hkeys" not in sent
 
+    # A name never counted: its fields are asked for, and no HyperLogLog is read.
+    def absent(c: redis.asyncio.Redis) -> Awaitable[EventCounts]:
+        return event_counts(c, TOKEN, PARTITIONS, D0, end, "day", "never sent")
+
+    result, sent = calls(client, absent, private_redis.url)
+    assert result.events["never sent"].total == 0
+    assert sent.get("hmget") == DAYS * PARTITIONS
+    assert "pfcount" not in sent
+
 
 def test_listing_names_is_paged(private_redis: RedisServer) -> None:
     client = private_redis.client()

@@ -41,32 +41,78 @@ def get(secret: str, path: str, query: str = "") -> Scope:
     return Scope("GET", path, query, "127.0.0.1", Headers([("authorization", auth)]))
 
 
+class HeldRedis(redis.asyncio.Redis):
+    """A client whose next HGET (a report's first read: the secret's project) waits for `release`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hold_next = False
+        self.reading = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def hget(self, name: Any, key: Any) -> Any:
+        if self.hold_next:
+            self.hold_next = False
+            self.reading.set()
+            await self.release.wait()
+        return await super().hget(name, key)
+
+
 def test_reports_past_the_limit_are_429_until_one_ends(redis_server: RedisServer) -> None:
+    _, secret = create_project_keys(redis_server.url, "limited-reports")
+    settings = Settings(redis_url=redis_server.url, max_report_requests=1, retry_after=7)
+
+    async def scenario() -> tuple[Proto, Proto, HeldProto]:
+        client = HeldRedis(connection_pool=redis.asyncio.ConnectionPool.from_url(redis_server.url))
+        try:
+            api = Api(client, settings)
+            first = Proto([])
+            client.hold_next = True
+            running = asyncio.create_task(api(get(secret, "/api/funnels"), first))
+            await client.reading.wait()  # the first report holds the worker's one report slot
+            refused = Proto([])
+            await api(get(secret, "/api/events"), refused)
+            export = HeldProto()  # exports have slots of their own
+            await api(get(secret, "/api/export"), export)
+            client.release.set()
+            await running
+            return first, refused, export
+        finally:
+            await client.aclose()
+
+    first, refused, export = asyncio.run(scenario())
+    assert (refused.status, refused.header("retry-after")) == (429, "7")
+    assert "--max-report-requests" in json.loads(refused.body)["error"]
+    assert (first.status, first.text) == (200, '{"funnels":[]}')
+    assert export.status == 200
+
+
+def test_exports_past_their_limit_are_429_until_one_ends(redis_server: RedisServer) -> None:
     token, secret = create_project_keys(redis_server.url, "limited")
     now = dt.datetime.now(dt.UTC).timestamp()
     redis_server.client().xadd(keys.stream_key(token, 0), {"data": json.dumps({"time": now})})
-    settings = Settings(redis_url=redis_server.url, max_report_requests=1, retry_after=7)
+    settings = Settings(redis_url=redis_server.url, max_exports=1, retry_after=7)
 
-    async def scenario() -> tuple[HeldProto, Proto, Proto]:
+    async def scenario() -> tuple[HeldProto, Proto, HeldProto]:
         async with redis.asyncio.Redis.from_url(redis_server.url) as client:
             api = Api(client, settings)
             held = HeldProto()
             export = asyncio.create_task(api(get(secret, "/api/export"), held))
-            await held.sending.wait()  # the export holds the worker's one report slot
+            await held.sending.wait()  # the export holds the worker's one export slot
             refused = Proto([])
-            await api(get(secret, "/api/funnels"), refused)
+            await api(get(secret, "/api/export"), refused)
             held.release.set()
             await export
-            after = Proto([])
-            await api(get(secret, "/api/funnels"), after)
+            after = HeldProto()
+            after.release.set()
+            await api(get(secret, "/api/export"), after)
             return held, refused, after
 
     held, refused, after = asyncio.run(scenario())
     assert (refused.status, refused.header("retry-after")) == (429, "7")
-    assert "--max-report-requests" in json.loads(refused.body)["error"]
-    assert held.status == 200
-    assert json.loads(held.streamed)["time"] == now
-    assert (after.status, after.text) == (200, '{"funnels":[]}')
+    assert "--max-exports" in json.loads(refused.body)["error"]
+    assert held.status == after.status == 200
+    assert json.loads(held.streamed)["time"] == json.loads(after.streamed)["time"] == now
 
 
 def test_a_report_that_would_read_too_many_keys_is_refused(redis_server: RedisServer) -> None:

@@ -50,9 +50,12 @@ class Api:
         self._partitions = settings.partitions
         self._skew = settings.max_future_skew
         self._retry_after = str(settings.retry_after)
-        self._max_running = settings.max_report_requests
+        # Exports are long and have slots of their own: short reports in a loop would take every slot an
+        # export frees before its client asks again.
+        self._limits = {"export": settings.max_exports, "report": settings.max_report_requests}
+        self._flags = {"export": "--max-exports", "report": "--max-report-requests"}
         self._max_reads = settings.max_report_reads
-        self._running = 0
+        self._running = {"export": 0, "report": 0}
         self._max_age = settings.max_age
         self._dashboard: bytes | None = None
 
@@ -74,17 +77,18 @@ class Api:
         metrics.count_request("dashboard", 200)
 
     async def __call__(self, scope: Scope, proto: HTTPProtocol) -> None:
-        # Reports share the worker with the writes: past the limit a report waits on the client's side,
-        # not in this event loop. A slot is held until the answer is sent (an export's last line).
-        if self._running >= self._max_running:
-            busy = f"this worker serves {self._max_running} reports at once (--max-report-requests)"
+        # Past the limit a report waits on the client's side, not in this process nor in Redis. A slot is
+        # held until the answer is sent (an export's last line).
+        kind = "export" if _is_export(scope.path) else "report"
+        if self._running[kind] >= self._limits[kind]:
+            busy = f"this worker serves {self._limits[kind]} {kind}s at once ({self._flags[kind]})"
             self._answer(proto, ApiError(429, busy, (("retry-after", self._retry_after),)))
             return
-        self._running += 1
+        self._running[kind] += 1
         try:
             await self._serve(scope, proto)
         finally:
-            self._running -= 1
+            self._running[kind] -= 1
 
     def _answer(self, proto: HTTPProtocol, err: ApiError) -> None:
         headers = [*_JSON, *err.headers, *([_CHALLENGE] if err.status == 401 else [])]
@@ -103,7 +107,7 @@ class Api:
             # Granian hands over the path percent-decoded: a funnel's name is used as it stands (a name
             # may end with "/", so only the fixed endpoints are matched with a trailing slash or not).
             path = scope.path
-            if path.rstrip("/") == "/api/export":
+            if _is_export(path):
                 await self._export(proto, token, query)
                 return
             body = await self._route(path, token, query)
@@ -202,6 +206,10 @@ class Api:
         except (RedisError, OSError) as err:
             # The status is sent already: end the stream early; the client sees a short export.
             log.error("export for %s stopped: %s", token, err)
+
+
+def _is_export(path: str) -> bool:
+    return path.rstrip("/") == "/api/export"
 
 
 def _basic_user(header: str | None) -> str | None:

@@ -237,8 +237,10 @@ def _print_demo(config: settings.Settings, project: projects.Project, secret: st
 
 def _serve_reports(config: settings.Settings, parent: int) -> None:
     """The reports process (spawned by `serve`, whose environment it inherits): its own Granian, which
-    stops when `serve` asks it to, or when `serve` is gone without asking."""
+    stops when `serve` asks it to, or when `serve` is gone without asking. Where CPU is short, the
+    ingestion workers come first: the scheduler gives a niced process a smaller share."""
     logging.config.dictConfig(_logging_config(config.log_level))
+    os.nice(config.reports_niceness)
 
     def watch_parent() -> None:
         while os.getppid() == parent:

@@ -4,9 +4,10 @@ Counts are by event time (UTC). Unique users come from one HyperLogLog per parti
 name; a user's events all land in one partition, so the partitions' estimates add up (about 0.8% error).
 
 A report reads the counters of the names it answers with, and no others: one name's 24 hour fields of
-each day's hash (HMGET), its own HyperLogLogs. Listing the names of a range reads the hashes' field
-names only (HKEYS), then counts one page of them, so an answer's size and most of its cost are bounded
-by the page's `limit`, not by how many names the project holds.
+each day's hash (HMGET), and its HyperLogLogs of the days and partitions that counted it (the others are
+empty). Listing the names of a range reads the hashes' field names only (HKEYS), then the fields of one
+page of names, so an answer's size and most of its cost are bounded by the page's `limit`, not by how
+many names the project holds.
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ class EventCounts(msgspec.Struct, frozen=True, rename={"start": "from", "end": "
 
 
 def keys_read(days: int, partitions: int, unit: Unit, names: int, listed: bool) -> int:
-    """The Redis keys `event_counts` reads for `names` names (`listed`: without `event`, the names are
-    listed first): each hash twice when listing, then once, and a HyperLogLog per name in daily units."""
+    """The most Redis keys `event_counts` reads for `names` names (`listed`: without `event`, the names
+    are listed first): each hash twice when listing, else once, and a HyperLogLog per name in daily
+    units."""
     per_day_partition = (2 if listed else 1) + (names if unit == "day" else 0)
     return days * partitions * per_day_partition
 
@@ -80,18 +82,33 @@ async def event_counts(
     day_keys = [hourly_counts_key(token, p, day.isoformat()) for day in days for p in range(partitions)]
     if event is not None:
         names, total = [event], 1
+        wanted = [[f"{h:02d}:{event}".encode() for h in _HOURS]] * len(day_keys)
     else:
-        every = await _names_seen(client, day_keys)
+        present = await _counted_fields(client, day_keys)
+        every = sorted({_name(field) for fields in present for field in fields})
         names, total = every[offset : offset + limit], len(every)
-    hourly = await _hourly_counts(client, day_keys, partitions, names)
-    users = await _daily_users(client, token, partitions, days, names) if unit == "day" else {}
+        page = set(names)
+        wanted = [[field for field in fields if _name(field) in page] for fields in present]
+    index = {name: n for n, name in enumerate(names)}
+    hourly = [[[0] * len(_HOURS) for _ in days] for _ in names]
+    counted: list[tuple[int, int, int]] = []  # (name, day, partition) with events: their HyperLogLogs
+    for k, (fields, values) in enumerate(zip(wanted, await _values(client, day_keys, wanted), strict=True)):
+        day_index, partition = divmod(k, partitions)
+        seen = set()
+        for field, value in zip(fields, values, strict=True):
+            if value is not None:
+                n = index[_name(field)]
+                hourly[n][day_index][int(field[:2])] += int(value)
+                seen.add(n)
+        counted.extend((n, day_index, partition) for n in seen)
+    users = await _daily_users(client, token, days, names, counted) if unit == "day" else {}
     events = {}
     for n, name in enumerate(names):
         points = []
         for i, day in enumerate(days):
             hours = hourly[n][i]
             if unit == "day":
-                points.append(Point(day.isoformat(), sum(hours), users.get((name, i), 0)))
+                points.append(Point(day.isoformat(), sum(hours), users.get((n, i), 0)))
             else:
                 points.extend(Point(f"{day.isoformat()}T{h:02d}:00:00Z", hours[h], None) for h in _HOURS)
         events[name] = Series(sum(p.count for p in points), points)
@@ -108,51 +125,41 @@ async def event_counts(
     )
 
 
-async def _names_seen(client: Redis, day_keys: list[str]) -> list[str]:
-    """The event names counted in any of the hashes, in order: field names only, no values."""
+def _name(field: bytes) -> str:
+    """The event name of an hourly counter's field, `HH:<name>`."""
+    return field[3:].decode("utf-8", "replace")
+
+
+async def _counted_fields(client: Redis, day_keys: list[str]) -> list[list[bytes]]:
+    """The fields of each hash: names only, no values."""
     async with client.pipeline(transaction=False) as pipe:
         for key in day_keys:
             pipe.hkeys(key)
         replies: list[list[bytes]] = await pipe.execute()
-    return sorted(
-        {field.partition(b":")[2].decode("utf-8", "replace") for fields in replies for field in fields}
-    )
+    return replies
 
 
-async def _hourly_counts(
-    client: Redis, day_keys: list[str], partitions: int, names: list[str]
-) -> list[list[list[int]]]:
-    """name index -> day index -> hour -> count, summed over the partitions: the 24 fields of each
-    name, read from each day's hash of each partition."""
-    hourly = [[[0] * len(_HOURS) for _ in range(len(day_keys) // partitions)] for _ in names]
-    if not names:
-        return hourly
-    fields = [f"{h:02d}:{name}" for name in names for h in _HOURS]
+async def _values(client: Redis, day_keys: list[str], wanted: list[list[bytes]]) -> list[list[bytes | None]]:
+    """The values of the `wanted` fields of each hash (a hash with none wanted is not read)."""
     async with client.pipeline(transaction=False) as pipe:
-        for key in day_keys:
-            pipe.hmget(key, fields)
+        for key, fields in zip(day_keys, wanted, strict=True):
+            if fields:
+                pipe.hmget(key, fields)
         replies: list[list[bytes | None]] = await pipe.execute()
-    for k, values in enumerate(replies):
-        day_index = k // partitions
-        for f, value in enumerate(values):
-            if value is not None:
-                hourly[f // len(_HOURS)][day_index][f % len(_HOURS)] += int(value)
-    return hourly
+    read = iter(replies)
+    return [next(read) if fields else [] for fields in wanted]
 
 
 async def _daily_users(
-    client: Redis, token: str, partitions: int, days: list[dt.date], names: list[str]
-) -> dict[tuple[str, int], int]:
+    client: Redis, token: str, days: list[dt.date], names: list[str], counted: list[tuple[int, int, int]]
+) -> dict[tuple[int, int], int]:
+    """(name, day) -> unique users: the partitions' HyperLogLogs added up, of those that counted events
+    (the others are empty)."""
     async with client.pipeline(transaction=False) as pipe:
-        for name in names:
-            for day in days:
-                for p in range(partitions):
-                    pipe.pfcount(daily_users_key(token, p, day.isoformat(), name))
+        for n, i, p in counted:
+            pipe.pfcount(daily_users_key(token, p, days[i].isoformat(), names[n]))
         replies: list[int] = await pipe.execute()
-    users: dict[tuple[str, int], int] = {}
-    at = 0
-    for name in names:
-        for i in range(len(days)):
-            users[(name, i)] = sum(replies[at : at + partitions])
-            at += partitions
+    users: dict[tuple[int, int], int] = {}
+    for (n, i, _), count in zip(counted, replies, strict=True):
+        users[(n, i)] = users.get((n, i), 0) + count
     return users

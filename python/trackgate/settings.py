@@ -155,6 +155,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             le=65535,
         ),
     ] = 0
+    reports_niceness: Annotated[
+        int,
+        _doc(
+            "how much lower the reports process's CPU priority is than the ingestion workers' (nice)",
+            ge=0,
+            le=19,
+        ),
+    ] = 19
     max_report_requests: Annotated[
         int,
         _doc(
@@ -163,6 +171,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             le=1000,
         ),
     ] = 4
+    max_exports: Annotated[
+        int, _doc("exports a worker streams at once; more are answered 429", ge=1, le=1000)
+    ] = 2
     max_report_reads: Annotated[
         int,
         _doc("Redis keys one report may read (days x names x partitions); more is refused with 400", ge=1),
