@@ -100,6 +100,8 @@ def main() -> int:
     )
     parser.add_argument("--names", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--report-clients", type=int, default=REPORT_CLIENTS)
+    parser.add_argument("--exports", type=int, default=EXPORTS)
     args = parser.parse_args()
     require_tools()
     with servers_stopped_on_exit(), tempfile.TemporaryDirectory() as tmp:
@@ -135,24 +137,23 @@ def main() -> int:
                 scripts[kind] = WrkScript(CLOSED_LOOP, (str(request_file),))
             alone = track_throughput(target, files, args.seconds, None)
             load = [
-                start_wrk(
-                    reports, scripts["events"], REPORT_CLIENTS, args.seconds + 2, headers=header, niceness=19
-                ),
-                start_wrk(reports, scripts["export"], EXPORTS, args.seconds + 2, headers=header, niceness=19),
+                start_wrk(reports, scripts[kind], clients, args.seconds + 2, headers=header, niceness=19)
+                for kind, clients in (("events", args.report_clients), ("export", args.exports))
+                if clients
             ]
             time.sleep(1)  # the report clients are at it before /track is measured
             beside = track_throughput(target, files, args.seconds, load)
         finally:
             target.stop()
     rate = {k: r["requests"] / (r["duration_us"] / 1e6) for k, r in (("alone", alone), ("beside", beside))}
-    events, exports = beside["loads"]
     print(f"/track alone: {rate['alone']:.0f} requests/s (p99 {alone['p99_us'] / 1000:.1f} ms)")
     print(
-        f"/track beside {REPORT_CLIENTS} report clients and {EXPORTS} exports: "
+        f"/track beside {args.report_clients} report clients and {args.exports} exports: "
         f"{rate['beside']:.0f} requests/s (p99 {beside['p99_us'] / 1000:.1f} ms), "
         f"{100 * rate['beside'] / rate['alone']:.1f}% of alone"
     )
-    for what, r in (("event counts", events), ("exports", exports)):
+    kinds = ["event counts"] * bool(args.report_clients) + ["exports"] * bool(args.exports)
+    for what, r in zip(kinds, beside["loads"], strict=True):
         print(f"  {what}: {r['requests']} answered, {r['non_2xx']} of them 429 (or other non-2xx)")
     return 0
 

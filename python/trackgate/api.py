@@ -28,6 +28,10 @@ log = logging.getLogger("trackgate.api")
 _JSON: Final = [("content-type", "application/json"), ("cache-control", "no-store")]
 _CHALLENGE: Final = ("www-authenticate", 'Basic realm="trackgate", charset="UTF-8"')
 _EXPORT_FLUSH_BYTES: Final = 64 * 1024
+_EXPORT_PACE: Final = 19.0
+"""An export waits this many times as long as each of its reads took: each keeps Redis, which the
+ingestion workers write to, busy a twentieth of the time at most, and an export is slow rather than
+ingestion."""
 _DEFAULT_DAYS: Final = 30
 _MAX_QUERY_FIELDS: Final = 20
 """No endpoint reads as many parameters: a query with more is refused before it is parsed."""
@@ -187,6 +191,7 @@ class Api:
             end,
             max_future_skew=self._skew,
             max_age=self._max_age,
+            pace=_EXPORT_PACE,
         )
         transport = proto.response_stream(
             200, [("content-type", "application/x-ndjson"), ("cache-control", "no-store")]

@@ -13,7 +13,8 @@ many names the project holds.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Final, Literal
+from collections.abc import Sequence
+from typing import Any, Final, Literal
 
 import msgspec
 from redis.asyncio import Redis
@@ -28,6 +29,8 @@ NAMES_LIMIT: Final = 100
 MAX_NAMES_LIMIT: Final = 1000
 """The largest page a caller may ask for: each name costs its own reads of every day and partition."""
 _HOURS: Final = range(24)
+ROUND: Final = 64
+"""Commands a report sends to Redis at once (see `_in_rounds`)."""
 
 
 class Point(msgspec.Struct, frozen=True):
@@ -125,6 +128,19 @@ async def event_counts(
     )
 
 
+async def _in_rounds(client: Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """The replies to `commands`, sent ROUND at a time: Redis answers a batch of commands before it
+    reads its other clients again, so a report's reads go in small rounds, between which the ingestion
+    workers' writes are served."""
+    replies: list[Any] = []
+    for i in range(0, len(commands), ROUND):
+        async with client.pipeline(transaction=False) as pipe:
+            for command in commands[i : i + ROUND]:
+                pipe.execute_command(*command)
+            replies.extend(await pipe.execute())
+    return replies
+
+
 def _name(field: bytes) -> str:
     """The event name of an hourly counter's field, `HH:<name>`."""
     return field[3:].decode("utf-8", "replace")
@@ -132,20 +148,14 @@ def _name(field: bytes) -> str:
 
 async def _counted_fields(client: Redis, day_keys: list[str]) -> list[list[bytes]]:
     """The fields of each hash: names only, no values."""
-    async with client.pipeline(transaction=False) as pipe:
-        for key in day_keys:
-            pipe.hkeys(key)
-        replies: list[list[bytes]] = await pipe.execute()
+    replies: list[list[bytes]] = await _in_rounds(client, [("HKEYS", key) for key in day_keys])
     return replies
 
 
 async def _values(client: Redis, day_keys: list[str], wanted: list[list[bytes]]) -> list[list[bytes | None]]:
     """The values of the `wanted` fields of each hash (a hash with none wanted is not read)."""
-    async with client.pipeline(transaction=False) as pipe:
-        for key, fields in zip(day_keys, wanted, strict=True):
-            if fields:
-                pipe.hmget(key, fields)
-        replies: list[list[bytes | None]] = await pipe.execute()
+    commands = [("HMGET", key, *fields) for key, fields in zip(day_keys, wanted, strict=True) if fields]
+    replies: list[list[bytes | None]] = await _in_rounds(client, commands)
     read = iter(replies)
     return [next(read) if fields else [] for fields in wanted]
 
@@ -155,10 +165,8 @@ async def _daily_users(
 ) -> dict[tuple[int, int], int]:
     """(name, day) -> unique users: the partitions' HyperLogLogs added up, of those that counted events
     (the others are empty)."""
-    async with client.pipeline(transaction=False) as pipe:
-        for n, i, p in counted:
-            pipe.pfcount(daily_users_key(token, p, days[i].isoformat(), names[n]))
-        replies: list[int] = await pipe.execute()
+    commands = [("PFCOUNT", daily_users_key(token, p, days[i].isoformat(), names[n])) for n, i, p in counted]
+    replies: list[int] = await _in_rounds(client, commands)
     users: dict[tuple[int, int], int] = {}
     for (n, i, _), count in zip(counted, replies, strict=True):
         users[(n, i)] = users.get((n, i), 0) + count
