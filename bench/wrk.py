@@ -49,10 +49,20 @@ class RequestFiles:
 
 
 def start_wrk(
-    url: str, script: WrkScript, connections: int, seconds: float, threads: int = 1
+    url: str,
+    script: WrkScript,
+    connections: int,
+    seconds: float,
+    threads: int = 1,
+    headers: tuple[str, ...] = (),
+    niceness: int = 0,
 ) -> subprocess.Popen[str]:
+    """wrk running `script`; `headers` ("Name: value") are sent with every request; `niceness` lowers
+    its CPU priority (a client that would run on other machines in production)."""
     threads = max(1, min(threads, connections))
-    args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+    args = [*(["nice", "-n", str(niceness)] if niceness else []),
+            "wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+            *(a for h in headers for a in ("-H", h)),
             "-s", str(script.lua), url, "--", *script.args]  # fmt: skip
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     kill_on_exit(process)

@@ -102,6 +102,7 @@ class Gateway:
     def __init__(self, directory: Path, *args: str, redis_url: str | None) -> None:
         self.directory = directory
         self.port = free_port()
+        self.reports_port = free_port()
         self.args = list(args)
         self.redis_url = redis_url
         self.process: subprocess.Popen[bytes] | None = None
@@ -114,9 +115,14 @@ class Gateway:
     def url(self, path: str) -> str:
         return self.base + path
 
+    def reports_url(self, path: str) -> str:
+        """The query API and the dashboard, which the reports process serves on a port of its own."""
+        return f"http://127.0.0.1:{self.reports_port}{path}"
+
     def start(self, timeout: float = 30) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        command = [TRACKGATE, "serve", "--port", str(self.port), "--data-dir", str(self.directory / "data")]
+        command = [TRACKGATE, "serve", "--port", str(self.port), "--reports-port", str(self.reports_port)]
+        command += ["--data-dir", str(self.directory / "data")]
         if self.redis_url:
             command += ["--redis-url", self.redis_url]
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKGATE_")}
@@ -131,7 +137,10 @@ class Gateway:
         if self.process.poll() is not None:
             raise RuntimeError(f"trackgate serve exited {self.process.returncode}: {self.log()}")
         try:
-            return requests.get(self.url("/readyz"), timeout=1).status_code == 200
+            return (
+                requests.get(self.url("/readyz"), timeout=1).status_code == 200
+                and requests.get(self.reports_url("/healthz"), timeout=1).status_code == 200
+            )
         except requests.RequestException:
             return False
 
@@ -154,6 +163,15 @@ class Gateway:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def worker_pids(self) -> list[int]:
+        """The Granian workers that answer /track: the children of `trackgate serve` that Granian forked
+        from it (the reports process and multiprocessing's helper start from a new interpreter)."""
+        assert self.process is not None
+        pid = self.process.pid
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        children = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        return [child for child in children if Path(f"/proc/{child}/cmdline").read_bytes() == command]
 
 
 def create_project(redis_url: str, name: str, token: str | None = None) -> str:
@@ -281,6 +299,7 @@ class ReplyDropper:
 
     def __init__(self, upstream_port: int, delay: float = 0.0, late: float = 2.0) -> None:
         self.port = free_port()
+        self.reports_port = free_port()
         self.upstream = upstream_port
         self.delay = delay
         self.late = late

@@ -115,7 +115,7 @@ def loaded(api_gateway: Gateway, redis_server: RedisServer) -> tuple[Gateway, st
 
 def api(gw: Gateway, path: str, secret: str | None, **params: str) -> requests.Response:
     auth = (secret, "") if secret is not None else None
-    return requests.get(gw.url(path), params=params, auth=auth, timeout=30)
+    return requests.get(gw.reports_url(path), params=params, auth=auth, timeout=30)
 
 
 def test_the_funnel_report_equals_a_plain_computation(loaded: tuple[Gateway, str, str, list[Any]]) -> None:
@@ -194,11 +194,27 @@ def test_event_counts(loaded: tuple[Gateway, str, str, list[Any]]) -> None:
     assert sum(p["count"] for p in points) == want[("page view", str(START))]
 
 
+def test_event_names_are_listed_a_page_at_a_time(loaded: tuple[Gateway, str, str, list[Any]]) -> None:
+    gw, _, secret, _ = loaded
+    first = api(gw, "/api/events", secret, **RANGE, limit="1").json()
+    assert list(first["events"]) == ["mp_funnel"]
+    assert (first["total_names"], first["truncated"], first["next_offset"]) == (2, True, 1)
+    rest = api(gw, "/api/events", secret, **RANGE, limit="1", offset=str(first["next_offset"])).json()
+    assert list(rest["events"]) == ["page view"]
+    assert rest["next_offset"] is None
+    every = api(gw, "/api/events", secret, **RANGE).json()
+    assert (every["total_names"], every["truncated"], every["next_offset"]) == (2, False, None)
+    assert every["events"] == {**first["events"], **rest["events"]}
+    for name, value in (("limit", "0"), ("limit", "1001"), ("offset", "-1"), ("limit", "ten")):
+        r = api(gw, "/api/events", secret, **{name: value})
+        assert (r.status_code, r.json()["error"].split(":")[0]) == (400, name)
+
+
 def test_export_streams_the_raw_events(loaded: tuple[Gateway, str, str, list[Any]]) -> None:
     gw, _, secret, events = loaded
     day = START + dt.timedelta(days=1)
     params = {"from": str(day), "to": str(day)}
-    r = requests.get(gw.url("/api/export"), params=params, auth=(secret, ""), stream=True, timeout=30)
+    r = requests.get(gw.reports_url("/api/export"), params=params, auth=(secret, ""), stream=True, timeout=30)
     assert r.status_code == 200
     assert r.headers["content-type"] == "application/x-ndjson"
     lines = [json.loads(line) for line in r.iter_lines() if line]
@@ -233,7 +249,7 @@ def test_bad_parameters_are_named(loaded: tuple[Gateway, str, str, list[Any]]) -
     assert (r.status_code, r.json()["error"].split(":")[0]) == (400, "unit")
     r = api(gw, "/api/events", secret, **{"from": "2026-01-02", "to": "2026-01-01"})
     assert r.status_code == 400
-    assert requests.post(gw.url("/api/funnels"), auth=(secret, ""), timeout=10).status_code == 405
+    assert requests.post(gw.reports_url("/api/funnels"), auth=(secret, ""), timeout=10).status_code == 405
     r = api(gw, "/api/events", secret, **{f"p{i}": "1" for i in range(25)})
     assert r.status_code == 400
     assert "parameters" in r.json()["error"]

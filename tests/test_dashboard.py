@@ -174,7 +174,7 @@ def page(browser: Browser) -> Iterator[Page]:
 
 
 def api(gateway: Gateway, secret: str, path: str, **params: str) -> Any:
-    r = requests.get(gateway.url(path), params=params, auth=(secret, ""), timeout=10)
+    r = requests.get(gateway.reports_url(path), params=params, auth=(secret, ""), timeout=10)
     assert r.status_code == 200, (path, params, r.status_code, r.text)
     return r.json()
 
@@ -288,7 +288,7 @@ def events_numbers(all_events: dict[str, Any], one: dict[str, Any] | None, event
 
 
 def sign_in(page: Page, gateway: Gateway, secret: str) -> None:
-    page.goto(gateway.url("/dashboard"))
+    page.goto(gateway.reports_url("/dashboard"))
     page.get_by_label("API secret").fill(secret)
     page.get_by_role("button", name="Open").click()
 
@@ -444,7 +444,7 @@ def test_a_project_without_data_shows_empty_states_and_none_of_the_others_data(
     empty = create_project(redis_server.url)
     assert api(dash_gateway, empty.secret, "/api/funnels") == {"funnels": []}
     assert api(dash_gateway, empty.secret, "/api/events", **{"from": DAY_A.isoformat()})["events"] == {}
-    r = requests.get(dash_gateway.url(funnel_path(SIGNUP)), auth=(empty.secret, ""), timeout=10)
+    r = requests.get(dash_gateway.reports_url(funnel_path(SIGNUP)), auth=(empty.secret, ""), timeout=10)
     assert r.status_code == 404
     assert "error" in r.json()
 
@@ -471,13 +471,13 @@ def test_the_api_answers_401_without_the_secret(
         "empty-basic": "Basic",
     }[credentials]
     headers = {"Authorization": authorization} if authorization else {}
-    r = requests.get(dash_gateway.url(path), headers=headers, timeout=10)
+    r = requests.get(dash_gateway.reports_url(path), headers=headers, timeout=10)
     assert r.status_code == 401
     assert r.headers["www-authenticate"].startswith('Basic realm="trackgate"')
     assert r.headers["content-type"] == "application/json"
     assert isinstance(r.json()["error"], str)
     # The same request with the secret as the user name (any password) is answered.
-    ok = requests.get(dash_gateway.url(path), auth=(project.secret, "anything"), timeout=10)
+    ok = requests.get(dash_gateway.reports_url(path), auth=(project.secret, "anything"), timeout=10)
     assert ok.status_code == 200, ok.text
 
 
@@ -511,3 +511,20 @@ def test_a_project_past_its_caps_shows_a_notice(
     set_range(page, DAY_A, DAY_A)
     page.get_by_role("button", name="Refresh").click()
     expect(notice).to_be_hidden()
+
+
+def test_the_page_waits_for_a_busy_worker(
+    page: Page, project: Project, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A worker that serves one report at a time answers the page's simultaneous calls 429 but one: the
+    page asks again after Retry-After and shows everything."""
+    gw = Gateway(tmp_path, "--max-report-requests", "1", "--retry-after", "1", redis_url=redis_server.url)
+    gw.start()
+    try:
+        sign_in(page, gw, project.secret)
+        expect(page.locator("#report")).to_have_attribute("data-loaded", re.compile(".+"))
+        expect(page.get_by_test_id("event-total-Purchase")).to_be_visible()
+        expect(page.get_by_test_id("app-error")).to_be_empty()
+        assert "429" not in page.locator("#app").inner_text()
+    finally:
+        gw.stop()

@@ -98,7 +98,7 @@ def test_a_vanished_registry_is_a_503_until_restored(private_redis: RedisServer,
         assert post(gw, token, run, 3).status_code == 200
         today = str(dt.datetime.now(dt.UTC).date())
         counts = requests.get(
-            gw.url("/api/events"), params={"from": today, "to": today}, auth=(secret, ""), timeout=10
+            gw.reports_url("/api/events"), params={"from": today, "to": today}, auth=(secret, ""), timeout=10
         )
         assert counts.status_code == 200, counts.text
         stored_since_flush = before.count(200) + 1

@@ -22,14 +22,6 @@ UPLOADS = 200
 MARGIN = 4 * BUDGET + 64 * MB
 
 
-def worker_pids(gw: Gateway) -> list[int]:
-    """The Granian worker processes of a gateway: the children of `trackgate serve`."""
-    assert gw.process is not None
-    pid = gw.process.pid
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(child) for child in children]
-
-
 def memory_kb(pid: int, field: str) -> int:
     """A field of /proc/<pid>/status in kB: VmRSS (resident now), VmHWM (its peak)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -66,7 +58,7 @@ def test_many_large_uploads_keep_the_worker_within_its_budget(
         return n, r.status_code, r.headers.get("retry-after")
 
     try:
-        [worker] = worker_pids(gw)
+        [worker] = gw.worker_pids()
         before = memory_kb(worker, "VmRSS") * 1024
         with ThreadPoolExecutor(max_workers=UPLOADS) as pool:
             answers = list(pool.map(upload, range(UPLOADS)))

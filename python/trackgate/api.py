@@ -28,6 +28,10 @@ log = logging.getLogger("trackgate.api")
 _JSON: Final = [("content-type", "application/json"), ("cache-control", "no-store")]
 _CHALLENGE: Final = ("www-authenticate", 'Basic realm="trackgate", charset="UTF-8"')
 _EXPORT_FLUSH_BYTES: Final = 64 * 1024
+_EXPORT_PACE: Final = 19.0
+"""An export waits this many times as long as each of its reads took: each keeps Redis, which the
+ingestion workers write to, busy a twentieth of the time at most, and an export is slow rather than
+ingestion."""
 _DEFAULT_DAYS: Final = 30
 _MAX_QUERY_FIELDS: Final = 20
 """No endpoint reads as many parameters: a query with more is refused before it is parsed."""
@@ -37,10 +41,11 @@ _encode = msgspec.json.Encoder().encode
 class ApiError(Exception):
     """An answer other than 200: its status and a message that names what is wrong."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 class Api:
@@ -48,6 +53,14 @@ class Api:
         self._client = client
         self._partitions = settings.partitions
         self._skew = settings.max_future_skew
+        self._retry_after = str(settings.retry_after)
+        # Exports are long and have slots of their own: short reports in a loop would take every slot an
+        # export frees before its client asks again.
+        self._limits = {"export": settings.max_exports, "report": settings.max_report_requests}
+        self._flags = {"export": "--max-exports", "report": "--max-report-requests"}
+        self._max_reads = settings.max_report_reads
+        self._running = {"export": 0, "report": 0}
+        self._max_age = settings.max_age
         self._dashboard: bytes | None = None
 
     def dashboard(self, proto: HTTPProtocol) -> None:
@@ -69,6 +82,25 @@ class Api:
         metrics.count_request("dashboard", 200)
 
     async def __call__(self, scope: Scope, proto: HTTPProtocol) -> None:
+        # Past the limit a report waits on the client's side, not in this process nor in Redis. A slot is
+        # held until the answer is sent (an export's last line).
+        kind = "export" if _is_export(scope.path) else "report"
+        if self._running[kind] >= self._limits[kind]:
+            busy = f"this worker serves {self._limits[kind]} {kind}s at once ({self._flags[kind]})"
+            self._answer(proto, ApiError(429, busy, (("retry-after", self._retry_after),)))
+            return
+        self._running[kind] += 1
+        try:
+            await self._serve(scope, proto)
+        finally:
+            self._running[kind] -= 1
+
+    def _answer(self, proto: HTTPProtocol, err: ApiError) -> None:
+        headers = [*_JSON, *err.headers, *([_CHALLENGE] if err.status == 401 else [])]
+        proto.response_bytes(err.status, headers, _encode({"error": err.message}))
+        metrics.count_request("api", err.status)
+
+    async def _serve(self, scope: Scope, proto: HTTPProtocol) -> None:
         try:
             if scope.method not in ("GET", "HEAD"):
                 raise ApiError(405, f"{scope.method[:20]} is not allowed; the API is read-only (GET)")
@@ -80,14 +112,12 @@ class Api:
             # Granian hands over the path percent-decoded: a funnel's name is used as it stands (a name
             # may end with "/", so only the fixed endpoints are matched with a trailing slash or not).
             path = scope.path
-            if path.rstrip("/") == "/api/export":
+            if _is_export(path):
                 await self._export(proto, token, query)
                 return
             body = await self._route(path, token, query)
         except ApiError as err:
-            headers = [*_JSON, _CHALLENGE] if err.status == 401 else _JSON
-            proto.response_bytes(err.status, headers, _encode({"error": err.message}))
-            metrics.count_request("api", err.status)
+            self._answer(proto, err)
             return
         except (RedisError, OSError) as err:
             log.error("API call %s failed: Redis: %s", scope.path, err)
@@ -114,6 +144,9 @@ class Api:
         if path.startswith("/api/funnels/"):
             name = path.removeprefix("/api/funnels/")
             start, end = _date_range(query)
+            self._bound(
+                funnels.report_keys_read(len(funnels.days_between(start, end)), self._partitions), "from/to"
+            )
             report = await funnels.funnel_report(self._client, token, self._partitions, name, start, end)
             if report is None:
                 raise ApiError(404, f"no funnel named {name!r} in this project")
@@ -124,11 +157,30 @@ class Api:
             if unit not in ("day", "hour"):
                 raise ApiError(400, "unit: expected day or hour")
             event = _one(query, "event")
+            offset = _count(query, "offset", 0, 2**31)
+            limit = _count(query, "limit", counts.NAMES_LIMIT, counts.MAX_NAMES_LIMIT, least=1)
+            span: counts.Unit = "hour" if unit == "hour" else "day"
+            reads = counts.keys_read(
+                len(funnels.days_between(start, end)),
+                self._partitions,
+                span,
+                1 if event is not None else limit,
+                listed=event is None,
+            )
+            self._bound(reads, "from/to" if event is not None or span == "hour" else "from/to or limit")
             result = await counts.event_counts(
-                self._client, token, self._partitions, start, end, "hour" if unit == "hour" else "day", event
+                self._client, token, self._partitions, start, end, span, event, offset=offset, limit=limit
             )
             return _encode(result)
         raise ApiError(404, f"no API endpoint at {path[:100]}")
+
+    def _bound(self, reads: int, parameters: str) -> None:
+        if reads > self._max_reads:
+            raise ApiError(
+                400,
+                f"{parameters}: the report would read {reads} Redis keys, more than --max-report-reads "
+                f"({self._max_reads}); ask for fewer days or names",
+            )
 
     async def _export(self, proto: HTTPProtocol, token: str, query: dict[str, list[str]]) -> None:
         start, end = _date_range(query)
@@ -139,6 +191,8 @@ class Api:
             start,
             end,
             max_future_skew=self._skew,
+            max_age=self._max_age,
+            pace=_EXPORT_PACE,
         )
         transport = proto.response_stream(
             200, [("content-type", "application/x-ndjson"), ("cache-control", "no-store")]
@@ -160,6 +214,10 @@ class Api:
             log.error("export for %s stopped: %s", token, err)
 
 
+def _is_export(path: str) -> bool:
+    return path.rstrip("/") == "/api/export"
+
+
 def _basic_user(header: str | None) -> str | None:
     if not header or header[:6].lower() != "basic ":
         return None
@@ -173,6 +231,15 @@ def _basic_user(header: str | None) -> str | None:
 def _one(query: dict[str, list[str]], name: str) -> str | None:
     values = query.get(name)
     return values[-1] if values else None
+
+
+def _count(query: dict[str, list[str]], name: str, default: int, most: int, least: int = 0) -> int:
+    text = _one(query, name)
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdigit() and len(text) <= 10) or not least <= int(text) <= most:
+        raise ApiError(400, f"{name}: expected a whole number from {least} to {most}, got {text[:40]!r}")
+    return int(text)
 
 
 def _date(query: dict[str, list[str]], name: str, default: dt.date) -> dt.date:

@@ -10,11 +10,14 @@ import datetime as dt
 import logging
 import logging.config
 import math
+import multiprocessing
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -153,6 +156,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = settings.build(args)
     logging.config.dictConfig(_logging_config(config.log_level))
     _check_port(config.host, config.port)
+    _check_port(config.host, config.reports_listen_port)
     data_dir = _usable_data_dir(config)
     lock = DataDirLock(data_dir)
     if not lock.try_acquire():
@@ -169,7 +173,15 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ.update(settings.to_worker_environment(config))
         if demo is not None:
             _print_demo(config, *demo)
-        _granian(config).serve()
+        reports = multiprocessing.get_context("spawn").Process(
+            target=_serve_reports, args=(config, os.getpid()), name="trackgate-reports"
+        )
+        reports.start()
+        try:
+            _granian(config, "trackgate.http:app", config.port, config.workers).serve()
+        finally:
+            reports.terminate()
+            reports.join()
     finally:
         if embedded is not None:
             embedded.stop()
@@ -233,24 +245,40 @@ def _print_demo(config: settings.Settings, project: projects.Project, secret: st
     lines += [
         "send an event:",
         f"  curl -s 'http://{host}:{config.port}/track?verbose=1' --data-urlencode 'data={data}'",
-        f"dashboard: http://{host}:{config.port}/dashboard (sign in with the project's secret)",
+        f"dashboard: http://{host}:{config.reports_listen_port}/dashboard (sign in with the API secret)",
         f"metrics: http://{host}:{config.port}/metrics",
     ]
     print("\n".join(lines), flush=True)
 
 
-def _granian(config: settings.Settings) -> Any:
+def _serve_reports(config: settings.Settings, parent: int) -> None:
+    """The reports process (spawned by `serve`, whose environment it inherits): its own Granian, which
+    stops when `serve` asks it to, or when `serve` is gone without asking. Where CPU is short, the
+    ingestion workers come first: the scheduler gives a niced process a smaller share."""
+    logging.config.dictConfig(_logging_config(config.log_level))
+    os.nice(config.reports_niceness)
+
+    def watch_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch_parent, name="trackgate-parent-watch", daemon=True).start()
+    _granian(config, "trackgate.reports:app", config.reports_listen_port, 1).serve()
+
+
+def _granian(config: settings.Settings, target: str, port: int, workers: int) -> Any:
     # Imported here: it is only needed by serve, and loading it costs the project commands time.
     from granian import Granian
     from granian.constants import Interfaces, Loops, RuntimeModes, TaskImpl
     from granian.log import LogLevels
 
     return Granian(
-        "trackgate.http:app",
+        target,
         address=config.host,
-        port=config.port,
+        port=port,
         interface=Interfaces.RSGI,
-        workers=config.workers,
+        workers=workers,
         runtime_threads=config.runtime_threads,
         runtime_mode=RuntimeModes(config.runtime_mode),
         loop=Loops(config.event_loop),
@@ -468,6 +496,7 @@ async def _export(
                 start,
                 end,
                 max_future_skew=config.max_future_skew,
+                max_age=config.max_age,
                 progress=bar.update,
             )
             async for line in lines:

@@ -1,14 +1,19 @@
 """Raw export: a project's stored events over a date range, as JSON lines, read a slice at a time.
 
-Stream entries are ordered by arrival, events are selected by their own `time`. An event of time `t`
-arrived at `t - max_future_skew` at the earliest (later times are set to the receive time), so reading
-starts there (a day earlier at least, should the gateway allow more skew than the reader knows of), and
-goes on to the newest entry: events arrive late for as long as the gateway's `max_age` allows.
+Stream entries are ordered by arrival (an entry's id is the time Redis stored it, in ms), events are
+selected by their own `time`, so only the entries that arrived while the range's events could arrive are
+read, whatever the streams hold before or after. An event of time `t` arrived at `t - max_future_skew` at
+the earliest (later times are set to the receive time), and at `t + max_age` at the latest (older events
+are rejected), plus the time its batch took to reach Redis (a failed write is retried for the retry
+window, an hour at most, so `WRITE_DELAY` covers it). Each bound is widened to a day at least, should
+the gateway that wrote the events allow more skew or age than the reader's settings say.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import time
 from collections.abc import AsyncIterator, Callable
 
 import msgspec
@@ -17,6 +22,8 @@ from redis.asyncio import Redis
 from trackgate.keys import stream_key
 
 SLICE = 1000
+WRITE_DELAY = 2 * 3600.0
+"""Seconds an accepted event may take to be stored, beyond its `max_age`."""
 
 
 class _Timed(msgspec.Struct):
@@ -41,20 +48,29 @@ async def export_events(
     end: dt.date,
     *,
     max_future_skew: float,
+    max_age: float,
+    pace: float = 0.0,
     progress: Callable[[int], object] | None = None,
 ) -> AsyncIterator[bytes]:
     """Each event of the project whose time falls from `start` to `end` (inclusive), as one line of
-    normalised JSON, partition by partition. At most `SLICE` entries are held at a time."""
+    normalised JSON, partition by partition. At most `SLICE` entries are held at a time; `progress` is
+    told how many entries each read returned. After each read the export waits `pace` times as long as
+    the read took, so that it keeps Redis busy a `1 / (1 + pace)` share of its time at most."""
     lo, hi = day_bounds(start, end)
     first_id = max(0, int((lo - max(max_future_skew, 86400)) * 1000))
+    # Ids of the last ms that can hold an event of the range (any sequence number within it).
+    last_id = str(int((hi + max(max_age, 86400) + WRITE_DELAY) * 1000) - 1)
     for partition in range(partitions):
         key = stream_key(token, partition)
         cursor = str(first_id)
         while True:
             # The client returns bytes (no decode_responses); redis-py's stubs allow for str as well.
+            started = time.monotonic()
             entries: list[tuple[bytes, dict[bytes, bytes]]] = await client.xrange(
-                key, min=cursor, max="+", count=SLICE
+                key, min=cursor, max=last_id, count=SLICE
             )  # type: ignore[assignment]
+            if pace:
+                await asyncio.sleep((time.monotonic() - started) * pace)
             if progress is not None:
                 progress(len(entries))
             for _, fields in entries:

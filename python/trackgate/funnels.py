@@ -157,6 +157,11 @@ def _add(totals: Totals, fields: dict[bytes, bytes], goals: dict[int, bytes]) ->
         totals[key] = totals.get(key, 0) + int(value)
 
 
+def report_keys_read(days: int, partitions: int) -> int:
+    """The Redis keys `funnel_report` reads: the goals, and the counters of each day, per partition."""
+    return (days + 1) * partitions
+
+
 async def funnel_report(
     client: Redis, token: str, partitions: int, name: str, start: dt.date, end: dt.date
 ) -> FunnelReport | None:

@@ -12,6 +12,7 @@ Label values are fixed strings (routes, statuses, error kinds), never request da
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Final
 
@@ -131,6 +132,13 @@ count_stored = _tally.count_stored
 observe_flush = _tally.observe_flush
 queue = _tally.queue
 publish = _tally.publish
+
+
+async def publish_forever() -> None:
+    """A worker's task: its tally added to the shared counters every PUBLISH_SECONDS."""
+    while True:
+        await asyncio.sleep(PUBLISH_SECONDS)
+        publish()
 
 
 def render() -> bytes:

@@ -150,6 +150,39 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     ] = ()
     token_refresh: Annotated[float, _doc("seconds between reloads of the project list", gt=0, le=86400)] = 5.0
 
+    # Reports (the query API): each one bounded, so that reads cannot crowd out the writes.
+    reports_port: Annotated[
+        int,
+        _doc(
+            "TCP port of the query API and the dashboard, served by a process of their own (0: --port + 1)",
+            ge=0,
+            le=65535,
+        ),
+    ] = 0
+    reports_niceness: Annotated[
+        int,
+        _doc(
+            "how much lower the reports process's CPU priority is than the ingestion workers' (nice)",
+            ge=0,
+            le=19,
+        ),
+    ] = 19
+    max_report_requests: Annotated[
+        int,
+        _doc(
+            "query API requests a worker serves at once (a dashboard load sends 3); more are answered 429",
+            ge=1,
+            le=1000,
+        ),
+    ] = 4
+    max_exports: Annotated[
+        int, _doc("exports a worker streams at once; more are answered 429", ge=1, le=1000)
+    ] = 2
+    max_report_reads: Annotated[
+        int,
+        _doc("Redis keys one report may read (days x names x partitions); more is refused with 400", ge=1),
+    ] = 250_000
+
     # Decoding rules (see the README's table): the decoder's own defaults, bounds and help texts.
     partitions: Annotated[int, _rule("partitions")] = _DEFAULTS.partitions
     max_age: Annotated[float, _rule("max_age")] = _DEFAULTS.max_age
@@ -162,6 +195,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_event_bytes: Annotated[int, _rule("max_event_bytes")] = _DEFAULTS.max_event_bytes
     max_request_bytes: Annotated[int, _rule("max_request_bytes")] = _DEFAULTS.max_request_bytes
     max_events: Annotated[int, _rule("max_events")] = _DEFAULTS.max_events
+
+    @property
+    def reports_listen_port(self) -> int:
+        """The port the reports process listens on."""
+        return self.reports_port or self.port + 1
 
     def decoder_options(self) -> Options:
         return Options(**{name: getattr(self, name) for name in _RULES})

@@ -13,7 +13,6 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from trackgate import metrics, store
-from trackgate.api import Api
 from trackgate.batcher import Batcher
 from trackgate.gateway import log
 from trackgate.gateway.answers import PLAIN_TEXT
@@ -23,6 +22,7 @@ from trackgate.gateway.cors import Cors
 from trackgate.gateway.ingest import Endpoint, Ingestion, Sink, TokenSource
 from trackgate.gateway.redirects import RedirectPolicy
 from trackgate.gateway.refusals import RefusalLog
+from trackgate.gateway.reports_elsewhere import reports_elsewhere
 from trackgate.gateway.track import track_endpoint
 from trackgate.projects import REGISTRY_MISSING, TokenCache
 from trackgate.rsgi import HTTPProtocol, Scope
@@ -89,7 +89,6 @@ class App:
     ingestion: Ingestion
     _services: Services
     _track: Endpoint
-    _api: Api
     _tasks: tuple[asyncio.Task[None], ...]
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -126,9 +125,8 @@ class App:
             retry_after=[("retry-after", str(settings.retry_after))],
         )
         self._track = track_endpoint(self.ingestion, options, services.clock)
-        self._api = Api(services.admin, settings)
         self._tasks = (
-            asyncio.create_task(_publish_metrics(), name="trackgate-metrics"),
+            asyncio.create_task(metrics.publish_forever(), name="trackgate-metrics"),
             asyncio.create_task(self.ingestion.deadlines.sweep_forever(), name="trackgate-body-deadlines"),
         )
 
@@ -148,10 +146,8 @@ class App:
             _plain(proto, "healthz", 200, b"ok\n")
         elif path == "/readyz":
             await self._ready(proto)
-        elif path.startswith("/api/"):
-            await self._api(scope, proto)
-        elif path == "/dashboard" or path == "/dashboard/":
-            self._api.dashboard(proto)
+        elif path.startswith("/api/") or path == "/dashboard" or path == "/dashboard/":
+            reports_elsewhere(scope, proto, self.settings.reports_listen_port)
         elif path == "/metrics":
             proto.response_bytes(200, [("content-type", metrics.CONTENT_TYPE)], metrics.render())
             metrics.count_request("metrics", 200)
@@ -179,9 +175,3 @@ class App:
 def _plain(proto: HTTPProtocol, route: str, status: int, body: bytes) -> None:
     proto.response_bytes(status, PLAIN_TEXT, body)
     metrics.count_request(route, status)
-
-
-async def _publish_metrics() -> None:
-    while True:
-        await asyncio.sleep(metrics.PUBLISH_SECONDS)
-        metrics.publish()
