@@ -1,0 +1,129 @@
+"""`trackgate serve`, `trackgate project create|list|set-funnel-window|set-caps|backup|restore`,
+`trackgate funnels report` and `trackgate export`: the parser and the dispatch; each command's work is in
+its module."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+
+from redis.exceptions import RedisError
+
+from trackgate import bounds, projects, settings
+from trackgate.cli.errors import UsageError
+from trackgate.cli.project_commands import project_action, registry_file, window_seconds
+from trackgate.cli.redis_access import project_named, redis_for_cli
+from trackgate.cli.report_commands import date_range, export_events, funnel_report
+from trackgate.cli.serve_command import serve
+from trackgate.embedded import EmbeddedRedisError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trackgate", description="A self-hosted gateway for the Mixpanel /track API, writing to Redis."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve", help="run the gateway", description="Run the gateway (Granian, RSGI)."
+    )
+    serve.add_argument(
+        "--demo", action="store_true", help="create a `demo` project if absent; print a curl command"
+    )
+    settings.add_arguments(serve)
+
+    project = commands.add_parser("project", help="create, list and configure projects")
+    actions = project.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="create a project; prints its token and secret")
+    create.add_argument("name")
+    create.add_argument(
+        "--token", help="keep this token (e.g. the project's Mixpanel token) instead of a new one"
+    )
+    create.add_argument(
+        "--funnel-window-days",
+        dest="funnel_window",
+        type=window_seconds,
+        default=projects.DEFAULT_FUNNEL_WINDOW,
+        help="days after a user's step 1 in which later funnel steps count (default: 30)",
+    )
+    listing = actions.add_parser("list", help="list the projects")
+    window = actions.add_parser("set-funnel-window", help="change a project's funnel conversion window")
+    window.add_argument("name")
+    window.add_argument("window", metavar="days", type=window_seconds)
+    backup = actions.add_parser(
+        "backup", help="write the project registry (tokens, names, secret hashes, settings) as JSON"
+    )
+    backup.add_argument("--output", "-o", help="file to write (default: standard output)")
+    backup.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="write a backup of an empty registry too (by default refused, keeping an earlier file)",
+    )
+    restore = actions.add_parser("restore", help="put the projects of a backup back into the registry")
+    restore.add_argument("file", help="a file `trackgate project backup` wrote (-: standard input)")
+    restore.add_argument(
+        "--force", action="store_true", help="overwrite projects and names that exist with other settings"
+    )
+    caps = actions.add_parser(
+        "set-caps",
+        help="change a project's caps on event names a day and on funnels (per partition); past a cap "
+        f"events are stored in full and counted as {bounds.OVERFLOW}",
+    )
+    caps.add_argument("name")
+    for field in bounds.Caps.__struct_fields__:
+        caps.add_argument(
+            "--" + field.replace("_", "-"), type=int, help=f"default: {getattr(bounds.DEFAULT_CAPS, field)}"
+        )
+
+    funnel = commands.add_parser("funnels", help="funnel reports")
+    funnel_actions = funnel.add_subparsers(dest="action", required=True, metavar="ACTION")
+    report = funnel_actions.add_parser("report", help="print a funnel report as a table")
+    report.add_argument("name", help="the funnel's name")
+    report.add_argument("--json", action="store_true", help="print the report as JSON instead")
+    export = commands.add_parser("export", help="write a project's raw events as JSON lines")
+    export.add_argument("--output", "-o", help="file to write (default: standard output)")
+    for sub in (report, export):
+        sub.add_argument("--project", required=True, help="the project's name or token")
+        sub.add_argument("--from", dest="start", help="first UTC day, YYYY-MM-DD (default: 30 days ago)")
+        sub.add_argument("--to", dest="end", help="last UTC day, YYYY-MM-DD (default: today)")
+        sub.add_argument("--partitions", help="the gateway's --partitions (default: 4)")
+    for sub in (create, listing, window, caps, backup, restore, report, export):
+        sub.add_argument(
+            "--redis-url", help="Redis holding the projects (default: the private redis-server's)"
+        )
+        sub.add_argument("--data-dir", help="the private redis-server's data directory (default: .trackgate)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return serve(args)
+        return with_redis(args)
+    except (settings.SettingsError, EmbeddedRedisError, projects.ProjectError, UsageError) as err:
+        print(f"trackgate: error: {err}", file=sys.stderr)
+        return 2
+    except (RedisError, OSError) as err:
+        print(f"trackgate: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+
+
+def with_redis(args: argparse.Namespace) -> int:
+    config = settings.build(args)
+    if args.command == "project" and args.action in ("backup", "restore"):
+        return registry_file(args, config)
+    with redis_for_cli(config) as url:
+        if args.command == "project":
+            return asyncio.run(project_action(args, url))
+        if args.command == "funnels":
+            return asyncio.run(funnel_report(args, config, url))
+        start, end = date_range(args)
+        project = asyncio.run(project_named(url, args.project))
+        # Opened once the arguments are known to be good: a mistyped date must not empty the file.
+        with contextlib.ExitStack() as files:
+            out = files.enter_context(open(args.output, "wb")) if args.output else sys.stdout.buffer
+            return asyncio.run(export_events(config, url, project, start, end, out))

@@ -1,0 +1,66 @@
+"""The Redis a command works on, and the project it names."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+from redis.asyncio import Redis
+
+from trackgate import projects, settings
+from trackgate.cli.errors import UsageError
+from trackgate.embedded import DataDirLock, EmbeddedRedis, EmbeddedRedisError, running_url
+
+T = TypeVar("T")
+
+
+def usable_data_dir(config: settings.Settings) -> Path:
+    data_dir = Path(config.data_dir).resolve()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise settings.SettingsError(f"--data-dir {data_dir}: {err.strerror or err}") from None
+    return data_dir
+
+
+@contextlib.contextmanager
+def redis_for_cli(config: settings.Settings) -> Iterator[str]:
+    """The Redis to use: --redis-url; else the private one of a running serve; else a private one
+    started for this command alone."""
+    if config.redis_url is not None:
+        yield config.redis_url
+        return
+    data_dir = usable_data_dir(config)
+    url = running_url(data_dir)
+    if url is not None:
+        yield url
+        return
+    lock = DataDirLock(data_dir)
+    if not lock.try_acquire():
+        raise EmbeddedRedisError(f"a trackgate serve is starting in {data_dir}; try again in a moment")
+    try:
+        with EmbeddedRedis(data_dir) as embedded:
+            yield embedded.url
+    finally:
+        lock.release()
+
+
+async def with_client(url: str, action: Callable[[Redis], Awaitable[T]]) -> T:
+    async with Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5) as client:
+        return await action(client)
+
+
+async def find_project(client: Redis, name_or_token: str) -> projects.Project:
+    found = await projects.find_by_name(client, name_or_token) or await projects.get_project(
+        client, name_or_token
+    )
+    if found is None:
+        raise UsageError(f"no project named {name_or_token!r} (see `trackgate project list`)")
+    return found
+
+
+async def project_named(url: str, name_or_token: str) -> projects.Project:
+    async with Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5) as client:
+        return await find_project(client, name_or_token)
