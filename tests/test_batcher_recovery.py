@@ -26,7 +26,7 @@ from scripted_redis import (
     user_in,
 )
 from trackgate import Request
-from trackgate.batcher import BACKOFF_MAX, Batcher, UnavailableError
+from trackgate.batcher import BACKOFF_MAX, BACKOFF_MIN, Batcher, UnavailableError
 from trackgate.recovery import MAX_RELOADS
 
 
@@ -384,13 +384,28 @@ def test_a_settle_refused_while_redis_loads_is_tried_again(caplog: pytest.LogCap
         redis, clock = ScriptedRedis(), ScriptedClock()
         redis.loading = True
         batcher, r, answer, lost = await written_then_lost(redis, clock, run=False)
-        await until(lambda: len(redis.calls) >= 2, "settles refused")
+        await until(lambda: len(redis.calls) >= 1, "a settle refused")
+        # Tried again after a pause that doubles, not at once: new requests do not cut it short.
+        more: list[Request] = []
+        waiting = []
+        for pause in (BACKOFF_MIN, 2 * BACKOFF_MIN):
+            settles = len(redis.calls)
+            more.append(request(user_in(1)))
+            waiting.append(batcher.submit(more[-1].batches, more[-1].accepted))
+            await quiet()
+            clock.advance(pause * 0.9)
+            await quiet()
+            assert len(redis.calls) == settles
+            clock.advance(pause * 0.2)
+            await until(lambda: len(redis.calls) > settles, "the settle tried again")  # noqa: B023
         redis.loading = False
         clock.advance(BACKOFF_MAX)
         await until(answer.done, "the answer")
         assert answer.result() == frozenset()
         assert lost.deliver_late() == 0
-        assert_stored_once(redis, r)
+        await until(lambda: all(w.done() for w in waiting), "the later requests' answers")
+        assert [w.result() for w in waiting] == [frozenset(), frozenset()]
+        assert_stored_once(redis, r, *more)
         await batcher.close()
 
     with caplog.at_level(logging.ERROR, "trackgate.batcher"):

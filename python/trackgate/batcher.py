@@ -199,6 +199,16 @@ class Batcher:
             timer.cancel()
         self._kick.clear()
 
+    async def _sleep(self, seconds: float) -> None:
+        """`seconds` of the clock, whatever kicks the writing task meanwhile: nothing can be written
+        before the lost connection's commands are settled, so new requests are no reason to wake."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        timer = self._clock.call_later(seconds, done.set_result, None)
+        try:
+            await done
+        finally:
+            timer.cancel()
+
     # The writing task
 
     async def _run(self) -> None:
@@ -222,16 +232,17 @@ class Batcher:
                 if self._unreachable:
                     log.warning("Redis is reachable again")
                 self._unreachable = False
-                backoff = BACKOFF_MIN
             if pipeline.unsettled:
                 try:
                     await self._settle()
                 except (*_LOST, ReplyError) as err:
-                    # LOADING after a restart, say: try again, not at once.
+                    # LOADING after a restart, say: try again after a pause that grows, not at once.
                     pipeline.lost(pipeline.pipe, err)
-                    await self._pause(backoff)
+                    await self._sleep(backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX)
                     continue
+            # Connected and settled: the next failure starts from the shortest pause again.
+            backoff = BACKOFF_MIN
             try:
                 if pipeline.resend:
                     pipeline.send_resends()
