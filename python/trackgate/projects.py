@@ -58,7 +58,8 @@ class Project(msgspec.Struct, frozen=True):
     caps: Caps = DEFAULT_CAPS
 
 
-def _text(value: bytes | str) -> str:
+def reply_text(value: bytes | str) -> str:
+    """A Redis reply's text, whether the client decodes replies or not."""
     return value.decode() if isinstance(value, bytes) else value
 
 
@@ -104,7 +105,7 @@ async def find_by_name(client: Redis, name: str) -> Project | None:
     token = await client.hget(PROJECT_NAMES_KEY, name)
     if token is None:
         return None
-    return await get_project(client, _text(token))
+    return await get_project(client, reply_text(token))
 
 
 async def get_project(client: Redis, token: str) -> Project | None:
@@ -113,7 +114,7 @@ async def get_project(client: Redis, token: str) -> Project | None:
         return None
     return Project(
         token=token,
-        name=_text(fields[b"name"]),
+        name=reply_text(fields[b"name"]),
         created=float(fields[b"created"]),
         funnel_window=window_of(fields.get(b"funnel_window")),
         caps=caps_of([fields.get(name.encode()) for name in _CAP_FIELDS]),
@@ -175,7 +176,7 @@ def window_of(value: bytes | str | None) -> int:
     if value is None:
         return DEFAULT_FUNNEL_WINDOW
     try:
-        return _window(_text(value))
+        return _window(reply_text(value))
     except (ValueError, ProjectError):
         log.warning("project funnel_window %r is not a valid window: the default applies", value)
         return DEFAULT_FUNNEL_WINDOW
@@ -228,7 +229,7 @@ async def set_funnel_window(client: Redis, token: str, seconds: int) -> None:
 
 
 async def list_projects(client: Redis) -> list[Project]:
-    tokens = sorted(_text(t) for t in await client.smembers(PROJECTS_KEY))
+    tokens = sorted(reply_text(t) for t in await client.smembers(PROJECTS_KEY))
     found = [await get_project(client, token) for token in tokens]
     return sorted((p for p in found if p is not None), key=lambda p: (p.created, p.name))
 
@@ -240,10 +241,10 @@ async def project_for_secret(client: Redis, secret: str) -> str | None:
     token = await client.hget(PROJECT_SECRETS_KEY, hashed)
     if token is None:
         return None
-    stored = await client.hget(project_key(_text(token)), "secret")
-    if stored is None or not hmac.compare_digest(hashed, _text(stored)):
+    stored = await client.hget(project_key(reply_text(token)), "secret")
+    if stored is None or not hmac.compare_digest(hashed, reply_text(stored)):
         return None
-    return _text(token)
+    return reply_text(token)
 
 
 class TokenCache:
@@ -292,7 +293,7 @@ class TokenCache:
         if delay > 0:
             await asyncio.sleep(delay)
         try:
-            members = [_text(m) for m in await self._client.smembers(PROJECTS_KEY)]
+            members = [reply_text(m) for m in await self._client.smembers(PROJECTS_KEY)]
             async with self._client.pipeline(transaction=False) as pipe:
                 for token in members:
                     pipe.hmget(project_key(token), ["funnel_window", *_CAP_FIELDS])

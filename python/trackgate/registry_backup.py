@@ -18,7 +18,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
 from trackgate.keys import PROJECT_NAMES_KEY, PROJECT_SECRETS_KEY, PROJECTS_KEY, project_key
-from trackgate.projects import ProjectError, checked_project, valid_token
+from trackgate.projects import ProjectError, checked_project, reply_text, valid_token
 
 FORMAT: Final = "trackgate-projects"
 
@@ -44,18 +44,14 @@ class Restored(msgspec.Struct, frozen=True):
     """Projects removed with --force because they held a name of the backup: `token (name)`."""
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 async def _fields(client: Redis, token: str) -> dict[str, str]:
     raw = await client.hgetall(project_key(token))
-    return {_text(name): _text(value) for name, value in raw.items()}
+    return {reply_text(name): reply_text(value) for name, value in raw.items()}
 
 
 async def backup(client: Redis) -> Backup:
     """Every project of the registry, as a restore reads it (`encode` makes the file)."""
-    tokens = sorted(_text(t) for t in await client.smembers(PROJECTS_KEY))
+    tokens = sorted(reply_text(t) for t in await client.smembers(PROJECTS_KEY))
     return Backup(
         FORMAT, 1, [SavedProject(t, fields) for t in tokens if (fields := await _fields(client, t))]
     )
@@ -174,4 +170,4 @@ async def _indexed(pipe: Pipeline, project: SavedProject) -> bool:
 
 
 def _optional_text(value: bytes | str | None) -> str | None:
-    return None if value is None else _text(value)
+    return None if value is None else reply_text(value)
