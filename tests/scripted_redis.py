@@ -367,6 +367,14 @@ async def started(redis: ScriptedRedis, clock: ScriptedClock, **settings: Any) -
     return batcher
 
 
+async def started_held(**settings: Any) -> tuple[ScriptedRedis, ScriptedClock, Batcher]:
+    """A batcher started on a scripted Redis that runs nothing the batcher writes until the test says
+    so (`auto` off), and the clock the test advances."""
+    redis, clock = ScriptedRedis(), ScriptedClock()
+    redis.auto = False
+    return redis, clock, await started(redis, clock, **settings)
+
+
 async def until(condition: Callable[[], object], what: str) -> None:
     """Lets the event loop turn until `condition` holds: the batcher only runs while the test awaits."""
     for _ in range(1000):

@@ -19,6 +19,7 @@ from scripted_redis import (
     quiet,
     request,
     started,
+    started_held,
     stream,
     until,
     user_in,
@@ -41,9 +42,7 @@ def answered_503(failed: frozenset[tuple[str, int]], r: Request) -> bool:
 
 def test_a_request_is_answered_once_its_flush_is_answered_not_before() -> None:
     async def scenario() -> None:
-        redis, clock = ScriptedRedis(), ScriptedClock()
-        redis.auto = False
-        batcher = await started(redis, clock)
+        redis, _clock, batcher = await started_held()
         r = request(user_in(0), user_in(1), user_in(1, 1))
         answer = batcher.submit(r.batches, r.accepted)
         [connection] = redis.connections
@@ -125,9 +124,7 @@ def test_no_more_than_depth_flushes_are_in_flight_and_a_small_one_waits_for_the_
     """Behind other flushes only one of PIPELINE_MIN_EVENTS events goes; up to `depth` are in flight."""
 
     async def scenario() -> None:
-        redis, clock = ScriptedRedis(), ScriptedClock()
-        redis.auto = False
-        batcher = await started(redis, clock, depth=2)
+        redis, _clock, batcher = await started_held(depth=2)
         [connection] = redis.connections
         big = [request(*(user_in(0, i) for i in range(PIPELINE_MIN_EVENTS))) for _ in range(3)]
         answers = []

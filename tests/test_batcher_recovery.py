@@ -21,6 +21,7 @@ from scripted_redis import (
     quiet,
     request,
     started,
+    started_held,
     stream,
     until,
     user_in,
@@ -108,9 +109,7 @@ def test_a_flush_lost_after_redis_ran_it_is_answered_as_stored_or_only_counted(l
 
 def test_of_several_flushes_lost_at_once_only_those_redis_did_not_run_go_again() -> None:
     async def scenario() -> None:
-        redis, clock = ScriptedRedis(), ScriptedClock()
-        redis.auto = False
-        batcher = await started(redis, clock, depth=4)
+        redis, _clock, batcher = await started_held(depth=4)
         [lost] = redis.connections
         flushes = [request(*(user_in(i % 2, n) for n in range(100))) for i in range(3)]
         answers = []
@@ -278,9 +277,7 @@ def test_a_silent_connection_is_lost_after_timeout_without_a_reply(caplog: pytes
     not from the first send."""
 
     async def scenario() -> None:
-        redis, clock = ScriptedRedis(), ScriptedClock()
-        redis.auto = False
-        batcher = await started(redis, clock, timeout=3.0, retry_window=10.0)
+        redis, clock, batcher = await started_held(timeout=3.0, retry_window=10.0)
         [silent] = redis.connections
         flushes = [request(*(user_in(0, n) for n in range(100))) for _ in range(3)]
         answers = []
@@ -324,9 +321,7 @@ def test_past_the_retry_window_without_redis_the_requests_fail(caplog: pytest.Lo
     fail at once; new ones are refused while Redis cannot be reached."""
 
     async def scenario() -> None:
-        redis, clock = ScriptedRedis(), ScriptedClock()
-        redis.auto = False
-        batcher = await started(redis, clock, retry_window=2.0)
+        redis, clock, batcher = await started_held(retry_window=2.0)
         r = request(user_in(0), user_in(1))
         answer = batcher.submit(r.batches, r.accepted)
         [lost] = redis.connections
@@ -360,9 +355,7 @@ def test_a_flush_lost_after_its_retry_window_is_settled_not_given_up() -> None:
     watchdog gives the connection up, though their first send is longer ago than the window."""
 
     async def scenario() -> None:
-        redis, clock = ScriptedRedis(), ScriptedClock()
-        redis.auto = False
-        batcher = await started(redis, clock, timeout=3.0, retry_window=2.0)
+        redis, clock, batcher = await started_held(timeout=3.0, retry_window=2.0)
         r = request(user_in(0), user_in(1))
         answer = batcher.submit(r.batches, r.accepted)
         [lost] = redis.connections
@@ -417,9 +410,7 @@ def test_after_a_restart_of_redis_the_lost_connection_is_not_killed() -> None:
     """Its id may name another client of the new Redis process."""
 
     async def scenario() -> None:
-        redis, clock = ScriptedRedis(), ScriptedClock()
-        redis.auto = False
-        batcher = await started(redis, clock)
+        redis, _clock, batcher = await started_held()
         r = request(user_in(3))
         answer = batcher.submit(r.batches, r.accepted)
         await until(lambda: redis.connections[0].writes, "the flush written")
