@@ -26,6 +26,7 @@ from redis_servers import start_redis
 from trackgate import Options, decode_request, store
 from trackgate.counts import event_counts
 from trackgate.funnels import funnel_report
+from trackgate.report_reads import ReportReads
 
 TOKEN = "reporttoken0001"
 PARTITIONS = 4
@@ -78,13 +79,14 @@ def store_events(client: redis.Redis, events: list[dict[str, Any]], now: float) 
 async def timings(url: str) -> None:
     end = dt.datetime.now(dt.UTC).date()
     start = end - dt.timedelta(days=29)
+    reads = ReportReads(url, 10)
     async with redis.asyncio.Redis.from_url(url) as client:
         calls: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
             (
                 "funnel report, 30 days",
                 lambda: funnel_report(client, TOKEN, PARTITIONS, "checkout", start, end),
             ),
-            ("event counts per day, 30 days", lambda: event_counts(client, TOKEN, PARTITIONS, start, end)),
+            ("event counts per day, 30 days", lambda: event_counts(reads, TOKEN, PARTITIONS, start, end)),
         ]
         for name, call in calls:
             times = []

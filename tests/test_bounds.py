@@ -254,9 +254,12 @@ def test_a_flood_of_new_names_through_the_gateway_stays_within_the_caps(
         assert rclient.scard(keys.funnel_names_key(token, p)) == caps.funnel_names
         assert rclient.zcard(keys.funnel_activity_key(token, p)) == caps.funnel_names
         assert rclient.scard(keys.event_names_key(token, p, day)) == caps.event_names_per_day + 1
+        assert rclient.zcard(keys.names_seen_key(token, p)) == caps.event_names_per_day + 1
+        assert rclient.hlen(keys.daily_counts_key(token, p, day)) == caps.event_names_per_day + 1
     found = families(rclient, token)
     assert found["DAILY_USERS"] == PARTITIONS * (caps.event_names_per_day + 1)
-    assert found["EVENT_NAMES"] == found["HOURLY_COUNTS"] == PARTITIONS
+    assert found["EVENT_NAMES"] == found["HOURLY_COUNTS"] == found["DAILY_COUNTS"] == PARTITIONS
+    assert found["NAMES_SEEN"] == PARTITIONS
     # A funnel's goals, its users' attempts and its day's counters.
     for family in ("FUNNEL_GOALS", "FUNNEL_STATES", "FUNNEL_ATTEMPTS", "FUNNEL_COUNTERS"):
         assert found[family] == PARTITIONS * caps.funnel_names, family

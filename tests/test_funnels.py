@@ -17,6 +17,7 @@ from trackgate import Options, decode_request, keys, store
 from trackgate._native import MAX_FUNNEL_STEP
 from trackgate.counts import EventCounts, event_counts
 from trackgate.funnels import FunnelReport, Step, funnel_report, list_funnels
+from trackgate.report_reads import ReportReads
 
 DAY = 86400
 # 2026-11-20T00:00:00Z
@@ -69,10 +70,13 @@ class Project:
         self, start: dt.date, end: dt.date, unit: str = "day", event: str | None = None
     ) -> EventCounts:
         async def read() -> EventCounts:
-            async with redis.asyncio.Redis.from_url(self.url) as client:
+            reads = ReportReads(self.url, 10)
+            try:
                 return await event_counts(
-                    client, self.token, PARTITIONS, start, end, "hour" if unit == "hour" else "day", event
+                    reads, self.token, PARTITIONS, start, end, "hour" if unit == "hour" else "day", event
                 )
+            finally:
+                reads.close()
 
         return asyncio.run(read())
 

@@ -14,7 +14,8 @@ import redis
 import redis.asyncio
 from conftest import PARTITIONS, RedisServer
 from trackgate import export, keys
-from trackgate.counts import EventCounts, event_counts
+from trackgate.counts import EventCounts, Unit, event_counts
+from trackgate.report_reads import ReportReads
 
 T = TypeVar("T")
 DAY = 86400
@@ -23,6 +24,17 @@ MIDNIGHT = dt.datetime(2026, 11, 20, tzinfo=dt.UTC).timestamp()
 TOKEN = "tcost"
 NAMES = [f"event {i:04d}" for i in range(300)]
 DAYS = 7
+CONNECTING = {"client|id", "info", "config|resetstat"}
+"""What `calls` sends itself besides the report's reads."""
+
+
+def count(pipe: redis.client.Pipeline, p: int, day: str, hour: int, name: str, n: int, user: str) -> None:
+    """`n` events of `name` by `user` at `hour` of `day` in partition `p`, counted as `tg_count` does."""
+    pipe.hincrby(keys.hourly_counts_key(TOKEN, p, day), f"{hour:02d}:{name}", n)
+    pipe.hincrby(keys.daily_counts_key(TOKEN, p, day), name, n)
+    pipe.sadd(keys.event_names_key(TOKEN, p, day), name)
+    pipe.zadd(keys.names_seen_key(TOKEN, p), {name: int(day.replace("-", ""))}, gt=True)
+    pipe.pfadd(keys.daily_users_key(TOKEN, p, day, name), user)
 
 
 def fill_counts(client: redis.Redis) -> None:
@@ -32,19 +44,21 @@ def fill_counts(client: redis.Redis) -> None:
             day = (D0 + dt.timedelta(days=d)).isoformat()
             for p in range(PARTITIONS):
                 for i, name in enumerate(NAMES):
-                    pipe.hincrby(keys.hourly_counts_key(TOKEN, p, day), f"{i % 24:02d}:{name}", i + 1)
-                    pipe.pfadd(keys.daily_users_key(TOKEN, p, day, name), f"user-{p}")
+                    count(pipe, p, day, i % 24, name, i + 1, f"user-{p}")
         pipe.execute()
 
 
 def calls(
-    client: redis.Redis, run: Callable[[redis.asyncio.Redis], Awaitable[T]], url: str
+    client: redis.Redis, run: Callable[[ReportReads], Awaitable[T]], url: str
 ) -> tuple[T, dict[str, int]]:
     """What `run` returns, and how many of each command it sent."""
 
     async def go() -> T:
-        async with redis.asyncio.Redis.from_url(url) as aclient:
-            return await run(aclient)
+        reads = ReportReads(url, 10)
+        try:
+            return await run(reads)
+        finally:
+            reads.close()
 
     client.config_resetstat()
     result = asyncio.run(go())
@@ -58,20 +72,20 @@ def test_one_events_count_reads_that_names_fields_only(private_redis: RedisServe
     end = D0 + dt.timedelta(days=DAYS - 1)
     name = NAMES[30]
 
-    def one(c: redis.asyncio.Redis) -> Awaitable[EventCounts]:
+    def one(c: ReportReads) -> Awaitable[EventCounts]:
         return event_counts(c, TOKEN, PARTITIONS, D0, end, "day", name)
 
     result, sent = calls(client, one, private_redis.url)
     assert list(result.events) == [name]
     assert [(p.count, p.users) for p in result.events[name].series] == [(31 * PARTITIONS, PARTITIONS)] * DAYS
     assert (result.total_names, result.truncated, result.next_offset) == (1, False, None)
-    # One HMGET of one name's 24 fields per hash, one PFCOUNT per HyperLogLog of that name: nothing else.
+    # One HMGET of one name's daily count per day and partition, one PFCOUNT per HyperLogLog of that
+    # name: nothing else.
     assert sent.get("hmget") == sent.get("pfcount") == DAYS * PARTITIONS
-    assert "hgetall" not in sent
-    assert "hkeys" not in sent
+    assert set(sent) - CONNECTING == {"hmget", "pfcount"}
 
     # A name never counted: its fields are asked for, and no HyperLogLog is read.
-    def absent(c: redis.asyncio.Redis) -> Awaitable[EventCounts]:
+    def absent(c: ReportReads) -> Awaitable[EventCounts]:
         return event_counts(c, TOKEN, PARTITIONS, D0, end, "day", "never sent")
 
     result, sent = calls(client, absent, private_redis.url)
@@ -85,17 +99,19 @@ def test_listing_names_is_paged(private_redis: RedisServer) -> None:
     fill_counts(client)
     end = D0 + dt.timedelta(days=DAYS - 1)
 
-    def page(offset: int, limit: int) -> Callable[[redis.asyncio.Redis], Awaitable[EventCounts]]:
+    def page(offset: int, limit: int) -> Callable[[ReportReads], Awaitable[EventCounts]]:
         return lambda c: event_counts(c, TOKEN, PARTITIONS, D0, end, "day", offset=offset, limit=limit)
 
     first, sent = calls(client, page(0, 10), private_redis.url)
     assert list(first.events) == NAMES[:10]
     assert (first.total_names, first.truncated, first.next_offset) == (300, True, 10)
     assert first.events[NAMES[3]].total == 4 * PARTITIONS * DAYS
-    # The names come from the hashes' field names; the counts and HyperLogLogs read are the page's.
-    assert sent["hkeys"] == sent["hmget"] == DAYS * PARTITIONS
+    # The names come from each partition's names seen (one read each); the counts and HyperLogLogs read
+    # are the page's.
+    assert sent["zrange"] == PARTITIONS
+    assert sent["hmget"] == DAYS * PARTITIONS
     assert sent["pfcount"] == 10 * DAYS * PARTITIONS
-    assert "hgetall" not in sent
+    assert set(sent) - CONNECTING == {"zrange", "hmget", "pfcount"}
 
     second, _ = calls(client, page(10, 10), private_redis.url)
     assert list(second.events) == NAMES[10:20]
@@ -106,6 +122,39 @@ def test_listing_names_is_paged(private_redis: RedisServer) -> None:
     assert list(every.events) == NAMES
     assert (every.truncated, every.next_offset) == (False, None)
     assert every.events[NAMES[10]] == second.events[NAMES[10]]
+
+
+def test_a_past_range_lists_the_names_it_counted_and_no_others(private_redis: RedisServer) -> None:
+    """Names seen again after a range are listed by what the range's days counted; a name counted only
+    before or only after the range is not listed."""
+    client = private_redis.client()
+    day = [(D0 + dt.timedelta(days=d)).isoformat() for d in range(DAYS)]
+    with client.pipeline(transaction=False) as pipe:
+        count(pipe, 0, day[0], 1, "before only", 1, "u")
+        count(pipe, 1, day[2], 5, "in and after", 2, "u")
+        count(pipe, 0, day[6], 6, "in and after", 4, "v")
+        count(pipe, 1, day[6], 7, "after only", 8, "u")
+        count(pipe, 0, day[3], 9, "last in range", 16, "w")
+        pipe.execute()
+
+    def report(start: int, end: int, unit: Unit) -> Callable[[ReportReads], Awaitable[EventCounts]]:
+        return lambda c: event_counts(
+            c, TOKEN, PARTITIONS, D0 + dt.timedelta(start), D0 + dt.timedelta(end), unit
+        )
+
+    past, sent = calls(client, report(1, 4, "day"), private_redis.url)
+    assert list(past.events) == ["in and after", "last in range"]
+    assert [p.count for p in past.events["in and after"].series] == [0, 2, 0, 0]
+    assert [p.count for p in past.events["last in range"].series] == [0, 0, 16, 0]
+    # The names seen again after the range are looked for in its days' names, of their partitions only.
+    assert sent["smismember"] == 4 * 2
+    hours, _ = calls(client, report(2, 6, "hour"), private_redis.url)
+    assert list(hours.events) == ["after only", "in and after", "last in range"]
+    by_hour = {p.time: p.count for p in hours.events["in and after"].series if p.count}
+    assert by_hour == {f"{day[2]}T05:00:00Z": 2, f"{day[6]}T06:00:00Z": 4}
+    assert hours.events["in and after"].total == 6
+    every, _ = calls(client, report(0, 6, "day"), private_redis.url)
+    assert list(every.events) == ["after only", "before only", "in and after", "last in range"]
 
 
 def test_export_reads_the_entries_that_arrived_around_the_range(private_redis: RedisServer) -> None:
@@ -126,11 +175,14 @@ def test_export_reads_the_entries_that_arrived_around_the_range(private_redis: R
     read: list[int] = []
 
     async def run() -> list[bytes]:
-        async with redis.asyncio.Redis.from_url(private_redis.url) as c:
+        reads = ReportReads(private_redis.url, 10)
+        try:
             lines = export.export_events(
-                c, TOKEN, 1, D0, D0, max_future_skew=300, max_age=3 * 3600, progress=read.append
+                reads, TOKEN, 1, D0, D0, max_future_skew=300, max_age=3 * 3600, progress=read.append
             )
             return [line async for line in lines]
+        finally:
+            reads.close()
 
     lines = asyncio.run(run())
     assert sorted(json.loads(line)["time"] for line in lines) == sorted(at for _, at in in_day + late)

@@ -14,6 +14,7 @@ from conftest import RedisServer, create_project_keys
 from memory_gateway import Headers, Proto, Scope
 from trackgate import keys
 from trackgate.api import Api
+from trackgate.report_reads import ReportReads
 from trackgate.settings import Settings
 
 
@@ -65,7 +66,7 @@ def test_reports_past_the_limit_are_429_until_one_ends(redis_server: RedisServer
     async def scenario() -> tuple[Proto, Proto, HeldProto]:
         client = HeldRedis(connection_pool=redis.asyncio.ConnectionPool.from_url(redis_server.url))
         try:
-            api = Api(client, settings)
+            api = Api(client, ReportReads(redis_server.url, 10), settings)
             first = Proto([])
             client.hold_next = True
             running = asyncio.create_task(api(get(secret, "/api/funnels"), first))
@@ -95,7 +96,7 @@ def test_exports_past_their_limit_are_429_until_one_ends(redis_server: RedisServ
 
     async def scenario() -> tuple[HeldProto, Proto, HeldProto]:
         async with redis.asyncio.Redis.from_url(redis_server.url) as client:
-            api = Api(client, settings)
+            api = Api(client, ReportReads(redis_server.url, 10), settings)
             held = HeldProto()
             export = asyncio.create_task(api(get(secret, "/api/export"), held))
             await held.sending.wait()  # the export holds the worker's one export slot
@@ -123,7 +124,7 @@ def test_a_report_that_would_read_too_many_keys_is_refused(redis_server: RedisSe
 
     async def answers() -> dict[str, Proto]:
         async with redis.asyncio.Redis.from_url(redis_server.url) as client:
-            api = Api(client, settings)
+            api = Api(client, ReportReads(redis_server.url, 10), settings)
             calls = {
                 "one event, a week": ("/api/events", f"{week}&event=buy"),
                 "one event, 8 days": ("/api/events", "from=2026-11-01&to=2026-11-08&event=buy"),

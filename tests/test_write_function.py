@@ -138,9 +138,14 @@ def expected(client: redis.Redis, token: str, requests: list[list[dict[str, Any]
         client.pfadd(scratch, *sorted(ids))
         out[short_name(token, keys.daily_users_key(token, 0, day, name))] = client.get(scratch)
         client.delete(scratch)
-    for day, field in hours:
-        names = out.setdefault(short_name(token, keys.event_names_key(token, 0, day)), set())
-        names.add(field[3:])
+    seen: dict[str, float] = {}  # name -> its last day, as YYYYMMDD
+    for (day, field), n in hours.items():
+        name = field[3:]
+        out.setdefault(short_name(token, keys.event_names_key(token, 0, day)), set()).add(name)
+        daily = out[short_name(token, keys.daily_counts_key(token, 0, day))]
+        daily[name] = str(int(daily.get(name, 0)) + n)
+        seen[name] = max(seen.get(name, 0.0), float(day.replace("-", "")))
+    out[short_name(token, keys.names_seen_key(token, 0))] = seen
     out[short_name(token, keys.funnel_names_key(token, 0))] = {"signup"}
     out[short_name(token, keys.funnel_goals_key(token, 0, "signup"))] = {"1": "g1", "2": "g2", "3": "g3"}
     # u1: steps 1, 2, 3 (and 2 again: a hit); u2: step 1, then 3 (out of order); no user: a hit of 2.

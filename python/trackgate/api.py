@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from trackgate import bounds, counts, export, funnels, metrics, projects
+from trackgate.report_reads import Reads
 from trackgate.rsgi import HTTPProtocol, Scope
 from trackgate.settings import Settings
 
@@ -28,10 +29,6 @@ log = logging.getLogger("trackgate.api")
 _JSON: Final = [("content-type", "application/json"), ("cache-control", "no-store")]
 _CHALLENGE: Final = ("www-authenticate", 'Basic realm="trackgate", charset="UTF-8"')
 _EXPORT_FLUSH_BYTES: Final = 64 * 1024
-_EXPORT_PACE: Final = 19.0
-"""An export waits this many times as long as each of its reads took: each keeps Redis, which the
-ingestion workers write to, busy a twentieth of the time at most, and an export is slow rather than
-ingestion."""
 _DEFAULT_DAYS: Final = 30
 _MAX_QUERY_FIELDS: Final = 20
 """No endpoint reads as many parameters: a query with more is refused before it is parsed."""
@@ -49,8 +46,9 @@ class ApiError(Exception):
 
 
 class Api:
-    def __init__(self, client: Redis, settings: Settings) -> None:
+    def __init__(self, client: Redis, reads: Reads, settings: Settings) -> None:
         self._client = client
+        self._reads = reads
         self._partitions = settings.partitions
         self._skew = settings.max_future_skew
         self._retry_after = str(settings.retry_after)
@@ -160,16 +158,16 @@ class Api:
             offset = _count(query, "offset", 0, 2**31)
             limit = _count(query, "limit", counts.NAMES_LIMIT, counts.MAX_NAMES_LIMIT, least=1)
             span: counts.Unit = "hour" if unit == "hour" else "day"
-            reads = counts.keys_read(
+            keys_read = counts.keys_read(
                 len(funnels.days_between(start, end)),
                 self._partitions,
                 span,
                 1 if event is not None else limit,
                 listed=event is None,
             )
-            self._bound(reads, "from/to" if event is not None or span == "hour" else "from/to or limit")
+            self._bound(keys_read, "from/to" if event is not None or span == "hour" else "from/to or limit")
             result = await counts.event_counts(
-                self._client, token, self._partitions, start, end, span, event, offset=offset, limit=limit
+                self._reads, token, self._partitions, start, end, span, event, offset=offset, limit=limit
             )
             return _encode(result)
         raise ApiError(404, f"no API endpoint at {path[:100]}")
@@ -185,14 +183,13 @@ class Api:
     async def _export(self, proto: HTTPProtocol, token: str, query: dict[str, list[str]]) -> None:
         start, end = _date_range(query)
         lines = export.export_events(
-            self._client,
+            self._reads,
             token,
             self._partitions,
             start,
             end,
             max_future_skew=self._skew,
             max_age=self._max_age,
-            pace=_EXPORT_PACE,
         )
         transport = proto.response_stream(
             200, [("content-type", "application/x-ndjson"), ("cache-control", "no-store")]

@@ -11,15 +11,13 @@ the gateway that wrote the events allow more skew or age than the reader's setti
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import time
 from collections.abc import AsyncIterator, Callable
 
 import msgspec
-from redis.asyncio import Redis
 
 from trackgate.keys import stream_key
+from trackgate.report_reads import Reads
 
 SLICE = 1000
 WRITE_DELAY = 2 * 3600.0
@@ -41,7 +39,7 @@ def day_bounds(start: dt.date, end: dt.date) -> tuple[float, float]:
 
 
 async def export_events(
-    client: Redis,
+    reads: Reads,
     token: str,
     partitions: int,
     start: dt.date,
@@ -49,13 +47,11 @@ async def export_events(
     *,
     max_future_skew: float,
     max_age: float,
-    pace: float = 0.0,
     progress: Callable[[int], object] | None = None,
 ) -> AsyncIterator[bytes]:
     """Each event of the project whose time falls from `start` to `end` (inclusive), as one line of
     normalised JSON, partition by partition. At most `SLICE` entries are held at a time; `progress` is
-    told how many entries each read returned. After each read the export waits `pace` times as long as
-    the read took, so that it keeps Redis busy a `1 / (1 + pace)` share of its time at most."""
+    told how many entries each read returned."""
     lo, hi = day_bounds(start, end)
     first_id = max(0, int((lo - max(max_future_skew, 86400)) * 1000))
     # Ids of the last ms that can hold an event of the range (any sequence number within it).
@@ -64,17 +60,11 @@ async def export_events(
         key = stream_key(token, partition)
         cursor = str(first_id)
         while True:
-            # The client returns bytes (no decode_responses); redis-py's stubs allow for str as well.
-            started = time.monotonic()
-            entries: list[tuple[bytes, dict[bytes, bytes]]] = await client.xrange(
-                key, min=cursor, max=last_id, count=SLICE
-            )  # type: ignore[assignment]
-            if pace:
-                await asyncio.sleep((time.monotonic() - started) * pace)
+            # Each entry: [id, [field, value, ...]], the one field `data`.
+            [entries] = await reads([("XRANGE", key, cursor, last_id, "COUNT", SLICE)])
             if progress is not None:
                 progress(len(entries))
-            for _, fields in entries:
-                data = fields[b"data"]
+            for _, (_, data) in entries:
                 if lo <= _decode_time(data).time < hi:
                     yield data + b"\n"
             if len(entries) < SLICE:

@@ -36,7 +36,9 @@ class Family(StrEnum):
     STREAM = "events"
     MARKS = "batch:"
     HOURLY_COUNTS = "ev:"
+    DAILY_COUNTS = "ed:"
     EVENT_NAMES = "en:"
+    NAMES_SEEN = "nm"
     DAILY_USERS = "eu:"
     FUNNEL_NAMES = "funnels"
     FUNNEL_ACTIVITY = "fa"
@@ -77,6 +79,19 @@ def mark_key(token: str, partition: int, writer: bytes) -> bytes:
 def hourly_counts_key(token: str, partition: int, day: str) -> str:
     """Hash of a day's event counts: `<HH>:<event name>` -> events of that name in that hour."""
     return partition_prefix(token, partition) + Family.HOURLY_COUNTS + day
+
+
+def daily_counts_key(token: str, partition: int, day: str) -> str:
+    """Hash of a day's event counts: `<event name>` -> events of that name that day (the hourly counts
+    summed, so that a daily report reads one field per name)."""
+    return f"{partition_prefix(token, partition)}{Family.DAILY_COUNTS}{day}"
+
+
+def names_seen_key(token: str, partition: int) -> str:
+    """Sorted set: event name -> the last day (`YYYYMMDD` as a number) the partition counted it. Listing
+    the names of a range reads the names seen since its first day, not every day's counters; an entry
+    leaves with the day's counters, after the counter retention."""
+    return partition_prefix(token, partition) + Family.NAMES_SEEN
 
 
 def event_names_key(token: str, partition: int, day: str) -> str:

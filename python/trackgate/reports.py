@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from trackgate import metrics
 from trackgate.api import Api
 from trackgate.gateway.answers import PLAIN_TEXT
+from trackgate.report_reads import ReportReads
 from trackgate.rsgi import HTTPProtocol, Scope
 from trackgate.settings import Settings, for_worker
 
@@ -30,6 +31,7 @@ class ReportsApp:
     after the last request was answered."""
 
     _client: Redis
+    _reads: ReportReads
     _api: Api
     _publisher: asyncio.Task[None]
 
@@ -45,13 +47,15 @@ class ReportsApp:
         self._client = Redis.from_url(
             settings.redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=1.0
         )
-        self._api = Api(self._client, settings)
+        self._reads = ReportReads(settings.redis_url, REDIS_TIMEOUT, settings.report_redis_share)
+        self._api = Api(self._client, self._reads, settings)
         self._publisher = asyncio.create_task(metrics.publish_forever(), name="trackgate-metrics")
 
     async def stop(self) -> None:
         self._publisher.cancel()
         await asyncio.gather(self._publisher, return_exceptions=True)
         await self._client.aclose()
+        self._reads.close()
         metrics.publish()
         metrics.worker_exited()
 

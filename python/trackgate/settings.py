@@ -167,6 +167,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             le=19,
         ),
     ] = 19
+    report_redis_share: Annotated[
+        float,
+        _doc(
+            "the share of Redis's time the reports' reads may take, on average (exports pace themselves "
+            "apart): past it a report waits, and ingestion's writes are not kept waiting",
+            gt=0,
+            le=1,
+        ),
+    ] = 0.1
     max_report_requests: Annotated[
         int,
         _doc(

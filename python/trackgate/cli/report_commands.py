@@ -14,6 +14,7 @@ from tqdm import tqdm
 from trackgate import export, funnels, keys, projects, settings
 from trackgate.cli.errors import UsageError
 from trackgate.cli.redis_access import find_project
+from trackgate.report_reads import ReportReads
 
 
 def date_range(args: argparse.Namespace) -> tuple[dt.date, dt.date]:
@@ -57,21 +58,26 @@ async def export_events(
                 pipe.xlen(keys.stream_key(project.token, p))
             stored = sum(await pipe.execute())
         written = 0
+        # The command's own connection, unbudgeted: an operator asked for the whole export now.
+        reads = ReportReads(url, 10)
         # The bar counts stream entries read, of all the project's stored entries: an upper bound.
-        with tqdm(total=stored, unit="event", file=sys.stderr, desc="export") as bar:
-            lines = export.export_events(
-                client,
-                project.token,
-                config.partitions,
-                start,
-                end,
-                max_future_skew=config.max_future_skew,
-                max_age=config.max_age,
-                progress=bar.update,
-            )
-            async for line in lines:
-                out.write(line)
-                written += 1
-            bar.update(stored - bar.n)
+        try:
+            with tqdm(total=stored, unit="event", file=sys.stderr, desc="export") as bar:
+                lines = export.export_events(
+                    reads,
+                    project.token,
+                    config.partitions,
+                    start,
+                    end,
+                    max_future_skew=config.max_future_skew,
+                    max_age=config.max_age,
+                    progress=bar.update,
+                )
+                async for line in lines:
+                    out.write(line)
+                    written += 1
+                bar.update(stored - bar.n)
+        finally:
+            reads.close()
     print(f"{written} events of {project.name!r} from {start} to {end}", file=sys.stderr)
     return 0

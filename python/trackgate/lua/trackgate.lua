@@ -7,7 +7,7 @@ local DAY = 86400
 -- Key names are keys.py's: the partition prefix the caller passes, a family, the key's own parts joined
 -- by ':'.
 local MARKS, HOURLY_COUNTS, DAILY_USERS = '@MARKS@', '@HOURLY_COUNTS@', '@DAILY_USERS@'
-local EVENT_NAMES = '@EVENT_NAMES@'
+local DAILY_COUNTS, EVENT_NAMES, NAMES_SEEN = '@DAILY_COUNTS@', '@EVENT_NAMES@', '@NAMES_SEEN@'
 local FUNNEL_NAMES, FUNNEL_ACTIVITY = '@FUNNEL_NAMES@', '@FUNNEL_ACTIVITY@'
 local FUNNEL_GOALS, FUNNEL_STATES = '@FUNNEL_GOALS@', '@FUNNEL_STATES@'
 local FUNNEL_ATTEMPTS, FUNNEL_COUNTERS = '@FUNNEL_ATTEMPTS@', '@FUNNEL_COUNTERS@'
@@ -26,6 +26,11 @@ local function civil(days)
   local y = yoe + era * 400
   if m <= 2 then y = y + 1 end
   return string.format('%04d-%02d-%02d', y, m, d)
+end
+
+-- YYYY-MM-DD to the number YYYYMMDD, which orders days as their dates do.
+local function day_number(day)
+  return tonumber((string.gsub(day, '-', '')))
 end
 
 -- Trimming by age, once per call.
@@ -426,9 +431,15 @@ local function tg_count(keys, args)
     keep_funnels(prefix, funnels, now, keep)
   end
   for d, fields in pairs(counts) do
-    local key = prefix .. HOURLY_COUNTS .. d
+    local key, totals = prefix .. HOURLY_COUNTS .. d, {}
     for field, count in pairs(fields) do
       redis.call('HINCRBY', key, field, count)
+      local name = string.sub(field, 4)
+      totals[name] = (totals[name] or 0) + count
+    end
+    key = prefix .. DAILY_COUNTS .. d
+    for name, count in pairs(totals) do
+      redis.call('HINCRBY', key, name, count)
     end
   end
   for d, fields in pairs(users) do
@@ -443,16 +454,35 @@ local function tg_count(keys, args)
   -- A day's keys expire `retention` days after their first write: the day's set and hourly counts when
   -- the set is made, a name's unique users when the name joins the set (made empty if the batch had no
   -- user for it, so that a later user's PFADD finds the expiry set).
+  -- A name new to a day moves its entry in the names seen to that day (to a later day only: a late event
+  -- does not move it back); entries of days past the retention leave with their counters.
+  local seen_key, seen = prefix .. NAMES_SEEN, false
   for d, new in pairs(fresh) do
     if new.created then
       redis.call('EXPIRE', prefix .. EVENT_NAMES .. d, keep)
       redis.call('EXPIRE', prefix .. HOURLY_COUNTS .. d, keep)
+      redis.call('EXPIRE', prefix .. DAILY_COUNTS .. d, keep)
     end
+    local score, entries = day_number(d), {}
     for _, name in ipairs(new.names) do
       local key = prefix .. DAILY_USERS .. d .. ':' .. name
       redis.call('PFADD', key)
       redis.call('EXPIRE', key, keep)
+      entries[#entries + 1] = score
+      entries[#entries + 1] = name
     end
+    for from = 1, #entries, 1000 do
+      redis.call('ZADD', seen_key, 'GT', unpack(entries, from, math.min(from + 999, #entries)))
+      seen = true
+    end
+  end
+  if seen then
+    local today = math.floor(tonumber(redis.call('TIME')[1]) / DAY)
+    -- A day's counters live `retention` days from their first write, which a late event makes up to
+    -- `late` seconds after the day.
+    local oldest = today - retention - math.ceil(late / DAY)
+    redis.call('ZREMRANGEBYSCORE', seen_key, '-inf', '(' .. day_number(civil(oldest)))
+    redis.call('EXPIRE', seen_key, keep)
   end
   -- Trimmed once per batch, not per XADD: the same `~` bound (whole nodes only) for an XADD's worth of
   -- work, and fewer arguments in every XADD that the append-only file records.
