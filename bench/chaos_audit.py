@@ -28,14 +28,17 @@ class Audit:
     stored_unacknowledged: int  # events in a stream though not answered `1` (a 503 after a lost reply)
     stream_events: int  # every event of the project's streams
     counted_events: int  # the project's hourly counters, summed
-    examples: list[str] = field(default_factory=list)
+    lost_examples: list[str] = field(default_factory=list)
+    doubled_examples: list[str] = field(default_factory=list)
 
     def failures(self) -> list[str]:
         found = []
         if self.lost:
-            found.append(f"{self.lost} events answered 1 are not stored (e.g. {', '.join(self.examples)})")
+            found.append(f"{self.lost} events answered 1 are not stored: {', '.join(self.lost_examples)}")
         if self.doubled:
-            found.append(f"{self.doubled} events are stored more than once (e.g. {', '.join(self.examples)})")
+            found.append(
+                f"{self.doubled} events are stored more than once: {', '.join(self.doubled_examples)}"
+            )
         if self.counted_events != self.stream_events:
             found.append(
                 f"the counters count {self.counted_events} events, the streams hold {self.stream_events}"
@@ -98,5 +101,12 @@ def audit(url: str, token: str, runs: Iterable[Answers], sent_after: float = 0.0
         stored_unacknowledged=len(theirs - every),
         stream_events=streams,
         counted_events=counters,
-        examples=[f"run {run[:8]} seq {seq}" for run, seq in (lost + doubled)[:EXAMPLES]],
+        lost_examples=_named(lost),
+        doubled_examples=_named(doubled),
     )
+
+
+def _named(events: list[tuple[str, int]]) -> list[str]:
+    """The first EXAMPLES events, as a failure names them (and how many more there are)."""
+    named = [f"run {run[:8]} seq {seq}" for run, seq in events[:EXAMPLES]]
+    return named + [f"{len(events) - EXAMPLES} more"] * (len(events) > EXAMPLES)

@@ -52,9 +52,15 @@ def probe_readiness(target: Target, seconds: float) -> list[Probe]:
     return probes
 
 
+REFUSAL_LINE = re.compile(r"Redis refused a write .*? stored\): (?:EXECABORT [^(]*\((?!and )(\S+)|(\S+))")
+"""A "Redis refused a write" line, and the code of the Redis error that says why, which the log's
+throttle keys its lines by: what an EXECABORT carries in parentheses (why a queued command was refused),
+else the reply's own."""
+
+
 def refusal_lines(log: str) -> Counter[str]:
     """The log's "Redis refused a write" lines, by the Redis error that says why (OOM, ...)."""
-    return Counter(m.group(1) for m in re.finditer(r"Redis refused a write .*?\): (\S+)", log))
+    return Counter(m.group(1) or m.group(2) for m in REFUSAL_LINE.finditer(log))
 
 
 def out_of_memory(ctx: Context) -> None:

@@ -19,7 +19,7 @@ from typing import Any, cast
 import redis
 from chaos_audit import project_keys
 from chaos_load import FORM, NO_ANSWER, Answer, Answers
-from chaos_scenario import MIB, Context, Scenario, ingestion_workers, peak_memory, wait_for
+from chaos_scenario import MIB, Context, Scenario, ingestion_workers, memory, wait_for
 from report_load import DAYS, EXPORTS, REPORT_CLIENTS, fill, start_report_clients
 from targets import Target, demo_reports, gateway_settings
 from trackgate import bounds, keys
@@ -74,9 +74,9 @@ def name_flood(ctx: Context) -> None:
         wait_for(load.finished, 300, f"{names} events of new names sent")
         seconds = time.monotonic() - started
         ctx.stop_loads()
-        ctx.audit(gateway)
+        counted = ctx.audit(gateway).counted_events
         after = int(admin.info("memory")["used_memory"])
-        check_name_caps(ctx, admin, gateway.token)
+        check_name_caps(ctx, admin, gateway.token, counted)
     ctx.figures.update(
         {
             "names_sent": names,
@@ -86,10 +86,10 @@ def name_flood(ctx: Context) -> None:
     )
 
 
-def check_name_caps(ctx: Context, admin: redis.Redis, token: str) -> None:
+def check_name_caps(ctx: Context, admin: redis.Redis, token: str, counted: int) -> None:
     """Each partition and day holds at most the cap's names (and the overflow name): in its name set, as
-    HyperLogLogs of users, and as hourly fields; and every event is counted under its own name or the
-    overflow name, its own only when that name was admitted."""
+    HyperLogLogs of users, and as hourly fields. Of the `counted` events, each of a name of its own, as
+    many are counted under their own name as names were admitted, the rest under the overflow name."""
     cap = bounds.DEFAULT_CAPS.event_names_per_day  # the demo project's
     over: list[str] = []
     admitted = overflowed = counter_bytes = 0
@@ -120,6 +120,10 @@ def check_name_caps(ctx: Context, admin: redis.Redis, token: str) -> None:
     )
     ctx.check(not over, "past the name cap: " + "; ".join(over[:5]))
     ctx.check(overflowed > 0, "no event was counted as overflow, though the names exceed the caps")
+    ctx.check(
+        counted - overflowed == admitted,
+        f"{counted - overflowed} events counted under their own names, {admitted} names admitted",
+    )
 
 
 UPLOADS = 200
@@ -165,25 +169,18 @@ def upload(target: Target, answers: Answers, n: int) -> None:
     answers.record(answer)
 
 
-def vm_rss(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status").read().splitlines():  # noqa: SIM115
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def large_uploads(ctx: Context) -> None:
     redis_server = ctx.redis()
     gateway = ctx.gateway(redis_server)
     budget = gateway_settings(1, []).max_body_bytes_in_flight
     uploads = ctx.pick(UPLOADS, 50)
     [worker] = ingestion_workers(gateway.server)
-    before = vm_rss(worker)
+    before = memory(worker, "VmRSS")
     answers = Answers()
     ctx.other_answers.append(answers)
     with ThreadPoolExecutor(max_workers=uploads) as pool:
         list(pool.map(lambda n: upload(gateway, answers, n), range(uploads)))
-    peak = peak_memory(worker)
+    peak = memory(worker)
     ctx.audit(gateway)
     kinds = answers.kinds()
     ctx.figures.update(
@@ -214,11 +211,17 @@ def places(workers: int, gateway_args: list[str]) -> int:
     return backpressure or backlog // workers
 
 
+STALLED_BODY = 2_000
+"""Bytes each stalled upload announces, a browser's batch: 1,100 of them take 2 MB of the worker's budget of
+body bytes (--max-body-bytes-in-flight), so that what they exhaust is its places. (Uploads of 100 kB
+would pass the budget first: the requests past it, the other clients' included, are answered 503.)"""
+
+
 def stalled_uploads(address: tuple[str, int], count: int) -> Iterator[socket.socket]:
     """`count` connections, each sending a POST's headers and the first bytes of its body, then nothing."""
     head = (
         b"POST /track HTTP/1.1\r\nHost: chaos\r\nContent-Type: application/x-www-form-urlencoded\r\n"
-        b"Content-Length: 100000\r\n\r\ndata="
+        b"Content-Length: %d\r\n\r\ndata=" % STALLED_BODY
     )
     for _ in range(count):
         sock = socket.create_connection(address, timeout=10)

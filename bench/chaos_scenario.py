@@ -94,14 +94,15 @@ class Outcome:
         return asdict(self)
 
 
-def peak_memory(pid: int) -> int:
-    """The most resident memory the process has had (VmHWM), in bytes; 0 once it is gone."""
+def memory(pid: int, field: str = "VmHWM") -> int:
+    """A memory figure of /proc/<pid>/status in bytes, 0 once the process is gone: VmHWM, the most
+    resident memory it has had; VmRSS, what it has now."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return 0
     for line in status.splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     return 0
 
@@ -238,7 +239,7 @@ class Context:
         workers = [pid for target in self.gateways for pid in ingestion_workers(target.server)]
         redis_pids = [pid for server in self.redis_servers for pid in server.server.pids()]
         for kind, pids in (("workers", workers), ("redis", redis_pids)):
-            self._peaks[kind] = max([self._peaks[kind], *(peak_memory(pid) for pid in pids)])
+            self._peaks[kind] = max([self._peaks[kind], *(memory(pid) for pid in pids)])
 
     # The end
 
