@@ -19,6 +19,7 @@ import datetime
 import json
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -46,20 +47,22 @@ def log(message: str) -> None:
 
 def run(scenario: Scenario, quick: bool) -> Outcome:
     """The scenario in a directory of its own, every server it started stopped afterwards; an exception
-    is a failure of the scenario, not of the suite."""
-    with tempfile.TemporaryDirectory(prefix=f"trackgate-chaos-{scenario.name}-") as tmp:
-        ctx = Context(scenario.name, Path(tmp), quick)
-        try:
-            scenario.run(ctx)
-        except Exception as err:
-            traceback.print_exc()
-            ctx.failures.append(f"stopped: {type(err).__name__}: {err}")
-        finally:
-            ctx.close()
-        outcome = ctx.outcome()
-        if outcome.failures:
-            for target in ctx.gateways:
-                log(f"{scenario.name}: the end of {target.name}'s log: {target.server.log_tail(12)}")
+    is a failure of the scenario, not of the suite. The directory (the servers' logs, Redis's data) is
+    kept when the scenario failed, and named."""
+    work = Path(tempfile.mkdtemp(prefix=f"trackgate-chaos-{scenario.name}-"))
+    ctx = Context(scenario.name, work, quick)
+    try:
+        scenario.run(ctx)
+    except Exception as err:
+        traceback.print_exc()
+        ctx.failures.append(f"stopped: {type(err).__name__}: {err}")
+    finally:
+        ctx.close()
+    outcome = ctx.outcome()
+    if outcome.failures:
+        log(f"{scenario.name}: its servers' logs are kept in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     return outcome
 
 

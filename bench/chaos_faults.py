@@ -52,7 +52,7 @@ def probe_readiness(target: Target, seconds: float) -> list[Probe]:
     return probes
 
 
-REFUSAL_LINE = re.compile(r"Redis refused a write .*? stored\): (?:EXECABORT [^(]*\((?!and )(\S+)|(\S+))")
+REFUSAL_LINE = re.compile(r"Redis refused a write .*? stored\): (?:EXECABORT [^(\n]*\((?!and )(\S+)|(\S+))")
 """A "Redis refused a write" line, and the code of the Redis error that says why, which the log's
 throttle keys its lines by: what an EXECABORT carries in parentheses (why a queued command was refused),
 else the reply's own."""
