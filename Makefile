@@ -10,7 +10,7 @@ NATIVE_GLOB := python/trackgate/_native*.so
 APT_TOOLS := redis-server chromium wrk
 
 .PHONY: all help venv build-serve build build-test run test test-rust test-python lint fmt bench bench-quick \
-	clean $(APT_TOOLS)
+	chaos clean $(APT_TOOLS)
 
 all: build ## the release extension with the dev extra (as `build`)
 
@@ -83,6 +83,11 @@ bench: build redis-server wrk ## the whole benchmark suite; results in bench/res
 
 bench-quick: build redis-server wrk ## a subset of the suite, to check that it runs; results in bench/results/
 	$(PY) bench/suite.py --quick
+
+# Not part of `test`: minutes of faults and floods against real processes (the fast checks of the same
+# behaviour are in the test suite).
+chaos: build redis-server wrk ## faults and floods under load, each checking every acknowledged event; results in bench/results/
+	$(PY) bench/chaos.py
 
 clean: ## delete the Rust build, the venv and the in-tree extension
 	rm -rf target $(VENV) $(NATIVE_GLOB)

@@ -19,8 +19,8 @@ import argparse
 import base64
 import datetime as dt
 import json
-import re
 import statistics
+import subprocess
 import tempfile
 import time
 import urllib.parse
@@ -30,7 +30,7 @@ from typing import Any
 import requests
 from measure import require_tools
 from processes import run_main, servers_stopped_on_exit
-from targets import Target, start_gateway
+from targets import Target, demo_reports, start_gateway
 from workloads import Shape
 from wrk import CLOSED_LOOP, RequestFiles, WrkScript, finish_wrk, start_wrk
 
@@ -84,6 +84,23 @@ def latencies(reports: str, auth: tuple[str, str], end: dt.date, names: int) -> 
     return out
 
 
+def start_report_clients(
+    work: Path, reports: str, auth: tuple[str, str], end: dt.date, seconds: float, clients: int, exports: int
+) -> list[subprocess.Popen[str]]:
+    """wrk processes asking the reports process without pause, at the lowest CPU priority, for `seconds`:
+    `clients` connections for DAYS days of event counts (the first page of names), `exports` for
+    exports of DAYS days. Those with connections, in that order; finish_wrk collects them."""
+    header = ("Authorization: Basic " + base64.b64encode(f"{auth[0]}:".encode()).decode(),)
+    started = []
+    for kind, connections in (("events", clients), ("export", exports)):
+        if connections:
+            request_file = work / f"{kind}.tsv"
+            request_file.write_text(f"GET\t/api/{kind}?{report_query(end)}\t\n")
+            script = WrkScript(CLOSED_LOOP, (str(request_file),))
+            started.append(start_wrk(reports, script, connections, seconds, headers=header, niceness=19))
+    return started
+
+
 def track_throughput(
     target: Target, files: RequestFiles, seconds: float, load: list[Any] | None
 ) -> dict[str, Any]:
@@ -109,14 +126,7 @@ def main() -> int:
         # Events up to DAYS days old are taken, so that the project holds a month of counters.
         target = start_gateway(work, 1, ["--max-age", str((DAYS + 1) * 86400)])
         try:
-            log = target.server.log.read_text()
-            secret = re.search(r"^secret: (\S+)", log, re.MULTILINE)
-            port = re.search(r"^dashboard: http://[^:]+:(\d+)/", log, re.MULTILINE)
-            if secret is None or port is None:
-                raise RuntimeError(f"the gateway did not print the demo secret and dashboard: {log[-2000:]}")
-            reports = f"http://127.0.0.1:{port.group(1)}"
-            target.server.wait_ready(reports + "/healthz")
-            auth = (secret.group(1), "")
+            reports, auth = demo_reports(target)
             now = time.time()
             stored = fill(target, args.names, now)
             print(f"{stored} events of {args.names} names over {DAYS} days stored")
@@ -125,22 +135,10 @@ def main() -> int:
                 print(f"{name}: median {t['median_ms']:.1f} ms, slowest {t['max_ms']:.1f} ms")
 
             files = RequestFiles(work, now)
-            header = ("Authorization: Basic " + base64.b64encode(f"{auth[0]}:".encode()).decode(),)
-            paths = {
-                "events": f"/api/events?{report_query(end)}",
-                "export": f"/api/export?{report_query(end)}",
-            }
-            scripts = {}
-            for kind, path in paths.items():
-                request_file = work / f"{kind}.tsv"
-                request_file.write_text(f"GET\t{path}\t\n")
-                scripts[kind] = WrkScript(CLOSED_LOOP, (str(request_file),))
             alone = track_throughput(target, files, args.seconds, None)
-            load = [
-                start_wrk(reports, scripts[kind], clients, args.seconds + 2, headers=header, niceness=19)
-                for kind, clients in (("events", args.report_clients), ("export", args.exports))
-                if clients
-            ]
+            load = start_report_clients(
+                work, reports, auth, end, args.seconds + 2, args.report_clients, args.exports
+            )
             time.sleep(1)  # the report clients are at it before /track is measured
             beside = track_throughput(target, files, args.seconds, load)
         finally:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from processes import Server, free_port
 from redis_servers import start_redis, watch_rewrites
+from trackgate import settings as tg_settings
+from trackgate.settings import Settings
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -36,17 +38,20 @@ class GranianSettings:
     backpressure: int
 
 
-def gateway_granian_settings(workers: int | None, gateway_args: list[str]) -> GranianSettings:
-    """What `trackgate serve [--workers N] <gateway_args>` runs Granian with: its defaults, TRACKGATE_*
-    variables and the flags, read by trackgate's own settings module and its own flags."""
-    from trackgate import settings as tg_settings
-
+def gateway_settings(workers: int | None, gateway_args: list[str]) -> Settings:
+    """What `trackgate serve [--workers N] <gateway_args>` runs with: its defaults, TRACKGATE_* variables
+    and the flags, read by trackgate's own settings module and its own flags."""
     parser = argparse.ArgumentParser(add_help=False)
     tg_settings.add_arguments(parser)
     known, _ = parser.parse_known_args(gateway_args)
     if workers is not None:
         known.workers = workers
-    config = tg_settings.build(known)
+    return tg_settings.build(known)
+
+
+def gateway_granian_settings(workers: int | None, gateway_args: list[str]) -> GranianSettings:
+    """The Granian part of `gateway_settings`."""
+    config = gateway_settings(workers, gateway_args)
     return GranianSettings(**{f.name: getattr(config, f.name) for f in fields(GranianSettings)})
 
 
@@ -116,6 +121,19 @@ def start_gateway(
         if url is not None:
             watch_rewrites(url)
     return Target(name, base, server, redis=redis, token=found.group(1), redis_url=url)
+
+
+def demo_reports(target: Target) -> tuple[str, tuple[str, str]]:
+    """The base URL of a gateway's reports process, once it answers, and the demo project's API secret
+    as HTTP Basic credentials: a gateway prints them when it created the demo project."""
+    log = target.server.log.read_text()
+    secret = re.search(r"^secret: (\S+)", log, re.MULTILINE)
+    port = re.search(r"^dashboard: http://[^:]+:(\d+)/", log, re.MULTILINE)
+    if secret is None or port is None:
+        raise RuntimeError(f"the gateway did not print the demo secret and dashboard: {log[-2000:]}")
+    reports = f"http://127.0.0.1:{port.group(1)}"
+    target.server.wait_ready(reports + "/healthz")
+    return reports, (secret.group(1), "")
 
 
 def start_ceiling(work: Path, granian: GranianSettings) -> Target:
