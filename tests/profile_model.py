@@ -7,11 +7,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import zlib
 from typing import Any
 
 import redis
 from trackgate import Options, bounds, keys
+from trackgate._native import profile_partition
 
 LAST_SEEN = "$last_seen"
 OPTIONS = Options()
@@ -132,11 +132,8 @@ class Profiles:
 
 
 def partition(pid: ProfileId, partitions: int = OPTIONS.partitions) -> int:
-    """The decoder's partition of a profile: its person's events' (CRC-32 of the distinct_id), or that of
-    its group key and id joined by a NUL."""
     group_key, id_ = pid
-    placed = id_ if group_key is None else f"{group_key}\0{id_}"
-    return zlib.crc32(placed.encode()) % partitions
+    return profile_partition(id_, group_key=group_key, partitions=partitions)
 
 
 def profile_key(token: str, pid: ProfileId, partitions: int = OPTIONS.partitions) -> str:

@@ -25,6 +25,7 @@ __all__ = [
     "decode_data",
     "decode_profile_request",
     "decode_request",
+    "profile_partition",
 ]
 
 __version__: Final[str]
@@ -246,6 +247,10 @@ def decode_profile_request(
     """Decode one /engage request, or with `groups` one /groups request: its profile updates, as `Request`
     holds events (`events()` gives each update's normalised JSON). Raises DecodeError when the request as
     a whole is unusable."""
+
+def profile_partition(id: str, *, group_key: str | None = None, partitions: int) -> int:
+    """The partition of a person's profile (`id` the distinct_id: their events' partition), or with
+    `group_key` of that group's (`id` the group id)."""
 
 @final
 class EventDecoder(Generic[_Event, _Funnel]):

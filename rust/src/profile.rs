@@ -14,7 +14,7 @@ use crate::errors::{EventError, EventErrorKind as K, RequestError};
 use crate::event::{char_count, parse_f64, write_number, MAX_FIELD_KEY_CHARS, MILLISECONDS_FROM};
 use crate::json::{write_str, JsonType, Out, Scalar, Scanner, Shape, StrToken};
 use crate::payload::{decode_text, each_item, Events};
-use crate::resp::{bulk, utc_date};
+use crate::resp::{bulk, partition_of, utc_date};
 use crate::Context;
 
 /// Whose profiles a request updates.
@@ -822,17 +822,27 @@ impl Update<'_> {
             ));
         } else {
             let token = valid.token.text();
-            let key = match valid.profile {
-                Profile::Person(id) => id.text(),
-                Profile::Group(key, id) => Cow::Owned([&*key.bytes(), b"\0", &*id.text()].concat()),
+            let partition = match valid.profile {
+                Profile::Person(id) => partition(None, &id.text(), sink.partitions),
+                Profile::Group(key, id) => {
+                    partition(Some(&key.bytes()), &id.text(), sink.partitions)
+                }
             };
-            let partitions = sink.partitions;
             sink.batches
-                .push_update(&token, &key, &json, valid.time, partitions, |out| {
+                .push_update(&token, partition, &json, valid.time, |out| {
                     pack(valid, scratch, out)
                 });
         }
         scratch.json = json;
+    }
+}
+
+/// The partition of a profile: a person's is their events' (`partition_of` their distinct_id); a
+/// group's that of its key and id joined by a NUL.
+pub fn partition(group_key: Option<&[u8]>, id: &[u8], partitions: u32) -> u32 {
+    match group_key {
+        None => partition_of(id, partitions),
+        Some(key) => partition_of(&[key, b"\0", id].concat(), partitions),
     }
 }
 

@@ -171,19 +171,17 @@ impl Batches {
         batch.entries.last_mut().expect("an entry was added").end = end;
     }
 
-    /// A valid profile update: its normalised JSON to the partition's stream of profile updates, and
-    /// the arguments `pack` writes (returning how many) for the function that applies it. `key` is
-    /// what places the profile: a person's distinct_id, a group's key and id.
+    /// A valid profile update: its normalised JSON to the stream of profile updates of its profile's
+    /// partition, and the arguments `pack` writes (returning how many) for the function that applies
+    /// it.
     pub fn push_update(
         &mut self,
         token: &str,
-        key: &[u8],
+        partition: u32,
         json: &[u8],
         time: f64,
-        partitions: u32,
         pack: impl FnOnce(&mut Vec<u8>) -> usize,
     ) {
-        let partition = partition_of(key, partitions);
         let index = self.batch_for(token, partition, Stream::ProfileUpdates);
         self.add_entry(index, json, time);
         let batch = &mut self.batches[index];

@@ -19,7 +19,7 @@ use decode::{decode_data, decode_request};
 use decoded::{PyDecodeError, PyEventError, PyPartitionBatch, PyRequest};
 use events::PyEventDecoder;
 use options::{rules, PyOptions, PyRule, PyTokenSet};
-use profiles::decode_profile_request;
+use profiles::{decode_profile_request, profile_partition};
 use reply_reader::{PyReplyReader, ReplyError};
 
 use pyo3::prelude::*;
@@ -56,5 +56,6 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_request, m)?)?;
     m.add_function(wrap_pyfunction!(decode_data, m)?)?;
     m.add_function(wrap_pyfunction!(decode_profile_request, m)?)?;
+    m.add_function(wrap_pyfunction!(profile_partition, m)?)?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The decoding of `/engage` and `/groups` requests: profile updates, handed to Python as a `Request`
-//! like `/track`'s events.
+//! like `/track`'s events; and where a profile lives, for the reports that read profiles.
 
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use super::decode::{Http, Text};
@@ -46,4 +47,22 @@ pub(super) fn decode_profile_request(
             crate::decode_profile_request(query, body, content_type, content_encoding, ctx, target)
         },
     )
+}
+
+/// The partition of a person's profile (`id` their distinct_id), or with `group_key` of a group's.
+#[pyfunction]
+#[pyo3(signature = (id, *, group_key = None, partitions))]
+pub(super) fn profile_partition(
+    id: &str,
+    group_key: Option<&str>,
+    partitions: u32,
+) -> PyResult<u32> {
+    if partitions == 0 {
+        return Err(PyValueError::new_err("partitions must be at least 1"));
+    }
+    Ok(crate::profile::partition(
+        group_key.map(str::as_bytes),
+        id.as_bytes(),
+        partitions,
+    ))
 }
