@@ -185,6 +185,7 @@ class Gateway:
         client: str = "127.0.0.1:50000",
         proto: Proto | None = None,
         chunked: bool = False,
+        path: str = "/track",
     ) -> Proto:
         query = query if isinstance(query, str) else urlencode(query)
         pairs = list(headers)
@@ -192,7 +193,7 @@ class Gateway:
             pairs.append(("content-length", str(len(body))))
         if proto is None:
             proto = Proto([body[i : i + 7] for i in range(0, len(body), 7)] if body else [])
-        await self.app.__rsgi__(Scope(method, "/track", query, client, Headers(pairs)), proto)
+        await self.app.__rsgi__(Scope(method, path, query, client, Headers(pairs)), proto)
         return proto
 
 
@@ -225,13 +226,14 @@ def answer(
     chunked: bool = False,
     sink: MemorySink | None = None,
     tokens: FixedTokens | None = None,
+    path: str = "/track",
     **settings: Any,
 ) -> Proto:
     """One request's answer from a fresh gateway."""
 
     async def scenario() -> Proto:
         async with running(sink, tokens, **settings) as gateway:
-            return await gateway.call(method, query, body, headers, client, chunked=chunked)
+            return await gateway.call(method, query, body, headers, client, chunked=chunked, path=path)
 
     return asyncio.run(scenario())
 

@@ -2,8 +2,9 @@
 in-process, with no redis-server, no socket and no sleeping.
 
 `ScriptedRedis` keeps what the batcher's commands change in Redis -- the streams, the partitions' rings of
-marks, the events counted, the function library -- so that a test checks the outcome as it would in
-Redis: every event stored once and counted once. It runs MULTI/EXEC, SETRANGE, EXPIRE, XADD, FCALL
+marks, the events counted, what profile updates' `$add`s made, the function library -- so that a test
+checks the outcome as it would in Redis: every event stored once and counted once, every update applied
+once. It runs MULTI/EXEC, SETRANGE, EXPIRE, XADD, FCALL
 tg_count, FUNCTION LOAD, CLIENT KILL ID and GET, as far as the batcher uses them, and fails as the test
 says (`refuse`, `library`, `loading`, `reachable`).
 
@@ -29,7 +30,7 @@ from typing import Any
 
 from conftest import partition_of
 from trackgate import Options, Request, TokenSet, decode_request, store
-from trackgate._native import ReplyError, ReplyReader
+from trackgate._native import ReplyError, ReplyReader, decode_profile_request
 from trackgate.batcher import Batcher
 from trackgate.keys import PREFIX, Family, stream_key
 
@@ -53,14 +54,20 @@ def commands_in(data: bytes) -> list[list[bytes]]:
     return commands
 
 
-def events_counted(args: list[bytes]) -> int:
-    """The events of tg_count's packed arguments (see PACKED_LAYOUT): 4 each, 7 for a funnel event's."""
-    n, i = 0, 0
+def packed_entries(args: list[bytes]) -> tuple[int, list[list[bytes]]]:
+    """The events of tg_count's packed arguments (see PACKED_LAYOUT): 4 each, 7 for a funnel event's;
+    and the profile updates among them, each its arguments: 5, and as many more as the fifth says."""
+    n, i, updates = 0, 0, []
     while i < len(args):
-        n += 1
-        i += 7 if args[i + 3] else 4
+        if args[i].startswith(b"$"):
+            end = i + 5 + int(args[i + 4])
+            updates.append(args[i:end])
+            i = end
+        else:
+            n += 1
+            i += 7 if args[i + 3] else 4
     assert i == len(args), "malformed event arguments"
-    return n
+    return n, updates
 
 
 class ScriptedRedis:
@@ -68,6 +75,9 @@ class ScriptedRedis:
         self.streams: dict[bytes, list[dict[str, Any]]] = {}
         self.rings: dict[bytes, bytearray] = {}
         self.counted: dict[bytes, int] = {}  # events counted, per stream
+        # What the profile updates' `$add`s made, per profile (distinct_id or group id) and property: the
+        # one operation a test needs to see an update applied twice.
+        self.profiles: dict[bytes, Counter[bytes]] = {}
         self.library = True
         self.library_loads_refused = False
         self.loading = False  # every command answered LOADING, as after a restart
@@ -103,9 +113,15 @@ class ScriptedRedis:
 
     # What the batcher stored
 
-    def events(self, token: str) -> list[dict[str, Any]]:
-        prefix = f"{PREFIX}{{{token}:".encode()
-        return [e for key, events in self.streams.items() if key.startswith(prefix) for e in events]
+    def events(self, token: str, family: Family = Family.STREAM) -> list[dict[str, Any]]:
+        """The entries of the project's streams of events (or of profile updates)."""
+        prefix, suffix = f"{PREFIX}{{{token}:".encode(), family.encode()
+        return [
+            e
+            for key, events in self.streams.items()
+            if key.startswith(prefix) and key.endswith(suffix)
+            for e in events
+        ]
 
     def count_of(self, token: str) -> int:
         prefix = f"{PREFIX}{{{token}:".encode()
@@ -168,12 +184,18 @@ class ScriptedRedis:
         ring = self.rings.setdefault(self._mark_key(stream, writer), bytearray())
         counted_byte = int(slot) * 8 + 7
         ring.extend(bytes(max(0, counted_byte + 1 - len(ring))))
+        n, updates = packed_entries(args[store.HEADER_ARGS :])
+        applied = [len(updates), 0] if updates else []
         if ring[counted_byte]:
-            return [0, 0]
+            return [0, 0] + [0] * len(applied)
         ring[counted_byte] = 1
-        n = events_counted(args[store.HEADER_ARGS :])
         self.counted[stream] = self.counted.get(stream, 0) + n
-        return [n, 0]
+        for op, _group, profile, _seen, _n, *pairs in updates:
+            if op == b"$add":
+                added = self.profiles.setdefault(profile, Counter())
+                for name, value in zip(pairs[::2], pairs[1::2], strict=True):
+                    added[name] += int(value)
+        return [n, 0, *applied]
 
     @staticmethod
     def _mark_key(stream: bytes, writer: bytes) -> bytes:
@@ -410,6 +432,20 @@ def request(*users: str) -> Request:
         b"",
         json.dumps(events).encode(),
         "application/json",
+        now=time.time(),
+        options=Options(),
+        tokens=TokenSet([TOKEN]),
+    )
+
+
+def profile_request(*users: str) -> Request:
+    """A /engage request as the real decoder makes it: an `$add` of 1 to `n` per user named."""
+    updates = [{"$token": TOKEN, "$distinct_id": user, "$add": {"n": 1}} for user in users]
+    return decode_profile_request(
+        b"",
+        json.dumps(updates).encode(),
+        "application/json",
+        groups=False,
         now=time.time(),
         options=Options(),
         tokens=TokenSet([TOKEN]),

@@ -18,6 +18,7 @@ from scripted_redis import (
     assert_stored_once,
     batch_ids,
     play,
+    profile_request,
     quiet,
     request,
     started,
@@ -28,6 +29,7 @@ from scripted_redis import (
 )
 from trackgate import Request
 from trackgate.batcher import BACKOFF_MAX, BACKOFF_MIN, Batcher, UnavailableError
+from trackgate.keys import Family
 from trackgate.recovery import MAX_RELOADS
 
 
@@ -452,3 +454,39 @@ def test_a_redis_user_that_cannot_close_the_lost_connection_is_told_what_a_retry
         play(scenario)
     assert logged in caplog.text
     assert "the Redis user needs" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("run", "library"),
+    [(False, True), (True, True), (True, False)],
+    ids=["lost before Redis ran it", "lost after", "lost after, its counting failed"],
+)
+def test_the_profile_updates_of_a_lost_flush_are_applied_once(run: bool, library: bool) -> None:
+    """A flush of profile updates (an `$add` of 1 each, one user's twice) and an event, its connection
+    lost before or after Redis ran it, or after Redis stored it without running its function: once
+    settled, each update is applied once, as an `$add` applied twice or not at all would show."""
+
+    async def scenario() -> None:
+        redis, clock = ScriptedRedis(), ScriptedClock()
+        redis.library = library
+        redis.auto = False
+        batcher = await started(redis, clock)
+        users = [user_in(0), user_in(1), user_in(0, 1)]
+        updates, events = profile_request(*users, users[0]), request(user_in(2))
+        answers = [batcher.submit(r.batches, r.accepted) for r in (updates, events)]
+        [lost] = redis.connections
+        await until(lambda: lost.writes, "the flush written")
+        if run:
+            lost.run()
+        redis.auto = True
+        lost.lose()
+        await until(lambda: all(a.done() for a in answers), "the answers")
+        assert [a.result() for a in answers] == [frozenset(), frozenset()]
+        assert lost.deliver_late() == 0
+        added = {profile.decode(): dict(n) for profile, n in redis.profiles.items()}
+        assert added == {users[0]: {b"n": 2}, users[1]: {b"n": 1}, users[2]: {b"n": 1}}
+        assert len(redis.events(TOKEN, Family.PROFILE_UPDATES)) == 4
+        assert_stored_once(redis, events)
+        await batcher.close()
+
+    play(scenario)

@@ -23,7 +23,9 @@ __all__ = [
     "TokenSet",
     "__version__",
     "decode_data",
+    "decode_profile_request",
     "decode_request",
+    "profile_partition",
 ]
 
 __version__: Final[str]
@@ -33,7 +35,10 @@ _Funnel = TypeVar("_Funnel")
 
 # The version of the packed argument layout (see `Request.batches`), which the Redis function checks.
 # Per event: its UTC day (YYYY-MM-DD), "HH:<event name>", the distinct_id ("" when none), the funnel
-# ("" unless mp_funnel); an mp_funnel event adds its time in whole seconds, its step and its goal.
+# ("" unless mp_funnel); an mp_funnel event adds its time in whole seconds, its step and its goal. Per
+# profile update: the operation ("$set", ...), the group key ("" for a person), the distinct_id or group
+# id, $last_seen ("" with $ignore_time), and how many arguments follow: name and value JSON per
+# property, or the names of $unset.
 PACKED_LAYOUT: Final[int]
 
 # The highest mp_funnel step the decoder accepts (step_invalid above it), and the last a report lists.
@@ -161,7 +166,8 @@ class EventError:
 
 @final
 class PartitionBatch:
-    """The valid events of one request for one (token, partition), ready for Redis: `count` events whose
+    """The valid events (or profile updates) of one request for one (token, partition), ready for Redis:
+    `count` events whose
     arguments (see PACKED_LAYOUT) are `args` RESP bulk strings in `packed`, ready to append to an FCALL
     command, and whose `XADD <stream> * data <json>` commands, complete, are `xadds`; the events in time
     order in both."""
@@ -225,6 +231,26 @@ def decode_request(
     tokens: TokenSet | None = None,
 ) -> Request:
     """Decode one /track request. Raises DecodeError when the request as a whole is unusable."""
+
+def decode_profile_request(
+    query: str | bytes,
+    body: bytes,
+    content_type: str | None = None,
+    content_encoding: str | None = None,
+    *,
+    groups: bool,
+    now: float,
+    options: Options,
+    peer_ip: str | None = None,
+    tokens: TokenSet | None = None,
+) -> Request:
+    """Decode one /engage request, or with `groups` one /groups request: its profile updates, as `Request`
+    holds events (`events()` gives each update's normalised JSON). Raises DecodeError when the request as
+    a whole is unusable."""
+
+def profile_partition(id: str, *, group_key: str | None = None, partitions: int) -> int:
+    """The partition of a person's profile (`id` the distinct_id: their events' partition), or with
+    `group_key` of that group's (`id` the group id)."""
 
 @final
 class EventDecoder(Generic[_Event, _Funnel]):

@@ -1,5 +1,6 @@
 """The query API and the dashboard page: `/api/funnels`, `/api/funnels/{name}`, `/api/events`,
-`/api/export` and `/dashboard`.
+`/api/export`, Mixpanel's Engage Query API at `/api/2.0/engage` and `/api/query/engage` (engage.py), and
+`/dashboard`.
 
 Every `/api` call is authenticated with a project's API secret as the HTTP Basic user name (as Mixpanel
 does) and reads that project only.
@@ -19,7 +20,8 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from trackgate import bounds, counts, export, funnels, metrics, projects
+from trackgate import bounds, counts, engage, export, funnels, metrics, projects
+from trackgate.parameters import ParameterError, last, whole
 from trackgate.report_reads import Reads
 from trackgate.rsgi import HTTPProtocol, Scope
 from trackgate.settings import Settings
@@ -32,6 +34,9 @@ _EXPORT_FLUSH_BYTES: Final = 64 * 1024
 _DEFAULT_DAYS: Final = 30
 _MAX_QUERY_FIELDS: Final = 20
 """No endpoint reads as many parameters: a query with more is refused before it is parsed."""
+_MAX_FORM_BYTES: Final = 1 << 20
+"""The largest form body an Engage query may send (its `distinct_ids` can be long)."""
+_ENGAGE_PATHS: Final = ("/api/2.0/engage", "/api/query/engage")
 _encode = msgspec.json.Encoder().encode
 
 
@@ -100,22 +105,29 @@ class Api:
 
     async def _serve(self, scope: Scope, proto: HTTPProtocol) -> None:
         try:
-            if scope.method not in ("GET", "HEAD"):
+            # Mixpanel's Engage queries come as POST forms too; they change nothing either.
+            engage_query = scope.path.rstrip("/") in _ENGAGE_PATHS
+            if scope.method not in ("GET", "HEAD") and not (engage_query and scope.method == "POST"):
                 raise ApiError(405, f"{scope.method[:20]} is not allowed; the API is read-only (GET)")
             token = await self._authenticate(scope.headers.get("authorization"))
-            try:
-                query = parse_qs(scope.query_string, max_num_fields=_MAX_QUERY_FIELDS)
-            except ValueError:
-                raise ApiError(400, f"the query has more than {_MAX_QUERY_FIELDS} parameters") from None
+            query = _parameters(scope.query_string)
             # Granian hands over the path percent-decoded: a funnel's name is used as it stands (a name
             # may end with "/", so only the fixed endpoints are matched with a trailing slash or not).
             path = scope.path
             if _is_export(path):
                 await self._export(proto, token, query)
                 return
-            body = await self._route(path, token, query)
+            if engage_query:
+                if scope.method == "POST":
+                    query |= _parameters(await self._form(scope, proto))
+                body = await self._engage(token, query)
+            else:
+                body = await self._route(path, token, query)
         except ApiError as err:
             self._answer(proto, err)
+            return
+        except ParameterError as err:
+            self._answer(proto, ApiError(400, str(err)))
             return
         except (RedisError, OSError) as err:
             log.error("API call %s failed: Redis: %s", scope.path, err)
@@ -151,12 +163,12 @@ class Api:
             return _encode(report)
         if path.rstrip("/") == "/api/events":
             start, end = _date_range(query)
-            unit = _one(query, "unit") or "day"
+            unit = last(query, "unit") or "day"
             if unit not in ("day", "hour"):
                 raise ApiError(400, "unit: expected day or hour")
-            event = _one(query, "event")
-            offset = _count(query, "offset", 0, 2**31)
-            limit = _count(query, "limit", counts.NAMES_LIMIT, counts.MAX_NAMES_LIMIT, least=1)
+            event = last(query, "event")
+            offset = whole(query, "offset", 0, 2**31)
+            limit = whole(query, "limit", counts.NAMES_LIMIT, counts.MAX_NAMES_LIMIT, least=1)
             span: counts.Unit = "hour" if unit == "hour" else "day"
             keys_read = counts.keys_read(
                 len(funnels.days_between(start, end)),
@@ -171,6 +183,25 @@ class Api:
             )
             return _encode(result)
         raise ApiError(404, f"no API endpoint at {path[:100]}")
+
+    @staticmethod
+    async def _form(scope: Scope, proto: HTTPProtocol) -> str:
+        """A POST's form body, read after the caller is known (an API secret's holder), up to
+        _MAX_FORM_BYTES."""
+        length = scope.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > _MAX_FORM_BYTES):
+            raise ApiError(413, f"the form is larger than {_MAX_FORM_BYTES} bytes")
+        body = await proto()
+        if len(body) > _MAX_FORM_BYTES:
+            raise ApiError(413, f"the form is larger than {_MAX_FORM_BYTES} bytes")
+        try:
+            return body.decode()
+        except UnicodeDecodeError:
+            raise ApiError(400, "the form is not UTF-8") from None
+
+    async def _engage(self, token: str, query: dict[str, list[str]]) -> bytes:
+        parsed = engage.EngageQuery.parse(query)
+        return await engage.engage(self._client, token, self._partitions, parsed)
 
     def _bound(self, reads: int, parameters: str) -> None:
         if reads > self._max_reads:
@@ -211,6 +242,13 @@ class Api:
             log.error("export for %s stopped: %s", token, err)
 
 
+def _parameters(text: str) -> dict[str, list[str]]:
+    try:
+        return parse_qs(text, max_num_fields=_MAX_QUERY_FIELDS)
+    except ValueError:
+        raise ApiError(400, f"the query has more than {_MAX_QUERY_FIELDS} parameters") from None
+
+
 def _is_export(path: str) -> bool:
     return path.rstrip("/") == "/api/export"
 
@@ -225,22 +263,8 @@ def _basic_user(header: str | None) -> str | None:
     return decoded.partition(":")[0] or None
 
 
-def _one(query: dict[str, list[str]], name: str) -> str | None:
-    values = query.get(name)
-    return values[-1] if values else None
-
-
-def _count(query: dict[str, list[str]], name: str, default: int, most: int, least: int = 0) -> int:
-    text = _one(query, name)
-    if text is None:
-        return default
-    if not (text.isascii() and text.isdigit() and len(text) <= 10) or not least <= int(text) <= most:
-        raise ApiError(400, f"{name}: expected a whole number from {least} to {most}, got {text[:40]!r}")
-    return int(text)
-
-
 def _date(query: dict[str, list[str]], name: str, default: dt.date) -> dt.date:
-    text = _one(query, name)
+    text = last(query, name)
     if text is None:
         return default
     try:

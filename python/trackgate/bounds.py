@@ -26,6 +26,13 @@ DEFAULT_EVENT_NAMES_PER_DAY: Final = 1000
 DEFAULT_FUNNEL_NAMES: Final = 100
 MAX_CAP: Final = 1_000_000
 
+MAX_PROFILE_PROPERTIES: Final = 2000
+"""Properties a profile holds besides `$last_seen` (Mixpanel's documented limit): an update that would add
+one past it leaves that one out (`tg_count` counts them, `trackgate_profile_properties_refused_total`)."""
+MAX_PROFILE_LIST: Final = 255
+"""Elements a list property of a profile holds (an event's arrays hold as many): `$append` and `$union`
+past it drop the list's oldest elements."""
+
 DEFAULT_COUNTER_RETENTION_DAYS: Final = 400
 """Days a day's counters and unique users are kept: over a year, so that a year's reports work."""
 DEFAULT_STREAM_MAX_AGE: Final = 7 * 86400.0

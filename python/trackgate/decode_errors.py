@@ -24,8 +24,8 @@ RequestErrorKind: TypeAlias = Literal[
     "invalid_events",
 ]
 
-# Why one event was rejected while the others of its request were not. The same names, in the same
-# order, as EVENT_ERROR_KINDS.
+# Why one event (or profile update) was rejected while the others of its request were not. The same names,
+# in the same order, as EVENT_ERROR_KINDS.
 EventErrorKind: TypeAlias = Literal[
     "not_an_object",
     "event_missing",
@@ -51,6 +51,13 @@ EventErrorKind: TypeAlias = Literal[
     "duplicate_property",
     "number_out_of_range",
     "event_too_large",
+    # Profile updates (/engage, /groups) only.
+    "distinct_id_missing",
+    "group_invalid",
+    "operation_missing",
+    "too_many_operations",
+    "operation_invalid",
+    "flag_invalid",
 ]
 
 

@@ -46,6 +46,11 @@ class Family(StrEnum):
     FUNNEL_STATES = "fs:"
     FUNNEL_ATTEMPTS = "fx:"
     FUNNEL_COUNTERS = "fc:"
+    PROFILE_UPDATES = "updates"
+    PEOPLE = "people"
+    PERSON = "pp:"
+    GROUPS = "groups:"
+    GROUP = "gp:"
 
 
 def project_key(token: str) -> str:
@@ -140,6 +145,34 @@ def funnel_counters_key(token: str, partition: int, funnel: str, day: str) -> st
     """Hash of the counters of the users whose attempt began on `day`: `u<step>` users, `h<step>` hits,
     `o<step>` out of order, `s<step>` seconds from the previous step, `q<step>:<goal>` hits per goal."""
     return f"{partition_prefix(token, partition)}{Family.FUNNEL_COUNTERS}{funnel}:{day}"
+
+
+def profile_updates_key(token: str, partition: int) -> str:
+    """Stream of a partition's profile updates (/engage, /groups), as the events' stream: field `data`
+    holds the update's normalised JSON. The partition is the person's (their events') or the group's."""
+    return partition_prefix(token, partition) + Family.PROFILE_UPDATES
+
+
+def person_key(token: str, partition: int, distinct_id: str) -> str:
+    """Hash of a person's profile: property name -> the value's JSON text."""
+    return partition_prefix(token, partition) + Family.PERSON + distinct_id
+
+
+def people_key(token: str, partition: int) -> str:
+    """Sorted set (every score 0, so in name order) of the distinct_ids with a profile in the partition."""
+    return partition_prefix(token, partition) + Family.PEOPLE
+
+
+def group_profile_key(token: str, partition: int, group_key: str, group_id: str) -> str:
+    """Hash of a group's profile, as a person's. The group key's length (in UTF-8 bytes) comes first, so
+    that no (key, id) pair names another's profile."""
+    length = len(group_key.encode())
+    return f"{partition_prefix(token, partition)}{Family.GROUP}{length}:{group_key}:{group_id}"
+
+
+def groups_key(token: str, partition: int, group_key: str) -> str:
+    """Sorted set (as `people_key`) of the ids of a group key's groups with a profile in the partition."""
+    return partition_prefix(token, partition) + Family.GROUPS + group_key
 
 
 def count_function_keys(token: str, partition: int) -> tuple[str, str]:

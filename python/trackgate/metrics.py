@@ -62,6 +62,10 @@ EVENTS_OVERFLOWED = Counter(
     "trackgate_events_overflowed",
     "events stored but counted under $overflow: past their project's cap on event or funnel names",
 )
+PROFILE_PROPERTIES_REFUSED = Counter(
+    "trackgate_profile_properties_refused",
+    "new profile properties left out: their profile held the most properties a profile may hold",
+)
 BATCHES_DEDUPLICATED = Counter(
     "trackgate_batches_deduplicated", "retried write commands that Redis had applied already"
 )

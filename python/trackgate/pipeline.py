@@ -181,8 +181,21 @@ class Pipeline:
         self._finish(item)
 
     def _overflowed(self, item: Command, reply: Any) -> None:
-        """tg_count's reply is [events counted, of them counted under the overflow name]."""
+        """tg_count's reply is [events counted, of them counted under the overflow name], then for a batch
+        with profile updates [updates applied, new profile properties left out of full profiles]."""
         over = reply[1] if isinstance(reply, list) and len(reply) > 1 else 0
+        left_out = reply[3] if isinstance(reply, list) and len(reply) > 3 else 0
+        if left_out:
+            metrics.PROFILE_PROPERTIES_REFUSED.inc(left_out)
+            self._overflows.warning(
+                "profile_full",
+                "%d new properties left out of full profiles in %s: a profile holds at most %d "
+                "(logged once every %g seconds)",
+                left_out,
+                keys.profile_updates_key(*item.key),
+                bounds.MAX_PROFILE_PROPERTIES,
+                OVERFLOW_LOG_SECONDS,
+            )
         if not over:
             return
         metrics.EVENTS_OVERFLOWED.inc(over)

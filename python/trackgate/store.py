@@ -1,6 +1,6 @@
 """The `trackgate` function library and its loading, and the transaction that writes one batch.
 
-The key names come from `keys.py`; the library's source is `lua/trackgate.lua`.
+The key names come from `keys.py`; the library's source is `lua/trackgate.lua` and `lua/profiles.lua`.
 """
 
 from __future__ import annotations
@@ -34,13 +34,14 @@ HEADER_ARGS: Final = 9
 #     MULTI
 #     SETRANGE <mark key> <8 * slot> <seq, 8 bytes>
 #     EXPIRE <mark key> <MARK_SECONDS>
-#     XADD <stream> * data <json>      (one per event, made by the decoder)
-#     FCALL tg_count <keys> ... <writer>:<seq>:<slot> <the events' arguments>
+#     XADD <stream> * data <json>      (one per event or profile update, made by the decoder)
+#     FCALL tg_count <keys> ... <writer>:<seq>:<slot> <the events' and updates' arguments>
 #     EXEC
 #
-# so the stream entries, the mark, the counters and the funnel state of a batch change together. The
-# events go in by plain XADDs because a redis.call from Lua costs Redis more than the command itself
-# does, a cost paid per event (bench/README.md): the function only counts.
+# so the stream entries, the mark, the counters, the funnel state and the profiles of a batch change
+# together. The events go in by plain XADDs because a redis.call from Lua costs Redis more than the
+# command itself does, a cost paid per event (bench/README.md): the function only counts, and applies
+# the profile updates (which the XADDs put in the partition's stream of updates).
 #
 # Batch ids are `<writer>:<seq>:<slot>`: a writer is one gateway worker's lifetime, and its sequence
 # numbers grow with every transaction it sends. After a lost connection the batcher closes it (CLIENT
@@ -66,19 +67,27 @@ HEADER_ARGS: Final = 9
 
 
 def _library_source() -> str:
-    """The library's source with the values it shares with this side filled in: each `@NAME@` in the
-    file. The key families go in with the source rather than as arguments of every call: Redis makes a
-    Lua string of every key a call passes."""
+    """The library's source with the values it shares with this side filled in: each `@NAME@` in its
+    files, and `@PROFILES@` (a line of trackgate.lua) replaced by profiles.lua. The key families go in
+    with the source rather than as arguments of every call: Redis makes a Lua string of every key a call
+    passes."""
     values = {
         "LIBRARY": LIBRARY,
         "LAYOUT": LAYOUT,
         "RING_SLOTS": str(RING_SLOTS),
         "HEADER_ARGS": str(HEADER_ARGS),
         "OVERFLOW": bounds.OVERFLOW,
+        "MAX_PROFILE_PROPERTIES": str(bounds.MAX_PROFILE_PROPERTIES),
+        "MAX_PROFILE_LIST": str(bounds.MAX_PROFILE_LIST),
         **{family.name: family.value for family in keys.Family},
     }
-    source = (resources.files("trackgate") / "lua" / "trackgate.lua").read_text(encoding="utf-8")
-    return re.sub(r"@([A-Z_]+)@", lambda match: values[match[1]], source)
+
+    def filled(name: str) -> str:
+        source = (resources.files("trackgate") / "lua" / name).read_text(encoding="utf-8")
+        return re.sub(r"@([A-Z_]+)@", lambda match: values[match[1]], source)
+
+    values["PROFILES"] = filled("profiles.lua")
+    return filled("trackgate.lua")
 
 
 FUNCTION_SOURCE: Final = _library_source()

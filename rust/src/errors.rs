@@ -226,7 +226,8 @@ impl fmt::Display for RequestError {
 impl std::error::Error for RequestError {}
 
 kinds! {
-    /// Why one event of a request was rejected. The other events of the request are unaffected.
+    /// Why one event (or profile update) of a request was rejected. The others of the request are
+    /// unaffected.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
     pub enum EventErrorKind {
         NotAnObject = "not_an_object",
@@ -253,6 +254,13 @@ kinds! {
         DuplicateProperty = "duplicate_property",
         NumberOutOfRange = "number_out_of_range",
         EventTooLarge = "event_too_large",
+        // Profile updates (/engage, /groups) only.
+        DistinctIdMissing = "distinct_id_missing",
+        GroupInvalid = "group_invalid",
+        OperationMissing = "operation_missing",
+        TooManyOperations = "too_many_operations",
+        OperationInvalid = "operation_invalid",
+        FlagInvalid = "flag_invalid",
     }
 }
 

@@ -11,7 +11,7 @@ use crate::json::{
 use crate::{Context, Options};
 
 /// Seconds values from this one on are taken as milliseconds (1e11 s is the year 5138).
-const MILLISECONDS_FROM: f64 = 1e11;
+pub(crate) const MILLISECONDS_FROM: f64 = 1e11;
 const MAX_INSERT_ID_CHARS: usize = 36;
 /// The highest funnel step. A report lists every step up to the highest seen, per day of a range: an
 /// unbounded step would let one event (anyone who knows a project's public token can send it) make
@@ -985,7 +985,7 @@ fn key_hash(key: &[u8]) -> u64 {
 
 /// Key names longer than this are cut in error fields: the answer repeats the field, and a key can be
 /// as long as the event (1 MB by default), so a small gzipped request could draw a large answer.
-const MAX_FIELD_KEY_CHARS: usize = 100;
+pub(crate) const MAX_FIELD_KEY_CHARS: usize = 100;
 
 /// `properties.<key>` for an error, the key cut to MAX_FIELD_KEY_CHARS characters (ending in "...").
 #[cold]
@@ -1015,7 +1015,7 @@ fn parse_step(scalar: Scalar<'_>) -> Option<u32> {
 }
 
 /// A validated JSON number token as f64 (Rust's parser is correctly rounded).
-fn parse_f64(raw: &[u8]) -> f64 {
+pub(crate) fn parse_f64(raw: &[u8]) -> f64 {
     std::str::from_utf8(raw)
         .ok()
         .and_then(|s| s.parse().ok())
@@ -1054,7 +1054,7 @@ fn utf8(bytes: Cow<'_, [u8]>) -> Cow<'_, str> {
 }
 
 /// The characters of UTF-8 text: its bytes but for continuation bytes.
-fn char_count(text: &[u8]) -> usize {
+pub(crate) fn char_count(text: &[u8]) -> usize {
     text.iter().filter(|&&b| b & 0xC0 != 0x80).count()
 }
 

@@ -1,6 +1,6 @@
 //! trackgate's native decoder: Mixpanel `/track` requests in, validated and normalised events out,
-//! grouped by (token, partition) and packed for Redis. Plain Rust; `py/` is the only module that knows
-//! about Python.
+//! grouped by (token, partition) and packed for Redis; and the same for the profile updates of
+//! `/engage` and `/groups` (`profile.rs`). Plain Rust; `py/` is the only module that knows about Python.
 
 use std::collections::HashSet;
 
@@ -10,6 +10,7 @@ pub mod errors;
 pub mod event;
 pub mod json;
 pub mod payload;
+pub mod profile;
 pub mod replies;
 pub mod request;
 pub mod resp;
@@ -19,6 +20,7 @@ mod py;
 
 pub use errors::{EventError, EventErrorKind, RequestError, RequestErrorKind};
 pub use options::Options;
+pub use profile::{Operation, Target};
 pub use request::Params;
 pub use resp::{Batch, PACKED_LAYOUT};
 
@@ -79,19 +81,58 @@ pub fn decode_request(
     content_encoding: Option<&str>,
     ctx: &Context<'_>,
 ) -> Result<Decoded, RequestError> {
+    let sink = || payload::Events::new(ctx.options.partitions);
+    decode_payload(
+        query,
+        body,
+        content_type,
+        content_encoding,
+        ctx,
+        |json, use_ip| payload::decode_events(json, ctx, use_ip, sink),
+    )
+}
+
+/// Decodes one HTTP request to `/engage` (`Target::People`) or `/groups` (`Target::Groups`): the
+/// same transports and encodings as `/track`, profile updates instead of events.
+pub fn decode_profile_request(
+    query: &[u8],
+    body: &[u8],
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+    ctx: &Context<'_>,
+    target: Target,
+) -> Result<Decoded, RequestError> {
+    decode_payload(
+        query,
+        body,
+        content_type,
+        content_encoding,
+        ctx,
+        |json, use_ip| profile::decode_updates(json, ctx, use_ip, target),
+    )
+}
+
+/// A request's parameters and its payload's JSON, which `decode` reads (with whether `ip=1`).
+fn decode_payload(
+    query: &[u8],
+    body: &[u8],
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+    ctx: &Context<'_>,
+    decode: impl FnOnce(&[u8], bool) -> Result<payload::Events, RequestError>,
+) -> Result<Decoded, RequestError> {
     let max = ctx.options.max_request_bytes;
     let split = request::split(query, body, content_type, content_encoding, max)?;
     let use_ip = split.params.use_ip;
-    let sink = || payload::Events::new(ctx.options.partitions);
-    let events = match &split.payload {
-        request::Payload::Json(body) => payload::decode_events(body, ctx, use_ip, sink)?,
+    let entries = match &split.payload {
+        request::Payload::Json(body) => decode(body, use_ip)?,
         request::Payload::Data(data) => {
             let json = payload::data_to_json(data, max - query.len(), !split.inflated)?;
-            payload::decode_events(&json, ctx, use_ip, sink)?
+            decode(&json, use_ip)?
         }
         request::Payload::Missing => return Err(RequestError::Empty),
     };
-    Ok(Decoded::new(split.params, events))
+    Ok(Decoded::new(split.params, entries))
 }
 
 /// Decodes the value of one `data` parameter (base64, raw JSON or gzip bytes).

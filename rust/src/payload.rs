@@ -144,7 +144,7 @@ pub struct Events {
     pub total: usize,
     pub errors: Vec<EventError>,
     pub batches: Batches,
-    partitions: u32,
+    pub(crate) partitions: u32,
 }
 
 impl Events {
@@ -180,14 +180,24 @@ pub fn decode_events<S: Sink>(
     json: &[u8],
     ctx: &Context<'_>,
     use_ip: bool,
-    new_sink: impl FnMut() -> S,
+    mut new_sink: impl FnMut() -> S,
 ) -> Result<S, RequestError> {
+    decode_text(json, |text| scan_events(text, ctx, use_ip, new_sink()))
+}
+
+/// Reads a JSON payload with `scan`, after checking it is UTF-8 (or repairing CESU-8, see `from_cesu8`),
+/// and again, with its lone-surrogate escapes made U+FFFD, when it has any: two passes for such a
+/// payload, none more for any other. Error offsets are into the payload as sent.
+pub fn decode_text<T>(
+    json: &[u8],
+    mut scan: impl FnMut(&[u8]) -> Result<T, RequestError>,
+) -> Result<T, RequestError> {
     // The SIMD check is several times faster on the (usual) valid input.
     if simdutf8::basic::from_utf8(json).is_ok() {
-        return scan_repairing(json, ctx, use_ip, new_sink);
+        return scan_repairing(json, &mut scan);
     }
     let (text, pairs) = from_cesu8(json)?;
-    scan_repairing(&text, ctx, use_ip, new_sink).map_err(|err| match err {
+    scan_repairing(&text, &mut scan).map_err(|err| match err {
         // Offsets into the payload as sent: each pair before the error took 2 bytes less in `text`.
         RequestError::InvalidJson { offset, detail } => {
             let before = pairs.partition_point(|&at| at < offset);
@@ -247,33 +257,30 @@ fn from_cesu8(bytes: &[u8]) -> Result<(Vec<u8>, Vec<usize>), RequestError> {
     Ok((out, pairs))
 }
 
-/// The events of `text`, read again with its lone-surrogate escapes made U+FFFD when it has any: two
-/// passes (into a new sink) for such a payload, none more for any other.
-fn scan_repairing<S: Sink>(
+/// `text` read by `scan`, and read again with its lone-surrogate escapes made U+FFFD when it has any.
+fn scan_repairing<T>(
     text: &[u8],
-    ctx: &Context<'_>,
-    use_ip: bool,
-    mut new_sink: impl FnMut() -> S,
-) -> Result<S, RequestError> {
-    match scan_events(text, ctx, use_ip, new_sink()) {
+    scan: &mut impl FnMut(&[u8]) -> Result<T, RequestError>,
+) -> Result<T, RequestError> {
+    match scan(text) {
         Err(RequestError::InvalidJson { detail, .. }) if detail == UNPAIRED_SURROGATE => {
-            scan_events(&without_lone_surrogates(text), ctx, use_ip, new_sink())
+            scan(&without_lone_surrogates(text))
         }
         outcome => outcome,
     }
 }
 
-fn scan_events<'j, S: Sink>(
-    json: &'j [u8],
+fn scan_events<S: Sink>(
+    json: &[u8],
     ctx: &Context<'_>,
     use_ip: bool,
     mut sink: S,
 ) -> Result<S, RequestError> {
     let mut scanner = Scanner::new(json);
     let mut scratch = Scratch::default();
-    let mut one = |scanner: &mut Scanner<'j>, sink: &mut S, index| -> Result<(), RequestError> {
+    each_item(&mut scanner, ctx.options.max_events, |scanner, index| {
         if scanner.peek() == Some(b'{') {
-            decode_event(scanner, index, ctx, use_ip, &mut scratch, sink)?;
+            decode_event(scanner, index, ctx, use_ip, &mut scratch, &mut sink)?;
         } else {
             let ty = scanner.skip()?;
             sink.error(EventError::new(
@@ -284,9 +291,21 @@ fn scan_events<'j, S: Sink>(
             ));
         }
         Ok(())
-    };
+    })?;
+    sink.finish();
+    Ok(sink)
+}
+
+/// Walks the items of a JSON payload, one object or an array of at most `max` items, handing each to
+/// `one` with its index (`one` reads it, whatever it is); the payload as a whole must be one of these
+/// and nothing after it.
+pub fn each_item<'j>(
+    scanner: &mut Scanner<'j>,
+    max: usize,
+    mut one: impl FnMut(&mut Scanner<'j>, usize) -> Result<(), RequestError>,
+) -> Result<(), RequestError> {
     match scanner.peek() {
-        Some(b'{') => one(&mut scanner, &mut sink, 0)?,
+        Some(b'{') => one(scanner, 0)?,
         Some(b'[') => {
             if scanner.open(b'[', b']') {
                 return Err(if scanner.at_end() {
@@ -296,12 +315,10 @@ fn scan_events<'j, S: Sink>(
                 });
             }
             for index in 0.. {
-                if index == ctx.options.max_events {
-                    return Err(RequestError::TooManyEvents {
-                        max: ctx.options.max_events,
-                    });
+                if index == max {
+                    return Err(RequestError::TooManyEvents { max });
                 }
-                one(&mut scanner, &mut sink, index)?;
+                one(scanner, index)?;
                 if !scanner.next_member(b']')? {
                     break;
                 }
@@ -319,8 +336,7 @@ fn scan_events<'j, S: Sink>(
     if !scanner.at_end() {
         return Err(scanner.error("unexpected data after the events").into());
     }
-    sink.finish();
-    Ok(sink)
+    Ok(())
 }
 
 #[cfg(test)]

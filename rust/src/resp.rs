@@ -5,9 +5,10 @@
 use crate::event::Valid;
 
 /// The version of the function's argument layout, which it checks: a gateway and a function library of
-/// different versions must not misread each other. 5: the batch id among the function's fixed arguments
-/// (made by `store.WriteCommands`) is `<writer>:<seq>:<slot>`, the slot of the batch's entry in its
-/// partition's ring; 4 gave the events' max age; the events' arguments are as in 3.
+/// different versions must not misread each other. 6: profile updates among the events' arguments; 5:
+/// the batch id among the function's fixed arguments (made by `store.WriteCommands`) is
+/// `<writer>:<seq>:<slot>`, the slot of the batch's entry in its partition's ring; 4 gave the events'
+/// max age; the events' arguments are as in 3.
 ///
 /// Per event, four arguments: its UTC day (`YYYY-MM-DD`); `HH:<event name>`, the hour's counter field;
 /// the distinct_id (`""` when none); the funnel (`""` unless mp_funnel). An mp_funnel event has three
@@ -15,16 +16,25 @@ use crate::event::Valid;
 /// ready-made, so it does no date arithmetic or string building per event. The event itself is not
 /// among them: it goes to its stream in an `XADD` of its own (see `Batch::xadds`), which costs Redis
 /// less than the same XADD called from the function (see `store.py`).
-pub const PACKED_LAYOUT: u32 = 5;
+///
+/// Per profile update (`profile.rs` packs them), five arguments and what the fifth counts: the
+/// operation (`$set`, ..., `$delete`: a `$` tells an update from an event, whose first argument is a
+/// day); the group key (`""` for a person's profile); the distinct_id or group id; `$last_seen` as
+/// `YYYY-MM-DDTHH:MM:SS` (`""` with `$ignore_time`); the number of arguments that follow: a property
+/// name and its value's JSON per property (`$set`, `$set_once`, `$add`, `$append`, `$union`,
+/// `$remove`), the names (`$unset`), none (`$delete`).
+pub const PACKED_LAYOUT: u32 = 6;
 
 #[derive(Debug)]
 pub struct Batch {
     pub token: String,
     pub partition: u32,
+    pub stream: Stream,
     pub count: usize,
     /// RESP bulk strings in `packed`.
     pub args: usize,
-    /// The events' arguments as RESP bulk strings, the events in `time` order.
+    /// The events' arguments as RESP bulk strings, the events in `time` order (profile updates in the
+    /// order sent).
     pub packed: Vec<u8>,
     /// One `XADD <stream> * data <json>` command per event, complete, in the order of `packed`.
     pub xadds: Vec<u8>,
@@ -52,17 +62,36 @@ struct Entry {
 /// other key (`tests/test_keys.py` compares the streams named here with its `stream_key`).
 pub const KEY_PREFIX: &str = "tg:";
 
-/// The stream of a (project, partition); the hash tag keeps all of a partition's keys in one cluster slot.
-pub fn stream_key(token: &str, partition: u32) -> String {
-    format!("{KEY_PREFIX}{{{token}:{partition}}}:events")
+/// The streams a partition's entries go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Events,
+    ProfileUpdates,
 }
 
-/// `XADD <stream> * data ` as RESP, up to the event's own bulk string.
-fn xadd_prefix(token: &str, partition: u32) -> Vec<u8> {
-    let mut out = b"*5\r\n$4\r\nXADD\r\n".to_vec();
-    bulk(&mut out, stream_key(token, partition).as_bytes());
-    out.extend_from_slice(b"$1\r\n*\r\n$4\r\ndata\r\n");
-    out
+impl Stream {
+    /// The stream's key for a (project, partition); the hash tag keeps all of a partition's keys in one
+    /// cluster slot.
+    pub fn key(self, token: &str, partition: u32) -> String {
+        let family = match self {
+            Self::Events => "events",
+            Self::ProfileUpdates => "updates",
+        };
+        format!("{KEY_PREFIX}{{{token}:{partition}}}:{family}")
+    }
+
+    /// `XADD <stream> * data ` as RESP, up to the entry's own bulk string.
+    fn xadd_prefix(self, token: &str, partition: u32) -> Vec<u8> {
+        let mut out = b"*5\r\n$4\r\nXADD\r\n".to_vec();
+        bulk(&mut out, self.key(token, partition).as_bytes());
+        out.extend_from_slice(b"$1\r\n*\r\n$4\r\ndata\r\n");
+        out
+    }
+}
+
+/// The event stream of a (project, partition).
+pub fn stream_key(token: &str, partition: u32) -> String {
+    Stream::Events.key(token, partition)
 }
 
 /// A valid event: its batch, and its place among the batch's entries.
@@ -88,6 +117,78 @@ pub fn partition_of(key: &[u8], partitions: u32) -> u32 {
 }
 
 impl Batches {
+    /// The batch of a (token, partition, stream), made when first needed.
+    fn batch_for(&mut self, token: &str, partition: u32, stream: Stream) -> usize {
+        let found = self
+            .batches
+            .iter()
+            .position(|b| b.partition == partition && b.stream == stream && b.token == token);
+        found.unwrap_or_else(|| {
+            self.batches.push(Batch {
+                token: token.to_owned(),
+                partition,
+                stream,
+                count: 0,
+                args: 0,
+                packed: Vec::with_capacity(256),
+                xadds: Vec::with_capacity(1024),
+                xadd_prefix: stream.xadd_prefix(token, partition),
+                entries: Vec::new(),
+            });
+            self.batches.len() - 1
+        })
+    }
+
+    /// Appends an entry's XADD to batch `index`; its packed arguments are the caller's to write, from
+    /// where `packed` ends now to where it ends once `close_entry` is called.
+    fn add_entry(&mut self, index: usize, json: &[u8], time: f64) {
+        let batch = &mut self.batches[index];
+        batch.count += 1;
+        let xadd_start = batch.xadds.len();
+        batch.xadds.extend_from_slice(&batch.xadd_prefix);
+        let json_offset = batch.xadds.len() - xadd_start + bulk_header_len(json.len());
+        bulk(&mut batch.xadds, json);
+        self.events.push(EventRef {
+            batch: index,
+            entry: batch.entries.len(),
+        });
+        let start = batch.packed.len();
+        batch.entries.push(Entry {
+            time,
+            start,
+            end: start,
+            xadd_start,
+            xadd_end: batch.xadds.len(),
+            json_offset,
+            json_len: json.len(),
+        });
+    }
+
+    /// The last entry's packed arguments end here: `args` of them.
+    fn close_entry(batch: &mut Batch, args: usize) {
+        batch.args += args;
+        let end = batch.packed.len();
+        batch.entries.last_mut().expect("an entry was added").end = end;
+    }
+
+    /// A valid profile update: its normalised JSON to the stream of profile updates of its profile's
+    /// partition, and the arguments `pack` writes (returning how many) for the function that applies
+    /// it.
+    pub fn push_update(
+        &mut self,
+        token: &str,
+        partition: u32,
+        json: &[u8],
+        time: f64,
+        pack: impl FnOnce(&mut Vec<u8>) -> usize,
+    ) {
+        let index = self.batch_for(token, partition, Stream::ProfileUpdates);
+        self.add_entry(index, json, time);
+        let batch = &mut self.batches[index];
+        let args = pack(&mut batch.packed);
+        Self::close_entry(batch, args);
+    }
+
     pub fn push(&mut self, event: &Valid<'_>, json: &[u8], partitions: u32) {
         let key: &[u8] = match (&event.distinct_id, &event.insert_id) {
             (Some(id), _) if !id.is_empty() => id.as_bytes(),
@@ -95,35 +196,8 @@ impl Batches {
             _ => json,
         };
         let partition = partition_of(key, partitions);
-        let found = self
-            .batches
-            .iter()
-            .position(|b| b.partition == partition && b.token == event.token);
-        let index = found.unwrap_or_else(|| {
-            self.batches.push(Batch {
-                token: event.token.clone().into_owned(),
-                partition,
-                count: 0,
-                args: 0,
-                packed: Vec::with_capacity(256),
-                xadds: Vec::with_capacity(1024),
-                xadd_prefix: xadd_prefix(&event.token, partition),
-                entries: Vec::new(),
-            });
-            self.batches.len() - 1
-        });
-        let batch = &mut self.batches[index];
-        batch.count += 1;
-        let xadd_start = batch.xadds.len();
-        batch.xadds.extend_from_slice(&batch.xadd_prefix);
-        let json_offset = batch.xadds.len() - xadd_start + bulk_header_len(json.len());
-        bulk(&mut batch.xadds, json);
-        let out = &mut batch.packed;
-        let start = out.len();
-        self.events.push(EventRef {
-            batch: index,
-            entry: batch.entries.len(),
-        });
+        let index = self.batch_for(&event.token, partition, Stream::Events);
+        self.add_entry(index, json, event.time);
         let seconds = event.time.floor() as i64;
         let (day, hour) = (
             seconds.div_euclid(86_400),
@@ -133,36 +207,33 @@ impl Batches {
             Some((cached, date)) if *cached == day => date,
             _ => &self.day.insert((day, utc_date(day))).1,
         };
+        let batch = &mut self.batches[index];
+        let out = &mut batch.packed;
         bulk(out, date.as_bytes());
         let hh = [b'0' + (hour / 10) as u8, b'0' + (hour % 10) as u8, b':'];
         bulk_parts(out, &[&hh, event.name.as_bytes()]);
         bulk(out, event.distinct_id.as_deref().unwrap_or("").as_bytes());
-        if let Some((name, step, goal)) = &event.funnel {
+        let args = if let Some((name, step, goal)) = &event.funnel {
             bulk(out, name.as_bytes());
             bulk(out, itoa::Buffer::new().format(seconds).as_bytes());
             bulk(out, itoa::Buffer::new().format(*step).as_bytes());
             bulk(out, goal.as_bytes());
-            batch.args += 7;
+            7
         } else {
             out.extend_from_slice(b"$0\r\n\r\n");
-            batch.args += 4;
-        }
-        batch.entries.push(Entry {
-            time: event.time,
-            start,
-            end: out.len(),
-            xadd_start,
-            xadd_end: batch.xadds.len(),
-            json_offset,
-            json_len: json.len(),
-        });
+            4
+        };
+        Self::close_entry(batch, args);
     }
 
     /// Orders each batch's events by `time` (stably): within one request, time is the only order there
-    /// is, since mixpanel-browser does not send its batches in tracking order.
+    /// is, since mixpanel-browser does not send its batches in tracking order. Profile updates keep the
+    /// order they were sent in, which is the order they apply in.
     pub fn finish(&mut self) {
         for batch in &mut self.batches {
-            if batch.entries.windows(2).all(|w| w[0].time <= w[1].time) {
+            if batch.stream == Stream::ProfileUpdates
+                || batch.entries.windows(2).all(|w| w[0].time <= w[1].time)
+            {
                 continue;
             }
             let mut order: Vec<usize> = (0..batch.entries.len()).collect();
@@ -251,7 +322,7 @@ mod tests {
 
     #[test]
     fn xadd_commands_name_the_partition_stream() {
-        let mut out = xadd_prefix("tok", 3);
+        let mut out = Stream::Events.xadd_prefix("tok", 3);
         bulk(&mut out, b"{}");
         assert_eq!(
             out,

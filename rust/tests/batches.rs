@@ -93,8 +93,8 @@ fn ev(token: &str, name: &str, extra: &str) -> String {
 }
 
 #[test]
-fn the_layout_is_version_5() {
-    assert_eq!(PACKED_LAYOUT, 5);
+fn the_layout_is_version_6() {
+    assert_eq!(PACKED_LAYOUT, 6);
 }
 
 #[test]

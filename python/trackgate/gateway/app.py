@@ -20,6 +20,7 @@ from trackgate.gateway.body import BodyBudget, BodyDeadlines
 from trackgate.gateway.client import ClientAddress
 from trackgate.gateway.cors import Cors
 from trackgate.gateway.ingest import Endpoint, Ingestion, Sink, TokenSource
+from trackgate.gateway.profiles import engage_endpoint, groups_endpoint
 from trackgate.gateway.redirects import RedirectPolicy
 from trackgate.gateway.refusals import RefusalLog
 from trackgate.gateway.reports_elsewhere import reports_elsewhere
@@ -89,6 +90,8 @@ class App:
     ingestion: Ingestion
     _services: Services
     _track: Endpoint
+    _engage: Endpoint
+    _groups: Endpoint
     _tasks: tuple[asyncio.Task[None], ...]
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -125,6 +128,8 @@ class App:
             retry_after=[("retry-after", str(settings.retry_after))],
         )
         self._track = track_endpoint(self.ingestion, options, services.clock)
+        self._engage = engage_endpoint(self.ingestion, options, services.clock)
+        self._groups = groups_endpoint(self.ingestion, options, services.clock)
         self._tasks = (
             asyncio.create_task(metrics.publish_forever(), name="trackgate-metrics"),
             asyncio.create_task(self.ingestion.deadlines.sweep_forever(), name="trackgate-body-deadlines"),
@@ -142,6 +147,10 @@ class App:
         path = scope.path
         if path == "/track" or path == "/track/":
             await self._track(scope, proto)
+        elif path == "/engage" or path == "/engage/":
+            await self._engage(scope, proto)
+        elif path == "/groups" or path == "/groups/":
+            await self._groups(scope, proto)
         elif path == "/healthz":
             _plain(proto, "healthz", 200, b"ok\n")
         elif path == "/readyz":

@@ -1,15 +1,16 @@
 """What every ingestion endpoint does with a request, whatever its events are: CORS, the method, the
 body and its deadline, the caller's address, decoding (by the endpoint's decoder), handing the events to
-the sink, and the answer. An endpoint is this flow with its route and its decoder (see track.py)."""
+the sink, and the answer. An endpoint is this flow with its route and its decoder (see track.py and
+profiles.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
 from trackgate import metrics
-from trackgate._native import DecodeError, PartitionBatch, Request, TokenSet
+from trackgate._native import DecodeError, Options, PartitionBatch, Request, TokenSet
 from trackgate.batcher import Key, UnavailableError
 from trackgate.gateway.answers import (
     INVALID_CALLBACK,
@@ -76,6 +77,51 @@ class Decoder(Protocol):
 
     def params(self, query: str) -> AnswerParams:
         """How to answer a request whose body is refused unread: as its query string says."""
+
+
+class NativeDecoder:
+    """A request read by one of the native decoder's functions (`decode_request`, or
+    `decode_profile_request` with its `fixed` keyword arguments), by the decoder's rules, received at
+    `clock()` (seconds since the epoch) and checked against the known projects' tokens."""
+
+    __slots__ = ("_clock", "_fixed", "_options", "_read", "_tokens")
+
+    def __init__(
+        self,
+        read: Callable[..., Request],
+        options: Options,
+        tokens: TokenSource,
+        clock: Callable[[], float],
+        **fixed: bool,
+    ) -> None:
+        self._read = read
+        self._options = options
+        self._tokens = tokens
+        self._clock = clock
+        self._fixed = fixed
+
+    def decode(
+        self, query: str, body: bytes, content_type: str | None, content_encoding: str | None, peer: str
+    ) -> Request:
+        return self._read(
+            query,
+            body,
+            content_type,
+            content_encoding,
+            now=self._clock(),
+            options=self._options,
+            peer_ip=peer,
+            tokens=self._tokens.tokens,
+            **self._fixed,
+        )
+
+    def params(self, query: str) -> AnswerParams:
+        """Read by the decoder, which refuses the empty body, or decodes a `data` in the query, bounded by
+        the limit."""
+        try:
+            return self._read(query, b"", now=self._clock(), options=self._options, **self._fixed)
+        except DecodeError as err:
+            return err
 
 
 @dataclass(frozen=True, slots=True)

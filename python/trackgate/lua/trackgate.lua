@@ -1,6 +1,7 @@
 #!lua name=@LIBRARY@
--- trackgate's function library: `tg_count`, the counting of a batch. store.py loads it with each name
--- between @ signs replaced by its value on the Python side.
+-- trackgate's function library: `tg_count`, the counting of a batch's events and the applying of its
+-- profile updates. store.py loads it with each name between @ signs replaced by its value on the Python
+-- side, and profiles.lua in the place of the line that names it.
 
 local DAY = 86400
 
@@ -8,6 +9,7 @@ local DAY = 86400
 -- by ':'.
 local MARKS, HOURLY_COUNTS, DAILY_USERS = '@MARKS@', '@HOURLY_COUNTS@', '@DAILY_USERS@'
 local DAILY_COUNTS, EVENT_NAMES, NAMES_SEEN = '@DAILY_COUNTS@', '@EVENT_NAMES@', '@NAMES_SEEN@'
+local PROFILE_UPDATES = '@PROFILE_UPDATES@'
 local FUNNEL_NAMES, FUNNEL_ACTIVITY = '@FUNNEL_NAMES@', '@FUNNEL_ACTIVITY@'
 local FUNNEL_GOALS, FUNNEL_STATES = '@FUNNEL_GOALS@', '@FUNNEL_STATES@'
 local FUNNEL_ATTEMPTS, FUNNEL_COUNTERS = '@FUNNEL_ATTEMPTS@', '@FUNNEL_COUNTERS@'
@@ -41,6 +43,8 @@ local function trim_by_age(stream, max_age)
     redis.call('XTRIM', stream, 'MINID', '~', cutoff)
   end
 end
+
+@PROFILES@
 
 local function server_time_us()
   local now = redis.call('TIME')
@@ -312,9 +316,11 @@ end
 -- ring>), how late in seconds an event may arrive (the decoder's max age), the counter retention in
 -- days, the project's caps on event names a day and on funnel names; then the events' arguments (the
 -- decoder's PACKED_LAYOUT): day, 'HH:<name>', distinct_id, funnel, and for mp_funnel events time, step,
--- goal. The events themselves are added by the XADDs of the same transaction.
--- Returns {events counted, events counted under OVERFLOW}; {0, 0} when the batch had been counted
--- before.
+-- goal; and among them, in the order sent, the profile updates' (see profiles.lua). The events and the
+-- updates themselves are added to their streams by the XADDs of the same transaction.
+-- Returns {events counted, events counted under OVERFLOW}, and when the batch holds profile updates two
+-- more: updates applied, new profile properties refused for want of room; zeros when the batch had been
+-- counted before.
 local FIRST = @HEADER_ARGS@ + 1
 
 local function tg_count(keys, args)
@@ -338,15 +344,24 @@ local function tg_count(keys, args)
   end
   -- Walk the events' arguments once before changing anything: a malformed call changes nothing. A
   -- funnel event's time and step are read after the first writes, so they are checked here.
-  local i, n, named = FIRST, #args, false
+  local i, n, named, updates = FIRST, #args, false, 0
   while i <= n do
-    if args[i + 3] ~= '' then
-      if not (string.match(args[i + 4] or '', '^%-?%d+$') and string.match(args[i + 5] or '', '^%d+$')) then
-        return redis.error_reply('ERR tg_count: malformed funnel event')
+    if is_update(args, i) then
+      local taken = update_width(args, i)
+      if not taken then
+        return redis.error_reply('ERR tg_count: malformed profile update')
       end
-      named = true
+      updates = updates + 1
+      i = i + taken
+    else
+      if args[i + 3] ~= '' then
+        if not (string.match(args[i + 4] or '', '^%-?%d+$') and string.match(args[i + 5] or '', '^%d+$')) then
+          return redis.error_reply('ERR tg_count: malformed funnel event')
+        end
+        named = true
+      end
+      i = i + width(args, i)
     end
-    i = i + width(args, i)
   end
   if i ~= n + 1 then
     return redis.error_reply('ERR tg_count: malformed event arguments')
@@ -355,7 +370,7 @@ local function tg_count(keys, args)
   -- already (a resent counting), in which case nothing more is done.
   local mark = prefix .. MARKS .. writer
   if redis.call('BITFIELD', mark, 'SET', 'u8', '#' .. (slot * 8 + 7), 1)[1] ~= 0 then
-    return { 0, 0 }
+    return updates > 0 and { 0, 0, 0, 0 } or { 0, 0 }
   end
   local keep = retention * DAY
 
@@ -378,43 +393,47 @@ local function tg_count(keys, args)
   local funnels, follows = funnel_admission(prefix, funnel_cap, now, window, late)
   i = FIRST
   while i <= n do
-    added = added + 1
-    local d, field, uid, funnel = args[i], args[i + 1], args[i + 2], args[i + 3]
-    local followed = funnel ~= '' and follows(funnel)
-    if funnel ~= '' and not followed then
-      field = string.sub(field, 1, 3) .. OVERFLOW
-    end
-    local per_day = counts[d]
-    if not per_day then
-      per_day = {}
-      counts[d] = per_day
-      users[d] = {}
-      listed[d] = {}
-    end
-    local count = per_day[field]
-    if not count then
-      -- The day's names in the order first seen, each also a key of the same table.
-      local seen, name = listed[d], string.sub(field, 4)
-      if not seen[name] then
-        seen[name] = true
-        seen[#seen + 1] = name
+    if is_update(args, i) then
+      i = i + update_width(args, i)
+    else
+      added = added + 1
+      local d, field, uid, funnel = args[i], args[i + 1], args[i + 2], args[i + 3]
+      local followed = funnel ~= '' and follows(funnel)
+      if funnel ~= '' and not followed then
+        field = string.sub(field, 1, 3) .. OVERFLOW
       end
-    end
-    per_day[field] = (count or 0) + 1
-    if uid ~= '' then
-      local list = users[d][field]
-      if not list then
-        list = {}
-        users[d][field] = list
+      local per_day = counts[d]
+      if not per_day then
+        per_day = {}
+        counts[d] = per_day
+        users[d] = {}
+        listed[d] = {}
       end
-      list[#list + 1] = uid
+      local count = per_day[field]
+      if not count then
+        -- The day's names in the order first seen, each also a key of the same table.
+        local seen, name = listed[d], string.sub(field, 4)
+        if not seen[name] then
+          seen[name] = true
+          seen[#seen + 1] = name
+        end
+      end
+      per_day[field] = (count or 0) + 1
+      if uid ~= '' then
+        local list = users[d][field]
+        if not list then
+          list = {}
+          users[d][field] = list
+        end
+        list[#list + 1] = uid
+      end
+      if followed then
+        local t, n = tonumber(args[i + 4]), args[i + 5]
+        fb = fb or funnel_batch()
+        funnel_event(fb, prefix, day, window, uid, t, funnel, tonumber(n), n, args[i + 6])
+      end
+      i = i + width(args, i)
     end
-    if followed then
-      local t, n = tonumber(args[i + 4]), args[i + 5]
-      fb = fb or funnel_batch()
-      funnel_event(fb, prefix, day, window, uid, t, funnel, tonumber(n), n, args[i + 6])
-    end
-    i = i + width(args, i)
   end
   -- The name cap, per day: the counters of names it refuses go to OVERFLOW's (a day without either
   -- needs no folding).
@@ -484,14 +503,35 @@ local function tg_count(keys, args)
     redis.call('ZREMRANGEBYSCORE', seen_key, '-inf', '(' .. day_number(civil(oldest)))
     redis.call('EXPIRE', seen_key, keep)
   end
-  -- Trimmed once per batch, not per XADD: the same `~` bound (whole nodes only) for an XADD's worth of
-  -- work, and fewer arguments in every XADD that the append-only file records.
-  if args[1] ~= '0' then
-    redis.call('XTRIM', stream, 'MAXLEN', '~', args[1])
+  -- The profile updates, in the order sent, each to its profile.
+  local refused = 0
+  if updates > 0 then
+    i = FIRST
+    while i <= n do
+      if is_update(args, i) then
+        refused = refused + apply_update(prefix, args, i)
+        i = i + update_width(args, i)
+      else
+        i = i + width(args, i)
+      end
+    end
   end
+  -- Trimmed once per batch, not per XADD: the same `~` bound (whole nodes only) for an XADD's worth of
+  -- work, and fewer arguments in every XADD that the append-only file records. The stream of profile
+  -- updates is trimmed as the events' is.
   local max_age = tonumber(args[2])
-  if max_age > 0 then
-    trim_by_age(stream, max_age)
+  for _, trimmed in ipairs({ added > 0 and stream, updates > 0 and prefix .. PROFILE_UPDATES }) do
+    if trimmed then
+      if args[1] ~= '0' then
+        redis.call('XTRIM', trimmed, 'MAXLEN', '~', args[1])
+      end
+      if max_age > 0 then
+        trim_by_age(trimmed, max_age)
+      end
+    end
+  end
+  if updates > 0 then
+    return { added, over, updates, refused }
   end
   return { added, over }
 end

@@ -91,25 +91,67 @@ pub(super) fn decode_request(
     peer_ip: Option<&str>,
     tokens: Option<&PyTokenSet>,
 ) -> PyResult<PyRequest> {
-    check_now(now)?;
-    let rules = &options.0;
-    let ctx = Context {
-        options: rules,
+    let http = Http {
+        body,
+        content_type,
+        content_encoding,
         now,
+        options,
         peer_ip,
-        tokens: tokens.map(|t| &t.0),
+        tokens,
     };
-    with_bytes(query, |query| {
-        run(
-            py,
-            query.len() + body.len(),
-            || crate::decode_request(query, body, content_type, content_encoding, &ctx),
-            || {
-                let max = rules.max_request_bytes;
-                request::answer_params(query, body, content_type, content_encoding, max)
-            },
-        )
-    })
+    http.decode(py, query, crate::decode_request)
+}
+
+/// One HTTP request to an ingestion endpoint, as the binding's functions take it (but for the query
+/// string, which `decode` reads as bytes).
+pub(super) struct Http<'a> {
+    pub(super) body: &'a [u8],
+    pub(super) content_type: Option<&'a str>,
+    pub(super) content_encoding: Option<&'a str>,
+    pub(super) now: f64,
+    pub(super) options: &'a PyOptions,
+    pub(super) peer_ip: Option<&'a str>,
+    pub(super) tokens: Option<&'a PyTokenSet>,
+}
+
+impl Http<'_> {
+    /// The request read by `read`; a refused one answered as its parameters ask.
+    pub(super) fn decode(
+        &self,
+        py: Python<'_>,
+        query: Text<'_>,
+        read: impl Fn(
+                &[u8],
+                &[u8],
+                Option<&str>,
+                Option<&str>,
+                &Context<'_>,
+            ) -> Result<Decoded, RequestError>
+            + Sync,
+    ) -> PyResult<PyRequest> {
+        check_now(self.now)?;
+        let rules = &self.options.0;
+        let ctx = Context {
+            options: rules,
+            now: self.now,
+            peer_ip: self.peer_ip,
+            tokens: self.tokens.map(|t| &t.0),
+        };
+        let (body, content_type, content_encoding) =
+            (self.body, self.content_type, self.content_encoding);
+        with_bytes(query, |query| {
+            run(
+                py,
+                query.len() + body.len(),
+                || read(query, body, content_type, content_encoding, &ctx),
+                || {
+                    let max = rules.max_request_bytes;
+                    request::answer_params(query, body, content_type, content_encoding, max)
+                },
+            )
+        })
+    }
 }
 
 /// Decodes the value of one `data` parameter: base64 in any variant, raw JSON, or gzip bytes.

@@ -3,14 +3,15 @@
 //! per property, and none per event. `trackgate.decode` makes its typed events here, straight from the
 //! decoder's.
 //!
-//! `options` holds the rules and tokens, `decode` the decoding functions, `decoded` what a decoded
-//! request hands Python, `events` and `strings` the typed events of `trackgate.decode`, `reply_reader`
-//! the batcher's reader of Redis's replies.
+//! `options` holds the rules and tokens, `decode` the decoding functions (`profiles` those of `/engage`
+//! and `/groups`), `decoded` what a decoded request hands Python, `events` and `strings` the typed
+//! events of `trackgate.decode`, `reply_reader` the batcher's reader of Redis's replies.
 
 mod decode;
 mod decoded;
 mod events;
 mod options;
+mod profiles;
 mod reply_reader;
 mod strings;
 
@@ -18,6 +19,7 @@ use decode::{decode_data, decode_request};
 use decoded::{PyDecodeError, PyEventError, PyPartitionBatch, PyRequest};
 use events::PyEventDecoder;
 use options::{rules, PyOptions, PyRule, PyTokenSet};
+use profiles::{decode_profile_request, profile_partition};
 use reply_reader::{PyReplyReader, ReplyError};
 
 use pyo3::prelude::*;
@@ -53,5 +55,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ReplyError", m.py().get_type::<ReplyError>())?;
     m.add_function(wrap_pyfunction!(decode_request, m)?)?;
     m.add_function(wrap_pyfunction!(decode_data, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_profile_request, m)?)?;
+    m.add_function(wrap_pyfunction!(profile_partition, m)?)?;
     Ok(())
 }
