@@ -189,15 +189,10 @@ impl Batches {
         Self::close_entry(batch, args);
     }
 
+    /// A valid event: its XADD to its partition's stream, and its arguments for the function that
+    /// counts it.
     pub fn push(&mut self, event: &Valid<'_>, json: &[u8], partitions: u32) {
-        let key: &[u8] = match (&event.distinct_id, &event.insert_id) {
-            (Some(id), _) if !id.is_empty() => id.as_bytes(),
-            (_, Some(id)) => id.as_bytes(),
-            _ => json,
-        };
-        let partition = partition_of(key, partitions);
-        let index = self.batch_for(&event.token, partition, Stream::Events);
-        self.add_entry(index, json, event.time);
+        let index = self.add_event(event, json, partitions);
         let seconds = event.time.floor() as i64;
         let (day, hour) = (
             seconds.div_euclid(86_400),
@@ -224,6 +219,27 @@ impl Batches {
             4
         };
         Self::close_entry(batch, args);
+    }
+
+    /// A valid event stored but not counted: its XADD alone (see `import.rs`: a day older than the
+    /// counters are kept).
+    pub fn push_uncounted(&mut self, event: &Valid<'_>, json: &[u8], partitions: u32) {
+        let index = self.add_event(event, json, partitions);
+        Self::close_entry(&mut self.batches[index], 0);
+    }
+
+    /// An event's XADD to the stream of its partition: its user's (`distinct_id`), else its
+    /// `$insert_id`'s, else its JSON's. Returns its batch.
+    fn add_event(&mut self, event: &Valid<'_>, json: &[u8], partitions: u32) -> usize {
+        let key: &[u8] = match (&event.distinct_id, &event.insert_id) {
+            (Some(id), _) if !id.is_empty() => id.as_bytes(),
+            (_, Some(id)) => id.as_bytes(),
+            _ => json,
+        };
+        let partition = partition_of(key, partitions);
+        let index = self.batch_for(&event.token, partition, Stream::Events);
+        self.add_entry(index, json, event.time);
+        index
     }
 
     /// Orders each batch's events by `time` (stably): within one request, time is the only order there
