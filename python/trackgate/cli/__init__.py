@@ -1,4 +1,5 @@
 """`trackgate serve`, `trackgate project create|list|set-funnel-window|set-caps|backup|restore`,
+`trackgate project add-service-account|service-accounts|remove-service-account`,
 `trackgate funnels report` and `trackgate export`: the parser and the dispatch; each command's work is in
 its module."""
 
@@ -78,6 +79,17 @@ def _parser() -> argparse.ArgumentParser:
             "--" + field.replace("_", "-"), type=int, help=f"default: {getattr(bounds.DEFAULT_CAPS, field)}"
         )
 
+    add_account = actions.add_parser(
+        "add-service-account",
+        help="add a service account to a project, for /import and the query API; prints its user and secret",
+    )
+    add_account.add_argument("name", help="the project's name or token")
+    accounts = actions.add_parser("service-accounts", help="list a project's service accounts (their users)")
+    accounts.add_argument("name", help="the project's name or token")
+    remove_account = actions.add_parser("remove-service-account", help="remove a project's service account")
+    remove_account.add_argument("name", help="the project's name or token")
+    remove_account.add_argument("user", help="the service account's user")
+
     funnel = commands.add_parser("funnels", help="funnel reports")
     funnel_actions = funnel.add_subparsers(dest="action", required=True, metavar="ACTION")
     report = funnel_actions.add_parser("report", help="print a funnel report as a table")
@@ -90,7 +102,19 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--from", dest="start", help="first UTC day, YYYY-MM-DD (default: 30 days ago)")
         sub.add_argument("--to", dest="end", help="last UTC day, YYYY-MM-DD (default: today)")
         sub.add_argument("--partitions", help="the gateway's --partitions (default: 4)")
-    for sub in (create, listing, window, caps, backup, restore, report, export):
+    for sub in (
+        create,
+        listing,
+        window,
+        caps,
+        backup,
+        restore,
+        add_account,
+        accounts,
+        remove_account,
+        report,
+        export,
+    ):
         sub.add_argument(
             "--redis-url", help="Redis holding the projects (default: the private redis-server's)"
         )
