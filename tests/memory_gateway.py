@@ -16,11 +16,13 @@ from redis.asyncio import Redis
 from trackgate import metrics
 from trackgate._native import TokenSet
 from trackgate.batcher import Key, Unavailable, UnavailableError
+from trackgate.credentials import basic_credentials
 from trackgate.gateway.app import App, Services
 from trackgate.gateway.ingest import Batches
 from trackgate.settings import Settings
 
 TOKEN = "tk-handler"
+SECRET = "secret-handler"
 NOW = 1_700_000_000.25
 ORIGIN = "https://shop.example"
 
@@ -170,6 +172,21 @@ class FixedTokens:
         return None
 
 
+class FixedCredentials:
+    """TOKEN's credentials: its API secret SECRET as the user name, whatever `project_id` says (the
+    rule itself is credentials.py's, tested against a real registry); with `unreachable`, the registry
+    cannot be read."""
+
+    def __init__(self, *, unreachable: bool = False) -> None:
+        self.unreachable = unreachable
+
+    async def project_for(self, authorization: str | None, project_id: str | None) -> str | None:
+        if self.unreachable:
+            raise ConnectionError("Redis is unreachable")
+        basic = basic_credentials(authorization)
+        return TOKEN if basic is not None and basic[0] == SECRET else None
+
+
 @dataclass
 class Gateway:
     app: App
@@ -199,7 +216,10 @@ class Gateway:
 
 @asynccontextmanager
 async def running(
-    sink: MemorySink | None = None, tokens: FixedTokens | None = None, **settings: Any
+    sink: MemorySink | None = None,
+    tokens: FixedTokens | None = None,
+    credentials: FixedCredentials | None = None,
+    **settings: Any,
 ) -> AsyncIterator[Gateway]:
     gateway = Gateway(App(), sink or MemorySink())
     services = Services(
@@ -208,6 +228,7 @@ async def running(
         admin=Redis.from_url("redis://127.0.0.1:1"),  # never used by /track
         clock=lambda: NOW,
         monotonic=lambda: gateway.clock[0],
+        credentials=credentials or FixedCredentials(),
     )
     await gateway.app.start(Settings(redis_url="redis://127.0.0.1:1", **settings), services)
     try:
@@ -226,13 +247,14 @@ def answer(
     chunked: bool = False,
     sink: MemorySink | None = None,
     tokens: FixedTokens | None = None,
+    credentials: FixedCredentials | None = None,
     path: str = "/track",
     **settings: Any,
 ) -> Proto:
     """One request's answer from a fresh gateway."""
 
     async def scenario() -> Proto:
-        async with running(sink, tokens, **settings) as gateway:
+        async with running(sink, tokens, credentials, **settings) as gateway:
             return await gateway.call(method, query, body, headers, client, chunked=chunked, path=path)
 
     return asyncio.run(scenario())

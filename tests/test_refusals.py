@@ -52,6 +52,7 @@ SCENARIOS: dict[Refusal, Callable[[], Proto]] = {
     Refusal.WRITE_FAILED: lambda: answer(
         data(event()), sink=MemorySink(unstored=frozenset((TOKEN, p) for p in range(4)))
     ),
+    Refusal.INVALID_CREDENTIALS: lambda: answer(body=form(event()), method="POST", path="/import"),
 }
 
 
