@@ -23,7 +23,7 @@ import redis
 from conftest import PARTITIONS, TRACKGATE, Gateway, RedisServer, create_project_keys, stored_events
 from mixpanel import BufferedConsumer, Consumer, Mixpanel, MixpanelException, ServiceAccountCredentials
 from redis.asyncio import Redis
-from trackgate import keys, projects
+from trackgate import keys, projects, service_accounts
 
 CAPTURES = Path(__file__).resolve().parent / "spec" / "captures" / "people"
 PYTHON_RUN = "mixpanel-python-5.4.1-people.jsonl"
@@ -115,7 +115,7 @@ def test_the_captured_import_requests_replayed(
             await projects.create_project(
                 admin, CAPTURED_PROJECT_ID, token=CAPTURED_TOKEN, secret=CAPTURED_SECRET
             )
-            await projects.add_service_account(admin, CAPTURED_TOKEN, *CAPTURED_ACCOUNT)
+            await service_accounts.add(admin, CAPTURED_TOKEN, *CAPTURED_ACCOUNT)
 
     asyncio.run(register())
     captures = captured_imports()

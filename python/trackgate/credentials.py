@@ -19,7 +19,7 @@ from typing import Final, Protocol
 
 from redis.asyncio import Redis
 
-from trackgate import projects
+from trackgate import projects, service_accounts
 
 CHALLENGE: Final = ("www-authenticate", 'Basic realm="trackgate", charset="UTF-8"')
 """The header of a 401 answer: which credentials to send."""
@@ -48,7 +48,7 @@ class RegistryCredentials:
         token = await projects.project_token(self._client, project_id)
         if token is None:
             return None
-        if password and await projects.is_service_account(self._client, token, user, password):
+        if password and await service_accounts.verify(self._client, token, user, password):
             return token
         return token if await projects.project_for_secret(self._client, user) == token else None
 

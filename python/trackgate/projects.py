@@ -40,8 +40,8 @@ _MAX_NAME = 200
 _USER_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
 SERVICE_ACCOUNT_FIELD: Final = "sa:"
-"""A project hash's field `sa:<user>` holds the hash of that service account's secret: kept, backed up
-and restored with the rest of the project."""
+"""A project hash's field `sa:<user>` holds the hash of that service account's secret (service_accounts.py):
+kept, backed up and restored with the rest of the project."""
 
 
 class ProjectError(ValueError):
@@ -70,7 +70,8 @@ def reply_text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _hash_secret(secret: str) -> str:
+def hash_secret(secret: str) -> str:
+    """What the registry keeps of a secret (a project's or a service account's)."""
     return "sha256$" + hashlib.sha256(secret.encode()).hexdigest()
 
 
@@ -83,7 +84,7 @@ async def create_project(
 ) -> tuple[Project, str]:
     """A new project and its secret (shown once; only its hash is kept). `token` keeps an existing
     Mixpanel token, so that clients moving to the gateway need no change; `secret` likewise keeps an
-    existing API secret."""
+    existing API secret (as random as the ones made here: it is hashed without stretching)."""
     check_window(funnel_window)
     name = name.strip()
     check_name(name)
@@ -102,12 +103,12 @@ async def create_project(
             project_key(token),
             mapping={
                 "name": name,
-                "secret": _hash_secret(secret),
+                "secret": hash_secret(secret),
                 "created": str(project.created),
                 "funnel_window": str(funnel_window),
             },
         )
-        pipe.hset(PROJECT_SECRETS_KEY, _hash_secret(secret), token)
+        pipe.hset(PROJECT_SECRETS_KEY, hash_secret(secret), token)
         pipe.sadd(PROJECTS_KEY, token)
         await pipe.execute()
     return project, secret
@@ -261,7 +262,7 @@ async def list_projects(client: Redis) -> list[Project]:
 async def project_for_secret(client: Redis, secret: str) -> str | None:
     """The token of the project whose API secret this is. The lookup is by the secret's hash, and the
     stored hash is then compared in constant time."""
-    hashed = _hash_secret(secret)
+    hashed = hash_secret(secret)
     token = await client.hget(PROJECT_SECRETS_KEY, hashed)
     if token is None:
         return None
@@ -279,38 +280,6 @@ async def project_token(client: Redis, name_or_token: str) -> str | None:
     if valid_token(name_or_token) and await client.exists(project_key(name_or_token)):
         return name_or_token
     return None
-
-
-async def add_service_account(
-    client: Redis, token: str, user: str | None = None, secret: str | None = None
-) -> tuple[str, str]:
-    """A new service account of the project: its user and its secret (shown once; only its hash is
-    kept). By default both are made here; given, they are kept (an account moved from elsewhere)."""
-    user = user or f"sa-{secrets.token_hex(8)}"
-    check_user(user)
-    secret = secret or secrets.token_urlsafe(32)
-    if not await client.hsetnx(project_key(token), SERVICE_ACCOUNT_FIELD + user, _hash_secret(secret)):
-        raise ProjectError(f"the project has a service account {user!r} already")
-    return user, secret
-
-
-async def service_accounts(client: Redis, token: str) -> list[str]:
-    """The users of the project's service accounts, in name order."""
-    fields = await client.hkeys(project_key(token))
-    names = (reply_text(name) for name in fields)
-    return sorted(n.removeprefix(SERVICE_ACCOUNT_FIELD) for n in names if n.startswith(SERVICE_ACCOUNT_FIELD))
-
-
-async def remove_service_account(client: Redis, token: str, user: str) -> bool:
-    """False when the project has no such account."""
-    return bool(await client.hdel(project_key(token), SERVICE_ACCOUNT_FIELD + user))
-
-
-async def is_service_account(client: Redis, token: str, user: str, secret: str) -> bool:
-    """Whether `user` and `secret` are a service account of the project, the secret's hash compared with
-    the stored one in constant time."""
-    stored = await client.hget(project_key(token), SERVICE_ACCOUNT_FIELD + user)
-    return stored is not None and hmac.compare_digest(_hash_secret(secret), reply_text(stored))
 
 
 class TokenCache:

@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 from redis.asyncio import Redis
 
-from trackgate import bounds, projects, registry_backup, settings
+from trackgate import bounds, projects, registry_backup, service_accounts, settings
 from trackgate.cli.errors import UsageError
 from trackgate.cli.redis_access import find_project, redis_for_cli, with_client
 
@@ -121,7 +121,7 @@ async def _service_accounts(client: Redis, args: argparse.Namespace) -> int:
     """Add one (its user and secret printed, as `create` prints a project's), list them, remove one."""
     project = await find_project(client, args.name)
     if args.action == "add-service-account":
-        user, secret = await projects.add_service_account(client, project.token)
+        user, secret = await service_accounts.add(client, project.token)
         print(f"user: {user}\nsecret: {secret}")
         print(
             f"keep the secret: it is not shown again; send it as HTTP Basic {user}:<secret> with "
@@ -130,11 +130,11 @@ async def _service_accounts(client: Redis, args: argparse.Namespace) -> int:
         )
         return 0
     if args.action == "remove-service-account":
-        if not await projects.remove_service_account(client, project.token, args.user):
+        if not await service_accounts.remove(client, project.token, args.user):
             raise UsageError(f"project {project.name!r} has no service account {args.user!r}")
         print(f"{project.name}: service account {args.user} removed")
         return 0
-    users = await projects.service_accounts(client, project.token)
+    users = await service_accounts.users(client, project.token)
     if not users:
         hint = "add one with `trackgate project add-service-account`"
         print(f"{project.name} has no service accounts; {hint}", file=sys.stderr)
