@@ -1,4 +1,4 @@
-"""`trackgate serve`, `trackgate project create|list|set-funnel-window|set-caps|backup|restore`,
+"""`trackgate serve`, `trackgate project create|list|set-funnel-window|set-caps|backup|restore|reindex`,
 `trackgate funnels report` and `trackgate export`: the parser and the dispatch; each command's work is in
 its module."""
 
@@ -78,6 +78,13 @@ def _parser() -> argparse.ArgumentParser:
             "--" + field.replace("_", "-"), type=int, help=f"default: {getattr(bounds.DEFAULT_CAPS, field)}"
         )
 
+    reindex = actions.add_parser(
+        "reindex",
+        help="write the daily counts and names seen that reports read, for days counted by a gateway "
+        "older than this one (from the hourly counts; safe to run again, and beside running gateways)",
+    )
+    reindex.add_argument("name")
+
     funnel = commands.add_parser("funnels", help="funnel reports")
     funnel_actions = funnel.add_subparsers(dest="action", required=True, metavar="ACTION")
     report = funnel_actions.add_parser("report", help="print a funnel report as a table")
@@ -90,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--from", dest="start", help="first UTC day, YYYY-MM-DD (default: 30 days ago)")
         sub.add_argument("--to", dest="end", help="last UTC day, YYYY-MM-DD (default: today)")
         sub.add_argument("--partitions", help="the gateway's --partitions (default: 4)")
-    for sub in (create, listing, window, caps, backup, restore, report, export):
+    for sub in (create, listing, window, caps, backup, restore, reindex, report, export):
         sub.add_argument(
             "--redis-url", help="Redis holding the projects (default: the private redis-server's)"
         )

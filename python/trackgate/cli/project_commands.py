@@ -1,4 +1,4 @@
-"""`trackgate project ...`: create, list, set-funnel-window, set-caps, backup and restore."""
+"""`trackgate project ...`: create, list, set-funnel-window, set-caps, backup, restore and reindex."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import msgspec
 from redis.asyncio import Redis
 
-from trackgate import bounds, projects, registry_backup, settings
+from trackgate import bounds, projects, registry_backup, reindex, settings
 from trackgate.cli.errors import UsageError
 from trackgate.cli.redis_access import find_project, redis_for_cli, with_client
 
@@ -50,6 +50,14 @@ async def project_action(args: argparse.Namespace, url: str) -> int:
             return 0
         if args.action == "set-caps":
             return await _set_caps(client, args)
+        if args.action == "reindex":
+            project = await find_project(client, args.name)
+            try:
+                days, names = await reindex.reindex_project(client, project.token)
+            except reindex.OldLibraryError as err:
+                raise UsageError(str(err)) from None
+            print(f"{project.name}: {days} days of a partition reindexed, {names} names")
+            return 0
         found = await projects.list_projects(client)
         if not found:
             print("no projects; create one with `trackgate project create NAME`", file=sys.stderr)

@@ -537,3 +537,42 @@ local function tg_count(keys, args)
 end
 
 redis.register_function('tg_count', tg_count)
+
+-- KEYS: a partition's prefix. ARGV: a day (YYYY-MM-DD). Writes the day's daily counts and names seen
+-- from its hourly counts, for days counted by a gateway that kept neither: each name's daily count set
+-- to the sum of its hours (the hourly counts hold every event counted that day, so this is right
+-- whenever it runs), the daily counts' expiry the hourly counts'. Returns the names written.
+local function tg_reindex(keys, args)
+  local prefix, d = keys[1], args[1]
+  if #keys ~= 1 or not string.match(d or '', '^%d%d%d%d%-%d%d%-%d%d$') then
+    return redis.error_reply('ERR tg_reindex: expected one key and a day YYYY-MM-DD')
+  end
+  local hourly = redis.call('HGETALL', prefix .. HOURLY_COUNTS .. d)
+  local totals, names = {}, {}
+  for j = 1, #hourly, 2 do
+    local name = string.sub(hourly[j], 4)
+    if not totals[name] then
+      names[#names + 1] = name
+    end
+    totals[name] = (totals[name] or 0) + tonumber(hourly[j + 1])
+  end
+  local daily, score = prefix .. DAILY_COUNTS .. d, day_number(d)
+  local fields, entries = {}, {}
+  for _, name in ipairs(names) do
+    fields[#fields + 1] = name
+    fields[#fields + 1] = totals[name]
+    entries[#entries + 1] = score
+    entries[#entries + 1] = name
+  end
+  for from = 1, #fields, 1000 do
+    redis.call('HSET', daily, unpack(fields, from, math.min(from + 999, #fields)))
+    redis.call('ZADD', prefix .. NAMES_SEEN, 'GT', unpack(entries, from, math.min(from + 999, #entries)))
+  end
+  local ttl = redis.call('PTTL', prefix .. HOURLY_COUNTS .. d)
+  if #names > 0 and ttl > 0 then
+    redis.call('PEXPIRE', daily, ttl)
+  end
+  return #names
+end
+
+redis.register_function('tg_reindex', tg_reindex)
