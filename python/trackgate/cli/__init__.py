@@ -1,6 +1,6 @@
 """`trackgate serve`, `trackgate project create|list|set-funnel-window|set-caps|backup|restore|reindex`,
-`trackgate funnels report` and `trackgate export`: the parser and the dispatch; each command's work is in
-its module."""
+`trackgate funnels report`, `trackgate export` and `trackgate consume`: the parser and the dispatch;
+each command's work is in its module."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 from redis.exceptions import RedisError
 
 from trackgate import bounds, projects, settings
+from trackgate.cli import consume_command
 from trackgate.cli.errors import UsageError
 from trackgate.cli.project_commands import project_action, registry_file, window_seconds
 from trackgate.cli.redis_access import project_named, redis_for_cli
@@ -97,7 +98,14 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--from", dest="start", help="first UTC day, YYYY-MM-DD (default: 30 days ago)")
         sub.add_argument("--to", dest="end", help="last UTC day, YYYY-MM-DD (default: today)")
         sub.add_argument("--partitions", help="the gateway's --partitions (default: 4)")
-    for sub in (create, listing, window, caps, backup, restore, reindex, report, export):
+    consume = commands.add_parser(
+        "consume",
+        help="write a project's stored events and profile updates as JSON lines, through a consumer group",
+        description="Hand on every entry of the project's streams, each acknowledged once written "
+        "(at least once: deduplicate on $insert_id). Stops on SIGINT or SIGTERM.",
+    )
+    consume_command.add_arguments(consume)
+    for sub in (create, listing, window, caps, backup, restore, reindex, report, export, consume):
         sub.add_argument(
             "--redis-url", help="Redis holding the projects (default: the private redis-server's)"
         )
@@ -128,6 +136,8 @@ def with_redis(args: argparse.Namespace) -> int:
             return asyncio.run(project_action(args, url))
         if args.command == "funnels":
             return asyncio.run(funnel_report(args, config, url))
+        if args.command == "consume":
+            return asyncio.run(consume_command.consume_command(args, config, url))
         start, end = date_range(args)
         project = asyncio.run(project_named(url, args.project))
         # Opened once the arguments are known to be good: a mistyped date must not empty the file.
