@@ -24,15 +24,14 @@ from redis.asyncio import Redis
 
 from trackgate import keys
 from trackgate._native import profile_partition
-from trackgate.parameters import ParameterError, Query, last, whole
+from trackgate.parameters import ParameterError, Query, json_names, last, refuse, whole
 
 MAX_PAGE_SIZE: Final = 1000
 """Profiles a page holds at most, and by default (Mixpanel's)."""
 MAX_IDS: Final = 2000
 """Ids one query may name."""
 UNSUPPORTED: Final = ("where", "filter_by_cohort", "cohort_id", "behaviors", "as_of_timestamp")
-"""Mixpanel's filters, which trackgate does not evaluate: refused rather than ignored, since ignoring
-one would answer with profiles it excludes."""
+"""Mixpanel's filters, which trackgate does not evaluate (parameters.refuse)."""
 
 _encode = msgspec.json.encode
 _MAX_SESSION_CHARS: Final = 1000
@@ -58,13 +57,13 @@ class EngageQuery:
     @classmethod
     def parse(cls, params: Query) -> EngageQuery:
         """The query of a request's parameters (the last value of each)."""
-        for name in UNSUPPORTED:
-            if name in params:
-                raise ParameterError(f"{name}: not supported; filter the profiles the API returns instead")
+        refuse(params, UNSUPPORTED, "filter the profiles the API returns instead")
         one, many = last(params, "distinct_id"), last(params, "distinct_ids")
         if one is not None and many is not None:
             raise ParameterError("distinct_id, distinct_ids: give one of them")
-        ids = [one] if one is not None else None if many is None else _names(many, "distinct_ids", MAX_IDS)
+        ids = (
+            [one] if one is not None else None if many is None else json_names(many, "distinct_ids", MAX_IDS)
+        )
         # (An empty parameter is no parameter: parse_qs leaves it out.)
         group_key = last(params, "data_group_id")
         output = last(params, "output_properties")
@@ -77,24 +76,8 @@ class EngageQuery:
             page=whole(params, "page", 0, 2**31),
             page_size=whole(params, "page_size", MAX_PAGE_SIZE, MAX_PAGE_SIZE, least=1),
             session_id=session_id,
-            output_properties=None if output is None else _names(output, "output_properties", 1000),
+            output_properties=None if output is None else json_names(output, "output_properties", 1000),
         )
-
-
-def _names(text: str, name: str, most: int) -> list[str]:
-    """A JSON list of strings (numbers taken as their text), each once, at most `most` of them."""
-    try:
-        value = msgspec.json.decode(text)
-    except msgspec.DecodeError:
-        raise ParameterError(f"{name}: expected a JSON list, got {text[:40]!r}") from None
-    if not isinstance(value, list) or not all(
-        isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)) for v in value
-    ):
-        raise ParameterError(f"{name}: expected a JSON list of strings")
-    names = list(dict.fromkeys(str(v) for v in value))
-    if len(names) > most:
-        raise ParameterError(f"{name}: at most {most}, got {len(names)}")
-    return names
 
 
 async def engage(client: Redis, token: str, partitions: int, query: EngageQuery) -> bytes:
