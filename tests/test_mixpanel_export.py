@@ -5,18 +5,16 @@ what was sent and with trackgate's own `/api/export`."""
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import requests
+from captures import CAPTURED_TOKEN, captured, replay, sent_objects
 from conftest import Gateway, RedisServer, create_project_keys
 from mixpanel import Consumer, Mixpanel
 from trackgate import mixpanel_export
@@ -26,8 +24,6 @@ TODAY = dt.datetime.now(dt.UTC).date()
 # Three whole UTC days, all past: no event is ever in the future, whatever the hour.
 DAYS = [TODAY - dt.timedelta(days=n) for n in (5, 4, 3)]
 NAMES = ["Signed up", "Page view", "Purchase"]
-CAPTURES = Path(__file__).resolve().parent / "spec" / "captures"
-CAPTURED_TOKEN = "e3bc4100330c35722740fb8c6f5abddc"  # the token the captured clients were configured with
 CAPTURE_DAY = dt.date(2026, 11, 26)
 
 
@@ -324,41 +320,21 @@ def test_mixpanel_python_events_exported(export_gateway: Gateway, export_redis: 
     assert {k: signed_up["properties"][k] for k in properties} == properties
 
 
-def captured_track_requests() -> list[dict[str, Any]]:
-    """The captured requests of both clients to /track, in the order sent."""
-    found = []
-    for name in ("mixpanel-python-5.4.1.jsonl", "mixpanel-browser-2.82.1.jsonl"):
-        for text in (CAPTURES / name).read_text().splitlines():
-            capture = json.loads(text)
-            if urlsplit(capture["path"]).path.rstrip("/") == "/track":
-                found.append(capture)
-    return found
-
-
-def sent_events(capture: dict[str, Any]) -> list[dict[str, Any]]:
-    """The events of a captured request, decoded here with the standard library only."""
-    params = dict(parse_qsl(urlsplit(capture["path"]).query))
-    params.update(parse_qsl(base64.b64decode(capture["body_b64"]).decode()))
-    data = params["data"]
-    text = data if data.lstrip()[:1] in ("{", "[") else base64.b64decode(data).decode()
-    events = json.loads(text)
-    return events if isinstance(events, list) else [events]
-
-
 def test_the_official_clients_captured_events_exported(
     export_gateway: Gateway, export_redis: RedisServer
 ) -> None:
     _, secret = create_project_keys(export_redis.url, "captured clients", CAPTURED_TOKEN)
     want: dict[str, dict[str, Any]] = {}
-    for capture in captured_track_requests():
-        headers = {k: capture["headers"][k] for k in ("content-type", "origin") if k in capture["headers"]}
-        body = base64.b64decode(capture["body_b64"])
-        r = requests.request(
-            capture["method"], export_gateway.url(capture["path"]), data=body or None, headers=headers
-        )
+    track_requests = [
+        capture
+        for name in ("mixpanel-python-5.4.1.jsonl", "mixpanel-browser-2.82.1.jsonl")
+        for capture in captured(name, ("/track",))
+    ]
+    for capture in track_requests:
+        r = replay(export_gateway, capture)
         assert r.status_code == 200, r.text
         ip = "127.0.0.1" if "ip=1" in capture["path"] else None
-        for event in sent_events(capture):
+        for event in sent_objects(capture):
             want[event["properties"]["$insert_id"]] = expected_line(event, ip=ip)
     assert len(want) == 68
     found = exported(export_gateway, secret, from_date=str(CAPTURE_DAY), to_date=str(TODAY))

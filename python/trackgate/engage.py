@@ -7,7 +7,8 @@ project's people; with `data_group_id` (a group key) the same for that key's gro
 ids. Pages go through the partitions' indexes (keys.people_key, keys.groups_key) in order, each in name
 order. A page's `session_id` says where it ended: asked for the next page with it, the next page starts
 there, so profiles made or deleted meanwhile shift no profile into another page; without it (or for
-another page) a page starts at its rank, as the indexes are then.
+another page) a page starts at its rank, as the indexes are then. `every_profile` goes through all the
+pages so (`trackgate profiles export`).
 
 Properties are written from the JSON texts the profiles hold, never parsed here.
 """
@@ -16,7 +17,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
 from typing import Final, cast
 
 import msgspec
@@ -88,6 +90,36 @@ async def engage(client: Redis, token: str, partitions: int, query: EngageQuery)
         ]
         results = await _results(client, token, query, found)
         return _answer(query, "", len(results), results)
+    page = await _page_of_all(client, token, partitions, query)
+    return _answer(query, page.session_id, page.total, page.results)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page over all the profiles: each result's JSON, the session id that asks for the next page, the
+    profiles the indexes counted, and whether the profiles ran out before the page was full."""
+
+    results: list[bytes]
+    session_id: str
+    total: int
+    last: bool
+
+
+async def every_profile(
+    client: Redis, token: str, partitions: int, group_key: str | None
+) -> AsyncIterator[Page]:
+    """Every profile of the project's people (or of `group_key`'s groups), a page at a time as the API's
+    pages give them, each page asked for with the last one's session id."""
+    query = EngageQuery(group_key, None, 0, MAX_PAGE_SIZE, None, None)
+    while True:
+        page = await _page_of_all(client, token, partitions, query)
+        yield page
+        if page.last:
+            return
+        query = replace(query, page=query.page + 1, session_id=page.session_id)
+
+
+async def _page_of_all(client: Redis, token: str, partitions: int, query: EngageQuery) -> Page:
     indexes = [_index_key(token, partition, query.group_key) for partition in range(partitions)]
     async with client.pipeline(transaction=False) as pipe:
         for index in indexes:
@@ -99,7 +131,7 @@ async def engage(client: Redis, token: str, partitions: int, query: EngageQuery)
     if page:
         partition, last = page[-1]
         session = base64.urlsafe_b64encode(_encode(_Cursor(query.page, partition, last))).decode()
-    return _answer(query, session, sum(counts), results)
+    return Page(results, session, sum(counts), len(page) < query.page_size)
 
 
 def _index_key(token: str, partition: int, group_key: str | None) -> str:
