@@ -1,6 +1,6 @@
 """`trackgate serve`, `trackgate project create|list|set-funnel-window|set-caps|backup|restore|reindex`,
-`trackgate funnels report`, `trackgate export` and `trackgate consume`: the parser and the dispatch;
-each command's work is in its module."""
+`trackgate funnels report`, `trackgate export`, `trackgate profiles export` and `trackgate consume`: the
+parser and the dispatch; each command's work is in its module."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import argparse
 import asyncio
 import contextlib
 import sys
+from collections.abc import Callable, Coroutine
+from functools import partial
+from typing import BinaryIO
 
 from redis.exceptions import RedisError
 
@@ -16,7 +19,7 @@ from trackgate.cli import consume_command
 from trackgate.cli.errors import UsageError
 from trackgate.cli.project_commands import project_action, registry_file, window_seconds
 from trackgate.cli.redis_access import project_named, redis_for_cli
-from trackgate.cli.report_commands import date_range, export_events, funnel_report
+from trackgate.cli.report_commands import date_range, export_events, export_profiles, funnel_report
 from trackgate.cli.serve_command import serve
 from trackgate.embedded import EmbeddedRedisError
 
@@ -92,11 +95,20 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("name", help="the funnel's name")
     report.add_argument("--json", action="store_true", help="print the report as JSON instead")
     export = commands.add_parser("export", help="write a project's raw events as JSON lines")
-    export.add_argument("--output", "-o", help="file to write (default: standard output)")
     for sub in (report, export):
         sub.add_argument("--project", required=True, help="the project's name or token")
         sub.add_argument("--from", dest="start", help="first UTC day, YYYY-MM-DD (default: 30 days ago)")
         sub.add_argument("--to", dest="end", help="last UTC day, YYYY-MM-DD (default: today)")
+    profiles = commands.add_parser("profiles", help="people's and groups' profiles")
+    profile_actions = profiles.add_subparsers(dest="action", required=True, metavar="ACTION")
+    profile_export = profile_actions.add_parser(
+        "export", help="write every profile of people, or of a group key's groups, as JSON lines"
+    )
+    profile_export.add_argument("--project", help="the project's name or token (default: the only project)")
+    profile_export.add_argument("--group-key", help="the groups of this group key instead of people")
+    for sub in (export, profile_export):
+        sub.add_argument("--output", "-o", help="file to write (default: standard output)")
+    for sub in (report, export, profile_export):
         sub.add_argument("--partitions", help="the gateway's --partitions (default: 4)")
     consume = commands.add_parser(
         "consume",
@@ -105,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
         "(at least once: deduplicate on $insert_id). Stops on SIGINT or SIGTERM.",
     )
     consume_command.add_arguments(consume)
-    for sub in (create, listing, window, caps, backup, restore, reindex, report, export, consume):
+    project_actions = (create, listing, window, caps, backup, restore, reindex)
+    for sub in (*project_actions, report, export, profile_export, consume):
         sub.add_argument(
             "--redis-url", help="Redis holding the projects (default: the private redis-server's)"
         )
@@ -138,9 +151,15 @@ def with_redis(args: argparse.Namespace) -> int:
             return asyncio.run(funnel_report(args, config, url))
         if args.command == "consume":
             return asyncio.run(consume_command.consume_command(args, config, url))
-        start, end = date_range(args)
-        project = asyncio.run(project_named(url, args.project))
+        write: Callable[[BinaryIO], Coroutine[None, None, int]]
+        if args.command == "profiles":
+            project = asyncio.run(project_named(url, args.project))
+            write = partial(export_profiles, config, url, project, args.group_key)
+        else:
+            start, end = date_range(args)
+            project = asyncio.run(project_named(url, args.project))
+            write = partial(export_events, config, url, project, start, end)
         # Opened once the arguments are known to be good: a mistyped date must not empty the file.
         with contextlib.ExitStack() as files:
             out = files.enter_context(open(args.output, "wb")) if args.output else sys.stdout.buffer
-            return asyncio.run(export_events(config, url, project, start, end, out))
+            return asyncio.run(write(out))
