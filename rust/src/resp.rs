@@ -115,6 +115,8 @@ pub struct Batches {
     day: Option<(i64, String)>,
     /// Whether each event's dedup hash is packed (see `PACKED_LAYOUT`).
     dedup: bool,
+    /// What a dedup hash is computed over, kept from event to event.
+    dedup_input: Vec<u8>,
 }
 
 /// The bytes of an event's dedup hash.
@@ -125,10 +127,11 @@ pub const DEDUP_HASH_BYTES: usize = 16;
 /// goes in behind its length and the time as 8 fixed bytes, so that no two different tuples hash the
 /// same input, and two tuples collide only as two random 128-bit values do: among n events in one
 /// partition's window, with probability about n^2 / 2^129. A missing distinct_id is hashed as `""`.
-pub fn dedup_hash(event: &Valid<'_>) -> Option<[u8; DEDUP_HASH_BYTES]> {
+/// `input` is a buffer to write the hash's input in.
+pub fn dedup_hash(event: &Valid<'_>, input: &mut Vec<u8>) -> Option<[u8; DEDUP_HASH_BYTES]> {
     let insert_id = event.insert_id.as_deref()?;
     let distinct_id = event.distinct_id.as_deref().unwrap_or("");
-    let mut input = Vec::with_capacity(24 + event.name.len() + distinct_id.len() + insert_id.len());
+    input.clear();
     for field in [event.name.as_bytes(), distinct_id.as_bytes()] {
         input.extend_from_slice(&(field.len() as u32).to_le_bytes());
         input.extend_from_slice(field);
@@ -136,7 +139,7 @@ pub fn dedup_hash(event: &Valid<'_>) -> Option<[u8; DEDUP_HASH_BYTES]> {
     input.extend_from_slice(&(event.time.floor() as i64).to_le_bytes());
     input.extend_from_slice(&(insert_id.len() as u32).to_le_bytes());
     input.extend_from_slice(insert_id.as_bytes());
-    Some(xxhash_rust::xxh3::xxh3_128(&input).to_le_bytes())
+    Some(xxhash_rust::xxh3::xxh3_128(input).to_le_bytes())
 }
 
 /// The partition of a user: a stable hash (CRC-32, IEEE) of the key, so one user's events share a
@@ -261,10 +264,8 @@ impl Batches {
             4
         };
         if self.dedup {
-            bulk(
-                out,
-                dedup_hash(event).as_ref().map_or(&[][..], |hash| &hash[..]),
-            );
+            let hash = dedup_hash(event, &mut self.dedup_input);
+            bulk(out, hash.as_ref().map_or(&[][..], |hash| &hash[..]));
             args += 1;
         }
         Self::close_entry(batch, args);
@@ -392,7 +393,8 @@ mod tests {
 
     #[test]
     fn dedup_hashes_tell_apart_any_one_field_and_ignore_fractions_of_a_second() {
-        let hash = |name, id, time, insert| dedup_hash(&valid(name, id, time, insert));
+        let hash =
+            |name, id, time, insert| dedup_hash(&valid(name, id, time, insert), &mut Vec::new());
         let base = hash("a", Some("u"), 100.2, Some("i1"));
         assert!(base.is_some());
         assert_eq!(base, hash("a", Some("u"), 100.9, Some("i1")));

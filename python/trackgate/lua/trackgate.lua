@@ -188,39 +188,26 @@ end
 -- arguments. A partition keeps the hashes it stored in a set per bucket of `window` seconds (server
 -- time), which expires once the next bucket is over: a hash is looked for in the current bucket and the
 -- previous one, so an event stored within `window` seconds is always found (and one stored up to twice
--- that ago may be). Returns the entries (their index among the call's events and updates, from 0) that
--- are duplicates, of the stored ones or of an earlier event of the same call, and what their events'
--- ordinals are among the call's events; the hashes of the others are added to the current bucket.
-local function find_duplicates(prefix, args, first, n, window)
-  local hashes, entries, ordinals = {}, {}, {}
-  local i, entry, events = first, 0, 0
-  while i <= n do
-    if is_update(args, i) then
-      i = i + update_width(args, i)
-    else
-      local w = width(args, i, 1)
-      local hash = args[i + w - 1]
-      if hash ~= '' then
-        hashes[#hashes + 1] = hash
-        entries[#entries + 1] = entry
-        ordinals[#ordinals + 1] = events
-      end
-      events = events + 1
-      i = i + w
-    end
-    entry = entry + 1
-  end
+-- that ago may be). `dedup` holds the call's hashes, with each one's entry (its index among the call's
+-- events and updates, from 0) and ordinal (among its events). Returns the entries that are duplicates,
+-- of the stored ones or of an earlier event of the same call, and their ordinals; the hashes of the
+-- others are added to the current bucket.
+local function find_duplicates(prefix, dedup, window)
+  local hashes, entries, ordinals = dedup.hashes, dedup.entries, dedup.ordinals
   local found, gone = {}, {}
   if #hashes == 0 then
-    return found, gone, events
+    return found, gone
   end
   local bucket = math.floor(tonumber(redis.call('TIME')[1]) / window)
   local base = prefix .. DEDUP .. window .. ':'
   local current, known = base .. bucket, {}
   for _, key in ipairs({ current, base .. (bucket - 1) }) do
-    local asked = {}
-    for _, hash in ipairs(hashes) do
-      if not known[hash] then asked[#asked + 1] = hash end
+    local asked = hashes
+    if next(known) then
+      asked = {}
+      for _, hash in ipairs(hashes) do
+        if not known[hash] then asked[#asked + 1] = hash end
+      end
     end
     for from = 1, #asked, 1000 do
       local last = math.min(from + 999, #asked)
@@ -246,7 +233,7 @@ local function find_duplicates(prefix, args, first, n, window)
   if #fresh > 0 then
     redis.call('EXPIREAT', current, (bucket + 2) * window)
   end
-  return found, gone, events
+  return found, gone
 end
 
 -- The duplicates' entries out of the stream. The call's events went in by the XADDs just before it in
@@ -435,7 +422,9 @@ local function tg_count(keys, args)
   end
   -- Walk the events' arguments once before changing anything: a malformed call changes nothing. A
   -- funnel event's time and step are read after the first writes, so they are checked here.
-  local i, n, named, updates = first, #args, false, 0
+  -- With deduplication the walk also gathers the hashes (see find_duplicates).
+  local i, n, named, updates, events = first, #args, false, 0, 0
+  local hashes, entries, ordinals = {}, {}, {}
   while i <= n do
     if is_update(args, i) then
       local taken = update_width(args, i)
@@ -454,9 +443,15 @@ local function tg_count(keys, args)
       local w = width(args, i, extra)
       local hash = args[i + w - 1]
       -- (a hash missing from the end is malformed arguments, below)
-      if extra > 0 and hash and not (hash == '' or #hash == @DEDUP_HASH_BYTES@) then
-        return redis.error_reply('ERR tg_count: malformed dedup hash')
+      if extra > 0 and hash and hash ~= '' then
+        if #hash ~= @DEDUP_HASH_BYTES@ then
+          return redis.error_reply('ERR tg_count: malformed dedup hash')
+        end
+        hashes[#hashes + 1] = hash
+        entries[#entries + 1] = events + updates
+        ordinals[#ordinals + 1] = events
       end
+      events = events + 1
       i = i + w
     end
   end
@@ -472,8 +467,8 @@ local function tg_count(keys, args)
   -- Duplicates are found, and taken out of the stream, before anything is counted or trimmed.
   local found, duplicate = {}, {}
   if dedup then
-    local gone, events
-    found, gone, events = find_duplicates(prefix, args, first, n, dedup)
+    local gone
+    found, gone = find_duplicates(prefix, { hashes = hashes, entries = entries, ordinals = ordinals }, dedup)
     for _, entry in ipairs(found) do
       duplicate[entry] = true
     end
