@@ -40,9 +40,10 @@ from processes import run_main, servers_stopped_on_exit
 from redis.asyncio import Redis
 from redis_servers import start_redis
 from trackgate import projects
+from trackgate.flush import ALL_STORED, Written
 from trackgate.gateway.app import GC_THRESHOLD, App, Services
 from trackgate.settings import Settings
-from workloads import Shape, requests_for
+from workloads import Shape, requests_for, with_marks_filled
 
 Handler = Callable[[Any, Any], Awaitable[None]]
 
@@ -92,10 +93,10 @@ class _Stored:
     not_ready_reason: str | None = None
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._done: asyncio.Future[frozenset[Any]] = loop.create_future()
-        self._done.set_result(frozenset())
+        self._done: asyncio.Future[Written] = loop.create_future()
+        self._done.set_result(ALL_STORED)
 
-    def submit(self, batches: Any, count: int) -> asyncio.Future[frozenset[Any]]:
+    def submit(self, batches: Any, count: int) -> asyncio.Future[Written]:
         return self._done
 
     async def close(self) -> None:
@@ -130,7 +131,8 @@ async def _measure(
     await projects.create_project(admin, f"app-cost-{batch}", token=token)
     await admin.aclose()
     requests = []
-    for method, target, body in requests_for(token, Shape(batch), time.time()):
+    for method, target, marked in requests_for(token, Shape(batch), time.time()):
+        body = with_marks_filled(marked)  # no Redis here: events repeated cost what new ones do
         path, _, query = target.partition("?")
         headers = {"host": "bench", "user-agent": "app_cost"}
         if body:

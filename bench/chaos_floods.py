@@ -19,7 +19,7 @@ from typing import Any, cast
 import redis
 from chaos_audit import project_keys
 from chaos_load import FORM, NO_ANSWER, Answer, Answers
-from chaos_scenario import MIB, Context, Scenario, ingestion_workers, memory, wait_for
+from chaos_scenario import MIB, Context, Scenario, memory, wait_for
 from report_load import DAYS, EXPORTS, REPORT_CLIENTS, fill, start_report_clients
 from targets import Target, demo_reports, gateway_settings
 from trackgate import bounds, keys
@@ -174,7 +174,7 @@ def large_uploads(ctx: Context) -> None:
     gateway = ctx.gateway(redis_server)
     budget = gateway_settings(1, []).max_body_bytes_in_flight
     uploads = ctx.pick(UPLOADS, 50)
-    [worker] = ingestion_workers(gateway.server)
+    [worker] = gateway.server.worker_pids()
     before = memory(worker, "VmRSS")
     answers = Answers()
     ctx.other_answers.append(answers)

@@ -11,7 +11,6 @@ answer `1`, and the peaks of the workers' and of Redis's memory, sampled through
 from __future__ import annotations
 
 import base64
-import contextlib
 import threading
 import time
 import urllib.error
@@ -25,7 +24,6 @@ from typing import Any, TypeVar
 import redis
 from chaos_audit import Audit, audit
 from chaos_load import NO_ANSWER, Answers, Load, acknowledged_rate
-from processes import Server
 from redis_servers import start_redis
 from targets import Target, start_gateway
 
@@ -105,23 +103,6 @@ def memory(pid: int, field: str = "VmHWM") -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     return 0
-
-
-def ingestion_workers(server: Server) -> list[int]:
-    """The Granian workers that answer /track: the children of `trackgate serve` forked from it, which
-    share its command line (the reports process and multiprocessing's helper have their own)."""
-    root = server.process.pid
-    try:
-        command = Path(f"/proc/{root}/cmdline").read_bytes()
-        children = Path(f"/proc/{root}/task/{root}/children").read_text().split()
-    except OSError:
-        return []
-    workers = []
-    for child in children:
-        with contextlib.suppress(OSError):
-            if Path(f"/proc/{child}/cmdline").read_bytes() == command:
-                workers.append(int(child))
-    return workers
 
 
 class ChaosRedis:
@@ -236,7 +217,7 @@ class Context:
             self._sample_once()
 
     def _sample_once(self) -> None:
-        workers = [pid for target in self.gateways for pid in ingestion_workers(target.server)]
+        workers = [pid for target in self.gateways for pid in target.server.worker_pids()]
         redis_pids = [pid for server in self.redis_servers for pid in server.server.pids()]
         for kind, pids in (("workers", workers), ("redis", redis_pids)):
             self._peaks[kind] = max([self._peaks[kind], *(memory(pid) for pid in pids)])

@@ -17,6 +17,7 @@ import argparse
 import json
 import tempfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -65,6 +66,11 @@ def by_family(client: redis.Redis) -> Counter[str]:
     return found
 
 
+def with_insert_id(event: dict[str, Any]) -> dict[str, Any]:
+    event["properties"]["$insert_id"] = uuid.uuid4().hex
+    return event
+
+
 def scenarios(n: int, now: float) -> dict[str, tuple[str, Callable[[int], dict[str, Any]]]]:
     """Name -> (the unit the bytes are divided by, the i-th event)."""
 
@@ -82,6 +88,11 @@ def scenarios(n: int, now: float) -> dict[str, tuple[str, Callable[[int], dict[s
         "users of one event name": ("user", lambda i: plain("Page View", f"user {i}")),
         "funnel names, one step 1 each": ("funnel", lambda i: funnel(f"funnel {i}", f"user {i}")),
         "users of one funnel, step 1 each": ("user", lambda i: funnel("signup", f"user {i}")),
+        # The dedup hashes (`dd`) of events with an `$insert_id`, kept for one to two --dedup-window.
+        "events with $insert_id, one user each": (
+            "event",
+            lambda i: with_insert_id(plain("Page View", f"u{i}")),
+        ),
     }
 
 

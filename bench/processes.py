@@ -81,6 +81,21 @@ def run_main(main: Callable[[], int]) -> NoReturn:
         raise SystemExit(130) from None
 
 
+def _forked_children(root: int) -> list[int]:
+    """The children of `root` that run its own command line."""
+    try:
+        command = Path(f"/proc/{root}/cmdline").read_bytes()
+        children = Path(f"/proc/{root}/task/{root}/children").read_text().split()
+    except OSError:
+        return []
+    forked = []
+    for child in children:
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{child}/cmdline").read_bytes() == command:
+                forked.append(int(child))
+    return forked
+
+
 class Server:
     """A process group this benchmark started, and the processes it spawned into other sessions."""
 
@@ -147,8 +162,13 @@ class Server:
         return [pid for pid in pids if pid not in redis], redis
 
     def worker_pids(self) -> list[int]:
-        """The processes below the root that are not Redis: Granian's (or uvicorn's) workers. A server
-        without child processes is its own worker."""
+        """The workers that answer requests: the root's children forked from it (sharing its command line:
+        Granian's workers under `trackgate serve`, not its reports process nor multiprocessing's
+        helper); else the processes below the root that are not Redis. A server without child processes
+        is its own worker."""
+        forked = _forked_children(self.process.pid)
+        if forked:
+            return forked
         own, _ = self.split_pids()
         workers = [pid for pid in own if pid != self.process.pid]
         return workers or [self.process.pid]

@@ -10,6 +10,7 @@ per round trip.
     .venv/bin/python bench/redis_cost.py --partitions 16 --events 100000
     .venv/bin/python bench/redis_cost.py --no-funnels     # no mp_funnel events: the counting alone
     .venv/bin/python bench/redis_cost.py --merge 8        # 8 requests per call, as the batcher joins them
+    .venv/bin/python bench/redis_cost.py --dedup-window 0 # without deduplication (each event is new)
 """
 
 from __future__ import annotations
@@ -60,17 +61,20 @@ def main() -> int:
     parser.add_argument(
         "--merge", type=int, default=1, help="requests per call: their packed sections concatenated"
     )
+    parser.add_argument(
+        "--dedup-window", type=int, default=store.DEFAULT_DEDUP_WINDOW, help="the gateway's --dedup-window"
+    )
     args = parser.parse_args()
     with servers_stopped_on_exit(), tempfile.TemporaryDirectory() as work:
         server, url = start_redis(Path(work), "redis", persistence="none", unix=True)
         try:
             client = redis.Redis.from_url(url)
             client.function_load(store.FUNCTION_SOURCE, replace=True)
-            headers = store.WriteCommands(1_000_000, 0, 5 * 86400)
+            headers = store.WriteCommands(1_000_000, 0, 5 * 86400, dedup_window=args.dedup_window)
             now, seq = time.time(), 0
             for size in (int(s) for s in args.sizes.split(",")):
                 commands, events = [], 0
-                options = Options(partitions=args.partitions)
+                options = Options(partitions=args.partitions, dedup_window=args.dedup_window)
                 # Like the batcher: the sections of `--merge` requests for one partition in one
                 # transaction, their argument counts summed.
                 merged: dict[tuple[str, int], tuple[int, int, list[bytes], list[bytes]]] = {}

@@ -6,7 +6,18 @@ import base64
 import json
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
+
+UNIQUE_MARK: Final = "~" * 16
+"""What begins every `$insert_id` of a POST body (a batch): wrk's scripts put a string of 16 characters
+of their own in its place in every request they send (`wrk_requests.lua`), so that no event is sent twice
+in a run, or in two runs, and a gateway that deduplicates (`--dedup-window`) stores every one. A GET's
+event, inside base64, keeps an `$insert_id` of its own, and repeats every 1,000 requests."""
+
+
+def with_marks_filled(text: str, fill: str = "0" * len(UNIQUE_MARK)) -> str:
+    """A request's text with its marks replaced, for a sender that does not replace them itself."""
+    return text.replace(UNIQUE_MARK, fill)
 
 
 @dataclass(frozen=True)
@@ -28,9 +39,13 @@ class Shape:
         return name + (f", {round(self.funnel_fraction * 100)}% mp_funnel" if self.funnel_fraction else "")
 
 
-def make_event(token: str, i: int, now: float, funnel_index: int | None = None) -> dict[str, Any]:
+def make_event(
+    token: str, i: int, now: float, funnel_index: int | None = None, *, marked: bool = False
+) -> dict[str, Any]:
     """A ~300-byte event; with `funnel_index`, an mp_funnel step instead: users go through steps 1, 2, 3
-    of a `checkout` funnel in order, three funnel events per user."""
+    of a `checkout` funnel in order, three funnel events per user. `marked`: its `$insert_id` begins with
+    UNIQUE_MARK."""
+    prefix = UNIQUE_MARK if marked else ""
     if funnel_index is not None:
         return {
             "event": "mp_funnel",
@@ -38,7 +53,7 @@ def make_event(token: str, i: int, now: float, funnel_index: int | None = None) 
                 "token": token,
                 "distinct_id": f"funnel-user-{funnel_index // 3}",
                 "time": now,
-                "$insert_id": f"f{funnel_index:031x}",
+                "$insert_id": prefix + f"f{funnel_index:031x}"[len(prefix) :],
                 "mp_lib": "web",
                 "funnel": "checkout",
                 "step": funnel_index % 3 + 1,
@@ -51,7 +66,7 @@ def make_event(token: str, i: int, now: float, funnel_index: int | None = None) 
             "token": token,
             "distinct_id": f"user-{i}",
             "time": now,
-            "$insert_id": f"{i:032x}",
+            "$insert_id": prefix + f"{i:032x}"[len(prefix) :],
             "mp_lib": "web",
             "$current_url": "https://shop.example.com/products/42?ref=bench",
             "plan": "pro",
@@ -64,18 +79,19 @@ def _events(token: str, shape: Shape, start: int, now: float) -> list[dict[str, 
     """Events start .. start+batch-1; with a funnel fraction f, every (1/f)-th event overall is a funnel
     step (so exactly f of them over the script)."""
     every = round(1 / shape.funnel_fraction) if shape.funnel_fraction else 0
+    marked = shape.batch > 1
     out = []
     for i in range(start, start + shape.batch):
         if every and i % every == every - 1:
-            out.append(make_event(token, i, now, funnel_index=i // every))
+            out.append(make_event(token, i, now, funnel_index=i // every, marked=marked))
         else:
-            out.append(make_event(token, i, now))
+            out.append(make_event(token, i, now, marked=marked))
     return out
 
 
 def requests_for(token: str, shape: Shape, now: float) -> list[tuple[str, str, str]]:
     """(method, path, body) of the distinct requests the load cycles through: about 10,000 users in all.
-    Paths and bodies are URL-encoded, so they hold no whitespace."""
+    Paths and bodies are URL-encoded, so they hold no whitespace. POST bodies hold UNIQUE_MARK."""
     variants = 1000 if shape.batch == 1 else max(10, 10_000 // shape.batch)
     out = []
     for v in range(variants):

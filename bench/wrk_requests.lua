@@ -3,8 +3,38 @@
 -- METHOD <tab> PATH <tab> BODY (URL-encoded, so neither holds a tab), formatted once in init() and cycled
 -- through from a random place in each thread. done() prints the one line the bench reads of wrk's output.
 
+--
+-- A POST body's events begin their $insert_id with MARK (workloads.UNIQUE_MARK): each request sent puts a
+-- string of the same length of its own there (when the thread began, its number, a count), so that no
+-- event is sent twice and a gateway that deduplicates stores every one. A request is kept as its pieces
+-- between the marks, joined with that string as it goes out.
+
+local MARK = string.rep("~", 16)
 local requests = {}
+local pieces = {} -- per request with marks: its text split at them
 local n = 0
+local sent = 0
+local threads = 0
+thread_number = 0 -- set by setup() in each thread's own script
+local started = string.format("%08x", os.time() % 4294967296)
+
+function setup(thread)
+  threads = threads + 1
+  thread:set("thread_number", threads)
+end
+
+local function split(text)
+  local out, from = {}, 1
+  while true do
+    local at = text:find(MARK, from, true)
+    if not at then break end
+    out[#out + 1] = text:sub(from, at - 1)
+    from = at + #MARK
+  end
+  if from == 1 then return nil end
+  out[#out + 1] = text:sub(from)
+  return out
+end
 
 function init(args)
   local form = {["Content-Type"] = "application/x-www-form-urlencoded"}
@@ -16,13 +46,19 @@ function init(args)
     else
       requests[#requests + 1] = wrk.format(method, path, form, body)
     end
+    pieces[#requests] = split(requests[#requests])
   end
   n = math.random(#requests) - 1
 end
 
 function request()
   n = n % #requests + 1
-  return requests[n]
+  local parts = pieces[n]
+  if parts == nil then
+    return requests[n]
+  end
+  sent = sent + 1
+  return table.concat(parts, string.format("%s%02x%06x", started, thread_number % 256, sent % 16777216))
 end
 
 function done(summary, latency, _)

@@ -243,6 +243,7 @@ def send_write(
     max_age: float = 0,
     late: float = 400 * 86400,
     caps: bounds.Caps = bounds.DEFAULT_CAPS,
+    dedup_window: int = store.DEFAULT_DEDUP_WINDOW,
 ) -> Any:
     """One partition's transaction as the batcher builds it from `batches` (one or more requests'
     sections for the same partition, joined), its seq in `slot` of the ring (default: seq's own slot);
@@ -251,7 +252,7 @@ def send_write(
     assert all((b.token, b.partition) == (token, partition) for b in batches)
     events = sum(b.count for b in batches)
     out: list[bytes] = []
-    store.WriteCommands(maxlen, max_age, late).transaction(
+    store.WriteCommands(maxlen, max_age, late, dedup_window=dedup_window).transaction(
         out, token, partition, window, writer, seq, _slot(seq, slot),
         sum(b.args for b in batches),
         [b.packed for b in batches], [b.xadds for b in batches], caps,
@@ -274,7 +275,7 @@ def send_count(
     token, partition = batches[0].token, batches[0].partition
     batch_id = store.batch_id(writer, seq, _slot(seq, slot))
     header = store.WriteCommands(0, 0, late).header(
-        token, partition, window, batch_id, sum(b.args for b in batches)
+        token, partition, window, batch_id, sum(b.args for b in batches), alone=True
     )
     return send_packed(client, header + b"".join(b.packed for b in batches))
 

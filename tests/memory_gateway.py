@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 from redis.asyncio import Redis
 from trackgate import metrics
 from trackgate._native import TokenSet
-from trackgate.batcher import Key, Unavailable, UnavailableError
+from trackgate.batcher import Key, Unavailable, UnavailableError, Written
 from trackgate.credentials import basic_credentials
 from trackgate.gateway.app import App, Services
 from trackgate.gateway.ingest import Batches
@@ -99,7 +99,8 @@ def _resolved(body: bytes) -> asyncio.Future[bytes]:
 
 
 class MemorySink:
-    """Records the submitted batches; its futures resolve with `unstored` keys, or fail with `failure`.
+    """Records the submitted batches; its futures resolve with `unstored` keys failed and `duplicates`
+    found, or fail with `failure`.
     `refusal` makes submit itself refuse, as a batcher does when it cannot queue. With `hold` set, its
     futures wait in `held` until `write_held()`: requests whose write is in flight."""
 
@@ -111,31 +112,32 @@ class MemorySink:
         refusal: Unavailable | None = None,
         failure: Unavailable | None = None,
         unstored: frozenset[Key] = frozenset(),
+        duplicates: int = 0,
         hold: bool = False,
     ) -> None:
         self.refusal = refusal
         self.failure = failure
-        self.unstored = unstored
+        self.written = Written(unstored, duplicates)
         self.hold = hold
-        self.held: list[asyncio.Future[frozenset[Key]]] = []
+        self.held: list[asyncio.Future[Written]] = []
         self.submitted: list[tuple[Batches, int]] = []
 
-    def submit(self, batches: Batches, count: int) -> asyncio.Future[frozenset[Key]]:
+    def submit(self, batches: Batches, count: int) -> asyncio.Future[Written]:
         if self.refusal is not None:
             raise UnavailableError(self.refusal)
         self.submitted.append((batches, count))
-        done: asyncio.Future[frozenset[Key]] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[Written] = asyncio.get_running_loop().create_future()
         if self.hold:
             self.held.append(done)
         elif self.failure is not None:
             done.set_exception(UnavailableError(self.failure))
         else:
-            done.set_result(self.unstored)
+            done.set_result(self.written)
         return done
 
     def write_held(self) -> None:
         for done in self.held:
-            done.set_result(self.unstored)
+            done.set_result(self.written)
         self.held.clear()
 
     def stored(self) -> list[dict[str, Any]]:

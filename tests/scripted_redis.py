@@ -54,20 +54,26 @@ def commands_in(data: bytes) -> list[list[bytes]]:
     return commands
 
 
-def packed_entries(args: list[bytes]) -> tuple[int, list[list[bytes]]]:
-    """The events of tg_count's packed arguments (see PACKED_LAYOUT): 4 each, 7 for a funnel event's;
-    and the profile updates among them, each its arguments: 5, and as many more as the fifth says."""
-    n, i, updates = 0, 0, []
+def packed_entries(
+    args: list[bytes], *, dedup: bool = False
+) -> tuple[int, list[list[bytes]], list[tuple[int, int, bytes]]]:
+    """The events of tg_count's packed arguments (see PACKED_LAYOUT): 4 each, 7 for a funnel event's, one
+    more with `dedup` (its dedup hash); the profile updates among them, each its arguments: 5, and as many
+    more as the fifth says; and with `dedup` the events that have a hash: (entry, ordinal among the
+    events, hash), their entry counting events and updates alike."""
+    n, i, updates, hashes = 0, 0, [], []
     while i < len(args):
         if args[i].startswith(b"$"):
             end = i + 5 + int(args[i + 4])
             updates.append(args[i:end])
             i = end
         else:
+            i += (7 if args[i + 3] else 4) + dedup
+            if dedup and args[i - 1]:
+                hashes.append((n + len(updates), n, args[i - 1]))
             n += 1
-            i += 7 if args[i + 3] else 4
     assert i == len(args), "malformed event arguments"
-    return n, updates
+    return n, updates, hashes
 
 
 class ScriptedRedis:
@@ -75,6 +81,7 @@ class ScriptedRedis:
         self.streams: dict[bytes, list[dict[str, Any]]] = {}
         self.rings: dict[bytes, bytearray] = {}
         self.counted: dict[bytes, int] = {}  # events counted, per stream
+        self.hashes: set[tuple[bytes, bytes]] = set()  # (stream, dedup hash) of the events stored
         # What the profile updates' `$add`s made, per profile (distinct_id or group id) and property: the
         # one operation a test needs to see an update applied twice.
         self.profiles: dict[bytes, Counter[bytes]] = {}
@@ -184,18 +191,35 @@ class ScriptedRedis:
         ring = self.rings.setdefault(self._mark_key(stream, writer), bytearray())
         counted_byte = int(slot) * 8 + 7
         ring.extend(bytes(max(0, counted_byte + 1 - len(ring))))
-        n, updates = packed_entries(args[store.HEADER_ARGS :])
+        dedup = args[3] == store.DEDUP_LAYOUT.encode()
+        first = store.HEADER_ARGS + (store.DEDUP_ARGS if dedup else 0)
+        n, updates, hashes = packed_entries(args[first:], dedup=dedup)
         applied = [len(updates), 0] if updates else []
         if ring[counted_byte]:
             return [0, 0] + [0] * len(applied)
         ring[counted_byte] = 1
+        # Deduplication as the function does it (no window: a test's run is shorter than any).
+        duplicates, gone = [], []
+        for entry, ordinal, dedup_hash in hashes:
+            if (stream, dedup_hash) in self.hashes:
+                duplicates.append(entry)
+                gone.append(ordinal)
+            else:
+                self.hashes.add((stream, dedup_hash))
+        if gone and args[store.HEADER_ARGS + 1] != b"alone":
+            # The batch's events are the stream's last: its XADDs came just before, in the transaction.
+            events = self.streams[stream]
+            start = len(events) - n
+            for ordinal in reversed(gone):
+                del events[start + ordinal]
+        n -= len(duplicates)
         self.counted[stream] = self.counted.get(stream, 0) + n
         for op, _group, profile, _seen, _n, *pairs in updates:
             if op == b"$add":
                 added = self.profiles.setdefault(profile, Counter())
                 for name, value in zip(pairs[::2], pairs[1::2], strict=True):
                     added[name] += int(value)
-        return [n, 0, *applied]
+        return [n, 0, len(updates), 0, duplicates] if duplicates else [n, 0, *applied]
 
     @staticmethod
     def _mark_key(stream: bytes, writer: bytes) -> bytes:

@@ -53,7 +53,7 @@ def test_a_request_is_answered_once_its_flush_is_answered_not_before() -> None:
         assert redis.count_of(TOKEN) == 3  # in Redis, though
         connection.answer()
         await until(answer.done, "the answer")
-        assert answer.result() == frozenset()
+        assert answer.result().failed == frozenset()
         assert_stored_once(redis, r)
         await batcher.close()
 
@@ -75,7 +75,7 @@ def test_one_flush_is_one_write_of_a_transaction_per_partition() -> None:
         assert names.count(b"MULTI") == names.count(b"EXEC") == names.count(b"FCALL") == 3
         assert names.count(b"XADD") == 7
         assert {command[1] for command in write if command[0] == b"XADD"} == {stream(0), stream(2), stream(3)}
-        assert [a.result() for a in answers] == [frozenset()] * 4
+        assert [a.result().failed for a in answers] == [frozenset()] * 4
         assert_stored_once(redis, *requests)
         await batcher.close()
 
@@ -149,7 +149,7 @@ def test_no_more_than_depth_flushes_are_in_flight_and_a_small_one_waits_for_the_
         await until(lambda: len(connection.writes) == 4, "the small flush written, the pipe empty")
         connection.process()
         await until(lambda: all(a.done() for a in answers), "the answers")
-        assert [a.result() for a in answers] == [frozenset()] * 4
+        assert [a.result().failed for a in answers] == [frozenset()] * 4
         assert_stored_once(redis, *big, small)
         await batcher.close()
 
@@ -216,7 +216,7 @@ def test_close_writes_what_is_queued_and_refuses_what_comes_after() -> None:
         r = request(user_in(0), user_in(1))
         answer = batcher.submit(r.batches, r.accepted)
         await batcher.close()
-        assert answer.result() == frozenset()
+        assert answer.result().failed == frozenset()
         assert_stored_once(redis, r)
         assert redis.connections[0].closed
         assert not batcher.ready
@@ -245,8 +245,8 @@ def test_a_transaction_redis_refuses_fails_exactly_the_requests_with_events_in_i
         requests = [only_refused, only_other, both]
         answers = [batcher.submit(r.batches, r.accepted) for r in requests]
         await until(lambda: all(a.done() for a in answers), "the answers")
-        assert {a.result() for a in answers} == {frozenset({(TOKEN, 1)})}
-        assert [answered_503(a.result(), r) for a, r in zip(answers, requests, strict=True)] == [
+        assert {a.result().failed for a in answers} == {frozenset({(TOKEN, 1)})}
+        assert [answered_503(a.result().failed, r) for a, r in zip(answers, requests, strict=True)] == [
             True,
             False,
             True,
@@ -271,9 +271,9 @@ def test_xadds_redis_refuses_fail_the_requests_with_events_in_their_partition(
         fine = request(user_in(3, 1))
         answers = [batcher.submit(r.batches, r.accepted) for r in (refused, fine)]
         await until(lambda: all(a.done() for a in answers), "the answers")
-        assert [a.result() for a in answers] == [frozenset({(TOKEN, 0)})] * 2
-        assert answered_503(answers[0].result(), refused)
-        assert not answered_503(answers[1].result(), fine)
+        assert [a.result().failed for a in answers] == [frozenset({(TOKEN, 0)})] * 2
+        assert answered_503(answers[0].result().failed, refused)
+        assert not answered_503(answers[1].result().failed, fine)
         assert keys(fine) == {(TOKEN, 3)}
         await batcher.close()
 
@@ -298,7 +298,7 @@ def test_a_thousand_refused_writes_make_a_few_log_lines(caplog: pytest.LogCaptur
             r = request(user_in(0, i))
             answer = batcher.submit(r.batches, r.accepted)
             await until(answer.done, "the answer")
-            assert answer.result() == frozenset({(TOKEN, 0)})
+            assert answer.result().failed == frozenset({(TOKEN, 0)})
             if i % 100 == 99:
                 clock.advance(0.25)
         await batcher.close()
@@ -329,7 +329,7 @@ def test_not_ready_while_writes_are_refused_and_ready_after_one_succeeds() -> No
         redis.refuse = lambda command: None
         answer = batcher.submit(r.batches, r.accepted)
         await until(answer.done, "the answer")
-        assert answer.result() == frozenset()
+        assert answer.result().failed == frozenset()
         assert batcher.not_ready_reason is None
         await batcher.close()
 

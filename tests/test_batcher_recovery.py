@@ -28,7 +28,7 @@ from scripted_redis import (
     user_in,
 )
 from trackgate import Request
-from trackgate.batcher import BACKOFF_MAX, BACKOFF_MIN, Batcher, UnavailableError
+from trackgate.batcher import BACKOFF_MAX, BACKOFF_MIN, Batcher, UnavailableError, Written
 from trackgate.keys import Family
 from trackgate.recovery import MAX_RELOADS
 
@@ -36,7 +36,7 @@ from trackgate.recovery import MAX_RELOADS
 class Lost(NamedTuple):
     batcher: Batcher
     request: Request
-    answer: asyncio.Future[frozenset[tuple[str, int]]]
+    answer: asyncio.Future[Written]
     connection: ScriptedConnection
 
 
@@ -61,7 +61,7 @@ def test_a_flush_lost_before_redis_ran_it_goes_again_under_new_seqs_and_the_lost
         redis, clock = ScriptedRedis(), ScriptedClock()
         batcher, r, answer, lost = await written_then_lost(redis, clock, run=False)
         await until(answer.done, "the answer")
-        assert answer.result() == frozenset()
+        assert answer.result().failed == frozenset()
         [settle] = redis.calls
         assert [b"CLIENT", b"KILL", b"ID", b"1"] in settle
         [resend] = redis.connections[1].writes
@@ -95,7 +95,7 @@ def test_a_flush_lost_after_redis_ran_it_is_answered_as_stored_or_only_counted(l
         redis.auto = True
         lost.lose()
         await until(answer.done, "the answer")
-        assert answer.result() == frozenset()
+        assert answer.result().failed == frozenset()
         writes = redis.connections[1].writes
         if library:
             assert writes == []
@@ -122,7 +122,7 @@ def test_of_several_flushes_lost_at_once_only_those_redis_did_not_run_go_again()
         redis.auto = True
         lost.lose()
         await until(lambda: all(a.done() for a in answers), "the answers")
-        assert [a.result() for a in answers] == [frozenset()] * 3
+        assert [a.result().failed for a in answers] == [frozenset()] * 3
         [resend] = redis.connections[1].writes
         assert len(batch_ids(resend)) == 2  # one transaction each of the two not run
         assert lost.deliver_late() == 0
@@ -157,7 +157,7 @@ def test_a_flush_is_answered_after_all_its_resends_and_fails_where_one_is_refuse
         redis.auto = True
         lost.lose()
         await until(answer.done, "the answer")
-        assert answer.result() == frozenset({(TOKEN, refused)})
+        assert answer.result().failed == frozenset({(TOKEN, refused)})
         [resend] = redis.connections[1].writes
         assert [c[0] for c in resend][:2] == [b"FCALL", b"MULTI"]  # the counting alone, then the other
         assert redis.count_of(TOKEN) == len(redis.events(TOKEN)) == 1
@@ -176,7 +176,7 @@ def test_a_lost_function_library_is_loaded_again_and_the_counting_alone_resent(
         r = request(user_in(0), user_in(2))
         answer = batcher.submit(r.batches, r.accepted)
         await until(answer.done, "the answer")
-        assert answer.result() == frozenset()
+        assert answer.result().failed == frozenset()
         first, reload = redis.connections[0].writes
         assert [command[0] for command in reload] == [b"FUNCTION", b"FCALL", b"FCALL"]
         assert batch_ids(reload) == batch_ids(first)
@@ -200,7 +200,7 @@ def test_a_library_that_will_not_load_is_given_up_and_the_events_answered_as_sto
         answer = batcher.submit(r.batches, r.accepted)
         [connection] = redis.connections
         await until(answer.done, "the answer")
-        assert answer.result() == frozenset()
+        assert answer.result().failed == frozenset()
         assert len(connection.writes) == 1 + MAX_RELOADS  # answered once the counting is given up
         await quiet()
         assert len(connection.writes) == 1 + MAX_RELOADS
@@ -230,7 +230,7 @@ def test_countings_refused_with_different_errors_are_each_logged(caplog: pytest.
         r = request(user_in(0), user_in(1))
         answer = batcher.submit(r.batches, r.accepted)
         await until(answer.done, "the answer")
-        assert answer.result() == frozenset()  # stored, answered so; the counting is given up
+        assert answer.result().failed == frozenset()  # stored, answered so; the counting is given up
         assert len(redis.events(TOKEN)) == 2
         assert redis.count_of(TOKEN) == 0
         await batcher.close()
@@ -264,7 +264,7 @@ def test_a_counting_whose_batch_left_the_ring_is_given_up_not_run_twice(
         redis.auto = True
         lost.lose()
         await until(answer.done, "the answer")
-        assert answer.result() == frozenset()
+        assert answer.result().failed == frozenset()
         assert redis.connections[1].writes == []
         assert_stored_once(redis, r)
         await batcher.close()
@@ -308,7 +308,7 @@ def test_a_silent_connection_is_lost_after_timeout_without_a_reply(caplog: pytes
         clock.advance(0.2)  # t = 8.1: nothing for 3 s
         await until(answers[2].done, "the third answer")
         assert silent.closed
-        assert answers[2].result() == frozenset()
+        assert answers[2].result().failed == frozenset()
         assert silent.deliver_late() == 0
         assert_stored_once(redis, *flushes)
         await batcher.close()
@@ -343,7 +343,7 @@ def test_past_the_retry_window_without_redis_the_requests_fail(caplog: pytest.Lo
             clock.advance(0.1)
             await quiet()
         assert clock.now > deadline
-        assert answer.result() == frozenset({(TOKEN, 0), (TOKEN, 1)})
+        assert answer.result().failed == frozenset({(TOKEN, 0), (TOKEN, 1)})
         assert redis.events(TOKEN) == []
         await batcher.close()
 
@@ -367,7 +367,7 @@ def test_a_flush_lost_after_its_retry_window_is_settled_not_given_up() -> None:
         clock.advance(3.0)  # the watchdog gives the connection up
         await until(answer.done, "the answer")
         assert lost.closed
-        assert answer.result() == frozenset()
+        assert answer.result().failed == frozenset()
         assert_stored_once(redis, r)
         await batcher.close()
 
@@ -396,10 +396,10 @@ def test_a_settle_refused_while_redis_loads_is_tried_again(caplog: pytest.LogCap
         redis.loading = False
         clock.advance(BACKOFF_MAX)
         await until(answer.done, "the answer")
-        assert answer.result() == frozenset()
+        assert answer.result().failed == frozenset()
         assert lost.deliver_late() == 0
         await until(lambda: all(w.done() for w in waiting), "the later requests' answers")
-        assert [w.result() for w in waiting] == [frozenset(), frozenset()]
+        assert [w.result().failed for w in waiting] == [frozenset(), frozenset()]
         assert_stored_once(redis, r, *more)
         await batcher.close()
 
@@ -443,7 +443,7 @@ def test_a_redis_user_that_cannot_close_the_lost_connection_is_told_what_a_retry
         redis.kill_refused = lacking == "kill"
         batcher, r, answer, lost = await written_then_lost(redis, clock, run=False)
         await until(answer.done, "the answer")
-        assert answer.result() == frozenset()
+        assert answer.result().failed == frozenset()
         assert_stored_once(redis, r)
         # The risk: the lost connection still runs what it held, and its events are in twice.
         assert lost.deliver_late() > 0
@@ -481,7 +481,7 @@ def test_the_profile_updates_of_a_lost_flush_are_applied_once(run: bool, library
         redis.auto = True
         lost.lose()
         await until(lambda: all(a.done() for a in answers), "the answers")
-        assert [a.result() for a in answers] == [frozenset(), frozenset()]
+        assert [a.result().failed for a in answers] == [frozenset(), frozenset()]
         assert lost.deliver_late() == 0
         added = {profile.decode(): dict(n) for profile, n in redis.profiles.items()}
         assert added == {users[0]: {b"n": 2}, users[1]: {b"n": 1}, users[2]: {b"n": 1}}

@@ -528,3 +528,115 @@ def test_the_page_waits_for_a_busy_worker(
         assert "429" not in page.locator("#app").inner_text()
     finally:
         gw.stop()
+
+
+# Property names and values that would run script or inject markup if the page ever wrote them as HTML.
+HOSTILE: dict[str, Any] = {
+    "<img src=x onerror=window.__injected=1>": "<script>window.__injected=2</script>",
+    "plan": "<b>pro</b> & co",
+    "__proto__": {"polluted": True},
+    "quote\"'": "'; window.__injected=3; '",
+    "n": 3,
+    "seats": 2.5,
+    "list": [1, "two", None, "<i>x</i>"],
+    "nested": {"a": {"b": True}},
+    "empty": "",
+    "unicode": "héllo ✓ 日本語",
+}
+
+
+def profile_loaded(group_key: str, distinct_id: str) -> str:
+    """The `data-loaded` of the profile section once it shows that profile (JSON.stringify's text)."""
+    return json.dumps([group_key, distinct_id], separators=(",", ":"), ensure_ascii=False)
+
+
+def profile_rows(page: Page) -> dict[str, Any]:
+    """The profile table on the page: property name -> value (its JSON in data-value), each checked to
+    read on screen as the page writes it (text as is, other values as JSON)."""
+    rows = page.eval_on_selector_all(
+        "#profiles [data-testid=profile-property]",
+        "rows => rows.map(r => [r.dataset.name, r.dataset.value, r.querySelector('th').textContent,"
+        " r.querySelector('td').textContent])",
+    )
+    found: dict[str, Any] = {}
+    for name, value, shown_name, shown_value in rows:
+        assert name not in found
+        assert shown_name == name
+        parsed = json.loads(value)
+        assert shown_value == (
+            parsed if isinstance(parsed, str) else json.dumps(parsed, separators=(",", ":"))
+        )
+        found[name] = parsed
+    return found
+
+
+def test_a_profile_looked_up_by_distinct_id_and_by_group(
+    page: Page, dash_gateway: Gateway, redis_server: RedisServer
+) -> None:
+    """The page shows the Engage Query API's profile of a person, and of a group, property by property;
+    names and values are user data and stay text."""
+    looked_up = create_project(redis_server.url)
+    person = "alice <script>window.__injected=4</script>"
+    updates = [{"$token": looked_up.token, "$distinct_id": person, "$set": HOSTILE}]
+    r = requests.post(
+        dash_gateway.url("/engage"), data={"data": json.dumps(updates), "verbose": "1"}, timeout=10
+    )
+    assert r.json() == {"status": 1, "error": None}, r.text
+    group = {
+        "$token": looked_up.token,
+        "$group_key": "company <b>",
+        "$group_id": "acme & co",
+        "$set": {"seats": 40},
+    }
+    r = requests.post(
+        dash_gateway.url("/groups"), data={"data": json.dumps(group), "verbose": "1"}, timeout=10
+    )
+    assert r.json() == {"status": 1, "error": None}, r.text
+
+    sign_in(page, dash_gateway, looked_up.secret)
+    page.get_by_label("Distinct ID (or group ID)").fill(person)
+    page.get_by_role("button", name="Look up").click()
+    expect(page.locator("#profiles")).to_have_attribute("data-loaded", profile_loaded("", person))
+    [api_profile] = api(dash_gateway, looked_up.secret, "/api/2.0/engage", distinct_id=person)["results"]
+    shown = profile_rows(page)
+    assert shown == api_profile["$properties"]
+    assert shown.pop("$last_seen").startswith("20")
+    assert shown == HOSTILE
+    expect(page.get_by_test_id("profile-who")).to_contain_text(person)
+    # Nothing ran, nothing became markup.
+    assert page.evaluate("window.__injected") is None
+    assert page.evaluate("({}).polluted") is None
+    assert page.locator("#profiles img, #profiles script, #profiles b, #profiles i").count() == 0
+
+    # A group's profile, by its key and id.
+    page.get_by_label("Group key (empty for a person)").fill("company <b>")
+    page.get_by_label("Distinct ID (or group ID)").fill("acme & co")
+    page.get_by_role("button", name="Look up").click()
+    expect(page.locator("#profiles")).to_have_attribute(
+        "data-loaded", profile_loaded("company <b>", "acme & co")
+    )
+    shown = profile_rows(page)
+    assert shown.pop("$last_seen").startswith("20")
+    assert shown == {"seats": 40}
+
+    # No such profile: said so, naming the id as typed.
+    page.get_by_label("Group key (empty for a person)").fill("")
+    page.get_by_label("Distinct ID (or group ID)").fill("nobody <img src=x onerror=window.__injected=5>")
+    page.get_by_role("button", name="Look up").click()
+    expect(page.get_by_test_id("profile-empty")).to_contain_text("nobody <img src=x")
+    assert page.locator("#profiles [data-testid=profile-property]").count() == 0
+    assert page.evaluate("window.__injected") is None
+
+    # Another project's secret in the same tab shows none of this project's profile.
+    page.get_by_label("Distinct ID (or group ID)").fill(person)
+    page.get_by_role("button", name="Look up").click()
+    expect(page.get_by_test_id("profile-who")).to_be_visible()
+    page.get_by_role("button", name="Forget secret").click()
+    other = create_project(redis_server.url)
+    page.get_by_label("API secret").fill(other.secret)
+    page.get_by_role("button", name="Open").click()
+    expect(page.get_by_role("combobox", name="Funnel", exact=True)).to_be_visible()
+    assert page.locator("#profile-body").inner_text() == ""
+    page.get_by_label("Distinct ID (or group ID)").fill(person)
+    page.get_by_role("button", name="Look up").click()
+    expect(page.get_by_test_id("profile-empty")).to_be_visible()

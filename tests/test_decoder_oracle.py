@@ -51,7 +51,9 @@ class Call:
 
 
 def native_options(options: ref.Options) -> trackgate.Options:
-    return trackgate.Options(**dataclasses.asdict(options))
+    # Without dedup hashes: the reference packs the plain layout (the hashes are tested against Redis in
+    # test_dedup_function.py, and in the decoder's own tests).
+    return trackgate.Options(**dataclasses.asdict(options), dedup_window=0)
 
 
 def run_native(call: Call, options: ref.Options, now: float, tokens: list[str] | None) -> Any:

@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl
 
 import pytest
 import redis
+import requests
 from conftest import PARTITIONS, TRACKGATE, Gateway, RedisServer, create_project_keys, stored_events
 from mixpanel import BufferedConsumer, Consumer, Mixpanel, MixpanelException, ServiceAccountCredentials
 from redis.asyncio import Redis
@@ -232,3 +233,30 @@ def test_buffered_imports_of_mixpanel_python(
     assert sorted(e["time"] for e in stored) == [start + i * 3600 for i in range(60)]
     days = {day_of(start + i * 3600) for i in range(60)}
     assert sum(daily_count(client, token, day, "Buffered") for day in days) == 60
+
+
+def test_an_import_sent_again_is_stored_and_counted_once(
+    import_gateway: Gateway, import_redis: RedisServer, client: redis.Redis
+) -> None:
+    token, secret = create_project_keys(import_redis.url, "retried import")
+    when = int(time.time()) - 20 * DAY
+    events = [
+        {"event": "Retried", "properties": {"distinct_id": "u", "time": when + i, "$insert_id": f"r-{i}"}}
+        for i in range(3)
+    ]
+    body = "\n".join(json.dumps(e) for e in events)
+
+    def send() -> requests.Response:
+        url = import_gateway.url("/import?strict=1")
+        headers = {"content-type": "application/x-ndjson"}
+        return requests.post(url, data=body, headers=headers, auth=(secret, ""), timeout=10)
+
+    first = send()
+    assert (first.status_code, first.json()) == (
+        200,
+        {"code": 200, "status": "OK", "num_records_imported": 3},
+    )
+    again = send()
+    assert again.json() == {"code": 200, "status": "OK", "num_records_imported": 3, "duplicates": 3}
+    assert len(events_named(client, token, "Retried")) == 3
+    assert daily_count(client, token, day_of(when), "Retried") == 3

@@ -7,26 +7,21 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
+import captures
 import pytest
 import redis
-import requests
+from captures import CAPTURED_TOKEN, replay, sent_objects
 from conftest import PARTITIONS, Gateway, RedisServer, create_project, stream_entries
 from mixpanel import BufferedConsumer, Consumer, Mixpanel
 from profile_model import LAST_SEEN, ProfileId, Profiles, last_seen, stored_profile
 from trackgate import keys
 
-CAPTURES = Path(__file__).resolve().parent / "spec" / "captures" / "people"
-# The token the captured clients were configured with.
-CAPTURED_TOKEN = "e3bc4100330c35722740fb8c6f5abddc"
-PYTHON_RUN = "mixpanel-python-5.4.1-people.jsonl"
-BROWSER_RUN = "mixpanel-browser-2.82.1-people.jsonl"
+PYTHON_RUN, BROWSER_RUN = captures.PYTHON_PEOPLE, captures.BROWSER_PEOPLE
 
 
 @pytest.fixture(scope="module")
@@ -55,28 +50,7 @@ def client(people_redis: RedisServer) -> Iterator[redis.Redis]:
 
 def captured(name: str) -> list[dict[str, Any]]:
     """The captured requests to /engage and /groups, in the order sent."""
-    lines = [json.loads(line) for line in (CAPTURES / name).read_text().splitlines()]
-    return [line for line in lines if urlsplit(line["path"]).path.rstrip("/") in ("/engage", "/groups")]
-
-
-def sent_updates(capture: dict[str, Any]) -> list[dict[str, Any]]:
-    """The updates of a captured request, decoded here with the standard library only."""
-    params = dict(parse_qsl(urlsplit(capture["path"]).query))
-    params.update(parse_qsl(base64.b64decode(capture["body_b64"]).decode()))
-    data = params["data"]
-    text = data if data.lstrip()[:1] in ("{", "[") else base64.b64decode(data).decode()
-    updates = json.loads(text)
-    return updates if isinstance(updates, list) else [updates]
-
-
-def replay(gateway: Gateway, capture: dict[str, Any]) -> requests.Response:
-    headers = {
-        name: capture["headers"][name] for name in ("content-type", "origin") if name in capture["headers"]
-    }
-    body = base64.b64decode(capture["body_b64"])
-    return requests.request(
-        capture["method"], gateway.url(capture["path"]), data=body or None, headers=headers
-    )
+    return captures.captured(name, ("/engage", "/groups"))
 
 
 def seconds_of(seen: str) -> float:
@@ -119,7 +93,7 @@ def test_the_captured_requests_replayed(people_gateway: Gateway, client: redis.R
             origin = capture["headers"].get("origin")
             assert r.headers.get("access-control-allow-origin") == origin
             groups = urlsplit(capture["path"]).path.startswith("/groups")
-            for update in sent_updates(capture):
+            for update in sent_objects(capture):
                 model.apply(update, groups=groups, now=answered_at)
                 pid = (
                     (update["$group_key"], update["$group_id"]) if groups else (None, update["$distinct_id"])

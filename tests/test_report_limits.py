@@ -116,6 +116,38 @@ def test_exports_past_their_limit_are_429_until_one_ends(redis_server: RedisServ
     assert json.loads(held.streamed)["time"] == json.loads(after.streamed)["time"] == now
 
 
+def test_mixpanels_export_holds_an_export_slot(redis_server: RedisServer) -> None:
+    """/api/2.0/export is an export as /api/export is: past --max-exports, either is 429."""
+    token, secret = create_project_keys(redis_server.url, "limited mixpanel export")
+    now = dt.datetime.now(dt.UTC)
+    event = {"event": "signup", "time": now.timestamp(), "received": now.timestamp(), "properties": {}}
+    redis_server.client().xadd(keys.stream_key(token, 0), {"data": json.dumps(event)})
+    settings = Settings(redis_url=redis_server.url, max_exports=1, retry_after=7)
+    today = now.date().isoformat()
+
+    async def scenario() -> tuple[HeldProto, Proto]:
+        async with redis.asyncio.Redis.from_url(redis_server.url) as client:
+            api = Api(client, ReportReads(redis_server.url, 10), settings)
+            held = HeldProto()
+            query = f"from_date={today}&to_date={today}"
+            export = asyncio.create_task(api(get(secret, "/api/2.0/export", query), held))
+            await held.sending.wait()
+            refused = Proto([])
+            await api(get(secret, "/api/export"), refused)
+            held.release.set()
+            await export
+            return held, refused
+
+    held, refused = asyncio.run(scenario())
+    assert (refused.status, refused.header("retry-after")) == (429, "7")
+    assert "--max-exports" in json.loads(refused.body)["error"]
+    assert held.status == 200
+    assert json.loads(held.streamed) == {
+        "event": "signup",
+        "properties": {"time": int(now.timestamp()), "mp_processing_time_ms": round(now.timestamp() * 1000)},
+    }
+
+
 def test_a_report_that_would_read_too_many_keys_is_refused(redis_server: RedisServer) -> None:
     _, secret = create_project_keys(redis_server.url, "bounded")
     # 4 partitions: a week of one event's counts reads 7 x 4 hashes and 7 x 4 HyperLogLogs.

@@ -83,13 +83,17 @@ def short_name(token: str, key: str) -> str:
 # `client` is a redis.Redis without decode_responses, typed Any: redis-py types its replies
 # bytes | str | None.
 def state(client: Any, token: str) -> dict[str, Any]:
-    """Every key of the project's partition 0 but the marks, by its `short_name`; streams as their entries'
-    data, HyperLogLogs as their bytes, the goals without the times they were first seen."""
+    """Every key of the project's partition 0 but the marks and the dedup hashes, by its `short_name`;
+    streams as their entries' data, HyperLogLogs as their bytes, the goals without the times they were
+    first seen."""
     goals = keys.funnel_goals_key(token, 0, "")
     marks = keys.mark_key(token, 0, b"").decode()
+    dedup = keys.partition_prefix(token, 0) + keys.Family.DEDUP
     out: dict[str, Any] = {}
     for raw in client.scan_iter(match=f"*{token}*"):
         key = raw.decode()
+        if key.startswith(dedup):
+            continue
         kind = client.type(key).decode()
         if kind == "stream":
             out[short_name(token, key)] = [fields[b"data"].decode() for _, fields in client.xrange(key)]

@@ -6,6 +6,7 @@ from typing import Final, Generic, Self, TypeVar, final
 from trackgate.decode_errors import ErrorDetails, EventErrorKind, RequestErrorKind
 
 __all__ = [
+    "DEDUP_HASH_BYTES",
     "EVENT_ERROR_KINDS",
     "IMPORT_EARLIEST_TIME",
     "MAX_FUNNEL_STEP",
@@ -42,6 +43,10 @@ _Funnel = TypeVar("_Funnel")
 # id, $last_seen ("" with $ignore_time), and how many arguments follow: name and value JSON per
 # property, or the names of $unset.
 PACKED_LAYOUT: Final[int]
+
+# The bytes of an event's dedup hash: with deduplication on (`Options.dedup_window`), the last of each
+# event's packed arguments, or empty for an event without $insert_id.
+DEDUP_HASH_BYTES: Final[int]
 
 # The highest mp_funnel step the decoder accepts (step_invalid above it), and the last a report lists.
 MAX_FUNNEL_STEP: Final[int]
@@ -81,6 +86,8 @@ class Options:
     def max_events(self) -> int: ...
     @property
     def partitions(self) -> int: ...
+    @property
+    def dedup_window(self) -> int: ...
     # The defaults are the decoder's (see RULES, or `inspect.signature(Options)`), not written here twice.
     def __new__(
         cls,
@@ -96,6 +103,7 @@ class Options:
         max_request_bytes: int = ...,
         max_events: int = ...,
         partitions: int = ...,
+        dedup_window: int = ...,
     ) -> Self: ...
 
 @final

@@ -1,6 +1,6 @@
 """The query API and the dashboard page: `/api/funnels`, `/api/funnels/{name}`, `/api/events`,
-`/api/export`, Mixpanel's Engage Query API at `/api/2.0/engage` and `/api/query/engage` (engage.py), and
-`/dashboard`.
+`/api/export`, Mixpanel's Engage Query API at `/api/2.0/engage` and `/api/query/engage` (engage.py), its
+raw event export at `/api/2.0/export` (mixpanel_export.py), and `/dashboard`.
 
 Every `/api` call is authenticated as Mixpanel's are, with the project's API secret as the HTTP Basic user
 name or with a service account and `project_id` (credentials.py), and reads that project only.
@@ -18,9 +18,9 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from trackgate import bounds, counts, engage, export, funnels, metrics
+from trackgate import bounds, counts, engage, export, funnels, metrics, mixpanel_export
 from trackgate.credentials import CHALLENGE, RegistryCredentials, basic_credentials
-from trackgate.parameters import ParameterError, last, whole
+from trackgate.parameters import ParameterError, day, last, whole
 from trackgate.report_reads import Reads
 from trackgate.rsgi import HTTPProtocol, Scope
 from trackgate.settings import Settings
@@ -35,6 +35,7 @@ _MAX_QUERY_FIELDS: Final = 20
 _MAX_FORM_BYTES: Final = 1 << 20
 """The largest form body an Engage query may send (its `distinct_ids` can be long)."""
 _ENGAGE_PATHS: Final = ("/api/2.0/engage", "/api/query/engage")
+_EXPORT_PATHS: Final = ("/api/export", mixpanel_export.PATH)
 _encode = msgspec.json.Encoder().encode
 
 
@@ -114,7 +115,7 @@ class Api:
             # may end with "/", so only the fixed endpoints are matched with a trailing slash or not).
             path = scope.path
             if _is_export(path):
-                await self._export(proto, token, query)
+                await self._export(proto, token, path, query)
                 return
             if engage_query:
                 if scope.method == "POST":
@@ -213,8 +214,16 @@ class Api:
                 f"({self._max_reads}); ask for fewer days or names",
             )
 
-    async def _export(self, proto: HTTPProtocol, token: str, query: dict[str, list[str]]) -> None:
-        start, end = _date_range(query)
+    async def _export(self, proto: HTTPProtocol, token: str, path: str, query: dict[str, list[str]]) -> None:
+        """trackgate's own export (the stored JSON), or Mixpanel's (its parameters and its lines): the
+        same events read the same way."""
+        if path.rstrip("/") == mixpanel_export.PATH:
+            asked = mixpanel_export.MixpanelExport.parse(query)
+            start, end, names, limit = asked.start, asked.end, asked.names, asked.limit
+            write, content_type = asked.line, "text/plain; charset=utf-8"
+        else:
+            start, end = _date_range(query)
+            names, limit, write, content_type = None, None, None, "application/x-ndjson"
         lines = export.export_events(
             self._reads,
             token,
@@ -223,15 +232,18 @@ class Api:
             end,
             max_future_skew=self._skew,
             max_age=self._max_age,
+            names=names,
+            limit=limit,
         )
         transport = proto.response_stream(
-            200, [("content-type", "application/x-ndjson"), ("cache-control", "no-store")]
+            200, [("content-type", content_type), ("cache-control", "no-store")]
         )
         metrics.count_request("api", 200)
         chunk: list[bytes] = []
         size = 0
         try:
-            async for line in lines:
+            async for stored in lines:
+                line = stored if write is None else write(stored)
                 chunk.append(line)
                 size += len(line)
                 if size >= _EXPORT_FLUSH_BYTES:
@@ -252,17 +264,12 @@ def _parameters(text: str) -> dict[str, list[str]]:
 
 
 def _is_export(path: str) -> bool:
-    return path.rstrip("/") == "/api/export"
+    return path.rstrip("/") in _EXPORT_PATHS
 
 
 def _date(query: dict[str, list[str]], name: str, default: dt.date) -> dt.date:
-    text = last(query, name)
-    if text is None:
-        return default
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise ApiError(400, f"{name}: expected a date as YYYY-MM-DD, got {text[:40]!r}") from None
+    found = day(query, name)
+    return default if found is None else found
 
 
 def _date_range(query: dict[str, list[str]]) -> tuple[dt.date, dt.date]:

@@ -40,12 +40,12 @@ from typing import Final
 
 from trackgate import bounds, keys, store
 from trackgate._native import PartitionBatch
-from trackgate.flush import Flush, Key, Unavailable, UnavailableError
+from trackgate.flush import Flush, Key, Unavailable, UnavailableError, Written
 from trackgate.packing import LOAD_COMMAND, Packer, library_loaded
 from trackgate.pipeline import Clock, Pipeline
 from trackgate.redis_pipe import Connection, OnLost, OnReply, RedisPipe, ReplyError, pack
 
-__all__ = ["Batcher", "Clock", "Connect", "Key", "Unavailable", "UnavailableError"]
+__all__ = ["Batcher", "Clock", "Connect", "Key", "Unavailable", "UnavailableError", "Written"]
 
 log = logging.getLogger("trackgate.batcher")
 
@@ -78,6 +78,7 @@ class Batcher:
         funnel_window: Callable[[str], int],
         caps: Callable[[str], bounds.Caps] = lambda token: bounds.DEFAULT_CAPS,
         counter_retention_days: int = bounds.DEFAULT_COUNTER_RETENTION_DAYS,
+        dedup_window: int = store.DEFAULT_DEDUP_WINDOW,
         connect: Connect | None = None,
         clock: Clock | None = None,
     ) -> None:
@@ -94,7 +95,9 @@ class Batcher:
         )
         # One writer per worker lifetime; its sequence numbers make the batch ids the marks record.
         self._packer = Packer(
-            store.WriteCommands(stream_maxlen, stream_max_age, event_max_age, counter_retention_days),
+            store.WriteCommands(
+                stream_maxlen, stream_max_age, event_max_age, counter_retention_days, dedup_window
+            ),
             funnel_window,
             caps,
         )
@@ -134,9 +137,10 @@ class Batcher:
             log.warning("Redis is not reachable yet (%s); answering 503 until it is", reason)
         self._task = asyncio.create_task(self._run(), name="trackgate-batcher")
 
-    def submit(self, batches: list[PartitionBatch], count: int) -> asyncio.Future[frozenset[Key]]:
-        """Queue a request's partition batches; the future gives the keys whose write failed (empty when
-        all are in Redis). Raises UnavailableError when the events cannot be queued."""
+    def submit(self, batches: list[PartitionBatch], count: int) -> asyncio.Future[Written]:
+        """Queue a request's partition batches; the future gives what became of them: the keys whose
+        write failed (none when all are in Redis), and the duplicates found among its events. Raises
+        UnavailableError when the events cannot be queued."""
         if self._unreachable or self._closing:
             raise UnavailableError(Unavailable.STOPPING if self._closing else Unavailable.REDIS_UNAVAILABLE)
         pipeline = self._pipeline
@@ -149,7 +153,7 @@ class Batcher:
             else:
                 flush.due = True
                 self._kick.set()
-        waiter: asyncio.Future[frozenset[Key]] = self._loop.create_future()
+        waiter: asyncio.Future[Written] = self._loop.create_future()
         flush.add(batches, count, waiter)
         pipeline.pending += count
         if flush.events >= self._max_events and not flush.due:

@@ -7,7 +7,8 @@ project's people; with `data_group_id` (a group key) the same for that key's gro
 ids. Pages go through the partitions' indexes (keys.people_key, keys.groups_key) in order, each in name
 order. A page's `session_id` says where it ended: asked for the next page with it, the next page starts
 there, so profiles made or deleted meanwhile shift no profile into another page; without it (or for
-another page) a page starts at its rank, as the indexes are then.
+another page) a page starts at its rank, as the indexes are then. `every_profile` goes through all the
+pages so (`trackgate profiles export`).
 
 Properties are written from the JSON texts the profiles hold, never parsed here.
 """
@@ -16,7 +17,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
 from typing import Final, cast
 
 import msgspec
@@ -24,15 +26,14 @@ from redis.asyncio import Redis
 
 from trackgate import keys
 from trackgate._native import profile_partition
-from trackgate.parameters import ParameterError, Query, last, whole
+from trackgate.parameters import ParameterError, Query, json_names, last, refuse, whole
 
 MAX_PAGE_SIZE: Final = 1000
 """Profiles a page holds at most, and by default (Mixpanel's)."""
 MAX_IDS: Final = 2000
 """Ids one query may name."""
 UNSUPPORTED: Final = ("where", "filter_by_cohort", "cohort_id", "behaviors", "as_of_timestamp")
-"""Mixpanel's filters, which trackgate does not evaluate: refused rather than ignored, since ignoring
-one would answer with profiles it excludes."""
+"""Mixpanel's filters, which trackgate does not evaluate (parameters.refuse)."""
 
 _encode = msgspec.json.encode
 _MAX_SESSION_CHARS: Final = 1000
@@ -58,13 +59,13 @@ class EngageQuery:
     @classmethod
     def parse(cls, params: Query) -> EngageQuery:
         """The query of a request's parameters (the last value of each)."""
-        for name in UNSUPPORTED:
-            if name in params:
-                raise ParameterError(f"{name}: not supported; filter the profiles the API returns instead")
+        refuse(params, UNSUPPORTED, "filter the profiles the API returns instead")
         one, many = last(params, "distinct_id"), last(params, "distinct_ids")
         if one is not None and many is not None:
             raise ParameterError("distinct_id, distinct_ids: give one of them")
-        ids = [one] if one is not None else None if many is None else _names(many, "distinct_ids", MAX_IDS)
+        ids = (
+            [one] if one is not None else None if many is None else json_names(many, "distinct_ids", MAX_IDS)
+        )
         # (An empty parameter is no parameter: parse_qs leaves it out.)
         group_key = last(params, "data_group_id")
         output = last(params, "output_properties")
@@ -77,24 +78,8 @@ class EngageQuery:
             page=whole(params, "page", 0, 2**31),
             page_size=whole(params, "page_size", MAX_PAGE_SIZE, MAX_PAGE_SIZE, least=1),
             session_id=session_id,
-            output_properties=None if output is None else _names(output, "output_properties", 1000),
+            output_properties=None if output is None else json_names(output, "output_properties", 1000),
         )
-
-
-def _names(text: str, name: str, most: int) -> list[str]:
-    """A JSON list of strings (numbers taken as their text), each once, at most `most` of them."""
-    try:
-        value = msgspec.json.decode(text)
-    except msgspec.DecodeError:
-        raise ParameterError(f"{name}: expected a JSON list, got {text[:40]!r}") from None
-    if not isinstance(value, list) or not all(
-        isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)) for v in value
-    ):
-        raise ParameterError(f"{name}: expected a JSON list of strings")
-    names = list(dict.fromkeys(str(v) for v in value))
-    if len(names) > most:
-        raise ParameterError(f"{name}: at most {most}, got {len(names)}")
-    return names
 
 
 async def engage(client: Redis, token: str, partitions: int, query: EngageQuery) -> bytes:
@@ -105,6 +90,36 @@ async def engage(client: Redis, token: str, partitions: int, query: EngageQuery)
         ]
         results = await _results(client, token, query, found)
         return _answer(query, "", len(results), results)
+    page = await _page_of_all(client, token, partitions, query)
+    return _answer(query, page.session_id, page.total, page.results)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page over all the profiles: each result's JSON, the session id that asks for the next page, the
+    profiles the indexes counted, and whether the profiles ran out before the page was full."""
+
+    results: list[bytes]
+    session_id: str
+    total: int
+    last: bool
+
+
+async def every_profile(
+    client: Redis, token: str, partitions: int, group_key: str | None
+) -> AsyncIterator[Page]:
+    """Every profile of the project's people (or of `group_key`'s groups), a page at a time as the API's
+    pages give them, each page asked for with the last one's session id."""
+    query = EngageQuery(group_key, None, 0, MAX_PAGE_SIZE, None, None)
+    while True:
+        page = await _page_of_all(client, token, partitions, query)
+        yield page
+        if page.last:
+            return
+        query = replace(query, page=query.page + 1, session_id=page.session_id)
+
+
+async def _page_of_all(client: Redis, token: str, partitions: int, query: EngageQuery) -> Page:
     indexes = [_index_key(token, partition, query.group_key) for partition in range(partitions)]
     async with client.pipeline(transaction=False) as pipe:
         for index in indexes:
@@ -116,7 +131,7 @@ async def engage(client: Redis, token: str, partitions: int, query: EngageQuery)
     if page:
         partition, last = page[-1]
         session = base64.urlsafe_b64encode(_encode(_Cursor(query.page, partition, last))).decode()
-    return _answer(query, session, sum(counts), results)
+    return Page(results, session, sum(counts), len(page) < query.page_size)
 
 
 def _index_key(token: str, partition: int, group_key: str | None) -> str:

@@ -12,7 +12,7 @@ the gateway that wrote the events allow more skew or age than the reader's setti
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 
 import msgspec
 
@@ -28,7 +28,13 @@ class _Timed(msgspec.Struct):
     time: float
 
 
+class _Named(msgspec.Struct):
+    time: float
+    event: str
+
+
 _decode_time = msgspec.json.Decoder(_Timed).decode
+_decode_named = msgspec.json.Decoder(_Named).decode
 
 
 def day_bounds(start: dt.date, end: dt.date) -> tuple[float, float]:
@@ -47,11 +53,18 @@ async def export_events(
     *,
     max_future_skew: float,
     max_age: float,
+    names: Collection[str] | None = None,
+    limit: int | None = None,
     progress: Callable[[int], object] | None = None,
 ) -> AsyncIterator[bytes]:
     """Each event of the project whose time falls from `start` to `end` (inclusive), as one line of
-    normalised JSON, partition by partition. At most `SLICE` entries are held at a time; `progress` is
-    told how many entries each read returned."""
+    normalised JSON, partition by partition: of the events named in `names` only when given, and the
+    first `limit` of them when given. At most `SLICE` entries are held at a time; `progress` is told how
+    many entries each read returned."""
+    if limit is not None and limit <= 0:
+        return
+    wanted = None if names is None else frozenset(names)
+    left = limit
     lo, hi = day_bounds(start, end)
     first_id = max(0, int((lo - max(max_future_skew, 86400)) * 1000))
     # Ids of the last ms that can hold an event of the range (any sequence number within it).
@@ -65,8 +78,18 @@ async def export_events(
             if progress is not None:
                 progress(len(entries))
             for _, (_, data) in entries:
-                if lo <= _decode_time(data).time < hi:
-                    yield data + b"\n"
+                if wanted is None:
+                    if not lo <= _decode_time(data).time < hi:
+                        continue
+                else:
+                    named = _decode_named(data)
+                    if not (lo <= named.time < hi and named.event in wanted):
+                        continue
+                yield data + b"\n"
+                if left is not None:
+                    left -= 1
+                    if left == 0:
+                        return
             if len(entries) < SLICE:
                 break
             cursor = "(" + entries[-1][0].decode()

@@ -8,7 +8,10 @@ partition. Python builds nothing per event.
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_right
+from dataclasses import dataclass
 from enum import StrEnum
+from itertools import accumulate
 from typing import Final
 
 from trackgate._native import PartitionBatch
@@ -17,6 +20,19 @@ Key = tuple[str, int]
 """A (project token, partition) pair: one stream, one transaction per flush."""
 
 NO_FAILURES: Final[frozenset[Key]] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What became of a request's events once its flush is finished: the keys whose write failed (empty
+    when all its events are in Redis), and how many of its events were duplicates, sent before and
+    stored within the dedup window: answered as stored, not stored or counted again."""
+
+    failed: frozenset[Key] = NO_FAILURES
+    duplicates: int = 0
+
+
+ALL_STORED: Final = Written()
 
 
 class Unavailable(StrEnum):
@@ -42,16 +58,19 @@ class UnavailableError(Exception):
 
 
 class Flush:
-    """Its requests wait on `waiters`, each for the keys whose write failed."""
+    """Its requests wait on `waiters`, each for what became of its events (`Written`). `owners` says, per
+    key, which request's entries come in which order: (its place in `waiters`, how many)."""
 
     __slots__ = (
         "args",
         "counts",
         "deadline",
         "due",
+        "duplicates",
         "events",
         "failed",
         "outstanding",
+        "owners",
         "parts",
         "started",
         "waiters",
@@ -63,17 +82,20 @@ class Flush:
         self.xadds: dict[Key, list[bytes]] = {}
         self.counts: dict[Key, int] = {}
         self.args: dict[Key, int] = {}
+        self.owners: dict[Key, list[tuple[int, int]]] = {}
         self.events = 0
-        self.waiters: list[asyncio.Future[frozenset[Key]]] = []
+        self.waiters: list[asyncio.Future[Written]] = []
+        self.duplicates: list[int] | None = None  # per request, once any is found
         self.due = False
         self.failed: set[Key] = set()
         self.outstanding = 0  # its commands not finished yet, once sent
         self.started = 0.0
         self.deadline = 0.0  # until when its commands are tried again
 
-    def add(self, batches: list[PartitionBatch], count: int, waiter: asyncio.Future[frozenset[Key]]) -> None:
+    def add(self, batches: list[PartitionBatch], count: int, waiter: asyncio.Future[Written]) -> None:
         """One request's batches, `count` events in all, answered through `waiter`."""
-        parts, xadds, counts, args = self.parts, self.xadds, self.counts, self.args
+        parts, xadds, counts, args, owners = self.parts, self.xadds, self.counts, self.args, self.owners
+        request = len(self.waiters)
         for batch in batches:
             key = (batch.token, batch.partition)
             chunks = parts.get(key)
@@ -82,11 +104,13 @@ class Flush:
                 xadds[key] = [batch.xadds]
                 counts[key] = batch.count
                 args[key] = batch.args
+                owners[key] = [(request, batch.count)]
             else:
                 chunks.append(batch.packed)
                 xadds[key].append(batch.xadds)
                 counts[key] += batch.count
                 args[key] += batch.args
+                owners[key].append((request, batch.count))
         self.events += count
         self.waiters.append(waiter)
 
@@ -99,12 +123,26 @@ class Flush:
         self.outstanding = len(commands)
         return commands
 
+    def found_duplicates(self, key: Key, entries: list[int]) -> None:
+        """The function found these entries of `key`'s command (their places among its events and
+        profile updates, from 0) to be duplicates: each is its request's."""
+        owners = self.owners[key]
+        ends = list(accumulate(count for _, count in owners))
+        duplicates = self.duplicates
+        if duplicates is None:
+            duplicates = self.duplicates = [0] * len(self.waiters)
+        for entry in entries:
+            duplicates[owners[bisect_right(ends, entry)][0]] += 1
+
     def answer(self) -> None:
-        """Every command is finished: its requests get the keys that failed."""
-        result = frozenset(self.failed) if self.failed else NO_FAILURES
-        for waiter in self.waiters:
+        """Every command is finished: its requests get the keys that failed, and their duplicates."""
+        failed = frozenset(self.failed) if self.failed else NO_FAILURES
+        result = Written(failed) if failed else ALL_STORED
+        duplicates = self.duplicates
+        for request, waiter in enumerate(self.waiters):
             if not waiter.done():
-                waiter.set_result(result)
+                found = duplicates[request] if duplicates is not None else 0
+                waiter.set_result(Written(failed, found) if found else result)
 
     def fail(self, reason: Unavailable) -> None:
         """Its requests get UnavailableError(reason): they were never stored, or may not be."""

@@ -51,6 +51,7 @@ class Family(StrEnum):
     PERSON = "pp:"
     GROUPS = "groups:"
     GROUP = "gp:"
+    DEDUP = "dd:"
 
 
 def project_key(token: str) -> str:
@@ -173,6 +174,14 @@ def group_profile_key(token: str, partition: int, group_key: str, group_id: str)
 def groups_key(token: str, partition: int, group_key: str) -> str:
     """Sorted set (as `people_key`) of the ids of a group key's groups with a profile in the partition."""
     return partition_prefix(token, partition) + Family.GROUPS + group_key
+
+
+def dedup_key(token: str, partition: int, window: int, bucket: int) -> str:
+    """Set of the dedup hashes (16 bytes each, see `store.py`) of the events with an `$insert_id` that the
+    partition stored in bucket `bucket` of `window` seconds (server time // window): what a retried event
+    is looked up in. It expires when the next bucket ends; the window is in the name, so that gateways
+    run with another window never misread it."""
+    return f"{partition_prefix(token, partition)}{Family.DEDUP}{window}:{bucket}"
 
 
 def count_function_keys(token: str, partition: int) -> tuple[str, str]:

@@ -66,6 +66,10 @@ PROFILE_PROPERTIES_REFUSED = Counter(
     "trackgate_profile_properties_refused",
     "new profile properties left out: their profile held the most properties a profile may hold",
 )
+EVENTS_DEDUPLICATED = Counter(
+    "trackgate_events_deduplicated",
+    "events sent again within --dedup-window of being stored: answered as stored, not stored again",
+)
 BATCHES_DEDUPLICATED = Counter(
     "trackgate_batches_deduplicated", "retried write commands that Redis had applied already"
 )

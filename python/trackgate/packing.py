@@ -75,7 +75,10 @@ class Packer:
         window, caps = self._funnel_window(token), self._caps(token)
         if command.count_only:
             batch_id = store.batch_id(self.writer, command.seq, command.slot)
-            out.append(self._headers.header(token, partition, window, batch_id, command.n_args, caps))
+            header = self._headers.header(
+                token, partition, window, batch_id, command.n_args, caps, alone=True
+            )
+            out.append(header)
             out.extend(command.body)
             return 0
         self._headers.transaction(

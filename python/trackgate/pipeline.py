@@ -165,11 +165,13 @@ class Pipeline:
                 self._refused(item, failed[0], failed[0], stored=item.count - len(failed))
             else:
                 self._failure = None
-                metrics.count_stored(item.count, deduplicated=False)
-                if isinstance(reply[-1], ReplyError):
-                    self._count_failed(item, reply[-1])
+                counted = reply[-1]
+                if isinstance(counted, ReplyError):
+                    metrics.count_stored(item.count, deduplicated=False)
+                    self._count_failed(item, counted)
                     return
-                self._overflowed(item, reply[-1])
+                metrics.count_stored(item.count - self._duplicates(item, counted), deduplicated=False)
+                self._overflowed(item, counted)
         self._finish(item)
 
     def _counted(self, item: Command, reply: Any) -> None:
@@ -177,8 +179,29 @@ class Pipeline:
         if isinstance(reply, ReplyError):
             self._count_failed(item, reply)
             return
+        self._duplicates(item, reply)
         self._overflowed(item, reply)
         self._finish(item)
+
+    def _duplicates(self, item: Command, reply: Any) -> int:
+        """tg_count's fifth reply, with deduplication: the batch's entries that were duplicates, each
+        reported to its request. Counted alone, the function cannot tell their entries in the stream
+        apart: there they stay, stored twice but counted once."""
+        if not (isinstance(reply, list) and len(reply) > 4 and reply[4]):
+            return 0
+        entries: list[int] = reply[4]
+        item.flush.found_duplicates(item.key, entries)
+        metrics.EVENTS_DEDUPLICATED.inc(len(entries))
+        if item.count_only:
+            self._errors.warning(
+                "duplicates kept",
+                "%d events sent again are stored twice in %s: their batch's counting was resent alone "
+                "(after a lost function library or connection), which counts them once but cannot take "
+                "them out of the stream",
+                len(entries),
+                keys.stream_key(*item.key),
+            )
+        return len(entries)
 
     def _overflowed(self, item: Command, reply: Any) -> None:
         """tg_count's reply is [events counted, of them counted under the overflow name], then for a batch

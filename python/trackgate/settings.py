@@ -204,6 +204,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_event_bytes: Annotated[int, _rule("max_event_bytes")] = _DEFAULTS.max_event_bytes
     max_request_bytes: Annotated[int, _rule("max_request_bytes")] = _DEFAULTS.max_request_bytes
     max_events: Annotated[int, _rule("max_events")] = _DEFAULTS.max_events
+    dedup_window: Annotated[int, _rule("dedup_window")] = _DEFAULTS.dedup_window
 
     @property
     def reports_listen_port(self) -> int:

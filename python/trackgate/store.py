@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from trackgate import bounds, keys
-from trackgate._native import PACKED_LAYOUT
+from trackgate._native import DEDUP_HASH_BYTES, PACKED_LAYOUT, Options
 from trackgate.redis_pipe import bulk
 
 LIBRARY: Final = "trackgate"
@@ -27,6 +27,13 @@ LAYOUT: Final = f"{PACKED_LAYOUT}.{HEADER_VERSION}"
 """What names a call's argument layout: the decoder's packed events' and the header's."""
 HEADER_ARGS: Final = 9
 """tg_count's arguments before the events': see WriteCommands."""
+DEDUP_LAYOUT: Final = f"{LAYOUT}+dedup"
+"""What names the layout of a call that deduplicates: the header has DEDUP_ARGS arguments more, and each
+event's arguments end with its dedup hash."""
+DEDUP_ARGS: Final = 2
+"""The dedup window, and whether the call comes after its events' XADDs or alone."""
+DEFAULT_DEDUP_WINDOW: Final = Options().dedup_window
+"""The decoder's default (`--dedup-window`): batches it packs by default carry dedup hashes."""
 
 
 # A batch is written as one transaction:
@@ -64,6 +71,20 @@ HEADER_ARGS: Final = 9
 #
 # Per-event arguments: see PACKED_LAYOUT in the decoder (rust/src/resp.rs); the day and the counter field
 # come ready-made, so the function does no date arithmetic or string building per event.
+#
+# Deduplication (`--dedup-window`, 0: off). A retried request may hold events already stored; an event
+# with an `$insert_id` is stored and counted once however often it comes within the window. The decoder
+# packs a 128-bit hash of each event's (name, distinct_id, time in whole seconds, $insert_id) after its
+# arguments, and the header says so (DEDUP_LAYOUT). The events still go in by the plain XADDs (an XADD
+# from Lua would cost Redis more per event than all the rest of dedup: bench/README.md); the function,
+# right after them in the same transaction, looks the batch's hashes up in the partition's sets of
+# hashes stored (`keys.dedup_key`, a set per bucket of `window` seconds, two buckets read), adds the new
+# ones, counts only those, and XDELs the duplicates' entries, which are the stream's last ones: their
+# XADD and XDEL are one atomic change that no reader sees. Its reply lists the duplicates, which the
+# batcher reports to their requests. The marks and their recovery are as above: the lookups and the
+# XDELs are writes of the same transaction, applied with it or not at all, and a counting resent alone
+# is told so ('alone'): it does not count the duplicates, but can no longer tell their entries in the
+# stream apart, and leaves them there (the batcher logs it). With the window 0 none of this is sent.
 
 
 def _library_source() -> str:
@@ -76,6 +97,9 @@ def _library_source() -> str:
         "LAYOUT": LAYOUT,
         "RING_SLOTS": str(RING_SLOTS),
         "HEADER_ARGS": str(HEADER_ARGS),
+        "DEDUP_LAYOUT": DEDUP_LAYOUT,
+        "DEDUP_ARGS": str(DEDUP_ARGS),
+        "DEDUP_HASH_BYTES": str(DEDUP_HASH_BYTES),
         "OVERFLOW": bounds.OVERFLOW,
         "MAX_PROFILE_PROPERTIES": str(bounds.MAX_PROFILE_PROPERTIES),
         "MAX_PROFILE_LIST": str(bounds.MAX_PROFILE_LIST),
@@ -147,9 +171,10 @@ def transaction_replies(events: int) -> int:
 class WriteCommands:
     """Builds a batch's transaction (see above) and `FCALL tg_count <number of keys> <keys> <maxlen>
     <max age> <window> <layout> <batch id> <event max age> <counter retention days> <event names a day>
-    <funnel names>` headers (HEADER_ARGS arguments after the keys); the decoder's XADD commands and the
-    events' `args` packed arguments follow unchanged. What depends on the partition alone is encoded
-    once."""
+    <funnel names>` headers (HEADER_ARGS arguments after the keys; with a `dedup_window`, DEDUP_ARGS more:
+    `<dedup window> after|alone`); the decoder's XADD commands and the events' `args` packed arguments
+    follow unchanged. What depends on the partition alone is encoded once. The decoder that packs the
+    batches must have the same `dedup_window` (both come from one setting)."""
 
     def __init__(
         self,
@@ -157,9 +182,16 @@ class WriteCommands:
         stream_max_age: float,
         event_max_age: float,
         counter_retention_days: int = bounds.DEFAULT_COUNTER_RETENTION_DAYS,
+        dedup_window: int = DEFAULT_DEDUP_WINDOW,
     ) -> None:
         self._limits = (str(stream_maxlen).encode(), str(int(stream_max_age)).encode())
-        self._layout = LAYOUT.encode()
+        self.dedup_window = dedup_window
+        self._layout = (DEDUP_LAYOUT if dedup_window else LAYOUT).encode()
+        # After the tail, with deduplication: the window, and where the events' entries are.
+        self._dedup = {
+            alone: bulk(b"%d" % dedup_window) + bulk(b"alone" if alone else b"after") if dedup_window else b""
+            for alone in (False, True)
+        }
         self._late = bulk(str(math.ceil(event_max_age)).encode()) + bulk(b"%d" % counter_retention_days)
         self._prefixes: dict[tuple[str, int, int], tuple[bytes, int]] = {}
         self._caps: dict[bounds.Caps, bytes] = {}
@@ -194,10 +226,21 @@ class WriteCommands:
         batch_id: bytes,
         args: int,
         caps: bounds.Caps = bounds.DEFAULT_CAPS,
+        *,
+        alone: bool = False,
     ) -> bytes:
+        """`alone`: the FCALL is sent without its transaction (its events are stored already)."""
         prefix, size = self._prefix(token, partition, window)
-        # The prefix, the batch id, the tail, the events' arguments.
-        return b"*%d\r\n%s%s%s" % (size + HEADER_ARGS - 4 + args, prefix, bulk(batch_id), self._tail(caps))
+        dedup = self._dedup[alone]
+        extra = DEDUP_ARGS if dedup else 0
+        # The prefix, the batch id, the tail, the dedup arguments, the events' arguments.
+        return b"*%d\r\n%s%s%s%s" % (
+            size + HEADER_ARGS - 4 + extra + args,
+            prefix,
+            bulk(batch_id),
+            self._tail(caps),
+            dedup,
+        )
 
     def transaction(
         self,

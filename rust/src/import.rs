@@ -76,7 +76,7 @@ pub fn decode_events(
     let counted_from = (today - f64::from(project.counter_retention_days)) * DAY;
     decode_text(json, |text| {
         let sink = Imported {
-            events: Events::new(ctx.options.partitions),
+            events: Events::new(ctx.options),
             strict: params.strict,
             counted_from,
             max_id_chars: ctx.options.max_distinct_id_chars,

@@ -83,7 +83,7 @@ pub fn decode_request(
     content_encoding: Option<&str>,
     ctx: &Context<'_>,
 ) -> Result<Decoded, RequestError> {
-    let sink = || payload::Events::new(ctx.options.partitions);
+    let sink = || payload::Events::new(ctx.options);
     decode_payload(
         query,
         body,
@@ -159,7 +159,7 @@ fn decode_payload(
 
 /// Decodes the value of one `data` parameter (base64, raw JSON or gzip bytes).
 pub fn decode_data(data: &[u8], ctx: &Context<'_>) -> Result<Decoded, RequestError> {
-    let events = decode_data_into(data, ctx, || payload::Events::new(ctx.options.partitions))?;
+    let events = decode_data_into(data, ctx, || payload::Events::new(ctx.options))?;
     Ok(Decoded::new(Params::default(), events))
 }
 

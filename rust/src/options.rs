@@ -33,6 +33,10 @@ macro_rules! with_rules {
                 "events in one request";
             partitions: u32 = 4, 1..=65_536,
                 "streams per project; a user's events always share one";
+            /// An event whose (name, distinct_id, time in whole seconds, `$insert_id`) was stored this
+            /// recently is not stored again: the decoder packs each event's dedup hash when it is on.
+            dedup_window: u32 = 600, 0..=604_800,
+                "seconds within which an event sent again is stored once (0: off)";
         }
     };
 }

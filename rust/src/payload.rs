@@ -14,7 +14,7 @@ use crate::errors::{EventError, EventErrorKind, RequestError};
 use crate::event::{decode_event, Normalised, Scratch, Sink};
 use crate::json::{without_lone_surrogates, Scanner, StrToken, UNPAIRED_SURROGATE};
 use crate::resp::Batches;
-use crate::Context;
+use crate::{Context, Options};
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
@@ -148,12 +148,13 @@ pub struct Events {
 }
 
 impl Events {
-    pub fn new(partitions: u32) -> Self {
+    /// A sink for the rules' partitions, packing each event's dedup hash when deduplication is on.
+    pub fn new(options: &Options) -> Self {
         Self {
             total: 0,
             errors: Vec::new(),
-            batches: Batches::default(),
-            partitions,
+            batches: Batches::new(options.dedup_window > 0),
+            partitions: options.partitions,
         }
     }
 }

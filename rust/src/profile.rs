@@ -212,7 +212,7 @@ pub fn decode_updates(
     target: Target,
 ) -> Result<Events, RequestError> {
     decode_text(json, |text| {
-        let mut sink = Events::new(ctx.options.partitions);
+        let mut sink = Events::new(ctx.options);
         let mut scanner = Scanner::new(text);
         let mut scratch = Scratch::default();
         each_item(&mut scanner, ctx.options.max_events, |scanner, index| {

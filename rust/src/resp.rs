@@ -5,17 +5,24 @@
 use crate::event::Valid;
 
 /// The version of the function's argument layout, which it checks: a gateway and a function library of
-/// different versions must not misread each other. 6: profile updates among the events' arguments; 5:
+/// different versions must not misread each other. 7: an event whose day is `""` is stored, not counted
+/// (`/import`'s of days past the counter retention); 6: profile updates among the events' arguments; 5:
 /// the batch id among the function's fixed arguments (made by `store.WriteCommands`) is
 /// `<writer>:<seq>:<slot>`, the slot of the batch's entry in its partition's ring; 4 gave the events'
 /// max age; the events' arguments are as in 3.
 ///
-/// Per event, four arguments: its UTC day (`YYYY-MM-DD`); `HH:<event name>`, the hour's counter field;
-/// the distinct_id (`""` when none); the funnel (`""` unless mp_funnel). An mp_funnel event has three
+/// Per event, four arguments: its UTC day (`YYYY-MM-DD`; `""` for an event stored but not counted, whose
+/// funnel is then `""` too); `HH:<event name>`, the hour's counter field; the distinct_id (`""` when
+/// none); the funnel (`""` unless mp_funnel). An mp_funnel event has three
 /// more: its time in whole seconds, its step and its goal. Everything the function needs comes
 /// ready-made, so it does no date arithmetic or string building per event. The event itself is not
 /// among them: it goes to its stream in an `XADD` of its own (see `Batch::xadds`), which costs Redis
 /// less than the same XADD called from the function (see `store.py`).
+///
+/// With deduplication on (`Options::dedup_window`), every event has one argument more, after the
+/// others: its dedup hash (`dedup_hash`), or `""` when it has no `$insert_id` and so cannot be
+/// deduplicated. The function is told which form it gets (`store.py`), so the form without it is this
+/// version's as it was.
 ///
 /// Per profile update (`profile.rs` packs them), five arguments and what the fifth counts: the
 /// operation (`$set`, ..., `$delete`: a `$` tells an update from an event, whose first argument is a
@@ -23,7 +30,7 @@ use crate::event::Valid;
 /// `YYYY-MM-DDTHH:MM:SS` (`""` with `$ignore_time`); the number of arguments that follow: a property
 /// name and its value's JSON per property (`$set`, `$set_once`, `$add`, `$append`, `$union`,
 /// `$remove`), the names (`$unset`), none (`$delete`).
-pub const PACKED_LAYOUT: u32 = 6;
+pub const PACKED_LAYOUT: u32 = 7;
 
 #[derive(Debug)]
 pub struct Batch {
@@ -108,6 +115,33 @@ pub struct Batches {
     pub events: Vec<EventRef>,
     /// The last day formatted: a request's events nearly always share their day.
     day: Option<(i64, String)>,
+    /// Whether each event's dedup hash is packed (see `PACKED_LAYOUT`).
+    dedup: bool,
+    /// What a dedup hash is computed over, kept from event to event.
+    dedup_input: Vec<u8>,
+}
+
+/// The bytes of an event's dedup hash.
+pub const DEDUP_HASH_BYTES: usize = 16;
+
+/// The identity of an event for deduplication, as Mixpanel's: (event name, distinct_id, time in whole
+/// seconds, `$insert_id`), hashed to 128 bits (XXH3-128); None without an `$insert_id`. Each text field
+/// goes in behind its length and the time as 8 fixed bytes, so that no two different tuples hash the
+/// same input, and two tuples collide only as two random 128-bit values do: among n events in one
+/// partition's window, with probability about n^2 / 2^129. A missing distinct_id is hashed as `""`.
+/// `input` is a buffer to write the hash's input in.
+pub fn dedup_hash(event: &Valid<'_>, input: &mut Vec<u8>) -> Option<[u8; DEDUP_HASH_BYTES]> {
+    let insert_id = event.insert_id.as_deref()?;
+    let distinct_id = event.distinct_id.as_deref().unwrap_or("");
+    input.clear();
+    for field in [event.name.as_bytes(), distinct_id.as_bytes()] {
+        input.extend_from_slice(&(field.len() as u32).to_le_bytes());
+        input.extend_from_slice(field);
+    }
+    input.extend_from_slice(&(event.time.floor() as i64).to_le_bytes());
+    input.extend_from_slice(&(insert_id.len() as u32).to_le_bytes());
+    input.extend_from_slice(insert_id.as_bytes());
+    Some(xxhash_rust::xxh3::xxh3_128(input).to_le_bytes())
 }
 
 /// The partition of a user: a stable hash (CRC-32, IEEE) of the key, so one user's events share a
@@ -117,6 +151,14 @@ pub fn partition_of(key: &[u8], partitions: u32) -> u32 {
 }
 
 impl Batches {
+    /// Batches that pack each event's dedup hash (`dedup`), or not.
+    pub fn new(dedup: bool) -> Self {
+        Self {
+            dedup,
+            ..Self::default()
+        }
+    }
+
     /// The batch of a (token, partition, stream), made when first needed.
     fn batch_for(&mut self, token: &str, partition: u32, stream: Stream) -> usize {
         let found = self
@@ -192,15 +234,29 @@ impl Batches {
     /// A valid event: its XADD to its partition's stream, and its arguments for the function that
     /// counts it.
     pub fn push(&mut self, event: &Valid<'_>, json: &[u8], partitions: u32) {
+        self.pack(event, json, partitions, true);
+    }
+
+    /// A valid event stored but not counted (see `import.rs`: a day older than the counters are kept):
+    /// its XADD, and its arguments with the day `""`, which the function skips but for deduplication.
+    pub fn push_uncounted(&mut self, event: &Valid<'_>, json: &[u8], partitions: u32) {
+        self.pack(event, json, partitions, false);
+    }
+
+    fn pack(&mut self, event: &Valid<'_>, json: &[u8], partitions: u32, counted: bool) {
         let index = self.add_event(event, json, partitions);
         let seconds = event.time.floor() as i64;
         let (day, hour) = (
             seconds.div_euclid(86_400),
             seconds.rem_euclid(86_400) / 3600,
         );
-        let date = match &self.day {
-            Some((cached, date)) if *cached == day => date,
-            _ => &self.day.insert((day, utc_date(day))).1,
+        let date = if counted {
+            match &self.day {
+                Some((cached, date)) if *cached == day => date.as_str(),
+                _ => &self.day.insert((day, utc_date(day))).1,
+            }
+        } else {
+            ""
         };
         let batch = &mut self.batches[index];
         let out = &mut batch.packed;
@@ -208,7 +264,8 @@ impl Batches {
         let hh = [b'0' + (hour / 10) as u8, b'0' + (hour % 10) as u8, b':'];
         bulk_parts(out, &[&hh, event.name.as_bytes()]);
         bulk(out, event.distinct_id.as_deref().unwrap_or("").as_bytes());
-        let args = if let Some((name, step, goal)) = &event.funnel {
+        let funnel = event.funnel.as_ref().filter(|_| counted);
+        let mut args = if let Some((name, step, goal)) = funnel {
             bulk(out, name.as_bytes());
             bulk(out, itoa::Buffer::new().format(seconds).as_bytes());
             bulk(out, itoa::Buffer::new().format(*step).as_bytes());
@@ -218,14 +275,12 @@ impl Batches {
             out.extend_from_slice(b"$0\r\n\r\n");
             4
         };
+        if self.dedup {
+            let hash = dedup_hash(event, &mut self.dedup_input);
+            bulk(out, hash.as_ref().map_or(&[][..], |hash| &hash[..]));
+            args += 1;
+        }
         Self::close_entry(batch, args);
-    }
-
-    /// A valid event stored but not counted: its XADD alone (see `import.rs`: a day older than the
-    /// counters are kept).
-    pub fn push_uncounted(&mut self, event: &Valid<'_>, json: &[u8], partitions: u32) {
-        let index = self.add_event(event, json, partitions);
-        Self::close_entry(&mut self.batches[index], 0);
     }
 
     /// An event's XADD to the stream of its partition: its user's (`distinct_id`), else its
@@ -344,6 +399,46 @@ mod tests {
             out,
             b"*5\r\n$4\r\nXADD\r\n$17\r\ntg:{tok:3}:events\r\n$1\r\n*\r\n$4\r\ndata\r\n$2\r\n{}\r\n"
         );
+    }
+
+    fn valid<'a>(
+        name: &'a str,
+        distinct_id: Option<&'a str>,
+        time: f64,
+        insert_id: Option<&'a str>,
+    ) -> Valid<'a> {
+        Valid {
+            token: "tok".into(),
+            name: name.into(),
+            distinct_id: distinct_id.map(Into::into),
+            insert_id: insert_id.map(Into::into),
+            time,
+            funnel: None,
+        }
+    }
+
+    #[test]
+    fn dedup_hashes_tell_apart_any_one_field_and_ignore_fractions_of_a_second() {
+        let hash =
+            |name, id, time, insert| dedup_hash(&valid(name, id, time, insert), &mut Vec::new());
+        let base = hash("a", Some("u"), 100.2, Some("i1"));
+        assert!(base.is_some());
+        assert_eq!(base, hash("a", Some("u"), 100.9, Some("i1")));
+        for other in [
+            hash("b", Some("u"), 100.2, Some("i1")),
+            hash("a", Some("v"), 100.2, Some("i1")),
+            hash("a", Some("u"), 101.0, Some("i1")),
+            hash("a", Some("u"), 100.2, Some("i2")),
+            // The lengths keep fields from moving into one another.
+            hash("au", Some(""), 100.2, Some("i1")),
+        ] {
+            assert_ne!(base, other);
+        }
+        assert_eq!(
+            hash("a", None, 100.2, Some("i1")),
+            hash("a", Some(""), 100.2, Some("i1"))
+        );
+        assert_eq!(hash("a", Some("u"), 100.2, None), None);
     }
 
     #[test]

@@ -12,10 +12,19 @@ fn partition(key: &str, partitions: u32) -> u32 {
     crc32fast::hash(key.as_bytes()) % partitions
 }
 
+/// The rules without deduplication: the packed layout these tests read has no dedup hashes (the test at
+/// the end reads them).
+fn plain() -> Options {
+    Options {
+        dedup_window: 0,
+        ..Options::default()
+    }
+}
+
 fn setup(partitions: u32) -> Setup {
     Setup::with(Options {
         partitions,
-        ..Options::default()
+        ..plain()
     })
 }
 
@@ -93,8 +102,8 @@ fn ev(token: &str, name: &str, extra: &str) -> String {
 }
 
 #[test]
-fn the_layout_is_version_6() {
-    assert_eq!(PACKED_LAYOUT, 6);
+fn the_layout_is_version_7() {
+    assert_eq!(PACKED_LAYOUT, 7);
 }
 
 #[test]
@@ -283,7 +292,7 @@ fn one_partition_one_batch_per_token() {
 
 #[test]
 fn default_partitions_are_four() {
-    let s = Setup::default();
+    let s = Setup::with(plain());
     let payload: Vec<String> = (0..64)
         .map(|i| ev("t", "e", &format!("\"distinct_id\":\"user-{i}\"")))
         .collect();
@@ -301,7 +310,7 @@ fn default_partitions_are_four() {
 fn day_hour_and_funnel_time_come_from_the_normalised_time() {
     let s = Setup::with(Options {
         max_age: 2.0 * 86_400.0,
-        ..Options::default()
+        ..plain()
     });
     // NOW is 2023-11-14T22:13:20.5Z
     for (sent, day, field, whole) in [
@@ -329,7 +338,7 @@ fn a_requests_events_reach_their_partition_in_time_order() {
     // one user's events by time, while `events()` keeps the request's order.
     let options = Options {
         partitions: 1,
-        ..Options::default()
+        ..plain()
     };
     let setup = Setup::with(options);
     let event = |name: &str, time: f64| {
@@ -367,4 +376,34 @@ fn a_requests_events_reach_their_partition_in_time_order() {
         names(packed_names),
         ["first", "second", "third", "also_third"]
     );
+}
+
+#[test]
+fn with_deduplication_each_event_ends_with_its_dedup_hash() {
+    let s = Setup::with(Options {
+        partitions: 1,
+        dedup_window: 600,
+        ..Options::default()
+    });
+    let body = format!(
+        "[{},{},{}]",
+        ev("t", "a", r#""distinct_id":"u","$insert_id":"i-1""#),
+        ev("t", "mp_funnel", r#""funnel":"f","step":1,"goal":"g""#),
+        ev("t", "a", r#""distinct_id":"u","$insert_id":"i-1""#),
+    );
+    let decoded = s.data(body).unwrap();
+    let [batch] = &decoded.batches.batches[..] else {
+        panic!("one partition")
+    };
+    let bulks = parse_bulks(&batch.packed);
+    assert_eq!(bulks.len(), batch.args);
+    // 4 + 1 for each plain event, 7 + 1 for the funnel event; all three have one time, so keep their order.
+    assert_eq!(batch.args, 5 + 8 + 5);
+    let (first, funnel, last) = (&bulks[4], &bulks[12], &bulks[17]);
+    assert_eq!(first.len(), trackgate_native::resp::DEDUP_HASH_BYTES);
+    assert!(
+        funnel.is_empty(),
+        "no $insert_id: nothing to deduplicate on"
+    );
+    assert_eq!(first, last, "the same event twice hashes the same");
 }

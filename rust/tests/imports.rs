@@ -258,8 +258,13 @@ fn days_older_than_the_retention_are_stored_not_counted() {
     let [batch] = &decoded.batches.batches[..] else {
         panic!("one partition: the user's")
     };
-    assert_eq!((batch.count, batch.args), (3, 4));
+    // Each event packed (4 arguments and its dedup hash, which applies to every event), in time order;
+    // the day of each, "" for the two stored but not counted.
+    assert_eq!((batch.count, batch.args), (3, 15));
     let packed = parse_bulks(&batch.packed);
-    assert_eq!(packed[0], b"2023-10-15");
+    let days: Vec<&[u8]> = packed.chunks(5).map(|event| &event[0][..]).collect();
+    assert_eq!(days, [&b""[..], b"", b"2023-10-15"]);
+    let hashes: Vec<usize> = packed.chunks(5).map(|event| event[4].len()).collect();
+    assert_eq!(hashes, [16, 16, 16]);
     assert_eq!(events(&decoded).len(), 3);
 }

@@ -1,7 +1,7 @@
-"""`trackgate serve`, `trackgate project create|list|set-funnel-window|set-caps|backup|restore`,
-`trackgate project add-service-account|service-accounts|remove-service-account`,
-`trackgate funnels report` and `trackgate export`: the parser and the dispatch; each command's work is in
-its module."""
+"""`trackgate serve`, `trackgate project create|list|set-funnel-window|set-caps|backup|restore|reindex`,
+`trackgate project add-service-account|service-accounts|remove-service-account`, `trackgate funnels
+report`, `trackgate export`, `trackgate profiles export` and `trackgate consume`: the parser and the
+dispatch; each command's work is in its module."""
 
 from __future__ import annotations
 
@@ -9,14 +9,18 @@ import argparse
 import asyncio
 import contextlib
 import sys
+from collections.abc import Callable, Coroutine
+from functools import partial
+from typing import BinaryIO
 
 from redis.exceptions import RedisError
 
 from trackgate import bounds, projects, settings
+from trackgate.cli import consume_command
 from trackgate.cli.errors import UsageError
 from trackgate.cli.project_commands import project_action, registry_file, window_seconds
 from trackgate.cli.redis_access import project_named, redis_for_cli
-from trackgate.cli.report_commands import date_range, export_events, funnel_report
+from trackgate.cli.report_commands import date_range, export_events, export_profiles, funnel_report
 from trackgate.cli.serve_command import serve
 from trackgate.embedded import EmbeddedRedisError
 
@@ -79,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
             "--" + field.replace("_", "-"), type=int, help=f"default: {getattr(bounds.DEFAULT_CAPS, field)}"
         )
 
+    reindex = actions.add_parser(
+        "reindex",
+        help="write the daily counts and names seen that reports read, for days counted by a gateway "
+        "older than this one (from the hourly counts; safe to run again, and beside running gateways)",
+    )
+    reindex.add_argument("name")
     add_account = actions.add_parser(
         "add-service-account",
         help="add a service account to a project, for /import and the query API; prints its user and secret",
@@ -96,25 +106,41 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("name", help="the funnel's name")
     report.add_argument("--json", action="store_true", help="print the report as JSON instead")
     export = commands.add_parser("export", help="write a project's raw events as JSON lines")
-    export.add_argument("--output", "-o", help="file to write (default: standard output)")
     for sub in (report, export):
         sub.add_argument("--project", required=True, help="the project's name or token")
         sub.add_argument("--from", dest="start", help="first UTC day, YYYY-MM-DD (default: 30 days ago)")
         sub.add_argument("--to", dest="end", help="last UTC day, YYYY-MM-DD (default: today)")
+    profiles = commands.add_parser("profiles", help="people's and groups' profiles")
+    profile_actions = profiles.add_subparsers(dest="action", required=True, metavar="ACTION")
+    profile_export = profile_actions.add_parser(
+        "export", help="write every profile of people, or of a group key's groups, as JSON lines"
+    )
+    profile_export.add_argument("--project", help="the project's name or token (default: the only project)")
+    profile_export.add_argument("--group-key", help="the groups of this group key instead of people")
+    for sub in (export, profile_export):
+        sub.add_argument("--output", "-o", help="file to write (default: standard output)")
+    for sub in (report, export, profile_export):
         sub.add_argument("--partitions", help="the gateway's --partitions (default: 4)")
-    for sub in (
+    consume = commands.add_parser(
+        "consume",
+        help="write a project's stored events and profile updates as JSON lines, through a consumer group",
+        description="Hand on every entry of the project's streams, each acknowledged once written "
+        "(at least once: deduplicate on $insert_id). Stops on SIGINT or SIGTERM.",
+    )
+    consume_command.add_arguments(consume)
+    project_actions = (
         create,
         listing,
         window,
         caps,
         backup,
         restore,
+        reindex,
         add_account,
         accounts,
         remove_account,
-        report,
-        export,
-    ):
+    )
+    for sub in (*project_actions, report, export, profile_export, consume):
         sub.add_argument(
             "--redis-url", help="Redis holding the projects (default: the private redis-server's)"
         )
@@ -145,9 +171,17 @@ def with_redis(args: argparse.Namespace) -> int:
             return asyncio.run(project_action(args, url))
         if args.command == "funnels":
             return asyncio.run(funnel_report(args, config, url))
-        start, end = date_range(args)
-        project = asyncio.run(project_named(url, args.project))
+        if args.command == "consume":
+            return asyncio.run(consume_command.consume_command(args, config, url))
+        write: Callable[[BinaryIO], Coroutine[None, None, int]]
+        if args.command == "profiles":
+            project = asyncio.run(project_named(url, args.project))
+            write = partial(export_profiles, config, url, project, args.group_key)
+        else:
+            start, end = date_range(args)
+            project = asyncio.run(project_named(url, args.project))
+            write = partial(export_events, config, url, project, start, end)
         # Opened once the arguments are known to be good: a mistyped date must not empty the file.
         with contextlib.ExitStack() as files:
             out = files.enter_context(open(args.output, "wb")) if args.output else sys.stdout.buffer
-            return asyncio.run(export_events(config, url, project, start, end, out))
+            return asyncio.run(write(out))

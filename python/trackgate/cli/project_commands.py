@@ -1,5 +1,5 @@
-"""`trackgate project ...`: create, list, set-funnel-window, set-caps, backup and restore, and the
-service accounts: add-service-account, service-accounts, remove-service-account."""
+"""`trackgate project ...`: create, list, set-funnel-window, set-caps, backup, restore and reindex, and
+the service accounts: add-service-account, service-accounts, remove-service-account."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 from redis.asyncio import Redis
 
-from trackgate import bounds, projects, registry_backup, service_accounts, settings
+from trackgate import bounds, projects, registry_backup, reindex, service_accounts, settings
 from trackgate.cli.errors import UsageError
 from trackgate.cli.redis_access import find_project, redis_for_cli, with_client
 
@@ -51,6 +51,14 @@ async def project_action(args: argparse.Namespace, url: str) -> int:
             return 0
         if args.action == "set-caps":
             return await _set_caps(client, args)
+        if args.action == "reindex":
+            project = await find_project(client, args.name)
+            try:
+                days, names = await reindex.reindex_project(client, project.token)
+            except reindex.OldLibraryError as err:
+                raise UsageError(str(err)) from None
+            print(f"{project.name}: {days} days of a partition reindexed, {names} names")
+            return 0
         if args.action in _SERVICE_ACCOUNT_ACTIONS:
             return await _service_accounts(client, args)
         found = await projects.list_projects(client)

@@ -61,6 +61,13 @@ async def find_project(client: Redis, name_or_token: str) -> projects.Project:
     return found
 
 
-async def project_named(url: str, name_or_token: str) -> projects.Project:
+async def project_named(url: str, name_or_token: str | None) -> projects.Project:
+    """The project named (by name or token), or with None the only project there is."""
     async with Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5) as client:
-        return await find_project(client, name_or_token)
+        if name_or_token is not None:
+            return await find_project(client, name_or_token)
+        found = await projects.list_projects(client)
+    if len(found) != 1:
+        names = ", ".join(repr(p.name) for p in found) or "none"
+        raise UsageError(f"name the project with --project (there are {len(found)}: {names})")
+    return found[0]

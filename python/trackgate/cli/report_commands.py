@@ -1,4 +1,4 @@
-"""`trackgate funnels report` and `trackgate export`."""
+"""`trackgate funnels report`, `trackgate export` and `trackgate profiles export`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import msgspec
 from redis.asyncio import Redis
 from tqdm import tqdm
 
-from trackgate import export, funnels, keys, projects, settings
+from trackgate import engage, export, funnels, keys, projects, settings
 from trackgate.cli.errors import UsageError
 from trackgate.cli.redis_access import find_project
 from trackgate.report_reads import ReportReads
@@ -80,4 +80,24 @@ async def export_events(
         finally:
             reads.close()
     print(f"{written} events of {project.name!r} from {start} to {end}", file=sys.stderr)
+    return 0
+
+
+async def export_profiles(
+    config: settings.Settings, url: str, project: projects.Project, group_key: str | None, out: BinaryIO
+) -> int:
+    """Every profile of the project's people, or of a group key's groups, as JSON lines
+    `{"$distinct_id", "$properties"}`: the Engage Query API's results, read a page at a time."""
+    written = 0
+    async with Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5) as client:
+        with tqdm(unit="profile", file=sys.stderr, desc="profiles") as bar:
+            async for page in engage.every_profile(client, project.token, config.partitions, group_key):
+                # The indexes' count, as of this page: profiles made or deleted meanwhile change it.
+                bar.total = max(page.total, written + len(page.results))
+                for result in page.results:
+                    out.write(result + b"\n")
+                written += len(page.results)
+                bar.update(len(page.results))
+    whose = "people" if group_key is None else f"groups of {group_key!r}"
+    print(f"{written} profiles of {whose} in {project.name!r}", file=sys.stderr)
     return 0

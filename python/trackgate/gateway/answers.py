@@ -50,11 +50,14 @@ class FailedRecord(msgspec.Struct):
     message: str
 
 
-class VerboseFailure(msgspec.Struct):
+class VerboseFailure(msgspec.Struct, omit_defaults=True):
     status: int
     error: str
     num_records_imported: int
     failed_records: list[FailedRecord]
+    duplicates: int = 0
+    """Valid events that were duplicates of events stored before (within the dedup window): counted in
+    `num_records_imported`, as they are stored, but not stored again. Left out when none."""
 
 
 _encode = msgspec.json.Encoder().encode
@@ -63,6 +66,14 @@ _encode = msgspec.json.Encoder().encode
 def failed_events(errors: list[EventError]) -> list[FailedRecord]:
     """A decoded request's `errors`, its invalid events in index order."""
     return [FailedRecord(e.index, e.field, e.kind, e.message) for e in errors]
+
+
+def verbose_stored(duplicates: int) -> bytes:
+    """The verbose answer of a request whose events are all stored: Mixpanel's, and when some of them were
+    duplicates of events stored before (within the dedup window, so not stored again), how many."""
+    if not duplicates:
+        return VERBOSE_OK
+    return b'{"status":1,"error":null,"duplicates":%d}' % duplicates
 
 
 def valid_callback(name: str) -> bool:
@@ -108,10 +119,16 @@ class Answers:
         metrics.count_request(self._route, status)
 
     def stored(
-        self, proto: HTTPProtocol, request: Request, callback: str | None, extra: list[tuple[str, str]]
+        self,
+        proto: HTTPProtocol,
+        request: Request,
+        callback: str | None,
+        duplicates: int,
+        extra: list[tuple[str, str]],
     ) -> None:
-        """A request whose events are all stored (with `test`, valid): 200 in the shape it asked for."""
-        self.answer(proto, 200, request, callback, VERBOSE_OK, extra)
+        """A request whose events are all stored (with `test`, valid; `duplicates` of them before): 200 in
+        the shape it asked for."""
+        self.answer(proto, 200, request, callback, verbose_stored(duplicates), extra)
 
     def empty(self, proto: HTTPProtocol, status: int, headers: list[tuple[str, str]]) -> None:
         """An answer without a body: a redirect, a preflight's."""
@@ -141,8 +158,10 @@ class Answers:
         request: Request,
         failed: list[FailedRecord],
         headers: list[tuple[str, str]],
+        duplicates: int = 0,
     ) -> None:
-        """Refuse a decoded request some of whose events failed (its valid events are stored)."""
+        """Refuse a decoded request some of whose events failed (its valid events are stored, `duplicates`
+        of them before)."""
         reason = Refusal.for_failed_events(record.kind for record in failed)
         first = failed[0]
         detail = first.message
@@ -152,9 +171,8 @@ class Answers:
         message = (
             f"{len(failed)} of {request.total} events failed; the first, at index {first.index}: {detail}"
         )
-        self._refused(
-            scope, proto, reason, VerboseFailure(0, message, request.accepted, failed), headers, request
-        )
+        failure = VerboseFailure(0, message, request.accepted, failed, duplicates)
+        self._refused(scope, proto, reason, failure, headers, request)
 
     def _refused(
         self,

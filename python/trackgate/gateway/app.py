@@ -71,6 +71,7 @@ class Services:
             stream_maxlen=settings.stream_maxlen,
             stream_max_age=settings.stream_max_age,
             event_max_age=settings.max_age,
+            dedup_window=settings.dedup_window,
             funnel_window=tokens.funnel_window,
             caps=tokens.caps,
             counter_retention_days=settings.counter_retention_days,

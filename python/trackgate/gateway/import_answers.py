@@ -16,7 +16,7 @@ import msgspec
 from trackgate import metrics
 from trackgate._native import Request
 from trackgate.credentials import CHALLENGE
-from trackgate.gateway.answers import JSON, VERBOSE_OK, AnswerParams, Answers, VerboseFailure
+from trackgate.gateway.answers import JSON, AnswerParams, Answers, VerboseFailure, verbose_stored
 from trackgate.gateway.refusals import Reason, Refusal
 from trackgate.rsgi import HTTPProtocol, Scope
 
@@ -38,6 +38,8 @@ class ImportAnswer(msgspec.Struct, kw_only=True, omit_defaults=True):
     error: str | None = None
     num_records_imported: int
     failed_records: list[ImportRecord] | None = None
+    duplicates: int = 0
+    """As in /track's verbose answer: imported events stored before (within the dedup window)."""
 
 
 _encode = msgspec.json.Encoder().encode
@@ -50,14 +52,19 @@ class ImportAnswers(Answers):
     __slots__ = ()
 
     def stored(
-        self, proto: HTTPProtocol, request: Request, callback: str | None, extra: list[tuple[str, str]]
+        self,
+        proto: HTTPProtocol,
+        request: Request,
+        callback: str | None,
+        duplicates: int,
+        extra: list[tuple[str, str]],
     ) -> None:
         if request.strict:
-            self._json(
-                proto, 200, ImportAnswer(code=200, status="OK", num_records_imported=request.accepted), extra
-            )
+            imported = request.accepted
+            answer = ImportAnswer(code=200, status="OK", num_records_imported=imported, duplicates=duplicates)
+            self._json(proto, 200, answer, extra)
         else:
-            self._send(proto, 200, VERBOSE_OK, extra)
+            self._send(proto, 200, verbose_stored(duplicates), extra)
 
     def _refused(
         self,
@@ -80,6 +87,7 @@ class ImportAnswers(Answers):
             status=HTTPStatus(reason.status).phrase,
             error=failure.error,
             num_records_imported=failure.num_records_imported,
+            duplicates=failure.duplicates,
         )
         if failure.failed_records and isinstance(params, Request):
             # The decoder's errors, which name each failed event's $insert_id.

@@ -12,7 +12,7 @@ from typing import Final, Protocol
 
 from trackgate import metrics
 from trackgate._native import DecodeError, Options, PartitionBatch, Request, TokenSet
-from trackgate.batcher import Key, UnavailableError
+from trackgate.batcher import Key, UnavailableError, Written
 from trackgate.gateway.answers import (
     INVALID_CALLBACK,
     AnswerParams,
@@ -43,9 +43,10 @@ METHODS: Final = "GET, POST, OPTIONS"
 class Sink(Protocol):
     """Where accepted events go: the worker's batcher."""
 
-    def submit(self, batches: Batches, count: int) -> Awaitable[frozenset[Key]]:
-        """The future gives the keys whose write failed (empty when all are stored); raises
-        UnavailableError when the events cannot be taken."""
+    def submit(self, batches: Batches, count: int) -> Awaitable[Written]:
+        """The future gives the keys whose write failed (none when all are stored) and how many events
+        were duplicates of events stored before; raises UnavailableError when the events cannot be
+        taken."""
 
     @property
     def not_ready_reason(self) -> str | None:
@@ -327,31 +328,34 @@ class Endpoint:
             message = "redirect: only http(s) URLs to an allowed host are followed"
             self._answers.refuse(scope, proto, Refusal.INVALID_REDIRECT, message, cors, request)
             return
+        duplicates = 0
         if request.accepted:
             metrics.count_accepted(request.accepted)
             if not request.test:
                 try:
-                    unstored = await self._sink.submit(request.batches, request.accepted)
+                    written = await self._sink.submit(request.batches, request.accepted)
                 except UnavailableError as err:
                     self._unavailable(scope, proto, Refusal.for_unavailable(err.reason), request, cors)
                     return
+                unstored = written.failed
                 if unstored and any(key in unstored for key in _keys(request.batches)):
                     self._unavailable(scope, proto, Refusal.WRITE_FAILED, request, cors)
                     return
+                duplicates = written.duplicates
         errors = request.errors
         if errors:
             failed = failed_events(errors)
             for record in failed:
                 metrics.EVENTS_REJECTED.labels(record.kind).inc()
             if redirect is None:
-                self._answers.refuse_events(scope, proto, request, failed, cors)
+                self._answers.refuse_events(scope, proto, request, failed, cors, duplicates)
                 return
         if redirect is not None:
             # A person clicked a link (an email's, a page's): they go on even when its events were
             # refused, which the metrics count; only an outage (503, above) keeps them here.
             self._answers.empty(proto, 302, [*cors, ("location", redirect), ("cache-control", "no-store")])
         else:
-            self._answers.stored(proto, request, callback, cors)
+            self._answers.stored(proto, request, callback, duplicates, cors)
 
     def _unavailable(
         self,

@@ -9,7 +9,7 @@ local DAY = 86400
 -- by ':'.
 local MARKS, HOURLY_COUNTS, DAILY_USERS = '@MARKS@', '@HOURLY_COUNTS@', '@DAILY_USERS@'
 local DAILY_COUNTS, EVENT_NAMES, NAMES_SEEN = '@DAILY_COUNTS@', '@EVENT_NAMES@', '@NAMES_SEEN@'
-local PROFILE_UPDATES = '@PROFILE_UPDATES@'
+local PROFILE_UPDATES, DEDUP = '@PROFILE_UPDATES@', '@DEDUP@'
 local FUNNEL_NAMES, FUNNEL_ACTIVITY = '@FUNNEL_NAMES@', '@FUNNEL_ACTIVITY@'
 local FUNNEL_GOALS, FUNNEL_STATES = '@FUNNEL_GOALS@', '@FUNNEL_STATES@'
 local FUNNEL_ATTEMPTS, FUNNEL_COUNTERS = '@FUNNEL_ATTEMPTS@', '@FUNNEL_COUNTERS@'
@@ -178,9 +178,76 @@ end
 -- the name: once per key and day, not per event or batch.
 local OVERFLOW = '@OVERFLOW@'
 
--- The arguments an event takes (PACKED_LAYOUT): 7 for an mp_funnel event, else 4.
-local function width(args, i)
-  return args[i + 3] ~= '' and 7 or 4
+-- The arguments an event takes (PACKED_LAYOUT): 7 for an mp_funnel event, else 4; `extra` more (its
+-- dedup hash) when the call deduplicates.
+local function width(args, i, extra)
+  return (args[i + 3] ~= '' and 7 or 4) + extra
+end
+
+-- Deduplication (store.py): each event with an `$insert_id` comes with its dedup hash, the last of its
+-- arguments. A partition keeps the hashes it stored in a set per bucket of `window` seconds (server
+-- time), which expires once the next bucket is over: a hash is looked for in the current bucket and the
+-- previous one, so an event stored within `window` seconds is always found (and one stored up to twice
+-- that ago may be). `dedup` holds the call's hashes, with each one's entry (its index among the call's
+-- events and updates, from 0) and ordinal (among its events). Returns the entries that are duplicates,
+-- of the stored ones or of an earlier event of the same call, and their ordinals; the hashes of the
+-- others are added to the current bucket.
+local function find_duplicates(prefix, dedup, window)
+  local hashes, entries, ordinals = dedup.hashes, dedup.entries, dedup.ordinals
+  local found, gone = {}, {}
+  if #hashes == 0 then
+    return found, gone
+  end
+  local bucket = math.floor(tonumber(redis.call('TIME')[1]) / window)
+  local base = prefix .. DEDUP .. window .. ':'
+  local current, known = base .. bucket, {}
+  for _, key in ipairs({ current, base .. (bucket - 1) }) do
+    local asked = hashes
+    if next(known) then
+      asked = {}
+      for _, hash in ipairs(hashes) do
+        if not known[hash] then asked[#asked + 1] = hash end
+      end
+    end
+    for from = 1, #asked, 1000 do
+      local last = math.min(from + 999, #asked)
+      local there = redis.call('SMISMEMBER', key, unpack(asked, from, last))
+      for j = from, last do
+        if there[j - from + 1] == 1 then known[asked[j]] = true end
+      end
+    end
+  end
+  local fresh = {}
+  for k, hash in ipairs(hashes) do
+    if known[hash] then
+      found[#found + 1] = entries[k]
+      gone[#gone + 1] = ordinals[k]
+    else
+      known[hash] = true
+      fresh[#fresh + 1] = hash
+    end
+  end
+  for from = 1, #fresh, 1000 do
+    redis.call('SADD', current, unpack(fresh, from, math.min(from + 999, #fresh)))
+  end
+  if #fresh > 0 then
+    redis.call('EXPIREAT', current, (bucket + 2) * window)
+  end
+  return found, gone
+end
+
+-- The duplicates' entries out of the stream. The call's events went in by the XADDs just before it in
+-- the same transaction, so they are the stream's last `events` entries, in order: `gone`'s ordinals
+-- (ascending) name them. Their XADD and their XDEL are one atomic change, which no reader sees.
+local function remove_duplicates(stream, gone, events)
+  local tail = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', events - gone[1])
+  local ids = {}
+  for _, ordinal in ipairs(gone) do
+    ids[#ids + 1] = tail[events - ordinal][1]
+  end
+  for from = 1, #ids, 1000 do
+    redis.call('XDEL', stream, unpack(ids, from, math.min(from + 999, #ids)))
+  end
 end
 
 -- Whether a funnel is followed: decided when the batch first names it. The funnel cap is checked
@@ -312,15 +379,20 @@ end
 
 -- KEYS (keys.count_function_keys): the partition's stream and the prefix of all its keys. ARGV (the
 -- header store.WriteCommands builds): maxlen (0: none), max age in seconds (0: none), the project's
--- funnel window in seconds, the argument layout (store.LAYOUT), batch id (<writer>:<seq>:<slot in the
--- ring>), how late in seconds an event may arrive (the decoder's max age), the counter retention in
--- days, the project's caps on event names a day and on funnel names; then the events' arguments (the
--- decoder's PACKED_LAYOUT): day, 'HH:<name>', distinct_id, funnel, and for mp_funnel events time, step,
--- goal; and among them, in the order sent, the profile updates' (see profiles.lua). The events and the
+-- funnel window in seconds, the argument layout (store.LAYOUT, or store.DEDUP_LAYOUT: then two more,
+-- the dedup window in seconds and 'alone' when the call is sent without its transaction's XADDs, else
+-- 'after'), batch id (<writer>:<seq>:<slot in the ring>), how late in seconds an event may arrive (the
+-- decoder's max age), the counter retention in days, the project's caps on event names a day and on
+-- funnel names; then the events' arguments (the decoder's PACKED_LAYOUT): day ('' when not counted),
+-- 'HH:<name>', distinct_id, funnel, and for mp_funnel events time, step, goal, and with DEDUP_LAYOUT the
+-- dedup hash;
+-- and among them, in the order sent, the profile updates' (see profiles.lua). The events and the
 -- updates themselves are added to their streams by the XADDs of the same transaction.
 -- Returns {events counted, events counted under OVERFLOW}, and when the batch holds profile updates two
 -- more: updates applied, new profile properties refused for want of room; zeros when the batch had been
--- counted before.
+-- counted before. When some events were duplicates (DEDUP_LAYOUT) all four, and a fifth: the
+-- duplicates' entries (index among the events and updates, from 0), not counted, and out of the stream
+-- unless the call came 'alone'.
 local FIRST = @HEADER_ARGS@ + 1
 
 local function tg_count(keys, args)
@@ -330,7 +402,14 @@ local function tg_count(keys, args)
   slot = tonumber(slot)
   local late = tonumber(args[6])
   local retention, name_cap, funnel_cap = tonumber(args[7]), tonumber(args[8]), tonumber(args[9])
-  if args[4] ~= '@LAYOUT@' then
+  local first, dedup, extra, alone = FIRST, nil, 0, false
+  if args[4] == '@DEDUP_LAYOUT@' then
+    dedup, extra, alone = tonumber(args[FIRST]), 1, args[FIRST + 1] == 'alone'
+    first = FIRST + @DEDUP_ARGS@
+    if not dedup or dedup < 1 or dedup ~= math.floor(dedup) then
+      return redis.error_reply('ERR tg_count: malformed arguments')
+    end
+  elseif args[4] ~= '@LAYOUT@' then
     return redis.error_reply('ERR tg_count: argument layout ' .. tostring(args[4]) .. ' is not @LAYOUT@: ' ..
       'the gateway and the function library are of different versions')
   end
@@ -344,7 +423,9 @@ local function tg_count(keys, args)
   end
   -- Walk the events' arguments once before changing anything: a malformed call changes nothing. A
   -- funnel event's time and step are read after the first writes, so they are checked here.
-  local i, n, named, updates = FIRST, #args, false, 0
+  -- With deduplication the walk also gathers the hashes (see find_duplicates).
+  local i, n, named, updates, events = first, #args, false, 0, 0
+  local hashes, entries, ordinals = {}, {}, {}
   while i <= n do
     if is_update(args, i) then
       local taken = update_width(args, i)
@@ -360,7 +441,19 @@ local function tg_count(keys, args)
         end
         named = true
       end
-      i = i + width(args, i)
+      local w = width(args, i, extra)
+      local hash = args[i + w - 1]
+      -- (a hash missing from the end is malformed arguments, below)
+      if extra > 0 and hash and hash ~= '' then
+        if #hash ~= @DEDUP_HASH_BYTES@ then
+          return redis.error_reply('ERR tg_count: malformed dedup hash')
+        end
+        hashes[#hashes + 1] = hash
+        entries[#entries + 1] = events + updates
+        ordinals[#ordinals + 1] = events
+      end
+      events = events + 1
+      i = i + w
     end
   end
   if i ~= n + 1 then
@@ -371,6 +464,18 @@ local function tg_count(keys, args)
   local mark = prefix .. MARKS .. writer
   if redis.call('BITFIELD', mark, 'SET', 'u8', '#' .. (slot * 8 + 7), 1)[1] ~= 0 then
     return updates > 0 and { 0, 0, 0, 0 } or { 0, 0 }
+  end
+  -- Duplicates are found, and taken out of the stream, before anything is counted or trimmed.
+  local found, duplicate = {}, {}
+  if dedup then
+    local gone
+    found, gone = find_duplicates(prefix, { hashes = hashes, entries = entries, ordinals = ordinals }, dedup)
+    for _, entry in ipairs(found) do
+      duplicate[entry] = true
+    end
+    if #gone > 0 and not alone then
+      remove_duplicates(stream, gone, events)
+    end
   end
   local keep = retention * DAY
 
@@ -391,10 +496,15 @@ local function tg_count(keys, args)
   -- Server time, seconds, for the funnels' activity and attempts: read only for a batch that names one.
   local now = named and tonumber(redis.call('TIME')[1]) or 0
   local funnels, follows = funnel_admission(prefix, funnel_cap, now, window, late)
-  i = FIRST
+  local entry = -1
+  i = first
   while i <= n do
+    entry = entry + 1
     if is_update(args, i) then
       i = i + update_width(args, i)
+    elseif duplicate[entry] or args[i] == '' then
+      -- (a day '': an event stored, not counted, of a day past the counter retention)
+      i = i + width(args, i, extra)
     else
       added = added + 1
       local d, field, uid, funnel = args[i], args[i + 1], args[i + 2], args[i + 3]
@@ -432,7 +542,7 @@ local function tg_count(keys, args)
         fb = fb or funnel_batch()
         funnel_event(fb, prefix, day, window, uid, t, funnel, tonumber(n), n, args[i + 6])
       end
-      i = i + width(args, i)
+      i = i + width(args, i, extra)
     end
   end
   -- The name cap, per day: the counters of names it refuses go to OVERFLOW's (a day without either
@@ -506,13 +616,13 @@ local function tg_count(keys, args)
   -- The profile updates, in the order sent, each to its profile.
   local refused = 0
   if updates > 0 then
-    i = FIRST
+    i = first
     while i <= n do
       if is_update(args, i) then
         refused = refused + apply_update(prefix, args, i)
         i = i + update_width(args, i)
       else
-        i = i + width(args, i)
+        i = i + width(args, i, extra)
       end
     end
   end
@@ -530,6 +640,9 @@ local function tg_count(keys, args)
       end
     end
   end
+  if #found > 0 then
+    return { added, over, updates, refused, found }
+  end
   if updates > 0 then
     return { added, over, updates, refused }
   end
@@ -537,3 +650,42 @@ local function tg_count(keys, args)
 end
 
 redis.register_function('tg_count', tg_count)
+
+-- KEYS: a partition's prefix. ARGV: a day (YYYY-MM-DD). Writes the day's daily counts and names seen
+-- from its hourly counts, for days counted by a gateway that kept neither: each name's daily count set
+-- to the sum of its hours (the hourly counts hold every event counted that day, so this is right
+-- whenever it runs), the daily counts' expiry the hourly counts'. Returns the names written.
+local function tg_reindex(keys, args)
+  local prefix, d = keys[1], args[1]
+  if #keys ~= 1 or not string.match(d or '', '^%d%d%d%d%-%d%d%-%d%d$') then
+    return redis.error_reply('ERR tg_reindex: expected one key and a day YYYY-MM-DD')
+  end
+  local hourly = redis.call('HGETALL', prefix .. HOURLY_COUNTS .. d)
+  local totals, names = {}, {}
+  for j = 1, #hourly, 2 do
+    local name = string.sub(hourly[j], 4)
+    if not totals[name] then
+      names[#names + 1] = name
+    end
+    totals[name] = (totals[name] or 0) + tonumber(hourly[j + 1])
+  end
+  local daily, score = prefix .. DAILY_COUNTS .. d, day_number(d)
+  local fields, entries = {}, {}
+  for _, name in ipairs(names) do
+    fields[#fields + 1] = name
+    fields[#fields + 1] = totals[name]
+    entries[#entries + 1] = score
+    entries[#entries + 1] = name
+  end
+  for from = 1, #fields, 1000 do
+    redis.call('HSET', daily, unpack(fields, from, math.min(from + 999, #fields)))
+    redis.call('ZADD', prefix .. NAMES_SEEN, 'GT', unpack(entries, from, math.min(from + 999, #entries)))
+  end
+  local ttl = redis.call('PTTL', prefix .. HOURLY_COUNTS .. d)
+  if #names > 0 and ttl > 0 then
+    redis.call('PEXPIRE', daily, ttl)
+  end
+  return #names
+end
+
+redis.register_function('tg_reindex', tg_reindex)

@@ -36,6 +36,7 @@ pub(super) const DETACH_FROM_BYTES: usize = 64 * 1024;
 fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("PACKED_LAYOUT", crate::PACKED_LAYOUT)?;
+    m.add("DEDUP_HASH_BYTES", crate::resp::DEDUP_HASH_BYTES)?;
     m.add("MAX_FUNNEL_STEP", crate::event::MAX_FUNNEL_STEP)?;
     m.add("IMPORT_EARLIEST_TIME", crate::import::EARLIEST_TIME)?;
     let statuses = PyDict::new(m.py());
