@@ -21,6 +21,7 @@ from trackgate.gateway.client import ClientAddress
 from trackgate.gateway.cors import Cors
 from trackgate.gateway.ingest import Endpoint, Ingestion, Sink, TokenSource
 from trackgate.gateway.profiles import engage_endpoint, groups_endpoint
+from trackgate.gateway.rate_limiter import Buckets, RateLimiter, RedisBuckets
 from trackgate.gateway.redirects import RedirectPolicy
 from trackgate.gateway.refusals import RefusalLog
 from trackgate.gateway.reports_elsewhere import reports_elsewhere
@@ -36,13 +37,15 @@ GC_THRESHOLD: Final = 10_000
 @dataclass(slots=True)
 class Services:
     """What the app works with: passed in, so that a test can give a memory sink and a fixed clock.
-    `clock` gives the receive time of events; `monotonic` times body deadlines and the refusal log."""
+    `clock` gives the receive time of events; `monotonic` times body deadlines, the refusal log and the
+    rate limits; `buckets` are the rate limits' (by default in Redis, through `admin`)."""
 
     sink: Sink
     tokens: TokenSource
     admin: Redis
     clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
+    buckets: Buckets | None = None
 
     @classmethod
     async def from_settings(cls, settings: Settings) -> Services:
@@ -127,6 +130,9 @@ class App:
             refusals=RefusalLog(clock=services.monotonic),
             body_limit=options.max_request_bytes,
             retry_after=[("retry-after", str(settings.retry_after))],
+            limiter=RateLimiter(
+                services.tokens, services.buckets or RedisBuckets(services.admin), services.monotonic
+            ),
         )
         self._track = track_endpoint(self.ingestion, options, services.clock)
         self._engage = engage_endpoint(self.ingestion, options, services.clock)
@@ -140,6 +146,7 @@ class App:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.ingestion.limiter.close()
         await self._services.close()
         metrics.publish()
         metrics.worker_exited()
