@@ -26,6 +26,7 @@ from trackgate.gateway.redirects import RedirectPolicy
 from trackgate.gateway.refusals import RefusalLog
 from trackgate.gateway.reports_elsewhere import reports_elsewhere
 from trackgate.gateway.track import track_endpoint
+from trackgate.gateway.unknown_routes import UnknownRoutes
 from trackgate.projects import REGISTRY_MISSING, TokenCache
 from trackgate.rsgi import HTTPProtocol, Scope
 from trackgate.settings import Settings, for_worker
@@ -96,6 +97,7 @@ class App:
     _track: Endpoint
     _engage: Endpoint
     _groups: Endpoint
+    _unknown: UnknownRoutes
     _tasks: tuple[asyncio.Task[None], ...]
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -137,6 +139,7 @@ class App:
         self._track = track_endpoint(self.ingestion, options, services.clock)
         self._engage = engage_endpoint(self.ingestion, options, services.clock)
         self._groups = groups_endpoint(self.ingestion, options, services.clock)
+        self._unknown = UnknownRoutes(self.ingestion.cors, services.monotonic)
         self._tasks = (
             asyncio.create_task(metrics.publish_forever(), name="trackgate-metrics"),
             asyncio.create_task(self.ingestion.deadlines.sweep_forever(), name="trackgate-body-deadlines"),
@@ -169,7 +172,7 @@ class App:
             proto.response_bytes(200, [("content-type", metrics.CONTENT_TYPE)], metrics.render())
             metrics.count_request("metrics", 200)
         else:
-            _plain(proto, "other", 404, b"not found\n")
+            self._unknown(scope, proto)
 
     async def _ready(self, proto: HTTPProtocol) -> None:
         """Ready means that writes succeed: 503, saying why, while they cannot."""
