@@ -1,6 +1,6 @@
-"""`trackgate serve`, `trackgate project create|list|set-funnel-window|set-caps|backup|restore|reindex`,
-`trackgate funnels report`, `trackgate export`, `trackgate profiles export` and `trackgate consume`: the
-parser and the dispatch; each command's work is in its module."""
+"""`trackgate serve`, `trackgate project create|list|set-funnel-window|set-caps|set-limit|remove-limit|
+backup|restore|reindex`, `trackgate funnels report`, `trackgate export`, `trackgate profiles export` and
+`trackgate consume`: the parser and the dispatch; each command's work is in its module."""
 
 from __future__ import annotations
 
@@ -89,6 +89,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     reindex.add_argument("name")
 
+    limit = actions.add_parser(
+        "set-limit",
+        help="limit the events (and profile updates) a second a project's clients may send, across every "
+        "gateway; past it requests are answered 429 with Retry-After",
+    )
+    limit.add_argument("name")
+    limit.add_argument("--events-per-second", type=int, required=True, help="the average rate allowed")
+    limit.add_argument(
+        "--burst",
+        type=int,
+        help="events allowed at once after a quiet spell (default: the events per second)",
+    )
+    unlimit = actions.add_parser("remove-limit", help="remove a project's rate limit")
+    unlimit.add_argument("name")
+
     funnel = commands.add_parser("funnels", help="funnel reports")
     funnel_actions = funnel.add_subparsers(dest="action", required=True, metavar="ACTION")
     report = funnel_actions.add_parser("report", help="print a funnel report as a table")
@@ -117,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
         "(at least once: deduplicate on $insert_id). Stops on SIGINT or SIGTERM.",
     )
     consume_command.add_arguments(consume)
-    project_actions = (create, listing, window, caps, backup, restore, reindex)
+    project_actions = (create, listing, window, caps, limit, unlimit, backup, restore, reindex)
     for sub in (*project_actions, report, export, profile_export, consume):
         sub.add_argument(
             "--redis-url", help="Redis holding the projects (default: the private redis-server's)"
