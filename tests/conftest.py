@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from typing import Any, cast
 import pytest
 import redis
 import requests
+from playwright.sync_api import Browser, sync_playwright
 from trackgate import bounds, store
 from trackgate._native import PartitionBatch
 from trackgate.keys import stream_key
@@ -30,6 +32,7 @@ from trackgate.keys import stream_key
 BIN = Path(sys.executable).parent
 TRACKGATE = str(BIN / "trackgate")
 PARTITIONS = 4
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 def free_port() -> int:
@@ -503,6 +506,17 @@ def tuned_gateway(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFa
 def http() -> Iterator[requests.Session]:
     with requests.Session() as session:
         yield session
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        raise RuntimeError(f"no Chromium at {CHROMIUM}: install Debian's package (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        # Debian's Chromium, never a downloaded one; headless (Playwright's default).
+        browser = playwright.chromium.launch(executable_path=CHROMIUM)
+        yield browser
+        browser.close()
 
 
 @pytest.fixture

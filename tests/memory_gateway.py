@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,8 @@ from trackgate.batcher import Key, Unavailable, UnavailableError, Written
 from trackgate.credentials import basic_credentials
 from trackgate.gateway.app import App, Services
 from trackgate.gateway.ingest import Batches
+from trackgate.gateway.rate_limiter import Grant
+from trackgate.rate_limit import RateLimit
 from trackgate.settings import Settings
 
 TOKEN = "tk-handler"
@@ -154,12 +157,18 @@ class MemorySink:
 
 
 class FixedTokens:
-    """The known tokens; a reload (for an unknown token) finds `after_reload` when given."""
+    """The known tokens, and the `limits` of those that have a rate limit; a reload (for an unknown
+    token) finds `after_reload` when given."""
 
     def __init__(
-        self, *tokens: str, after_reload: tuple[str, ...] | None = None, registry_missing: bool = False
+        self,
+        *tokens: str,
+        after_reload: tuple[str, ...] | None = None,
+        registry_missing: bool = False,
+        limits: dict[str, RateLimit] | None = None,
     ) -> None:
         self.tokens = TokenSet(tokens)
+        self.limits: dict[str, RateLimit] = limits or {}
         self.registry_missing = registry_missing
         self._after_reload = after_reload
         self.reloads = 0
@@ -172,6 +181,35 @@ class FixedTokens:
 
     async def stop(self) -> None:
         return None
+
+
+class MemoryBuckets:
+    """The projects' token buckets as `tg_take` keeps them, in memory, timed by `clock` (seconds), full
+    but for the `levels` given; or, with `failure`, a Redis that cannot be asked. `takes` records each
+    take: (token, events wanted)."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = lambda: 0.0,
+        failure: Exception | None = None,
+        levels: dict[str, float] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.failure = failure
+        self.takes: list[tuple[str, int]] = []
+        # token -> (level, at)
+        self._buckets = {token: (level, clock()) for token, level in (levels or {}).items()}
+
+    async def take(self, token: str, limit: RateLimit, want: int) -> Grant:
+        self.takes.append((token, want))
+        if self.failure is not None:
+            raise self.failure
+        now = self.clock()
+        level, at = self._buckets.get(token, (float(limit.burst), now))
+        level = min(float(limit.burst), level + max(0.0, now - at) * limit.events_per_second)
+        granted = max(0, min(want, math.floor(level)))
+        self._buckets[token] = (level - granted, now)
+        return Grant(granted, level - granted)
 
 
 class FixedCredentials:
@@ -220,6 +258,7 @@ class Gateway:
 async def running(
     sink: MemorySink | None = None,
     tokens: FixedTokens | None = None,
+    buckets: MemoryBuckets | None = None,
     credentials: FixedCredentials | None = None,
     **settings: Any,
 ) -> AsyncIterator[Gateway]:
@@ -230,6 +269,7 @@ async def running(
         admin=Redis.from_url("redis://127.0.0.1:1"),  # never used by /track
         clock=lambda: NOW,
         monotonic=lambda: gateway.clock[0],
+        buckets=buckets,
         credentials=credentials or FixedCredentials(),
     )
     await gateway.app.start(Settings(redis_url="redis://127.0.0.1:1", **settings), services)
@@ -249,6 +289,7 @@ def answer(
     chunked: bool = False,
     sink: MemorySink | None = None,
     tokens: FixedTokens | None = None,
+    buckets: MemoryBuckets | None = None,
     credentials: FixedCredentials | None = None,
     path: str = "/track",
     **settings: Any,
@@ -256,7 +297,7 @@ def answer(
     """One request's answer from a fresh gateway."""
 
     async def scenario() -> Proto:
-        async with running(sink, tokens, credentials, **settings) as gateway:
+        async with running(sink, tokens, buckets, credentials, **settings) as gateway:
             return await gateway.call(method, query, body, headers, client, chunked=chunked, path=path)
 
     return asyncio.run(scenario())

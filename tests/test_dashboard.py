@@ -13,7 +13,6 @@ import datetime as dt
 import json
 import math
 import re
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -24,10 +23,9 @@ from urllib.parse import quote
 import pytest
 import requests
 from conftest import TRACKGATE, Gateway, RedisServer, create_project_keys, wait_for
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from trackgate.bounds import OVERFLOW
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SIGNUP = "Signup flow"
 CHECKOUT = "Checkout / EU & co 100%"  # a slash, an ampersand, a percent sign and spaces in the URL
 
@@ -143,17 +141,6 @@ def project(dash_gateway: Gateway, redis_server: RedisServer) -> Project:
     for batch in scenario(created.token):
         send(dash_gateway, batch)
     return created
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        raise RuntimeError(f"no Chromium at {CHROMIUM}: install Debian's package (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        # Debian's Chromium, never a downloaded one; headless (Playwright's default).
-        browser = playwright.chromium.launch(executable_path=CHROMIUM)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

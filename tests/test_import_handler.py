@@ -20,6 +20,8 @@ from memory_gateway import (
     SECRET,
     TOKEN,
     FixedCredentials,
+    FixedTokens,
+    MemoryBuckets,
     MemorySink,
     Proto,
     answer,
@@ -28,6 +30,7 @@ from memory_gateway import (
 )
 from trackgate._native import IMPORT_EARLIEST_TIME
 from trackgate.gateway.imports import MAX_FUTURE_SKEW
+from trackgate.rate_limit import RateLimit
 
 DAY = 86400
 INVALID_CREDENTIALS = {"code": 401, "error": "Invalid credentials", "status": 0}
@@ -334,3 +337,22 @@ def test_merge_events_name_two_ids() -> None:
     placeholder = {**strict, "$distinct_ids": ["anon", "u"]}
     sent = {"event": "$merge", "properties": placeholder}
     assert post(json.dumps(sent).encode(), "strict=1", JSON_BODY).status == 400
+
+
+# the flow /track's: rate limits
+
+
+def test_a_project_past_its_rate_limit_is_429_in_the_shape_asked() -> None:
+    def limited(query: str) -> Proto:
+        sink = MemorySink()
+        tokens = FixedTokens(TOKEN, limits={TOKEN: RateLimit.of(1)})
+        proto = post(json.dumps([imported(0)]).encode(), query, JSON_BODY, sink, tokens=tokens,
+                     buckets=MemoryBuckets(levels={TOKEN: 0.0}))  # fmt: skip
+        assert (proto.status, sink.submitted) == (429, [])
+        assert int(proto.header("retry-after") or 0) >= 1
+        return proto
+
+    strict = json.loads(limited("strict=1").body)
+    assert (strict["code"], strict["status"], strict["num_records_imported"]) == (429, "Too Many Requests", 0)
+    assert "rate limit" in strict["error"]
+    assert json.loads(limited("").body)["status"] == 0

@@ -12,6 +12,7 @@ from memory_gateway import (
     ORIGIN,
     TOKEN,
     FixedTokens,
+    MemoryBuckets,
     MemorySink,
     Proto,
     answer,
@@ -26,6 +27,7 @@ from memory_gateway import (
 from trackgate._native import EVENT_ERROR_KINDS, REQUEST_ERROR_STATUS
 from trackgate.batcher import Unavailable
 from trackgate.gateway.refusals import BODY_TOO_LARGE, UNKNOWN_TOKEN_KIND, Reason, Refusal
+from trackgate.rate_limit import RateLimit
 
 # A request that is refused for each reason.
 SCENARIOS: dict[Refusal, Callable[[], Proto]] = {
@@ -51,6 +53,11 @@ SCENARIOS: dict[Refusal, Callable[[], Proto]] = {
     Refusal.REGISTRY_MISSING: lambda: answer(data(event()), tokens=FixedTokens(TOKEN, registry_missing=True)),
     Refusal.WRITE_FAILED: lambda: answer(
         data(event()), sink=MemorySink(unstored=frozenset((TOKEN, p) for p in range(4)))
+    ),
+    Refusal.RATE_LIMITED: lambda: answer(
+        data(event()),
+        tokens=FixedTokens(TOKEN, limits={TOKEN: RateLimit.of(1)}),
+        buckets=MemoryBuckets(levels={TOKEN: 0.0}),
     ),
     Refusal.INVALID_CREDENTIALS: lambda: answer(body=form(event()), method="POST", path="/import"),
 }

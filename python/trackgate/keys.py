@@ -59,6 +59,14 @@ def project_key(token: str) -> str:
     return f"{PREFIX}project:{token}"
 
 
+def rate_bucket_key(token: str) -> str:
+    """Hash of a rate-limited project's token bucket, shared by every gateway: `level` (events it holds,
+    a float) and `at` (Redis' time, seconds, when it held them). It expires once the bucket would be full
+    again, which its absence means: it exists only while the project sends near its limit
+    (`lua/rate_limits.lua`)."""
+    return f"{PREFIX}rate:{token}"
+
+
 def partition_prefix(token: str, partition: int) -> str:
     """What every key of one partition of a project begins with: the prefix and the hash tag."""
     return f"{PREFIX}{{{token}:{partition}}}:"

@@ -7,7 +7,8 @@ before the workers start and import this module; every worker writes its values 
 scrape sums them all. Without that variable (an app served by granian directly) the metrics are the
 process's own.
 
-Label values are fixed strings (routes, statuses, error kinds), never request data.
+Label values are fixed strings (routes, statuses, error kinds) or the tokens of projects an operator
+gave a rate limit, never request data.
 """
 
 from __future__ import annotations
@@ -70,6 +71,16 @@ EVENTS_DEDUPLICATED = Counter(
     "trackgate_events_deduplicated",
     "events sent again within --dedup-window of being stored: answered as stored, not stored again",
 )
+# Labelled by token: only projects an operator gave a limit are ever refused by one, so the label takes as
+# many values as there are limited projects.
+RATE_LIMITED_REQUESTS = Counter(
+    "trackgate_rate_limited_requests", "requests refused (429) past their project's rate limit", ["token"]
+)
+RATE_LIMITED_EVENTS = Counter(
+    "trackgate_rate_limited_events",
+    "valid events and profile updates of requests refused past their project's rate limit",
+    ["token"],
+)
 BATCHES_DEDUPLICATED = Counter(
     "trackgate_batches_deduplicated", "retried write commands that Redis had applied already"
 )
@@ -84,10 +95,11 @@ class _Tally:
     `publish` adds them to the counters: every PUBLISH_SECONDS, before this worker renders a scrape,
     and when the worker stops."""
 
-    __slots__ = ("accepted", "deduplicated", "in_flight", "pending", "requests", "stored")
+    __slots__ = ("accepted", "deduplicated", "in_flight", "pending", "rate_limited", "requests", "stored")
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, int], int] = {}
+        self.rate_limited: dict[str, tuple[int, int]] = {}
         self.accepted = 0
         self.stored = 0
         self.deduplicated = 0
@@ -100,6 +112,11 @@ class _Tally:
 
     def count_accepted(self, events: int) -> None:
         self.accepted += events
+
+    def count_rate_limited(self, token: str, events: int) -> None:
+        """A request of `events` refused past the project's rate limit."""
+        requests, refused = self.rate_limited.get(token, (0, 0))
+        self.rate_limited[token] = (requests + 1, refused + events)
 
     def count_stored(self, events: int, *, deduplicated: bool) -> None:
         """One write command answered: `events` are in Redis (`deduplicated`: they had been before)."""
@@ -120,6 +137,10 @@ class _Tally:
         requests, self.requests = self.requests, {}
         for (route, status), n in requests.items():
             REQUESTS.labels(route, str(status)).inc(n)
+        rate_limited, self.rate_limited = self.rate_limited, {}
+        for token, (requests_refused, events_refused) in rate_limited.items():
+            RATE_LIMITED_REQUESTS.labels(token).inc(requests_refused)
+            RATE_LIMITED_EVENTS.labels(token).inc(events_refused)
         accepted, self.accepted = self.accepted, 0
         if accepted:
             EVENTS_ACCEPTED.inc(accepted)
@@ -136,6 +157,7 @@ class _Tally:
 _tally = _Tally()
 count_request = _tally.count_request
 count_accepted = _tally.count_accepted
+count_rate_limited = _tally.count_rate_limited
 count_stored = _tally.count_stored
 observe_flush = _tally.observe_flush
 queue = _tally.queue

@@ -26,6 +26,8 @@ from redis.exceptions import RedisError
 from trackgate._native import TokenSet
 from trackgate.bounds import DEFAULT_CAPS, CapError, Caps
 from trackgate.keys import PROJECT_NAMES_KEY, PROJECT_SECRETS_KEY, PROJECTS_KEY, project_key
+from trackgate.rate_limit import FIELDS as _LIMIT_FIELDS
+from trackgate.rate_limit import RateLimit, RateLimitError
 
 log = logging.getLogger("trackgate.projects")
 
@@ -63,6 +65,8 @@ class Project(msgspec.Struct, frozen=True):
     funnel_window: int = DEFAULT_FUNNEL_WINDOW
     """Seconds after a user's step 1 during which later steps of a funnel count."""
     caps: Caps = DEFAULT_CAPS
+    rate_limit: RateLimit | None = None
+    """None: the project's clients may send as fast as the gateway takes events."""
 
 
 def reply_text(value: bytes | str) -> str:
@@ -131,6 +135,7 @@ async def get_project(client: Redis, token: str) -> Project | None:
         created=float(fields[b"created"]),
         funnel_window=window_of(fields.get(b"funnel_window")),
         caps=caps_of([fields.get(name.encode()) for name in _CAP_FIELDS]),
+        rate_limit=rate_limit_of([fields.get(name.encode()) for name in _LIMIT_FIELDS]),
     )
 
 
@@ -159,12 +164,20 @@ def checked_project(token: str, fields: Mapping[str, str]) -> Project:
         caps = Caps(**given)
     except CapError as err:
         raise ProjectError(str(err)) from None
+    limit = [field(name, int) for name in _LIMIT_FIELDS if name in fields]
+    if limit and len(limit) != len(_LIMIT_FIELDS):
+        raise ProjectError(f"a rate limit is all of {', '.join(_LIMIT_FIELDS)}, or none of them")
+    try:
+        rate_limit = RateLimit(*limit) if limit else None
+    except RateLimitError as err:
+        raise ProjectError(str(err)) from None
     return Project(
         token=token,
         name=fields["name"],
         created=field("created", _finite),
         funnel_window=field("funnel_window", _window) if "funnel_window" in fields else DEFAULT_FUNNEL_WINDOW,
         caps=caps,
+        rate_limit=rate_limit,
     )
 
 
@@ -242,6 +255,32 @@ async def set_caps(client: Redis, token: str, caps: Caps) -> None:
     await client.hset(project_key(token), mapping={name: str(getattr(caps, name)) for name in _CAP_FIELDS})
 
 
+def rate_limit_of(values: list[bytes | str | None]) -> RateLimit | None:
+    """A project's rate limit from its hash's `_LIMIT_FIELDS` values: None when it has none; one not all
+    there, out of range or not a number (which only an edit by hand makes) is none either, with a warning:
+    a limit misread must not refuse a project's events."""
+    if all(value is None for value in values):
+        return None
+    try:
+        if any(value is None for value in values):
+            raise ValueError("not all there")
+        return RateLimit(*(int(value) for value in values if value is not None))
+    except (RateLimitError, ValueError):
+        log.warning("project rate limit %r is not a valid limit: none applies", values)
+        return None
+
+
+async def set_rate_limit(client: Redis, token: str, limit: RateLimit | None) -> None:
+    """Set (or, with None, remove) a project's rate limit; takes effect in the gateway's workers at their
+    next token reload."""
+    if limit is None:
+        await client.hdel(project_key(token), *_LIMIT_FIELDS)
+    else:
+        await client.hset(
+            project_key(token), mapping={name: str(getattr(limit, name)) for name in _LIMIT_FIELDS}
+        )
+
+
 def check_window(seconds: int) -> None:
     if not 60 <= seconds <= 366 * 86400:
         raise ProjectError("a funnel window is from 1 minute to 366 days")
@@ -302,6 +341,8 @@ class TokenCache:
         self.registry_missing = False
         self._windows: dict[str, int] = {}
         self._caps: dict[str, Caps] = {}
+        self.limits: dict[str, RateLimit] = {}
+        """The limited projects' limits, by token (most projects have none)."""
         self._client = client
         self._interval = interval
         self._loaded_at = -1e9
@@ -331,7 +372,7 @@ class TokenCache:
             members = [reply_text(m) for m in await self._client.smembers(PROJECTS_KEY)]
             async with self._client.pipeline(transaction=False) as pipe:
                 for token in members:
-                    pipe.hmget(project_key(token), ["funnel_window", *_CAP_FIELDS])
+                    pipe.hmget(project_key(token), ["funnel_window", *_CAP_FIELDS, *_LIMIT_FIELDS])
                 settings = await pipe.execute()
         except (RedisError, OSError) as err:
             # Keep the last known tokens: an outage must not turn every event into a 401.
@@ -348,12 +389,15 @@ class TokenCache:
             log.warning("the project registry is back: %d projects", len(members))
         self.registry_missing = False
         self.tokens = TokenSet(members)
-        self._windows = {
-            token: window_of(window)
-            for token, (window, *_) in zip(members, settings, strict=True)
-            if window is not None
-        }
-        self._caps = {token: caps_of(caps) for token, (_, *caps) in zip(members, settings, strict=True)}
+        caps_end = 1 + len(_CAP_FIELDS)
+        self._windows, self._caps, self.limits = {}, {}, {}
+        for token, values in zip(members, settings, strict=True):
+            if values[0] is not None:
+                self._windows[token] = window_of(values[0])
+            self._caps[token] = caps_of(values[1:caps_end])
+            limit = rate_limit_of(values[caps_end:])
+            if limit is not None:
+                self.limits[token] = limit
         return True
 
     def funnel_window(self, token: str) -> int:

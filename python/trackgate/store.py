@@ -1,6 +1,7 @@
 """The `trackgate` function library and its loading, and the transaction that writes one batch.
 
-The key names come from `keys.py`; the library's source is `lua/trackgate.lua` and `lua/profiles.lua`.
+The key names come from `keys.py`; the library's source is `lua/trackgate.lua`, `lua/profiles.lua` and
+`lua/rate_limits.lua`.
 """
 
 from __future__ import annotations
@@ -89,9 +90,9 @@ DEFAULT_DEDUP_WINDOW: Final = Options().dedup_window
 
 def _library_source() -> str:
     """The library's source with the values it shares with this side filled in: each `@NAME@` in its
-    files, and `@PROFILES@` (a line of trackgate.lua) replaced by profiles.lua. The key families go in
-    with the source rather than as arguments of every call: Redis makes a Lua string of every key a call
-    passes."""
+    files, and `@PROFILES@` and `@RATE_LIMITS@` (lines of trackgate.lua) replaced by their files. The key
+    families go in with the source rather than as arguments of every call: Redis makes a Lua string of
+    every key a call passes."""
     values = {
         "LIBRARY": LIBRARY,
         "LAYOUT": LAYOUT,
@@ -111,6 +112,7 @@ def _library_source() -> str:
         return re.sub(r"@([A-Z_]+)@", lambda match: values[match[1]], source)
 
     values["PROFILES"] = filled("profiles.lua")
+    values["RATE_LIMITS"] = filled("rate_limits.lua")
     return filled("trackgate.lua")
 
 

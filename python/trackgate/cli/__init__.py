@@ -1,5 +1,5 @@
-"""`trackgate serve`, `trackgate project create|list|set-funnel-window|set-caps|backup|restore|reindex`,
-`trackgate project add-service-account|service-accounts|remove-service-account`, `trackgate funnels
+"""`trackgate serve`, `trackgate project create|list|set-funnel-window|set-caps|set-limit|remove-limit|
+backup|restore|reindex|add-service-account|service-accounts|remove-service-account`, `trackgate funnels
 report`, `trackgate export`, `trackgate profiles export` and `trackgate consume`: the parser and the
 dispatch; each command's work is in its module."""
 
@@ -100,6 +100,21 @@ def _parser() -> argparse.ArgumentParser:
     remove_account.add_argument("name", help="the project's name or token")
     remove_account.add_argument("user", help="the service account's user")
 
+    limit = actions.add_parser(
+        "set-limit",
+        help="limit the events (and profile updates) a second a project's clients may send, across every "
+        "gateway; past it requests are answered 429 with Retry-After",
+    )
+    limit.add_argument("name")
+    limit.add_argument("--events-per-second", type=int, required=True, help="the average rate allowed")
+    limit.add_argument(
+        "--burst",
+        type=int,
+        help="events allowed at once after a quiet spell (default: the events per second)",
+    )
+    unlimit = actions.add_parser("remove-limit", help="remove a project's rate limit")
+    unlimit.add_argument("name")
+
     funnel = commands.add_parser("funnels", help="funnel reports")
     funnel_actions = funnel.add_subparsers(dest="action", required=True, metavar="ACTION")
     report = funnel_actions.add_parser("report", help="print a funnel report as a table")
@@ -128,17 +143,18 @@ def _parser() -> argparse.ArgumentParser:
         "(at least once: deduplicate on $insert_id). Stops on SIGINT or SIGTERM.",
     )
     consume_command.add_arguments(consume)
+    accounts_actions = (add_account, accounts, remove_account)
     project_actions = (
         create,
         listing,
         window,
         caps,
+        limit,
+        unlimit,
         backup,
         restore,
         reindex,
-        add_account,
-        accounts,
-        remove_account,
+        *accounts_actions,
     )
     for sub in (*project_actions, report, export, profile_export, consume):
         sub.add_argument(

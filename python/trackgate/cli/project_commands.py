@@ -1,5 +1,6 @@
-"""`trackgate project ...`: create, list, set-funnel-window, set-caps, backup, restore and reindex, and
-the service accounts: add-service-account, service-accounts, remove-service-account."""
+"""`trackgate project ...`: create, list, set-funnel-window, set-caps, set-limit, remove-limit, backup,
+restore and reindex, and the service accounts: add-service-account, service-accounts,
+remove-service-account."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import msgspec
 from redis.asyncio import Redis
 
-from trackgate import bounds, projects, registry_backup, reindex, service_accounts, settings
+from trackgate import bounds, projects, rate_limit, registry_backup, reindex, service_accounts, settings
 from trackgate.cli.errors import UsageError
 from trackgate.cli.redis_access import find_project, redis_for_cli, with_client
 
@@ -59,6 +60,8 @@ async def project_action(args: argparse.Namespace, url: str) -> int:
                 raise UsageError(str(err)) from None
             print(f"{project.name}: {days} days of a partition reindexed, {names} names")
             return 0
+        if args.action in ("set-limit", "remove-limit"):
+            return await _set_limit(client, args)
         if args.action in _SERVICE_ACCOUNT_ACTIONS:
             return await _service_accounts(client, args)
         found = await projects.list_projects(client)
@@ -66,7 +69,8 @@ async def project_action(args: argparse.Namespace, url: str) -> int:
             print("no projects; create one with `trackgate project create NAME`", file=sys.stderr)
         for project in found:
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(project.created))
-            print(f"{project.token}  {created}  {_caps_text(project.caps)}  {project.name}")
+            limit = _limit_text(project.rate_limit)
+            print(f"{project.token}  {created}  {limit}  {_caps_text(project.caps)}  {project.name}")
         return 0
 
 
@@ -166,4 +170,22 @@ async def _set_caps(client: Redis, args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     await projects.set_caps(client, project.token, caps)
     print(f"{project.name}: {_caps_text(caps)} (from the gateway's next token reload)")
+    return 0
+
+
+def _limit_text(limit: rate_limit.RateLimit | None) -> str:
+    return rate_limit.UNLIMITED_TEXT if limit is None else limit.text()
+
+
+async def _set_limit(client: Redis, args: argparse.Namespace) -> int:
+    """`set-limit` (both values; the burst by default one second's events) or `remove-limit`."""
+    project = await find_project(client, args.name)
+    limit = None
+    if args.action == "set-limit":
+        try:
+            limit = rate_limit.RateLimit.of(args.events_per_second, args.burst)
+        except rate_limit.RateLimitError as err:
+            raise UsageError(str(err)) from None
+    await projects.set_rate_limit(client, project.token, limit)
+    print(f"{project.name}: {_limit_text(limit)} (from the gateway's next token reload)")
     return 0

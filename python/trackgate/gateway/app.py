@@ -23,10 +23,12 @@ from trackgate.gateway.cors import Cors
 from trackgate.gateway.imports import import_endpoint
 from trackgate.gateway.ingest import Endpoint, Ingestion, Sink, TokenSource
 from trackgate.gateway.profiles import engage_endpoint, groups_endpoint
+from trackgate.gateway.rate_limiter import Buckets, RateLimiter, RedisBuckets
 from trackgate.gateway.redirects import RedirectPolicy
 from trackgate.gateway.refusals import RefusalLog
 from trackgate.gateway.reports_elsewhere import reports_elsewhere
 from trackgate.gateway.track import track_endpoint
+from trackgate.gateway.unknown_routes import UnknownRoutes
 from trackgate.projects import REGISTRY_MISSING, TokenCache
 from trackgate.rsgi import HTTPProtocol, Scope
 from trackgate.settings import Settings, for_worker
@@ -38,14 +40,16 @@ GC_THRESHOLD: Final = 10_000
 @dataclass(slots=True)
 class Services:
     """What the app works with: passed in, so that a test can give a memory sink and a fixed clock.
-    `clock` gives the receive time of events; `monotonic` times body deadlines and the refusal log;
-    `credentials` authenticate /import (by default against the registry, through `admin`)."""
+    `clock` gives the receive time of events; `monotonic` times body deadlines, the refusal log and the
+    rate limits; `buckets` are the rate limits' (by default in Redis, through `admin`); `credentials`
+    authenticate /import (by default against the registry, through `admin`)."""
 
     sink: Sink
     tokens: TokenSource
     admin: Redis
     clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
+    buckets: Buckets | None = None
     credentials: Credentials | None = None
 
     @classmethod
@@ -97,6 +101,7 @@ class App:
     _track: Endpoint
     _engage: Endpoint
     _groups: Endpoint
+    _unknown: UnknownRoutes
     _import: Endpoint
     _tasks: tuple[asyncio.Task[None], ...]
 
@@ -132,10 +137,14 @@ class App:
             refusals=RefusalLog(clock=services.monotonic),
             body_limit=options.max_request_bytes,
             retry_after=[("retry-after", str(settings.retry_after))],
+            limiter=RateLimiter(
+                services.tokens, services.buckets or RedisBuckets(services.admin), services.monotonic
+            ),
         )
         self._track = track_endpoint(self.ingestion, options, services.clock)
         self._engage = engage_endpoint(self.ingestion, options, services.clock)
         self._groups = groups_endpoint(self.ingestion, options, services.clock)
+        self._unknown = UnknownRoutes(self.ingestion.cors, services.monotonic)
         credentials = services.credentials
         if credentials is None:
             credentials = RegistryCredentials(services.admin)
@@ -151,6 +160,7 @@ class App:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.ingestion.limiter.close()
         await self._services.close()
         metrics.publish()
         metrics.worker_exited()
@@ -175,7 +185,7 @@ class App:
             proto.response_bytes(200, [("content-type", metrics.CONTENT_TYPE)], metrics.render())
             metrics.count_request("metrics", 200)
         else:
-            _plain(proto, "other", 404, b"not found\n")
+            self._unknown(scope, proto)
 
     async def _ready(self, proto: HTTPProtocol) -> None:
         """Ready means that writes succeed: 503, saying why, while they cannot."""

@@ -1,12 +1,12 @@
 """What every ingestion endpoint does with a request, whatever its events are: CORS, the method, the
-body and its deadline, the caller's address, decoding (by the endpoint's decoder), handing the events to
-the sink, and the answer. An endpoint is this flow with its route and its decoder (see track.py and
-profiles.py), and where it needs them an admission before the body is read (its `Gate`) and answers of
-its own (imports.py)."""
+body and its deadline, the caller's address, decoding (by the endpoint's decoder), the projects' rate
+limits, handing the events to the sink, and the answer. An endpoint is this flow with its route and its
+decoder (see track.py and profiles.py), and where it needs them an admission before the body is read
+(its `Gate`) and answers of its own (imports.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -31,9 +31,11 @@ from trackgate.gateway.body import (
 )
 from trackgate.gateway.client import ClientAddress
 from trackgate.gateway.cors import Cors
+from trackgate.gateway.rate_limiter import RateLimited, RateLimiter
 from trackgate.gateway.redirects import RedirectPolicy
 from trackgate.gateway.refusals import BODY_TOO_LARGE, UNKNOWN_TOKEN_KIND, Reason, Refusal, RefusalLog
 from trackgate.projects import REGISTRY_MISSING
+from trackgate.rate_limit import RateLimit
 from trackgate.rsgi import HTTPProtocol, ProtocolClosed, Scope
 
 Batches = list[PartitionBatch]
@@ -56,10 +58,12 @@ class Sink(Protocol):
 
 
 class TokenSource(Protocol):
-    """The tokens of the known projects (the worker's TokenCache)."""
+    """The tokens of the known projects (the worker's TokenCache), and their rate limits."""
 
     @property
     def tokens(self) -> TokenSet: ...
+    @property
+    def limits(self) -> Mapping[str, RateLimit]: ...
     @property
     def registry_missing(self) -> bool:
         """The project registry is gone from Redis: no request can be told apart as a known project's."""
@@ -155,6 +159,7 @@ class Ingestion:
     refusals: RefusalLog
     body_limit: int
     retry_after: list[tuple[str, str]]
+    limiter: RateLimiter
 
 
 class Endpoint:
@@ -170,6 +175,7 @@ class Endpoint:
         "_decoder",
         "_gate",
         "_limit",
+        "_limiter",
         "_redirects",
         "_retry_after",
         "_sink",
@@ -196,6 +202,7 @@ class Endpoint:
         self._budget = shared.budget
         self._limit = shared.body_limit
         self._retry_after = shared.retry_after
+        self._limiter = shared.limiter
 
     async def __call__(self, scope: Scope, proto: HTTPProtocol) -> None:
         method = scope.method
@@ -330,6 +337,11 @@ class Endpoint:
             return
         duplicates = 0
         if request.accepted:
+            if self._limiter.active:
+                limited = await self._limiter.admit(request.batches)
+                if limited is not None:
+                    self._rate_limited(scope, proto, limited, request, cors)
+                    return
             metrics.count_accepted(request.accepted)
             if not request.test:
                 try:
@@ -367,6 +379,23 @@ class Endpoint:
     ) -> None:
         message = f"Redis cannot take the events now ({reason.kind.replace('_', ' ')}); retry later"
         self._answers.refuse(scope, proto, reason, message, [*cors, *self._retry_after], request)
+
+    def _rate_limited(
+        self,
+        scope: Scope,
+        proto: HTTPProtocol,
+        limited: RateLimited,
+        request: Request,
+        cors: list[tuple[str, str]],
+    ) -> None:
+        """Refused whole, events that a retry would store: 429, never 400, which clients drop."""
+        metrics.count_rate_limited(limited.token, request.accepted)
+        message = (
+            f"project {limited.token} is past its rate limit ({limited.limit.text()}); "
+            f"retry in {limited.retry_after} s"
+        )
+        retry = [*cors, ("retry-after", str(limited.retry_after))]
+        self._answers.refuse(scope, proto, Refusal.RATE_LIMITED, message, retry, request)
 
 
 def _names_unknown_token(request: Request) -> bool:

@@ -71,6 +71,9 @@ class Refusal(enum.Enum):
     # The project registry is gone from Redis (see projects.TokenCache): until it is restored, events
     # are kept by the clients, which retry a 503 (a 401 they would drop).
     REGISTRY_MISSING = "registry_missing", 503
+    # The project is past its rate limit (gateway/rate_limiter.py): clients retry after `Retry-After`
+    # (mixpanel-browser), or raise and keep the events (mixpanel-python); never a 400, which they drop.
+    RATE_LIMITED = "rate_limited", 429
 
     @classmethod
     def for_unavailable(cls, reason: Unavailable) -> Refusal:

@@ -1,7 +1,8 @@
 #!lua name=@LIBRARY@
 -- trackgate's function library: `tg_count`, the counting of a batch's events and the applying of its
--- profile updates. store.py loads it with each name between @ signs replaced by its value on the Python
--- side, and profiles.lua in the place of the line that names it.
+-- profile updates, and `tg_take` (rate_limits.lua). store.py loads it with each name between @ signs
+-- replaced by its value on the Python side, and profiles.lua and rate_limits.lua in the place of the
+-- lines that name them.
 
 local DAY = 86400
 
@@ -689,3 +690,5 @@ local function tg_reindex(keys, args)
 end
 
 redis.register_function('tg_reindex', tg_reindex)
+
+@RATE_LIMITS@
