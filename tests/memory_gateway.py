@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from trackgate import metrics
 from trackgate._native import TokenSet
 from trackgate.batcher import Key, Unavailable, UnavailableError, Written
+from trackgate.credentials import basic_credentials
 from trackgate.gateway.app import App, Services
 from trackgate.gateway.ingest import Batches
 from trackgate.gateway.rate_limiter import Grant
@@ -24,6 +25,7 @@ from trackgate.rate_limit import RateLimit
 from trackgate.settings import Settings
 
 TOKEN = "tk-handler"
+SECRET = "secret-handler"
 NOW = 1_700_000_000.25
 ORIGIN = "https://shop.example"
 
@@ -210,6 +212,21 @@ class MemoryBuckets:
         return Grant(granted, level - granted)
 
 
+class FixedCredentials:
+    """TOKEN's credentials: its API secret SECRET as the user name, whatever `project_id` says (the
+    rule itself is credentials.py's, tested against a real registry); with `unreachable`, the registry
+    cannot be read."""
+
+    def __init__(self, *, unreachable: bool = False) -> None:
+        self.unreachable = unreachable
+
+    async def project_for(self, authorization: str | None, project_id: str | None) -> str | None:
+        if self.unreachable:
+            raise ConnectionError("Redis is unreachable")
+        basic = basic_credentials(authorization)
+        return TOKEN if basic is not None and basic[0] == SECRET else None
+
+
 @dataclass
 class Gateway:
     app: App
@@ -242,6 +259,7 @@ async def running(
     sink: MemorySink | None = None,
     tokens: FixedTokens | None = None,
     buckets: MemoryBuckets | None = None,
+    credentials: FixedCredentials | None = None,
     **settings: Any,
 ) -> AsyncIterator[Gateway]:
     gateway = Gateway(App(), sink or MemorySink())
@@ -252,6 +270,7 @@ async def running(
         clock=lambda: NOW,
         monotonic=lambda: gateway.clock[0],
         buckets=buckets,
+        credentials=credentials or FixedCredentials(),
     )
     await gateway.app.start(Settings(redis_url="redis://127.0.0.1:1", **settings), services)
     try:
@@ -271,13 +290,14 @@ def answer(
     sink: MemorySink | None = None,
     tokens: FixedTokens | None = None,
     buckets: MemoryBuckets | None = None,
+    credentials: FixedCredentials | None = None,
     path: str = "/track",
     **settings: Any,
 ) -> Proto:
     """One request's answer from a fresh gateway."""
 
     async def scenario() -> Proto:
-        async with running(sink, tokens, buckets, **settings) as gateway:
+        async with running(sink, tokens, buckets, credentials, **settings) as gateway:
             return await gateway.call(method, query, body, headers, client, chunked=chunked, path=path)
 
     return asyncio.run(scenario())

@@ -59,6 +59,7 @@ SCENARIOS: dict[Refusal, Callable[[], Proto]] = {
         tokens=FixedTokens(TOKEN, limits={TOKEN: RateLimit.of(1)}),
         buckets=MemoryBuckets(levels={TOKEN: 0.0}),
     ),
+    Refusal.INVALID_CREDENTIALS: lambda: answer(body=form(event()), method="POST", path="/import"),
 }
 
 

@@ -8,6 +8,7 @@ from trackgate.decode_errors import ErrorDetails, EventErrorKind, RequestErrorKi
 __all__ = [
     "DEDUP_HASH_BYTES",
     "EVENT_ERROR_KINDS",
+    "IMPORT_EARLIEST_TIME",
     "MAX_FUNNEL_STEP",
     "PACKED_LAYOUT",
     "REQUEST_ERROR_STATUS",
@@ -24,6 +25,7 @@ __all__ = [
     "TokenSet",
     "__version__",
     "decode_data",
+    "decode_import_request",
     "decode_profile_request",
     "decode_request",
     "profile_partition",
@@ -48,6 +50,9 @@ DEDUP_HASH_BYTES: Final[int]
 
 # The highest mp_funnel step the decoder accepts (step_invalid above it), and the last a report lists.
 MAX_FUNNEL_STEP: Final[int]
+
+# The earliest event time /import takes (1971-01-01T00:00:00Z, in seconds); earlier is `time_too_old`.
+IMPORT_EARLIEST_TIME: Final[float]
 
 # The HTTP status of each whole-request error kind: 413 asks mixpanel-browser to retry in smaller batches.
 REQUEST_ERROR_STATUS: Final[Mapping[RequestErrorKind, int]]
@@ -141,6 +146,9 @@ class Request:
     @property
     def use_ip(self) -> bool: ...
     @property
+    def strict(self) -> bool:
+        """/import's `strict=1` (read as `verbose` is; other endpoints ignore it)."""
+    @property
     def callback(self) -> str | None: ...
     @property
     def redirect(self) -> str | None: ...
@@ -171,6 +179,9 @@ class EventError:
     def kind(self) -> EventErrorKind: ...
     @property
     def message(self) -> str: ...
+    @property
+    def insert_id(self) -> str | None:
+        """The event's `$insert_id`, when it sent a valid one."""
 
 @final
 class PartitionBatch:
@@ -215,6 +226,8 @@ class DecodeError(ValueError):
     @property
     def img(self) -> bool: ...
     @property
+    def strict(self) -> bool: ...
+    @property
     def callback(self) -> str | None: ...
     def __new__(
         cls,
@@ -255,6 +268,24 @@ def decode_profile_request(
     """Decode one /engage request, or with `groups` one /groups request: its profile updates, as `Request`
     holds events (`events()` gives each update's normalised JSON). Raises DecodeError when the request as
     a whole is unusable."""
+
+def decode_import_request(
+    query: str | bytes,
+    body: bytes,
+    content_type: str | None = None,
+    content_encoding: str | None = None,
+    *,
+    token: str,
+    now: float,
+    options: Options,
+    counter_retention_days: int,
+    peer_ip: str | None = None,
+) -> Request:
+    """Decode one /import request for the project whose token is `token` (the caller authenticated it):
+    one event, an array or NDJSON, by `options` with /import's own rules besides (no time before
+    IMPORT_EARLIEST_TIME; with `strict=1`, `time`, `distinct_id` and `$insert_id` required; `$merge`
+    naming two ids). Events of days more than `counter_retention_days` before `now`'s are stored but not
+    counted. Raises DecodeError when the request as a whole is unusable."""
 
 def profile_partition(id: str, *, group_key: str | None = None, partitions: int) -> int:
     """The partition of a person's profile (`id` the distinct_id: their events' partition), or with

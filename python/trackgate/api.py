@@ -2,14 +2,12 @@
 `/api/export`, Mixpanel's Engage Query API at `/api/2.0/engage` and `/api/query/engage` (engage.py), its
 raw event export at `/api/2.0/export` (mixpanel_export.py), and `/dashboard`.
 
-Every `/api` call is authenticated with a project's API secret as the HTTP Basic user name (as Mixpanel
-does) and reads that project only.
+Every `/api` call is authenticated as Mixpanel's are, with the project's API secret as the HTTP Basic user
+name or with a service account and `project_id` (credentials.py), and reads that project only.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import logging
 from importlib import resources
@@ -20,7 +18,8 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from trackgate import bounds, counts, engage, export, funnels, metrics, mixpanel_export, projects
+from trackgate import bounds, counts, engage, export, funnels, metrics, mixpanel_export
+from trackgate.credentials import CHALLENGE, RegistryCredentials, basic_credentials
 from trackgate.parameters import ParameterError, day, last, whole
 from trackgate.report_reads import Reads
 from trackgate.rsgi import HTTPProtocol, Scope
@@ -29,7 +28,6 @@ from trackgate.settings import Settings
 log = logging.getLogger("trackgate.api")
 
 _JSON: Final = [("content-type", "application/json"), ("cache-control", "no-store")]
-_CHALLENGE: Final = ("www-authenticate", 'Basic realm="trackgate", charset="UTF-8"')
 _EXPORT_FLUSH_BYTES: Final = 64 * 1024
 _DEFAULT_DAYS: Final = 30
 _MAX_QUERY_FIELDS: Final = 20
@@ -54,6 +52,7 @@ class ApiError(Exception):
 class Api:
     def __init__(self, client: Redis, reads: Reads, settings: Settings) -> None:
         self._client = client
+        self._credentials = RegistryCredentials(client)
         self._reads = reads
         self._partitions = settings.partitions
         self._skew = settings.max_future_skew
@@ -100,7 +99,7 @@ class Api:
             self._running[kind] -= 1
 
     def _answer(self, proto: HTTPProtocol, err: ApiError) -> None:
-        headers = [*_JSON, *err.headers, *([_CHALLENGE] if err.status == 401 else [])]
+        headers = [*_JSON, *err.headers, *([CHALLENGE] if err.status == 401 else [])]
         proto.response_bytes(err.status, headers, _encode({"error": err.message}))
         metrics.count_request("api", err.status)
 
@@ -110,8 +109,8 @@ class Api:
             engage_query = scope.path.rstrip("/") in _ENGAGE_PATHS
             if scope.method not in ("GET", "HEAD") and not (engage_query and scope.method == "POST"):
                 raise ApiError(405, f"{scope.method[:20]} is not allowed; the API is read-only (GET)")
-            token = await self._authenticate(scope.headers.get("authorization"))
             query = _parameters(scope.query_string)
+            token = await self._authenticate(scope.headers.get("authorization"), last(query, "project_id"))
             # Granian hands over the path percent-decoded: a funnel's name is used as it stands (a name
             # may end with "/", so only the fixed endpoints are matched with a trailing slash or not).
             path = scope.path
@@ -140,13 +139,16 @@ class Api:
         proto.response_bytes(200, _JSON, body)
         metrics.count_request("api", 200)
 
-    async def _authenticate(self, header: str | None) -> str:
-        secret = _basic_user(header)
-        if not secret:
-            raise ApiError(401, "authenticate with the project's API secret as the HTTP Basic user name")
-        token = await projects.project_for_secret(self._client, secret)
+    async def _authenticate(self, header: str | None, project_id: str | None) -> str:
+        if basic_credentials(header) is None:
+            raise ApiError(
+                401,
+                "authenticate with the project's API secret as the HTTP Basic user name, or with a service "
+                "account and ?project_id=",
+            )
+        token = await self._credentials.project_for(header, project_id)
         if token is None:
-            raise ApiError(401, "no project has this API secret")
+            raise ApiError(401, "no project has this API secret, or this service account for project_id")
         return token
 
     async def _route(self, path: str, token: str, query: dict[str, list[str]]) -> bytes:
@@ -263,16 +265,6 @@ def _parameters(text: str) -> dict[str, list[str]]:
 
 def _is_export(path: str) -> bool:
     return path.rstrip("/") in _EXPORT_PATHS
-
-
-def _basic_user(header: str | None) -> str | None:
-    if not header or header[:6].lower() != "basic ":
-        return None
-    try:
-        decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    return decoded.partition(":")[0] or None
 
 
 def _date(query: dict[str, list[str]], name: str, default: dt.date) -> dt.date:

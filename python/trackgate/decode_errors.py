@@ -58,6 +58,10 @@ EventErrorKind: TypeAlias = Literal[
     "too_many_operations",
     "operation_invalid",
     "flag_invalid",
+    # /import only: what `strict=1` requires, and `$merge` events.
+    "time_missing",
+    "insert_id_missing",
+    "merge_invalid",
 ]
 
 

@@ -1,8 +1,9 @@
 """The project registry in Redis, and each worker's cached view of which tokens exist.
 
-A project has a public token (what clients put in `properties.token`) and an API secret for the
-server-side endpoints to come. Secrets are random 32-byte values, so a plain SHA-256 is a sufficient
-hash (no password stretching needed); they are compared in constant time.
+A project has a public token (what clients put in `properties.token`), an API secret for the
+server-side endpoints (/import, the query API), and any number of service accounts for the same (a user
+and a secret each, Mixpanel's other way in). Secrets are random 32-byte values, so a plain SHA-256 is a
+sufficient hash (no password stretching needed); they are compared in constant time.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ T = TypeVar("T")
 _TOKEN_RE: Final = re.compile(r"[A-Za-z0-9_-]{8,64}")
 _SECRET_HASH_RE: Final = re.compile(r"sha256\$[0-9a-f]{64}")
 _MAX_NAME = 200
+# A service account's user name: no ':', which ends the user name in HTTP Basic credentials.
+_USER_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,100}")
+
+SERVICE_ACCOUNT_FIELD: Final = "sa:"
+"""A project hash's field `sa:<user>` holds the hash of that service account's secret (service_accounts.py):
+kept, backed up and restored with the rest of the project."""
 
 
 class ProjectError(ValueError):
@@ -67,21 +74,27 @@ def reply_text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _hash_secret(secret: str) -> str:
+def hash_secret(secret: str) -> str:
+    """What the registry keeps of a secret (a project's or a service account's)."""
     return "sha256$" + hashlib.sha256(secret.encode()).hexdigest()
 
 
 async def create_project(
-    client: Redis, name: str, token: str | None = None, funnel_window: int = DEFAULT_FUNNEL_WINDOW
+    client: Redis,
+    name: str,
+    token: str | None = None,
+    funnel_window: int = DEFAULT_FUNNEL_WINDOW,
+    secret: str | None = None,
 ) -> tuple[Project, str]:
     """A new project and its secret (shown once; only its hash is kept). `token` keeps an existing
-    Mixpanel token, so that clients moving to the gateway need no change."""
+    Mixpanel token, so that clients moving to the gateway need no change; `secret` likewise keeps an
+    existing API secret (as random as the ones made here: it is hashed without stretching)."""
     check_window(funnel_window)
     name = name.strip()
     check_name(name)
     token = token or secrets.token_hex(16)
     check_token(token)
-    secret = secrets.token_urlsafe(32)
+    secret = secret or secrets.token_urlsafe(32)
     project = Project(token=token, name=name, created=round(time.time(), 3), funnel_window=funnel_window)
     # Claim the name first: HSETNX is the atomic check that two concurrent creates cannot both pass.
     if not await client.hsetnx(PROJECT_NAMES_KEY, name, token):
@@ -94,12 +107,12 @@ async def create_project(
             project_key(token),
             mapping={
                 "name": name,
-                "secret": _hash_secret(secret),
+                "secret": hash_secret(secret),
                 "created": str(project.created),
                 "funnel_window": str(funnel_window),
             },
         )
-        pipe.hset(PROJECT_SECRETS_KEY, _hash_secret(secret), token)
+        pipe.hset(PROJECT_SECRETS_KEY, hash_secret(secret), token)
         pipe.sadd(PROJECTS_KEY, token)
         await pipe.execute()
     return project, secret
@@ -142,6 +155,10 @@ def checked_project(token: str, fields: Mapping[str, str]) -> Project:
 
     field("name", check_name)
     field("secret", _check_secret_hash)
+    for name in fields:
+        if name.startswith(SERVICE_ACCOUNT_FIELD):
+            check_user(name.removeprefix(SERVICE_ACCOUNT_FIELD))
+            field(name, _check_secret_hash)
     given = {name: field(name, int) for name in _CAP_FIELDS if name in fields}
     try:
         caps = Caps(**given)
@@ -193,6 +210,14 @@ def window_of(value: bytes | str | None) -> int:
     except (ValueError, ProjectError):
         log.warning("project funnel_window %r is not a valid window: the default applies", value)
         return DEFAULT_FUNNEL_WINDOW
+
+
+def check_user(user: str) -> None:
+    if _USER_RE.fullmatch(user) is None:
+        raise ProjectError(
+            f"a service account's user {user[:100]!r} is not 1 to 100 characters of A-Z, a-z, 0-9, '.', '_' "
+            "and '-'"
+        )
 
 
 def valid_token(token: str) -> bool:
@@ -276,7 +301,7 @@ async def list_projects(client: Redis) -> list[Project]:
 async def project_for_secret(client: Redis, secret: str) -> str | None:
     """The token of the project whose API secret this is. The lookup is by the secret's hash, and the
     stored hash is then compared in constant time."""
-    hashed = _hash_secret(secret)
+    hashed = hash_secret(secret)
     token = await client.hget(PROJECT_SECRETS_KEY, hashed)
     if token is None:
         return None
@@ -284,6 +309,16 @@ async def project_for_secret(client: Redis, secret: str) -> str | None:
     if stored is None or not hmac.compare_digest(hashed, reply_text(stored)):
         return None
     return reply_text(token)
+
+
+async def project_token(client: Redis, name_or_token: str) -> str | None:
+    """The token of the project that a name or a token names (`project_id`), or None."""
+    token = await client.hget(PROJECT_NAMES_KEY, name_or_token)
+    if token is not None:
+        return reply_text(token)
+    if valid_token(name_or_token) and await client.exists(project_key(name_or_token)):
+        return name_or_token
+    return None
 
 
 class TokenCache:

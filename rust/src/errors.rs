@@ -261,6 +261,10 @@ kinds! {
         TooManyOperations = "too_many_operations",
         OperationInvalid = "operation_invalid",
         FlagInvalid = "flag_invalid",
+        // /import only: what `strict=1` requires, and `$merge` events.
+        TimeMissing = "time_missing",
+        InsertIdMissing = "insert_id_missing",
+        MergeInvalid = "merge_invalid",
     }
 }
 
@@ -272,6 +276,9 @@ pub struct EventError {
     pub field: String,
     pub kind: EventErrorKind,
     pub message: String,
+    /// The event's `$insert_id`, when it sent a valid one: what /import's strict answer names a failed
+    /// record by.
+    pub insert_id: Option<String>,
 }
 
 impl EventError {
@@ -287,6 +294,7 @@ impl EventError {
             field: field.into(),
             kind,
             message,
+            insert_id: None,
         }
     }
 }

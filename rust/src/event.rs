@@ -161,11 +161,16 @@ pub trait Sink {
 
 /// Scans the event object at the cursor and hands the event, or why it was rejected, to `sink`. An
 /// error means the JSON itself is broken and the whole request is unusable.
+///
+/// `project` is the token of the project the request is authenticated for (/import, see `import.rs`):
+/// then an event may leave `properties.token` out, and one that gives it must give this one. Without
+/// it (/track), every event names its project by its token.
 pub fn decode_event<'a, S: Sink>(
     scanner: &mut Scanner<'a>,
     index: usize,
     ctx: &Context<'_>,
     use_ip: bool,
+    project: Option<StrToken<'_>>,
     scratch: &mut Scratch<'a>,
     sink: &mut S,
 ) -> Result<(), SyntaxError> {
@@ -183,6 +188,7 @@ pub fn decode_event<'a, S: Sink>(
         index,
         ctx,
         use_ip,
+        project,
         members,
         values,
     };
@@ -323,6 +329,7 @@ struct Normaliser<'n> {
     index: usize,
     ctx: &'n Context<'n>,
     use_ip: bool,
+    project: Option<StrToken<'n>>,
     members: &'n Members<'n>,
     values: &'n [u8],
 }
@@ -330,7 +337,16 @@ struct Normaliser<'n> {
 impl<'n> Normaliser<'n> {
     #[cold]
     fn reject(&self, kind: EventErrorKind, field: &str, message: String) -> EventError {
-        EventError::new(self.index, kind, field, message)
+        let mut error = EventError::new(self.index, kind, field, message);
+        error.insert_id = self.sent_insert_id();
+        error
+    }
+
+    /// The event's `$insert_id` when it is a valid one.
+    #[cold]
+    fn sent_insert_id(&self) -> Option<String> {
+        let text = self.members.get(Slot::InsertId)?.string()?.bytes();
+        valid_insert_id(&text).then(|| utf8(text).into_owned())
     }
 
     /// The rules, in the order their errors are reported: the first broken one names the event's error.
@@ -459,6 +475,20 @@ impl<'n> Normaliser<'n> {
     fn token(&self) -> Result<StrToken<'n>, EventError> {
         use EventErrorKind as K;
         const FIELD: &str = "properties.token";
+        if let Some(project) = self.project {
+            return match self.members.get(Slot::Token) {
+                None => Ok(project),
+                Some(reserved) => match reserved.string() {
+                    Some(token) if token.bytes() == project.bytes() => Ok(token),
+                    _ => Err(self.reject(
+                        K::TokenInvalid,
+                        FIELD,
+                        "properties.token is not the token of the project the request is authenticated for"
+                            .into(),
+                    )),
+                },
+            };
+        }
         let Some(reserved) = self.members.get(Slot::Token) else {
             return Err(self.reject(
                 K::TokenMissing,
@@ -581,10 +611,7 @@ impl<'n> Normaliser<'n> {
             return Ok(None);
         };
         if let Some(s) = reserved.string() {
-            let text = s.bytes();
-            if text.len() <= MAX_INSERT_ID_CHARS
-                && text.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
-            {
+            if valid_insert_id(&s.bytes()) {
                 return Ok(Some(s));
             }
         }
@@ -824,6 +851,11 @@ impl<'n> Normalised<'n> {
             .map(|prop| (prop.key_raw, &*prop.key))
     }
 
+    /// Whether the event sent `properties.time` (else it was given the receive time).
+    pub fn time_sent(&self) -> bool {
+        self.members.get(Slot::Time).is_some()
+    }
+
     /// What the gateway's batches need of the event.
     pub fn valid(&self) -> Valid<'n> {
         Valid {
@@ -968,6 +1000,12 @@ impl<'a> IpValue<'a> {
             Self::Peer(ip) => write_str(out, ip),
         }
     }
+}
+
+/// At most MAX_INSERT_ID_CHARS characters of `A-Za-z0-9-`, as Mixpanel takes an `$insert_id`.
+fn valid_insert_id(text: &[u8]) -> bool {
+    text.len() <= MAX_INSERT_ID_CHARS
+        && text.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
 }
 
 /// A cheap fingerprint of a key (length, first and last eight bytes): equal keys always match, and
@@ -1121,6 +1159,7 @@ mod tests {
             0,
             &ctx,
             true,
+            None,
             &mut Scratch::default(),
             &mut size,
         )

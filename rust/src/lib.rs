@@ -1,6 +1,7 @@
 //! trackgate's native decoder: Mixpanel `/track` requests in, validated and normalised events out,
-//! grouped by (token, partition) and packed for Redis; and the same for the profile updates of
-//! `/engage` and `/groups` (`profile.rs`). Plain Rust; `py/` is the only module that knows about Python.
+//! grouped by (token, partition) and packed for Redis; the same for the profile updates of `/engage`
+//! and `/groups` (`profile.rs`), and for the historical events of `/import` (`import.rs`). Plain Rust;
+//! `py/` is the only module that knows about Python.
 
 use std::collections::HashSet;
 
@@ -8,6 +9,7 @@ use std::collections::HashSet;
 mod options;
 pub mod errors;
 pub mod event;
+pub mod import;
 pub mod json;
 pub mod payload;
 pub mod profile;
@@ -88,7 +90,7 @@ pub fn decode_request(
         content_type,
         content_encoding,
         ctx,
-        |json, use_ip| payload::decode_events(json, ctx, use_ip, sink),
+        |json, params| payload::decode_events(json, ctx, params.use_ip, sink),
     )
 }
 
@@ -108,27 +110,47 @@ pub fn decode_profile_request(
         content_type,
         content_encoding,
         ctx,
-        |json, use_ip| profile::decode_updates(json, ctx, use_ip, target),
+        |json, params| profile::decode_updates(json, ctx, params.use_ip, target),
     )
 }
 
-/// A request's parameters and its payload's JSON, which `decode` reads (with whether `ip=1`).
+/// Decodes one HTTP request to `/import` for the project the gateway authenticated it for (see
+/// `import.rs`): historical events, with the transports of `/track`, NDJSON besides, and `strict=1`.
+pub fn decode_import_request(
+    query: &[u8],
+    body: &[u8],
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+    ctx: &Context<'_>,
+    project: &import::Project<'_>,
+) -> Result<Decoded, RequestError> {
+    decode_payload(
+        query,
+        body,
+        content_type,
+        content_encoding,
+        ctx,
+        |json, params| import::decode_events(json, ctx, params, project),
+    )
+}
+
+/// A request's parameters and its payload's JSON, which `decode` reads (with the parameters).
 fn decode_payload(
     query: &[u8],
     body: &[u8],
     content_type: Option<&str>,
     content_encoding: Option<&str>,
     ctx: &Context<'_>,
-    decode: impl FnOnce(&[u8], bool) -> Result<payload::Events, RequestError>,
+    decode: impl FnOnce(&[u8], &Params) -> Result<payload::Events, RequestError>,
 ) -> Result<Decoded, RequestError> {
     let max = ctx.options.max_request_bytes;
     let split = request::split(query, body, content_type, content_encoding, max)?;
-    let use_ip = split.params.use_ip;
+    let params = &split.params;
     let entries = match &split.payload {
-        request::Payload::Json(body) => decode(body, use_ip)?,
+        request::Payload::Json(body) => decode(body, params)?,
         request::Payload::Data(data) => {
             let json = payload::data_to_json(data, max - query.len(), !split.inflated)?;
-            decode(&json, use_ip)?
+            decode(&json, params)?
         }
         request::Payload::Missing => return Err(RequestError::Empty),
     };

@@ -12,7 +12,7 @@ use flate2::read::MultiGzDecoder;
 
 use crate::errors::{EventError, EventErrorKind, RequestError};
 use crate::event::{decode_event, Normalised, Scratch, Sink};
-use crate::json::{without_lone_surrogates, Scanner, UNPAIRED_SURROGATE};
+use crate::json::{without_lone_surrogates, Scanner, StrToken, UNPAIRED_SURROGATE};
 use crate::resp::Batches;
 use crate::{Context, Options};
 
@@ -183,7 +183,9 @@ pub fn decode_events<S: Sink>(
     use_ip: bool,
     mut new_sink: impl FnMut() -> S,
 ) -> Result<S, RequestError> {
-    decode_text(json, |text| scan_events(text, ctx, use_ip, new_sink()))
+    decode_text(json, |text| {
+        scan_events(text, ctx, use_ip, None, false, new_sink())
+    })
 }
 
 /// Reads a JSON payload with `scan`, after checking it is UTF-8 (or repairing CESU-8, see `from_cesu8`),
@@ -271,17 +273,30 @@ fn scan_repairing<T>(
     }
 }
 
-fn scan_events<S: Sink>(
-    json: &[u8],
+/// The events of JSON text into `sink`: one object or an array of them, or with `lines` NDJSON too
+/// (`each_item_or_line`); `project` as `decode_event` takes it.
+pub(crate) fn scan_events<'j, S: Sink>(
+    json: &'j [u8],
     ctx: &Context<'_>,
     use_ip: bool,
+    project: Option<StrToken<'_>>,
+    lines: bool,
     mut sink: S,
 ) -> Result<S, RequestError> {
     let mut scanner = Scanner::new(json);
     let mut scratch = Scratch::default();
-    each_item(&mut scanner, ctx.options.max_events, |scanner, index| {
+    let max = ctx.options.max_events;
+    let one = |scanner: &mut Scanner<'j>, index: usize| {
         if scanner.peek() == Some(b'{') {
-            decode_event(scanner, index, ctx, use_ip, &mut scratch, &mut sink)?;
+            decode_event(
+                scanner,
+                index,
+                ctx,
+                use_ip,
+                project,
+                &mut scratch,
+                &mut sink,
+            )?;
         } else {
             let ty = scanner.skip()?;
             sink.error(EventError::new(
@@ -292,7 +307,12 @@ fn scan_events<S: Sink>(
             ));
         }
         Ok(())
-    })?;
+    };
+    if lines {
+        each_item_or_line(&mut scanner, max, one)?;
+    } else {
+        each_item(&mut scanner, max, one)?;
+    }
     sink.finish();
     Ok(sink)
 }
@@ -336,6 +356,27 @@ pub fn each_item<'j>(
     }
     if !scanner.at_end() {
         return Err(scanner.error("unexpected data after the events").into());
+    }
+    Ok(())
+}
+
+/// As `each_item`, and also newline-delimited JSON (NDJSON): a payload that begins with an object may
+/// hold more values after it, one a line (any white space parts them), each an item; at most `max`.
+pub fn each_item_or_line<'j>(
+    scanner: &mut Scanner<'j>,
+    max: usize,
+    mut one: impl FnMut(&mut Scanner<'j>, usize) -> Result<(), RequestError>,
+) -> Result<(), RequestError> {
+    if scanner.peek() != Some(b'{') {
+        return each_item(scanner, max, one);
+    }
+    let mut index = 0;
+    while !scanner.at_end() {
+        if index == max {
+            return Err(RequestError::TooManyEvents { max });
+        }
+        one(scanner, index)?;
+        index += 1;
     }
     Ok(())
 }

@@ -13,6 +13,8 @@ pub struct Params {
     pub img: bool,
     pub test: bool,
     pub use_ip: bool,
+    /// /import's `strict=1`: every event validated as Mixpanel's strict mode does, answered in its shape.
+    pub strict: bool,
     pub callback: Option<String>,
     pub redirect: Option<String>,
 }
@@ -27,6 +29,7 @@ struct RawParams<'a> {
     callback: Option<Cow<'a, [u8]>>,
     redirect: Option<Cow<'a, [u8]>>,
     test: Option<Cow<'a, [u8]>>,
+    strict: Option<Cow<'a, [u8]>>,
 }
 
 impl<'a> RawParams<'a> {
@@ -38,6 +41,7 @@ impl<'a> RawParams<'a> {
             img: flag(self.img.as_ref()),
             test: flag(self.test.as_ref()),
             use_ip: flag(self.ip.as_ref()),
+            strict: flag(self.strict.as_ref()),
             callback: None,
             redirect: None,
         }
@@ -62,6 +66,7 @@ impl<'a> RawParams<'a> {
                 b"callback" => &mut self.callback,
                 b"redirect" => &mut self.redirect,
                 b"test" => &mut self.test,
+                b"strict" => &mut self.strict,
                 _ => continue,
             };
             *slot = Some(form_decode(value));
@@ -223,6 +228,7 @@ pub fn split<'a>(
                 raw.callback = own(from_body.callback).or(raw.callback);
                 raw.redirect = own(from_body.redirect).or(raw.redirect);
                 raw.test = own(from_body.test).or(raw.test);
+                raw.strict = own(from_body.strict).or(raw.strict);
                 data.map_or(Payload::Missing, Payload::Data)
             }
         }

@@ -5,13 +5,15 @@
 use crate::event::Valid;
 
 /// The version of the function's argument layout, which it checks: a gateway and a function library of
-/// different versions must not misread each other. 6: profile updates among the events' arguments; 5:
+/// different versions must not misread each other. 7: an event whose day is `""` is stored, not counted
+/// (`/import`'s of days past the counter retention); 6: profile updates among the events' arguments; 5:
 /// the batch id among the function's fixed arguments (made by `store.WriteCommands`) is
 /// `<writer>:<seq>:<slot>`, the slot of the batch's entry in its partition's ring; 4 gave the events'
 /// max age; the events' arguments are as in 3.
 ///
-/// Per event, four arguments: its UTC day (`YYYY-MM-DD`); `HH:<event name>`, the hour's counter field;
-/// the distinct_id (`""` when none); the funnel (`""` unless mp_funnel). An mp_funnel event has three
+/// Per event, four arguments: its UTC day (`YYYY-MM-DD`; `""` for an event stored but not counted, whose
+/// funnel is then `""` too); `HH:<event name>`, the hour's counter field; the distinct_id (`""` when
+/// none); the funnel (`""` unless mp_funnel). An mp_funnel event has three
 /// more: its time in whole seconds, its step and its goal. Everything the function needs comes
 /// ready-made, so it does no date arithmetic or string building per event. The event itself is not
 /// among them: it goes to its stream in an `XADD` of its own (see `Batch::xadds`), which costs Redis
@@ -28,7 +30,7 @@ use crate::event::Valid;
 /// `YYYY-MM-DDTHH:MM:SS` (`""` with `$ignore_time`); the number of arguments that follow: a property
 /// name and its value's JSON per property (`$set`, `$set_once`, `$add`, `$append`, `$union`,
 /// `$remove`), the names (`$unset`), none (`$delete`).
-pub const PACKED_LAYOUT: u32 = 6;
+pub const PACKED_LAYOUT: u32 = 7;
 
 #[derive(Debug)]
 pub struct Batch {
@@ -229,23 +231,32 @@ impl Batches {
         Self::close_entry(batch, args);
     }
 
+    /// A valid event: its XADD to its partition's stream, and its arguments for the function that
+    /// counts it.
     pub fn push(&mut self, event: &Valid<'_>, json: &[u8], partitions: u32) {
-        let key: &[u8] = match (&event.distinct_id, &event.insert_id) {
-            (Some(id), _) if !id.is_empty() => id.as_bytes(),
-            (_, Some(id)) => id.as_bytes(),
-            _ => json,
-        };
-        let partition = partition_of(key, partitions);
-        let index = self.batch_for(&event.token, partition, Stream::Events);
-        self.add_entry(index, json, event.time);
+        self.pack(event, json, partitions, true);
+    }
+
+    /// A valid event stored but not counted (see `import.rs`: a day older than the counters are kept):
+    /// its XADD, and its arguments with the day `""`, which the function skips but for deduplication.
+    pub fn push_uncounted(&mut self, event: &Valid<'_>, json: &[u8], partitions: u32) {
+        self.pack(event, json, partitions, false);
+    }
+
+    fn pack(&mut self, event: &Valid<'_>, json: &[u8], partitions: u32, counted: bool) {
+        let index = self.add_event(event, json, partitions);
         let seconds = event.time.floor() as i64;
         let (day, hour) = (
             seconds.div_euclid(86_400),
             seconds.rem_euclid(86_400) / 3600,
         );
-        let date = match &self.day {
-            Some((cached, date)) if *cached == day => date,
-            _ => &self.day.insert((day, utc_date(day))).1,
+        let date = if counted {
+            match &self.day {
+                Some((cached, date)) if *cached == day => date.as_str(),
+                _ => &self.day.insert((day, utc_date(day))).1,
+            }
+        } else {
+            ""
         };
         let batch = &mut self.batches[index];
         let out = &mut batch.packed;
@@ -253,7 +264,8 @@ impl Batches {
         let hh = [b'0' + (hour / 10) as u8, b'0' + (hour % 10) as u8, b':'];
         bulk_parts(out, &[&hh, event.name.as_bytes()]);
         bulk(out, event.distinct_id.as_deref().unwrap_or("").as_bytes());
-        let mut args = if let Some((name, step, goal)) = &event.funnel {
+        let funnel = event.funnel.as_ref().filter(|_| counted);
+        let mut args = if let Some((name, step, goal)) = funnel {
             bulk(out, name.as_bytes());
             bulk(out, itoa::Buffer::new().format(seconds).as_bytes());
             bulk(out, itoa::Buffer::new().format(*step).as_bytes());
@@ -269,6 +281,20 @@ impl Batches {
             args += 1;
         }
         Self::close_entry(batch, args);
+    }
+
+    /// An event's XADD to the stream of its partition: its user's (`distinct_id`), else its
+    /// `$insert_id`'s, else its JSON's. Returns its batch.
+    fn add_event(&mut self, event: &Valid<'_>, json: &[u8], partitions: u32) -> usize {
+        let key: &[u8] = match (&event.distinct_id, &event.insert_id) {
+            (Some(id), _) if !id.is_empty() => id.as_bytes(),
+            (_, Some(id)) => id.as_bytes(),
+            _ => json,
+        };
+        let partition = partition_of(key, partitions);
+        let index = self.batch_for(&event.token, partition, Stream::Events);
+        self.add_entry(index, json, event.time);
+        index
     }
 
     /// Orders each batch's events by `time` (stably): within one request, time is the only order there

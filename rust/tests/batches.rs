@@ -102,8 +102,8 @@ fn ev(token: &str, name: &str, extra: &str) -> String {
 }
 
 #[test]
-fn the_layout_is_version_6() {
-    assert_eq!(PACKED_LAYOUT, 6);
+fn the_layout_is_version_7() {
+    assert_eq!(PACKED_LAYOUT, 7);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 """`trackgate serve`, `trackgate project create|list|set-funnel-window|set-caps|set-limit|remove-limit|
-backup|restore|reindex`, `trackgate funnels report`, `trackgate export`, `trackgate profiles export` and
-`trackgate consume`: the parser and the dispatch; each command's work is in its module."""
+backup|restore|reindex|add-service-account|service-accounts|remove-service-account`, `trackgate funnels
+report`, `trackgate export`, `trackgate profiles export` and `trackgate consume`: the parser and the
+dispatch; each command's work is in its module."""
 
 from __future__ import annotations
 
@@ -88,6 +89,16 @@ def _parser() -> argparse.ArgumentParser:
         "older than this one (from the hourly counts; safe to run again, and beside running gateways)",
     )
     reindex.add_argument("name")
+    add_account = actions.add_parser(
+        "add-service-account",
+        help="add a service account to a project, for /import and the query API; prints its user and secret",
+    )
+    add_account.add_argument("name", help="the project's name or token")
+    accounts = actions.add_parser("service-accounts", help="list a project's service accounts (their users)")
+    accounts.add_argument("name", help="the project's name or token")
+    remove_account = actions.add_parser("remove-service-account", help="remove a project's service account")
+    remove_account.add_argument("name", help="the project's name or token")
+    remove_account.add_argument("user", help="the service account's user")
 
     limit = actions.add_parser(
         "set-limit",
@@ -132,7 +143,19 @@ def _parser() -> argparse.ArgumentParser:
         "(at least once: deduplicate on $insert_id). Stops on SIGINT or SIGTERM.",
     )
     consume_command.add_arguments(consume)
-    project_actions = (create, listing, window, caps, limit, unlimit, backup, restore, reindex)
+    accounts_actions = (add_account, accounts, remove_account)
+    project_actions = (
+        create,
+        listing,
+        window,
+        caps,
+        limit,
+        unlimit,
+        backup,
+        restore,
+        reindex,
+        *accounts_actions,
+    )
     for sub in (*project_actions, report, export, profile_export, consume):
         sub.add_argument(
             "--redis-url", help="Redis holding the projects (default: the private redis-server's)"

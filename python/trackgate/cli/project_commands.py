@@ -1,5 +1,6 @@
 """`trackgate project ...`: create, list, set-funnel-window, set-caps, set-limit, remove-limit, backup,
-restore and reindex."""
+restore and reindex, and the service accounts: add-service-account, service-accounts,
+remove-service-account."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import msgspec
 from redis.asyncio import Redis
 
-from trackgate import bounds, projects, rate_limit, registry_backup, reindex, settings
+from trackgate import bounds, projects, rate_limit, registry_backup, reindex, service_accounts, settings
 from trackgate.cli.errors import UsageError
 from trackgate.cli.redis_access import find_project, redis_for_cli, with_client
 
@@ -61,6 +62,8 @@ async def project_action(args: argparse.Namespace, url: str) -> int:
             return 0
         if args.action in ("set-limit", "remove-limit"):
             return await _set_limit(client, args)
+        if args.action in _SERVICE_ACCOUNT_ACTIONS:
+            return await _service_accounts(client, args)
         found = await projects.list_projects(client)
         if not found:
             print("no projects; create one with `trackgate project create NAME`", file=sys.stderr)
@@ -121,6 +124,35 @@ def _replace_file(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+_SERVICE_ACCOUNT_ACTIONS = ("add-service-account", "service-accounts", "remove-service-account")
+
+
+async def _service_accounts(client: Redis, args: argparse.Namespace) -> int:
+    """Add one (its user and secret printed, as `create` prints a project's), list them, remove one."""
+    project = await find_project(client, args.name)
+    if args.action == "add-service-account":
+        user, secret = await service_accounts.add(client, project.token)
+        print(f"user: {user}\nsecret: {secret}")
+        print(
+            f"keep the secret: it is not shown again; send it as HTTP Basic {user}:<secret> with "
+            f"?project_id={project.token} (or the project's name)",
+            file=sys.stderr,
+        )
+        return 0
+    if args.action == "remove-service-account":
+        if not await service_accounts.remove(client, project.token, args.user):
+            raise UsageError(f"project {project.name!r} has no service account {args.user!r}")
+        print(f"{project.name}: service account {args.user} removed")
+        return 0
+    users = await service_accounts.users(client, project.token)
+    if not users:
+        hint = "add one with `trackgate project add-service-account`"
+        print(f"{project.name} has no service accounts; {hint}", file=sys.stderr)
+    for user in users:
+        print(user)
+    return 0
 
 
 def _caps_text(caps: bounds.Caps) -> str:

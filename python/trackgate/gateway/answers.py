@@ -23,7 +23,7 @@ INVALID_CALLBACK: Final = (
 )
 
 PLAIN_TEXT: Final = [("content-type", "text/plain; charset=utf-8")]
-_JSON: Final = [("content-type", "application/json")]
+JSON: Final = [("content-type", "application/json")]
 _JS: Final = [("content-type", "text/javascript; charset=utf-8"), ("x-content-type-options", "nosniff")]
 _GIF: Final = [("content-type", "image/gif"), ("cache-control", "no-store")]
 
@@ -38,6 +38,9 @@ class AnswerParams(Protocol):
     def img(self) -> bool: ...
     @property
     def callback(self) -> str | None: ...
+    @property
+    def strict(self) -> bool:
+        """/import's `strict=1`: answered in Mixpanel's import shapes (import_answers.py)."""
 
 
 class FailedRecord(msgspec.Struct):
@@ -107,13 +110,25 @@ class Answers:
         if params is None or not params.verbose:
             body, headers = (b"1" if ok else b"0"), PLAIN_TEXT
         else:
-            body, headers = verbose_body, _JSON
+            body, headers = verbose_body, JSON
         if callback is not None:
             body, headers = b"%s(%s)" % (callback.encode(), body), _JS
         elif params is not None and params.img:
             body, headers = TRANSPARENT_GIF, _GIF
         proto.response_bytes(status, [*headers, *extra] if extra else headers, body)
         metrics.count_request(self._route, status)
+
+    def stored(
+        self,
+        proto: HTTPProtocol,
+        request: Request,
+        callback: str | None,
+        duplicates: int,
+        extra: list[tuple[str, str]],
+    ) -> None:
+        """A request whose events are all stored (with `test`, valid; `duplicates` of them before): 200 in
+        the shape it asked for."""
+        self.answer(proto, 200, request, callback, verbose_stored(duplicates), extra)
 
     def empty(self, proto: HTTPProtocol, status: int, headers: list[tuple[str, str]]) -> None:
         """An answer without a body: a redirect, a preflight's."""

@@ -14,11 +14,13 @@ from redis.exceptions import RedisError
 
 from trackgate import metrics, store
 from trackgate.batcher import Batcher
+from trackgate.credentials import Credentials, RegistryCredentials
 from trackgate.gateway import log
 from trackgate.gateway.answers import PLAIN_TEXT
 from trackgate.gateway.body import BodyBudget, BodyDeadlines
 from trackgate.gateway.client import ClientAddress
 from trackgate.gateway.cors import Cors
+from trackgate.gateway.imports import import_endpoint
 from trackgate.gateway.ingest import Endpoint, Ingestion, Sink, TokenSource
 from trackgate.gateway.profiles import engage_endpoint, groups_endpoint
 from trackgate.gateway.rate_limiter import Buckets, RateLimiter, RedisBuckets
@@ -39,7 +41,8 @@ GC_THRESHOLD: Final = 10_000
 class Services:
     """What the app works with: passed in, so that a test can give a memory sink and a fixed clock.
     `clock` gives the receive time of events; `monotonic` times body deadlines, the refusal log and the
-    rate limits; `buckets` are the rate limits' (by default in Redis, through `admin`)."""
+    rate limits; `buckets` are the rate limits' (by default in Redis, through `admin`); `credentials`
+    authenticate /import (by default against the registry, through `admin`)."""
 
     sink: Sink
     tokens: TokenSource
@@ -47,6 +50,7 @@ class Services:
     clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
     buckets: Buckets | None = None
+    credentials: Credentials | None = None
 
     @classmethod
     async def from_settings(cls, settings: Settings) -> Services:
@@ -98,6 +102,7 @@ class App:
     _engage: Endpoint
     _groups: Endpoint
     _unknown: UnknownRoutes
+    _import: Endpoint
     _tasks: tuple[asyncio.Task[None], ...]
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -140,6 +145,12 @@ class App:
         self._engage = engage_endpoint(self.ingestion, options, services.clock)
         self._groups = groups_endpoint(self.ingestion, options, services.clock)
         self._unknown = UnknownRoutes(self.ingestion.cors, services.monotonic)
+        credentials = services.credentials
+        if credentials is None:
+            credentials = RegistryCredentials(services.admin)
+        self._import = import_endpoint(
+            self.ingestion, options, services.clock, credentials, settings.counter_retention_days
+        )
         self._tasks = (
             asyncio.create_task(metrics.publish_forever(), name="trackgate-metrics"),
             asyncio.create_task(self.ingestion.deadlines.sweep_forever(), name="trackgate-body-deadlines"),
@@ -162,6 +173,8 @@ class App:
             await self._engage(scope, proto)
         elif path == "/groups" or path == "/groups/":
             await self._groups(scope, proto)
+        elif path == "/import" or path == "/import/":
+            await self._import(scope, proto)
         elif path == "/healthz":
             _plain(proto, "healthz", 200, b"ok\n")
         elif path == "/readyz":

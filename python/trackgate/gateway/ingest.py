@@ -1,7 +1,8 @@
 """What every ingestion endpoint does with a request, whatever its events are: CORS, the method, the
 body and its deadline, the caller's address, decoding (by the endpoint's decoder), the projects' rate
 limits, handing the events to the sink, and the answer. An endpoint is this flow with its route and its
-decoder (see track.py and profiles.py)."""
+decoder (see track.py and profiles.py), and where it needs them an admission before the body is read
+(its `Gate`) and answers of its own (imports.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from trackgate.gateway.answers import (
     Answers,
     failed_events,
     valid_callback,
-    verbose_stored,
 )
 from trackgate.gateway.body import (
     BodyBudget,
@@ -130,6 +130,22 @@ class NativeDecoder:
 
 
 @dataclass(frozen=True, slots=True)
+class Refused:
+    """A request its endpoint's gate refuses, before its body is read (a 503 is sent with Retry-After)."""
+
+    reason: Reason
+    message: str
+
+
+class Gate(Protocol):
+    """An endpoint's admission of a request, from its headers and query string alone."""
+
+    async def admit(self, scope: Scope) -> Decoder | Refused:
+        """The decoder for the request (bound to what the admission learnt, the caller's project say), or
+        why it is refused."""
+
+
+@dataclass(frozen=True, slots=True)
 class Ingestion:
     """What the ingestion endpoints of a worker share."""
 
@@ -147,7 +163,8 @@ class Ingestion:
 
 
 class Endpoint:
-    """One ingestion endpoint, its route named in the metrics."""
+    """One ingestion endpoint, its route named in the metrics. `gate` admits each request before its
+    body is read, `answers` shapes them (by default /track's)."""
 
     __slots__ = (
         "_answers",
@@ -155,8 +172,8 @@ class Endpoint:
         "_clients",
         "_cors",
         "_deadlines",
-        "_decode",
         "_decoder",
+        "_gate",
         "_limit",
         "_limiter",
         "_redirects",
@@ -165,10 +182,17 @@ class Endpoint:
         "_tokens",
     )
 
-    def __init__(self, route: str, decoder: Decoder, shared: Ingestion) -> None:
+    def __init__(
+        self,
+        route: str,
+        decoder: Decoder,
+        shared: Ingestion,
+        gate: Gate | None = None,
+        answers: Answers | None = None,
+    ) -> None:
         self._decoder = decoder
-        self._decode = decoder.decode
-        self._answers = Answers(route, shared.refusals)
+        self._gate = gate
+        self._answers = answers if answers is not None else Answers(route, shared.refusals)
         self._sink = shared.sink
         self._tokens = shared.tokens
         self._cors = shared.cors
@@ -204,18 +228,32 @@ class Endpoint:
             retry = [*cors, *self._retry_after]
             self._refuse_unread(scope, proto, Refusal.REGISTRY_MISSING, REGISTRY_MISSING, retry)
             return
+        decoder = self._decoder
+        if self._gate is not None:
+            admitted = await self._gate.admit(scope)
+            if isinstance(admitted, Refused):
+                refused = admitted.reason
+                extra = [*cors, *self._retry_after] if refused.status == 503 else cors
+                self._refuse_unread(scope, proto, refused, admitted.message, extra)
+                return
+            decoder = admitted
         if method == "POST":
             # The body's bytes count against the worker's budget until the request is answered.
             claim = self._budget.claim()
             try:
-                await self._post(scope, proto, cors, claim)
+                await self._post(scope, proto, cors, decoder, claim)
             finally:
                 claim.release()
         else:
-            await self._decode_and_store(scope, proto, b"", cors)
+            await self._decode_and_store(scope, proto, b"", cors, decoder)
 
     async def _post(
-        self, scope: Scope, proto: HTTPProtocol, cors: list[tuple[str, str]], claim: BodyClaim
+        self,
+        scope: Scope,
+        proto: HTTPProtocol,
+        cors: list[tuple[str, str]],
+        decoder: Decoder,
+        claim: BodyClaim,
     ) -> None:
         length = scope.headers.get("content-length")
         try:
@@ -237,7 +275,7 @@ class Endpoint:
         except ProtocolClosed:
             self._answers.client_left()
             return
-        await self._decode_and_store(scope, proto, body, cors, claim)
+        await self._decode_and_store(scope, proto, body, cors, decoder, claim)
 
     def _refuse_unread(
         self, scope: Scope, proto: HTTPProtocol, reason: Reason, message: str, headers: list[tuple[str, str]]
@@ -252,6 +290,7 @@ class Endpoint:
         proto: HTTPProtocol,
         body: bytes,
         cors: list[tuple[str, str]],
+        decoder: Decoder,
         claim: BodyClaim | None = None,
     ) -> None:
         headers = scope.headers
@@ -260,10 +299,10 @@ class Endpoint:
         content_encoding = headers.get("content-encoding")
         peer = self._clients.of(scope.client, headers)
         try:
-            request = self._decode(query, body, content_type, content_encoding, peer)
+            request = decoder.decode(query, body, content_type, content_encoding, peer)
             if request.errors and _names_unknown_token(request) and await self._tokens.reload_for_unknown():
                 # A project created since the last reload: decode again with the fresh list.
-                request = self._decode(query, body, content_type, content_encoding, peer)
+                request = decoder.decode(query, body, content_type, content_encoding, peer)
         except DecodeError as err:
             self._answers.refuse(scope, proto, err, str(err), cors, err)
             return
@@ -328,7 +367,7 @@ class Endpoint:
             # refused, which the metrics count; only an outage (503, above) keeps them here.
             self._answers.empty(proto, 302, [*cors, ("location", redirect), ("cache-control", "no-store")])
         else:
-            self._answers.answer(proto, 200, request, callback, verbose_stored(duplicates), cors)
+            self._answers.stored(proto, request, callback, duplicates, cors)
 
     def _unavailable(
         self,

@@ -49,6 +49,8 @@ class Refusal(enum.Enum):
         self.kind = kind
         self.status = status
 
+    # /import's credentials are no project's (or not the project `project_id` names).
+    INVALID_CREDENTIALS = "invalid_credentials", 401
     ORIGIN_NOT_ALLOWED = "origin_not_allowed", 403
     METHOD_NOT_ALLOWED = "method_not_allowed", 405
     BODY_TIMEOUT = "body_timeout", 408

@@ -384,8 +384,9 @@ end
 -- the dedup window in seconds and 'alone' when the call is sent without its transaction's XADDs, else
 -- 'after'), batch id (<writer>:<seq>:<slot in the ring>), how late in seconds an event may arrive (the
 -- decoder's max age), the counter retention in days, the project's caps on event names a day and on
--- funnel names; then the events' arguments (the decoder's PACKED_LAYOUT): day, 'HH:<name>',
--- distinct_id, funnel, and for mp_funnel events time, step, goal, and with DEDUP_LAYOUT the dedup hash;
+-- funnel names; then the events' arguments (the decoder's PACKED_LAYOUT): day ('' when not counted),
+-- 'HH:<name>', distinct_id, funnel, and for mp_funnel events time, step, goal, and with DEDUP_LAYOUT the
+-- dedup hash;
 -- and among them, in the order sent, the profile updates' (see profiles.lua). The events and the
 -- updates themselves are added to their streams by the XADDs of the same transaction.
 -- Returns {events counted, events counted under OVERFLOW}, and when the batch holds profile updates two
@@ -502,7 +503,8 @@ local function tg_count(keys, args)
     entry = entry + 1
     if is_update(args, i) then
       i = i + update_width(args, i)
-    elseif duplicate[entry] then
+    elseif duplicate[entry] or args[i] == '' then
+      -- (a day '': an event stored, not counted, of a day past the counter retention)
       i = i + width(args, i, extra)
     else
       added = added + 1

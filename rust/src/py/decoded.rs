@@ -31,6 +31,10 @@ impl PyRequest {
         self.0.params.use_ip
     }
     #[getter]
+    fn strict(&self) -> bool {
+        self.0.params.strict
+    }
+    #[getter]
     fn callback(&self) -> Option<&str> {
         self.0.params.callback.as_deref()
     }
@@ -106,6 +110,10 @@ impl PyEventError {
     fn message(&self) -> &str {
         &self.0.message
     }
+    #[getter]
+    fn insert_id(&self) -> Option<&str> {
+        self.0.insert_id.as_deref()
+    }
 
     fn __repr__(&self) -> String {
         let EventError {
@@ -113,6 +121,7 @@ impl PyEventError {
             field,
             kind,
             message,
+            ..
         } = &self.0;
         let kind = kind.as_str();
         format!("EventError(index={index}, field={field:?}, kind={kind:?}, message={message:?})")
@@ -188,6 +197,8 @@ pub(super) struct PyDecodeError {
     #[pyo3(get)]
     img: bool,
     #[pyo3(get)]
+    strict: bool,
+    #[pyo3(get)]
     callback: Option<String>,
 }
 
@@ -215,6 +226,7 @@ impl PyDecodeError {
             events: PyList::new(py, events.unwrap_or_default())?.unbind(),
             verbose: false,
             img: false,
+            strict: false,
             callback: None,
         })
     }
@@ -227,6 +239,7 @@ impl PyDecodeError {
             field,
             kind,
             message,
+            ..
         } in &self.error_list
         {
             let dict = PyDict::new(py);
@@ -280,6 +293,7 @@ pub(super) fn decode_error(
         events: events.unbind(),
         verbose: params.verbose,
         img: params.img,
+        strict: params.strict,
         callback: params.callback,
     };
     match Bound::new(py, value) {

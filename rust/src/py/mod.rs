@@ -4,12 +4,13 @@
 //! decoder's.
 //!
 //! `options` holds the rules and tokens, `decode` the decoding functions (`profiles` those of `/engage`
-//! and `/groups`), `decoded` what a decoded request hands Python, `events` and `strings` the typed
+//! and `/groups`, `imports` that of `/import`), `decoded` what a decoded request hands Python, `events` and `strings` the typed
 //! events of `trackgate.decode`, `reply_reader` the batcher's reader of Redis's replies.
 
 mod decode;
 mod decoded;
 mod events;
+mod imports;
 mod options;
 mod profiles;
 mod reply_reader;
@@ -18,6 +19,7 @@ mod strings;
 use decode::{decode_data, decode_request};
 use decoded::{PyDecodeError, PyEventError, PyPartitionBatch, PyRequest};
 use events::PyEventDecoder;
+use imports::decode_import_request;
 use options::{rules, PyOptions, PyRule, PyTokenSet};
 use profiles::{decode_profile_request, profile_partition};
 use reply_reader::{PyReplyReader, ReplyError};
@@ -36,6 +38,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PACKED_LAYOUT", crate::PACKED_LAYOUT)?;
     m.add("DEDUP_HASH_BYTES", crate::resp::DEDUP_HASH_BYTES)?;
     m.add("MAX_FUNNEL_STEP", crate::event::MAX_FUNNEL_STEP)?;
+    m.add("IMPORT_EARLIEST_TIME", crate::import::EARLIEST_TIME)?;
     let statuses = PyDict::new(m.py());
     for kind in RequestErrorKind::ALL {
         statuses.set_item(kind.as_str(), kind.status())?;
@@ -57,6 +60,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_request, m)?)?;
     m.add_function(wrap_pyfunction!(decode_data, m)?)?;
     m.add_function(wrap_pyfunction!(decode_profile_request, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_import_request, m)?)?;
     m.add_function(wrap_pyfunction!(profile_partition, m)?)?;
     Ok(())
 }

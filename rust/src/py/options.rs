@@ -94,11 +94,12 @@ impl RuleValue for f64 {
 
     fn extract(name: &str, value: &Bound<'_, PyAny>, min: Self, max: Self) -> PyResult<Self> {
         let value: f64 = value.extract()?;
-        if value.is_finite() && (min..=max).contains(&value) {
+        // A rule without a maximum takes infinity too: no limit (/import's `max_age`).
+        if (value.is_finite() || max.is_infinite()) && (min..=max).contains(&value) {
             return Ok(value);
         }
         let bounds = if max == Self::UNBOUNDED {
-            format!(">= {min}")
+            format!(">= {min}, or inf")
         } else {
             format!("from {min} to {max}")
         };
