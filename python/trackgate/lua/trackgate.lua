@@ -1,6 +1,6 @@
 #!lua name=@LIBRARY@
 -- trackgate's function library: `tg_count`, the counting of a batch's events and the applying of its
--- profile updates, and `tg_take` (rate_limits.lua). store.py loads it with each name between @ signs
+-- profile updates; `tg_take` (rate_limits.lua); `tg_reindex`, for days counted by older gateways. store.py loads it with each name between @ signs
 -- replaced by its value on the Python side, and profiles.lua and rate_limits.lua in the place of the
 -- lines that name them.
 
