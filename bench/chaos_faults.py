@@ -170,6 +170,8 @@ def redis_loses_its_data(ctx: Context) -> None:
     redis_server.restart()  # no persistence: it comes back empty
     back = time.monotonic()
     wait_for(lambda: load.answers.count(503, back) > 0, 30, "503 once the registry is gone")
+    # While Redis restarts, /readyz says that it is not reachable; once it answers, the registry's absence.
+    wait_for(lambda: "project restore" in get(gateway.base + "/readyz")[1], 30, "/readyz naming the restore")
     noticed = time.monotonic()
     probes = probe_readiness(gateway, ctx.pick(3, 1))
     trackgate("project", "restore", str(backup), "--redis-url", redis_server.url)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis.exceptions
 from conftest import RedisServer
-from trackgate.report_reads import BURST, ROUND, Command, ReportReads
+from trackgate.report_reads import BURST, COMMAND_COST, ELEMENT_COST, ROUND, Command, ReportReads
 
 
 def test_replies_come_in_order_over_many_rounds(redis_server: RedisServer) -> None:
@@ -88,27 +88,43 @@ def commands(rounds: int) -> list[Command]:
 
 
 def test_a_report_after_a_quiet_spell_takes_its_burst_at_once() -> None:
-    reads = Timed(share=0.1, round_time=0.01)
-    asyncio.run(reads(commands(int(BURST / 0.01) - 1)))
+    reads = Timed(share=0.1, round_time=0.0005)
+    asyncio.run(reads(commands(int(BURST / 0.0005) - 1)))
     assert reads.slept == 0
 
 
 def test_reports_in_a_loop_take_the_share_of_redis_time_at_most() -> None:
-    reads = Timed(share=0.1, round_time=0.01)
+    reads = Timed(share=0.1, round_time=0.0005)
 
     async def loop() -> None:
-        for _ in range(200):
+        for _ in range(2000):
             await reads(commands(5))
 
     asyncio.run(loop())
-    # 10 s of rounds: past the first BURST, nine tenths of the time is spent waiting (a round may end in
+    # 5 s of rounds: past the first BURST, nine tenths of the time is spent waiting (a round may end in
     # debt: its own time is the slack).
-    assert reads.busy == pytest.approx(10.0)
+    assert reads.busy == pytest.approx(5.0)
     assert reads.busy <= 0.1 * reads.now + BURST + reads.round_time
     assert reads.busy >= 0.1 * reads.now - reads.round_time
 
 
+def test_a_round_is_charged_no_more_than_its_commands_can_cost_redis() -> None:
+    """A round made long by this process's own waiting (64 commands, a reply element each: at most
+    64 x 11 us) is charged what Redis could have spent on it."""
+    reads = Timed(share=0.1, round_time=0.05)
+
+    async def loop() -> None:
+        for _ in range(100):
+            await reads(commands(1))
+
+    asyncio.run(loop())
+    # Charged by their time, the 5 s of rounds would have waited 45 s; charged by their cost (0.07 s),
+    # they stay within the burst and what 5 s earn.
+    assert 100 * ROUND * (COMMAND_COST + ELEMENT_COST) < BURST
+    assert reads.slept == 0
+
+
 def test_with_the_whole_share_nothing_waits() -> None:
-    reads = Timed(share=1.0, round_time=0.05)
+    reads = Timed(share=1.0, round_time=0.0005)
     asyncio.run(reads(commands(100)))
     assert reads.slept == 0

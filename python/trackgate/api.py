@@ -22,7 +22,7 @@ from trackgate import bounds, counts, engage, export, funnels, metrics, mixpanel
 from trackgate.credentials import CHALLENGE, RegistryCredentials, basic_credentials
 from trackgate.parameters import ParameterError, day, last, whole
 from trackgate.report_reads import Reads
-from trackgate.rsgi import HTTPProtocol, Scope
+from trackgate.rsgi import HTTPProtocol, ProtocolClosed, Scope
 from trackgate.settings import Settings
 
 log = logging.getLogger("trackgate.api")
@@ -50,10 +50,15 @@ class ApiError(Exception):
 
 
 class Api:
-    def __init__(self, client: Redis, reads: Reads, settings: Settings) -> None:
+    def __init__(
+        self, client: Redis, reads: Reads, settings: Settings, export_reads: Reads | None = None
+    ) -> None:
+        """`reads` serves the reports; `export_reads` (by default `reads`) the exports: with a budget of
+        their own, a long export does not hold reports back."""
         self._client = client
         self._credentials = RegistryCredentials(client)
         self._reads = reads
+        self._export_reads = export_reads if export_reads is not None else reads
         self._partitions = settings.partitions
         self._skew = settings.max_future_skew
         self._retry_after = str(settings.retry_after)
@@ -225,7 +230,7 @@ class Api:
             start, end = _date_range(query)
             names, limit, write, content_type = None, None, None, "application/x-ndjson"
         lines = export.export_events(
-            self._reads,
+            self._export_reads,
             token,
             self._partitions,
             start,
@@ -251,6 +256,9 @@ class Api:
                     chunk, size = [], 0
             if chunk:
                 await transport.send_bytes(b"".join(chunk))
+        except ProtocolClosed:
+            # The client left before the end (its 200 is counted): nobody to tell.
+            return
         except (RedisError, OSError) as err:
             # The status is sent already: end the stream early; the client sees a short export.
             log.error("export for %s stopped: %s", token, err)

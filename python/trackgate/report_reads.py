@@ -9,7 +9,10 @@ other clients again, so between two rounds the ingestion workers' writes are ser
 Reports in a loop would still keep Redis busy, and every write waits behind a round: the rounds' time
 is budgeted. The process earns `share` seconds of round time per second, up to `BURST` seconds, and a
 round waits while it is in debt, so that over time the reports take `share` of Redis at most, while one
-report after a quiet spell runs at full speed.
+report after a quiet spell runs at full speed. A round is charged the time it took, but no more than
+what its commands and the elements of their replies can cost Redis (`COMMAND_COST`, `ELEMENT_COST`):
+the rest is this process's own waiting (at a low CPU priority, on a busy machine, it is scheduled late),
+which costs Redis nothing and would otherwise starve the reports.
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ ROUND: Final = 64
 """Commands sent to Redis at once."""
 BURST: Final = 0.2
 """Seconds of round time the reports may take at once after a quiet spell."""
+COMMAND_COST: Final = 10e-6
+ELEMENT_COST: Final = 1e-6
+"""The most a command, and an element of a reply (a field, a stream entry), is taken to cost Redis, in
+seconds: several times what they cost it, so that a round is charged its time except where the process
+itself made it long."""
 
 Arg = str | bytes | int | float
 Command = tuple[Arg, ...]
@@ -65,10 +73,14 @@ class ReportReads:
             async with self._turn:
                 await self._wait_for_credit()
                 started = self._clock()
+                cost = len(packed) * COMMAND_COST
                 try:
-                    replies.extend(await self._round(packed))
+                    answered = await self._round(packed)
+                    elements = sum(len(reply) if isinstance(reply, list) else 1 for reply in answered)
+                    cost += elements * ELEMENT_COST
+                    replies.extend(answered)
                 finally:
-                    self._credit -= self._clock() - started
+                    self._credit -= min(self._clock() - started, cost)
         for reply in replies:
             if isinstance(reply, ReplyError):
                 raise ResponseError(str(reply))

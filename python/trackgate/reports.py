@@ -32,6 +32,7 @@ class ReportsApp:
 
     _client: Redis
     _reads: ReportReads
+    _export_reads: ReportReads
     _api: Api
     _publisher: asyncio.Task[None]
 
@@ -47,8 +48,10 @@ class ReportsApp:
         self._client = Redis.from_url(
             settings.redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=1.0
         )
-        self._reads = ReportReads(settings.redis_url, REDIS_TIMEOUT, settings.report_redis_share)
-        self._api = Api(self._client, self._reads, settings)
+        share = settings.report_redis_share
+        self._reads = ReportReads(settings.redis_url, REDIS_TIMEOUT, share)
+        self._export_reads = ReportReads(settings.redis_url, REDIS_TIMEOUT, share)
+        self._api = Api(self._client, self._reads, settings, self._export_reads)
         self._publisher = asyncio.create_task(metrics.publish_forever(), name="trackgate-metrics")
 
     async def stop(self) -> None:
@@ -56,6 +59,7 @@ class ReportsApp:
         await asyncio.gather(self._publisher, return_exceptions=True)
         await self._client.aclose()
         self._reads.close()
+        self._export_reads.close()
         metrics.publish()
         metrics.worker_exited()
 

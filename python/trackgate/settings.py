@@ -170,8 +170,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     report_redis_share: Annotated[
         float,
         _doc(
-            "the share of Redis's time the reports' reads may take, on average (exports pace themselves "
-            "apart): past it a report waits, and ingestion's writes are not kept waiting",
+            "the share of Redis's time the reports' reads may take on average, and the exports' as much "
+            "again: past it they wait, and ingestion's writes are not kept waiting",
             gt=0,
             le=1,
         ),
