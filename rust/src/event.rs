@@ -189,7 +189,7 @@ pub fn decode_event<'a, S: Sink>(
     let mut event = match normaliser.run(key_hashes) {
         Ok(event) => event,
         Err(error) => {
-            sink.error(error);
+            sink.error(*error.0);
             return Ok(());
         }
     };
@@ -210,7 +210,7 @@ pub fn decode_event<'a, S: Sink>(
         0
     };
     if size > ctx.options.max_event_bytes {
-        sink.error(normaliser.too_large(size));
+        sink.error(*normaliser.too_large(size).0);
         return Ok(());
     }
     if keep_json {
@@ -319,6 +319,10 @@ fn scan_properties<'a>(
     }
 }
 
+/// Why an event was rejected. Boxed, so that a rule's result is the size of its value rather than
+/// of the error's strings, which every `?` would copy.
+struct Rejected(Box<EventError>);
+
 struct Normaliser<'n> {
     index: usize,
     ctx: &'n Context<'n>,
@@ -329,13 +333,13 @@ struct Normaliser<'n> {
 
 impl<'n> Normaliser<'n> {
     #[cold]
-    fn reject(&self, kind: EventErrorKind, field: &str, message: String) -> EventError {
-        EventError::new(self.index, kind, field, message)
+    fn reject(&self, kind: EventErrorKind, field: &str, message: String) -> Rejected {
+        Rejected(Box::new(EventError::new(self.index, kind, field, message)))
     }
 
     /// The rules, in the order their errors are reported: the first broken one names the event's error.
     /// The last, the size of the normalised JSON, is checked once it is written (`too_large`).
-    fn run(&self, key_hashes: &mut Vec<u64>) -> Result<Normalised<'n>, EventError> {
+    fn run(&self, key_hashes: &mut Vec<u64>) -> Result<Normalised<'n>, Rejected> {
         use EventErrorKind as K;
         let options = self.ctx.options;
         let m = self.members;
@@ -409,7 +413,7 @@ impl<'n> Normaliser<'n> {
     }
 
     #[cold]
-    fn too_large(&self, size: usize) -> EventError {
+    fn too_large(&self, size: usize) -> Rejected {
         let max = self.ctx.options.max_event_bytes;
         self.reject(
             EventErrorKind::EventTooLarge,
@@ -418,7 +422,7 @@ impl<'n> Normaliser<'n> {
         )
     }
 
-    fn event_name(&self) -> Result<StrToken<'n>, EventError> {
+    fn event_name(&self) -> Result<StrToken<'n>, Rejected> {
         use EventErrorKind as K;
         let Some(reserved) = self.members.name else {
             return Err(self.reject(
@@ -456,7 +460,7 @@ impl<'n> Normaliser<'n> {
         Ok(name)
     }
 
-    fn token(&self) -> Result<StrToken<'n>, EventError> {
+    fn token(&self) -> Result<StrToken<'n>, Rejected> {
         use EventErrorKind as K;
         const FIELD: &str = "properties.token";
         let Some(reserved) = self.members.get(Slot::Token) else {
@@ -498,7 +502,7 @@ impl<'n> Normaliser<'n> {
         Ok(token)
     }
 
-    fn time(&self) -> Result<f64, EventError> {
+    fn time(&self) -> Result<f64, Rejected> {
         use EventErrorKind as K;
         const FIELD: &str = "properties.time";
         let now = self.ctx.now;
@@ -543,7 +547,7 @@ impl<'n> Normaliser<'n> {
         Ok(time)
     }
 
-    fn distinct_id(&self) -> Result<Option<DistinctId<'n>>, EventError> {
+    fn distinct_id(&self) -> Result<Option<DistinctId<'n>>, Rejected> {
         use EventErrorKind as K;
         const FIELD: &str = "properties.distinct_id";
         let Some(reserved) = self.members.get(Slot::DistinctId) else {
@@ -576,7 +580,7 @@ impl<'n> Normaliser<'n> {
         Ok(Some(value))
     }
 
-    fn insert_id(&self) -> Result<Option<StrToken<'n>>, EventError> {
+    fn insert_id(&self) -> Result<Option<StrToken<'n>>, Rejected> {
         let Some(reserved) = self.members.get(Slot::InsertId) else {
             return Ok(None);
         };
@@ -597,7 +601,7 @@ impl<'n> Normaliser<'n> {
         ))
     }
 
-    fn funnel(&self) -> Result<(StrToken<'n>, u32, StrToken<'n>), EventError> {
+    fn funnel(&self) -> Result<(StrToken<'n>, u32, StrToken<'n>), Rejected> {
         use EventErrorKind as K;
         let m = self.members;
         // Names of Redis keys and hash fields: held to the length of an event name.
@@ -636,7 +640,7 @@ impl<'n> Normaliser<'n> {
     }
 
     #[cold]
-    fn shape_error(&self, kind: EventErrorKind, value: usize, key: &[u8]) -> EventError {
+    fn shape_error(&self, kind: EventErrorKind, value: usize, key: &[u8]) -> Rejected {
         let options = self.ctx.options;
         let field = property_field(key);
         let message = match kind {
@@ -666,7 +670,7 @@ impl<'n> Normaliser<'n> {
     /// Keys are compared by a cheap fingerprint first: every pair of them when there are few, else
     /// neighbours once sorted (sorting hashes finds a candidate pair without comparing every key with
     /// every other). Only keys whose fingerprints match are compared byte for byte.
-    fn no_duplicates(&self, hashes: &mut Vec<u64>) -> Result<(), EventError> {
+    fn no_duplicates(&self, hashes: &mut Vec<u64>) -> Result<(), Rejected> {
         const FEW: usize = 16;
         let props = &self.members.properties;
         if props.len() < 2 {
@@ -732,7 +736,9 @@ pub struct Normalised<'n> {
     pub json: &'n [u8],
 }
 
-/// One property of a normalised event.
+/// One property of a normalised event. Its value refers to the scanned token rather than copying
+/// it: copies of these small enums, read back whole after their tags were written byte by byte,
+/// stall the CPU (failed store-to-load forwards).
 #[derive(Debug, Clone, Copy)]
 pub struct Entry<'n> {
     /// The key as sent: a JSON string token, quotes included.
@@ -746,13 +752,13 @@ pub struct Entry<'n> {
 #[derive(Debug, Clone, Copy)]
 pub enum Value<'n> {
     /// A string, number, boolean or null as sent.
-    Scalar(Scalar<'n>),
+    Scalar(&'n Scalar<'n>),
     /// An array or object as sent, minified.
     Json(&'n [u8]),
     /// The event's time, in seconds.
     Time(f64),
-    DistinctId(DistinctId<'n>),
-    Ip(IpValue<'n>),
+    DistinctId(&'n DistinctId<'n>),
+    Ip(&'n IpValue<'n>),
 }
 
 impl Value<'_> {
@@ -770,9 +776,9 @@ impl Value<'_> {
 impl<'n> Normalised<'n> {
     /// Calls `f` with each property in the order they are stored: as sent, then `time`,
     /// `distinct_id` and `ip` when the gateway sets them and they were not sent.
-    pub fn try_for_each_property<E>(
-        &self,
-        mut f: impl FnMut(Entry<'n>) -> Result<(), E>,
+    pub fn try_for_each_property<'s, E>(
+        &'s self,
+        mut f: impl FnMut(Entry<'s>) -> Result<(), E>,
     ) -> Result<(), E> {
         for prop in &self.members.properties {
             f(Entry {
@@ -780,10 +786,10 @@ impl<'n> Normalised<'n> {
                 key: &prop.key,
                 value: match prop.slot {
                     Some(Slot::Time) => Value::Time(self.time),
-                    Some(Slot::DistinctId) => Value::DistinctId(self.distinct_id),
-                    Some(Slot::Ip) if matches!(self.ip, IpValue::Peer(_)) => Value::Ip(self.ip),
+                    Some(Slot::DistinctId) => Value::DistinctId(&self.distinct_id),
+                    Some(Slot::Ip) if matches!(self.ip, IpValue::Peer(_)) => Value::Ip(&self.ip),
                     _ => match &prop.value {
-                        Sent::Scalar(scalar) => Value::Scalar(*scalar),
+                        Sent::Scalar(scalar) => Value::Scalar(scalar),
                         Sent::Container(range) => Value::Json(&self.values[range.clone()]),
                     },
                 },
@@ -805,11 +811,11 @@ impl<'n> Normalised<'n> {
             added(
                 Slot::DistinctId,
                 b"\"distinct_id\"",
-                Value::DistinctId(self.distinct_id),
+                Value::DistinctId(&self.distinct_id),
             )?;
         }
         if let IpValue::Peer(_) = self.ip {
-            added(Slot::Ip, b"\"ip\"", Value::Ip(self.ip))?;
+            added(Slot::Ip, b"\"ip\"", Value::Ip(&self.ip))?;
         }
         Ok(())
     }

@@ -208,10 +208,10 @@ impl<'py, 'd> EventBuilder<'py, 'd> {
         let properties = PyDict::new(py);
         event.try_for_each_property(|entry| {
             let value = match entry.value {
-                Value::Scalar(Scalar::String(s)) if same(s, Some(event.token)) => token.clone(),
-                Value::Scalar(Scalar::String(s)) if same(s, event.insert_id) => insert_id.clone(),
-                Value::Scalar(Scalar::String(s)) if same(s, sent_ip) => ip.clone(),
-                Value::Scalar(scalar) => crate::json::build_scalar(scalar, &mut values)?,
+                Value::Scalar(&Scalar::String(s)) if same(s, Some(event.token)) => token.clone(),
+                Value::Scalar(&Scalar::String(s)) if same(s, event.insert_id) => insert_id.clone(),
+                Value::Scalar(&Scalar::String(s)) if same(s, sent_ip) => ip.clone(),
+                Value::Scalar(&scalar) => crate::json::build_scalar(scalar, &mut values)?,
                 Value::Json(json) => crate::json::build(json, &mut values)?,
                 Value::Time(_) => match whole_number(event.time) {
                     Some(seconds) => seconds.into_pyobject(py)?.into_any(),
