@@ -441,8 +441,7 @@ impl<'n> Normaliser<'n> {
                 ),
             ));
         };
-        let chars = char_count(&name.bytes());
-        if chars == 0 {
+        if name.raw.len() == 2 {
             return Err(self.reject(
                 K::EventInvalid,
                 "event",
@@ -450,7 +449,7 @@ impl<'n> Normaliser<'n> {
             ));
         }
         let max = self.ctx.options.max_event_name_chars;
-        if chars > max {
+        if let Some(chars) = chars_over(name, max) {
             return Err(self.reject(
                 K::EventTooLong,
                 "event",
@@ -553,9 +552,10 @@ impl<'n> Normaliser<'n> {
         let Some(reserved) = self.members.get(Slot::DistinctId) else {
             return Ok(None);
         };
-        let (value, chars) = match reserved.scalar {
-            Some(Scalar::String(s)) => (DistinctId::String(s), char_count(&s.bytes())),
-            Some(Scalar::Number(n)) => (DistinctId::Number(n), n.len()),
+        let max = self.ctx.options.max_distinct_id_chars;
+        let (value, over) = match reserved.scalar {
+            Some(Scalar::String(s)) => (DistinctId::String(s), chars_over(s, max)),
+            Some(Scalar::Number(n)) => (DistinctId::Number(n), Some(n.len()).filter(|&n| n > max)),
             _ => {
                 return Err(self.reject(
                     K::DistinctIdInvalid,
@@ -567,8 +567,7 @@ impl<'n> Normaliser<'n> {
                 ))
             }
         };
-        let max = self.ctx.options.max_distinct_id_chars;
-        if chars > max {
+        if let Some(chars) = over {
             return Err(self.reject(
                 K::DistinctIdTooLong,
                 FIELD,
@@ -606,7 +605,7 @@ impl<'n> Normaliser<'n> {
         let m = self.members;
         // Names of Redis keys and hash fields: held to the length of an event name.
         let max = self.ctx.options.max_event_name_chars;
-        let fits = |s: &StrToken<'_>| s.raw.len() - 2 <= max || s.text().chars().count() <= max;
+        let fits = |s: &StrToken<'_>| chars_over(*s, max).is_none();
         let name = m
             .get(Slot::Funnel)
             .and_then(|r| r.string())
@@ -667,14 +666,29 @@ impl<'n> Normaliser<'n> {
         self.reject(kind, &field, message)
     }
 
-    /// Keys are compared by a cheap fingerprint first: every pair of them when there are few, else
-    /// neighbours once sorted (sorting hashes finds a candidate pair without comparing every key with
+    /// Keys are compared by a cheap fingerprint first. When there are few, each fingerprint sets one
+    /// bit of a 1024-bit set, and only a bit found set already (a repeated key, or by chance two keys
+    /// on one bit) leads on: to comparing the fingerprints of every pair of keys, or of neighbours once
+    /// sorted when there are many (sorting finds a candidate pair without comparing every key with
     /// every other). Only keys whose fingerprints match are compared byte for byte.
     fn no_duplicates(&self, hashes: &mut Vec<u64>) -> Result<(), Rejected> {
         const FEW: usize = 16;
         let props = &self.members.properties;
         if props.len() < 2 {
             return Ok(());
+        }
+        if props.len() <= 2 * FEW {
+            let mut seen = [0u64; 16];
+            let mut repeated = false;
+            for prop in props {
+                let bit = key_hash(&prop.key).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54;
+                let (word, mask) = ((bit >> 6) as usize, 1 << (bit & 63));
+                repeated |= seen[word] & mask != 0;
+                seen[word] |= mask;
+            }
+            if !repeated {
+                return Ok(());
+            }
         }
         hashes.clear();
         hashes.extend(props.iter().map(|p| key_hash(&p.key)));
@@ -1057,6 +1071,16 @@ fn utf8(bytes: Cow<'_, [u8]>) -> Cow<'_, str> {
         Cow::Borrowed(bytes) => Cow::Borrowed(std::str::from_utf8(bytes).expect(CHECKED)),
         Cow::Owned(bytes) => Cow::Owned(String::from_utf8(bytes).expect(CHECKED)),
     }
+}
+
+/// The characters of a string token's text when they are more than `max`. They are counted only
+/// when its bytes are more: no text has more characters than bytes, and an escape is longer than the
+/// character it stands for.
+fn chars_over(token: StrToken<'_>, max: usize) -> Option<usize> {
+    if token.raw.len() - 2 <= max {
+        return None;
+    }
+    Some(char_count(&token.bytes())).filter(|&chars| chars > max)
 }
 
 /// The characters of UTF-8 text: its bytes but for continuation bytes.
