@@ -834,6 +834,18 @@ impl<'n> Normalised<'n> {
         Ok(())
     }
 
+    /// How many properties `try_for_each_property` gives.
+    pub fn property_count(&self) -> usize {
+        let added = |slot, set: bool| usize::from(set && self.members.get(slot).is_none());
+        self.members.properties.len()
+            + added(Slot::Time, true)
+            + added(
+                Slot::DistinctId,
+                matches!(self.distinct_id, DistinctId::Peer(_)),
+            )
+            + added(Slot::Ip, matches!(self.ip, IpValue::Peer(_)))
+    }
+
     /// The properties whose key starts with `mp_` (Mixpanel's own), in order: the keys as sent, and
     /// unescaped.
     pub fn mp_keys(&self) -> impl Iterator<Item = (&'n [u8], &'n [u8])> + '_ {

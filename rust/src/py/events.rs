@@ -128,6 +128,26 @@ pub(super) fn call_with_keywords<'py, const N: usize>(
     }
 }
 
+/// An empty dict with room for `n` items. An event's properties are known before its dict is made:
+/// made empty, the dict would be grown (all its items moved) once or twice on the way. CPython's
+/// constructor for this is private (`_PyDict_NewPresized`, which pyo3 leaves out), but exported and
+/// kept for Cython, which calls it for every dict literal it compiles. It makes the general kind of
+/// table, as orjson's dicts are: each entry keeps its key's hash (a word more per item), and a lookup
+/// by an equal str that is not the same object compares the two.
+#[allow(unsafe_code)]
+fn presized_dict(py: Python<'_>, n: usize) -> PyResult<Bound<'_, PyDict>> {
+    extern "C" {
+        fn _PyDict_NewPresized(minused: pyo3::ffi::Py_ssize_t) -> *mut pyo3::ffi::PyObject;
+    }
+    let n = pyo3::ffi::Py_ssize_t::try_from(n).unwrap_or(pyo3::ffi::Py_ssize_t::MAX);
+    // SAFETY: the GIL is held (`py`); the result is a new reference to a dict, or null with the
+    // exception set.
+    unsafe {
+        let dict = _PyDict_NewPresized(n);
+        Ok(Bound::from_owned_ptr_or_err(py, dict)?.cast_into_unchecked())
+    }
+}
+
 /// The payload's events as Python objects, as they are decoded.
 pub(super) struct EventBuilder<'py, 'd> {
     py: Python<'py>,
@@ -205,7 +225,7 @@ impl<'py, 'd> EventBuilder<'py, 'd> {
             IpValue::Sent(sent) => Some(sent),
             _ => None,
         };
-        let properties = PyDict::new(py);
+        let properties = presized_dict(py, event.property_count())?;
         event.try_for_each_property(|entry| {
             let value = match entry.value {
                 Value::Scalar(&Scalar::String(s)) if same(s, Some(event.token)) => token.clone(),
