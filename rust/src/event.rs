@@ -101,14 +101,16 @@ pub struct Scratch<'a> {
 
 impl Default for Scratch<'_> {
     fn default() -> Self {
-        // Room for the properties of most events, so that the first does not grow it step by step.
-        const PROPERTIES: usize = 16;
+        // Room for the properties of most events, so that the first does not grow it step by step:
+        // 1 KiB, the largest block glibc's allocator keeps in its per-thread cache (a larger one
+        // is searched for in its bins, a cost a one-event payload would pay on every call).
+        const PROPERTIES: usize = 1024 / std::mem::size_of::<Property<'_>>();
         let mut members = Members::default();
         members.properties.reserve(PROPERTIES);
         Self {
             members,
             values: Vec::new(),
-            key_hashes: Vec::with_capacity(PROPERTIES),
+            key_hashes: Vec::new(),
             received: Vec::new(),
             json: Vec::new(),
         }
