@@ -4,11 +4,13 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::Mutex;
 
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
 use super::decode::{check_now, with_bytes, Text};
 use super::decoded::{decode_error, request_error};
+use super::fastcall::decode_function;
 use super::options::PyOptions;
 use super::strings::StringCache;
 use crate::event::{IpValue, Normalised, Sink, Value};
@@ -47,20 +49,36 @@ impl PyEventDecoder {
         })
     }
 
+    /// `trackgate.decode`: the function that decodes with this decoder.
+    #[getter(decode)]
+    fn decode_function<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        decode_function(slf)
+    }
+}
+
+impl PyEventDecoder {
     /// The events of a `data` value (see `trackgate.decode`), `now` by default the clock's, `options`
-    /// the default ones. Raises DecodeError when the payload is unusable, and with kind
-    /// `invalid_events` (the valid events in `.events`) when any event is invalid.
-    #[pyo3(signature = (data, *, now = None, options = None))]
-    fn decode<'py>(
+    /// the default ones or those `rules` give. Raises DecodeError when the payload is unusable, and
+    /// with kind `invalid_events` (the valid events in `.events`) when any event is invalid.
+    pub(super) fn decode<'py>(
         &self,
         py: Python<'py>,
         data: Text<'_>,
         now: Option<f64>,
         options: Option<Bound<'py, PyOptions>>,
+        rules: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let options = match options {
-            Some(options) => options,
-            None => self.default_options.bind(py).clone(),
+        let options = match (options, rules) {
+            (Some(_), Some(_)) => {
+                return Err(PyTypeError::new_err(
+                    "pass either options or individual rules, not both",
+                ))
+            }
+            (Some(options), None) => options,
+            (None, Some(rules)) => {
+                (py.get_type::<PyOptions>().call((), Some(rules))?).cast_into::<PyOptions>()?
+            }
+            (None, None) => self.default_options.bind(py).clone(),
         };
         let options = options.get();
         let now = match now {

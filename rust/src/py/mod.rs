@@ -4,12 +4,13 @@
 //! decoder's.
 //!
 //! `options` holds the rules and tokens, `decode` the decoding functions, `decoded` what a decoded
-//! request hands Python, `events` and `strings` the typed events of `trackgate.decode`, `reply_reader`
-//! the batcher's reader of Redis's replies.
+//! request hands Python, `events` and `strings` the typed events of `trackgate.decode`, `fastcall` the
+//! function itself, `reply_reader` the batcher's reader of Redis's replies.
 
 mod decode;
 mod decoded;
 mod events;
+mod fastcall;
 mod options;
 mod reply_reader;
 mod strings;
