@@ -734,6 +734,7 @@ fn read<B: Build>(reader: &mut Scanner<'_>, build: &mut B) -> Result<B::Value, B
 }
 
 /// The value of a string, number, boolean or null token, made by `build`, as `build` reads them.
+#[inline]
 pub fn build_scalar<B: Build>(scalar: Scalar<'_>, build: &mut B) -> Result<B::Value, B::Error> {
     match scalar {
         Scalar::String(token) => build.string(&token.bytes()),

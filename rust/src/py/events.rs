@@ -177,7 +177,9 @@ pub(super) struct EventBuilder<'py, 'd> {
     total: usize,
     /// The first Python error (memory): the events after it are not made.
     failure: Option<PyErr>,
-    last_mp_keys: Option<Py<PyTuple>>,
+    /// The `mp_` keys of the event being made, and the previous event's tuple of them.
+    mp_keys: Vec<Bound<'py, PyAny>>,
+    last_mp_keys: Option<Bound<'py, PyTuple>>,
 }
 
 impl<'py, 'd> EventBuilder<'py, 'd> {
@@ -196,6 +198,7 @@ impl<'py, 'd> EventBuilder<'py, 'd> {
             errors: Vec::new(),
             total: 0,
             failure: None,
+            mp_keys: Vec::new(),
             last_mp_keys: None,
         }
     }
@@ -244,11 +247,14 @@ impl<'py, 'd> EventBuilder<'py, 'd> {
             _ => None,
         };
         let properties = presized_dict(py, event.property_count())?;
+        let mp_keys = &mut self.mp_keys;
+        mp_keys.clear();
         event.try_for_each_property(|entry| {
             let value = match entry.value {
                 Value::Scalar(&Scalar::String(s)) if same(s, Some(event.token)) => token.clone(),
                 Value::Scalar(&Scalar::String(s)) if same(s, event.insert_id) => insert_id.clone(),
                 Value::Scalar(&Scalar::String(s)) if same(s, sent_ip) => ip.clone(),
+                Value::Scalar(&Scalar::String(s)) => values.token(s),
                 Value::Scalar(&scalar) => crate::json::build_scalar(scalar, &mut values)?,
                 Value::Json(json) => crate::json::build(json, &mut values)?,
                 Value::Time(_) => match whole_number(event.time) {
@@ -258,9 +264,13 @@ impl<'py, 'd> EventBuilder<'py, 'd> {
                 Value::DistinctId(_) => distinct_id.clone(),
                 Value::Ip(_) => ip.clone(),
             };
-            properties.set_item(values.string(entry.key), value)
+            let key = values.string(entry.key);
+            if entry.key.starts_with(b"mp_") {
+                mp_keys.push(key.clone());
+            }
+            properties.set_item(key, value)
         })?;
-        let mp_keys = self.mp_keys(event.mp_keys().map(|(_, key)| values.string(key)))?;
+        let mp_keys = self.mp_keys_tuple()?;
         let funnel = match event.funnel {
             None => py.None().into_bound(py),
             Some((name, step, goal)) => {
@@ -287,19 +297,16 @@ impl<'py, 'd> EventBuilder<'py, 'd> {
 
     /// The tuple of an event's `mp_` keys: the previous event's when they are the same str objects,
     /// as they are when a batch's events have the same keys.
-    fn mp_keys(
-        &mut self,
-        keys: impl Iterator<Item = Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let keys: Vec<_> = keys.collect();
+    fn mp_keys_tuple(&mut self) -> PyResult<Bound<'py, PyAny>> {
+        let keys = &self.mp_keys;
         if let Some(last) = &self.last_mp_keys {
-            let last = last.bind(self.py);
-            if last.len() == keys.len() && keys.iter().zip(last.iter()).all(|(a, b)| a.is(&b)) {
-                return Ok(last.clone().into_any());
+            let last = last.as_slice();
+            if last.len() == keys.len() && keys.iter().zip(last).all(|(a, b)| a.is(b)) {
+                return Ok(self.last_mp_keys.clone().expect("just read").into_any());
             }
         }
         let tuple = PyTuple::new(self.py, keys)?;
-        self.last_mp_keys = Some(tuple.clone().unbind());
+        self.last_mp_keys = Some(tuple.clone());
         Ok(tuple.into_any())
     }
 }
