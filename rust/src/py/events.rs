@@ -177,9 +177,8 @@ pub(super) struct EventBuilder<'py, 'd> {
     total: usize,
     /// The first Python error (memory): the events after it are not made.
     failure: Option<PyErr>,
-    /// The `mp_` keys of the event being made, and the previous event's tuple of them.
+    /// The `mp_` keys of the event being made.
     mp_keys: Vec<Bound<'py, PyAny>>,
-    last_mp_keys: Option<Bound<'py, PyTuple>>,
 }
 
 impl<'py, 'd> EventBuilder<'py, 'd> {
@@ -199,7 +198,6 @@ impl<'py, 'd> EventBuilder<'py, 'd> {
             total: 0,
             failure: None,
             mp_keys: Vec::new(),
-            last_mp_keys: None,
         }
     }
 
@@ -270,7 +268,7 @@ impl<'py, 'd> EventBuilder<'py, 'd> {
             }
             properties.set_item(key, value)
         })?;
-        let mp_keys = self.mp_keys_tuple()?;
+        let mp_keys = mp_keys_tuple(py, &self.mp_keys, &mut values.strings.mp_keys)?;
         let funnel = match event.funnel {
             None => py.None().into_bound(py),
             Some((name, step, goal)) => {
@@ -294,21 +292,24 @@ impl<'py, 'd> EventBuilder<'py, 'd> {
         let built = call_with_keywords(event_type, self.types.event_fields.bind(py), &fields)?;
         self.events.append(built)
     }
+}
 
-    /// The tuple of an event's `mp_` keys: the previous event's when they are the same str objects,
-    /// as they are when a batch's events have the same keys.
-    fn mp_keys_tuple(&mut self) -> PyResult<Bound<'py, PyAny>> {
-        let keys = &self.mp_keys;
-        if let Some(last) = &self.last_mp_keys {
-            let last = last.as_slice();
-            if last.len() == keys.len() && keys.iter().zip(last).all(|(a, b)| a.is(b)) {
-                return Ok(self.last_mp_keys.clone().expect("just read").into_any());
-            }
+/// The tuple of an event's `mp_` keys: the `last` one made when they are the same str objects, as
+/// they are when events have the same keys.
+fn mp_keys_tuple<'py>(
+    py: Python<'py>,
+    keys: &[Bound<'py, PyAny>],
+    last: &mut Option<Py<PyTuple>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    if let Some(last) = last.as_ref().map(|last| last.bind(py)) {
+        let same = last.as_slice();
+        if same.len() == keys.len() && keys.iter().zip(same).all(|(a, b)| a.is(b)) {
+            return Ok(last.clone().into_any());
         }
-        let tuple = PyTuple::new(self.py, keys)?;
-        self.last_mp_keys = Some(tuple.clone());
-        Ok(tuple.into_any())
     }
+    let tuple = PyTuple::new(py, keys)?;
+    *last = Some(tuple.clone().unbind());
+    Ok(tuple.into_any())
 }
 
 impl Sink for EventBuilder<'_, '_> {

@@ -1,13 +1,16 @@
 //! The string cache of `trackgate.decode`: repeated keys and values made once.
 
 use pyo3::prelude::*;
-use pyo3::types::PyString;
+use pyo3::types::{PyString, PyTuple};
 
 /// Strings made before, found again by their text: a direct-mapped table, each text in one slot
 /// (the last one made there), its bytes kept beside the str to compare without asking Python.
 #[derive(Debug)]
 pub(super) struct StringCache {
     slots: Vec<Option<CachedString>>,
+    /// The last event's tuple of `mp_` keys, made of strings from here: the next event whose keys
+    /// are the same strings takes it too, in the same payload or the next.
+    pub(super) mp_keys: Option<Py<PyTuple>>,
 }
 
 #[derive(Debug)]
@@ -52,6 +55,7 @@ impl Default for StringCache {
     fn default() -> Self {
         Self {
             slots: (0..Self::SLOTS).map(|_| None).collect(),
+            mp_keys: None,
         }
     }
 }
