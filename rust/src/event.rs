@@ -6,7 +6,8 @@ use std::ops::Range;
 
 use crate::errors::{EventError, EventErrorKind};
 use crate::json::{
-    fits_double, write_str, JsonType, Length, Out, Scalar, Scanner, Shape, StrToken, SyntaxError,
+    ends, fits_double, write_str, JsonType, Length, Out, Scalar, Scanner, Shape, StrToken,
+    SyntaxError,
 };
 use crate::{Context, Options};
 
@@ -1007,14 +1008,8 @@ impl<'a> IpValue<'a> {
 /// A cheap fingerprint of a key (length, first and last eight bytes): equal keys always match, and
 /// the rare different keys that match are told apart byte for byte.
 fn key_hash(key: &[u8]) -> u64 {
-    let n = key.len();
-    let word = |at: usize| u64::from_le_bytes(key[at..at + 8].try_into().expect("8 bytes"));
-    let (head, tail) = if n >= 8 {
-        (word(0), word(n - 8))
-    } else {
-        (key.iter().fold(0, |acc, &b| acc << 8 | u64::from(b)), 0)
-    };
-    head ^ tail.rotate_left(29) ^ ((n as u64) << 56)
+    let (head, tail) = ends(key);
+    head ^ tail.rotate_left(29) ^ ((key.len() as u64) << 56)
 }
 
 /// Key names longer than this are cut in error fields: the answer repeats the field, and a key can be

@@ -175,6 +175,27 @@ impl<'a> StrToken<'a> {
     }
 }
 
+/// A text's first and last eight bytes, read as two words (overlapping when it is shorter than 16
+/// bytes, fewer bytes when shorter than 8): with its length, all of a text of up to 16 bytes, and a
+/// fingerprint of any, read without a loop.
+#[inline]
+pub fn ends(text: &[u8]) -> (u64, u64) {
+    let n = text.len();
+    if n >= 8 {
+        let word = |at: usize| u64::from_le_bytes(text[at..at + 8].try_into().expect("8 bytes"));
+        (word(0), word(n - 8))
+    } else if n >= 4 {
+        let word =
+            |at: usize| u64::from(u32::from_le_bytes(text[at..at + 4].try_into().expect("4")));
+        (word(0), word(n - 4))
+    } else if n > 0 {
+        let byte = |at: usize| u64::from(text[at]);
+        (byte(0) | byte(n / 2) << 8, byte(n - 1))
+    } else {
+        (0, 0)
+    }
+}
+
 /// Skips string bytes that need no attention, eight at a time: returns the index of the first byte
 /// that may be a quote, a backslash or a control character (or of the last, shorter, chunk).
 #[inline(always)]
@@ -416,6 +437,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// A number token, by the JSON grammar (so no NaN, Infinity, leading zeros or bare dots).
+    #[inline]
     pub fn number(&mut self) -> Result<&'a [u8], SyntaxError> {
         let start = self.pos;
         let buf = self.buf;

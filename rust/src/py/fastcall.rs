@@ -10,6 +10,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
+use pyo3::intern;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
@@ -130,7 +131,14 @@ fn call<'a, 'py>(
     {
         let value = arg(positional + i);
         let name = name.cast::<PyString>()?;
-        let text = name.to_str()?;
+        // The names a call site writes are interned: most are found without reading their text.
+        let text = if name.is(intern!(py, "now")) {
+            "now"
+        } else if name.is(intern!(py, "options")) {
+            "options"
+        } else {
+            name.to_str()?
+        };
         let parameter = match text {
             "data" => &mut data,
             "now" => &mut now,
