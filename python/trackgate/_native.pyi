@@ -1,7 +1,7 @@
 """Typed stub of the private native module. Import from `trackgate`, not from here."""
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Final, Generic, Self, TypeVar, final
+from typing import Any, Final, Generic, Protocol, Self, TypeVar, final
 
 from trackgate.decode_errors import ErrorDetails, EventErrorKind, RequestErrorKind
 
@@ -298,11 +298,19 @@ class EventDecoder(Generic[_Event, _Funnel]):
     funnel and mp_keys; `funnel` with name, step and goal."""
 
     def __new__(cls, event: Callable[..., _Event], funnel: Callable[[str, int, str], _Funnel]) -> Self: ...
-    def decode(
-        self, data: str | bytes, *, now: float | None = None, options: Options | None = None
-    ) -> list[_Event]:
-        """The events of a `data` value (see `trackgate.decode`), `now` by default the clock's, `options`
-        the default ones."""
+    @property
+    def decode(self) -> _Decode[_Event]:
+        """`trackgate.decode`: the function that decodes with this decoder."""
+
+class _Decode(Protocol[_Event]):
+    def __call__(
+        self,
+        data: str | bytes,
+        *,
+        now: float | None = None,
+        options: Options | None = None,
+        **rules: Any,
+    ) -> list[_Event]: ...
 
 def decode_data(data: str | bytes, *, now: float, options: Options) -> Request:
     """Decode the value of one `data` parameter: base64 (any variant), raw JSON, or gzip bytes."""

@@ -6,7 +6,8 @@ use std::ops::Range;
 
 use crate::errors::{EventError, EventErrorKind};
 use crate::json::{
-    fits_double, write_str, JsonType, Length, Out, Scalar, Scanner, Shape, StrToken, SyntaxError,
+    ends, fits_double, write_str, JsonType, Length, Out, Scalar, Scanner, Shape, StrToken,
+    SyntaxError,
 };
 use crate::{Context, Options};
 
@@ -101,14 +102,16 @@ pub struct Scratch<'a> {
 
 impl Default for Scratch<'_> {
     fn default() -> Self {
-        // Room for the properties of most events, so that the first does not grow it step by step.
-        const PROPERTIES: usize = 16;
+        // Room for the properties of most events, so that the first does not grow it step by step:
+        // 1 KiB, the largest block glibc's allocator keeps in its per-thread cache (a larger one
+        // is searched for in its bins, a cost a one-event payload would pay on every call).
+        const PROPERTIES: usize = 1024 / std::mem::size_of::<Property<'_>>();
         let mut members = Members::default();
         members.properties.reserve(PROPERTIES);
         Self {
             members,
             values: Vec::new(),
-            key_hashes: Vec::with_capacity(PROPERTIES),
+            key_hashes: Vec::new(),
             received: Vec::new(),
             json: Vec::new(),
         }
@@ -195,7 +198,7 @@ pub fn decode_event<'a, S: Sink>(
     let mut event = match normaliser.run(key_hashes) {
         Ok(event) => event,
         Err(error) => {
-            sink.error(error);
+            sink.error(*error.0);
             return Ok(());
         }
     };
@@ -216,7 +219,7 @@ pub fn decode_event<'a, S: Sink>(
         0
     };
     if size > ctx.options.max_event_bytes {
-        sink.error(normaliser.too_large(size));
+        sink.error(*normaliser.too_large(size).0);
         return Ok(());
     }
     if keep_json {
@@ -325,6 +328,10 @@ fn scan_properties<'a>(
     }
 }
 
+/// Why an event was rejected. Boxed, so that a rule's result is the size of its value rather than
+/// of the error's strings, which every `?` would copy.
+struct Rejected(Box<EventError>);
+
 struct Normaliser<'n> {
     index: usize,
     ctx: &'n Context<'n>,
@@ -336,10 +343,10 @@ struct Normaliser<'n> {
 
 impl<'n> Normaliser<'n> {
     #[cold]
-    fn reject(&self, kind: EventErrorKind, field: &str, message: String) -> EventError {
+    fn reject(&self, kind: EventErrorKind, field: &str, message: String) -> Rejected {
         let mut error = EventError::new(self.index, kind, field, message);
         error.insert_id = self.sent_insert_id();
-        error
+        Rejected(Box::new(error))
     }
 
     /// The event's `$insert_id` when it is a valid one.
@@ -351,7 +358,7 @@ impl<'n> Normaliser<'n> {
 
     /// The rules, in the order their errors are reported: the first broken one names the event's error.
     /// The last, the size of the normalised JSON, is checked once it is written (`too_large`).
-    fn run(&self, key_hashes: &mut Vec<u64>) -> Result<Normalised<'n>, EventError> {
+    fn run(&self, key_hashes: &mut Vec<u64>) -> Result<Normalised<'n>, Rejected> {
         use EventErrorKind as K;
         let options = self.ctx.options;
         let m = self.members;
@@ -425,7 +432,7 @@ impl<'n> Normaliser<'n> {
     }
 
     #[cold]
-    fn too_large(&self, size: usize) -> EventError {
+    fn too_large(&self, size: usize) -> Rejected {
         let max = self.ctx.options.max_event_bytes;
         self.reject(
             EventErrorKind::EventTooLarge,
@@ -434,7 +441,7 @@ impl<'n> Normaliser<'n> {
         )
     }
 
-    fn event_name(&self) -> Result<StrToken<'n>, EventError> {
+    fn event_name(&self) -> Result<StrToken<'n>, Rejected> {
         use EventErrorKind as K;
         let Some(reserved) = self.members.name else {
             return Err(self.reject(
@@ -453,8 +460,7 @@ impl<'n> Normaliser<'n> {
                 ),
             ));
         };
-        let chars = char_count(&name.bytes());
-        if chars == 0 {
+        if name.raw.len() == 2 {
             return Err(self.reject(
                 K::EventInvalid,
                 "event",
@@ -462,7 +468,7 @@ impl<'n> Normaliser<'n> {
             ));
         }
         let max = self.ctx.options.max_event_name_chars;
-        if chars > max {
+        if let Some(chars) = chars_over(name, max) {
             return Err(self.reject(
                 K::EventTooLong,
                 "event",
@@ -472,7 +478,7 @@ impl<'n> Normaliser<'n> {
         Ok(name)
     }
 
-    fn token(&self) -> Result<StrToken<'n>, EventError> {
+    fn token(&self) -> Result<StrToken<'n>, Rejected> {
         use EventErrorKind as K;
         const FIELD: &str = "properties.token";
         if let Some(project) = self.project {
@@ -528,7 +534,7 @@ impl<'n> Normaliser<'n> {
         Ok(token)
     }
 
-    fn time(&self) -> Result<f64, EventError> {
+    fn time(&self) -> Result<f64, Rejected> {
         use EventErrorKind as K;
         const FIELD: &str = "properties.time";
         let now = self.ctx.now;
@@ -573,15 +579,16 @@ impl<'n> Normaliser<'n> {
         Ok(time)
     }
 
-    fn distinct_id(&self) -> Result<Option<DistinctId<'n>>, EventError> {
+    fn distinct_id(&self) -> Result<Option<DistinctId<'n>>, Rejected> {
         use EventErrorKind as K;
         const FIELD: &str = "properties.distinct_id";
         let Some(reserved) = self.members.get(Slot::DistinctId) else {
             return Ok(None);
         };
-        let (value, chars) = match reserved.scalar {
-            Some(Scalar::String(s)) => (DistinctId::String(s), char_count(&s.bytes())),
-            Some(Scalar::Number(n)) => (DistinctId::Number(n), n.len()),
+        let max = self.ctx.options.max_distinct_id_chars;
+        let (value, over) = match reserved.scalar {
+            Some(Scalar::String(s)) => (DistinctId::String(s), chars_over(s, max)),
+            Some(Scalar::Number(n)) => (DistinctId::Number(n), Some(n.len()).filter(|&n| n > max)),
             _ => {
                 return Err(self.reject(
                     K::DistinctIdInvalid,
@@ -593,8 +600,7 @@ impl<'n> Normaliser<'n> {
                 ))
             }
         };
-        let max = self.ctx.options.max_distinct_id_chars;
-        if chars > max {
+        if let Some(chars) = over {
             return Err(self.reject(
                 K::DistinctIdTooLong,
                 FIELD,
@@ -606,7 +612,7 @@ impl<'n> Normaliser<'n> {
         Ok(Some(value))
     }
 
-    fn insert_id(&self) -> Result<Option<StrToken<'n>>, EventError> {
+    fn insert_id(&self) -> Result<Option<StrToken<'n>>, Rejected> {
         let Some(reserved) = self.members.get(Slot::InsertId) else {
             return Ok(None);
         };
@@ -624,12 +630,12 @@ impl<'n> Normaliser<'n> {
         ))
     }
 
-    fn funnel(&self) -> Result<(StrToken<'n>, u32, StrToken<'n>), EventError> {
+    fn funnel(&self) -> Result<(StrToken<'n>, u32, StrToken<'n>), Rejected> {
         use EventErrorKind as K;
         let m = self.members;
         // Names of Redis keys and hash fields: held to the length of an event name.
         let max = self.ctx.options.max_event_name_chars;
-        let fits = |s: &StrToken<'_>| s.raw.len() - 2 <= max || s.text().chars().count() <= max;
+        let fits = |s: &StrToken<'_>| chars_over(*s, max).is_none();
         let name = m
             .get(Slot::Funnel)
             .and_then(|r| r.string())
@@ -663,7 +669,7 @@ impl<'n> Normaliser<'n> {
     }
 
     #[cold]
-    fn shape_error(&self, kind: EventErrorKind, value: usize, key: &[u8]) -> EventError {
+    fn shape_error(&self, kind: EventErrorKind, value: usize, key: &[u8]) -> Rejected {
         let options = self.ctx.options;
         let field = property_field(key);
         let message = match kind {
@@ -690,14 +696,29 @@ impl<'n> Normaliser<'n> {
         self.reject(kind, &field, message)
     }
 
-    /// Keys are compared by a cheap fingerprint first: every pair of them when there are few, else
-    /// neighbours once sorted (sorting hashes finds a candidate pair without comparing every key with
+    /// Keys are compared by a cheap fingerprint first. When there are few, each fingerprint sets one
+    /// bit of a 1024-bit set, and only a bit found set already (a repeated key, or by chance two keys
+    /// on one bit) leads on: to comparing the fingerprints of every pair of keys, or of neighbours once
+    /// sorted when there are many (sorting finds a candidate pair without comparing every key with
     /// every other). Only keys whose fingerprints match are compared byte for byte.
-    fn no_duplicates(&self, hashes: &mut Vec<u64>) -> Result<(), EventError> {
+    fn no_duplicates(&self, hashes: &mut Vec<u64>) -> Result<(), Rejected> {
         const FEW: usize = 16;
         let props = &self.members.properties;
         if props.len() < 2 {
             return Ok(());
+        }
+        if props.len() <= 2 * FEW {
+            let mut seen = [0u64; 16];
+            let mut repeated = false;
+            for prop in props {
+                let bit = key_hash(&prop.key).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54;
+                let (word, mask) = ((bit >> 6) as usize, 1 << (bit & 63));
+                repeated |= seen[word] & mask != 0;
+                seen[word] |= mask;
+            }
+            if !repeated {
+                return Ok(());
+            }
         }
         hashes.clear();
         hashes.extend(props.iter().map(|p| key_hash(&p.key)));
@@ -759,7 +780,9 @@ pub struct Normalised<'n> {
     pub json: &'n [u8],
 }
 
-/// One property of a normalised event.
+/// One property of a normalised event. Its value refers to the scanned token rather than copying
+/// it: copies of these small enums, read back whole after their tags were written byte by byte,
+/// stall the CPU (failed store-to-load forwards).
 #[derive(Debug, Clone, Copy)]
 pub struct Entry<'n> {
     /// The key as sent: a JSON string token, quotes included.
@@ -773,13 +796,13 @@ pub struct Entry<'n> {
 #[derive(Debug, Clone, Copy)]
 pub enum Value<'n> {
     /// A string, number, boolean or null as sent.
-    Scalar(Scalar<'n>),
+    Scalar(&'n Scalar<'n>),
     /// An array or object as sent, minified.
     Json(&'n [u8]),
     /// The event's time, in seconds.
     Time(f64),
-    DistinctId(DistinctId<'n>),
-    Ip(IpValue<'n>),
+    DistinctId(&'n DistinctId<'n>),
+    Ip(&'n IpValue<'n>),
 }
 
 impl Value<'_> {
@@ -797,9 +820,9 @@ impl Value<'_> {
 impl<'n> Normalised<'n> {
     /// Calls `f` with each property in the order they are stored: as sent, then `time`,
     /// `distinct_id` and `ip` when the gateway sets them and they were not sent.
-    pub fn try_for_each_property<E>(
-        &self,
-        mut f: impl FnMut(Entry<'n>) -> Result<(), E>,
+    pub fn try_for_each_property<'s, E>(
+        &'s self,
+        mut f: impl FnMut(Entry<'s>) -> Result<(), E>,
     ) -> Result<(), E> {
         for prop in &self.members.properties {
             f(Entry {
@@ -807,10 +830,10 @@ impl<'n> Normalised<'n> {
                 key: &prop.key,
                 value: match prop.slot {
                     Some(Slot::Time) => Value::Time(self.time),
-                    Some(Slot::DistinctId) => Value::DistinctId(self.distinct_id),
-                    Some(Slot::Ip) if matches!(self.ip, IpValue::Peer(_)) => Value::Ip(self.ip),
+                    Some(Slot::DistinctId) => Value::DistinctId(&self.distinct_id),
+                    Some(Slot::Ip) if matches!(self.ip, IpValue::Peer(_)) => Value::Ip(&self.ip),
                     _ => match &prop.value {
-                        Sent::Scalar(scalar) => Value::Scalar(*scalar),
+                        Sent::Scalar(scalar) => Value::Scalar(scalar),
                         Sent::Container(range) => Value::Json(&self.values[range.clone()]),
                     },
                 },
@@ -832,13 +855,25 @@ impl<'n> Normalised<'n> {
             added(
                 Slot::DistinctId,
                 b"\"distinct_id\"",
-                Value::DistinctId(self.distinct_id),
+                Value::DistinctId(&self.distinct_id),
             )?;
         }
         if let IpValue::Peer(_) = self.ip {
-            added(Slot::Ip, b"\"ip\"", Value::Ip(self.ip))?;
+            added(Slot::Ip, b"\"ip\"", Value::Ip(&self.ip))?;
         }
         Ok(())
+    }
+
+    /// How many properties `try_for_each_property` gives.
+    pub fn property_count(&self) -> usize {
+        let added = |slot, set: bool| usize::from(set && self.members.get(slot).is_none());
+        self.members.properties.len()
+            + added(Slot::Time, true)
+            + added(
+                Slot::DistinctId,
+                matches!(self.distinct_id, DistinctId::Peer(_)),
+            )
+            + added(Slot::Ip, matches!(self.ip, IpValue::Peer(_)))
     }
 
     /// The properties whose key starts with `mp_` (Mixpanel's own), in order: the keys as sent, and
@@ -1011,14 +1046,8 @@ fn valid_insert_id(text: &[u8]) -> bool {
 /// A cheap fingerprint of a key (length, first and last eight bytes): equal keys always match, and
 /// the rare different keys that match are told apart byte for byte.
 fn key_hash(key: &[u8]) -> u64 {
-    let n = key.len();
-    let word = |at: usize| u64::from_le_bytes(key[at..at + 8].try_into().expect("8 bytes"));
-    let (head, tail) = if n >= 8 {
-        (word(0), word(n - 8))
-    } else {
-        (key.iter().fold(0, |acc, &b| acc << 8 | u64::from(b)), 0)
-    };
-    head ^ tail.rotate_left(29) ^ ((n as u64) << 56)
+    let (head, tail) = ends(key);
+    head ^ tail.rotate_left(29) ^ ((key.len() as u64) << 56)
 }
 
 /// Key names longer than this are cut in error fields: the answer repeats the field, and a key can be
@@ -1089,6 +1118,16 @@ fn utf8(bytes: Cow<'_, [u8]>) -> Cow<'_, str> {
         Cow::Borrowed(bytes) => Cow::Borrowed(std::str::from_utf8(bytes).expect(CHECKED)),
         Cow::Owned(bytes) => Cow::Owned(String::from_utf8(bytes).expect(CHECKED)),
     }
+}
+
+/// The characters of a string token's text when they are more than `max`. They are counted only
+/// when its bytes are more: no text has more characters than bytes, and an escape is longer than the
+/// character it stands for.
+fn chars_over(token: StrToken<'_>, max: usize) -> Option<usize> {
+    if token.raw.len() - 2 <= max {
+        return None;
+    }
+    Some(char_count(&token.bytes())).filter(|&chars| chars > max)
 }
 
 /// The characters of UTF-8 text: its bytes but for continuation bytes.

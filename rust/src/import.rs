@@ -70,7 +70,8 @@ pub fn decode_events(
     write_str(&mut quoted, project.token);
     let token = StrToken {
         raw: &quoted,
-        escaped: quoted.len() != project.token.len() + 2,
+        // Any escape at all is what matters: the token is read unescaped only then.
+        escapes: usize::from(quoted.len() != project.token.len() + 2),
     };
     let today = (ctx.now / DAY).floor();
     let counted_from = (today - f64::from(project.counter_retention_days)) * DAY;

@@ -146,14 +146,17 @@ pub fn without_lone_surrogates(text: &[u8]) -> Vec<u8> {
 #[derive(Debug, Clone, Copy)]
 pub struct StrToken<'a> {
     pub raw: &'a [u8],
-    pub escaped: bool,
+    /// How many escapes it holds. A whole word rather than a bool: a bool shares its word with
+    /// padding, and copying the token reads that word whole, which must then wait for the one-byte
+    /// write of the flag to land (a failed store-to-load forward, on every token).
+    pub escapes: usize,
 }
 
 impl<'a> StrToken<'a> {
     /// The bytes between the quotes, unescaped: for keys, which are compared but rarely shown.
     pub fn bytes(&self) -> Cow<'a, [u8]> {
         let inner = &self.raw[1..self.raw.len() - 1];
-        if self.escaped {
+        if self.escapes > 0 {
             Cow::Owned(unescape(inner).into_bytes())
         } else {
             Cow::Borrowed(inner)
@@ -163,7 +166,7 @@ impl<'a> StrToken<'a> {
     /// The text between the quotes, unescaped. Borrowed unless the token had escapes.
     pub fn text(&self) -> Cow<'a, str> {
         let inner = &self.raw[1..self.raw.len() - 1];
-        if self.escaped {
+        if self.escapes > 0 {
             Cow::Owned(unescape(inner))
         } else {
             // The whole payload was checked as UTF-8 and quotes/backslashes are ASCII, so this holds.
@@ -172,9 +175,30 @@ impl<'a> StrToken<'a> {
     }
 }
 
+/// A text's first and last eight bytes, read as two words (overlapping when it is shorter than 16
+/// bytes, fewer bytes when shorter than 8): with its length, all of a text of up to 16 bytes, and a
+/// fingerprint of any, read without a loop.
+#[inline]
+pub fn ends(text: &[u8]) -> (u64, u64) {
+    let n = text.len();
+    if n >= 8 {
+        let word = |at: usize| u64::from_le_bytes(text[at..at + 8].try_into().expect("8 bytes"));
+        (word(0), word(n - 8))
+    } else if n >= 4 {
+        let word =
+            |at: usize| u64::from(u32::from_le_bytes(text[at..at + 4].try_into().expect("4")));
+        (word(0), word(n - 4))
+    } else if n > 0 {
+        let byte = |at: usize| u64::from(text[at]);
+        (byte(0) | byte(n / 2) << 8, byte(n - 1))
+    } else {
+        (0, 0)
+    }
+}
+
 /// Skips string bytes that need no attention, eight at a time: returns the index of the first byte
 /// that may be a quote, a backslash or a control character (or of the last, shorter, chunk).
-#[inline]
+#[inline(always)]
 fn skip_plain(buf: &[u8], mut i: usize) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -297,7 +321,10 @@ impl<'a> Scanner<'a> {
     }
 
     /// An object key and its colon.
-    #[inline]
+    // Inlined into the loops that read tokens, where a token stays in registers: out of line, every
+    // call would return it through memory, as it is wider than two registers.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
     pub fn key(&mut self) -> Result<StrToken<'a>, SyntaxError> {
         if self.peek() != Some(b'"') {
             return Err(self.error("expected a string key"));
@@ -308,14 +335,30 @@ impl<'a> Scanner<'a> {
     }
 
     /// A string token, starting at its opening quote.
-    #[inline]
+    // Inlined into the loops that read tokens, where a token stays in registers: out of line, every
+    // call would return it through memory, as it is wider than two registers.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
     pub fn string(&mut self) -> Result<StrToken<'a>, SyntaxError> {
         let start = self.pos;
         debug_assert_eq!(self.buf.get(start), Some(&b'"'));
-        let mut i = start + 1;
-        let mut escaped = false;
+        let end = skip_plain(self.buf, start + 1);
+        // Most strings hold no escape: their first special byte is the closing quote.
+        if self.buf.get(end) == Some(&b'"') {
+            self.pos = end + 1;
+            return Ok(StrToken {
+                raw: &self.buf[start..=end],
+                escapes: 0,
+            });
+        }
+        self.string_from(start, end)
+    }
+
+    /// The rest of a string token from `i`, a byte that may be special.
+    #[inline(never)]
+    fn string_from(&mut self, start: usize, mut i: usize) -> Result<StrToken<'a>, SyntaxError> {
+        let mut escapes = 0;
         loop {
-            i = skip_plain(self.buf, i);
             let Some(&b) = self.buf.get(i) else {
                 self.pos = i;
                 return Err(self.error("unterminated string"));
@@ -324,7 +367,7 @@ impl<'a> Scanner<'a> {
                 0 => i += 1,
                 1 => break,
                 2 => {
-                    escaped = true;
+                    escapes += 1;
                     i = self.escape(i)?;
                 }
                 _ => {
@@ -332,11 +375,12 @@ impl<'a> Scanner<'a> {
                     return Err(self.error("control character in a string"));
                 }
             }
+            i = skip_plain(self.buf, i);
         }
         self.pos = i + 1;
         Ok(StrToken {
             raw: &self.buf[start..=i],
-            escaped,
+            escapes,
         })
     }
 
@@ -393,6 +437,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// A number token, by the JSON grammar (so no NaN, Infinity, leading zeros or bare dots).
+    #[inline]
     pub fn number(&mut self) -> Result<&'a [u8], SyntaxError> {
         let start = self.pos;
         let buf = self.buf;
@@ -450,7 +495,10 @@ impl<'a> Scanner<'a> {
     }
 
     /// A scalar, or the type of a container that starts here (not consumed).
-    #[inline]
+    // Inlined into the loops that read tokens, where a token stays in registers: out of line, every
+    // call would return it through memory, as it is wider than two registers.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
     pub fn scalar(&mut self) -> Result<Scalar<'a>, SyntaxError> {
         Ok(match self.peek() {
             Some(b'"') => Scalar::String(self.string()?),
@@ -708,6 +756,7 @@ fn read<B: Build>(reader: &mut Scanner<'_>, build: &mut B) -> Result<B::Value, B
 }
 
 /// The value of a string, number, boolean or null token, made by `build`, as `build` reads them.
+#[inline]
 pub fn build_scalar<B: Build>(scalar: Scalar<'_>, build: &mut B) -> Result<B::Value, B::Error> {
     match scalar {
         Scalar::String(token) => build.string(&token.bytes()),

@@ -382,7 +382,7 @@ fn canonical(values: &mut Vec<u8>, start: usize) {
         let token = Scanner::new(&sent[i + quote..])
             .string()
             .expect("a string the scanner read");
-        if token.escaped {
+        if token.escapes > 0 {
             write_str(values, &token.text());
         } else {
             values.extend_from_slice(token.raw);

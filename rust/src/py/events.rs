@@ -4,11 +4,13 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::Mutex;
 
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
 use super::decode::{check_now, with_bytes, Text};
 use super::decoded::{decode_error, request_error};
+use super::fastcall::decode_function;
 use super::options::PyOptions;
 use super::strings::StringCache;
 use crate::event::{IpValue, Normalised, Sink, Value};
@@ -47,20 +49,36 @@ impl PyEventDecoder {
         })
     }
 
+    /// `trackgate.decode`: the function that decodes with this decoder.
+    #[getter(decode)]
+    fn decode_function<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        decode_function(slf)
+    }
+}
+
+impl PyEventDecoder {
     /// The events of a `data` value (see `trackgate.decode`), `now` by default the clock's, `options`
-    /// the default ones. Raises DecodeError when the payload is unusable, and with kind
-    /// `invalid_events` (the valid events in `.events`) when any event is invalid.
-    #[pyo3(signature = (data, *, now = None, options = None))]
-    fn decode<'py>(
+    /// the default ones or those `rules` give. Raises DecodeError when the payload is unusable, and
+    /// with kind `invalid_events` (the valid events in `.events`) when any event is invalid.
+    pub(super) fn decode<'py>(
         &self,
         py: Python<'py>,
         data: Text<'_>,
         now: Option<f64>,
         options: Option<Bound<'py, PyOptions>>,
+        rules: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let options = match options {
-            Some(options) => options,
-            None => self.default_options.bind(py).clone(),
+        let options = match (options, rules) {
+            (Some(_), Some(_)) => {
+                return Err(PyTypeError::new_err(
+                    "pass either options or individual rules, not both",
+                ))
+            }
+            (Some(options), None) => options,
+            (None, Some(rules)) => {
+                (py.get_type::<PyOptions>().call((), Some(rules))?).cast_into::<PyOptions>()?
+            }
+            (None, None) => self.default_options.bind(py).clone(),
         };
         let options = options.get();
         let now = match now {
@@ -128,6 +146,26 @@ pub(super) fn call_with_keywords<'py, const N: usize>(
     }
 }
 
+/// An empty dict with room for `n` items. An event's properties are known before its dict is made:
+/// made empty, the dict would be grown (all its items moved) once or twice on the way. CPython's
+/// constructor for this is private (`_PyDict_NewPresized`, which pyo3 leaves out), but exported and
+/// kept for Cython, which calls it for every dict literal it compiles. It makes the general kind of
+/// table, as orjson's dicts are: each entry keeps its key's hash (a word more per item), and a lookup
+/// by an equal str that is not the same object compares the two.
+#[allow(unsafe_code)]
+fn presized_dict(py: Python<'_>, n: usize) -> PyResult<Bound<'_, PyDict>> {
+    extern "C" {
+        fn _PyDict_NewPresized(minused: pyo3::ffi::Py_ssize_t) -> *mut pyo3::ffi::PyObject;
+    }
+    let n = pyo3::ffi::Py_ssize_t::try_from(n).unwrap_or(pyo3::ffi::Py_ssize_t::MAX);
+    // SAFETY: the GIL is held (`py`); the result is a new reference to a dict, or null with the
+    // exception set.
+    unsafe {
+        let dict = _PyDict_NewPresized(n);
+        Ok(Bound::from_owned_ptr_or_err(py, dict)?.cast_into_unchecked())
+    }
+}
+
 /// The payload's events as Python objects, as they are decoded.
 pub(super) struct EventBuilder<'py, 'd> {
     py: Python<'py>,
@@ -139,7 +177,8 @@ pub(super) struct EventBuilder<'py, 'd> {
     total: usize,
     /// The first Python error (memory): the events after it are not made.
     failure: Option<PyErr>,
-    last_mp_keys: Option<Py<PyTuple>>,
+    /// The `mp_` keys of the event being made.
+    mp_keys: Vec<Bound<'py, PyAny>>,
 }
 
 impl<'py, 'd> EventBuilder<'py, 'd> {
@@ -158,7 +197,7 @@ impl<'py, 'd> EventBuilder<'py, 'd> {
             errors: Vec::new(),
             total: 0,
             failure: None,
-            last_mp_keys: None,
+            mp_keys: Vec::new(),
         }
     }
 
@@ -205,13 +244,16 @@ impl<'py, 'd> EventBuilder<'py, 'd> {
             IpValue::Sent(sent) => Some(sent),
             _ => None,
         };
-        let properties = PyDict::new(py);
+        let properties = presized_dict(py, event.property_count())?;
+        let mp_keys = &mut self.mp_keys;
+        mp_keys.clear();
         event.try_for_each_property(|entry| {
             let value = match entry.value {
-                Value::Scalar(Scalar::String(s)) if same(s, Some(event.token)) => token.clone(),
-                Value::Scalar(Scalar::String(s)) if same(s, event.insert_id) => insert_id.clone(),
-                Value::Scalar(Scalar::String(s)) if same(s, sent_ip) => ip.clone(),
-                Value::Scalar(scalar) => crate::json::build_scalar(scalar, &mut values)?,
+                Value::Scalar(&Scalar::String(s)) if same(s, Some(event.token)) => token.clone(),
+                Value::Scalar(&Scalar::String(s)) if same(s, event.insert_id) => insert_id.clone(),
+                Value::Scalar(&Scalar::String(s)) if same(s, sent_ip) => ip.clone(),
+                Value::Scalar(&Scalar::String(s)) => values.token(s),
+                Value::Scalar(&scalar) => crate::json::build_scalar(scalar, &mut values)?,
                 Value::Json(json) => crate::json::build(json, &mut values)?,
                 Value::Time(_) => match whole_number(event.time) {
                     Some(seconds) => seconds.into_pyobject(py)?.into_any(),
@@ -220,9 +262,13 @@ impl<'py, 'd> EventBuilder<'py, 'd> {
                 Value::DistinctId(_) => distinct_id.clone(),
                 Value::Ip(_) => ip.clone(),
             };
-            properties.set_item(values.string(entry.key), value)
+            let key = values.string(entry.key);
+            if entry.key.starts_with(b"mp_") {
+                mp_keys.push(key.clone());
+            }
+            properties.set_item(key, value)
         })?;
-        let mp_keys = self.mp_keys(event.mp_keys().map(|(_, key)| values.string(key)))?;
+        let mp_keys = mp_keys_tuple(py, &self.mp_keys, &mut values.strings.mp_keys)?;
         let funnel = match event.funnel {
             None => py.None().into_bound(py),
             Some((name, step, goal)) => {
@@ -246,24 +292,24 @@ impl<'py, 'd> EventBuilder<'py, 'd> {
         let built = call_with_keywords(event_type, self.types.event_fields.bind(py), &fields)?;
         self.events.append(built)
     }
+}
 
-    /// The tuple of an event's `mp_` keys: the previous event's when they are the same str objects,
-    /// as they are when a batch's events have the same keys.
-    fn mp_keys(
-        &mut self,
-        keys: impl Iterator<Item = Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let keys: Vec<_> = keys.collect();
-        if let Some(last) = &self.last_mp_keys {
-            let last = last.bind(self.py);
-            if last.len() == keys.len() && keys.iter().zip(last.iter()).all(|(a, b)| a.is(&b)) {
-                return Ok(last.clone().into_any());
-            }
+/// The tuple of an event's `mp_` keys: the `last` one made when they are the same str objects, as
+/// they are when events have the same keys.
+fn mp_keys_tuple<'py>(
+    py: Python<'py>,
+    keys: &[Bound<'py, PyAny>],
+    last: &mut Option<Py<PyTuple>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    if let Some(last) = last.as_ref().map(|last| last.bind(py)) {
+        let same = last.as_slice();
+        if same.len() == keys.len() && keys.iter().zip(same).all(|(a, b)| a.is(b)) {
+            return Ok(last.clone().into_any());
         }
-        let tuple = PyTuple::new(self.py, keys)?;
-        self.last_mp_keys = Some(tuple.clone().unbind());
-        Ok(tuple.into_any())
     }
+    let tuple = PyTuple::new(py, keys)?;
+    *last = Some(tuple.clone().unbind());
+    Ok(tuple.into_any())
 }
 
 impl Sink for EventBuilder<'_, '_> {

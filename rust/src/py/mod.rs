@@ -4,12 +4,14 @@
 //! decoder's.
 //!
 //! `options` holds the rules and tokens, `decode` the decoding functions (`profiles` those of `/engage`
-//! and `/groups`, `imports` that of `/import`), `decoded` what a decoded request hands Python, `events` and `strings` the typed
-//! events of `trackgate.decode`, `reply_reader` the batcher's reader of Redis's replies.
+//! and `/groups`, `imports` that of `/import`), `decoded` what a decoded request hands Python, `events`
+//! and `strings` the typed events of `trackgate.decode`, `fastcall` the function itself, `reply_reader`
+//! the batcher's reader of Redis's replies.
 
 mod decode;
 mod decoded;
 mod events;
+mod fastcall;
 mod imports;
 mod options;
 mod profiles;

@@ -1,13 +1,16 @@
 //! The string cache of `trackgate.decode`: repeated keys and values made once.
 
 use pyo3::prelude::*;
-use pyo3::types::PyString;
+use pyo3::types::{PyString, PyTuple};
 
 /// Strings made before, found again by their text: a direct-mapped table, each text in one slot
 /// (the last one made there), its bytes kept beside the str to compare without asking Python.
 #[derive(Debug)]
 pub(super) struct StringCache {
     slots: Vec<Option<CachedString>>,
+    /// The last event's tuple of `mp_` keys, made of strings from here: the next event whose keys
+    /// are the same strings takes it too, in the same payload or the next.
+    pub(super) mp_keys: Option<Py<PyTuple>>,
 }
 
 #[derive(Debug)]
@@ -52,12 +55,13 @@ impl Default for StringCache {
     fn default() -> Self {
         Self {
             slots: (0..Self::SLOTS).map(|_| None).collect(),
+            mp_keys: None,
         }
     }
 }
 
-/// A short text's length and its first and last bytes, read as two words: all of a text of up to
-/// 16 bytes, and a hash of any.
+/// A short text's length and its first and last bytes (`json::ends`): all of a text of up to 16
+/// bytes, and a hash of any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Words {
     len: usize,
@@ -67,21 +71,12 @@ pub(super) struct Words {
 
 impl Words {
     fn of(text: &[u8]) -> Self {
-        let n = text.len();
-        let (head, tail) = if n >= 8 {
-            let word = |at: usize| u64::from_le_bytes(text[at..at + 8].try_into().expect("8"));
-            (word(0), word(n - 8))
-        } else if n >= 4 {
-            let word =
-                |at: usize| u64::from(u32::from_le_bytes(text[at..at + 4].try_into().expect("4")));
-            (word(0), word(n - 4))
-        } else if n > 0 {
-            let byte = |at: usize| u64::from(text[at]);
-            (byte(0) | byte(n / 2) << 8, byte(n - 1))
-        } else {
-            (0, 0)
-        };
-        Self { len: n, head, tail }
+        let (head, tail) = crate::json::ends(text);
+        Self {
+            len: text.len(),
+            head,
+            tail,
+        }
     }
 
     fn hash(self) -> u64 {
