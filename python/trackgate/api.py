@@ -209,7 +209,7 @@ class Api:
 
     async def _engage(self, token: str, query: dict[str, list[str]]) -> bytes:
         parsed = engage.EngageQuery.parse(query)
-        return await engage.engage(self._client, token, self._partitions, parsed)
+        return await engage.engage(self._reads, token, self._partitions, parsed)
 
     def _bound(self, reads: int, parameters: str) -> None:
         if reads > self._max_reads:

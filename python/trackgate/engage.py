@@ -22,11 +22,11 @@ from dataclasses import dataclass, replace
 from typing import Final, cast
 
 import msgspec
-from redis.asyncio import Redis
 
 from trackgate import keys
 from trackgate._native import profile_partition
 from trackgate.parameters import ParameterError, Query, json_names, last, refuse, whole
+from trackgate.report_reads import Command, Reads
 
 MAX_PAGE_SIZE: Final = 1000
 """Profiles a page holds at most, and by default (Mixpanel's)."""
@@ -82,15 +82,15 @@ class EngageQuery:
         )
 
 
-async def engage(client: Redis, token: str, partitions: int, query: EngageQuery) -> bytes:
+async def engage(reads: Reads, token: str, partitions: int, query: EngageQuery) -> bytes:
     """The answer's JSON: the profiles asked for, or the page asked for."""
     if query.ids is not None:
         found = [
             (profile_partition(i, group_key=query.group_key, partitions=partitions), i) for i in query.ids
         ]
-        results = await _results(client, token, query, found)
+        results = await _results(reads, token, query, found)
         return _answer(query, "", len(results), results)
-    page = await _page_of_all(client, token, partitions, query)
+    page = await _page_of_all(reads, token, partitions, query)
     return _answer(query, page.session_id, page.total, page.results)
 
 
@@ -106,27 +106,24 @@ class Page:
 
 
 async def every_profile(
-    client: Redis, token: str, partitions: int, group_key: str | None
+    reads: Reads, token: str, partitions: int, group_key: str | None
 ) -> AsyncIterator[Page]:
     """Every profile of the project's people (or of `group_key`'s groups), a page at a time as the API's
     pages give them, each page asked for with the last one's session id."""
     query = EngageQuery(group_key, None, 0, MAX_PAGE_SIZE, None, None)
     while True:
-        page = await _page_of_all(client, token, partitions, query)
+        page = await _page_of_all(reads, token, partitions, query)
         yield page
         if page.last:
             return
         query = replace(query, page=query.page + 1, session_id=page.session_id)
 
 
-async def _page_of_all(client: Redis, token: str, partitions: int, query: EngageQuery) -> Page:
+async def _page_of_all(reads: Reads, token: str, partitions: int, query: EngageQuery) -> Page:
     indexes = [_index_key(token, partition, query.group_key) for partition in range(partitions)]
-    async with client.pipeline(transaction=False) as pipe:
-        for index in indexes:
-            pipe.zcard(index)
-        counts: list[int] = await pipe.execute()
-    page = await _page(client, indexes, counts, query)
-    results = await _results(client, token, query, page)
+    counts: list[int] = await reads([("ZCARD", index) for index in indexes])
+    page = await _page(reads, indexes, counts, query)
+    results = await _results(reads, token, query, page)
     session = query.session_id or ""
     if page:
         partition, last = page[-1]
@@ -152,7 +149,7 @@ def _cursor(query: EngageQuery) -> _Cursor | None:
 
 
 async def _page(
-    client: Redis, indexes: list[str], counts: list[int], query: EngageQuery
+    reads: Reads, indexes: list[str], counts: list[int], query: EngageQuery
 ) -> list[tuple[int, str]]:
     """The (partition, id) of each profile of the page asked for, in order."""
     size = query.page_size
@@ -168,37 +165,39 @@ async def _page(
     while len(page) < size and partition < len(indexes):
         need = size - len(page)
         if after is not None:
-            ids = await client.zrange(indexes[partition], "(" + after, "+", bylex=True, offset=0, num=need)
+            command: Command = ("ZRANGE", indexes[partition], "(" + after, "+", "BYLEX", "LIMIT", 0, need)
         else:
-            ids = await client.zrange(indexes[partition], rank, rank + need - 1)
+            command = ("ZRANGE", indexes[partition], rank, rank + need - 1)
+        [ids] = await reads([command])
         page.extend((partition, found.decode()) for found in cast("list[bytes]", ids))
         partition, rank, after = partition + 1, 0, None
     return page
 
 
 async def _results(
-    client: Redis, token: str, query: EngageQuery, profiles: list[tuple[int, str]]
+    reads: Reads, token: str, query: EngageQuery, profiles: list[tuple[int, str]]
 ) -> list[bytes]:
     """Each profile that exists, as a result's JSON: all its properties, or those of
     `output_properties` it has."""
     names = query.output_properties
-    async with client.pipeline(transaction=False) as pipe:
-        for partition, id_ in profiles:
-            key = (
-                keys.person_key(token, partition, id_)
-                if query.group_key is None
-                else keys.group_profile_key(token, partition, query.group_key, id_)
-            )
-            if names is None:
-                pipe.hgetall(key)
-            else:
-                pipe.exists(key)
-                pipe.hmget(key, names or ["$last_seen"])
-        replies = await pipe.execute()
+    commands: list[Command] = []
+    for partition, id_ in profiles:
+        key = (
+            keys.person_key(token, partition, id_)
+            if query.group_key is None
+            else keys.group_profile_key(token, partition, query.group_key, id_)
+        )
+        if names is None:
+            commands.append(("HGETALL", key))
+        else:
+            commands += [("EXISTS", key), ("HMGET", key, *(names or ["$last_seen"]))]
+    replies = await reads(commands)
     results = []
     for n, (_, id_) in enumerate(profiles):
         if names is None:
-            fields: list[tuple[bytes, bytes]] = list(replies[n].items())
+            # HGETALL's reply is flat: name, value, name, value, ...
+            flat: list[bytes] = replies[n]
+            fields = list(zip(flat[::2], flat[1::2], strict=True))
             if not fields:
                 continue
         else:

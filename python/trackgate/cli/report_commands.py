@@ -89,15 +89,19 @@ async def export_profiles(
     """Every profile of the project's people, or of a group key's groups, as JSON lines
     `{"$distinct_id", "$properties"}`: the Engage Query API's results, read a page at a time."""
     written = 0
-    async with Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5) as client:
+    # The command's own connection, unbudgeted, as `export_events`'.
+    reads = ReportReads(url, 10)
+    try:
         with tqdm(unit="profile", file=sys.stderr, desc="profiles") as bar:
-            async for page in engage.every_profile(client, project.token, config.partitions, group_key):
+            async for page in engage.every_profile(reads, project.token, config.partitions, group_key):
                 # The indexes' count, as of this page: profiles made or deleted meanwhile change it.
                 bar.total = max(page.total, written + len(page.results))
                 for result in page.results:
                     out.write(result + b"\n")
                 written += len(page.results)
                 bar.update(len(page.results))
+    finally:
+        reads.close()
     whose = "people" if group_key is None else f"groups of {group_key!r}"
     print(f"{written} profiles of {whose} in {project.name!r}", file=sys.stderr)
     return 0
