@@ -33,6 +33,8 @@ BIN = Path(sys.executable).parent
 TRACKGATE = str(BIN / "trackgate")
 PARTITIONS = 4
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# The fixtures of a Redis Cluster and of Sentinel.
+pytest_plugins = ["redis_cluster"]
 
 
 def free_port() -> int:

@@ -17,9 +17,8 @@ from collections.abc import Mapping
 from typing import Annotated, Any, get_args, get_origin
 
 import msgspec
-from redis.connection import parse_url
 
-from trackgate import bounds
+from trackgate import bounds, redis_target
 from trackgate._native import RULES, Options
 
 ENV_PREFIX = "TRACKGATE_"
@@ -72,7 +71,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     # Redis
     redis_url: Annotated[
-        str | None, _doc("Redis to write to (redis://, rediss://, unix://); none: a private redis-server")
+        str | None,
+        _doc(
+            "Redis to write to: one (redis://, rediss://, unix://), a Cluster (redis+cluster://host:port,..)"
+            " or Sentinel's primary (redis+sentinel://host:port,../service); none: a private redis-server"
+        ),
     ] = None
     data_dir: Annotated[str, _doc("directory of the private redis-server's data and of runtime files")] = (
         ".trackgate"
@@ -356,7 +359,7 @@ def _check(settings: Settings) -> None:
             raise SettingsError(f"{_flag(field.name)} = {value!r}: expected a finite number")
     if settings.redis_url is not None:
         try:
-            parse_url(settings.redis_url)  # type: ignore[no-untyped-call]
+            redis_target.parse(settings.redis_url)
         except ValueError as err:
             raise SettingsError(f"{_flag('redis_url')} = {settings.redis_url!r}: {err}") from None
     for proxy in settings.trusted_proxies:
