@@ -14,12 +14,12 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from redis.asyncio import Redis
 
-from trackgate import projects, settings, store
+from trackgate import projects, redis_target, settings, store
 from trackgate.cli.logs import logging_config
 from trackgate.cli.redis_access import usable_data_dir
 from trackgate.embedded import DataDirLock, EmbeddedRedis
@@ -85,7 +85,8 @@ def _check_port(host: str, port: int) -> None:
 async def _prepare(redis_url: str, *, demo: bool) -> tuple[projects.Project, str | None] | None:
     """Before workers start: the current function library, and the demo project (with its secret when it
     was created just now) if asked for."""
-    async with Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5) as client:
+    target = redis_target.parse(redis_url)
+    async with cast(Redis, redis_target.client(target, timeout=5, connect_timeout=5)) as client:
         await store.load_functions(client, replace=True)
         if not demo:
             return None
