@@ -24,6 +24,7 @@ are written as usual.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
@@ -44,9 +45,12 @@ MakeBatcher = Callable[[Connect], Batcher]
 """Makes one primary's batcher around the connection it is given (the settings' batcher, following
 redirects)."""
 ReadMarks = Callable[[list[bytes]], Awaitable[list[Any]]]
+ReadSlotMap = Callable[[Cluster, tuple[Address, ...], float], Awaitable[SlotMap]]
+"""Reads the slot map from the first of the addresses that answers (`cluster_slots.read_slot_map`)."""
 
 REFRESH_MIN_SECONDS: Final = 0.1
-"""A slot map read less than this long ago is recent enough: a burst of redirects reads it once."""
+"""A slot map read begun less than this long ago is recent enough for a refused request: an outage
+refusing thousands a second reads it ten times a second, not for each."""
 NODE_TIMEOUT: Final = 0.5
 """Seconds one node may take to give the slot map before the next is asked."""
 RESEND_PAUSE: Final = 0.02
@@ -96,16 +100,18 @@ class ClusterBatcher:
         *,
         retry_window: float,
         read_marks: ReadMarks | None = None,
+        read_map: ReadSlotMap = read_slot_map,
         clock: Clock | None = None,
     ) -> None:
         self._target = target
+        self._read_slot_map = read_map
         self._make_batcher = make_batcher
         self._retry_window = retry_window
         self._read_marks = read_marks
         self._loop = asyncio.get_running_loop()
         self._clock: Clock = clock if clock is not None else self._loop
         self._map: SlotMap | None = None
-        self._refreshed_at = -math.inf
+        self._read_started = -math.inf
         self._refresh_task: asyncio.Task[None] | None = None
         self._shards: list[_Shard] = []
         self._by_address: dict[Address, _Shard] = {}
@@ -157,28 +163,39 @@ class ClusterBatcher:
 
     # The slot map
 
-    async def refresh(self) -> None:
-        """Read the slot map again, unless it was just read; one read at a time, shared by its callers."""
-        task = self._refresh_task
-        if task is None or task.done():
-            if self._clock.time() - self._refreshed_at < REFRESH_MIN_SECONDS and self._map is not None:
+    async def refresh(self, since: float = -math.inf) -> None:
+        """Read the slot map again, unless a read begun at `since` or later has succeeded or is under way:
+        its callers share one read at a time. Raises ConnectionError when no node answers."""
+        while True:
+            task = self._refresh_task
+            if task is None or (task.done() and (_failed(task) or self._read_started < since)):
+                self._read_started = self._clock.time()
+                task = self._refresh_task = self._loop.create_task(self._read_map())
+                await asyncio.shield(task)
                 return
-            task = self._refresh_task = self._loop.create_task(self._read_map())
-        await asyncio.shield(task)
+            if self._read_started >= since:
+                await asyncio.shield(task)
+                return
+            # A read begun before `since`: wait for it, then read again.
+            with contextlib.suppress(ConnectionError):
+                await asyncio.shield(task)
 
     async def _read_map(self) -> None:
         known = self._map.nodes if self._map is not None else ()
         # The nodes the last map named first: the seeds may be long gone.
         addresses = tuple(dict.fromkeys((*known, *self._target.addresses)))
-        slot_map = await read_slot_map(self._target, addresses, NODE_TIMEOUT)
+        slot_map = await self._read_slot_map(self._target, addresses, NODE_TIMEOUT)
         if self._map is None or slot_map.primaries != self._map.primaries:
             log.info("Redis Cluster primaries: %s", ", ".join(sorted(map(_name, slot_map.primaries))))
         self._map = slot_map
-        self._refreshed_at = self._clock.time()
 
-    async def _refresh_quietly(self) -> None:
+    async def _refresh_quietly(self, since: float | None = None) -> None:
+        """Read the slot map again (one read begun up to REFRESH_MIN_SECONDS ago will do, unless `since`
+        says when the map was found wrong); a failure is logged."""
+        if since is None:
+            since = self._clock.time() - REFRESH_MIN_SECONDS
         try:
-            await self.refresh()
+            await self.refresh(since)
         except ConnectionError as err:
             log.warning("could not read the Redis Cluster's slot map: %s", err)
 
@@ -259,7 +276,7 @@ class ClusterBatcher:
         if request.again:
             if not self._closing and self._clock.time() < request.deadline:
                 again, request.again = request.again, []
-                self._in_background(self._route_again(request, again))
+                self._in_background(self._route_again(request, again, self._clock.time()))
                 return
             request.failed |= _keys(request.again)
             log.error(
@@ -278,8 +295,8 @@ class ClusterBatcher:
         else:
             future.set_result(Written(duplicates=request.duplicates) if request.duplicates else ALL_STORED)
 
-    async def _route_again(self, request: _Request, batches: list[PartitionBatch]) -> None:
-        await self._refresh_quietly()
+    async def _route_again(self, request: _Request, batches: list[PartitionBatch], since: float) -> None:
+        await self._refresh_quietly(since)
         await self._pause(RESEND_PAUSE)
         try:
             groups = self._route(batches)
@@ -318,12 +335,13 @@ class ClusterBatcher:
     async def _connect(self, shard: _Shard, on_reply: OnReply, on_lost: OnLost) -> Connection:
         """Connect a primary's batcher to whichever node serves its slot now."""
         if shard.connected:
-            await self._refresh_quietly()  # a connection was lost: the primary may have changed
+            # A connection was lost: the primary may have changed.
+            await self._refresh_quietly(self._clock.time())
         address = self._owner(shard)
         try:
             pipe = await RedisPipe.open(self._target.node_url(address), on_reply, on_lost)
         except Exception:
-            await self._refresh_quietly()
+            await self._refresh_quietly(self._clock.time())
             moved = self._owner(shard)
             if moved == address:
                 raise
@@ -344,6 +362,10 @@ class ClusterBatcher:
     def _owner(self, shard: _Shard) -> Address:
         owner = self._map.owner(shard.slot) if self._map is not None else None
         return shard.address if owner is None else owner
+
+
+def _failed(task: asyncio.Task[None]) -> bool:
+    return task.cancelled() or task.exception() is not None
 
 
 async def _run(work: Awaitable[None]) -> None:
