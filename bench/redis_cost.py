@@ -11,6 +11,7 @@ per round trip.
     .venv/bin/python bench/redis_cost.py --no-funnels     # no mp_funnel events: the counting alone
     .venv/bin/python bench/redis_cost.py --merge 8        # 8 requests per call, as the batcher joins them
     .venv/bin/python bench/redis_cost.py --dedup-window 0 # without deduplication (each event is new)
+    .venv/bin/python bench/redis_cost.py --sizes 1 --merge 26 --projects 300   # GETs of 300 projects
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ from trackgate import Options, decode_request, store
 TOKEN = "benchtoken0001"
 
 
-def event(i: int, now: float, *, funnels: bool = True) -> dict[str, Any]:
+def event(i: int, now: float, *, funnels: bool = True, projects: int = 1) -> dict[str, Any]:
     properties: dict[str, Any] = {
-        "token": TOKEN,
+        "token": TOKEN if projects == 1 else f"{TOKEN}{i % projects:04d}",
         "distinct_id": f"user-{i % 5000}",
         "time": now - 5,
         "$insert_id": uuid.uuid4().hex,
@@ -64,6 +65,9 @@ def main() -> int:
     parser.add_argument(
         "--dedup-window", type=int, default=store.DEFAULT_DEDUP_WINDOW, help="the gateway's --dedup-window"
     )
+    parser.add_argument(
+        "--projects", type=int, default=1, help="events spread over this many projects (default 1)"
+    )
     args = parser.parse_args()
     with servers_stopped_on_exit(), tempfile.TemporaryDirectory() as work:
         server, url = start_redis(Path(work), "redis", persistence="none", unix=True)
@@ -81,7 +85,10 @@ def main() -> int:
                 replies = 0
                 for r in range(max(1, args.events // size)):
                     body = json.dumps(
-                        [event(r * size + k, now, funnels=not args.no_funnels) for k in range(size)]
+                        [
+                            event(r * size + k, now, funnels=not args.no_funnels, projects=args.projects)
+                            for k in range(size)
+                        ]
                     ).encode()
                     request = decode_request(b"", body, "application/json", now=now, options=options)
                     for b in request.batches:
@@ -114,7 +121,7 @@ def main() -> int:
                 # Time inside EXEC alone (wall clock, so the noisier of the two): no reading or parsing.
                 inside = client.info("commandstats")["cmdstat_exec"]["usec"]
                 print(
-                    f"{args.partitions} partitions, requests of {size:3d} events: "
+                    f"{args.projects} projects, {args.partitions} partitions, requests of {size:3d} events: "
                     f"{events / len(commands):5.1f} events per call, "
                     f"Redis {used / events * 1e6:5.1f} µs CPU per event "
                     f"({inside / events:5.1f} µs in EXEC), {events / wall:9,.0f} events/s"
