@@ -9,10 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from trackgate import metrics, store
+from trackgate import metrics, redis_target, store
 from trackgate.batcher import Batcher
 from trackgate.credentials import Credentials, RegistryCredentials
 from trackgate.gateway import log
@@ -30,6 +29,7 @@ from trackgate.gateway.reports_elsewhere import reports_elsewhere
 from trackgate.gateway.track import track_endpoint
 from trackgate.gateway.unknown_routes import UnknownRoutes
 from trackgate.projects import REGISTRY_MISSING, TokenCache
+from trackgate.registry_migration import migrate_registry
 from trackgate.rsgi import HTTPProtocol, Scope
 from trackgate.settings import Settings, for_worker
 
@@ -46,7 +46,7 @@ class Services:
 
     sink: Sink
     tokens: TokenSource
-    admin: Redis
+    admin: redis_target.RedisClient
     clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
     buckets: Buckets | None = None
@@ -57,9 +57,10 @@ class Services:
         """The worker's own: its batcher, its project list, its Redis client for the rest."""
         if settings.redis_url is None:
             raise RuntimeError("no Redis URL: run the app with `trackgate serve`, or set TRACKGATE_REDIS_URL")
-        admin = Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        admin = redis_target.client(redis_target.parse(settings.redis_url), timeout=1.0, connect_timeout=1.0)
         try:
             await store.load_functions(admin, replace=False)
+            await migrate_registry(admin)
         except (RedisError, OSError) as err:
             log.warning("function library not checked (Redis unreachable): %s", err)
         tokens = TokenCache(admin, settings.token_refresh)
