@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import itertools
 import json
 import os
 import random
@@ -375,15 +376,15 @@ def test_a_moved_slot_is_followed(redis_cluster: Cluster, deployments: tuple[Dep
     the keys already moved are reached with ASKING. (The slot is moved back after.)"""
     _, spread = deployments
     events, updates = keys.stream_key(spread.token, 0), keys.profile_updates_key(spread.token, 0)
-    commands: list[Command] = [
-        ("XLEN", events),
-        ("XLEN", updates),
-        ("XLEN", keys.stream_key(spread.token, 1)),
-    ]
+    move = SlotMove(redis_cluster, events)
+    # A key the target serves all along: read beside the key it is ASKed for, on one connection.
+    beside = next(f"probe:{i}" for i in itertools.count() if redis_cluster.owner(f"probe:{i}") == move.target)
+    with redis_cluster.client() as client:
+        client.set(beside, "here")
+    commands: list[Command] = [("XLEN", events), ("XLEN", updates), ("GET", beside)]
 
     async def scenario(reads: ReportReads) -> list[list[Any]]:
         before = await reads(commands)
-        move = SlotMove(redis_cluster, events)
         move.begin()
         try:
             move.migrate(events)

@@ -53,15 +53,16 @@ class ClusterRoute:
         asked: dict[int, Address] = {}
         for _ in range(MAX_REDIRECTS + 1):
             owners = self._owners or await self._read_slots()
-            # (node, whether after ASKING) -> the commands' indexes
-            groups: dict[tuple[Address, bool], list[int]] = {}
+            # node -> the indexes of the commands it is sent (one call per connection at a time)
+            groups: dict[Address, list[int]] = {}
             for i in pending:
-                node = asked.get(i)
-                groups.setdefault((node or owners[slots[i]], node is not None), []).append(i)
+                groups.setdefault(asked.get(i) or owners[slots[i]], []).append(i)
             answered = await asyncio.gather(
-                *(self._send(node, [packed[i] for i in group], asking=asking)
-                  for (node, asking), group in groups.items())
-            )  # fmt: skip
+                *(
+                    self._send(node, [(packed[i], i in asked) for i in group])
+                    for node, group in groups.items()
+                )
+            )
             pending, asked, moved = [], {}, False
             for group, group_replies in zip(groups.values(), answered, strict=True):
                 for i, reply in zip(group, group_replies, strict=True):
@@ -83,13 +84,21 @@ class ClusterRoute:
             f"the cluster redirected a report's reads {MAX_REDIRECTS} times: its slots keep moving"
         )
 
-    async def _send(self, node: Address, commands: list[bytes], *, asking: bool) -> list[Any]:
+    async def _send(self, node: Address, commands: list[tuple[bytes, bool]]) -> list[Any]:
+        """The replies to `commands` (each with whether it was answered ASK): those after an ASK go after
+        an ASKING of their own, which holds for the next command only, and its reply is left out."""
         pipe = await self._pipe(node)
-        if not asking:
-            return await pipe.call(commands)
-        # Each command after its own ASKING, which holds for the next command only.
-        replies = await pipe.call([part for command in commands for part in (_ASKING, command)])
-        return replies[1::2]
+        replies = await pipe.call(
+            [part for command, ask in commands for part in ((_ASKING, command) if ask else (command,))]
+        )
+        if len(replies) == len(commands):
+            return replies
+        found, at = [], 0
+        for _, ask in commands:
+            at += ask
+            found.append(replies[at])
+            at += 1
+        return found
 
     async def _pipe(self, node: Address) -> Connection:
         pipe = self._pipes.get(node)
