@@ -11,8 +11,7 @@ from typing import Final
 
 from redis.exceptions import RedisError
 
-from trackgate import metrics, redis_target, store
-from trackgate.batcher import Batcher
+from trackgate import metrics, redis_target, store, writers
 from trackgate.credentials import Credentials, RegistryCredentials
 from trackgate.gateway import log
 from trackgate.gateway.answers import PLAIN_TEXT
@@ -65,22 +64,7 @@ class Services:
             log.warning("function library not checked (Redis unreachable): %s", err)
         tokens = TokenCache(admin, settings.token_refresh)
         await tokens.start()
-        batcher = Batcher(
-            settings.redis_url,
-            max_events=settings.batch_max_events,
-            linger=settings.batch_linger_ms / 1000,
-            depth=settings.pipeline_depth,
-            max_pending=settings.max_pending_events,
-            timeout=settings.redis_timeout,
-            retry_window=settings.retry_window,
-            stream_maxlen=settings.stream_maxlen,
-            stream_max_age=settings.stream_max_age,
-            event_max_age=settings.max_age,
-            dedup_window=settings.dedup_window,
-            funnel_window=tokens.funnel_window,
-            caps=tokens.caps,
-            counter_retention_days=settings.counter_retention_days,
-        )
+        batcher = writers.writer(settings, tokens)
         await batcher.start()
         return cls(sink=batcher, tokens=tokens, admin=admin)
 
@@ -189,12 +173,17 @@ class App:
             self._unknown(scope, proto)
 
     async def _ready(self, proto: HTTPProtocol) -> None:
-        """Ready means that writes succeed: 503, saying why, while they cannot."""
+        """Ready means that writes succeed: 503, saying why, while they cannot. On a Redis Cluster each
+        primary's state follows, one line each."""
         why = await self._not_ready_reason()
+        primaries = "".join(
+            f"primary {node}: {'ok' if reason is None else reason}\n"
+            for node, reason in sorted(self._services.sink.primaries.items())
+        )
         if why is None:
-            _plain(proto, "readyz", 200, b"ready\n")
+            _plain(proto, "readyz", 200, b"ready\n" + primaries.encode())
         else:
-            _plain(proto, "readyz", 503, why.encode() + b"\n")
+            _plain(proto, "readyz", 503, (why + "\n" + primaries).encode())
 
     async def _not_ready_reason(self) -> str | None:
         try:
