@@ -25,9 +25,11 @@ from typing import Any
 
 import pytest
 import redis
+import requests
 from conftest import (
     PARTITIONS,
     TRACKGATE,
+    Gateway,
     RedisServer,
     create_project_keys,
     send_write,
@@ -494,3 +496,74 @@ def test_reindex_finds_every_partition_s_days(deployments: tuple[Deployment, Dep
     assert " 0 days" not in outputs[0]
     query = f"from={D0}&to={D1}"
     assert deployments[0].api("/api/events", query) == deployments[1].api("/api/events", query)
+
+
+@pytest.fixture(scope="module")
+def gateways(
+    redis_server: RedisServer, redis_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[tuple[Gateway, str], tuple[Gateway, str]]]:
+    """`trackgate serve` on the suite's Redis and on the cluster, each with the same project (token),
+    given the same requests through /track and /engage; with each's API secret."""
+    token, name = f"gw{uuid.uuid4().hex[:14]}", f"cluster http {uuid.uuid4().hex[:6]}"
+    started = []
+    try:
+        for url in (redis_server.url, redis_cluster.url):
+            gateway = Gateway(tmp_path_factory.mktemp("gateway"), "--max-age", str(MAX_AGE), redis_url=url)
+            gateway.start()
+            started.append((gateway, create_project_keys(url, name, token)[1]))
+        for gateway, _ in started:
+            with requests.Session() as http:
+                for events in event_requests(token):
+                    r = http.post(gateway.url("/track"), data={"data": json.dumps(events), "verbose": "1"})
+                    assert r.json() == {"status": 1, "error": None}, r.text
+                for groups, updates in profile_requests(token):
+                    path = "/groups" if groups else "/engage"
+                    r = http.post(gateway.url(path), data={"data": json.dumps(updates), "verbose": "1"})
+                    assert r.json() == {"status": 1, "error": None}, r.text
+        yield started[0], started[1]
+    finally:
+        for gateway, _ in started:
+            gateway.stop()
+
+
+@pytest.mark.parametrize(
+    ("path", "query"),
+    [
+        ("/api/funnels", ""),
+        ("/api/funnels/signup", f"from={D0}&to={D1}"),
+        ("/api/events", f"from={D0}&to={D1}&unit=hour"),
+        ("/api/2.0/engage", "page_size=9"),
+        ("/api/2.0/export", f"from_date={D0}&to_date={D1}"),
+    ],
+)
+def test_the_reports_process_on_a_cluster_answers_as_on_one_redis(
+    gateways: tuple[tuple[Gateway, str], tuple[Gateway, str]], path: str, query: str
+) -> None:
+    """Over HTTP, the gateways' own writes: the same answers, but for the times each gateway received
+    what it stored (a profile's `$last_seen`, an exported event's `mp_processing_time_ms`)."""
+    answers = []
+    for gateway, secret in gateways:
+        r = requests.get(gateway.reports_url(f"{path}?{query}"), auth=(secret, ""), timeout=30)
+        assert r.status_code == 200, r.text
+        answers.append(r.content)
+    if "engage" in path:
+        assert without_last_seen(answers[1]) == without_last_seen(answers[0])
+    elif "export" in path:
+        assert without_receive_times(answers[1]) == without_receive_times(answers[0])
+    else:
+        assert answers[1] == answers[0]
+    assert len(answers[0]) > 20
+
+
+def without_last_seen(body: bytes) -> dict[str, Any]:
+    answer: dict[str, Any] = json.loads(body)
+    for result in answer["results"]:
+        result["$properties"].pop("$last_seen", None)
+    return answer
+
+
+def without_receive_times(body: bytes) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in body.splitlines()]
+    for line in lines:
+        assert line["properties"].pop("mp_processing_time_ms") > 0
+    return lines

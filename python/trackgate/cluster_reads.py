@@ -3,7 +3,7 @@ that serves its key's slot, the replies put back in the order of the commands.
 
 A key's slot is the CRC16 of its hash tag, as the cluster's spec defines it (redis-py's `key_slot`): the
 keys a report reads carry their partition's tag, so a project's partitions spread over the primaries,
-and a round goes to each of them at once. The slot map is read (`CLUSTER SLOTS`) from any node that
+and a round goes to each of them at once. The slot map is read (`cluster_slots.py`) from any node that
 answers, at the first round and again when a node answers `MOVED` (its slots went elsewhere: a failover,
 a resharding); the commands so answered go again to the new owner. `ASK` (a slot being migrated, the key
 already on the target) sends that command alone to the target, after `ASKING`. A lost or silent node
@@ -15,16 +15,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Final
 
-from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
+from trackgate.cluster_slots import SlotMap, read_slot_map
 from trackgate.redis_pipe import Connection, RedisPipe, ReplyError, pack
 from trackgate.redis_target import Address, Cluster
 
 MAX_REDIRECTS: Final = 5
 """Times a round's commands may be redirected before it gives up: a slot map that keeps changing."""
 _ASKING: Final = pack("ASKING")
-_SLOTS: Final = pack("CLUSTER", "SLOTS")
 
 
 def key_of(command: bytes) -> bytes:
@@ -39,12 +39,16 @@ def key_of(command: bytes) -> bytes:
 
 class ClusterRoute:
     """Rounds of packed commands on a Cluster's primaries (see above); `close` drops every connection and
-    the slot map."""
+    the slot map. `timeout` bounds each node's answer to `CLUSTER SLOTS`."""
 
-    def __init__(self, target: Cluster) -> None:
+    def __init__(self, target: Cluster, timeout: float) -> None:
         self._target = target
+        self._timeout = timeout
         self._pipes: dict[Address, Connection] = {}
-        self._owners: list[Address] | None = None  # slot -> the primary serving it
+        self._map: SlotMap | None = None
+        self._known: tuple[Address, ...] = (
+            target.addresses
+        )  # who to ask for the map: the last one's nodes first
 
     async def call(self, packed: list[bytes]) -> list[Any]:
         slots = [key_slot(key_of(command)) for command in packed]
@@ -52,11 +56,15 @@ class ClusterRoute:
         pending = list(range(len(packed)))
         asked: dict[int, Address] = {}
         for _ in range(MAX_REDIRECTS + 1):
-            owners = self._owners or await self._read_slots()
+            slot_map = self._map or await self._read_map()
             # node -> the indexes of the commands it is sent (one call per connection at a time)
             groups: dict[Address, list[int]] = {}
             for i in pending:
-                groups.setdefault(asked.get(i) or owners[slots[i]], []).append(i)
+                node = asked.get(i) or slot_map.owner(slots[i])
+                if node is None:
+                    self._map = None
+                    raise ResponseError(f"CLUSTERDOWN no primary serves slot {slots[i]}")
+                groups.setdefault(node, []).append(i)
             answered = await asyncio.gather(
                 *(
                     self._send(node, [(packed[i], i in asked) for i in group])
@@ -79,7 +87,7 @@ class ClusterRoute:
             if not pending:
                 return replies
             if moved:
-                self._owners = None
+                self._map = None
         raise ResponseError(
             f"the cluster redirected a report's reads {MAX_REDIRECTS} times: its slots keep moving"
         )
@@ -87,10 +95,11 @@ class ClusterRoute:
     async def _send(self, node: Address, commands: list[tuple[bytes, bool]]) -> list[Any]:
         """The replies to `commands` (each with whether it was answered ASK): those after an ASK go after
         an ASKING of their own, which holds for the next command only, and its reply is left out."""
-        pipe = await self._pipe(node)
-        replies = await pipe.call(
-            [part for command, ask in commands for part in ((_ASKING, command) if ask else (command,))]
-        )
+        pipe = self._pipes.get(node)
+        if pipe is None:
+            pipe = self._pipes[node] = await RedisPipe.open(self._target.node_url(node), _ignore, self._lost)
+        sent = [part for command, ask in commands for part in ((_ASKING, command) if ask else (command,))]
+        replies = await pipe.call(sent)
         if len(replies) == len(commands):
             return replies
         found, at = [], 0
@@ -100,26 +109,10 @@ class ClusterRoute:
             at += 1
         return found
 
-    async def _pipe(self, node: Address) -> Connection:
-        pipe = self._pipes.get(node)
-        if pipe is None:
-            pipe = self._pipes[node] = await RedisPipe.open(self._target.node_url(node), _ignore, self._lost)
-        return pipe
-
-    async def _read_slots(self) -> list[Address]:
-        """The slot map, from the first node that answers: the nodes already connected, then the seeds."""
-        failure: Exception = ConnectionError("no node of the cluster to ask")
-        for node in (*self._pipes, *self._target.addresses):
-            try:
-                [reply] = await (await self._pipe(node)).call([_SLOTS])
-            except OSError as err:
-                failure = err
-                continue
-            if isinstance(reply, ReplyError):
-                raise ResponseError(f"CLUSTER SLOTS at {node[0]}:{node[1]}: {reply}")
-            self._owners = _owners(reply, node)
-            return self._owners
-        raise failure
+    async def _read_map(self) -> SlotMap:
+        self._map = await read_slot_map(self._target, (*self._known, *self._target.addresses), self._timeout)
+        self._known = self._map.nodes
+        return self._map
 
     def _lost(self, pipe: Connection, _: Exception) -> None:
         for node, known in list(self._pipes.items()):
@@ -130,18 +123,7 @@ class ClusterRoute:
         for pipe in list(self._pipes.values()):
             pipe.close()
         self._pipes.clear()
-        self._owners = None
-
-
-def _owners(ranges: list[list[Any]], asked: Address) -> list[Address]:
-    """Slot -> primary, from `CLUSTER SLOTS`' `[first, last, [host, port, id], replicas...]`; a node that
-    names no host (`cluster-preferred-endpoint-type unknown-endpoint`) is the one asked."""
-    owners: list[Address] = [asked] * REDIS_CLUSTER_HASH_SLOTS
-    for first, last, primary, *_ in ranges:
-        host = primary[0].decode() if primary[0] else asked[0]
-        node = (host, int(primary[1]))
-        owners[first : last + 1] = [node] * (last - first + 1)
-    return owners
+        self._map = None
 
 
 def _redirect(reply: Any) -> tuple[str, Address] | None:

@@ -62,7 +62,9 @@ class ReportReads:
     ) -> None:
         target = redis_target.parse(redis) if isinstance(redis, str) else redis
         self._route: Route = (
-            ClusterRoute(target) if isinstance(target, redis_target.Cluster) else NodeRoute(target, timeout)
+            ClusterRoute(target, timeout)
+            if isinstance(target, redis_target.Cluster)
+            else NodeRoute(target, timeout)
         )
         self._timeout = timeout
         self._turn = asyncio.Lock()
