@@ -21,10 +21,10 @@ def test_every_key_is_named_as_documented() -> None:
     assert keys.funnel_states_key("tok", 3, "signup") == "tg:{tok:3}:fs:signup"
     assert keys.funnel_attempts_key("tok", 3, "signup") == "tg:{tok:3}:fx:signup"
     assert keys.funnel_counters_key("tok", 3, "signup", "2026-11-20") == "tg:{tok:3}:fc:signup:2026-11-20"
-    assert keys.PROJECTS_KEY == "tg:projects"
-    assert keys.project_key("tok") == "tg:project:tok"
-    assert keys.PROJECT_NAMES_KEY == "tg:project-names"
-    assert keys.PROJECT_SECRETS_KEY == "tg:project-secrets"
+    assert keys.PROJECTS_KEY == "tg:{registry}:projects"
+    assert keys.project_key("tok") == "tg:{registry}:project:tok"
+    assert keys.PROJECT_NAMES_KEY == "tg:{registry}:project-names"
+    assert keys.PROJECT_SECRETS_KEY == "tg:{registry}:project-secrets"
 
 
 def test_the_function_is_given_the_stream_and_the_partition_prefix() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import redis.exceptions
 from conftest import RedisServer
+from redis_cluster import SentinelGroup
 from trackgate.report_reads import BURST, COMMAND_COST, ELEMENT_COST, ROUND, Command, ReportReads
 
 
@@ -128,3 +129,17 @@ def test_with_the_whole_share_nothing_waits() -> None:
     reads = Timed(share=1.0, round_time=0.0005)
     asyncio.run(reads(commands(100)))
     assert reads.slept == 0
+
+
+def test_through_sentinel_the_reads_reach_the_primary(sentinel_group: SentinelGroup) -> None:
+    with sentinel_group.primary.client() as client:
+        client.set("rr:sentinel", "primary")
+
+    async def run() -> list[Any]:
+        reads = ReportReads(sentinel_group.url, 5)
+        try:
+            return await reads([("GET", "rr:sentinel")])
+        finally:
+            reads.close()
+
+    assert asyncio.run(run()) == [b"primary"]

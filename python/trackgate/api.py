@@ -15,12 +15,12 @@ from typing import Final
 from urllib.parse import parse_qs
 
 import msgspec
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from trackgate import bounds, counts, engage, export, funnels, metrics, mixpanel_export
 from trackgate.credentials import CHALLENGE, RegistryCredentials, basic_credentials
 from trackgate.parameters import ParameterError, day, last, whole
+from trackgate.redis_target import RedisClient
 from trackgate.report_reads import Reads
 from trackgate.rsgi import HTTPProtocol, ProtocolClosed, Scope
 from trackgate.settings import Settings
@@ -51,7 +51,7 @@ class ApiError(Exception):
 
 class Api:
     def __init__(
-        self, client: Redis, reads: Reads, settings: Settings, export_reads: Reads | None = None
+        self, client: RedisClient, reads: Reads, settings: Settings, export_reads: Reads | None = None
     ) -> None:
         """`reads` serves the reports; `export_reads` (by default `reads`) the exports: with a budget of
         their own, a long export does not hold reports back."""

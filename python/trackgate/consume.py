@@ -23,10 +23,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Literal
 
 import msgspec
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from trackgate import keys
+from trackgate.redis_target import RedisClient
 
 log = logging.getLogger("trackgate.consume")
 
@@ -76,7 +76,7 @@ class Consumer:
 
     def __init__(
         self,
-        client: Redis,
+        client: RedisClient,
         token: str,
         partitions: int,
         group: str,

@@ -17,9 +17,8 @@ import base64
 import binascii
 from typing import Final, Protocol
 
-from redis.asyncio import Redis
-
 from trackgate import projects, service_accounts
+from trackgate.redis_target import RedisClient
 
 CHALLENGE: Final = ("www-authenticate", 'Basic realm="trackgate", charset="UTF-8"')
 """The header of a 401 answer: which credentials to send."""
@@ -35,7 +34,7 @@ class Credentials(Protocol):
 class RegistryCredentials:
     """Credentials checked against the project registry in Redis."""
 
-    def __init__(self, client: Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self._client = client
 
     async def project_for(self, authorization: str | None, project_id: str | None) -> str | None:

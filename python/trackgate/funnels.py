@@ -23,10 +23,10 @@ import datetime as dt
 from collections.abc import Iterable
 
 import msgspec
-from redis.asyncio import Redis
 
 from trackgate._native import MAX_FUNNEL_STEP
 from trackgate.keys import funnel_counters_key, funnel_goals_key, funnel_names_key
+from trackgate.redis_target import RedisClient
 
 MAX_RANGE_DAYS = 366
 _COUNTERS = ("u", "h", "o", "s")
@@ -75,7 +75,7 @@ def _text(value: bytes) -> str:
     return value.decode("utf-8", "replace")
 
 
-async def _goals(client: Redis, token: str, partitions: int, name: str) -> dict[int, str]:
+async def _goals(client: RedisClient, token: str, partitions: int, name: str) -> dict[int, str]:
     """Each step's goal: of the goals the partitions saw first, the earliest."""
     async with client.pipeline(transaction=False) as pipe:
         for p in range(partitions):
@@ -95,7 +95,7 @@ async def _goals(client: Redis, token: str, partitions: int, name: str) -> dict[
     return {step: goal for step, (_, goal) in sorted(first.items())}
 
 
-async def list_funnels(client: Redis, token: str, partitions: int) -> list[FunnelInfo]:
+async def list_funnels(client: RedisClient, token: str, partitions: int) -> list[FunnelInfo]:
     async with client.pipeline(transaction=False) as pipe:
         for p in range(partitions):
             pipe.smembers(funnel_names_key(token, p))
@@ -163,7 +163,7 @@ def report_keys_read(days: int, partitions: int) -> int:
 
 
 async def funnel_report(
-    client: Redis, token: str, partitions: int, name: str, start: dt.date, end: dt.date
+    client: RedisClient, token: str, partitions: int, name: str, start: dt.date, end: dt.date
 ) -> FunnelReport | None:
     """The report over the users whose step 1 fell from `start` to `end` (UTC days, inclusive); None
     when the project has no such funnel."""

@@ -10,6 +10,14 @@ Two builders live outside this module and are checked against it: the native dec
 in the XADDs it packs (its `KEY_PREFIX`, `tests/test_keys.py`), and the `tg_count` function completes the
 partition prefix `count_function_keys` hands it with the `Family` names it is loaded with
 (`tests/test_write_function.py` compares the keys it writes with the builders here).
+
+The project registry (the project set, the name and secret indexes, each project's hash) carries one
+hash tag of its own, `{registry}`, so that it lives in one slot of a Redis Cluster: creating a project
+and restoring a backup stay single transactions there (a transaction may name one slot's keys only),
+with the same guarantees as on one Redis. The registry is small and read a few times a second per
+worker, so one node serving it costs nothing that matters. Registries written before the tag (the
+`LEGACY_*` names) are moved to it by `registry_migration.py`. The rate buckets stay outside the tag:
+each is one key, written by one function call, and the busiest of them should spread over the nodes.
 """
 
 from __future__ import annotations
@@ -20,12 +28,21 @@ from typing import Final
 PREFIX: Final = "tg:"
 """What every key begins with (the native decoder's `KEY_PREFIX`)."""
 
-PROJECTS_KEY: Final = PREFIX + "projects"
+REGISTRY_PREFIX: Final = PREFIX + "{registry}:"
+"""What every key of the project registry begins with: the prefix and the registry's hash tag (a tag no
+partition's can be: those hold a colon)."""
+
+PROJECTS_KEY: Final = REGISTRY_PREFIX + "projects"
 """Set of the project tokens."""
-PROJECT_NAMES_KEY: Final = PREFIX + "project-names"
+PROJECT_NAMES_KEY: Final = REGISTRY_PREFIX + "project-names"
 """Hash: project name -> token."""
-PROJECT_SECRETS_KEY: Final = PREFIX + "project-secrets"
+PROJECT_SECRETS_KEY: Final = REGISTRY_PREFIX + "project-secrets"
 """Hash: an API secret's hash -> its project's token."""
+
+LEGACY_PROJECTS_KEY: Final = PREFIX + "projects"
+LEGACY_PROJECT_NAMES_KEY: Final = PREFIX + "project-names"
+LEGACY_PROJECT_SECRETS_KEY: Final = PREFIX + "project-secrets"
+"""The registry's keys before it had a hash tag, each as its tagged one above: what the migration reads."""
 
 
 class Family(StrEnum):
@@ -56,6 +73,11 @@ class Family(StrEnum):
 
 def project_key(token: str) -> str:
     """Hash of a project: name, secret (a hash of it), created, funnel_window."""
+    return f"{REGISTRY_PREFIX}project:{token}"
+
+
+def legacy_project_key(token: str) -> str:
+    """A project's hash before the registry had a hash tag."""
     return f"{PREFIX}project:{token}"
 
 

@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping
 from typing import Final, TypeVar
 
 import msgspec
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from trackgate._native import TokenSet
@@ -28,6 +27,7 @@ from trackgate.bounds import DEFAULT_CAPS, CapError, Caps
 from trackgate.keys import PROJECT_NAMES_KEY, PROJECT_SECRETS_KEY, PROJECTS_KEY, project_key
 from trackgate.rate_limit import FIELDS as _LIMIT_FIELDS
 from trackgate.rate_limit import RateLimit, RateLimitError
+from trackgate.redis_target import RedisClient
 
 log = logging.getLogger("trackgate.projects")
 
@@ -80,7 +80,7 @@ def hash_secret(secret: str) -> str:
 
 
 async def create_project(
-    client: Redis,
+    client: RedisClient,
     name: str,
     token: str | None = None,
     funnel_window: int = DEFAULT_FUNNEL_WINDOW,
@@ -118,14 +118,14 @@ async def create_project(
     return project, secret
 
 
-async def find_by_name(client: Redis, name: str) -> Project | None:
+async def find_by_name(client: RedisClient, name: str) -> Project | None:
     token = await client.hget(PROJECT_NAMES_KEY, name)
     if token is None:
         return None
     return await get_project(client, reply_text(token))
 
 
-async def get_project(client: Redis, token: str) -> Project | None:
+async def get_project(client: RedisClient, token: str) -> Project | None:
     fields = await client.hgetall(project_key(token))
     if not fields:
         return None
@@ -250,7 +250,7 @@ def caps_of(values: list[bytes | str | None]) -> Caps:
         return DEFAULT_CAPS
 
 
-async def set_caps(client: Redis, token: str, caps: Caps) -> None:
+async def set_caps(client: RedisClient, token: str, caps: Caps) -> None:
     """Takes effect in the gateway's workers at their next token reload."""
     await client.hset(project_key(token), mapping={name: str(getattr(caps, name)) for name in _CAP_FIELDS})
 
@@ -270,7 +270,7 @@ def rate_limit_of(values: list[bytes | str | None]) -> RateLimit | None:
         return None
 
 
-async def set_rate_limit(client: Redis, token: str, limit: RateLimit | None) -> None:
+async def set_rate_limit(client: RedisClient, token: str, limit: RateLimit | None) -> None:
     """Set (or, with None, remove) a project's rate limit; takes effect in the gateway's workers at their
     next token reload."""
     if limit is None:
@@ -286,19 +286,19 @@ def check_window(seconds: int) -> None:
         raise ProjectError("a funnel window is from 1 minute to 366 days")
 
 
-async def set_funnel_window(client: Redis, token: str, seconds: int) -> None:
+async def set_funnel_window(client: RedisClient, token: str, seconds: int) -> None:
     """Takes effect in the gateway's workers at their next token reload."""
     check_window(seconds)
     await client.hset(project_key(token), "funnel_window", str(seconds))
 
 
-async def list_projects(client: Redis) -> list[Project]:
+async def list_projects(client: RedisClient) -> list[Project]:
     tokens = sorted(reply_text(t) for t in await client.smembers(PROJECTS_KEY))
     found = [await get_project(client, token) for token in tokens]
     return sorted((p for p in found if p is not None), key=lambda p: (p.created, p.name))
 
 
-async def project_for_secret(client: Redis, secret: str) -> str | None:
+async def project_for_secret(client: RedisClient, secret: str) -> str | None:
     """The token of the project whose API secret this is. The lookup is by the secret's hash, and the
     stored hash is then compared in constant time."""
     hashed = hash_secret(secret)
@@ -311,7 +311,7 @@ async def project_for_secret(client: Redis, secret: str) -> str | None:
     return reply_text(token)
 
 
-async def project_token(client: Redis, name_or_token: str) -> str | None:
+async def project_token(client: RedisClient, name_or_token: str) -> str | None:
     """The token of the project that a name or a token names (`project_id`), or None."""
     token = await client.hget(PROJECT_NAMES_KEY, name_or_token)
     if token is not None:
@@ -336,7 +336,7 @@ class TokenCache:
 
     MIN_INTERVAL = 1.0
 
-    def __init__(self, client: Redis, interval: float) -> None:
+    def __init__(self, client: RedisClient, interval: float) -> None:
         self.tokens = TokenSet([])
         self.registry_missing = False
         self._windows: dict[str, int] = {}

@@ -18,7 +18,7 @@ Everything that talks to Redis is given the parsed target, and asks it for the U
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from redis.asyncio import Redis
@@ -164,7 +164,22 @@ def client(target: Target, *, timeout: float, connect_timeout: float) -> RedisCl
             options["ssl"] = True
         nodes = [ClusterNode(host, port) for host, port in target.addresses]
         return RedisCluster(startup_nodes=nodes, **options)
-    sentinel = SentinelClient(
+    primary: Redis = _sentinels(target, timeout, connect_timeout, options).master_for(
+        target.service, socket_timeout=timeout
+    )
+    return primary
+
+
+async def primary_address(target: Sentinel, *, socket_timeout: float) -> Address:
+    """The address of the primary that the Sentinels name now (for a connection of one's own)."""
+    host, port = await _sentinels(target, socket_timeout, socket_timeout, {}).discover_master(target.service)
+    return str(host), int(port)
+
+
+def _sentinels(
+    target: Sentinel, timeout: float, connect_timeout: float, options: dict[str, Any]
+) -> SentinelClient:
+    return SentinelClient(
         list(target.addresses),
         sentinel_kwargs={
             "password": target.sentinel_password,
@@ -173,5 +188,3 @@ def client(target: Target, *, timeout: float, connect_timeout: float) -> RedisCl
         },
         **options,
     )
-    primary: Redis = sentinel.master_for(target.service, socket_timeout=timeout)
-    return primary

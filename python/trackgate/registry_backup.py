@@ -13,14 +13,18 @@ from __future__ import annotations
 from typing import Final, Literal
 
 import msgspec
-from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import WatchError
 
 from trackgate.keys import PROJECT_NAMES_KEY, PROJECT_SECRETS_KEY, PROJECTS_KEY, project_key
 from trackgate.projects import ProjectError, checked_project, reply_text, valid_token
+from trackgate.redis_target import RedisClient
 
 FORMAT: Final = "trackgate-projects"
+
+AnyPipeline = Pipeline | ClusterPipeline
+"""A transaction of one Redis, or of a Cluster's slot (the registry's keys share one)."""
 
 
 class SavedProject(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -44,12 +48,12 @@ class Restored(msgspec.Struct, frozen=True):
     """Projects removed with --force because they held a name of the backup: `token (name)`."""
 
 
-async def _fields(client: Redis, token: str) -> dict[str, str]:
+async def _fields(client: RedisClient | AnyPipeline, token: str) -> dict[str, str]:
     raw = await client.hgetall(project_key(token))
     return {reply_text(name): reply_text(value) for name, value in raw.items()}
 
 
-async def backup(client: Redis) -> Backup:
+async def backup(client: RedisClient) -> Backup:
     """Every project of the registry, as a restore reads it (`encode` makes the file)."""
     tokens = sorted(reply_text(t) for t in await client.smembers(PROJECTS_KEY))
     return Backup(
@@ -80,7 +84,7 @@ def read_backup(data: bytes) -> Backup:
     return saved
 
 
-async def restore(client: Redis, saved: Backup, *, force: bool = False) -> Restored:
+async def restore(client: RedisClient, saved: Backup, *, force: bool = False) -> Restored:
     """Put the backup's projects into the registry, in one transaction: a gateway that sees the registry
     again sees all of it. A project that exists with other fields, or a name another token holds, is a
     conflict: refused (nothing is written) unless `force`, which overwrites them and removes a project
@@ -96,7 +100,7 @@ async def restore(client: Redis, saved: Backup, *, force: bool = False) -> Resto
                 continue
 
 
-async def _restore_watched(pipe: Pipeline, saved: Backup, force: bool) -> Restored:
+async def _restore_watched(pipe: AnyPipeline, saved: Backup, force: bool) -> Restored:
     """One attempt of `restore`, reading through `pipe` (watching) and writing in its MULTI."""
     written: list[SavedProject] = []
     unchanged: list[str] = []
@@ -148,7 +152,7 @@ async def _restore_watched(pipe: Pipeline, saved: Backup, force: bool) -> Restor
     return Restored([p.fields["name"] for p in written], unchanged, removed)
 
 
-async def _entries(pipe: Pipeline, token: str, fields: dict[str, str]) -> list[tuple[str, str]]:
+async def _entries(pipe: AnyPipeline, token: str, fields: dict[str, str]) -> list[tuple[str, str]]:
     """The name and secret index entries that point at the project whose hash is `fields`: those that
     must go with it (an entry pointing elsewhere belongs to another project and stays)."""
     found = []
@@ -161,7 +165,7 @@ async def _entries(pipe: Pipeline, token: str, fields: dict[str, str]) -> list[t
     return found
 
 
-async def _indexed(pipe: Pipeline, project: SavedProject) -> bool:
+async def _indexed(pipe: AnyPipeline, project: SavedProject) -> bool:
     """Whether the project set and the secret index know the project: a registry that lost only them
     (and not its hash or name) would otherwise be taken as restored and stay unusable."""
     member = await pipe.sismember(PROJECTS_KEY, project.token)

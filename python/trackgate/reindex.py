@@ -3,17 +3,17 @@ reindex` writes, from the hourly counts, with `tg_reindex` (one call per partiti
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from trackgate import keys
+from trackgate.redis_target import RedisClient
 
 
 class OldLibraryError(Exception):
     """The function library in Redis has no `tg_reindex`: an older gateway's."""
 
 
-async def reindex_project(client: Redis, token: str) -> tuple[int, int]:
+async def reindex_project(client: RedisClient, token: str) -> tuple[int, int]:
     """Every day of the project that has hourly counts, in every partition: (days, names) written."""
     days = names = 0
     pattern = keys.partitions_pattern(token) + keys.Family.HOURLY_COUNTS + "*"

@@ -20,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from trackgate import redis_target
+from trackgate.cluster_reads import ClusterRoute
 from trackgate.redis_pipe import Connection, RedisPipe, ReplyError, pack
 
 ROUND: Final = 64
@@ -46,19 +48,25 @@ Reads = Callable[[Sequence[Command]], Awaitable[list[Any]]]
 class ReportReads:
     """`await reads(commands)`: the replies to `commands`, in order. Raises redis-py's ConnectionError
     when Redis cannot be reached or does not answer within `timeout` seconds, and ResponseError when it
-    refuses a command; the next call connects again."""
+    refuses a command; the next call connects again. `redis` is a `--redis-url` or its parsed target: on
+    a Cluster, each command goes to the primary serving its key (cluster_reads.py), and a round's time
+    is that of its slowest primary."""
 
     def __init__(
         self,
-        url: str,
+        redis: str | redis_target.Target,
         timeout: float,
         share: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
-        self._url = url
+        target = redis_target.parse(redis) if isinstance(redis, str) else redis
+        self._route: Route = (
+            ClusterRoute(target, timeout)
+            if isinstance(target, redis_target.Cluster)
+            else NodeRoute(target, timeout)
+        )
         self._timeout = timeout
-        self._pipe: Connection | None = None
         self._turn = asyncio.Lock()
         self._share = share
         self._clock = clock
@@ -99,13 +107,42 @@ class ReportReads:
     async def _round(self, packed: list[bytes]) -> list[Any]:
         try:
             async with asyncio.timeout(self._timeout):
-                if self._pipe is None:
-                    self._pipe = await RedisPipe.open(self._url, _ignore, self._lost)
-                return await self._pipe.call(packed)
+                return await self._route.call(packed)
         except (OSError, TimeoutError) as err:
             # Replies of a round cut short would answer the next round's commands: start afresh.
             self.close()
             raise RedisConnectionError(f"the reports' Redis connection failed: {err!r}") from err
+
+    def close(self) -> None:
+        self._route.close()
+
+
+class Route(Protocol):
+    """Where a round's packed commands go: one Redis, or a Cluster's primaries."""
+
+    async def call(self, packed: list[bytes]) -> list[Any]: ...
+    def close(self) -> None: ...
+
+
+class NodeRoute:
+    """Every command on one connection to one Redis (the primary that Sentinel names, asked again at
+    every new connection)."""
+
+    def __init__(self, target: redis_target.Single | redis_target.Sentinel, timeout: float) -> None:
+        self._target = target
+        self._timeout = timeout
+        self._pipe: Connection | None = None
+
+    async def call(self, packed: list[bytes]) -> list[Any]:
+        if self._pipe is None:
+            self._pipe = await RedisPipe.open(await self._url(), _ignore, self._lost)
+        return await self._pipe.call(packed)
+
+    async def _url(self) -> str:
+        if isinstance(self._target, redis_target.Single):
+            return self._target.url
+        primary = await redis_target.primary_address(self._target, socket_timeout=self._timeout)
+        return self._target.node_url(primary)
 
     def _lost(self, pipe: Connection, _: Exception) -> None:
         if pipe is self._pipe:

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Final
 
-from redis.asyncio import Redis
-
-from trackgate import metrics
+from trackgate import metrics, redis_target
 from trackgate.api import Api
 from trackgate.gateway.answers import PLAIN_TEXT
 from trackgate.report_reads import ReportReads
@@ -30,7 +28,7 @@ class ReportsApp:
     """One per reports worker; Granian calls `__rsgi_init__` before its event loop runs, and `__rsgi_del__`
     after the last request was answered."""
 
-    _client: Redis
+    _client: redis_target.RedisClient
     _reads: ReportReads
     _export_reads: ReportReads
     _api: Api
@@ -45,12 +43,11 @@ class ReportsApp:
     async def start(self, settings: Settings) -> None:
         if settings.redis_url is None:
             raise RuntimeError("no Redis URL: run the app with `trackgate serve`, or set TRACKGATE_REDIS_URL")
-        self._client = Redis.from_url(
-            settings.redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=1.0
-        )
+        target = redis_target.parse(settings.redis_url)
+        self._client = redis_target.client(target, timeout=REDIS_TIMEOUT, connect_timeout=1.0)
         share = settings.report_redis_share
-        self._reads = ReportReads(settings.redis_url, REDIS_TIMEOUT, share)
-        self._export_reads = ReportReads(settings.redis_url, REDIS_TIMEOUT, share)
+        self._reads = ReportReads(target, REDIS_TIMEOUT, share)
+        self._export_reads = ReportReads(target, REDIS_TIMEOUT, share)
         self._api = Api(self._client, self._reads, settings, self._export_reads)
         self._publisher = asyncio.create_task(metrics.publish_forever(), name="trackgate-metrics")
 

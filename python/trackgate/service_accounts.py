@@ -7,14 +7,13 @@ from __future__ import annotations
 import hmac
 import secrets
 
-from redis.asyncio import Redis
-
 from trackgate.keys import project_key
 from trackgate.projects import SERVICE_ACCOUNT_FIELD, ProjectError, check_user, hash_secret, reply_text
+from trackgate.redis_target import RedisClient
 
 
 async def add(
-    client: Redis, token: str, user: str | None = None, secret: str | None = None
+    client: RedisClient, token: str, user: str | None = None, secret: str | None = None
 ) -> tuple[str, str]:
     """A new service account of the project: its user and its secret (shown once; only its hash is
     kept). By default both are made here; given, they are kept (an account moved from elsewhere: its
@@ -27,19 +26,19 @@ async def add(
     return user, secret
 
 
-async def users(client: Redis, token: str) -> list[str]:
+async def users(client: RedisClient, token: str) -> list[str]:
     """The users of the project's service accounts, in name order."""
     fields = await client.hkeys(project_key(token))
     names = (reply_text(name) for name in fields)
     return sorted(n.removeprefix(SERVICE_ACCOUNT_FIELD) for n in names if n.startswith(SERVICE_ACCOUNT_FIELD))
 
 
-async def remove(client: Redis, token: str, user: str) -> bool:
+async def remove(client: RedisClient, token: str, user: str) -> bool:
     """False when the project has no such account."""
     return bool(await client.hdel(project_key(token), SERVICE_ACCOUNT_FIELD + user))
 
 
-async def verify(client: Redis, token: str, user: str, secret: str) -> bool:
+async def verify(client: RedisClient, token: str, user: str, secret: str) -> bool:
     """Whether `user` and `secret` are a service account of the project, the secret's hash compared with
     the stored one in constant time."""
     stored = await client.hget(project_key(token), SERVICE_ACCOUNT_FIELD + user)

@@ -9,15 +9,17 @@ from __future__ import annotations
 import math
 import re
 import struct
+from collections.abc import Awaitable
 from importlib import resources
 from typing import Final
 
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from trackgate import bounds, keys
 from trackgate._native import DEDUP_HASH_BYTES, PACKED_LAYOUT, Options
 from trackgate.redis_pipe import bulk
+from trackgate.redis_target import RedisClient
 
 LIBRARY: Final = "trackgate"
 RING_SLOTS: Final = 256
@@ -119,13 +121,21 @@ def _library_source() -> str:
 FUNCTION_SOURCE: Final = _library_source()
 
 
-async def load_functions(client: Redis, *, replace: bool) -> None:
-    """Load the library; without `replace`, a library already there (another worker's) is kept."""
+async def load_functions(client: RedisClient, *, replace: bool) -> None:
+    """Load the library, on every primary of a Cluster (each runs the functions of the slots it serves);
+    without `replace`, a library already there (another worker's) is kept."""
+    command = ("FUNCTION", "LOAD", *(("REPLACE",) if replace else ()), FUNCTION_SOURCE)
+    if not isinstance(client, RedisCluster):
+        await _load(client.execute_command(*command), replace)  # type: ignore[no-untyped-call]
+        return
+    await client.initialize()
+    for node in client.get_primaries():
+        await _load(client.execute_command(*command, target_nodes=node), replace)
+
+
+async def _load(loading: Awaitable[object], replace: bool) -> None:
     try:
-        if replace:
-            await client.function_load(FUNCTION_SOURCE, replace=True)
-        else:
-            await client.function_load(FUNCTION_SOURCE)
+        await loading
     except ResponseError as err:
         if replace or "already exists" not in str(err):
             raise

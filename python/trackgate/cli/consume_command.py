@@ -9,11 +9,9 @@ import signal
 import socket
 import sys
 
-from redis.asyncio import Redis
-
 from trackgate import consume, settings
 from trackgate.cli.errors import UsageError
-from trackgate.cli.redis_access import find_project
+from trackgate.cli.redis_access import find_project, registry_client
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +57,7 @@ async def consume_command(args: argparse.Namespace, config: settings.Settings, u
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     out = sys.stdout.buffer
-    async with Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5) as client:
+    async with registry_client(url, 10) as client:
         project = await find_project(client, args.project)
         consumer = consume.Consumer(
             client,

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import msgspec
-from redis.asyncio import Redis
 
 from trackgate import bounds, projects, rate_limit, registry_backup, reindex, service_accounts, settings
 from trackgate.cli.errors import UsageError
-from trackgate.cli.redis_access import find_project, redis_for_cli, with_client
+from trackgate.cli.redis_access import find_project, redis_for_cli, registry_client, with_client
+from trackgate.redis_target import RedisClient
 
 
 def window_seconds(text: str) -> int:
@@ -38,7 +38,7 @@ def window_seconds(text: str) -> int:
 
 
 async def project_action(args: argparse.Namespace, url: str) -> int:
-    async with Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5) as client:
+    async with registry_client(url) as client:
         if args.action == "create":
             project, secret = await projects.create_project(client, args.name, args.token, args.funnel_window)
             print(f"token: {project.token}\nsecret: {secret}")
@@ -129,7 +129,7 @@ def _replace_file(path: Path, data: bytes) -> None:
 _SERVICE_ACCOUNT_ACTIONS = ("add-service-account", "service-accounts", "remove-service-account")
 
 
-async def _service_accounts(client: Redis, args: argparse.Namespace) -> int:
+async def _service_accounts(client: RedisClient, args: argparse.Namespace) -> int:
     """Add one (its user and secret printed, as `create` prints a project's), list them, remove one."""
     project = await find_project(client, args.name)
     if args.action == "add-service-account":
@@ -160,7 +160,7 @@ def _caps_text(caps: bounds.Caps) -> str:
     return " ".join(f"{name.replace('_', '-')}={getattr(caps, name)}" for name in caps.__struct_fields__)
 
 
-async def _set_caps(client: Redis, args: argparse.Namespace) -> int:
+async def _set_caps(client: RedisClient, args: argparse.Namespace) -> int:
     """The caps given; those not given stay as they are."""
     project = await find_project(client, args.name)
     given = {f: getattr(args, f) for f in bounds.Caps.__struct_fields__ if getattr(args, f) is not None}
@@ -177,7 +177,7 @@ def _limit_text(limit: rate_limit.RateLimit | None) -> str:
     return rate_limit.UNLIMITED_TEXT if limit is None else limit.text()
 
 
-async def _set_limit(client: Redis, args: argparse.Namespace) -> int:
+async def _set_limit(client: RedisClient, args: argparse.Namespace) -> int:
     """`set-limit` (both values; the burst by default one second's events) or `remove-limit`."""
     project = await find_project(client, args.name)
     limit = None

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from redis.asyncio import Redis
-
-from trackgate import projects, settings
+from trackgate import projects, redis_target, settings
 from trackgate.cli.errors import UsageError
 from trackgate.embedded import DataDirLock, EmbeddedRedis, EmbeddedRedisError, running_url
+from trackgate.redis_target import RedisClient
+from trackgate.registry_migration import migrate_registry
 
 T = TypeVar("T")
 
@@ -47,12 +47,24 @@ def redis_for_cli(config: settings.Settings) -> Iterator[str]:
         lock.release()
 
 
-async def with_client(url: str, action: Callable[[Redis], Awaitable[T]]) -> T:
-    async with Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5) as client:
+@contextlib.asynccontextmanager
+async def registry_client(url: str, socket_timeout: float = 5) -> AsyncIterator[RedisClient]:
+    """A client of the Redis (or the Cluster, or Sentinel's primary) that `url` names, its registry in
+    this version's layout (`registry_migration.py`)."""
+    client = redis_target.client(redis_target.parse(url), timeout=socket_timeout, connect_timeout=5)
+    try:
+        await migrate_registry(client)
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def with_client(url: str, action: Callable[[RedisClient], Awaitable[T]]) -> T:
+    async with registry_client(url) as client:
         return await action(client)
 
 
-async def find_project(client: Redis, name_or_token: str) -> projects.Project:
+async def find_project(client: RedisClient, name_or_token: str) -> projects.Project:
     found = await projects.find_by_name(client, name_or_token) or await projects.get_project(
         client, name_or_token
     )
@@ -63,7 +75,7 @@ async def find_project(client: Redis, name_or_token: str) -> projects.Project:
 
 async def project_named(url: str, name_or_token: str | None) -> projects.Project:
     """The project named (by name or token), or with None the only project there is."""
-    async with Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5) as client:
+    async with registry_client(url, 10) as client:
         if name_or_token is not None:
             return await find_project(client, name_or_token)
         found = await projects.list_projects(client)

@@ -8,12 +8,11 @@ import sys
 from typing import BinaryIO
 
 import msgspec
-from redis.asyncio import Redis
 from tqdm import tqdm
 
 from trackgate import engage, export, funnels, keys, projects, settings
 from trackgate.cli.errors import UsageError
-from trackgate.cli.redis_access import find_project
+from trackgate.cli.redis_access import find_project, registry_client
 from trackgate.report_reads import ReportReads
 
 
@@ -32,7 +31,7 @@ def date_range(args: argparse.Namespace) -> tuple[dt.date, dt.date]:
 
 async def funnel_report(args: argparse.Namespace, config: settings.Settings, url: str) -> int:
     start, end = date_range(args)
-    async with Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5) as client:
+    async with registry_client(url, 10) as client:
         project = await find_project(client, args.project)
         report = await funnels.funnel_report(client, project.token, config.partitions, args.name, start, end)
     if report is None:
@@ -52,7 +51,7 @@ async def export_events(
     end: dt.date,
     out: BinaryIO,
 ) -> int:
-    async with Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5) as client:
+    async with registry_client(url, 10) as client:
         async with client.pipeline(transaction=False) as pipe:
             for p in range(config.partitions):
                 pipe.xlen(keys.stream_key(project.token, p))

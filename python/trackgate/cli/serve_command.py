@@ -14,14 +14,13 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
 
-from trackgate import projects, redis_target, settings, store
+from trackgate import projects, settings, store
 from trackgate.cli.logs import logging_config
-from trackgate.cli.redis_access import usable_data_dir
+from trackgate.cli.redis_access import registry_client, usable_data_dir
 from trackgate.embedded import DataDirLock, EmbeddedRedis
 
 log = logging.getLogger("trackgate")
@@ -85,8 +84,7 @@ def _check_port(host: str, port: int) -> None:
 async def _prepare(redis_url: str, *, demo: bool) -> tuple[projects.Project, str | None] | None:
     """Before workers start: the current function library, and the demo project (with its secret when it
     was created just now) if asked for."""
-    target = redis_target.parse(redis_url)
-    async with cast(Redis, redis_target.client(target, timeout=5, connect_timeout=5)) as client:
+    async with registry_client(redis_url) as client:
         await store.load_functions(client, replace=True)
         if not demo:
             return None

@@ -7,9 +7,8 @@ import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, cast
+from typing import Final
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from trackgate import metrics, redis_target, store, writers
@@ -29,6 +28,7 @@ from trackgate.gateway.reports_elsewhere import reports_elsewhere
 from trackgate.gateway.track import track_endpoint
 from trackgate.gateway.unknown_routes import UnknownRoutes
 from trackgate.projects import REGISTRY_MISSING, TokenCache
+from trackgate.registry_migration import migrate_registry
 from trackgate.rsgi import HTTPProtocol, Scope
 from trackgate.settings import Settings, for_worker
 
@@ -45,7 +45,7 @@ class Services:
 
     sink: Sink
     tokens: TokenSource
-    admin: Redis
+    admin: redis_target.RedisClient
     clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
     buckets: Buckets | None = None
@@ -56,14 +56,10 @@ class Services:
         """The worker's own: its batcher, its project list, its Redis client for the rest."""
         if settings.redis_url is None:
             raise RuntimeError("no Redis URL: run the app with `trackgate serve`, or set TRACKGATE_REDIS_URL")
-        # The readers take a cluster's client as they take one Redis's (the commands they send have one
-        # key, or keys of one slot).
-        admin = cast(
-            Redis,
-            redis_target.client(redis_target.parse(settings.redis_url), timeout=1.0, connect_timeout=1.0),
-        )
+        admin = redis_target.client(redis_target.parse(settings.redis_url), timeout=1.0, connect_timeout=1.0)
         try:
             await store.load_functions(admin, replace=False)
+            await migrate_registry(admin)
         except (RedisError, OSError) as err:
             log.warning("function library not checked (Redis unreachable): %s", err)
         tokens = TokenCache(admin, settings.token_refresh)

@@ -35,7 +35,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final, NamedTuple, Protocol
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from trackgate import store
@@ -43,6 +42,7 @@ from trackgate._native import PartitionBatch
 from trackgate.gateway import log
 from trackgate.keys import rate_bucket_key
 from trackgate.rate_limit import RateLimit
+from trackgate.redis_target import RedisClient
 from trackgate.throttled_log import ThrottledLog
 
 LEASE_SECONDS: Final = 0.1
@@ -82,7 +82,7 @@ class RedisBuckets:
 
     __slots__ = ("_client",)
 
-    def __init__(self, client: Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self._client = client
 
     async def take(self, token: str, limit: RateLimit, want: int) -> Grant:
