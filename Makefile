@@ -9,7 +9,7 @@ NATIVE_GLOB := python/trackgate/_native*.so
 # Tools from Debian's packages of the same names, installed by one rule below.
 APT_TOOLS := redis-server chromium wrk
 
-.PHONY: all help venv build-serve build build-test run test test-rust test-python lint fmt bench bench-quick \
+.PHONY: all help venv build-serve build build-test run test test-rust test-python test-cluster lint fmt bench bench-quick \
 	chaos clean $(APT_TOOLS)
 
 all: build ## the release extension with the dev extra (as `build`)
@@ -56,13 +56,22 @@ $(APT_TOOLS): ## install this tool with apt-get when it is missing
 run: build-serve redis-server ## build, then `trackgate serve --demo` on 127.0.0.1:8000 with its own Redis
 	$(BIN)/trackgate serve --demo
 
-test: build-test redis-server chromium test-rust test-python ## build, then cargo test and pytest (not lint)
+test: build-test redis-server chromium test-rust test-python test-cluster ## build, then cargo test and pytest (not lint)
 
 test-rust: ## cargo test, without building the extension
 	cargo test --workspace --quiet
 
 test-python: ## pytest against the extension built last, without building
 	$(BIN)/pytest -q
+
+# The end-to-end modules that matter, again with the session's Redis a 3-primary Redis Cluster (the
+# cluster's own tests, in test_cluster_*.py, run in test-python).
+CLUSTER_SUITE := test_gateway_clients test_gateway_answers test_gateway_health test_profile_clients \
+	test_import_clients test_dedup_gateway test_rate_limits test_funnels test_engage_api test_api \
+	test_mixpanel_export test_profile_export test_consume test_service_accounts test_unknown_routes \
+	test_reports_process
+test-cluster: ## the end-to-end modules of CLUSTER_SUITE on a Redis Cluster (pytest --redis cluster)
+	$(BIN)/pytest -q --redis cluster $(CLUSTER_SUITE:%=tests/%.py)
 
 # The stub check needs the built extension: it compares _native.pyi with what the module really has.
 lint: build-test ## clippy, rustfmt, ruff, mypy and the stub check (stubtest); fails on any finding

@@ -25,6 +25,7 @@ import pytest
 import redis
 import requests
 from playwright.sync_api import Browser, sync_playwright
+from redis.cluster import RedisCluster
 from trackgate import bounds, store
 from trackgate._native import PartitionBatch
 from trackgate.keys import stream_key
@@ -214,9 +215,12 @@ def stored_events(client: redis.Redis, token: str) -> list[dict[str, Any]]:
     return found
 
 
-def send_packed(client: redis.Redis, command: bytes, replies: int = 1) -> Any:
+def send_packed(client: redis.Redis, command: bytes, replies: int = 1, key: str | None = None) -> Any:
     """Sends commands already packed in RESP, as the batcher does, and returns the last of their
-    `replies`."""
+    `replies`. On a cluster they go to the primary serving `key`'s slot."""
+    if isinstance(client, RedisCluster):
+        assert key is not None, "a cluster needs the key that says where the commands go"
+        client = client.get_redis_connection(client.get_node_from_key(key))
     conn = client.connection_pool.get_connection()
     try:
         conn.send_packed_command([command])  # type: ignore[no-untyped-call]
@@ -262,7 +266,8 @@ def send_write(
         sum(b.args for b in batches),
         [b.packed for b in batches], [b.xadds for b in batches], caps,
     )  # fmt: skip
-    return send_packed(client, b"".join(out), store.transaction_replies(events) + 1)
+    key = stream_key(token, partition)
+    return send_packed(client, b"".join(out), store.transaction_replies(events) + 1, key)
 
 
 def send_count(
@@ -282,7 +287,7 @@ def send_count(
     header = store.WriteCommands(0, 0, late).header(
         token, partition, window, batch_id, sum(b.args for b in batches), alone=True
     )
-    return send_packed(client, header + b"".join(b.packed for b in batches))
+    return send_packed(client, header + b"".join(b.packed for b in batches), key=stream_key(token, partition))
 
 
 def stored_with(client: redis.Redis, token: str, prop: str, value: object) -> list[dict[str, Any]]:
@@ -449,9 +454,53 @@ class Load:
 # Fixtures
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--redis",
+        choices=("single", "cluster"),
+        default="single",
+        help="what the session's Redis is: one redis-server, or a Redis Cluster of 3 primaries with a "
+        "replica each (`make test` runs the end-to-end modules that matter on both)",
+    )
+
+
+class ClusterAsServer(RedisServer):
+    """The session's Redis when the suite runs on a cluster (`--redis cluster`): its URL and a client, as
+    a RedisServer's; killing or restarting it is for the cluster's own tests."""
+
+    def __init__(self, directory: Path) -> None:
+        from redis_cluster import Cluster
+
+        super().__init__(directory)
+        self.cluster = Cluster(directory / "cluster")
+
+    @property
+    def url(self) -> str:
+        return self.cluster.url
+
+    def start(self) -> None:
+        self.cluster.start()
+
+    def stop(self) -> None:
+        self.cluster.stop()
+
+    def kill(self) -> None:
+        raise NotImplementedError("a test that kills the session's Redis runs on one redis-server only")
+
+    def client(self) -> redis.Redis:
+        return cast(redis.Redis, self.cluster.client())
+
+
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
+def redis_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RedisServer]:
+    directory = tmp_path_factory.mktemp("redis")
+    server = (
+        ClusterAsServer(directory)
+        if request.config.getoption("--redis") == "cluster"
+        else RedisServer(directory)
+    )
     server.start()
     yield server
     server.stop()

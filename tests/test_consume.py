@@ -18,7 +18,7 @@ import redis
 import redis.asyncio
 import requests
 from conftest import PARTITIONS, TRACKGATE, Gateway, RedisServer, create_project, stored_events
-from trackgate import keys
+from trackgate import keys, redis_target
 from trackgate.consume import Consumer, Entry
 
 
@@ -52,6 +52,11 @@ def pending(client: redis.Redis, token: str, group: str, kinds: tuple[str, ...] 
     return total
 
 
+def client_of(server: RedisServer) -> redis_target.RedisClient:
+    """An asyncio client of the session's Redis, one redis-server or a cluster."""
+    return redis_target.client(redis_target.parse(server.url), timeout=10, connect_timeout=5)
+
+
 async def drain(consumer: Consumer, handle: Any) -> None:
     while await consumer.step(handle):
         pass
@@ -64,7 +69,7 @@ def test_every_entry_once_and_acknowledged(redis_server: RedisServer) -> None:
     got: list[str] = []
 
     async def run() -> None:
-        async with redis.asyncio.Redis.from_url(redis_server.url) as aclient:
+        async with client_of(redis_server) as aclient:
             consumer = Consumer(aclient, token, PARTITIONS, "g", "c1", count=100)
             await drain(consumer, lambda entry: got.append(seen(entry)))
 
@@ -80,7 +85,7 @@ def test_consumers_of_a_group_share_the_entries(redis_server: RedisServer) -> No
     got: dict[str, list[str]] = {"a": [], "b": []}
 
     async def run() -> None:
-        async with redis.asyncio.Redis.from_url(redis_server.url) as aclient:
+        async with client_of(redis_server) as aclient:
             consumers = {
                 name: Consumer(aclient, token, PARTITIONS, "g", name, kinds=["event"], count=50)
                 for name in got
@@ -111,7 +116,7 @@ def test_entries_a_dead_consumer_left_are_claimed_after_their_idle_time(redis_se
     got: list[str] = []
 
     async def run() -> None:
-        async with redis.asyncio.Redis.from_url(redis_server.url) as aclient:
+        async with client_of(redis_server) as aclient:
             dead = Consumer(aclient, token, PARTITIONS, "g", "dead", kinds=["event"], count=1000)
             with pytest.raises(DiedError):
                 await dead.step(die)  # read a stream's entries, acknowledged none
@@ -132,7 +137,7 @@ def test_entries_trimmed_before_they_were_handed_on_are_counted(redis_server: Re
     fill(client, token, 40)
 
     async def run() -> Consumer:
-        async with redis.asyncio.Redis.from_url(redis_server.url) as aclient:
+        async with client_of(redis_server) as aclient:
             dead = Consumer(aclient, token, PARTITIONS, "g", "dead", kinds=["event"])
             with pytest.raises(ZeroDivisionError):
                 await dead.step(lambda entry: 1 / 0)

@@ -10,10 +10,8 @@ import uuid
 from typing import Any
 
 import pytest
-import redis
-import redis.asyncio
 from conftest import PARTITIONS, Batch, RedisServer, partition_of, send_count, send_write
-from trackgate import Options, decode_request, keys, store
+from trackgate import Options, decode_request, keys, redis_target, store
 from trackgate._native import MAX_FUNNEL_STEP
 from trackgate.counts import EventCounts, event_counts
 from trackgate.funnels import FunnelReport, Step, funnel_report, list_funnels
@@ -24,6 +22,11 @@ DAY = 86400
 MIDNIGHT = dt.datetime(2026, 11, 20, tzinfo=dt.UTC).timestamp()
 D0 = dt.date(2026, 11, 20)
 NOW = MIDNIGHT + 10 * DAY
+
+
+def reader(url: str) -> redis_target.RedisClient:
+    """An asyncio client of the session's Redis, one redis-server or a cluster."""
+    return redis_target.client(redis_target.parse(url), timeout=10, connect_timeout=5)
 
 
 class Project:
@@ -59,7 +62,7 @@ class Project:
 
     def report(self, name: str = "signup", start: dt.date = D0, end: dt.date | None = None) -> FunnelReport:
         async def read() -> FunnelReport | None:
-            async with redis.asyncio.Redis.from_url(self.url) as client:
+            async with reader(self.url) as client:
                 return await funnel_report(client, self.token, PARTITIONS, name, start, end or start)
 
         report = asyncio.run(read())
@@ -255,7 +258,7 @@ def test_funnels_are_listed_with_their_steps(project: Project) -> None:
     project.send(step(project, "u1", 1, T, goal="Visit"), step(project, "u1", 2, T + 1, goal="Form"))
 
     async def read() -> list[Any]:
-        async with redis.asyncio.Redis.from_url(project.url) as client:
+        async with reader(project.url) as client:
             return list(await list_funnels(client, project.token, PARTITIONS))
 
     [info] = asyncio.run(read())
