@@ -56,7 +56,7 @@ $(APT_TOOLS): ## install this tool with apt-get when it is missing
 run: build-serve redis-server ## build, then `trackgate serve --demo` on 127.0.0.1:8000 with its own Redis
 	$(BIN)/trackgate serve --demo
 
-test: build-test redis-server chromium test-rust test-python test-cluster ## build, then cargo test and pytest (not lint)
+test: build-test redis-server chromium test-rust test-python test-cluster ## build, then cargo test and pytest (on one Redis, then a Cluster; not lint)
 
 test-rust: ## cargo test, without building the extension
 	cargo test --workspace --quiet
