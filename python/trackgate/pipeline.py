@@ -161,6 +161,8 @@ class Pipeline:
     # Replies, in send order
 
     def on_reply(self, reply: Any) -> None:
+        if self.pipe is None:
+            return  # the pipe was given up while its replies were being read: its commands are settled
         self._progress = self._clock.time()
         item = self._sent[0]
         if item is _WAIT:
@@ -297,6 +299,10 @@ class Pipeline:
             stored,
             err,
         )
+        if _error_code(cause) == "READONLY":
+            # A primary demoted under the connection (a Sentinel failover): the next connection asks
+            # which node is the primary now.
+            self.lost(self.pipe, ConnectionError(f"Redis is a replica now: {cause}"))
 
     def _write_failed(self, why: str) -> None:
         self._failure = why
