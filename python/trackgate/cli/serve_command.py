@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from trackgate import projects, settings, store
+from trackgate import projects, redis_target, settings, store
 from trackgate.cli.logs import logging_config
 from trackgate.cli.redis_access import usable_data_dir
 from trackgate.embedded import DataDirLock, EmbeddedRedis
@@ -85,7 +85,10 @@ def _check_port(host: str, port: int) -> None:
 async def _prepare(redis_url: str, *, demo: bool) -> tuple[projects.Project, str | None] | None:
     """Before workers start: the current function library, and the demo project (with its secret when it
     was created just now) if asked for."""
-    async with Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5) as client:
+    client = redis_target.client(redis_target.parse(redis_url), timeout=5, connect_timeout=5)
+    if not isinstance(client, Redis):
+        raise settings.SettingsError("serving a Redis Cluster is not wired yet")
+    async with client:
         await store.load_functions(client, replace=True)
         if not demo:
             return None

@@ -12,7 +12,7 @@ from typing import Final
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from trackgate import metrics, store
+from trackgate import metrics, redis_target, store
 from trackgate.batcher import Batcher
 from trackgate.credentials import Credentials, RegistryCredentials
 from trackgate.gateway import log
@@ -31,6 +31,7 @@ from trackgate.gateway.track import track_endpoint
 from trackgate.gateway.unknown_routes import UnknownRoutes
 from trackgate.projects import REGISTRY_MISSING, TokenCache
 from trackgate.rsgi import HTTPProtocol, Scope
+from trackgate.sentinel_primary import SentinelPrimary
 from trackgate.settings import Settings, for_worker
 
 # Net allocations of tracked objects (a young generation's size) before a collection; Python's is 700.
@@ -57,7 +58,10 @@ class Services:
         """The worker's own: its batcher, its project list, its Redis client for the rest."""
         if settings.redis_url is None:
             raise RuntimeError("no Redis URL: run the app with `trackgate serve`, or set TRACKGATE_REDIS_URL")
-        admin = Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        target = redis_target.parse(settings.redis_url)
+        admin = redis_target.client(target, timeout=1.0, connect_timeout=1.0)
+        if not isinstance(admin, Redis):
+            raise RuntimeError("the gateway's registry reads on a Redis Cluster are not wired yet")
         try:
             await store.load_functions(admin, replace=False)
         except (RedisError, OSError) as err:
@@ -79,6 +83,8 @@ class Services:
             funnel_window=tokens.funnel_window,
             caps=tokens.caps,
             counter_retention_days=settings.counter_retention_days,
+            durability=settings.write_durability(),
+            connect=SentinelPrimary(target).connect if isinstance(target, redis_target.Sentinel) else None,
         )
         await batcher.start()
         return cls(sink=batcher, tokens=tokens, admin=admin)
