@@ -91,6 +91,7 @@ class _Stored:
     """The batcher's place when Redis is left out: every request's events are in Redis at once."""
 
     not_ready_reason: str | None = None
+    primaries: dict[str, str | None] = {}  # noqa: RUF012  # one Redis: none, and never changed
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._done: asyncio.Future[Written] = loop.create_future()

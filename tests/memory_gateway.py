@@ -108,6 +108,7 @@ class MemorySink:
     futures wait in `held` until `write_held()`: requests whose write is in flight."""
 
     not_ready_reason: str | None = None
+    primaries: dict[str, str | None] = {}  # noqa: RUF012  # one Redis: none, and never changed
 
     def __init__(
         self,

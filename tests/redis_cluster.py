@@ -88,7 +88,9 @@ class Cluster:
     def __init__(self, directory: Path, primaries: int = 3) -> None:
         self.nodes = [
             Node(directory / f"node{i}", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                 "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--appendonly", "yes",
+                 "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--cluster-require-full-coverage", "no",
+                 "--cluster-replica-validity-factor", "0",
+                 "--appendonly", "yes",
                  "--appendfsync", "everysec")
             for i in range(2 * primaries)
         ]  # fmt: skip
@@ -109,6 +111,17 @@ class Cluster:
             timeout=60,
         )  # fmt: skip
         self.wait_healthy()
+        # A replica that has not finished its first sync cannot be promoted.
+        wait_for(self._replicas_in_sync, 30, "every replica in sync")
+
+    def _replicas_in_sync(self) -> bool:
+        links = []
+        for node in self.nodes:
+            with node.client(timeout=0.5) as client:
+                info = client.info("replication")
+            if info.get("role") == "slave":
+                links.append(info.get("master_link_status") == "up")
+        return len(links) == len(self.nodes) // 2 and all(links)
 
     def healthy(self) -> bool:
         """Every running node says the cluster is ok, and every slot has a primary that answers."""

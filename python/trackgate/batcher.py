@@ -36,14 +36,14 @@ import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Final
+from typing import Any, Final
 
 from trackgate import bounds, keys, store
 from trackgate._native import PartitionBatch
 from trackgate.durability import LOCAL, Durability
 from trackgate.flush import Flush, Key, Unavailable, UnavailableError, Written
 from trackgate.packing import LOAD_COMMAND, Packer, library_loaded
-from trackgate.pipeline import Clock, Pipeline
+from trackgate.pipeline import Clock, Pipeline, is_redirect
 from trackgate.redis_pipe import Connection, OnLost, OnReply, RedisPipe, ReplyError, pack
 
 __all__ = ["Batcher", "Clock", "Connect", "Key", "Unavailable", "UnavailableError", "Written"]
@@ -83,6 +83,7 @@ class Batcher:
         durability: Durability = LOCAL,
         connect: Connect | None = None,
         clock: Clock | None = None,
+        follows_redirects: bool = False,
     ) -> None:
         self._max_events = max_events
         self._linger = linger
@@ -110,6 +111,7 @@ class Batcher:
             timeout=timeout,
             retry_window=retry_window,
             wake=self._kick.set,
+            follows_redirects=follows_redirects,
             durability=durability,
         )
         self._open = Flush()
@@ -118,6 +120,8 @@ class Batcher:
         # lost is not an outage yet: requests queue while the next one is made.
         self._unreachable = False
         self._task: asyncio.Task[None] | None = None
+        # On a Redis Cluster: reads the marks that a node answered MOVED or ASK for (their slot moved).
+        self.read_moved_marks: Callable[[list[bytes]], Awaitable[list[Any]]] | None = None
 
     @property
     def not_ready_reason(self) -> str | None:
@@ -134,6 +138,20 @@ class Batcher:
     def ready(self) -> bool:
         return self.not_ready_reason is None
 
+    @property
+    def primaries(self) -> dict[str, str | None]:
+        """One Redis: no cluster primaries to list."""
+        return {}
+
+    @property
+    def node(self) -> str | None:
+        """The Redis Cluster primary written to (`host:port`), as /metrics and the log name it."""
+        return self._pipeline.node
+
+    @node.setter
+    def node(self, node: str) -> None:
+        self._pipeline.node = node
+
     async def start(self) -> None:
         """Connect (a failure is not fatal: the gateway answers 503 and keeps trying) and start writing."""
         try:
@@ -148,11 +166,10 @@ class Batcher:
         """Queue a request's partition batches; the future gives what became of them: the keys whose
         write failed (none when all are in Redis), and the duplicates found among its events. Raises
         UnavailableError when the events cannot be queued."""
-        if self._unreachable or self._closing:
-            raise UnavailableError(Unavailable.STOPPING if self._closing else Unavailable.REDIS_UNAVAILABLE)
+        refusal = self.refusal(count)
+        if refusal is not None:
+            raise UnavailableError(refusal)
         pipeline = self._pipeline
-        if pipeline.pending + count > self._max_pending:
-            raise UnavailableError(Unavailable.OVERLOADED)
         flush = self._open
         if not flush.events:
             if self._linger > 0:
@@ -167,6 +184,16 @@ class Batcher:
             flush.due = True
             self._kick.set()
         return waiter
+
+    def refusal(self, count: int) -> Unavailable | None:
+        """Why `submit` would refuse `count` events now, or None when it would take them."""
+        if self._closing:
+            return Unavailable.STOPPING
+        if self._unreachable:
+            return Unavailable.REDIS_UNAVAILABLE
+        if self._pipeline.pending + count > self._max_pending:
+            return Unavailable.OVERLOADED
+        return None
 
     def _come_due(self, flush: Flush) -> None:
         if not flush.due:
@@ -320,11 +347,24 @@ class Batcher:
                 "twice; the Redis user needs +client|kill",
                 replies[1],
             )
+        marks = await self._marks_moved_away(marks, [keys.mark_key(token, p, writer) for token, p in lost])
         for mark in marks:
             if isinstance(mark, ReplyError):
                 raise mark
         rings = {key: store.ring_entries(ring) for key, ring in zip(lost, marks, strict=True)}
         pipeline.settled(unsettled, rings)
+
+    async def _marks_moved_away(self, marks: list[Any], names: list[bytes]) -> list[Any]:
+        """`marks`, with those a cluster node answered MOVED or ASK for read where their slot is now."""
+        moved = [i for i, mark in enumerate(marks) if isinstance(mark, ReplyError) and is_redirect(mark)]
+        if not moved or self.read_moved_marks is None:
+            return marks
+        async with self._within(self._timeout):
+            found = await self.read_moved_marks([names[i] for i in moved])
+        marks = list(marks)
+        for i, mark in zip(moved, found, strict=True):
+            marks[i] = mark
+        return marks
 
     def _fail_open_flush(self) -> None:
         """Requests queued while the connection was being made again: never sent, so certainly not

@@ -26,10 +26,14 @@ NO_FAILURES: Final[frozenset[Key]] = frozenset()
 class Written:
     """What became of a request's events once its flush is finished: the keys whose write failed (empty
     when all its events are in Redis), and how many of its events were duplicates, sent before and
-    stored within the dedup window: answered as stored, not stored or counted again."""
+    stored within the dedup window: answered as stored, not stored or counted again. `redirected`: keys
+    a Redis Cluster node refused as not its own (MOVED, ASK, TRYAGAIN, CLUSTERDOWN), so certainly not
+    stored, which a cluster's batcher sends again where they belong (only a batcher that follows
+    redirects is told of them; to any other they are failed)."""
 
     failed: frozenset[Key] = NO_FAILURES
     duplicates: int = 0
+    redirected: frozenset[Key] = NO_FAILURES
 
 
 ALL_STORED: Final = Written()
@@ -72,6 +76,7 @@ class Flush:
         "outstanding",
         "owners",
         "parts",
+        "redirected",
         "started",
         "waiters",
         "xadds",
@@ -88,6 +93,7 @@ class Flush:
         self.duplicates: list[int] | None = None  # per request, once any is found
         self.due = False
         self.failed: set[Key] = set()
+        self.redirected: set[Key] = set()
         self.outstanding = 0  # its commands not finished yet, once sent
         self.started = 0.0
         self.deadline = 0.0  # until when its commands are tried again
@@ -137,12 +143,13 @@ class Flush:
     def answer(self) -> None:
         """Every command is finished: its requests get the keys that failed, and their duplicates."""
         failed = frozenset(self.failed) if self.failed else NO_FAILURES
-        result = Written(failed) if failed else ALL_STORED
+        redirected = frozenset(self.redirected) if self.redirected else NO_FAILURES
+        result = Written(failed, 0, redirected) if failed or redirected else ALL_STORED
         duplicates = self.duplicates
         for request, waiter in enumerate(self.waiters):
             if not waiter.done():
                 found = duplicates[request] if duplicates is not None else 0
-                waiter.set_result(Written(failed, found) if found else result)
+                waiter.set_result(Written(failed, found, redirected) if found else result)
 
     def fail(self, reason: Unavailable) -> None:
         """Its requests get UnavailableError(reason): they were never stored, or may not be."""

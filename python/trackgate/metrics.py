@@ -43,10 +43,11 @@ FLUSH_EVENTS = Histogram(
     "events per flush (one write of a worker's pending events: a command per partition)",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000),
 )
+_WRITE_SECONDS: Final = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 FLUSH_SECONDS = Histogram(
     "trackgate_flush_seconds",
     "time from sending a flush to Redis to its last reply, retries included",
-    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    buckets=_WRITE_SECONDS,
 )
 QUEUE_EVENTS = Gauge(
     "trackgate_queue_events",
@@ -80,6 +81,21 @@ RATE_LIMITED_EVENTS = Counter(
     "trackgate_rate_limited_events",
     "valid events and profile updates of requests refused past their project's rate limit",
     ["token"],
+)
+# On a Redis Cluster: per primary (host:port), so their number is the cluster's.
+NODE_WRITE_SECONDS = Histogram(
+    "trackgate_node_write_seconds",
+    "seconds from a flush's first send to its last reply, per Redis Cluster primary written to",
+    ["node"],
+    buckets=_WRITE_SECONDS,
+)
+NODE_ERRORS = Counter(
+    "trackgate_node_errors", "failed writes per Redis Cluster primary, by kind", ["node", "kind"]
+)
+REDIRECTS = Counter(
+    "trackgate_redis_redirects",
+    "write transactions a Redis Cluster node refused as not its own (MOVED, ASK, TRYAGAIN, CLUSTERDOWN)",
+    ["kind"],
 )
 BATCHES_DEDUPLICATED = Counter(
     "trackgate_batches_deduplicated", "retried write commands that Redis had applied already"

@@ -37,6 +37,18 @@ FAILING_FOR: Final = 10.0
 is not ready), unless a write succeeds first: long enough to span the gaps between a client's retries."""
 
 
+REDIRECTS: Final = frozenset({"MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"})
+"""The codes of a Redis Cluster node refusing a command as not its own to run now: a transaction refused
+with one, when queued, was not applied at all (EXECABORT), so it can go again to the slot's owner.
+Writes to a slot being migrated are sent again, not with ASKING: the function touches keys of the
+partition that its call does not declare, so the node importing the slot would answer TRYAGAIN."""
+
+
+def is_redirect(err: ReplyError) -> bool:
+    """Whether a Redis Cluster node refused the command as not its own to run now."""
+    return _error_code(err) in REDIRECTS
+
+
 def _error_code(err: ReplyError | None) -> str:
     """A Redis error's code (OOM, WRONGTYPE, ERR, ...), the first word of its message: what the lines of
     the throttled log are kept apart by."""
@@ -89,10 +101,14 @@ class Pipeline:
         timeout: float,
         retry_window: float,
         wake: Callable[[], None],
+        follows_redirects: bool = False,
         durability: Durability = LOCAL,
     ) -> None:
         self._packer = packer
+        self._follows_redirects = follows_redirects
         self._durability = durability
+        # The node written to, as /metrics labels it: set on a cluster, where there are several.
+        self.node: str | None = None
         self._clock = clock
         self._timeout = timeout
         self._retry_window = retry_window
@@ -288,8 +304,16 @@ class Pipeline:
     ) -> None:
         """`err` is what Redis answered; `cause` the error that says why (its code names the kind of
         line in the log)."""
+        code = _error_code(cause)
+        if code in REDIRECTS and not stored:
+            metrics.REDIRECTS.labels(code).inc()
+            if self._follows_redirects:
+                command.flush.redirected.add(command.key)
+                return
         command.flush.failed.add(command.key)
         metrics.REDIS_ERRORS.labels("command").inc()
+        if self.node is not None:
+            metrics.NODE_ERRORS.labels(self.node, "command").inc()
         self._write_failed(str(err))
         self._errors.error(
             "refused:" + _error_code(cause),
@@ -317,8 +341,10 @@ class Pipeline:
 
     def _written(self, command: Command) -> None:
         """A command Redis has answered, or a settle found applied: with `replicas=N` it waits for the
-        next WAIT's reply, unless it failed anyway."""
-        if self._durability.replicas and command.key not in command.flush.failed:
+        next WAIT's reply, unless it failed anyway or was not the node's to store (a cluster's
+        redirect)."""
+        flush = command.flush
+        if self._durability.replicas and not (command.key in flush.failed or command.key in flush.redirected):
             self._unreplicated.append(command)
         else:
             self._finish(command)
@@ -351,7 +377,10 @@ class Pipeline:
             return
         self.flights -= 1
         self.pending -= flush.events
-        metrics.observe_flush(flush.events, time.perf_counter() - flush.started)
+        seconds = time.perf_counter() - flush.started
+        metrics.observe_flush(flush.events, seconds)
+        if self.node is not None:
+            metrics.NODE_WRITE_SECONDS.labels(self.node).observe(seconds)
         metrics.queue(self.pending, self.flights)
         flush.answer()
         self._wake()
@@ -362,8 +391,10 @@ class Pipeline:
         """The pipe is gone: the commands whose replies were not read are resent on the next one."""
         if pipe is None or pipe is not self.pipe:
             return  # a connection given up before (its commands were moved then), or never used
-        log.error("Redis connection lost: %s", err)
+        log.error("Redis connection lost%s: %s", "" if self.node is None else f" ({self.node})", err)
         metrics.REDIS_ERRORS.labels("connection").inc()
+        if self.node is not None:
+            metrics.NODE_ERRORS.labels(self.node, "connection").inc()
         self.disconnect()
         # Those waiting for a WAIT are in Redis, but maybe on no replica: settled like the others.
         unanswered = [*self._unreplicated, *(c for c in self._sent if isinstance(c, Command))]

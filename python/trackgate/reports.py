@@ -14,7 +14,7 @@ from typing import Final
 
 from redis.asyncio import Redis
 
-from trackgate import metrics, redis_target
+from trackgate import metrics
 from trackgate.api import Api
 from trackgate.gateway.answers import PLAIN_TEXT
 from trackgate.report_reads import ReportReads
@@ -45,12 +45,9 @@ class ReportsApp:
     async def start(self, settings: Settings) -> None:
         if settings.redis_url is None:
             raise RuntimeError("no Redis URL: run the app with `trackgate serve`, or set TRACKGATE_REDIS_URL")
-        client = redis_target.client(
-            redis_target.parse(settings.redis_url), timeout=REDIS_TIMEOUT, connect_timeout=1.0
+        self._client = Redis.from_url(
+            settings.redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=1.0
         )
-        if not isinstance(client, Redis):
-            raise RuntimeError("the reports' reads of a Redis Cluster are not wired yet")
-        self._client = client
         share = settings.report_redis_share
         self._reads = ReportReads(settings.redis_url, REDIS_TIMEOUT, share)
         self._export_reads = ReportReads(settings.redis_url, REDIS_TIMEOUT, share)

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from redis.asyncio import Redis
@@ -85,10 +85,8 @@ def _check_port(host: str, port: int) -> None:
 async def _prepare(redis_url: str, *, demo: bool) -> tuple[projects.Project, str | None] | None:
     """Before workers start: the current function library, and the demo project (with its secret when it
     was created just now) if asked for."""
-    client = redis_target.client(redis_target.parse(redis_url), timeout=5, connect_timeout=5)
-    if not isinstance(client, Redis):
-        raise settings.SettingsError("serving a Redis Cluster is not wired yet")
-    async with client:
+    target = redis_target.parse(redis_url)
+    async with cast(Redis, redis_target.client(target, timeout=5, connect_timeout=5)) as client:
         await store.load_functions(client, replace=True)
         if not demo:
             return None

@@ -7,13 +7,12 @@ import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from trackgate import metrics, redis_target, store
-from trackgate.batcher import Batcher
+from trackgate import metrics, redis_target, store, writers
 from trackgate.credentials import Credentials, RegistryCredentials
 from trackgate.gateway import log
 from trackgate.gateway.answers import PLAIN_TEXT
@@ -31,7 +30,6 @@ from trackgate.gateway.track import track_endpoint
 from trackgate.gateway.unknown_routes import UnknownRoutes
 from trackgate.projects import REGISTRY_MISSING, TokenCache
 from trackgate.rsgi import HTTPProtocol, Scope
-from trackgate.sentinel_primary import SentinelPrimary
 from trackgate.settings import Settings, for_worker
 
 # Net allocations of tracked objects (a young generation's size) before a collection; Python's is 700.
@@ -58,34 +56,19 @@ class Services:
         """The worker's own: its batcher, its project list, its Redis client for the rest."""
         if settings.redis_url is None:
             raise RuntimeError("no Redis URL: run the app with `trackgate serve`, or set TRACKGATE_REDIS_URL")
-        target = redis_target.parse(settings.redis_url)
-        admin = redis_target.client(target, timeout=1.0, connect_timeout=1.0)
-        if not isinstance(admin, Redis):
-            raise RuntimeError("the gateway's registry reads on a Redis Cluster are not wired yet")
+        # The readers take a cluster's client as they take one Redis's (the commands they send have one
+        # key, or keys of one slot).
+        admin = cast(
+            Redis,
+            redis_target.client(redis_target.parse(settings.redis_url), timeout=1.0, connect_timeout=1.0),
+        )
         try:
             await store.load_functions(admin, replace=False)
         except (RedisError, OSError) as err:
             log.warning("function library not checked (Redis unreachable): %s", err)
         tokens = TokenCache(admin, settings.token_refresh)
         await tokens.start()
-        batcher = Batcher(
-            settings.redis_url,
-            max_events=settings.batch_max_events,
-            linger=settings.batch_linger_ms / 1000,
-            depth=settings.pipeline_depth,
-            max_pending=settings.max_pending_events,
-            timeout=settings.redis_timeout,
-            retry_window=settings.retry_window,
-            stream_maxlen=settings.stream_maxlen,
-            stream_max_age=settings.stream_max_age,
-            event_max_age=settings.max_age,
-            dedup_window=settings.dedup_window,
-            funnel_window=tokens.funnel_window,
-            caps=tokens.caps,
-            counter_retention_days=settings.counter_retention_days,
-            durability=settings.write_durability(),
-            connect=SentinelPrimary(target).connect if isinstance(target, redis_target.Sentinel) else None,
-        )
+        batcher = writers.writer(settings, tokens)
         await batcher.start()
         return cls(sink=batcher, tokens=tokens, admin=admin)
 
@@ -194,12 +177,17 @@ class App:
             self._unknown(scope, proto)
 
     async def _ready(self, proto: HTTPProtocol) -> None:
-        """Ready means that writes succeed: 503, saying why, while they cannot."""
+        """Ready means that writes succeed: 503, saying why, while they cannot. On a Redis Cluster each
+        primary's state follows, one line each."""
         why = await self._not_ready_reason()
+        primaries = "".join(
+            f"primary {node}: {'ok' if reason is None else reason}\n"
+            for node, reason in sorted(self._services.sink.primaries.items())
+        )
         if why is None:
-            _plain(proto, "readyz", 200, b"ready\n")
+            _plain(proto, "readyz", 200, b"ready\n" + primaries.encode())
         else:
-            _plain(proto, "readyz", 503, why.encode() + b"\n")
+            _plain(proto, "readyz", 503, (why + "\n" + primaries).encode())
 
     async def _not_ready_reason(self) -> str | None:
         try:

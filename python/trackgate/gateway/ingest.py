@@ -54,6 +54,11 @@ class Sink(Protocol):
     def not_ready_reason(self) -> str | None:
         """Why events cannot be stored now (said by /readyz), or None when they can."""
 
+    @property
+    def primaries(self) -> Mapping[str, str | None]:
+        """On a Redis Cluster, each primary (`host:port`) and why it takes no writes (None: it does);
+        empty on one Redis."""
+
     async def close(self) -> None: ...
 
 
