@@ -1,5 +1,6 @@
 """Durability levels end to end, on real redis-servers: a primary with a replica 200 ms behind it and
-three Sentinels, its primary killed with `kill -9` under load; and a primary whose one replica stops.
+three Sentinels, its primary killed with `kill -9` under load; a Redis Cluster's primary killed under
+load; and a primary whose one replica stops.
 
 With `replicas=1` nothing answered `1` is lost in the failover; with `local` the test reports what was
 (README: "Durability levels"). Either way nothing is counted twice, and the gateway writes again after
@@ -15,6 +16,7 @@ import requests
 from conftest import Gateway, Load, RedisServer, create_project, stored_events, wait_for
 from redis_cluster import REPLICATION_LAG, Node, SentinelGroup
 from test_cluster_writes import ClusterGateway as IngestionGateway
+from test_cluster_writes import check_once_and_counted, gateway_on, own_cluster, register
 from test_gateway_pipeline import counted_events
 
 
@@ -126,3 +128,28 @@ def test_with_replicas_1_a_primary_without_its_replica_answers_503_until_it_is_b
         assert {0, 2} <= set(numbers)  # the replica has what was answered 1
     finally:
         replica.stop()
+
+
+def test_with_replicas_1_a_cluster_primary_killed_under_load_loses_nothing_answered(tmp_path: Path) -> None:
+    """Each primary's connection waits for its own replica. Killed, its shard answers 503 until the
+    promoted replica has a replica again (the old primary, back); the other shards write throughout."""
+    with own_cluster(tmp_path / "cluster") as cluster:
+        token = register(cluster, "durable")
+        with gateway_on(cluster, tmp_path / "gw", "--durability", "replicas=1") as gateway:
+            load = Load(gateway, token, threads=4, batch=5)
+            load.start()
+            try:
+                wait_for(lambda: load.count(200) > 50, 30, "load answered")
+                victim = cluster.primaries()[0]
+                replica = cluster.replica_of(victim)
+                victim.kill()
+                wait_for(lambda: replica in cluster.primaries(), 30, "the replica promoted")
+                cluster.wait_healthy()
+                victim.start()  # back, as the promoted one's replica
+                wait_for(lambda: replicating(victim), 30, "the old primary replicating")
+                back = load.mark()
+                wait_for(lambda: load.count(200, since=back) > 100, 60, "answers 1 after the failover")
+            finally:
+                load.stop()
+        found = check_once_and_counted(cluster, token, load.acknowledged())
+    print(found)
