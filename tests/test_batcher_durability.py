@@ -206,7 +206,8 @@ def test_a_durability_level_names_its_replicas(level: str, replicas: int) -> Non
          "expected local or replicas=N"),
         ({"TRACKGATE_DURABILITY": "replicas"}, "expected local or replicas=N"),
         ({"TRACKGATE_DURABILITY": "all"}, "expected local or replicas=N"),
-        ({"TRACKGATE_DURABILITY_TIMEOUT": "3000"}, "--durability-timeout (TRACKGATE_DURABILITY_TIMEOUT) = "
+        ({"TRACKGATE_DURABILITY": "replicas=1", "TRACKGATE_DURABILITY_TIMEOUT": "3000"},
+         "--durability-timeout (TRACKGATE_DURABILITY_TIMEOUT) = "
          "3000: expected less than --redis-timeout (TRACKGATE_REDIS_TIMEOUT) (3 s)"),
         ({"TRACKGATE_DURABILITY_TIMEOUT": "0"}, "expected `int` >= 1"),
     ],
@@ -215,3 +216,9 @@ def test_a_durability_setting_that_cannot_be_used_is_refused(environ: dict[str, 
     with pytest.raises(settings.SettingsError) as refused:
         settings.build(environ=environ)
     assert message in str(refused.value)
+
+
+def test_local_does_not_hold_the_redis_timeout_to_its_wait() -> None:
+    """No WAIT is sent: a --redis-timeout shorter than --durability-timeout is fine."""
+    built = settings.build(environ={"TRACKGATE_REDIS_TIMEOUT": "0.5"})
+    assert built.write_durability().replicas == 0

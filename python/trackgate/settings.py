@@ -99,7 +99,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     durability_timeout: Annotated[
         int,
         _doc(
-            "ms a write waits for --durability's replicas before its requests get 503 (less than "
+            "ms a write waits for --durability's replicas before its requests get 503 (below "
             "--redis-timeout)",
             ge=1,
             le=3_600_000,
@@ -383,10 +383,10 @@ def _check(settings: Settings) -> None:
         except ValueError as err:
             raise SettingsError(f"{_flag('redis_url')} = {settings.redis_url!r}: {err}") from None
     try:
-        settings.write_durability()
+        durability = settings.write_durability()
     except ValueError as err:
         raise SettingsError(f"{_flag('durability')} = {settings.durability!r}: {err}") from None
-    if settings.durability_timeout >= settings.redis_timeout * 1000:
+    if durability.replicas and settings.durability_timeout >= settings.redis_timeout * 1000:
         # WAIT holds the connection's replies for up to the timeout: as long, and the write would count
         # as lost.
         raise SettingsError(
