@@ -5,14 +5,18 @@ loopback port, in its own directory, killed with the fixture."""
 from __future__ import annotations
 
 import random
+import select
 import socket
 import subprocess
+import threading
+import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
-from conftest import wait_for
+from conftest import free_port, wait_for
 from redis.cluster import ClusterNode, RedisCluster
 
 NODE_TIMEOUT_MS = 1000
@@ -181,15 +185,78 @@ class Cluster:
             node.stop()
 
 
+class LaggingLink:
+    """A forwarder in front of a primary that puts the replica `lag` seconds behind it: on the connection
+    that replicates (the one that sends REPLCONF), what the primary sends reaches the replica `lag`
+    seconds late, and what is held when the primary goes away is lost with it; every other connection
+    passes straight through."""
+
+    def __init__(self, upstream_port: int, lag: float) -> None:
+        self.port = free_port()
+        self.upstream = upstream_port
+        self.lag = lag
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.upstream))
+            except OSError:
+                client.close()  # the primary is down: so is its address
+                continue
+            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+
+    def _pump(self, client: socket.socket, server: socket.socket) -> None:
+        replicating = False
+        held: deque[tuple[float, bytes]] = deque()
+        with client, server:
+            while not self._stop:
+                wait = max(0.0, held[0][0] - time.monotonic()) if held else 0.2
+                readable, _, _ = select.select([client, server], [], [], wait)
+                try:
+                    for sock in readable:
+                        data = sock.recv(1 << 20)
+                        if not data:
+                            return
+                        if sock is client:
+                            replicating = replicating or b"REPLCONF" in data
+                            server.sendall(data)
+                        elif replicating:
+                            held.append((time.monotonic() + self.lag, data))
+                        else:
+                            client.sendall(data)
+                    while held and held[0][0] <= time.monotonic():
+                        client.sendall(held.popleft()[1])
+                except OSError:
+                    return  # either end gone (a primary killed resets): so is the link
+
+    def close(self) -> None:
+        self._stop = True
+        self._listener.close()
+
+
 class SentinelGroup:
-    """A primary with one replica, watched by 3 Sentinels under the name `SERVICE`."""
+    """A primary with one replica, watched by 3 Sentinels under the name `SERVICE`. With `lag`, the
+    replica and the Sentinels reach the primary through a LaggingLink: the replica is `lag` seconds
+    behind it, and the Sentinels name the link's address as the primary's until a failover."""
 
     SERVICE = "trackgate"
 
-    def __init__(self, directory: Path) -> None:
-        self.primary = Node(directory / "primary", "--appendonly", "yes", "--appendfsync", "everysec")
-        self.replica = Node(directory / "replica", "--appendonly", "yes", "--appendfsync", "everysec")
+    def __init__(self, directory: Path, lag: float = 0.0) -> None:
+        # Either may be the primary a replica syncs from: at once, not after the default 5 s.
+        data = ("--appendonly", "yes", "--appendfsync", "everysec", "--repl-diskless-sync-delay", "0")
+        self.primary = Node(directory / "primary", *data)
+        self.replica = Node(directory / "replica", *data)
         self.sentinels = [Node(directory / f"sentinel{i}") for i in range(3)]
+        self.link = LaggingLink(self.primary.port, lag) if lag else None
+        # Where the replica and the Sentinels reach the primary.
+        self.primary_port = self.link.port if self.link is not None else self.primary.port
 
     @property
     def url(self) -> str:
@@ -198,13 +265,13 @@ class SentinelGroup:
 
     def start(self) -> None:
         self.primary.start()
-        self.replica.args = (*self.replica.args, "--replicaof", "127.0.0.1", str(self.primary.port))
+        self.replica.args = (*self.replica.args, "--replicaof", "127.0.0.1", str(self.primary_port))
         self.replica.start()
         for sentinel in self.sentinels:
             config = sentinel.directory / "sentinel.conf"
             config.write_text(
                 f"port {sentinel.port}\nbind 127.0.0.1\ndir {sentinel.directory}\n"
-                f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary.port} 2\n"
+                f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary_port} 2\n"
                 f"sentinel down-after-milliseconds {self.SERVICE} {NODE_TIMEOUT_MS}\n"
                 f"sentinel failover-timeout {self.SERVICE} 5000\n"
                 f"sentinel parallel-syncs {self.SERVICE} 1\n"
@@ -239,6 +306,8 @@ class SentinelGroup:
     def stop(self) -> None:
         for node in (*self.sentinels, self.replica, self.primary):
             node.stop()
+        if self.link is not None:
+            self.link.close()
 
 
 @pytest.fixture(scope="module")
@@ -253,11 +322,24 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]
         cluster.stop()
 
 
-@pytest.fixture
-def sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
-    group = SentinelGroup(tmp_path_factory.mktemp("sentinel"))
+def _started(group: SentinelGroup) -> Iterator[SentinelGroup]:
     try:
         group.start()
         yield group
     finally:
         group.stop()
+
+
+@pytest.fixture
+def sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
+    yield from _started(SentinelGroup(tmp_path_factory.mktemp("sentinel")))
+
+
+REPLICATION_LAG = 0.2
+"""Seconds the replica of `lagging_sentinel_group` is behind its primary."""
+
+
+@pytest.fixture
+def lagging_sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
+    """A SentinelGroup whose replica is REPLICATION_LAG seconds behind the primary."""
+    yield from _started(SentinelGroup(tmp_path_factory.mktemp("sentinel"), REPLICATION_LAG))

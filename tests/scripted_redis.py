@@ -5,8 +5,8 @@ in-process, with no redis-server, no socket and no sleeping.
 marks, the events counted, what profile updates' `$add`s made, the function library -- so that a test
 checks the outcome as it would in Redis: every event stored once and counted once, every update applied
 once. It runs MULTI/EXEC, SETRANGE, EXPIRE, XADD, FCALL
-tg_count, FUNCTION LOAD, CLIENT KILL ID and GET, as far as the batcher uses them, and fails as the test
-says (`refuse`, `library`, `loading`, `reachable`).
+tg_count, FUNCTION LOAD, CLIENT KILL ID, GET and WAIT, as far as the batcher uses them, and fails as the
+test says (`refuse`, `library`, `loading`, `reachable`, `replicas`).
 
 Commands reach it as they reach Redis: a `ScriptedConnection` holds what was written until the test lets
 Redis run it (`run`) and then answer it (`answer`); with `auto`, written commands are run and answered
@@ -37,7 +37,8 @@ from trackgate.keys import PREFIX, Family, stream_key
 OnReply = Callable[[Any], None]
 OnLost = Callable[[Any, Exception], None]
 
-MULTI_ONLY = {b"SETRANGE", b"EXPIRE", b"XADD"}  # the batcher sends these in transactions only
+# The batcher sends these in transactions only (an EXPIRE of marks goes alone before a settle's WAIT).
+MULTI_ONLY = {b"SETRANGE", b"XADD"}
 EXECABORT = "EXECABORT Transaction discarded because of previous errors."
 NOT_FOUND = "ERR Function not found"
 
@@ -91,6 +92,8 @@ class ScriptedRedis:
         self.reachable = True
         self.kill_refused = False  # a Redis user without +client|kill
         self.client_ids = True  # False: a Redis user without +client|id
+        self.replicas: int | str = 1  # what WAIT answers: the replicas that have the writes, or an error
+        self.waits: list[list[bytes]] = []  # every WAIT run
         # Called with each command queued in a transaction: an error message refuses it (EXECABORT).
         self.refuse: Callable[[list[bytes]], str | None] = lambda command: None
         self.wrong_type: set[bytes] = set()  # streams whose XADDs fail
@@ -179,6 +182,9 @@ class ScriptedRedis:
         if name == b"GET":
             found = self.rings.get(command[1])
             return None if found is None else bytes(found)
+        if name == b"WAIT":
+            self.waits.append(command)
+            return ReplyError(self.replicas) if isinstance(self.replicas, str) else self.replicas
         raise AssertionError(f"the batcher sent {name!r}")
 
     def _tg_count(self, command: list[bytes]) -> Any:

@@ -40,6 +40,7 @@ from typing import Any, Final
 
 from trackgate import bounds, keys, store
 from trackgate._native import PartitionBatch
+from trackgate.durability import LOCAL, Durability
 from trackgate.flush import Flush, Key, Unavailable, UnavailableError, Written
 from trackgate.packing import LOAD_COMMAND, Packer, library_loaded
 from trackgate.pipeline import Clock, Pipeline, is_redirect
@@ -79,6 +80,7 @@ class Batcher:
         caps: Callable[[str], bounds.Caps] = lambda token: bounds.DEFAULT_CAPS,
         counter_retention_days: int = bounds.DEFAULT_COUNTER_RETENTION_DAYS,
         dedup_window: int = store.DEFAULT_DEDUP_WINDOW,
+        durability: Durability = LOCAL,
         connect: Connect | None = None,
         clock: Clock | None = None,
         follows_redirects: bool = False,
@@ -110,6 +112,7 @@ class Batcher:
             retry_window=retry_window,
             wake=self._kick.set,
             follows_redirects=follows_redirects,
+            durability=durability,
         )
         self._open = Flush()
         self._closing = False

@@ -5,6 +5,13 @@ whose replies are awaited, the flushes they finish, and what becomes of the comm
 Replies are matched to commands by order alone: Redis answers a connection's commands in the order they
 were sent. The handlers of replies and of a lost connection are called by the connection and never
 await; the batcher's writing task does the waiting, woken by `wake`.
+
+With a durability of `replicas=N` (`durability.py`) each write ends with a WAIT, and the commands of
+the write that stored events are answered by its reply, not their own: as stored when N replicas have
+them, as failed otherwise. Commands the settle after a lost connection finds stored wait likewise, for a
+WAIT sent after a write of their partitions' marks (a WAIT covers the connection's own writes only, and
+the marks' EXPIRE makes one past everything they say). Commands waiting for a WAIT when the connection
+is lost are settled again, as those whose replies were not read.
 """
 
 from __future__ import annotations
@@ -16,10 +23,11 @@ from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from trackgate import bounds, keys, metrics, recovery, store
+from trackgate.durability import LOCAL, Durability
 from trackgate.flush import Command, Flush, Key, Unavailable
 from trackgate.packing import Packer, library_loaded
 from trackgate.recovery import Action, Decision, Mark, Sent
-from trackgate.redis_pipe import Connection, ReplyError
+from trackgate.redis_pipe import Connection, ReplyError, pack
 from trackgate.throttled_log import ThrottledLog
 
 log = logging.getLogger("trackgate.batcher")  # the batcher's log, whichever of its modules writes
@@ -65,6 +73,15 @@ class _LoadLibrary:
 
 
 _LOAD: Final = _LoadLibrary()
+
+
+class _Wait:
+    """WAIT sent after a write: the commands answered before its reply wait for it."""
+
+    __slots__ = ()
+
+
+_WAIT: Final = _Wait()
 _NO_COMMANDS: Final[list[Command]] = []
 # A flood of new names overflows batch after batch: one log line a minute says so.
 OVERFLOW_LOG_SECONDS: Final = 60.0
@@ -85,9 +102,11 @@ class Pipeline:
         retry_window: float,
         wake: Callable[[], None],
         follows_redirects: bool = False,
+        durability: Durability = LOCAL,
     ) -> None:
         self._packer = packer
         self._follows_redirects = follows_redirects
+        self._durability = durability
         # The node written to, as /metrics labels it: set on a cluster, where there are several.
         self.node: str | None = None
         self._clock = clock
@@ -97,7 +116,8 @@ class Pipeline:
         self.pipe: Connection | None = None
         self.pending = 0
         self.flights = 0
-        self._sent: deque[Command | _LoadLibrary] = deque()  # replies awaited, in send order
+        self._sent: deque[Command | _LoadLibrary | _Wait] = deque()  # replies awaited, in send order
+        self._unreplicated: list[Command] = []  # answered by Redis, waiting for the next WAIT's reply
         self.resend: list[Command] = []
         self.unsettled: list[Command] = []
         self.lost_client: int | None = None
@@ -137,21 +157,34 @@ class Pipeline:
         pipe = self.pipe
         assert pipe is not None
         data, skips = self._packer.write(commands, after_load)
+        self._await_replies()
         sent = self._sent
-        if not sent:
-            self._progress = self._clock.time()
-            self._arm_watchdog()
         sent.extend(commands)
         if after_load:
             sent.append(_LOAD)
             sent.extend(after_load)
         pipe.write(data, skips)
+        if self._durability.replicas:
+            sent.append(_WAIT)
+            pipe.write(self._durability.wait, [0])
+
+    def _await_replies(self) -> None:
+        """Before a write: the watchdog times the pipe from its first reply awaited."""
+        if not self._sent:
+            self._progress = self._clock.time()
+            self._arm_watchdog()
 
     # Replies, in send order
 
     def on_reply(self, reply: Any) -> None:
+        if self.pipe is None:
+            return  # the pipe was given up while its replies were being read: its commands are settled
         self._progress = self._clock.time()
         item = self._sent[0]
+        if item is _WAIT:
+            self._sent.popleft()
+            self._replicated(reply)
+            return
         if item is _LOAD:
             self._sent.popleft()
             if library_loaded(reply):
@@ -180,7 +213,8 @@ class Pipeline:
                 failed = [r for r in added if isinstance(r, ReplyError)]
                 self._refused(item, failed[0], failed[0], stored=item.count - len(failed))
             else:
-                self._failure = None
+                if not self._durability.replicas:
+                    self._failure = None  # else once a WAIT confirms it
                 counted = reply[-1]
                 if isinstance(counted, ReplyError):
                     metrics.count_stored(item.count, deduplicated=False)
@@ -188,7 +222,7 @@ class Pipeline:
                     return
                 metrics.count_stored(item.count - self._duplicates(item, counted), deduplicated=False)
                 self._overflowed(item, counted)
-        self._finish(item)
+        self._written(item)
 
     def _counted(self, item: Command, reply: Any) -> None:
         """The reply to a FCALL sent alone, for a batch whose events are stored."""
@@ -197,7 +231,7 @@ class Pipeline:
             return
         self._duplicates(item, reply)
         self._overflowed(item, reply)
-        self._finish(item)
+        self._written(item)
 
     def _duplicates(self, item: Command, reply: Any) -> int:
         """tg_count's fifth reply, with deduplication: the batch's entries that were duplicates, each
@@ -263,7 +297,7 @@ class Pipeline:
             keys.stream_key(*command.key),
             why,
         )
-        self._finish(command)
+        self._written(command)
 
     def _refused(
         self, command: Command, err: ReplyError | None, cause: ReplyError | None, stored: int = 0
@@ -289,6 +323,10 @@ class Pipeline:
             stored,
             err,
         )
+        if _error_code(cause) == "READONLY":
+            # A primary demoted under the connection (a Sentinel failover): the next connection asks
+            # which node is the primary now.
+            self.lost(self.pipe, ConnectionError(f"Redis is a replica now: {cause}"))
 
     def _write_failed(self, why: str) -> None:
         self._failure = why
@@ -300,6 +338,37 @@ class Pipeline:
         if self._failure is not None and self._clock.time() - self._failed_at < FAILING_FOR:
             return self._failure
         return None
+
+    def _written(self, command: Command) -> None:
+        """A command Redis has answered, or a settle found applied: with `replicas=N` it waits for the
+        next WAIT's reply, unless it failed anyway or was not the node's to store (a cluster's
+        redirect)."""
+        flush = command.flush
+        if self._durability.replicas and not (command.key in flush.failed or command.key in flush.redirected):
+            self._unreplicated.append(command)
+        else:
+            self._finish(command)
+
+    def _replicated(self, reply: Any) -> None:
+        """A WAIT's reply: the commands answered before it are stored, or fail for want of replicas."""
+        waiting, self._unreplicated = self._unreplicated, []
+        durability = self._durability
+        if durability.confirmed(reply):
+            self._failure = None
+        elif waiting:
+            why = durability.shortfall(reply)
+            self._write_failed(why)
+            metrics.REDIS_ERRORS.labels("replication").inc()
+            self._errors.error(
+                "replication",
+                "%d events are answered 503, though they may be stored: %s",
+                sum(c.count for c in waiting),
+                why,
+            )
+            for command in waiting:
+                command.flush.failed.add(command.key)
+        for command in waiting:
+            self._finish(command)
 
     def _finish(self, command: Command) -> None:
         flush = command.flush
@@ -327,7 +396,9 @@ class Pipeline:
         if self.node is not None:
             metrics.NODE_ERRORS.labels(self.node, "connection").inc()
         self.disconnect()
-        unanswered = [c for c in self._sent if isinstance(c, Command)]
+        # Those waiting for a WAIT are in Redis, but maybe on no replica: settled like the others.
+        unanswered = [*self._unreplicated, *(c for c in self._sent if isinstance(c, Command))]
+        self._unreplicated = []
         self._sent.clear()
         if unanswered:
             self.unsettled.extend(unanswered)
@@ -370,6 +441,24 @@ class Pipeline:
             mark = Mark.read(rings[command.key], command.seq)
             sent, deadline = Sent.of(command.count_only), command.flush.deadline
             self.carry_out(command, recovery.after_loss(sent, mark, now=now, deadline=deadline))
+        if self._unreplicated:
+            self._wait_for_replicas(self._unreplicated)
+
+    def _wait_for_replicas(self, stored: list[Command]) -> None:
+        """WAIT for commands found stored, after a write of their marks: a connection's WAIT counts only
+        its own writes, and the EXPIRE (of a key that exists: each holds a stored batch) is one made
+        after everything the marks showed."""
+        writer = self._packer.writer
+        marks = sorted({keys.mark_key(*c.key, writer) for c in stored})
+        touch = b"".join(pack("EXPIRE", mark, store.MARK_SECONDS) for mark in marks)
+        pipe = self.pipe
+        if pipe is None:
+            # Lost since the marks were read: nothing can confirm these now, and they are not resent.
+            self._replicated(ConnectionError("the Redis connection was lost before WAIT"))
+            return
+        self._await_replies()
+        self._sent.append(_WAIT)
+        pipe.write(touch + self._durability.wait, [len(marks)])
 
     def carry_out(self, command: Command, decision: Decision, refusal: ReplyError | None = None) -> None:
         """`refusal`: the error Redis answered the command with, if that is what the decision is on."""
@@ -377,7 +466,7 @@ class Pipeline:
         if decision.found_stored:
             metrics.count_stored(command.count, deduplicated=True)
         if action is Action.STORED:
-            self._finish(command)
+            self._written(command)
         elif action is Action.RESEND:
             self._packer.number(command)
             self.resend.append(command)
@@ -424,7 +513,8 @@ class Pipeline:
             self._retry_window,
         )
         for command, decision in expired:
-            if decision.action is Action.FAIL:
+            # With replicas=N a counting given up fails too: no WAIT has confirmed its stored events.
+            if decision.action is Action.FAIL or self._durability.replicas:
                 self._write_failed(f"gave up after {self._retry_window:g} s of Redis errors")
                 command.flush.failed.add(command.key)
             else:

@@ -20,6 +20,7 @@ import msgspec
 
 from trackgate import bounds, redis_target
 from trackgate._native import RULES, Options
+from trackgate.durability import LEVELS, LOCAL_LEVEL, Durability
 
 ENV_PREFIX = "TRACKGATE_"
 WORKER_SETTINGS_VAR = "TRACKGATE__WORKER_SETTINGS"
@@ -88,6 +89,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         _doc("seconds a batch whose write failed is retried before its requests get 503", ge=0, le=3600),
     ] = 2.0
     retry_after: Annotated[int, _doc("Retry-After seconds sent with 503 answers", ge=0, le=86400)] = 2
+    durability: Annotated[
+        str,
+        _doc(
+            f"when a write is answered: {LEVELS}; local: once the primary applied it, replicas=N: once N "
+            "replicas have it (Redis WAIT), else 503"
+        ),
+    ] = LOCAL_LEVEL
+    durability_timeout: Annotated[
+        int,
+        _doc(
+            "ms a write waits for --durability's replicas before its requests get 503 (below "
+            "--redis-timeout)",
+            ge=1,
+            le=3_600_000,
+        ),
+    ] = 1000
 
     # Group commit
     # Up to `pipeline_depth` flushes are in flight per worker; events arriving meanwhile form the next
@@ -213,6 +230,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def reports_listen_port(self) -> int:
         """The port the reports process listens on."""
         return self.reports_port or self.port + 1
+
+    def write_durability(self) -> Durability:
+        return Durability.parse(self.durability, self.durability_timeout)
 
     def decoder_options(self) -> Options:
         return Options(**{name: getattr(self, name) for name in _RULES})
@@ -362,6 +382,17 @@ def _check(settings: Settings) -> None:
             redis_target.parse(settings.redis_url)
         except ValueError as err:
             raise SettingsError(f"{_flag('redis_url')} = {settings.redis_url!r}: {err}") from None
+    try:
+        durability = settings.write_durability()
+    except ValueError as err:
+        raise SettingsError(f"{_flag('durability')} = {settings.durability!r}: {err}") from None
+    if durability.replicas and settings.durability_timeout >= settings.redis_timeout * 1000:
+        # WAIT holds the connection's replies for up to the timeout: as long, and the write would count
+        # as lost.
+        raise SettingsError(
+            f"{_flag('durability_timeout')} = {settings.durability_timeout}: expected less than "
+            f"{_flag('redis_timeout')} ({settings.redis_timeout:g} s), in ms"
+        )
     for proxy in settings.trusted_proxies:
         try:
             ipaddress.ip_network(proxy, strict=False)

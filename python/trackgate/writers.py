@@ -1,5 +1,6 @@
-"""The worker's writer of accepted events, as `--redis-url` says: the batcher of one Redis, or on a Redis
-Cluster a batcher per primary behind a router (`cluster_batcher.py`)."""
+"""The worker's writer of accepted events, as `--redis-url` says: the batcher of one Redis (or of the
+primary Sentinel names, `sentinel_primary.py`), or on a Redis Cluster a batcher per primary behind a
+router (`cluster_batcher.py`). Every batcher waits for `--durability`'s replicas."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from trackgate import redis_target
 from trackgate.batcher import Batcher, Connect
 from trackgate.cluster_batcher import ClusterBatcher
 from trackgate.projects import TokenCache
+from trackgate.sentinel_primary import SentinelPrimary
 from trackgate.settings import Settings
 
 
@@ -33,10 +35,13 @@ def writer(settings: Settings, tokens: TokenCache) -> Batcher | ClusterBatcher:
             funnel_window=tokens.funnel_window,
             caps=tokens.caps,
             counter_retention_days=settings.counter_retention_days,
+            durability=settings.write_durability(),
             connect=connect,
             follows_redirects=follows_redirects,
         )
 
+    if isinstance(target, redis_target.Sentinel):
+        return batcher(SentinelPrimary(target).connect)
     if not isinstance(target, redis_target.Cluster):
         return batcher()
     marks_client = redis_target.client(target, timeout=settings.redis_timeout, connect_timeout=1.0)
