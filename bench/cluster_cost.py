@@ -4,8 +4,9 @@ load, alternated in the same run (single cluster cluster single, per request sha
     .venv/bin/python bench/cluster_cost.py                    # GET 1 and POST 50, 2 rounds of 5 s runs
     .venv/bin/python bench/cluster_cost.py --rounds 3 --seconds 3 --primaries 3
     .venv/bin/python bench/cluster_cost.py -- --workers 2     # `trackgate serve` flags after --
+    .venv/bin/python bench/cluster_cost.py --primaries 6 --partitions 48 --threads 4 -- --workers 8
 
-Both gateways run `trackgate serve --partitions 16` (a few partitions per primary) on the defaults
+Both gateways run `trackgate serve --partitions 16` (`--partitions`: a few per primary) on the defaults
 otherwise; every Redis is a redis-server of the bench's own on TCP loopback, with the gateway's
 persistence (append-only file, fsync every second). Every event is new (GETs too:
 `workloads.B64_MARK`), so each gateway stores every event it answers, which the runs check. Per target
@@ -38,6 +39,7 @@ from wrk import RequestFiles
 
 CONNECTIONS = 64
 PARTITIONS = 16
+"""The default: a few partitions per primary of the default cluster."""
 SHAPES = (Shape(1, unique_gets=True), Shape(50))
 ORDER = ("single", "cluster", "cluster", "single")
 
@@ -47,7 +49,7 @@ def log(message: str) -> None:
 
 
 def start_targets(
-    work: Path, primaries: int, serve_args: list[str]
+    work: Path, primaries: int, partitions: int, serve_args: list[str]
 ) -> dict[str, tuple[Target, list[RedisNode]]]:
     """Each gateway with the Redis servers it writes to."""
     single_server, single_url = start_redis(work, "single-redis")
@@ -55,7 +57,7 @@ def start_targets(
     cluster = start_cluster(work, primaries)
     out = {}
     for name, nodes, url in (("single", single, single_url), ("cluster", cluster, cluster_url(cluster))):
-        flags = ["--redis-url", url, "--partitions", str(PARTITIONS), *serve_args]
+        flags = ["--redis-url", url, "--partitions", str(partitions), *serve_args]
         target = start_gateway(work, None, flags, name=f"gateway-{name}")
         target.redis_nodes = tuple(node.server for node in nodes)
         target.redis_url = single_url if name == "single" else None  # forks: RedisNodes counts a cluster's
@@ -107,6 +109,10 @@ def main() -> int:
     )
     parser.add_argument("--seconds", type=int, default=5, help="seconds per measured run (default 5)")
     parser.add_argument(
+        "--partitions", type=int, default=PARTITIONS, help=f"both gateways' (default {PARTITIONS})"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="wrk's threads (default 1)")
+    parser.add_argument(
         "--out", type=Path, help="JSON file (default bench/results/<date>-<host>-cluster.json)"
     )
     parser.add_argument("serve_args", nargs="*", help="after --: `trackgate serve` flags for both gateways")
@@ -119,13 +125,14 @@ def main() -> int:
         connections=CONNECTIONS,
         rounds=args.rounds,
         primaries=args.primaries,
-        partitions=PARTITIONS,
+        partitions=args.partitions,
+        threads=args.threads,
         serve_args=args.serve_args,
     )
     runs: dict[str, dict[str, list[Run]]] = {s.key: {"single": [], "cluster": []} for s in SHAPES}
     with servers_stopped_on_exit(), tempfile.TemporaryDirectory(prefix="trackgate-cluster-") as tmp:
         work = Path(tmp)
-        targets = start_targets(work, args.primaries, args.serve_args)
+        targets = start_targets(work, args.primaries, args.partitions, args.serve_args)
         log("the single Redis, the cluster and their gateways are up")
         try:
             requests = RequestFiles(work)
@@ -136,7 +143,8 @@ def main() -> int:
                         done = runs[shape.key][name]
                         run = measure(
                             targets[name][0], requests, shape, CONNECTIONS, args.seconds,
-                            warmup=0 if done else 2, part="cluster", probes=probes[name],
+                            warmup=0 if done else 2, threads=args.threads, part="cluster",
+                            probes=probes[name],
                         )  # fmt: skip
                         done.append(run)
                         log(
@@ -171,7 +179,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"# trackgate on one Redis and on a Redis Cluster: {results['started'][:10]} on {m['host']}\n",
         f"`{results['command']}`; {m['cpus']} CPUs ({m['cpu_model']}), load average "
         f"{m['load_average_at_start']} at the start, {m.get('load_average_at_end')} at the end; trackgate "
-        f"{results['versions']['trackgate_commit']}. wrk -c{results['connections']}, {results['seconds']} s "
+        f"{results['versions']['trackgate_commit']}. wrk -t{results['threads']} -c{results['connections']}, "
+        f"{results['seconds']} s "
         f"per run, {results['rounds']} x (single cluster cluster single) per shape; both gateways "
         f"`--partitions {results['partitions']} {' '.join(results['serve_args'])}`; the cluster "
         f"{results['primaries']} primaries with one replica each; every Redis on TCP loopback, "
