@@ -14,9 +14,6 @@ of the events/s of off).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
 import sys
 import tempfile
 import time
@@ -25,7 +22,7 @@ from typing import Any
 
 from measure import Run, measure, require_tools
 from processes import run_main, servers_stopped_on_exit
-from provenance import default_result, machine_info, versions
+from provenance import default_result, run_record, write_record
 from targets import start_gateway
 from workloads import Shape
 from wrk import RequestFiles
@@ -65,15 +62,7 @@ def main() -> int:
     require_tools()
     out: Path = args.out or default_result("-dedup")
     out.parent.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        "versions": versions(),
-        "seconds": args.seconds,
-        "connections": CONNECTIONS,
-        "rounds": args.rounds,
-    }
+    results = run_record(seconds=args.seconds, connections=CONNECTIONS, rounds=args.rounds)
     runs: dict[str, list[Run]] = {"on": [], "off": []}
     with servers_stopped_on_exit(), tempfile.TemporaryDirectory(prefix="trackgate-dedup-") as tmp:
         work = Path(tmp)
@@ -97,11 +86,7 @@ def main() -> int:
     results["runs"] = {name: [r.as_dict() for r in rs] for name, rs in runs.items()}
     on, off = results["settings"]["on"], results["settings"]["off"]
     results["ratio"] = on["events_per_s"] / off["events_per_s"]
-    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    out.write_text(json.dumps(results, indent=1) + "\n")
-    md = out.with_suffix(".md")
-    md.write_text(markdown(results))
-    print(md.read_text())
+    md = write_record(out, results, markdown)
     log(f"wrote {out} and {md}")
     return 0 if results["ratio"] >= TARGET else 1
 

@@ -17,9 +17,6 @@ noise of the comparison shows. Writes bench/results/<date>-<host>-knobs.json and
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
 import re
 import subprocess
 import sys
@@ -31,7 +28,7 @@ from typing import Any
 
 from measure import Run, measure, require_tools
 from processes import run_main, servers_stopped_on_exit
-from provenance import default_result, machine_info, versions
+from provenance import default_result, run_record, write_record
 from targets import TRACKGATE, Target, start_gateway
 from workloads import Shape
 from wrk import RequestFiles
@@ -162,16 +159,7 @@ def main() -> int:
     variants = [v for v in variants if available(v, help_text)]
     out: Path = args.out or default_result("-knobs")
     out.parent.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        "versions": versions(),
-        "seconds": args.seconds,
-        "connections": CONNECTIONS,
-        "not_available": missing,
-        "variants": [],
-    }
+    results = run_record(seconds=args.seconds, connections=CONNECTIONS, not_available=missing, variants=[])
     with servers_stopped_on_exit(), tempfile.TemporaryDirectory(prefix="trackgate-knobs-") as tmp:
         work = Path(tmp)
         requests = RequestFiles(work)
@@ -195,11 +183,7 @@ def main() -> int:
                 {"group": variant.group, "name": variant.name, "args": variant.args, "redis": variant.redis,
                  "shapes": compared}
             )  # fmt: skip
-    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    out.write_text(json.dumps(results, indent=1) + "\n")
-    md = out.with_suffix(".md")
-    md.write_text(markdown(results))
-    print(md.read_text())
+    md = write_record(out, results, markdown)
     log(f"wrote {out} and {md}")
     return 0
 

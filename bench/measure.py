@@ -6,14 +6,15 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from procstat import cpu_seconds, descendants, machine_cpu_seconds
 from redis_servers import redis_forks, wait_for_rewrites
 from targets import Target, gateway_stored_events
 from trackgate.metrics import PUBLISH_SECONDS
-from workloads import Shape
+from workloads import Shape, Tokens
 from wrk import RequestFiles, run_wrk
 
 
@@ -69,6 +70,7 @@ class Run:
     redis_rewriting: bool = False  # a rewrite of the target Redis's append-only file overlapped the run
     rewrite_wait_s: float = 0.0  # waited before the run for the bench's Redis servers to end their rewrites
     notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # what the run's probes read (see Probe)
 
     @property
     def errors(self) -> int:
@@ -76,6 +78,16 @@ class Run:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class Probe(Protocol):
+    """Something read just before and just after a run's measured window (a Redis's command statistics,
+    each cluster node's CPU), outside it, so that reading it costs the run nothing."""
+
+    def before(self) -> None: ...
+
+    def after(self, run: Run) -> None:
+        """Put what changed during the run into `run.extra`."""
 
 
 def measure(
@@ -89,9 +101,13 @@ def measure(
     rate: float | None = None,
     threads: int = 1,
     part: str = "load",
+    tokens: Tokens | None = None,
+    probes: Sequence[Probe] = (),
 ) -> Run:
-    """Warm up (unmeasured), then one measured wrk run, with CPU time of the server and its Redis."""
-    script = requests.script(target.token, shape, rate, threads)
+    """Warm up (unmeasured), then one measured wrk run, with CPU time of the server and its Redis.
+    `tokens`: the projects the events are for (default: the target's own); `probes`: read around the
+    measured run."""
+    script = requests.script(target.token if tokens is None else tokens, shape, rate, threads)
     url = target.base + "/track"
     waited = wait_for_rewrites()
     if warmup > 0:
@@ -100,6 +116,8 @@ def measure(
     stored_before = gateway_stored_events(target) if target.name.startswith("gateway") else None
     kernel = descendants(2)  # kthreadd's children: the kernel's own threads
     forks_before = redis_forks(target.redis_url)
+    for probe in probes:
+        probe.before()
     cpu_before = (cpu_seconds(own), cpu_seconds(redis), cpu_seconds(kernel))
     machine_before = machine_cpu_seconds()
     raw = run_wrk(url, script, connections, seconds, threads)
@@ -119,6 +137,8 @@ def measure(
         server_cpu_s=cpu_after[0] - cpu_before[0], redis_cpu_s=cpu_after[1] - cpu_before[1],
         wrk_cpu_s=raw["wrk_cpu_s"], acknowledged_events=ok_requests * shape.batch,
     )  # fmt: skip
+    for probe in probes:
+        probe.after(run)
     run.machine_busy_cores = (machine_after[0] - machine_before[0]) / duration
     run.interrupt_cores = (machine_after[1] - machine_before[1]) / duration
     run.steal_cores = (machine_after[2] - machine_before[2]) / duration

@@ -4,12 +4,15 @@ default place and name of the file."""
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import re
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -84,3 +87,26 @@ def versions() -> dict[str, Any]:
         "uvloop": _version("uvloop"),
         "httptools": _version("httptools"),
     }
+
+
+def run_record(**fields: Any) -> dict[str, Any]:
+    """The head of a side-by-side script's result: its command line, when it started, the machine and the
+    versions, then `fields` (its settings)."""
+    return {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "versions": versions(),
+        **fields,
+    }
+
+
+def write_record(out: Path, results: dict[str, Any], markdown: Callable[[dict[str, Any]], str]) -> Path:
+    """The load average at the end added, `results` written to `out` and its Markdown report beside it
+    (printed too); returns the report's path."""
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    md = out.with_suffix(".md")
+    md.write_text(markdown(results))
+    print(md.read_text())
+    return md

@@ -8,6 +8,7 @@ the bench's Redis servers to end, and says when one overlapped it.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,11 +26,18 @@ def watch_rewrites(url: str) -> None:
 
 
 def start_redis(
-    work: Path, name: str, *, persistence: str = "everysec", unix: bool = False
+    work: Path,
+    name: str,
+    *,
+    persistence: str = "everysec",
+    unix: bool = False,
+    port: int | None = None,
+    extra: Sequence[str] = (),
 ) -> tuple[Server, str]:
     """A private redis-server configured as the gateway configures its own: append-only file fsynced
     every second, no RDB snapshots. `persistence`: everysec, always, or none (no append-only file).
-    Returns the server and its URL (a Unix socket's with `unix`, else TCP on loopback)."""
+    Returns the server and its URL (a Unix socket's with `unix`, else TCP on loopback, on `port` if
+    given). `extra`: more redis-server arguments."""
     data = work / f"{name}-data"
     data.mkdir(parents=True, exist_ok=True)
     args = ["redis-server", "--dir", str(data), "--save", "", "--daemonize", "no", "--logfile", ""]
@@ -42,10 +50,10 @@ def start_redis(
         args += ["--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"]
         url = f"unix://{sock}"
     else:
-        port = free_port()
+        port = port or free_port()
         args += ["--port", str(port), "--bind", "127.0.0.1"]
         url = f"redis://127.0.0.1:{port}/0"
-    server = Server(name, args, log=work / f"{name}.log")
+    server = Server(name, [*args, *extra], log=work / f"{name}.log")
     deadline = time.monotonic() + 15
     while not _answers_ping(url):
         if server.process.poll() is not None or time.monotonic() > deadline:
@@ -102,3 +110,28 @@ def _wait_for_rewrite(url: str, timeout: float = 120) -> float:
 def wait_for_rewrites() -> float:
     """Wait until no watched Redis is rewriting its append-only file; returns the seconds waited."""
     return sum(_wait_for_rewrite(url) for url in _WATCHED)
+
+
+@dataclass
+class RedisNode:
+    """One redis-server of the bench's: a cluster node or a single Redis."""
+
+    name: str
+    server: Server
+    url: str  # redis://127.0.0.1:port/0
+
+    @property
+    def address(self) -> str:
+        """host:port, or the URL of a Unix socket's."""
+        if not self.url.startswith("redis://"):
+            return self.url
+        return self.url.removeprefix("redis://").split("/", 1)[0]
+
+    def client(self, timeout: float = 5) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+    def role(self) -> str:
+        """primary or replica, asked now (a failover changes it)."""
+        with self.client() as client:
+            role = client.execute_command("ROLE")[0]
+        return "primary" if role in (b"master", "master") else "replica"

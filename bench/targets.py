@@ -64,19 +64,22 @@ class Target:
     server: Server
     redis: Server | None = None  # a redis-server the bench started for it (the peer's)
     token: str = ""
-    redis_url: str | None = None  # the Redis it writes to, when the bench knows it
+    redis_url: str | None = None  # the Redis it writes to, when the bench knows it (one server's URL)
+    redis_nodes: tuple[Server, ...] = ()  # the redis-servers of a cluster it writes to, stopped with it
 
     def split_pids(self) -> tuple[list[int], list[int]]:
-        """(the server's own processes, those of the Redis it writes to)."""
+        """(the server's own processes, those of the Redis servers it writes to)."""
         own, redis = self.server.split_pids()
-        if self.redis is not None:
-            redis += self.redis.pids()
+        for server in (self.redis, *self.redis_nodes):
+            if server is not None:
+                redis += server.pids()
         return own, redis
 
     def stop(self) -> None:
         self.server.stop()
-        if self.redis is not None:
-            self.redis.stop()
+        for server in (self.redis, *self.redis_nodes):
+            if server is not None:
+                server.stop()
 
 
 def start_gateway(
@@ -178,12 +181,18 @@ def start_peer(work: Path, workers: int, token: str) -> Target:
     return Target("peer", base, server, redis=redis_server, token=token, redis_url=url)
 
 
-def gateway_stored_events(target: Target) -> float | None:
-    """trackgate_events_stored_total from the gateway's /metrics, None if it cannot be read."""
+def gateway_metric(target: Target, name: str) -> float | None:
+    """An unlabelled sample of the gateway's /metrics (`trackgate_flush_events_sum`), None if it cannot be
+    read."""
     try:
         with urllib.request.urlopen(target.base + "/metrics", timeout=5) as answer:
             text = answer.read().decode()
     except OSError:
         return None
-    found = re.search(r"^trackgate_events_stored_total(?:\{\})? ([0-9.e+]+)$", text, re.MULTILINE)
+    found = re.search(rf"^{re.escape(name)}(?:\{{\}})? ([0-9.e+]+)$", text, re.MULTILINE)
     return float(found.group(1)) if found else None
+
+
+def gateway_stored_events(target: Target) -> float | None:
+    """trackgate_events_stored_total from the gateway's /metrics, None if it cannot be read."""
+    return gateway_metric(target, "trackgate_events_stored_total")

@@ -12,7 +12,15 @@ UNIQUE_MARK: Final = "~" * 16
 """What begins every `$insert_id` of a POST body (a batch): wrk's scripts put a string of 16 characters
 of their own in its place in every request they send (`wrk_requests.lua`), so that no event is sent twice
 in a run, or in two runs, and a gateway that deduplicates (`--dedup-window`) stores every one. A GET's
-event, inside base64, keeps an `$insert_id` of its own, and repeats every 1,000 requests."""
+event, inside base64, keeps an `$insert_id` of its own, and repeats every 1,000 requests, unless the
+shape asks for `unique_gets` (B64_MARK)."""
+
+B64_MARK: Final = "_" * 24
+"""In a GET of a `unique_gets` shape: where the base64 text of the event's `$insert_id` holds 18 bytes
+that wrk's script fills, in every request, with `u-` and a string like UNIQUE_MARK's, base64-encoded. The
+18 bytes start at a multiple of 3 in the event's JSON, so they are 24 base64 characters of their own,
+and `_`, not a base64 character, marks them."""
+_B64_BYTES: Final = 18
 
 
 def with_marks_filled(text: str, fill: str = "0" * len(UNIQUE_MARK)) -> str:
@@ -27,15 +35,20 @@ class Shape:
 
     batch: int
     funnel_fraction: float = 0.0
+    unique_gets: bool = False
+    """A GET's event new in every request, as a POST's are (B64_MARK), so that a gateway that
+    deduplicates stores every one."""
 
     @property
     def key(self) -> str:
         name = "get1" if self.batch == 1 else f"post{self.batch}"
+        name += "-unique" if self.unique_gets and self.batch == 1 else ""
         return name + (f"+funnel{round(self.funnel_fraction * 100)}" if self.funnel_fraction else "")
 
     @property
     def label(self) -> str:
         name = "GET 1 event" if self.batch == 1 else f"POST {self.batch} events"
+        name += " (each new)" if self.unique_gets and self.batch == 1 else ""
         return name + (f", {round(self.funnel_fraction * 100)}% mp_funnel" if self.funnel_fraction else "")
 
 
@@ -89,15 +102,38 @@ def _events(token: str, shape: Shape, start: int, now: float) -> list[dict[str, 
     return out
 
 
-def requests_for(token: str, shape: Shape, now: float) -> list[tuple[str, str, str]]:
+Tokens = str | tuple[str, ...]
+"""The project (its token) a load's events are for, or the projects its requests take in turn."""
+
+
+def _base64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _unique_get_data(event: dict[str, Any]) -> str:
+    """The event's base64 with its `$insert_id`'s 18 bytes in B64_MARK's place (spaces after the JSON's
+    first brace move them to a multiple of 3)."""
+    event["properties"]["$insert_id"] = "u" * _B64_BYTES
+    text = json.dumps(event)
+    at = text.index('"$insert_id": "') + len('"$insert_id": "')
+    pad = -at % 3
+    start = (at + pad) // 3 * 4
+    data = _base64("{" + " " * pad + text[1:])
+    return data[:start] + B64_MARK + data[start + len(B64_MARK) :]
+
+
+def requests_for(tokens: Tokens, shape: Shape, now: float) -> list[tuple[str, str, str]]:
     """(method, path, body) of the distinct requests the load cycles through: about 10,000 users in all.
-    Paths and bodies are URL-encoded, so they hold no whitespace. POST bodies hold UNIQUE_MARK."""
+    Paths and bodies are URL-encoded, so they hold no whitespace. POST bodies hold UNIQUE_MARK. With
+    several tokens, request v is for project v modulo their number."""
     variants = 1000 if shape.batch == 1 else max(10, 10_000 // shape.batch)
+    if isinstance(tokens, str):
+        tokens = (tokens,)
     out = []
     for v in range(variants):
-        events = _events(token, shape, v * shape.batch, now)
+        events = _events(tokens[v % len(tokens)], shape, v * shape.batch, now)
         if shape.batch == 1:
-            data = base64.b64encode(json.dumps(events[0]).encode()).decode()
+            data = _unique_get_data(events[0]) if shape.unique_gets else _base64(json.dumps(events[0]))
             out.append(("GET", f"/track/?data={urllib.parse.quote(data, safe='')}&ip=1&_={v}", ""))
         else:
             body = "data=" + urllib.parse.quote(json.dumps(events), safe="") + "&verbose=1&ip=0"

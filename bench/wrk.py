@@ -12,7 +12,7 @@ from typing import Any
 
 from processes import forget, kill_on_exit
 from procstat import children_cpu_seconds
-from workloads import Shape, requests_for
+from workloads import Shape, Tokens, requests_for
 
 CLOSED_LOOP = Path(__file__).resolve().with_name("wrk_requests.lua")
 PACED = CLOSED_LOOP.with_name("wrk_paced.lua")
@@ -32,17 +32,17 @@ class RequestFiles:
     def __init__(self, work: Path, now: float | None = None) -> None:
         self.work = work
         self.now = time.time() if now is None else now
-        self._written: dict[tuple[str, Shape], Path] = {}
+        self._written: dict[tuple[Tokens, Shape], Path] = {}
 
-    def script(self, token: str, shape: Shape, rate: float | None = None, threads: int = 1) -> WrkScript:
-        """The script sending `shape`: `rate` requests/s in all (over all threads) when given, else as fast
-        as the connections go (a closed loop)."""
-        if (token, shape) not in self._written:
+    def script(self, tokens: Tokens, shape: Shape, rate: float | None = None, threads: int = 1) -> WrkScript:
+        """The script sending `shape` for the project `tokens` (or the projects, in turn): `rate` requests/s
+        in all (over all threads) when given, else as fast as the connections go (a closed loop)."""
+        if (tokens, shape) not in self._written:
             path = self.work / f"requests-{len(self._written)}-{shape.key}.tsv"
-            lines = ("\t".join(request) + "\n" for request in requests_for(token, shape, self.now))
+            lines = ("\t".join(request) + "\n" for request in requests_for(tokens, shape, self.now))
             path.write_text("".join(lines))
-            self._written[(token, shape)] = path
-        requests = str(self._written[(token, shape)])
+            self._written[(tokens, shape)] = path
+        requests = str(self._written[(tokens, shape)])
         if rate is None:
             return WrkScript(CLOSED_LOOP, (requests,))
         return WrkScript(PACED, (requests, repr(1000.0 * threads / rate)))

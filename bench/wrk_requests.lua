@@ -8,10 +8,16 @@
 -- string of the same length of its own there (when the thread began, its number, a count), so that no
 -- event is sent twice and a gateway that deduplicates stores every one. A request is kept as its pieces
 -- between the marks, joined with that string as it goes out.
+--
+-- A GET's event is inside base64: one whose data holds B64_MARK (workloads.B64_MARK, 24 characters that
+-- base64 never uses) gets there the base64 of "u-" and that same string, 18 bytes, so that it is new too.
 
 local MARK = string.rep("~", 16)
+local B64_MARK = string.rep("_", 24)
+local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 local requests = {}
 local pieces = {} -- per request with marks: its text split at them
+local encoded = {} -- per request with marks: true when they are B64_MARKs
 local n = 0
 local sent = 0
 local threads = 0
@@ -23,17 +29,31 @@ function setup(thread)
   thread:set("thread_number", threads)
 end
 
-local function split(text)
+local function split(text, mark)
   local out, from = {}, 1
   while true do
-    local at = text:find(MARK, from, true)
+    local at = text:find(mark, from, true)
     if not at then break end
     out[#out + 1] = text:sub(from, at - 1)
-    from = at + #MARK
+    from = at + #mark
   end
   if from == 1 then return nil end
   out[#out + 1] = text:sub(from)
   return out
+end
+
+-- Standard base64 of a string whose length is a multiple of 3, percent-encoded for a query string.
+local function base64(text)
+  local out = {}
+  for i = 1, #text, 3 do
+    local a, b, c = text:byte(i, i + 2)
+    local n = a * 65536 + b * 256 + c
+    for shift = 18, 0, -6 do
+      local k = math.floor(n / 2 ^ shift) % 64 + 1
+      out[#out + 1] = B64:sub(k, k)
+    end
+  end
+  return (table.concat(out):gsub("%+", "%%2B"):gsub("/", "%%2F"))
 end
 
 function init(args)
@@ -46,7 +66,11 @@ function init(args)
     else
       requests[#requests + 1] = wrk.format(method, path, form, body)
     end
-    pieces[#requests] = split(requests[#requests])
+    pieces[#requests] = split(requests[#requests], MARK)
+    if pieces[#requests] == nil then
+      pieces[#requests] = split(requests[#requests], B64_MARK)
+      encoded[#requests] = pieces[#requests] ~= nil
+    end
   end
   n = math.random(#requests) - 1
 end
@@ -58,7 +82,11 @@ function request()
     return requests[n]
   end
   sent = sent + 1
-  return table.concat(parts, string.format("%s%02x%06x", started, thread_number % 256, sent % 16777216))
+  local fill = string.format("%s%02x%06x", started, thread_number % 256, sent % 16777216)
+  if encoded[n] then
+    fill = base64("u-" .. fill)
+  end
+  return table.concat(parts, fill)
 end
 
 function done(summary, latency, _)
