@@ -189,50 +189,87 @@ end
 -- arguments. A partition keeps the hashes it stored in a set per bucket of `window` seconds (server
 -- time), which expires once the next bucket is over: a hash is looked for in the current bucket and the
 -- previous one, so an event stored within `window` seconds is always found (and one stored up to twice
--- that ago may be). `dedup` holds the call's hashes, with each one's entry (its index among the call's
--- events and updates, from 0) and ordinal (among its events). Returns the entries that are duplicates,
--- of the stored ones or of an earlier event of the same call, and their ordinals; the hashes of the
--- others are added to the current bucket.
-local function find_duplicates(prefix, dedup, window)
-  local hashes, entries, ordinals = dedup.hashes, dedup.entries, dedup.ordinals
-  local found, gone = {}, {}
+-- that ago may be). `hashes` holds the call's hashes in the order of their events. Returns the indexes
+-- in `hashes` (a set) of the duplicates, of stored events or of an earlier event of the same call, or
+-- nil when there are none; the others are added to the current bucket. The common call has no
+-- duplicate: it pays for one lookup and one insert per hash, and for no table built per hash.
+local function find_duplicates(prefix, hashes, window)
   if #hashes == 0 then
-    return found, gone
+    return nil
   end
   local bucket = math.floor(tonumber(redis.call('TIME')[1]) / window)
   local base = prefix .. DEDUP .. window .. ':'
-  local current, known = base .. bucket, {}
-  for _, key in ipairs({ current, base .. (bucket - 1) }) do
-    local asked = hashes
-    if next(known) then
-      asked = {}
-      for _, hash in ipairs(hashes) do
-        if not known[hash] then asked[#asked + 1] = hash end
-      end
-    end
-    for from = 1, #asked, 1000 do
-      local last = math.min(from + 999, #asked)
-      local there = redis.call('SMISMEMBER', key, unpack(asked, from, last))
+  local current, previous = base .. bucket, base .. (bucket - 1)
+  local dup = nil
+  -- The previous bucket is asked only if it is there: for the first window of a partition's traffic
+  -- (and any after a quiet one) that saves a lookup per hash.
+  local keys = { current }
+  if redis.call('EXISTS', previous) == 1 then
+    keys[2] = previous
+  end
+  for _, key in ipairs(keys) do
+    for from = 1, #hashes, 1000 do
+      local last = math.min(from + 999, #hashes)
+      local there = redis.call('SMISMEMBER', key, unpack(hashes, from, last))
       for j = from, last do
-        if there[j - from + 1] == 1 then known[asked[j]] = true end
+        if there[j - from + 1] == 1 then
+          dup = dup or {}
+          dup[j] = true
+        end
       end
     end
   end
-  local fresh = {}
-  for k, hash in ipairs(hashes) do
-    if known[hash] then
-      found[#found + 1] = entries[k]
-      gone[#gone + 1] = ordinals[k]
-    else
-      known[hash] = true
-      fresh[#fresh + 1] = hash
+  local fresh = hashes
+  if dup then
+    fresh = {}
+    for k, hash in ipairs(hashes) do
+      if not dup[k] then fresh[#fresh + 1] = hash end
     end
   end
+  local added = 0
   for from = 1, #fresh, 1000 do
-    redis.call('SADD', current, unpack(fresh, from, math.min(from + 999, #fresh)))
+    added = added + redis.call('SADD', current, unpack(fresh, from, math.min(from + 999, #fresh)))
   end
-  if #fresh > 0 then
+  if added > 0 then
     redis.call('EXPIREAT', current, (bucket + 2) * window)
+  end
+  if added < #fresh then
+    -- Some hash came twice in the call: its first event is stored, the later ones are duplicates.
+    local seen = {}
+    for k, hash in ipairs(hashes) do
+      if not (dup and dup[k]) then
+        if seen[hash] then
+          dup = dup or {}
+          dup[k] = true
+        end
+        seen[hash] = true
+      end
+    end
+  end
+  return dup
+end
+
+-- The duplicates' entries (index among the call's events and updates, from 0) and ordinals (among its
+-- events), from the indexes of their hashes (`dup`, see find_duplicates), by a second walk over the
+-- arguments from `i`: made only for a call with duplicates.
+local function duplicate_positions(args, i, dup)
+  local found, gone, k, events, updates = {}, {}, 0, 0, 0
+  while i <= #args do
+    if is_update(args, i) then
+      updates = updates + 1
+      i = i + update_width(args, i)
+    else
+      local w = width(args, i, 1)
+      if args[i + w - 1] ~= '' then
+        k = k + 1
+        if dup[k] then
+          found[#found + 1] = events + updates
+          gone[#gone + 1] = events
+        end
+      end
+      events = events + 1
+      i = i + w
+    end
   end
   return found, gone
 end
@@ -426,7 +463,7 @@ local function tg_count(keys, args)
   -- funnel event's time and step are read after the first writes, so they are checked here.
   -- With deduplication the walk also gathers the hashes (see find_duplicates).
   local i, n, named, updates, events = first, #args, false, 0, 0
-  local hashes, entries, ordinals = {}, {}, {}
+  local hashes = {}
   while i <= n do
     if is_update(args, i) then
       local taken = update_width(args, i)
@@ -450,8 +487,6 @@ local function tg_count(keys, args)
           return redis.error_reply('ERR tg_count: malformed dedup hash')
         end
         hashes[#hashes + 1] = hash
-        entries[#entries + 1] = events + updates
-        ordinals[#ordinals + 1] = events
       end
       events = events + 1
       i = i + w
@@ -468,13 +503,14 @@ local function tg_count(keys, args)
   end
   -- Duplicates are found, and taken out of the stream, before anything is counted or trimmed.
   local found, duplicate = {}, {}
-  if dedup then
+  local dup = dedup and find_duplicates(prefix, hashes, dedup)
+  if dup then
     local gone
-    found, gone = find_duplicates(prefix, { hashes = hashes, entries = entries, ordinals = ordinals }, dedup)
+    found, gone = duplicate_positions(args, first, dup)
     for _, entry in ipairs(found) do
       duplicate[entry] = true
     end
-    if #gone > 0 and not alone then
+    if not alone then
       remove_duplicates(stream, gone, events)
     end
   end
