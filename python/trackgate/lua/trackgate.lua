@@ -10,7 +10,7 @@ local DAY = 86400
 -- by ':'.
 local MARKS, HOURLY_COUNTS, DAILY_USERS = '@MARKS@', '@HOURLY_COUNTS@', '@DAILY_USERS@'
 local DAILY_COUNTS, EVENT_NAMES, NAMES_SEEN = '@DAILY_COUNTS@', '@EVENT_NAMES@', '@NAMES_SEEN@'
-local PROFILE_UPDATES, DEDUP = '@PROFILE_UPDATES@', '@DEDUP@'
+local PROFILE_UPDATES, DEDUP, DEDUP_BY_TIME = '@PROFILE_UPDATES@', '@DEDUP@', '@DEDUP_BY_TIME@'
 local FUNNEL_NAMES, FUNNEL_ACTIVITY = '@FUNNEL_NAMES@', '@FUNNEL_ACTIVITY@'
 local FUNNEL_GOALS, FUNNEL_STATES = '@FUNNEL_GOALS@', '@FUNNEL_STATES@'
 local FUNNEL_ATTEMPTS, FUNNEL_COUNTERS = '@FUNNEL_ATTEMPTS@', '@FUNNEL_COUNTERS@'
@@ -186,28 +186,61 @@ local function width(args, i, extra)
 end
 
 -- Deduplication (store.py): each event with an `$insert_id` comes with its dedup hash, the last of its
--- arguments. A partition keeps the hashes it stored in a set per bucket of `window` seconds (server
--- time), which expires once the next bucket is over: a hash is looked for in the current bucket and the
--- previous one, so an event stored within `window` seconds is always found (and one stored up to twice
--- that ago may be). `hashes` holds the call's hashes in the order of their events. Returns the indexes
--- in `hashes` (a set) of the duplicates, of stored events or of an earlier event of the same call, or
--- nil when there are none; the others are added to the current bucket. The common call has no
+-- arguments: its time in seconds (4 bytes, big-endian), then the hash of its identity, which has that
+-- time in it, so that a retry of an event has the event's time. A partition keeps the hashes it stored in
+-- sets by bucket of `window` seconds. An event that comes while its time's bucket is not over (server
+-- time) is kept in the set of its time's bucket (DEDUP_BY_TIME), one that comes later (a late event, or
+-- /import's history) in the set of the server time's bucket (DEDUP); each set expires when the bucket
+-- after its own ends. An event stored at server time s is found until at least s + window:
+-- - kept in the set of its time's bucket b (so s is before the end of b): a retry within the window
+--   comes before the end of b + 1, on time (asking the same set) or late in b + 1, which also asks the
+--   set of the time's bucket when it is the previous one;
+-- - kept in the set of server bucket B (late): a retry within the window comes late, in B or B + 1, and
+--   asks the sets of the server's bucket and the previous one.
+-- An event that comes on time, as nearly all of /track's do, is looked up in one set. Every hash kept was
+-- stored within the last two windows, or within two windows and how far ahead an event's time may be.
+
+-- The time (seconds) at the head of a dedup hash.
+local function dedup_time(hash)
+  local a, b, c, d = string.byte(hash, 1, 4)
+  return ((a * 256 + b) * 256 + c) * 256 + d
+end
+
+-- The call's hashes by the bucket of their events' time, in the order first seen: a list of groups,
+-- each with its bucket, its hashes and their indexes in `hashes`.
+local function by_bucket(hashes, window)
+  local groups, index, last, group = {}, {}, nil, nil
+  for k, hash in ipairs(hashes) do
+    local t = dedup_time(hash)
+    local bucket = (t - t % window) / window
+    if bucket ~= last then
+      group = index[bucket]
+      if not group then
+        group = { bucket = bucket, hashes = {}, at = {} }
+        index[bucket] = group
+        groups[#groups + 1] = group
+      end
+      last = bucket
+    end
+    local n = #group.hashes + 1
+    group.hashes[n] = hash
+    group.at[n] = k
+  end
+  return groups
+end
+
+-- Looks `hashes` up in the set `into` and in those of `also` that exist, and adds the ones not found to
+-- `into`, which expires at `expiry`. Returns the indexes in `hashes` (a set) of the duplicates, of stored
+-- events or of an earlier one among `hashes`, or nil when there are none. The common call has no
 -- duplicate: it pays for one lookup and one insert per hash, and for no table built per hash.
-local function find_duplicates(prefix, hashes, window)
-  if #hashes == 0 then
-    return nil
+local function look_up_and_keep(into, also, hashes, expiry)
+  local sets, dup = { into }, nil
+  for _, key in ipairs(also) do
+    if redis.call('EXISTS', key) == 1 then
+      sets[#sets + 1] = key
+    end
   end
-  local bucket = math.floor(tonumber(redis.call('TIME')[1]) / window)
-  local base = prefix .. DEDUP .. window .. ':'
-  local current, previous = base .. bucket, base .. (bucket - 1)
-  local dup = nil
-  -- The previous bucket is asked only if it is there: for the first window of a partition's traffic
-  -- (and any after a quiet one) that saves a lookup per hash.
-  local keys = { current }
-  if redis.call('EXISTS', previous) == 1 then
-    keys[2] = previous
-  end
-  for _, key in ipairs(keys) do
+  for _, key in ipairs(sets) do
     for from = 1, #hashes, 1000 do
       local last = math.min(from + 999, #hashes)
       local there = redis.call('SMISMEMBER', key, unpack(hashes, from, last))
@@ -222,27 +255,57 @@ local function find_duplicates(prefix, hashes, window)
   local fresh = hashes
   if dup then
     fresh = {}
-    for k, hash in ipairs(hashes) do
-      if not dup[k] then fresh[#fresh + 1] = hash end
+    for j, hash in ipairs(hashes) do
+      if not dup[j] then fresh[#fresh + 1] = hash end
     end
   end
   local added = 0
   for from = 1, #fresh, 1000 do
-    added = added + redis.call('SADD', current, unpack(fresh, from, math.min(from + 999, #fresh)))
+    added = added + redis.call('SADD', into, unpack(fresh, from, math.min(from + 999, #fresh)))
   end
   if added > 0 then
-    redis.call('EXPIREAT', current, (bucket + 2) * window)
+    redis.call('EXPIREAT', into, expiry)
   end
   if added < #fresh then
-    -- Some hash came twice in the call: its first event is stored, the later ones are duplicates.
+    -- Some hash came twice: its first event is stored, the later ones are duplicates.
     local seen = {}
-    for k, hash in ipairs(hashes) do
-      if not (dup and dup[k]) then
+    for j, hash in ipairs(hashes) do
+      if not (dup and dup[j]) then
         if seen[hash] then
           dup = dup or {}
-          dup[k] = true
+          dup[j] = true
         end
         seen[hash] = true
+      end
+    end
+  end
+  return dup
+end
+
+-- `hashes` holds the call's hashes in the order of their events. Returns the indexes in `hashes` (a set)
+-- of the duplicates, or nil when there are none; the others are kept.
+local function find_duplicates(prefix, hashes, window)
+  if #hashes == 0 then
+    return nil
+  end
+  local now = math.floor(tonumber(redis.call('TIME')[1]) / window)
+  local by_time, late = prefix .. DEDUP_BY_TIME .. window .. ':', prefix .. DEDUP .. window .. ':'
+  local dup = nil
+  for _, group in ipairs(by_bucket(hashes, window)) do
+    local bucket, found = group.bucket, nil
+    if bucket >= now then
+      found = look_up_and_keep(by_time .. bucket, {}, group.hashes, (bucket + 2) * window)
+    else
+      local also = { late .. (now - 1) }
+      if bucket == now - 1 then
+        also[2] = by_time .. bucket
+      end
+      found = look_up_and_keep(late .. now, also, group.hashes, (now + 2) * window)
+    end
+    if found then
+      dup = dup or {}
+      for j in pairs(found) do
+        dup[group.at[j]] = true
       end
     end
   end
