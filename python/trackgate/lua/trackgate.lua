@@ -200,31 +200,47 @@ end
 -- An event that comes on time, as nearly all of /track's do, is looked up in one set. Every hash kept was
 -- stored within the last two windows, or within two windows and how far ahead an event's time may be.
 
--- The time (seconds) at the head of a dedup hash.
-local function dedup_time(hash)
-  local a, b, c, d = string.byte(hash, 1, 4)
+-- The time (seconds) at the head of a dedup hash, 4 bytes big-endian; `byte` is string.byte (which
+-- the library cannot take at load, outside its functions).
+local function dedup_time(byte, hash)
+  local a, b, c, d = byte(hash, 1, 4)
   return ((a * 256 + b) * 256 + c) * 256 + d
 end
 
 -- The call's hashes by the bucket of their events' time, in the order first seen: a list of groups,
--- each with its bucket, its hashes and their indexes in `hashes`.
+-- each with its bucket, its hashes and their indexes in `hashes` (`at`: none when the call's events are
+-- all of one bucket, as nearly all are; then the group's hashes are `hashes`, and finding that out is
+-- the whole cost per hash).
 local function by_bucket(hashes, window)
-  local groups, index, last, group = {}, {}, nil, nil
-  for k, hash in ipairs(hashes) do
-    local t = dedup_time(hash)
-    local bucket = (t - t % window) / window
-    if bucket ~= last then
-      group = index[bucket]
-      if not group then
-        group = { bucket = bucket, hashes = {}, at = {} }
-        index[bucket] = group
-        groups[#groups + 1] = group
-      end
-      last = bucket
+  local byte, n = string.byte, #hashes
+  local first = dedup_time(byte, hashes[1])
+  first = first - first % window
+  local k, after = 2, first + window
+  while k <= n do
+    local a, b, c, d = byte(hashes[k], 1, 4)
+    local t = ((a * 256 + b) * 256 + c) * 256 + d
+    if t < first or t >= after then
+      break
     end
-    local n = #group.hashes + 1
-    group.hashes[n] = hash
-    group.at[n] = k
+    k = k + 1
+  end
+  if k > n then
+    return { { bucket = first / window, hashes = hashes } }
+  end
+  local groups, index = {}, {}
+  for j = 1, n do
+    local hash = hashes[j]
+    local t = dedup_time(byte, hash)
+    local bucket = (t - t % window) / window
+    local group = index[bucket]
+    if not group then
+      group = { bucket = bucket, hashes = {}, at = {} }
+      index[bucket] = group
+      groups[#groups + 1] = group
+    end
+    local m = #group.hashes + 1
+    group.hashes[m] = hash
+    group.at[m] = j
   end
   return groups
 end
@@ -305,7 +321,7 @@ local function find_duplicates(prefix, hashes, window)
     if found then
       dup = dup or {}
       for j in pairs(found) do
-        dup[group.at[j]] = true
+        dup[group.at and group.at[j] or j] = true
       end
     end
   end
