@@ -120,3 +120,8 @@ def test_a_batch_of_events_on_time_and_late_finds_each_duplicate_by_its_place(
     # In time order: late (0), also_late (1), on_time (2); the first and the last were stored.
     assert send(client, 2, [on_time, also_late, late]) == [1, 0, 0, 0, [0, 2]]
     assert sorted(e["event"] for e in stored_events(client, token)) == ["Late", "Late too", "On time"]
+
+
+def test_the_sets_are_named_as_documented() -> None:
+    assert keys.dedup_by_time_key("tok", 3, 600, 7) == "tg:{tok:3}:dt:600:7"
+    assert keys.dedup_key("tok", 3, 600, 7) == "tg:{tok:3}:dd:600:7"
