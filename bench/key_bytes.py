@@ -88,7 +88,8 @@ def scenarios(n: int, now: float) -> dict[str, tuple[str, Callable[[int], dict[s
         "users of one event name": ("user", lambda i: plain("Page View", f"user {i}")),
         "funnel names, one step 1 each": ("funnel", lambda i: funnel(f"funnel {i}", f"user {i}")),
         "users of one funnel, step 1 each": ("user", lambda i: funnel("signup", f"user {i}")),
-        # The dedup hashes (`dd`) of events with an `$insert_id`, kept for one to two --dedup-window.
+        # The dedup hashes (`dt`, `dd` for late events) of events with an `$insert_id`, kept for one to two
+        # --dedup-windows.
         "events with $insert_id, one user each": (
             "event",
             lambda i: with_insert_id(plain("Page View", f"u{i}")),

@@ -69,6 +69,7 @@ class Family(StrEnum):
     GROUPS = "groups:"
     GROUP = "gp:"
     DEDUP = "dd:"
+    DEDUP_BY_TIME = "dt:"
 
 
 def project_key(token: str) -> str:
@@ -207,11 +208,20 @@ def groups_key(token: str, partition: int, group_key: str) -> str:
 
 
 def dedup_key(token: str, partition: int, window: int, bucket: int) -> str:
-    """Set of the dedup hashes (16 bytes each, see `store.py`) of the events with an `$insert_id` that the
-    partition stored in bucket `bucket` of `window` seconds (server time // window): what a retried event
-    is looked up in. It expires when the next bucket ends; the window is in the name, so that gateways
-    run with another window never misread it."""
+    """Set of the dedup hashes (see `store.py`) of the events with an `$insert_id` that the partition
+    stored late, in bucket `bucket` of `window` seconds (server time // window) when their own time's
+    bucket (`dedup_by_time_key`) was over: what a retried late event is looked up in, with the previous
+    bucket's. It expires when the next bucket ends; the window is in the name, so that gateways run with
+    another window never misread it."""
     return f"{partition_prefix(token, partition)}{Family.DEDUP}{window}:{bucket}"
+
+
+def dedup_by_time_key(token: str, partition: int, window: int, bucket: int) -> str:
+    """Set of the dedup hashes of the events with an `$insert_id` whose time is in bucket `bucket` of
+    `window` seconds (time // window) and that the partition stored before that bucket was over (server
+    time): what a retry of one is looked up in, the one set for an event that comes on time. It expires
+    when the next bucket ends."""
+    return f"{partition_prefix(token, partition)}{Family.DEDUP_BY_TIME}{window}:{bucket}"
 
 
 def count_function_keys(token: str, partition: int) -> tuple[str, str]:

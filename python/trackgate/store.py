@@ -30,7 +30,9 @@ LAYOUT: Final = f"{PACKED_LAYOUT}.{HEADER_VERSION}"
 """What names a call's argument layout: the decoder's packed events' and the header's."""
 HEADER_ARGS: Final = 9
 """tg_count's arguments before the events': see WriteCommands."""
-DEDUP_LAYOUT: Final = f"{LAYOUT}+dedup"
+DEDUP_VERSION: Final = 2
+"""The version of the dedup hashes' form (the decoder's `dedup_hash`); raised with every change of it."""
+DEDUP_LAYOUT: Final = f"{LAYOUT}+dedup.{DEDUP_VERSION}"
 """What names the layout of a call that deduplicates: the header has DEDUP_ARGS arguments more, and each
 event's arguments end with its dedup hash."""
 DEDUP_ARGS: Final = 2
@@ -77,17 +79,23 @@ DEFAULT_DEDUP_WINDOW: Final = Options().dedup_window
 #
 # Deduplication (`--dedup-window`, 0: off). A retried request may hold events already stored; an event
 # with an `$insert_id` is stored and counted once however often it comes within the window. The decoder
-# packs a 128-bit hash of each event's (name, distinct_id, time in whole seconds, $insert_id) after its
-# arguments, and the header says so (DEDUP_LAYOUT). The events still go in by the plain XADDs (an XADD
-# from Lua would cost Redis more per event than all the rest of dedup: bench/README.md); the function,
-# right after them in the same transaction, looks the batch's hashes up in the partition's sets of
-# hashes stored (`keys.dedup_key`, a set per bucket of `window` seconds, two buckets read), adds the new
-# ones, counts only those, and XDELs the duplicates' entries, which are the stream's last ones: their
+# packs each event's time in seconds and a 128-bit hash of its (name, distinct_id, time in whole seconds,
+# $insert_id) after its arguments, and the header says so (DEDUP_LAYOUT). The events still go in by the
+# plain XADDs (an XADD from Lua would cost Redis more per event than all the rest of dedup:
+# bench/README.md); the function, right after them in the same transaction, looks the batch's hashes up
+# in the partition's sets of hashes stored, adds the new ones, counts only those, and XDELs the
+# duplicates' entries, which are the stream's last ones: their
 # XADD and XDEL are one atomic change that no reader sees. Its reply lists the duplicates, which the
 # batcher reports to their requests. The marks and their recovery are as above: the lookups and the
 # XDELs are writes of the same transaction, applied with it or not at all, and a counting resent alone
 # is told so ('alone'): it does not count the duplicates, but can no longer tell their entries in the
 # stream apart, and leaves them there (the batcher logs it). With the window 0 none of this is sent.
+#
+# The sets are by bucket of `window` seconds: a retry has its event's time, so an event that came while
+# its time's bucket was not over is kept in that bucket's set (`keys.dedup_by_time_key`) and its retry
+# looked up in that one set; an event that comes later (a late one, /import's history) is kept in the
+# set of the server time's bucket (`keys.dedup_key`), and looked up in two. `lua/trackgate.lua`
+# (find_duplicates) says why no retry within the window is missed, and what the sets hold.
 
 
 def _library_source() -> str:

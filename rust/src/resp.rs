@@ -20,9 +20,9 @@ use crate::event::Valid;
 /// less than the same XADD called from the function (see `store.py`).
 ///
 /// With deduplication on (`Options::dedup_window`), every event has one argument more, after the
-/// others: its dedup hash (`dedup_hash`), or `""` when it has no `$insert_id` and so cannot be
-/// deduplicated. The function is told which form it gets (`store.py`), so the form without it is this
-/// version's as it was.
+/// others: its dedup hash (`dedup_hash`: its time, then a hash of its identity), or `""` when it has no
+/// `$insert_id` and so cannot be deduplicated. The function is told which form it gets (`store.py`), so
+/// the form without it is this version's as it was.
 ///
 /// Per profile update (`profile.rs` packs them), five arguments and what the fifth counts: the
 /// operation (`$set`, ..., `$delete`: a `$` tells an update from an event, whose first argument is a
@@ -121,8 +121,11 @@ pub struct Batches {
     dedup_input: Vec<u8>,
 }
 
-/// The bytes of an event's dedup hash.
-pub const DEDUP_HASH_BYTES: usize = 16;
+/// The bytes of an event's dedup time, the first of its dedup hash.
+const DEDUP_TIME_BYTES: usize = 4;
+
+/// The bytes of an event's dedup hash: its dedup time, then the 128-bit hash of its identity.
+pub const DEDUP_HASH_BYTES: usize = DEDUP_TIME_BYTES + 16;
 
 /// The identity of an event for deduplication, as Mixpanel's: (event name, distinct_id, time in whole
 /// seconds, `$insert_id`), hashed to 128 bits (XXH3-128); None without an `$insert_id`. Each text field
@@ -130,18 +133,28 @@ pub const DEDUP_HASH_BYTES: usize = 16;
 /// same input, and two tuples collide only as two random 128-bit values do: among n events in one
 /// partition's window, with probability about n^2 / 2^129. A missing distinct_id is hashed as `""`.
 /// `input` is a buffer to write the hash's input in.
+///
+/// Ahead of the hash, the time's seconds (big-endian, clamped to 0..=u32::MAX): the function keeps an
+/// event's hash in the set of its time's bucket, so a retry (which has the same time) is looked up in
+/// one set, and it reads the time without another argument per event. The clamp changes only the
+/// bucket of a time outside 1970..2106; the hash holds the whole time.
 pub fn dedup_hash(event: &Valid<'_>, input: &mut Vec<u8>) -> Option<[u8; DEDUP_HASH_BYTES]> {
     let insert_id = event.insert_id.as_deref()?;
     let distinct_id = event.distinct_id.as_deref().unwrap_or("");
+    let seconds = event.time.floor() as i64;
     input.clear();
     for field in [event.name.as_bytes(), distinct_id.as_bytes()] {
         input.extend_from_slice(&(field.len() as u32).to_le_bytes());
         input.extend_from_slice(field);
     }
-    input.extend_from_slice(&(event.time.floor() as i64).to_le_bytes());
+    input.extend_from_slice(&seconds.to_le_bytes());
     input.extend_from_slice(&(insert_id.len() as u32).to_le_bytes());
     input.extend_from_slice(insert_id.as_bytes());
-    Some(xxhash_rust::xxh3::xxh3_128(input).to_le_bytes())
+    let mut out = [0; DEDUP_HASH_BYTES];
+    let time = u32::try_from(seconds.max(0)).unwrap_or(u32::MAX);
+    out[..DEDUP_TIME_BYTES].copy_from_slice(&time.to_be_bytes());
+    out[DEDUP_TIME_BYTES..].copy_from_slice(&xxhash_rust::xxh3::xxh3_128(input).to_le_bytes());
+    Some(out)
 }
 
 /// The partition of a user: a stable hash (CRC-32, IEEE) of the key, so one user's events share a
@@ -439,6 +452,20 @@ mod tests {
             hash("a", Some(""), 100.2, Some("i1"))
         );
         assert_eq!(hash("a", Some("u"), 100.2, None), None);
+    }
+
+    #[test]
+    fn dedup_hashes_begin_with_the_time_in_seconds_big_endian_clamped() {
+        let time = |at| dedup_hash(&valid("a", Some("u"), at, Some("i1")), &mut Vec::new());
+        let head = |at| time(at).map(|hash| hash[..DEDUP_TIME_BYTES].to_vec());
+        assert_eq!(
+            head(1_765_000_000.7),
+            Some(1_765_000_000_u32.to_be_bytes().to_vec())
+        );
+        assert_eq!(head(-5.0), Some(vec![0; 4]));
+        assert_eq!(head(5e9), Some(vec![0xff; 4]));
+        // Clamped alike, told apart by the hash.
+        assert_ne!(time(-5.0), time(-6.0));
     }
 
     #[test]

@@ -265,6 +265,6 @@ fn days_older_than_the_retention_are_stored_not_counted() {
     let days: Vec<&[u8]> = packed.chunks(5).map(|event| &event[0][..]).collect();
     assert_eq!(days, [&b""[..], b"", b"2023-10-15"]);
     let hashes: Vec<usize> = packed.chunks(5).map(|event| event[4].len()).collect();
-    assert_eq!(hashes, [16, 16, 16]);
+    assert_eq!(hashes, [trackgate_native::resp::DEDUP_HASH_BYTES; 3]);
     assert_eq!(events(&decoded).len(), 3);
 }

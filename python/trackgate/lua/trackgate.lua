@@ -10,7 +10,7 @@ local DAY = 86400
 -- by ':'.
 local MARKS, HOURLY_COUNTS, DAILY_USERS = '@MARKS@', '@HOURLY_COUNTS@', '@DAILY_USERS@'
 local DAILY_COUNTS, EVENT_NAMES, NAMES_SEEN = '@DAILY_COUNTS@', '@EVENT_NAMES@', '@NAMES_SEEN@'
-local PROFILE_UPDATES, DEDUP = '@PROFILE_UPDATES@', '@DEDUP@'
+local PROFILE_UPDATES, DEDUP, DEDUP_BY_TIME = '@PROFILE_UPDATES@', '@DEDUP@', '@DEDUP_BY_TIME@'
 local FUNNEL_NAMES, FUNNEL_ACTIVITY = '@FUNNEL_NAMES@', '@FUNNEL_ACTIVITY@'
 local FUNNEL_GOALS, FUNNEL_STATES = '@FUNNEL_GOALS@', '@FUNNEL_STATES@'
 local FUNNEL_ATTEMPTS, FUNNEL_COUNTERS = '@FUNNEL_ATTEMPTS@', '@FUNNEL_COUNTERS@'
@@ -186,53 +186,169 @@ local function width(args, i, extra)
 end
 
 -- Deduplication (store.py): each event with an `$insert_id` comes with its dedup hash, the last of its
--- arguments. A partition keeps the hashes it stored in a set per bucket of `window` seconds (server
--- time), which expires once the next bucket is over: a hash is looked for in the current bucket and the
--- previous one, so an event stored within `window` seconds is always found (and one stored up to twice
--- that ago may be). `dedup` holds the call's hashes, with each one's entry (its index among the call's
--- events and updates, from 0) and ordinal (among its events). Returns the entries that are duplicates,
--- of the stored ones or of an earlier event of the same call, and their ordinals; the hashes of the
--- others are added to the current bucket.
-local function find_duplicates(prefix, dedup, window)
-  local hashes, entries, ordinals = dedup.hashes, dedup.entries, dedup.ordinals
-  local found, gone = {}, {}
-  if #hashes == 0 then
-    return found, gone
-  end
-  local bucket = math.floor(tonumber(redis.call('TIME')[1]) / window)
-  local base = prefix .. DEDUP .. window .. ':'
-  local current, known = base .. bucket, {}
-  for _, key in ipairs({ current, base .. (bucket - 1) }) do
-    local asked = hashes
-    if next(known) then
-      asked = {}
-      for _, hash in ipairs(hashes) do
-        if not known[hash] then asked[#asked + 1] = hash end
-      end
+-- arguments: its time in seconds (4 bytes, big-endian), then the hash of its identity, which has that
+-- time in it, so that a retry of an event has the event's time. A partition keeps the hashes it stored in
+-- sets by bucket of `window` seconds. An event that comes while its time's bucket is not over (server
+-- time) is kept in the set of its time's bucket (DEDUP_BY_TIME), one that comes later (a late event, or
+-- /import's history) in the set of the server time's bucket (DEDUP); each set expires when the bucket
+-- after its own ends. An event stored at server time s is found until at least s + window:
+-- - kept in the set of its time's bucket b (so s is before the end of b): a retry within the window
+--   comes before the end of b + 1, on time (asking the same set) or late in b + 1, which also asks the
+--   set of the time's bucket when it is the previous one;
+-- - kept in the set of server bucket B (late): a retry within the window comes late, in B or B + 1, and
+--   asks the sets of the server's bucket and the previous one.
+-- An event that comes on time, as nearly all of /track's do, is looked up in one set. Every hash kept was
+-- stored within the last two windows, or within two windows and how far ahead an event's time may be.
+
+-- The time (seconds) at the head of a dedup hash, 4 bytes big-endian; `byte` is string.byte (which
+-- the library cannot take at load, outside its functions).
+local function dedup_time(byte, hash)
+  local a, b, c, d = byte(hash, 1, 4)
+  return ((a * 256 + b) * 256 + c) * 256 + d
+end
+
+-- The call's hashes by the bucket of their events' time, in the order first seen: a list of groups,
+-- each with its bucket, its hashes and their indexes in `hashes` (`at`: none when the call's events are
+-- all of one bucket, as nearly all are; then the group's hashes are `hashes`, and finding that out is
+-- the whole cost per hash).
+local function by_bucket(hashes, window)
+  local byte, n = string.byte, #hashes
+  local first = dedup_time(byte, hashes[1])
+  first = first - first % window
+  local k, after = 2, first + window
+  while k <= n do
+    local a, b, c, d = byte(hashes[k], 1, 4)
+    local t = ((a * 256 + b) * 256 + c) * 256 + d
+    if t < first or t >= after then
+      break
     end
-    for from = 1, #asked, 1000 do
-      local last = math.min(from + 999, #asked)
-      local there = redis.call('SMISMEMBER', key, unpack(asked, from, last))
+    k = k + 1
+  end
+  if k > n then
+    return { { bucket = first / window, hashes = hashes } }
+  end
+  local groups, index = {}, {}
+  for j = 1, n do
+    local hash = hashes[j]
+    local t = dedup_time(byte, hash)
+    local bucket = (t - t % window) / window
+    local group = index[bucket]
+    if not group then
+      group = { bucket = bucket, hashes = {}, at = {} }
+      index[bucket] = group
+      groups[#groups + 1] = group
+    end
+    local m = #group.hashes + 1
+    group.hashes[m] = hash
+    group.at[m] = j
+  end
+  return groups
+end
+
+-- Looks `hashes` up in the set `into` and in those of `also` that exist, and adds the ones not found to
+-- `into`, which expires at `expiry`. Returns the indexes in `hashes` (a set) of the duplicates, of stored
+-- events or of an earlier one among `hashes`, or nil when there are none. The common call has no
+-- duplicate: it pays for one lookup and one insert per hash, and for no table built per hash.
+local function look_up_and_keep(into, also, hashes, expiry)
+  local sets, dup = { into }, nil
+  for _, key in ipairs(also) do
+    if redis.call('EXISTS', key) == 1 then
+      sets[#sets + 1] = key
+    end
+  end
+  for _, key in ipairs(sets) do
+    for from = 1, #hashes, 1000 do
+      local last = math.min(from + 999, #hashes)
+      local there = redis.call('SMISMEMBER', key, unpack(hashes, from, last))
       for j = from, last do
-        if there[j - from + 1] == 1 then known[asked[j]] = true end
+        if there[j - from + 1] == 1 then
+          dup = dup or {}
+          dup[j] = true
+        end
       end
     end
   end
-  local fresh = {}
-  for k, hash in ipairs(hashes) do
-    if known[hash] then
-      found[#found + 1] = entries[k]
-      gone[#gone + 1] = ordinals[k]
-    else
-      known[hash] = true
-      fresh[#fresh + 1] = hash
+  local fresh = hashes
+  if dup then
+    fresh = {}
+    for j, hash in ipairs(hashes) do
+      if not dup[j] then fresh[#fresh + 1] = hash end
     end
   end
+  local added = 0
   for from = 1, #fresh, 1000 do
-    redis.call('SADD', current, unpack(fresh, from, math.min(from + 999, #fresh)))
+    added = added + redis.call('SADD', into, unpack(fresh, from, math.min(from + 999, #fresh)))
   end
-  if #fresh > 0 then
-    redis.call('EXPIREAT', current, (bucket + 2) * window)
+  if added > 0 then
+    redis.call('EXPIREAT', into, expiry)
+  end
+  if added < #fresh then
+    -- Some hash came twice: its first event is stored, the later ones are duplicates.
+    local seen = {}
+    for j, hash in ipairs(hashes) do
+      if not (dup and dup[j]) then
+        if seen[hash] then
+          dup = dup or {}
+          dup[j] = true
+        end
+        seen[hash] = true
+      end
+    end
+  end
+  return dup
+end
+
+-- `hashes` holds the call's hashes in the order of their events. Returns the indexes in `hashes` (a set)
+-- of the duplicates, or nil when there are none; the others are kept.
+local function find_duplicates(prefix, hashes, window)
+  if #hashes == 0 then
+    return nil
+  end
+  local now = math.floor(tonumber(redis.call('TIME')[1]) / window)
+  local by_time, late = prefix .. DEDUP_BY_TIME .. window .. ':', prefix .. DEDUP .. window .. ':'
+  local dup = nil
+  for _, group in ipairs(by_bucket(hashes, window)) do
+    local bucket, found = group.bucket, nil
+    if bucket >= now then
+      found = look_up_and_keep(by_time .. bucket, {}, group.hashes, (bucket + 2) * window)
+    else
+      local also = { late .. (now - 1) }
+      if bucket == now - 1 then
+        also[2] = by_time .. bucket
+      end
+      found = look_up_and_keep(late .. now, also, group.hashes, (now + 2) * window)
+    end
+    if found then
+      dup = dup or {}
+      for j in pairs(found) do
+        dup[group.at and group.at[j] or j] = true
+      end
+    end
+  end
+  return dup
+end
+
+-- The duplicates' entries (index among the call's events and updates, from 0) and ordinals (among its
+-- events), from the indexes of their hashes (`dup`, see find_duplicates), by a second walk over the
+-- arguments from `i`: made only for a call with duplicates.
+local function duplicate_positions(args, i, dup)
+  local found, gone, k, events, updates = {}, {}, 0, 0, 0
+  while i <= #args do
+    if is_update(args, i) then
+      updates = updates + 1
+      i = i + update_width(args, i)
+    else
+      local w = width(args, i, 1)
+      if args[i + w - 1] ~= '' then
+        k = k + 1
+        if dup[k] then
+          found[#found + 1] = events + updates
+          gone[#gone + 1] = events
+        end
+      end
+      events = events + 1
+      i = i + w
+    end
   end
   return found, gone
 end
@@ -426,7 +542,7 @@ local function tg_count(keys, args)
   -- funnel event's time and step are read after the first writes, so they are checked here.
   -- With deduplication the walk also gathers the hashes (see find_duplicates).
   local i, n, named, updates, events = first, #args, false, 0, 0
-  local hashes, entries, ordinals = {}, {}, {}
+  local hashes = {}
   while i <= n do
     if is_update(args, i) then
       local taken = update_width(args, i)
@@ -450,8 +566,6 @@ local function tg_count(keys, args)
           return redis.error_reply('ERR tg_count: malformed dedup hash')
         end
         hashes[#hashes + 1] = hash
-        entries[#entries + 1] = events + updates
-        ordinals[#ordinals + 1] = events
       end
       events = events + 1
       i = i + w
@@ -468,13 +582,14 @@ local function tg_count(keys, args)
   end
   -- Duplicates are found, and taken out of the stream, before anything is counted or trimmed.
   local found, duplicate = {}, {}
-  if dedup then
+  local dup = dedup and find_duplicates(prefix, hashes, dedup)
+  if dup then
     local gone
-    found, gone = find_duplicates(prefix, { hashes = hashes, entries = entries, ordinals = ordinals }, dedup)
+    found, gone = duplicate_positions(args, first, dup)
     for _, entry in ipairs(found) do
       duplicate[entry] = true
     end
-    if #gone > 0 and not alone then
+    if not alone then
       remove_duplicates(stream, gone, events)
     end
   end
