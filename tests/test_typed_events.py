@@ -135,3 +135,16 @@ def test_decode_shares_nothing_between_events_that_differ() -> None:
     decoded = trackgate.decode(json.dumps(batch), now=NOW)
     assert [(e.properties["i"], e.properties["s"]) for e in decoded] == [(i, f"v{i % 2}") for i in range(5)]
     assert decoded[0].properties is not decoded[2].properties
+
+
+def test_events_with_the_same_keys_have_dicts_of_their_own() -> None:
+    """Properties dicts of events with the same keys are made alike, but each is the caller's alone."""
+    event = {"event": "e", "properties": {"token": "t", "a": "same", "b": [1]}}
+    first, second = trackgate.decode(json.dumps([event, event]), now=NOW)
+    first.properties["a"] = "changed"
+    first.properties["added"] = 1
+    first.properties["b"].append(2)
+    assert second.properties == {"token": "t", "a": "same", "b": [1], "time": NOW}
+    (later,) = trackgate.decode(json.dumps(event), now=NOW)
+    assert later.properties == {"token": "t", "a": "same", "b": [1], "time": NOW}
+    assert second.properties["b"] is not later.properties["b"]

@@ -15,6 +15,7 @@ mod fastcall;
 mod imports;
 mod options;
 mod profiles;
+mod properties;
 mod reply_reader;
 mod strings;
 
