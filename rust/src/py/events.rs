@@ -278,7 +278,13 @@ impl<'py, 'd> EventBuilder<'py, 'd> {
                 Value::Scalar(&Scalar::String(s)) if same(s, Some(event.token)) => token.clone(),
                 Value::Scalar(&Scalar::String(s)) if same(s, event.insert_id) => insert_id.clone(),
                 Value::Scalar(&Scalar::String(s)) if same(s, sent_ip) => ip.clone(),
-                Value::Scalar(&Scalar::String(s)) => values.token(s),
+                Value::Scalar(&Scalar::String(s)) => {
+                    let text = s.bytes();
+                    match values.strings.properties.value(py, keys.len(), &text) {
+                        Some(value) => value,
+                        None => values.string(&text),
+                    }
+                }
                 Value::Scalar(&scalar) => crate::json::build_scalar(scalar, &mut values)?,
                 Value::Json(json) => crate::json::build(json, &mut values)?,
                 Value::Time(_) => match whole_number(event.time) {
@@ -288,7 +294,10 @@ impl<'py, 'd> EventBuilder<'py, 'd> {
                 Value::DistinctId(_) => distinct_id.clone(),
                 Value::Ip(_) => ip.clone(),
             };
-            let key = values.string(entry.key);
+            let key = match values.strings.properties.key(py, keys.len(), entry.key) {
+                Some(key) => key,
+                None => values.string(entry.key),
+            };
             if entry.key.starts_with(b"mp_") {
                 mp_keys.push(key.clone());
             }

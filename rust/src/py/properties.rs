@@ -1,7 +1,9 @@
 //! An event's properties dict, copied from the last one with the same keys.
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyString};
+
+use super::strings::Words;
 
 /// A private dict of the keys the last events had, with the values they had. Events of a batch, and
 /// the batches of one client, mostly repeat their keys in the same order, and many of their values:
@@ -11,14 +13,86 @@ use pyo3::types::PyDict;
 #[derive(Debug, Default)]
 pub(super) struct PropertiesTemplate {
     dict: Option<Py<PyDict>>,
-    /// The dict's keys and values, in order: an event's keys match when they are the same objects
-    /// (the string cache gives equal keys as one object), and a value that is the same object need
-    /// not be set.
-    keys: Vec<Py<PyAny>>,
-    values: Vec<Py<PyAny>>,
+    /// The dict's items, in order.
+    items: Vec<Item>,
+}
+
+/// An item of the template: an event's keys match when they are the same objects (the string cache
+/// gives equal keys as one object), and a value that is the same object need not be set. The texts
+/// let an event find the template's strings without the string cache (`key`, `value`).
+#[derive(Debug)]
+struct Item {
+    key: Py<PyAny>,
+    value: Py<PyAny>,
+    /// None for a text too long to compare, and for a value that is not a str.
+    key_text: Option<Text>,
+    value_text: Option<Text>,
+}
+
+/// The text of a str, to compare without asking Python: its words, and its bytes when longer.
+#[derive(Debug)]
+struct Text {
+    words: Words,
+    long: Box<[u8]>,
+}
+
+impl Text {
+    /// Longer strs are not compared: rarely repeated, and slower to compare.
+    const MAX_BYTES: usize = 64;
+
+    fn of(string: &Bound<'_, PyAny>) -> Option<Self> {
+        let text = string.cast::<PyString>().ok()?.to_str().ok()?.as_bytes();
+        (text.len() <= Self::MAX_BYTES).then(|| Self {
+            words: Words::of(text),
+            // Up to 16 bytes, the words are the whole text.
+            long: if text.len() > 16 {
+                text.into()
+            } else {
+                Box::default()
+            },
+        })
+    }
+
+    fn is(&self, text: &[u8]) -> bool {
+        self.words == Words::of(text) && (text.len() <= 16 || *self.long == *text)
+    }
 }
 
 impl PropertiesTemplate {
+    /// The template's key at `index` when its text is `text`: an event with the template's keys
+    /// finds each here, beside the last, rather than in the string cache's table.
+    pub(super) fn key<'py>(
+        &self,
+        py: Python<'py>,
+        index: usize,
+        text: &[u8],
+    ) -> Option<Bound<'py, PyAny>> {
+        self.find(py, index, text, |item| (&item.key_text, &item.key))
+    }
+
+    /// The template's value at `index` when it is a str of `text` (see `key`).
+    pub(super) fn value<'py>(
+        &self,
+        py: Python<'py>,
+        index: usize,
+        text: &[u8],
+    ) -> Option<Bound<'py, PyAny>> {
+        self.find(py, index, text, |item| (&item.value_text, &item.value))
+    }
+
+    /// The `part` of the item at `index` when its text is `text`.
+    fn find<'py>(
+        &self,
+        py: Python<'py>,
+        index: usize,
+        text: &[u8],
+        part: impl Fn(&Item) -> (&Option<Text>, &Py<PyAny>),
+    ) -> Option<Bound<'py, PyAny>> {
+        let (known, object) = part(self.items.get(index)?);
+        let same = known.as_ref().is_some_and(|known| known.is(text));
+        same.then(|| object.bind(py).clone())
+    }
+
     /// The dict of `keys` and `values`, in that order; no key is there twice.
     pub(super) fn dict<'py>(
         &mut self,
@@ -29,8 +103,8 @@ impl PropertiesTemplate {
         debug_assert_eq!(keys.len(), values.len(), "one value per key");
         if let Some(template) = self.dict.as_ref().filter(|_| self.matches(keys)) {
             let dict = template.bind(py).copy()?;
-            for ((key, value), old) in keys.iter().zip(values).zip(&self.values) {
-                if !value.is(old) {
+            for ((key, value), item) in keys.iter().zip(values).zip(&self.items) {
+                if !value.is(&item.value) {
                     super::events::set_item(&dict, key, value)?;
                 }
             }
@@ -45,7 +119,7 @@ impl PropertiesTemplate {
     }
 
     fn matches(&self, keys: &[Bound<'_, PyAny>]) -> bool {
-        self.keys.len() == keys.len() && keys.iter().zip(&self.keys).all(|(a, b)| a.is(b))
+        self.items.len() == keys.len() && keys.iter().zip(&self.items).all(|(a, b)| a.is(&b.key))
     }
 
     /// Makes a copy of `dict` the template. What it held goes as bound objects: a `Py` dropped on
@@ -59,9 +133,16 @@ impl PropertiesTemplate {
     ) -> PyResult<()> {
         let old_dict = self.dict.replace(dict.copy()?.unbind());
         drop(old_dict.map(|old| old.into_bound(py)));
-        for (kept, new) in [(&mut self.keys, keys), (&mut self.values, values)] {
-            kept.drain(..).for_each(|old| drop(old.into_bound(py)));
-            kept.extend(new.iter().map(|object| object.clone().unbind()));
+        for old in self.items.drain(..) {
+            drop((old.key.into_bound(py), old.value.into_bound(py)));
+        }
+        for (key, value) in keys.iter().zip(values) {
+            self.items.push(Item {
+                key: key.clone().unbind(),
+                value: value.clone().unbind(),
+                key_text: Text::of(key),
+                value_text: Text::of(value),
+            });
         }
         Ok(())
     }

@@ -107,7 +107,7 @@ pub(super) struct Words {
 }
 
 impl Words {
-    fn of(text: &[u8]) -> Self {
+    pub(super) fn of(text: &[u8]) -> Self {
         let (head, tail) = crate::json::ends(text);
         Self {
             len: text.len(),
