@@ -148,3 +148,21 @@ def test_events_with_the_same_keys_have_dicts_of_their_own() -> None:
     (later,) = trackgate.decode(json.dumps(event), now=NOW)
     assert later.properties == {"token": "t", "a": "same", "b": [1], "time": NOW}
     assert second.properties["b"] is not later.properties["b"]
+
+
+def test_an_event_class_with_post_init_is_called() -> None:
+    """Events are made by filling their slots only where that is all their constructor does."""
+    seen: list[str] = []
+
+    class Checked(trackgate.Event, frozen=True, kw_only=True):
+        def __post_init__(self) -> None:
+            seen.append(self.event)
+
+    decode = _native.EventDecoder(Checked, trackgate.Funnel).decode
+    batch = [{"event": name, "properties": {"token": "t"}} for name in ("a", "b")]
+    decoded = decode(json.dumps(batch), now=NOW)
+    assert seen == ["a", "b"]
+    assert [type(event) for event in decoded] == [Checked, Checked]
+    assert [msgspec.structs.asdict(e) for e in decoded] == [
+        msgspec.structs.asdict(e) for e in trackgate.decode(json.dumps(batch), now=NOW)
+    ]

@@ -12,6 +12,7 @@ use super::decode::{check_now, with_bytes, Text};
 use super::decoded::{decode_error, request_error};
 use super::fastcall::decode_function;
 use super::options::PyOptions;
+use super::slots::SlotLayout;
 use super::strings::StringCache;
 use crate::event::{IpValue, Normalised, Sink, Value};
 use crate::json::{Scalar, StrToken};
@@ -27,6 +28,9 @@ pub(super) struct PyEventDecoder {
     funnel_type: Py<PyAny>,
     /// The names of the Event's fields, in the order `EventBuilder::event` passes them.
     event_fields: Py<PyTuple>,
+    /// How an Event is made by filling its slots; without it (a class that is not a plain Struct),
+    /// it is called with the fields as keywords.
+    event_layout: Option<SlotLayout<10>>,
     /// The options of a call that gives none.
     default_options: Py<PyOptions>,
     /// Strings made before, for the keys and short values that events of a batch, and batches,
@@ -40,10 +44,12 @@ impl PyEventDecoder {
     fn new(py: Python<'_>, event: Py<PyAny>, funnel: Py<PyAny>) -> PyResult<Self> {
         // Interned, as the class's own field names are: its constructor matches them by identity.
         let names = EVENT_FIELDS.map(|name| PyString::intern(py, name));
+        let event_layout = SlotLayout::of(event.bind(py), &EVENT_FIELDS);
         Ok(Self {
             event_type: event,
             funnel_type: funnel,
             event_fields: PyTuple::new(py, names)?.unbind(),
+            event_layout,
             default_options: Py::new(py, PyOptions(crate::Options::default()))?,
             strings: Mutex::new(StringCache::default()),
         })
@@ -326,8 +332,12 @@ impl<'py, 'd> EventBuilder<'py, 'd> {
             funnel,
             mp_keys,
         ];
-        let event_type = self.types.event_type.bind(py);
-        let built = call_with_keywords(event_type, self.types.event_fields.bind(py), &fields)?;
+        let built = if let Some(layout) = &self.types.event_layout {
+            layout.make(py, fields)?
+        } else {
+            let names = self.types.event_fields.bind(py);
+            call_with_keywords(self.types.event_type.bind(py), names, &fields)?
+        };
         self.events.append(built)
     }
 }

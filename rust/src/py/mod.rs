@@ -17,6 +17,7 @@ mod options;
 mod profiles;
 mod properties;
 mod reply_reader;
+mod slots;
 mod strings;
 
 use decode::{decode_data, decode_request};
