@@ -30,7 +30,7 @@ pub(super) struct PyEventDecoder {
     event_fields: Py<PyTuple>,
     /// How an Event is made by filling its slots; without it (a class that is not a plain Struct),
     /// it is called with the fields as keywords.
-    event_layout: Option<SlotLayout<10>>,
+    event_layout: Option<SlotLayout<{ EVENT_FIELDS.len() }>>,
     /// The options of a call that gives none.
     default_options: Py<PyOptions>,
     /// Strings made before, for the keys and short values that events of a batch, and batches,
