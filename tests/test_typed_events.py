@@ -5,6 +5,7 @@ values of the same types (an int stays an int, 1.0 a float), in the same order."
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -166,3 +167,13 @@ def test_an_event_class_with_post_init_is_called() -> None:
     assert [msgspec.structs.asdict(e) for e in decoded] == [
         msgspec.structs.asdict(e) for e in trackgate.decode(json.dumps(batch), now=NOW)
     ]
+
+
+def test_decode_keeps_no_array_of_an_event_alive() -> None:
+    """What the decoder keeps from the last events to make the next holds none of their arrays."""
+    (event,) = trackgate.decode(
+        json.dumps({"event": "e", "properties": {"token": "t", "a": [1] * 200}}), now=NOW
+    )
+    array = event.properties["a"]
+    del event
+    assert sys.getrefcount(array) == 2  # `array`, and the call's argument

@@ -1,7 +1,7 @@
 //! An event's properties dict, copied from the last one with the same keys.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString};
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
 
 use super::strings::Words;
 
@@ -114,7 +114,7 @@ impl PropertiesTemplate {
         for (key, value) in keys.iter().zip(values) {
             super::events::set_item(&dict, key, value)?;
         }
-        self.remember(py, &dict, keys, values)?;
+        self.remember(py, keys, values)?;
         Ok(dict)
     }
 
@@ -122,28 +122,41 @@ impl PropertiesTemplate {
         self.items.len() == keys.len() && keys.iter().zip(&self.items).all(|(a, b)| a.is(&b.key))
     }
 
-    /// Makes a copy of `dict` the template. What it held goes as bound objects: a `Py` dropped on
-    /// its own first asks whether this thread holds the GIL.
+    /// Makes `keys` and `values` the template, but for values it would keep alive for nothing: an
+    /// array or object (made anew for each event), or a str too long to be compared, is None in the
+    /// template, which an event's value then replaces. What the template held goes as bound
+    /// objects: a `Py` dropped on its own first asks whether this thread holds the GIL.
     fn remember<'py>(
         &mut self,
         py: Python<'py>,
-        dict: &Bound<'py, PyDict>,
         keys: &[Bound<'py, PyAny>],
         values: &[Bound<'py, PyAny>],
     ) -> PyResult<()> {
-        let old_dict = self.dict.replace(dict.copy()?.unbind());
-        drop(old_dict.map(|old| old.into_bound(py)));
+        let template = super::events::presized_dict(py, keys.len())?;
         for old in self.items.drain(..) {
             drop((old.key.into_bound(py), old.value.into_bound(py)));
         }
         for (key, value) in keys.iter().zip(values) {
+            let value_text = Text::of(value);
+            let scalar = value.is_none()
+                || value.is_instance_of::<PyBool>()
+                || value.is_instance_of::<PyInt>()
+                || value.is_instance_of::<PyFloat>();
+            let kept = if value_text.is_some() || scalar {
+                value.clone()
+            } else {
+                py.None().into_bound(py)
+            };
+            super::events::set_item(&template, key, &kept)?;
             self.items.push(Item {
                 key: key.clone().unbind(),
-                value: value.clone().unbind(),
+                value: kept.unbind(),
                 key_text: Text::of(key),
-                value_text: Text::of(value),
+                value_text,
             });
         }
+        let old_dict = self.dict.replace(template.unbind());
+        drop(old_dict.map(|old| old.into_bound(py)));
         Ok(())
     }
 }
