@@ -5,6 +5,7 @@ values of the same types (an int stays an int, 1.0 a float), in the same order."
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -135,3 +136,44 @@ def test_decode_shares_nothing_between_events_that_differ() -> None:
     decoded = trackgate.decode(json.dumps(batch), now=NOW)
     assert [(e.properties["i"], e.properties["s"]) for e in decoded] == [(i, f"v{i % 2}") for i in range(5)]
     assert decoded[0].properties is not decoded[2].properties
+
+
+def test_events_with_the_same_keys_have_dicts_of_their_own() -> None:
+    """Properties dicts of events with the same keys are made alike, but each is the caller's alone."""
+    event = {"event": "e", "properties": {"token": "t", "a": "same", "b": [1]}}
+    first, second = trackgate.decode(json.dumps([event, event]), now=NOW)
+    first.properties["a"] = "changed"
+    first.properties["added"] = 1
+    first.properties["b"].append(2)
+    assert second.properties == {"token": "t", "a": "same", "b": [1], "time": NOW}
+    (later,) = trackgate.decode(json.dumps(event), now=NOW)
+    assert later.properties == {"token": "t", "a": "same", "b": [1], "time": NOW}
+    assert second.properties["b"] is not later.properties["b"]
+
+
+def test_an_event_class_with_post_init_is_called() -> None:
+    """Events are made by filling their slots only where that is all their constructor does."""
+    seen: list[str] = []
+
+    class Checked(trackgate.Event, frozen=True, kw_only=True):
+        def __post_init__(self) -> None:
+            seen.append(self.event)
+
+    decode = _native.EventDecoder(Checked, trackgate.Funnel).decode
+    batch = [{"event": name, "properties": {"token": "t"}} for name in ("a", "b")]
+    decoded = decode(json.dumps(batch), now=NOW)
+    assert seen == ["a", "b"]
+    assert [type(event) for event in decoded] == [Checked, Checked]
+    assert [msgspec.structs.asdict(e) for e in decoded] == [
+        msgspec.structs.asdict(e) for e in trackgate.decode(json.dumps(batch), now=NOW)
+    ]
+
+
+def test_decode_keeps_no_array_of_an_event_alive() -> None:
+    """What the decoder keeps from the last events to make the next holds none of their arrays."""
+    (event,) = trackgate.decode(
+        json.dumps({"event": "e", "properties": {"token": "t", "a": [1] * 200}}), now=NOW
+    )
+    array = event.properties["a"]
+    del event
+    assert sys.getrefcount(array) == 2  # `array`, and the call's argument

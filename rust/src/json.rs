@@ -154,10 +154,12 @@ pub struct StrToken<'a> {
 
 impl<'a> StrToken<'a> {
     /// The bytes between the quotes, unescaped: for keys, which are compared but rarely shown.
+    // Inlined: a token without escapes, the usual, then costs a slice; unescaping stays out of line.
+    #[inline]
     pub fn bytes(&self) -> Cow<'a, [u8]> {
         let inner = &self.raw[1..self.raw.len() - 1];
         if self.escapes > 0 {
-            Cow::Owned(unescape(inner).into_bytes())
+            Cow::Owned(unescaped_bytes(inner))
         } else {
             Cow::Borrowed(inner)
         }
@@ -775,6 +777,11 @@ pub fn build_scalar<B: Build>(scalar: Scalar<'_>, build: &mut B) -> Result<B::Va
         Scalar::Other(..) => build.null(),
         Scalar::Container(_) => unreachable!("containers are read by `build`"),
     }
+}
+
+#[cold]
+fn unescaped_bytes(inner: &[u8]) -> Vec<u8> {
+    unescape(inner).into_bytes()
 }
 
 /// Unescapes the inside of a validated string token.

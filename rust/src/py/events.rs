@@ -12,6 +12,7 @@ use super::decode::{check_now, with_bytes, Text};
 use super::decoded::{decode_error, request_error};
 use super::fastcall::decode_function;
 use super::options::PyOptions;
+use super::slots::SlotLayout;
 use super::strings::StringCache;
 use crate::event::{IpValue, Normalised, Sink, Value};
 use crate::json::{Scalar, StrToken};
@@ -27,6 +28,9 @@ pub(super) struct PyEventDecoder {
     funnel_type: Py<PyAny>,
     /// The names of the Event's fields, in the order `EventBuilder::event` passes them.
     event_fields: Py<PyTuple>,
+    /// How an Event is made by filling its slots; without it (a class that is not a plain Struct),
+    /// it is called with the fields as keywords.
+    event_layout: Option<SlotLayout<{ EVENT_FIELDS.len() }>>,
     /// The options of a call that gives none.
     default_options: Py<PyOptions>,
     /// Strings made before, for the keys and short values that events of a batch, and batches,
@@ -40,10 +44,12 @@ impl PyEventDecoder {
     fn new(py: Python<'_>, event: Py<PyAny>, funnel: Py<PyAny>) -> PyResult<Self> {
         // Interned, as the class's own field names are: its constructor matches them by identity.
         let names = EVENT_FIELDS.map(|name| PyString::intern(py, name));
+        let event_layout = SlotLayout::of(event.bind(py), &EVENT_FIELDS);
         Ok(Self {
             event_type: event,
             funnel_type: funnel,
             event_fields: PyTuple::new(py, names)?.unbind(),
+            event_layout,
             default_options: Py::new(py, PyOptions(crate::Options::default()))?,
             strings: Mutex::new(StringCache::default()),
         })
@@ -153,7 +159,7 @@ pub(super) fn call_with_keywords<'py, const N: usize>(
 /// table, as orjson's dicts are: each entry keeps its key's hash (a word more per item), and a lookup
 /// by an equal str that is not the same object compares the two.
 #[allow(unsafe_code)]
-fn presized_dict(py: Python<'_>, n: usize) -> PyResult<Bound<'_, PyDict>> {
+pub(super) fn presized_dict(py: Python<'_>, n: usize) -> PyResult<Bound<'_, PyDict>> {
     extern "C" {
         fn _PyDict_NewPresized(minused: pyo3::ffi::Py_ssize_t) -> *mut pyo3::ffi::PyObject;
     }
@@ -163,6 +169,22 @@ fn presized_dict(py: Python<'_>, n: usize) -> PyResult<Bound<'_, PyDict>> {
     unsafe {
         let dict = _PyDict_NewPresized(n);
         Ok(Bound::from_owned_ptr_or_err(py, dict)?.cast_into_unchecked())
+    }
+}
+
+/// `dict[key] = value`, as `PyDict::set_item` does it but without its conversions, which cost
+/// a tenth of an insertion: the key and value are Python objects already.
+#[allow(unsafe_code)]
+pub(super) fn set_item(
+    dict: &Bound<'_, PyDict>,
+    key: &Bound<'_, PyAny>,
+    value: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    // SAFETY: the GIL is held (the arguments are `Bound`); PyDict_SetItem borrows the three
+    // objects, which the caller keeps alive, and returns -1 with the exception set on failure.
+    match unsafe { pyo3::ffi::PyDict_SetItem(dict.as_ptr(), key.as_ptr(), value.as_ptr()) } {
+        0 => Ok(()),
+        _ => Err(PyErr::fetch(dict.py())),
     }
 }
 
@@ -179,6 +201,9 @@ pub(super) struct EventBuilder<'py, 'd> {
     failure: Option<PyErr>,
     /// The `mp_` keys of the event being made.
     mp_keys: Vec<Bound<'py, PyAny>>,
+    /// The keys and values of the properties of the event being made.
+    keys: Vec<Bound<'py, PyAny>>,
+    values: Vec<Bound<'py, PyAny>>,
 }
 
 impl<'py, 'd> EventBuilder<'py, 'd> {
@@ -198,6 +223,8 @@ impl<'py, 'd> EventBuilder<'py, 'd> {
             total: 0,
             failure: None,
             mp_keys: Vec::new(),
+            keys: Vec::new(),
+            values: Vec::new(),
         }
     }
 
@@ -244,15 +271,26 @@ impl<'py, 'd> EventBuilder<'py, 'd> {
             IpValue::Sent(sent) => Some(sent),
             _ => None,
         };
-        let properties = presized_dict(py, event.property_count())?;
-        let mp_keys = &mut self.mp_keys;
+        let (keys, property_values, mp_keys) =
+            (&mut self.keys, &mut self.values, &mut self.mp_keys);
+        keys.clear();
+        property_values.clear();
         mp_keys.clear();
+        // At once: grown push by push, each would be moved three times on the way.
+        keys.reserve(event.property_count());
+        property_values.reserve(event.property_count());
         event.try_for_each_property(|entry| {
             let value = match entry.value {
                 Value::Scalar(&Scalar::String(s)) if same(s, Some(event.token)) => token.clone(),
                 Value::Scalar(&Scalar::String(s)) if same(s, event.insert_id) => insert_id.clone(),
                 Value::Scalar(&Scalar::String(s)) if same(s, sent_ip) => ip.clone(),
-                Value::Scalar(&Scalar::String(s)) => values.token(s),
+                Value::Scalar(&Scalar::String(s)) => {
+                    let text = s.bytes();
+                    match values.strings.properties.value(py, keys.len(), &text) {
+                        Some(value) => value,
+                        None => values.string(&text),
+                    }
+                }
                 Value::Scalar(&scalar) => crate::json::build_scalar(scalar, &mut values)?,
                 Value::Json(json) => crate::json::build(json, &mut values)?,
                 Value::Time(_) => match whole_number(event.time) {
@@ -262,12 +300,18 @@ impl<'py, 'd> EventBuilder<'py, 'd> {
                 Value::DistinctId(_) => distinct_id.clone(),
                 Value::Ip(_) => ip.clone(),
             };
-            let key = values.string(entry.key);
+            let key = match values.strings.properties.key(py, keys.len(), entry.key) {
+                Some(key) => key,
+                None => values.string(entry.key),
+            };
             if entry.key.starts_with(b"mp_") {
                 mp_keys.push(key.clone());
             }
-            properties.set_item(key, value)
+            keys.push(key);
+            property_values.push(value);
+            Ok::<_, PyErr>(())
         })?;
+        let properties = values.strings.properties.dict(py, keys, property_values)?;
         let mp_keys = mp_keys_tuple(py, &self.mp_keys, &mut values.strings.mp_keys)?;
         let funnel = match event.funnel {
             None => py.None().into_bound(py),
@@ -288,8 +332,12 @@ impl<'py, 'd> EventBuilder<'py, 'd> {
             funnel,
             mp_keys,
         ];
-        let event_type = self.types.event_type.bind(py);
-        let built = call_with_keywords(event_type, self.types.event_fields.bind(py), &fields)?;
+        let built = if let Some(layout) = &self.types.event_layout {
+            layout.make(py, fields)?
+        } else {
+            let names = self.types.event_fields.bind(py);
+            call_with_keywords(self.types.event_type.bind(py), names, &fields)?
+        };
         self.events.append(built)
     }
 }

@@ -15,7 +15,9 @@ mod fastcall;
 mod imports;
 mod options;
 mod profiles;
+mod properties;
 mod reply_reader;
+mod slots;
 mod strings;
 
 use decode::{decode_data, decode_request};
