@@ -22,13 +22,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
-from trackgate import bounds, keys, metrics, recovery, store
+from trackgate import keys, metrics, recovery, store
 from trackgate.durability import LOCAL, Durability
 from trackgate.flush import Command, Flush, Key, Unavailable
 from trackgate.packing import Packer, library_loaded
 from trackgate.recovery import Action, Decision, Mark, Sent
 from trackgate.redis_pipe import Connection, ReplyError, pack
-from trackgate.throttled_log import ThrottledLog
+from trackgate.write_log import WriteLog, error_code
 
 log = logging.getLogger("trackgate.batcher")  # the batcher's log, whichever of its modules writes
 
@@ -46,13 +46,7 @@ partition that its call does not declare, so the node importing the slot would a
 
 def is_redirect(err: ReplyError) -> bool:
     """Whether a Redis Cluster node refused the command as not its own to run now."""
-    return _error_code(err) in REDIRECTS
-
-
-def _error_code(err: ReplyError | None) -> str:
-    """A Redis error's code (OOM, WRONGTYPE, ERR, ...), the first word of its message: what the lines of
-    the throttled log are kept apart by."""
-    return str(err).split(" ", 1)[0]
+    return error_code(err) in REDIRECTS
 
 
 class Timer(Protocol):
@@ -83,8 +77,6 @@ class _Wait:
 
 _WAIT: Final = _Wait()
 _NO_COMMANDS: Final[list[Command]] = []
-# A flood of new names overflows batch after batch: one log line a minute says so.
-OVERFLOW_LOG_SECONDS: Final = 60.0
 
 
 class Pipeline:
@@ -107,8 +99,6 @@ class Pipeline:
         self._packer = packer
         self._follows_redirects = follows_redirects
         self._durability = durability
-        # The node written to, as /metrics labels it: set on a cluster, where there are several.
-        self.node: str | None = None
         self._clock = clock
         self._timeout = timeout
         self._retry_window = retry_window
@@ -127,10 +117,7 @@ class Pipeline:
         # Why the last write failed, and when; cleared by the next write that succeeds.
         self._failure: str | None = None
         self._failed_at = 0.0
-        # An outage refuses every write, and each would be a line; the lines of one Redis error code
-        # (OOM, WRONGTYPE, ...) are logged once a second.
-        self._errors = ThrottledLog(log, "like it", clock=clock.time)
-        self._overflows = ThrottledLog(log, "overflowing batches", OVERFLOW_LOG_SECONDS, clock=clock.time)
+        self._log = WriteLog(clock.time)
 
     # Sending
 
@@ -221,7 +208,7 @@ class Pipeline:
                     self._count_failed(item, counted)
                     return
                 metrics.count_stored(item.count - self._duplicates(item, counted), deduplicated=False)
-                self._overflowed(item, counted)
+                self._log.counted(item, counted)
         self._written(item)
 
     def _counted(self, item: Command, reply: Any) -> None:
@@ -230,73 +217,35 @@ class Pipeline:
             self._count_failed(item, reply)
             return
         self._duplicates(item, reply)
-        self._overflowed(item, reply)
+        self._log.counted(item, reply)
         self._written(item)
+
+    @property
+    def node(self) -> str | None:
+        """The Redis Cluster primary written to (`host:port`), as /metrics and the log name it."""
+        return self._log.node
+
+    @node.setter
+    def node(self, node: str) -> None:
+        self._log.node = node
 
     def _duplicates(self, item: Command, reply: Any) -> int:
         """tg_count's fifth reply, with deduplication: the batch's entries that were duplicates, each
-        reported to its request. Counted alone, the function cannot tell their entries in the stream
-        apart: there they stay, stored twice but counted once."""
+        reported to its request."""
         if not (isinstance(reply, list) and len(reply) > 4 and reply[4]):
             return 0
         entries: list[int] = reply[4]
         item.flush.found_duplicates(item.key, entries)
-        metrics.EVENTS_DEDUPLICATED.inc(len(entries))
-        if item.count_only:
-            self._errors.warning(
-                "duplicates kept",
-                "%d events sent again are stored twice in %s: their batch's counting was resent alone "
-                "(after a lost function library or connection), which counts them once but cannot take "
-                "them out of the stream",
-                len(entries),
-                keys.stream_key(*item.key),
-            )
+        self._log.duplicates(item, len(entries))
         return len(entries)
-
-    def _overflowed(self, item: Command, reply: Any) -> None:
-        """tg_count's reply is [events counted, of them counted under the overflow name], then for a batch
-        with profile updates [updates applied, new profile properties left out of full profiles]."""
-        over = reply[1] if isinstance(reply, list) and len(reply) > 1 else 0
-        left_out = reply[3] if isinstance(reply, list) and len(reply) > 3 else 0
-        if left_out:
-            metrics.PROFILE_PROPERTIES_REFUSED.inc(left_out)
-            self._overflows.warning(
-                "profile_full",
-                "%d new properties left out of full profiles in %s: a profile holds at most %d "
-                "(logged once every %g seconds)",
-                left_out,
-                keys.profile_updates_key(*item.key),
-                bounds.MAX_PROFILE_PROPERTIES,
-                OVERFLOW_LOG_SECONDS,
-            )
-        if not over:
-            return
-        metrics.EVENTS_OVERFLOWED.inc(over)
-        self._overflows.warning(
-            "overflow",
-            "%d events of %s counted as %s: the project is past its cap on event or funnel names "
-            "(trackgate project set-caps); they are stored in full (logged once every %g seconds)",
-            over,
-            keys.stream_key(*item.key),
-            bounds.OVERFLOW,
-            OVERFLOW_LOG_SECONDS,
-        )
 
     def _count_failed(self, item: Command, err: ReplyError) -> None:
         item.count_only = True
         self.carry_out(item, recovery.after_counting_refused(err, item.reloads), refusal=err)
 
     def _count_given_up(self, command: Command, why: str, kind: str) -> None:
-        """Its events are stored, and answered as such; its counting is not tried again. `kind` keys the
-        line in the throttled log: a Redis error's code, or the reason when Redis refused nothing."""
-        metrics.REDIS_ERRORS.labels("count").inc()
-        self._errors.error(
-            "count:" + kind,
-            "%d events are stored in %s, but not counted: %s",
-            command.count,
-            keys.stream_key(*command.key),
-            why,
-        )
+        """Its events are stored, and answered as such; its counting is not tried again."""
+        self._log.count_given_up(command, why, kind)
         self._written(command)
 
     def _refused(
@@ -304,26 +253,16 @@ class Pipeline:
     ) -> None:
         """`err` is what Redis answered; `cause` the error that says why (its code names the kind of
         line in the log)."""
-        code = _error_code(cause)
+        code = error_code(cause)
         if code in REDIRECTS and not stored:
             metrics.REDIRECTS.labels(code).inc()
             if self._follows_redirects:
                 command.flush.redirected.add(command.key)
                 return
         command.flush.failed.add(command.key)
-        metrics.REDIS_ERRORS.labels("command").inc()
-        if self.node is not None:
-            metrics.NODE_ERRORS.labels(self.node, "command").inc()
         self._write_failed(str(err))
-        self._errors.error(
-            "refused:" + _error_code(cause),
-            "Redis refused a write of %d events to %s (%d stored): %s",
-            command.count,
-            keys.stream_key(*command.key),
-            stored,
-            err,
-        )
-        if _error_code(cause) == "READONLY":
+        self._log.refused(command, err, cause, stored)
+        if code == "READONLY":
             # A primary demoted under the connection (a Sentinel failover): the next connection asks
             # which node is the primary now.
             self.lost(self.pipe, ConnectionError(f"Redis is a replica now: {cause}"))
@@ -358,13 +297,7 @@ class Pipeline:
         elif waiting:
             why = durability.shortfall(reply)
             self._write_failed(why)
-            metrics.REDIS_ERRORS.labels("replication").inc()
-            self._errors.error(
-                "replication",
-                "%d events are answered 503, though they may be stored: %s",
-                sum(c.count for c in waiting),
-                why,
-            )
+            self._log.not_replicated(sum(c.count for c in waiting), why)
             for command in waiting:
                 command.flush.failed.add(command.key)
         for command in waiting:
@@ -377,10 +310,7 @@ class Pipeline:
             return
         self.flights -= 1
         self.pending -= flush.events
-        seconds = time.perf_counter() - flush.started
-        metrics.observe_flush(flush.events, seconds)
-        if self.node is not None:
-            metrics.NODE_WRITE_SECONDS.labels(self.node).observe(seconds)
+        self._log.flush_written(flush.events, time.perf_counter() - flush.started)
         metrics.queue(self.pending, self.flights)
         flush.answer()
         self._wake()
@@ -391,10 +321,7 @@ class Pipeline:
         """The pipe is gone: the commands whose replies were not read are resent on the next one."""
         if pipe is None or pipe is not self.pipe:
             return  # a connection given up before (its commands were moved then), or never used
-        log.error("Redis connection lost%s: %s", "" if self.node is None else f" ({self.node})", err)
-        metrics.REDIS_ERRORS.labels("connection").inc()
-        if self.node is not None:
-            metrics.NODE_ERRORS.labels(self.node, "connection").inc()
+        self._log.connection_lost(err)
         self.disconnect()
         # Those waiting for a WAIT are in Redis, but maybe on no replica: settled like the others.
         unanswered = [*self._unreplicated, *(c for c in self._sent if isinstance(c, Command))]
@@ -480,7 +407,7 @@ class Pipeline:
             self.resend.append(command)
             self._wake()
         elif action is Action.GIVE_UP_COUNTING:
-            kind = decision.reason if refusal is None else _error_code(refusal)
+            kind = decision.reason if refusal is None else error_code(refusal)
             self._count_given_up(command, decision.reason, kind)
         elif action is Action.FAIL:
             command.flush.failed.add(command.key)
