@@ -9,7 +9,6 @@ import contextlib
 import json
 import subprocess
 import time
-import uuid
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from conftest import Gateway, Load, wait_for
+from conftest import Gateway, Load, create_project, wait_for
 from redis.crc import key_slot
 from redis_cluster import Cluster
 from trackgate import keys
@@ -29,32 +28,9 @@ def partition_of(distinct_id: str) -> int:
     return zlib.crc32(distinct_id.encode()) % PARTITIONS
 
 
-def register(cluster: Cluster, name: str) -> str:
-    """A project in the registry, written key by key."""
-    token = uuid.uuid4().hex
-    with cluster.client() as client:
-        client.hset(keys.project_key(token), mapping={"name": name, "secret": "-", "created": "1"})
-        client.hset(keys.PROJECT_NAMES_KEY, name, token)
-        client.sadd(keys.PROJECTS_KEY, token)
-    return token
-
-
-class ClusterGateway(Gateway):
-    """The ingestion gateway alone (its /readyz): the cluster's readers are tested on their own."""
-
-    def _ready(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"trackgate serve exited {self.process.returncode}: {self.log()}")
-        try:
-            return requests.get(self.url("/readyz"), timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
-
-
 @contextlib.contextmanager
-def gateway_on(cluster: Cluster, directory: Path, *args: str) -> Iterator[ClusterGateway]:
-    gateway = ClusterGateway(
+def gateway_on(cluster: Cluster, directory: Path, *args: str) -> Iterator[Gateway]:
+    gateway = Gateway(
         directory, "--workers", "1", "--partitions", str(PARTITIONS), *args, redis_url=cluster.url
     )
     gateway.start()
@@ -135,7 +111,7 @@ def track(gateway: Gateway, token: str, distinct_id: str) -> requests.Response:
 def test_each_partition_is_written_to_the_primary_serving_its_slot(
     redis_cluster: Cluster, tmp_path: Path
 ) -> None:
-    token = register(redis_cluster, "spread")
+    token = create_project(redis_cluster.url, "spread")
     with gateway_on(redis_cluster, tmp_path / "gw") as gateway:
         for i in range(120):
             assert track(gateway, token, f"user-{i}").text == "1"
@@ -167,7 +143,7 @@ def test_each_partition_is_written_to_the_primary_serving_its_slot(
 
 def test_a_slot_range_moved_under_load_loses_and_doubles_nothing(tmp_path: Path) -> None:
     with own_cluster(tmp_path / "cluster") as cluster:
-        token = register(cluster, "moving")
+        token = create_project(cluster.url, "moving")
         with gateway_on(cluster, tmp_path / "gw") as gateway:
             source, target = cluster.primaries()[:2]
             with source.client() as node:
@@ -206,7 +182,7 @@ def _node_id(node: Any) -> str:
 
 def test_a_primary_killed_under_load_fails_over_and_writing_goes_on(tmp_path: Path) -> None:
     with own_cluster(tmp_path / "cluster") as cluster:
-        token = register(cluster, "failover")
+        token = create_project(cluster.url, "failover")
         with gateway_on(cluster, tmp_path / "gw") as gateway:
             load = Load(gateway, token, threads=4, batch=5)
             load.start()
@@ -240,7 +216,7 @@ def test_a_primary_killed_under_load_fails_over_and_writing_goes_on(tmp_path: Pa
 
 def test_a_shard_with_no_node_left_fails_only_its_partitions(tmp_path: Path) -> None:
     with own_cluster(tmp_path / "cluster") as cluster:
-        token = register(cluster, "partial")
+        token = create_project(cluster.url, "partial")
         with gateway_on(cluster, tmp_path / "gw") as gateway:
             victim = cluster.primaries()[0]
             owners = {p: cluster.owner(keys.stream_key(token, p)) for p in range(PARTITIONS)}

@@ -15,8 +15,7 @@ import redis
 import requests
 from conftest import Gateway, Load, RedisServer, create_project, stored_events, wait_for
 from redis_cluster import REPLICATION_LAG, Node, SentinelGroup
-from test_cluster_writes import ClusterGateway as IngestionGateway
-from test_cluster_writes import check_once_and_counted, gateway_on, own_cluster, register
+from test_cluster_writes import check_once_and_counted, gateway_on, own_cluster
 from test_gateway_pipeline import counted_events
 
 
@@ -34,8 +33,7 @@ def failover_under_load(
     `seq`s the promoted primary holds, after checking that it counted each of its events once."""
     token = create_project(f"redis://127.0.0.1:{group.primary.port}", "failover")
     wait_for(lambda: replicating(group.replica), 10, "the replica in sync")
-    # The ingestion gateway alone: the readers through Sentinel are tested on their own.
-    gw = IngestionGateway(
+    gw = Gateway(
         tmp_path / "gw",
         "--durability", durability,
         "--durability-timeout", "1000",
@@ -134,7 +132,7 @@ def test_with_replicas_1_a_cluster_primary_killed_under_load_loses_nothing_answe
     """Each primary's connection waits for its own replica. Killed, its shard answers 503 until the
     promoted replica has a replica again (the old primary, back); the other shards write throughout."""
     with own_cluster(tmp_path / "cluster") as cluster:
-        token = register(cluster, "durable")
+        token = create_project(cluster.url, "durable")
         with gateway_on(cluster, tmp_path / "gw", "--durability", "replicas=1") as gateway:
             load = Load(gateway, token, threads=4, batch=5)
             load.start()

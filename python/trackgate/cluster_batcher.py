@@ -207,14 +207,15 @@ class ClusterBatcher:
         if self._closing:
             raise UnavailableError(Unavailable.STOPPING)
         groups = self._route(batches)
-        for shard, group in groups.items():
-            refusal = shard.batcher.refusal(sum(batch.count for batch in group))
+        counts = _counts(groups, count)
+        for shard, events in counts.items():
+            refusal = shard.batcher.refusal(events)
             if refusal is not None:
                 if refusal is Unavailable.REDIS_UNAVAILABLE:
                     self._in_background(self._refresh_quietly())
                 raise UnavailableError(refusal)
         request = _Request(self._loop.create_future(), self._clock.time() + self._retry_window)
-        self._send(request, groups)
+        self._send(request, groups, counts)
         return request.future
 
     def _route(self, batches: list[PartitionBatch]) -> dict[_Shard, list[PartitionBatch]]:
@@ -241,10 +242,12 @@ class ClusterBatcher:
                 group.append(batch)
         return groups
 
-    def _send(self, request: _Request, groups: dict[_Shard, list[PartitionBatch]]) -> None:
+    def _send(
+        self, request: _Request, groups: dict[_Shard, list[PartitionBatch]], counts: dict[_Shard, int]
+    ) -> None:
         for shard, group in groups.items():
             try:
-                future = shard.batcher.submit(group, sum(batch.count for batch in group))
+                future = shard.batcher.submit(group, counts[shard])
             except UnavailableError:
                 request.failed |= _keys(group)
                 continue
@@ -304,7 +307,7 @@ class ClusterBatcher:
             request.failed |= _keys(batches)
             self._answer(request)
             return
-        self._send(request, groups)
+        self._send(request, groups, _counts(groups, sum(batch.count for batch in batches)))
 
     async def _pause(self, seconds: float) -> None:
         done: asyncio.Future[None] = self._loop.create_future()
@@ -362,6 +365,14 @@ class ClusterBatcher:
     def _owner(self, shard: _Shard) -> Address:
         owner = self._map.owner(shard.slot) if self._map is not None else None
         return shard.address if owner is None else owner
+
+
+def _counts(groups: dict[_Shard, list[PartitionBatch]], total: int) -> dict[_Shard, int]:
+    """The events each primary's batcher is given: a request's `total` when they all go to one (the
+    usual case: a request of one event, or of one user's)."""
+    if len(groups) == 1:
+        return dict.fromkeys(groups, total)
+    return {shard: sum(batch.count for batch in group) for shard, group in groups.items()}
 
 
 def _failed(task: asyncio.Task[None]) -> bool:
