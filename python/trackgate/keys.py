@@ -54,6 +54,14 @@ LEGACY_PROJECT_NAMES_KEY: Final = PREFIX + "project-names"
 LEGACY_PROJECT_SECRETS_KEY: Final = PREFIX + "project-secrets"
 """The registry's keys before it had a hash tag, each as its tagged one above: what the migration reads."""
 
+LAYOUT_KEY: Final = REGISTRY_PREFIX + "layout"
+"""String: `LAYOUT_VERSION` once the keys written before the partitions were shared are moved
+(`layout_migration.py`), so that a process starting after that reads one key to know it."""
+LAYOUT_VERSION: Final = "2"
+"""The layout this module builds: partitions shared by every project."""
+LAYOUT_LOCK_KEY: Final = REGISTRY_PREFIX + "layout-lock"
+"""String, with an expiry: the process moving the keys to this layout, so that the others wait for it."""
+
 
 TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{8,64}")
 """What a project token is (`projects.check_token`): no glob character, so that a pattern can name a
