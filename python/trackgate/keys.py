@@ -40,7 +40,7 @@ PREFIX: Final = "tg:"
 
 REGISTRY_PREFIX: Final = PREFIX + "{registry}:"
 """What every key of the project registry begins with: the prefix and the registry's hash tag (a tag no
-partition's can be: those hold a colon)."""
+partition's can be: those are numbers)."""
 
 PROJECTS_KEY: Final = REGISTRY_PREFIX + "projects"
 """Set of the project tokens."""

@@ -6,6 +6,13 @@
 
 local DAY = 86400
 
+-- Small counts as text: a number passed to redis.call is formatted with sprintf("%.17g"), which costs more
+-- than the HINCRBY it is for; a partition's call with many projects makes such a count per project.
+local COUNT_TEXT = {}
+for n = 1, 1024 do
+  COUNT_TEXT[n] = '' .. n
+end
+
 -- Key names are keys.py's: the partition prefix the caller passes, a family, the key's own parts joined
 -- by ':'.
 local MARKS, HOURLY_COUNTS, DAILY_USERS = '@MARKS@', '@HOURLY_COUNTS@', '@DAILY_USERS@'
@@ -37,11 +44,41 @@ local function day_number(day)
   return tonumber((string.gsub(day, '-', '')))
 end
 
--- Trimming by age, once per call.
-local function trim_by_age(stream, max_age)
+-- The numbers of the arguments that recur call after call (a section's size, a project's window and
+-- caps, the header's), each read once: Lua's tonumber costs two strtod calls. The texts are kept by the
+-- library between calls, at most NUMBERS of them (then forgotten all at once).
+local NUMBERS, numbers, known = 4096, {}, 0
+
+local function number(text)
+  if text == nil then
+    return nil
+  end
+  local n = numbers[text]
+  if n == nil then
+    n = tonumber(text) or false
+    if known == NUMBERS then
+      numbers, known = {}, 0
+    end
+    numbers[text], known = n, known + 1
+  end
+  return n or nil
+end
+
+-- A call's server time, read once: `seconds`, and `ms` (milliseconds, as stream ids count them).
+local function server_clock()
   local now = redis.call('TIME')
-  local cutoff = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - max_age * 1000
-  if cutoff > 0 then
+  local seconds = tonumber(now[1])
+  return { seconds = seconds, ms = seconds * 1000 + math.floor(tonumber(now[2]) / 1000) }
+end
+
+-- Trimmed by the batch, not by each XADD: the same `~` bound (whole nodes only) for an XADD's worth of
+-- work, and fewer arguments in every XADD that the append-only file records.
+local function trim(stream, maxlen, max_age, clock)
+  if maxlen ~= '0' then
+    redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen)
+  end
+  local cutoff = clock.ms - max_age * 1000
+  if max_age > 0 and cutoff > 0 then
     redis.call('XTRIM', stream, 'MINID', '~', cutoff)
   end
 end
@@ -169,7 +206,7 @@ local function write_funnel_batch(fb, now, window, late, keep_counters)
   -- does not push the expiry on).
   for key, fields in pairs(fb.counters) do
     for field, n in pairs(fields) do
-      redis.call('HINCRBY', key, field, n)
+      redis.call('HINCRBY', key, field, COUNT_TEXT[n] or n)
     end
     redis.call('EXPIRE', key, keep_counters, 'NX')
   end
@@ -301,11 +338,11 @@ end
 
 -- `hashes` holds the call's hashes in the order of their events. Returns the indexes in `hashes` (a set)
 -- of the duplicates, or nil when there are none; the others are kept.
-local function find_duplicates(shared, hashes, window)
+local function find_duplicates(shared, hashes, window, clock)
   if #hashes == 0 then
     return nil
   end
-  local now = math.floor(tonumber(redis.call('TIME')[1]) / window)
+  local now = math.floor(clock.seconds / window)
   local by_time, late = shared .. DEDUP_BY_TIME .. window .. ':', shared .. DEDUP .. window .. ':'
   local dup = nil
   for _, group in ipairs(by_bucket(hashes, window)) do
@@ -523,12 +560,12 @@ local SECTION = @SECTION_ARGS@
 -- an mp_funnel event is among them, and its dedup hashes appended to `hashes`. A funnel event's time and
 -- step are read after the first writes, so they are checked here. Returns the section, or nil and why.
 local function read_section(args, i, extra, hashes, shared)
-  local token, size = args[i], tonumber(args[i + SECTION - 1])
+  local token, size = args[i], number(args[i + SECTION - 1])
   local section = {
     prefix = shared .. (token or '') .. ':',
-    window = tonumber(args[i + 1]),
-    name_cap = tonumber(args[i + 2]),
-    funnel_cap = tonumber(args[i + 3]),
+    window = number(args[i + 1]),
+    name_cap = number(args[i + 2]),
+    funnel_cap = number(args[i + 3]),
     from = i + SECTION,
     events = 0,
     updates = 0,
@@ -579,8 +616,8 @@ end
 
 -- Counts one section's events (those not `duplicate`: entries from `entry`, the index of its first),
 -- applies its profile updates, trims its streams. `day` formats a day number; `limits` is the call's
--- {maxlen, max age, late, retention}. Returns what the call returns, for this section.
-local function count_section(args, section, extra, duplicate, entry, day, limits)
+-- {maxlen, max age, late, retention}; `clock` its server time. Returns what the call returns, for this section.
+local function count_section(args, section, extra, duplicate, entry, day, limits, clock)
   local prefix, window, late, retention = section.prefix, section.window, limits[3], limits[4]
   local keep = retention * DAY
   -- One walk over the events: counters summed by (day, hour, name), one HINCRBY and one PFADD (with
@@ -588,9 +625,12 @@ local function count_section(args, section, extra, duplicate, entry, day, limits
   -- an event of a funnel not followed counted as OVERFLOW; each day's names listed in the order first
   -- seen. The funnel tables are made for the first mp_funnel event: most calls have none.
   local counts, users, listed, added, fb = {}, {}, {}, 0, nil
-  -- Server time, seconds, for the funnels' activity and attempts: read only for a batch that names one.
-  local now = section.named and tonumber(redis.call('TIME')[1]) or 0
-  local funnels, follows = funnel_admission(prefix, section.funnel_cap, now, window, late)
+  -- Server time, seconds, for the funnels' activity and attempts.
+  local now = clock.seconds
+  local funnels, follows = nil, nil
+  if section.named then
+    funnels, follows = funnel_admission(prefix, section.funnel_cap, now, window, late)
+  end
   local i, n = section.from, section.to
   entry = entry - 1
   while i <= n do
@@ -657,13 +697,13 @@ local function count_section(args, section, extra, duplicate, entry, day, limits
   for d, fields in pairs(counts) do
     local key, totals = prefix .. HOURLY_COUNTS .. d, {}
     for field, count in pairs(fields) do
-      redis.call('HINCRBY', key, field, count)
+      redis.call('HINCRBY', key, field, COUNT_TEXT[count] or count)
       local name = string.sub(field, 4)
       totals[name] = (totals[name] or 0) + count
     end
     key = prefix .. DAILY_COUNTS .. d
     for name, count in pairs(totals) do
-      redis.call('HINCRBY', key, name, count)
+      redis.call('HINCRBY', key, name, COUNT_TEXT[count] or count)
     end
   end
   for d, fields in pairs(users) do
@@ -701,7 +741,7 @@ local function count_section(args, section, extra, duplicate, entry, day, limits
     end
   end
   if seen then
-    local today = math.floor(tonumber(redis.call('TIME')[1]) / DAY)
+    local today = math.floor(clock.seconds / DAY)
     -- A day's counters live `retention` days from their first write, which a late event makes up to
     -- `late` seconds after the day.
     local oldest = today - retention - math.ceil(late / DAY)
@@ -721,19 +761,12 @@ local function count_section(args, section, extra, duplicate, entry, day, limits
       end
     end
   end
-  -- Trimmed once per batch, not per XADD: the same `~` bound (whole nodes only) for an XADD's worth of
-  -- work, and fewer arguments in every XADD that the append-only file records. The stream of profile
-  -- updates is trimmed as the events' is.
-  local maxlen, max_age = limits[1], limits[2]
-  for _, trimmed in ipairs({ added > 0 and prefix .. STREAM, section.updates > 0 and prefix .. PROFILE_UPDATES }) do
-    if trimmed then
-      if maxlen ~= '0' then
-        redis.call('XTRIM', trimmed, 'MAXLEN', '~', maxlen)
-      end
-      if max_age > 0 then
-        trim_by_age(trimmed, max_age)
-      end
-    end
+  -- The stream of profile updates is trimmed as the events' is.
+  if added > 0 then
+    trim(prefix .. STREAM, limits[1], limits[2], clock)
+  end
+  if section.updates > 0 then
+    trim(prefix .. PROFILE_UPDATES, limits[1], limits[2], clock)
   end
   return added, over, refused
 end
@@ -742,10 +775,10 @@ local function tg_count(keys, args)
   local shared = keys[1]
   local writer, slot = string.match(args[4], '^([%w%-]+):%d+:(%d+)$')
   slot = tonumber(slot)
-  local late, retention = tonumber(args[5]), tonumber(args[6])
+  local late, retention = number(args[5]), number(args[6])
   local first, dedup, extra, alone = FIRST, nil, 0, false
   if args[3] == '@DEDUP_LAYOUT@' then
-    dedup, extra, alone = tonumber(args[FIRST]), 1, args[FIRST + 1] == 'alone'
+    dedup, extra, alone = number(args[FIRST]), 1, args[FIRST + 1] == 'alone'
     first = FIRST + @DEDUP_ARGS@
     if not dedup or dedup < 1 or dedup ~= math.floor(dedup) then
       return redis.error_reply('ERR tg_count: malformed arguments')
@@ -758,7 +791,7 @@ local function tg_count(keys, args)
     return redis.error_reply('ERR tg_count: called with ' .. #keys .. ' keys, not 1: ' ..
       'the gateway and the function library are of different versions')
   end
-  local limits = { args[1], tonumber(args[2]), late, retention }
+  local limits = { args[1], number(args[2]), late, retention }
   if not writer or not late or slot >= @RING_SLOTS@ or not retention or not limits[2] then
     return redis.error_reply('ERR tg_count: malformed arguments')
   end
@@ -782,7 +815,8 @@ local function tg_count(keys, args)
   end
   -- Duplicates are found, and taken out of the streams, before anything is counted or trimmed.
   local found, duplicate = {}, {}
-  local dup = dedup and find_duplicates(shared, hashes, dedup)
+  local clock = server_clock()
+  local dup = dedup and find_duplicates(shared, hashes, dedup, clock)
   if dup then
     found = duplicate_positions(args, sections, dup)
     for _, entry in ipairs(found) do
@@ -807,7 +841,7 @@ local function tg_count(keys, args)
   end
   local added, over, refused, entry = 0, 0, 0, 0
   for _, section in ipairs(sections) do
-    local a, o, r = count_section(args, section, extra, duplicate, entry, day, limits)
+    local a, o, r = count_section(args, section, extra, duplicate, entry, day, limits, clock)
     added, over, refused = added + a, over + o, refused + r
     entry = entry + section.events + section.updates
   end
