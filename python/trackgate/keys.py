@@ -4,10 +4,9 @@ A project's data is split into partitions: `p` is a stable hash of the distinct_
 user's events share a stream, in order, and per-user state (funnel attempts, unique users) lives in one
 partition; reports sum the partitions. Partition `p` is shared by every project: all of its keys carry
 the hash tag `{<p>}`, a project's begin `tg:{<p>}:<token>:`, so one transaction per partition per flush
-writes every project's events of that partition, in one Redis Cluster slot (bench/README.md, "Many
-projects", measured what a tag per (project, partition) cost: a transaction, a mark and a function call
-for each, so that 300 projects sending one event a flush each cost the gateway and Redis three times
-what one project did). A few keys belong to the partition rather than to a project (`SHARED_FAMILIES`:
+writes every project's events of that partition, in one Redis Cluster slot, rather than a
+transaction, a mark and a function call per (project, partition) (bench/README.md, "Many projects"). A
+few keys belong to the partition rather than to a project (`SHARED_FAMILIES`:
 the writers' marks, the dedup sets): their family comes right after the tag, and as every family name is
 shorter than a token (8 characters at least), no project's key can be mistaken for one of them, nor one
 project's for another's. Days are UTC `YYYY-MM-DD`.

@@ -56,9 +56,10 @@ DEFAULT_DEDUP_WINDOW: Final = Options().dedup_window
 #
 # so the stream entries, the mark, the counters, the funnel state and the profiles of a batch change
 # together. The partition is shared by the projects (`keys.py`), so a flush sends one transaction, one
-# mark and one function call per partition however many projects its events are from. The events go in by plain XADDs because a redis.call from Lua costs Redis more than the
-# command itself does, a cost paid per event (bench/README.md): the function only counts, and applies
-# the profile updates (which the XADDs put in the partition's stream of updates).
+# mark and one function call per partition however many projects its events are from. The events go
+# in by plain XADDs because a redis.call from Lua costs Redis more than the command itself does, a cost
+# paid per event (bench/README.md): the function only counts, and applies the profile updates (which
+# the XADDs put in the partition's streams of updates).
 #
 # Batch ids are `<writer>:<seq>:<slot>`: a writer is one gateway worker's lifetime, and its sequence
 # numbers grow with every transaction it sends. After a lost connection the batcher closes it (CLIENT

@@ -144,7 +144,11 @@ pub fn dedup_hash(event: &Valid<'_>, input: &mut Vec<u8>) -> Option<[u8; DEDUP_H
     let distinct_id = event.distinct_id.as_deref().unwrap_or("");
     let seconds = event.time.floor() as i64;
     input.clear();
-    for field in [event.token.as_bytes(), event.name.as_bytes(), distinct_id.as_bytes()] {
+    for field in [
+        event.token.as_bytes(),
+        event.name.as_bytes(),
+        distinct_id.as_bytes(),
+    ] {
         input.extend_from_slice(&(field.len() as u32).to_le_bytes());
         input.extend_from_slice(field);
     }
@@ -456,7 +460,10 @@ mod tests {
             // The lengths keep fields from moving into one another.
             hash("au", Some(""), 100.2, Some("i1")),
             // Another project's event of the same identity.
-            dedup_hash(&valid_of("other", "a", Some("u"), 100.2, Some("i1")), &mut Vec::new()),
+            dedup_hash(
+                &valid_of("other", "a", Some("u"), 100.2, Some("i1")),
+                &mut Vec::new(),
+            ),
         ] {
             assert_ne!(base, other);
         }
