@@ -274,6 +274,31 @@ def test_one_call_counts_each_projects_events_in_their_own_keys(client: redis.Re
     )
 
 
+def test_events_sent_one_a_call_count_as_sent_together(client: redis.Redis) -> None:
+    """A section of one event (what a partition's call holds per project when many projects send a few
+    events each) is counted as any other: the same state as the requests sent whole, whether its name is
+    new to the day, known already, or counted under another project's call."""
+    token, other = "o" + uuid.uuid4().hex[:15], "x" + uuid.uuid4().hex[:15]
+    requests = requests_for(token)
+    seq = 0
+    for events in requests:
+        for event in events:
+            seq += 1
+            # Each event in a call of its own, beside an event of another project.
+            twin = plain(other, "Page View", "u9", T)
+            assert (
+                send_write(client, token.encode(), seq, [decoded([twin]), decoded([event])], window=WINDOW)[
+                    -1
+                ][0]
+                == 2
+            )
+    got = state(client, token)
+    stream = got.pop(short_name(token, keys.stream_key(token, 0)))
+    assert len(stream) == 16
+    assert set(got.pop(short_name(token, keys.funnel_activity_key(token, 0)))) == {"signup"}
+    assert got == expected(client, token, requests)
+
+
 def test_a_malformed_call_changes_nothing(client: redis.Redis) -> None:
     token = "m" + uuid.uuid4().hex[:15]
     first, second = requests_for(token)
