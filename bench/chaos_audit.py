@@ -49,7 +49,8 @@ class Audit:
 def project_keys(client: redis.Redis, token: str, family: keys.Family) -> list[bytes]:
     """Every key of one family in every partition of the project."""
     suffix = "*" if family.endswith(":") else ""
-    return sorted(client.scan_iter(match=keys.partitions_pattern(token) + family + suffix, count=1000))
+    found = client.scan_iter(match=keys.partitions_pattern(token) + family + suffix, count=1000)
+    return sorted(raw for raw in found if (keys.owner(raw.decode()) or ("",))[0] == token)
 
 
 def stored_events(client: redis.Redis, token: str) -> Counter[tuple[str, int]]:

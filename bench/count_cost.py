@@ -22,6 +22,8 @@ from processes import run_main, servers_stopped_on_exit
 from procstat import cpu_seconds
 from redis_servers import start_redis
 from trackgate import Options, decode_request, store
+from trackgate.bounds import DEFAULT_CAPS
+from trackgate.flush import Section
 
 FLOOR = (Path(__file__).parent / "count_floor.lua").read_text(encoding="utf-8")
 PROJECTS = 300
@@ -44,8 +46,8 @@ def transactions(n: int, now: float) -> list[bytes]:
         for b in request.batches:
             command: list[bytes] = []
             headers.transaction(
-                command, b.token, b.partition, 86400, b"bench", i + 1, (i + 1) % store.RING_SLOTS,
-                b.args, [b.packed], [b.xadds],
+                command, b.partition, b"bench", i + 1, (i + 1) % store.RING_SLOTS, [Section(b, 0)],
+                lambda _: 86400, lambda _: DEFAULT_CAPS,
             )  # fmt: skip
             out.append(b"".join(command))
     return out

@@ -28,6 +28,7 @@ from processes import run_main, servers_stopped_on_exit
 from redis_cost import TOKEN, event
 from redis_servers import start_redis
 from trackgate import Options, bounds, decode_request, keys, store
+from trackgate.flush import Section
 
 UNCAPPED = bounds.Caps(event_names_per_day=bounds.MAX_CAP, funnel_names=bounds.MAX_CAP)
 OPTIONS = Options(partitions=1)
@@ -43,8 +44,8 @@ def write(client: redis.Redis, events: list[dict[str, Any]], now: float) -> None
             [batch] = decode_request(b"", body, "application/json", now=now, options=OPTIONS).batches
             out: list[bytes] = []
             commands.transaction(
-                out, TOKEN, 0, 30 * 86400, b"bench", seq, seq % store.RING_SLOTS, batch.args,
-                [batch.packed], [batch.xadds], UNCAPPED,
+                out, 0, b"bench", seq, seq % store.RING_SLOTS, [Section(batch, 0)],
+                lambda _: 30 * 86400, lambda _: UNCAPPED,
             )  # fmt: skip
             conn.send_packed_command([b"".join(out)])  # type: ignore[no-untyped-call]
             for _ in range(store.transaction_replies(batch.count) + 1):
@@ -55,11 +56,13 @@ def write(client: redis.Redis, events: list[dict[str, Any]], now: float) -> None
 
 
 def by_family(client: redis.Redis) -> Counter[str]:
-    """Bytes of the project's keys by family (the marks aside: one small key per writer)."""
-    prefix = keys.partition_prefix(TOKEN, 0)
+    """Bytes of the partition's keys by family, the project's and the partition's own (the marks aside:
+    one small key per writer)."""
+    project, shared = keys.partition_prefix(TOKEN, 0), keys.shared_prefix(0)
     found: Counter[str] = Counter()
-    for raw in client.scan_iter(match=f"{prefix}*", count=1000):
-        rest = raw.decode().removeprefix(prefix)
+    for raw in client.scan_iter(match=f"{shared}*", count=1000):
+        name = raw.decode()
+        rest = name.removeprefix(project) if name.startswith(project) else name.removeprefix(shared)
         family = next(f for f in keys.Family if rest.startswith(f.value))
         if family is not keys.Family.MARKS:
             found[f"{family.value.rstrip(':')}"] += client.memory_usage(raw, samples=0) or 0

@@ -29,6 +29,8 @@ from processes import run_main, servers_stopped_on_exit
 from procstat import cpu_seconds
 from redis_servers import start_redis
 from trackgate import Options, decode_request, store
+from trackgate.bounds import DEFAULT_CAPS
+from trackgate.flush import Parts, add_batch
 
 TOKEN = "benchtoken0001"
 
@@ -81,7 +83,7 @@ def main() -> int:
                 options = Options(partitions=args.partitions, dedup_window=args.dedup_window)
                 # Like the batcher: the sections of `--merge` requests for one partition in one
                 # transaction, their argument counts summed.
-                merged: dict[tuple[str, int], tuple[int, int, list[bytes], list[bytes]]] = {}
+                merged: Parts = {}
                 replies = 0
                 for r in range(max(1, args.events // size)):
                     body = json.dumps(
@@ -92,20 +94,19 @@ def main() -> int:
                     ).encode()
                     request = decode_request(b"", body, "application/json", now=now, options=options)
                     for b in request.batches:
-                        key = (b.token, b.partition)
-                        n, c, parts, adds = merged.get(key, (0, 0, [], []))
-                        merged[key] = (n + b.args, c + b.count, [*parts, b.packed], [*adds, b.xadds])
+                        add_batch(merged, b, r)
                         events += b.count
                     if (r + 1) % args.merge == 0 or r + 1 == max(1, args.events // size):
-                        for (token, partition), (n_args, count, parts, adds) in merged.items():
+                        for partition, by_project in merged.items():
                             seq += 1
                             command: list[bytes] = []
+                            sections = list(by_project.values())
                             headers.transaction(
-                                command, token, partition, 30 * 86400, b"bench", seq,
-                                seq % store.RING_SLOTS, n_args, parts, adds,
+                                command, partition, b"bench", seq, seq % store.RING_SLOTS, sections,
+                                lambda _: 30 * 86400, lambda _: DEFAULT_CAPS,
                             )  # fmt: skip
                             commands.append(b"".join(command))
-                            replies += store.transaction_replies(count) + 1
+                            replies += store.transaction_replies(sum(s.count for s in sections)) + 1
                         merged.clear()
                 client.config_resetstat()
                 conn = client.connection_pool.get_connection()

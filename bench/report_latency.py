@@ -24,7 +24,9 @@ import redis.asyncio
 from processes import run_main, servers_stopped_on_exit
 from redis_servers import start_redis
 from trackgate import Options, decode_request, store
+from trackgate.bounds import DEFAULT_CAPS
 from trackgate.counts import event_counts
+from trackgate.flush import Section
 from trackgate.funnels import funnel_report
 from trackgate.report_reads import ReportReads
 
@@ -66,8 +68,8 @@ def store_events(client: redis.Redis, events: list[dict[str, Any]], now: float) 
         for b in request.batches:
             seq += 1
             headers.transaction(
-                commands, b.token, b.partition, 30 * 86400, b"w", seq, seq % store.RING_SLOTS, b.args,
-                [b.packed], [b.xadds],
+                commands, b.partition, b"w", seq, seq % store.RING_SLOTS, [Section(b, 0)],
+                lambda _: 30 * 86400, lambda _: DEFAULT_CAPS,
             )  # fmt: skip
             replies += store.transaction_replies(b.count) + 1
         conn.send_packed_command([b"".join(commands)])  # type: ignore[no-untyped-call]

@@ -26,13 +26,16 @@ import redis
 import requests
 from playwright.sync_api import Browser, sync_playwright
 from redis.cluster import RedisCluster
-from trackgate import bounds, store
+from trackgate import bounds, keys, store
 from trackgate._native import PartitionBatch
+from trackgate.flush import Parts, Section, add_batch
 from trackgate.keys import stream_key
 
 BIN = Path(sys.executable).parent
 TRACKGATE = str(BIN / "trackgate")
 PARTITIONS = 4
+PRIVATE_DB = 7
+"""The database `RedisServer.private_client` empties for each test that asks for it."""
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # The fixtures of a Redis Cluster and of Sentinel.
 pytest_plugins = ["redis_cluster"]
@@ -98,8 +101,15 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(10)
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=5)
+    def client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=5, db=db)
+
+    def private_client(self) -> redis.Redis:
+        """A client of a database of its own, emptied: for tests that look at a partition's shared keys
+        (the dedup sets, the marks), which every test writing to that partition would otherwise share."""
+        client = self.client(db=PRIVATE_DB)
+        client.flushdb()
+        return client
 
 
 class Gateway:
@@ -255,19 +265,26 @@ def send_write(
     dedup_window: int = store.DEFAULT_DEDUP_WINDOW,
 ) -> Any:
     """One partition's transaction as the batcher builds it from `batches` (one or more requests'
-    sections for the same partition, joined), its seq in `slot` of the ring (default: seq's own slot);
-    returns EXEC's reply: the mark's two (SETRANGE, EXPIRE), one per XADD, the FCALL's."""
-    token, partition = batches[0].token, batches[0].partition
-    assert all((b.token, b.partition) == (token, partition) for b in batches)
+    batches for the same partition, of one project or more, joined in a section per project), its seq
+    in `slot` of the ring (default: seq's own slot); returns EXEC's reply: the mark's two (SETRANGE,
+    EXPIRE), one per XADD (the sections' in turn), the FCALL's."""
+    partition = batches[0].partition
     events = sum(b.count for b in batches)
     out: list[bytes] = []
     store.WriteCommands(maxlen, max_age, late, dedup_window=dedup_window).transaction(
-        out, token, partition, window, writer, seq, _slot(seq, slot),
-        sum(b.args for b in batches),
-        [b.packed for b in batches], [b.xadds for b in batches], caps,
-    )  # fmt: skip
-    key = stream_key(token, partition)
+        out, partition, writer, seq, _slot(seq, slot), _sections(batches), lambda _: window, lambda _: caps
+    )
+    key = keys.shared_prefix(partition)
     return send_packed(client, b"".join(out), store.transaction_replies(events) + 1, key)
+
+
+def _sections(batches: list[Batch]) -> list[Section]:
+    """A partition's batches in a section per project, as a flush joins them."""
+    parts: Parts = {}
+    for request, batch in enumerate(batches):
+        add_batch(parts, batch, request)
+    [sections] = parts.values()
+    return list(sections.values())
 
 
 def send_count(
@@ -282,12 +299,19 @@ def send_count(
 ) -> Any:
     """The FCALL of a transaction alone, as the batcher resends it when only the counting failed: under
     the transaction's seq and slot (default: seq's own slot)."""
-    token, partition = batches[0].token, batches[0].partition
+    partition = batches[0].partition
     batch_id = store.batch_id(writer, seq, _slot(seq, slot))
-    header = store.WriteCommands(0, 0, late).header(
-        token, partition, window, batch_id, sum(b.args for b in batches), alone=True
+    out: list[bytes] = []
+    store.WriteCommands(0, 0, late).call(
+        out,
+        partition,
+        batch_id,
+        _sections(batches),
+        lambda _: window,
+        lambda _: bounds.DEFAULT_CAPS,
+        alone=True,
     )
-    return send_packed(client, header + b"".join(b.packed for b in batches), key=stream_key(token, partition))
+    return send_packed(client, b"".join(out), key=keys.shared_prefix(partition))
 
 
 def stored_with(client: redis.Redis, token: str, prop: str, value: object) -> list[dict[str, Any]]:
@@ -487,7 +511,8 @@ class ClusterAsServer(RedisServer):
     def kill(self) -> None:
         raise NotImplementedError("a test that kills the session's Redis runs on one redis-server only")
 
-    def client(self) -> redis.Redis:
+    def client(self, db: int = 0) -> redis.Redis:
+        assert db == 0, "a Redis Cluster has one database"
         return cast(redis.Redis, self.cluster.client())
 
 

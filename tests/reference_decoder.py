@@ -110,7 +110,7 @@ The normalised event
       when missing or "". Appended keys come in the order time, distinct_id, ip.
   N4  Partition: zlib.crc32(key) % partitions, key = the distinct_id (after N3) when non-empty, else
       $insert_id when sent (even ""), else the normalised JSON.
-  N5  Per event, an `XADD tg:{<token>:<partition>}:events * data <JSON>` command, and packed fields
+  N5  Per event, an `XADD tg:{<partition>}:<token>:events * data <JSON>` command, and packed fields
       (layout 3): the UTC day of floor(time) as YYYY-MM-DD, "HH:<event name>" (HH its UTC hour),
       distinct_id ("" when none), the funnel ("" unless mp_funnel); an mp_funnel event adds floor(time),
       step and goal.

@@ -29,10 +29,10 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from conftest import partition_of
-from trackgate import Options, Request, TokenSet, decode_request, store
+from trackgate import Options, Request, TokenSet, decode_request, keys, store
 from trackgate._native import ReplyError, ReplyReader, decode_profile_request
 from trackgate.batcher import Batcher
-from trackgate.keys import PREFIX, Family, stream_key
+from trackgate.keys import Family, stream_key
 
 OnReply = Callable[[Any], None]
 OnLost = Callable[[Any, Exception], None]
@@ -77,12 +77,28 @@ def packed_entries(
     return n, updates, hashes
 
 
+def sections_of(
+    args: list[bytes], shared: bytes, *, dedup: bool
+) -> list[tuple[bytes, int, list[list[bytes]], list[tuple[int, int, bytes]]]]:
+    """tg_count's sections (see store.WriteCommands): per project, its stream of events and its
+    `packed_entries`."""
+    sections, i = [], 0
+    while i < len(args):
+        token, size = args[i], int(args[i + store.SECTION_ARGS - 1])
+        start = i + store.SECTION_ARGS
+        stream = shared + token + b":" + Family.STREAM.encode()
+        sections.append((stream, *packed_entries(args[start : start + size], dedup=dedup)))
+        i = start + size
+    assert i == len(args), "malformed sections"
+    return sections
+
+
 class ScriptedRedis:
     def __init__(self) -> None:
         self.streams: dict[bytes, list[dict[str, Any]]] = {}
         self.rings: dict[bytes, bytearray] = {}
         self.counted: dict[bytes, int] = {}  # events counted, per stream
-        self.hashes: set[tuple[bytes, bytes]] = set()  # (stream, dedup hash) of the events stored
+        self.hashes: set[tuple[bytes, bytes]] = set()  # (partition prefix, dedup hash) of the events stored
         # What the profile updates' `$add`s made, per profile (distinct_id or group id) and property: the
         # one operation a test needs to see an update applied twice.
         self.profiles: dict[bytes, Counter[bytes]] = {}
@@ -125,17 +141,16 @@ class ScriptedRedis:
 
     def events(self, token: str, family: Family = Family.STREAM) -> list[dict[str, Any]]:
         """The entries of the project's streams of events (or of profile updates)."""
-        prefix, suffix = f"{PREFIX}{{{token}:".encode(), family.encode()
+        suffix = family.encode()
         return [
             e
             for key, events in self.streams.items()
-            if key.startswith(prefix) and key.endswith(suffix)
+            if _owned_by(key, token) and key.endswith(suffix)
             for e in events
         ]
 
     def count_of(self, token: str) -> int:
-        prefix = f"{PREFIX}{{{token}:".encode()
-        return sum(n for key, n in self.counted.items() if key.startswith(prefix))
+        return sum(n for key, n in self.counted.items() if _owned_by(key, token))
 
     def ring(self, stream: bytes, writer: bytes) -> bytes | None:
         ring = self.rings.get(self._mark_key(stream, writer))
@@ -190,46 +205,59 @@ class ScriptedRedis:
     def _tg_count(self, command: list[bytes]) -> Any:
         if not self.library:
             return ReplyError(NOT_FOUND)
-        stream, args = command[3], fcall_args(command)
-        if stream in self.count_refused:
-            return ReplyError(self.count_refused[stream])
-        writer, _, slot = args[4].split(b":")
-        ring = self.rings.setdefault(self._mark_key(stream, writer), bytearray())
+        shared, args = command[3], fcall_args(command)
+        dedup = args[2] == store.DEDUP_LAYOUT.encode()
+        first = store.HEADER_ARGS + (store.DEDUP_ARGS if dedup else 0)
+        sections = sections_of(args[first:], shared, dedup=dedup)
+        for stream, *_ in sections:
+            if stream in self.count_refused:
+                return ReplyError(self.count_refused[stream])
+        writer, _, slot = args[store.BATCH_ID_ARG].split(b":")
+        ring = self.rings.setdefault(shared + Family.MARKS.encode() + writer, bytearray())
         counted_byte = int(slot) * 8 + 7
         ring.extend(bytes(max(0, counted_byte + 1 - len(ring))))
-        dedup = args[3] == store.DEDUP_LAYOUT.encode()
-        first = store.HEADER_ARGS + (store.DEDUP_ARGS if dedup else 0)
-        n, updates, hashes = packed_entries(args[first:], dedup=dedup)
-        applied = [len(updates), 0] if updates else []
+        updated = sum(len(updates) for _, _, updates, _ in sections)
+        applied = [updated, 0] if updated else []
         if ring[counted_byte]:
             return [0, 0] + [0] * len(applied)
         ring[counted_byte] = 1
         # Deduplication as the function does it (no window: a test's run is shorter than any).
-        duplicates, gone = [], []
-        for entry, ordinal, dedup_hash in hashes:
-            if (stream, dedup_hash) in self.hashes:
-                duplicates.append(entry)
-                gone.append(ordinal)
-            else:
-                self.hashes.add((stream, dedup_hash))
-        if gone and args[store.HEADER_ARGS + 1] != b"alone":
-            # The batch's events are the stream's last: its XADDs came just before, in the transaction.
-            events = self.streams[stream]
-            start = len(events) - n
-            for ordinal in reversed(gone):
-                del events[start + ordinal]
-        n -= len(duplicates)
-        self.counted[stream] = self.counted.get(stream, 0) + n
-        for op, _group, profile, _seen, _n, *pairs in updates:
-            if op == b"$add":
-                added = self.profiles.setdefault(profile, Counter())
-                for name, value in zip(pairs[::2], pairs[1::2], strict=True):
-                    added[name] += int(value)
-        return [n, 0, len(updates), 0, duplicates] if duplicates else [n, 0, *applied]
+        duplicates, counted, first_entry = [], 0, 0
+        for stream, n, updates, hashes in sections:
+            gone = []
+            for entry, ordinal, dedup_hash in hashes:
+                if (shared, dedup_hash) in self.hashes:
+                    duplicates.append(first_entry + entry)
+                    gone.append(ordinal)
+                else:
+                    self.hashes.add((shared, dedup_hash))
+            if gone and args[store.HEADER_ARGS + 1] != b"alone":
+                # The section's events are its stream's last: its XADDs came just before, in the
+                # transaction.
+                events = self.streams[stream]
+                start = len(events) - n
+                for ordinal in reversed(gone):
+                    del events[start + ordinal]
+            self.counted[stream] = self.counted.get(stream, 0) + n - len(gone)
+            counted += n - len(gone)
+            first_entry += n + len(updates)
+            for op, _group, profile, _seen, _n, *pairs in updates:
+                if op == b"$add":
+                    added = self.profiles.setdefault(profile, Counter())
+                    for name, value in zip(pairs[::2], pairs[1::2], strict=True):
+                        added[name] += int(value)
+        return [counted, 0, updated, 0, duplicates] if duplicates else [counted, 0, *applied]
 
     @staticmethod
     def _mark_key(stream: bytes, writer: bytes) -> bytes:
-        return stream.removesuffix(Family.STREAM.encode()) + Family.MARKS.encode() + writer
+        """The partition's marks of `writer`, from one of the partition's streams."""
+        shared = stream[: stream.index(b"}:") + 2]
+        return shared + Family.MARKS.encode() + writer
+
+
+def _owned_by(key: bytes, token: str) -> bool:
+    owner = keys.owner(key.decode())
+    return owner is not None and owner[0] == token
 
 
 class ScriptedConnection:
@@ -496,7 +524,7 @@ def assert_stored_once(redis: ScriptedRedis, *requests: Request) -> None:
 
 def batch_ids(write: list[list[bytes]]) -> list[bytes]:
     """The batch ids (`<writer>:<seq>:<slot>`) of a write's FCALLs."""
-    return [fcall_args(command)[4] for command in write if command[0] == b"FCALL"]
+    return [fcall_args(command)[store.BATCH_ID_ARG] for command in write if command[0] == b"FCALL"]
 
 
 def fcall_args(command: list[bytes]) -> list[bytes]:

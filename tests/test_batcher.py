@@ -30,12 +30,12 @@ from trackgate.batcher import PIPELINE_MIN_EVENTS, UnavailableError
 from trackgate.pipeline import FAILING_FOR
 
 
-def keys(r: Request) -> frozenset[tuple[str, int]]:
-    """The (token, partition) pairs a request has events in, found from its events."""
-    return frozenset((TOKEN, partition_of(json.loads(event)["distinct_id"])) for event in r.events())
+def keys(r: Request) -> frozenset[int]:
+    """The partitions a request has events in, found from its events."""
+    return frozenset(partition_of(json.loads(event)["distinct_id"]) for event in r.events())
 
 
-def answered_503(failed: frozenset[tuple[str, int]], r: Request) -> bool:
+def answered_503(failed: frozenset[int], r: Request) -> bool:
     """As http.py answers a request whose flush had `failed` keys: 503 when any of its own failed."""
     return bool(keys(r) & failed)
 
@@ -236,7 +236,7 @@ def test_a_transaction_redis_refuses_fails_exactly_the_requests_with_events_in_i
 
     async def scenario() -> None:
         redis, clock = ScriptedRedis(), ScriptedClock()
-        refused_mark = key_names.mark_key(TOKEN, 1, b"")
+        refused_mark = key_names.mark_key(1, b"")
         redis.refuse = lambda command: oom if command[1].startswith(refused_mark) else None
         batcher = await started(redis, clock)
         only_refused = request(user_in(1), user_in(1, 1))
@@ -245,7 +245,7 @@ def test_a_transaction_redis_refuses_fails_exactly_the_requests_with_events_in_i
         requests = [only_refused, only_other, both]
         answers = [batcher.submit(r.batches, r.accepted) for r in requests]
         await until(lambda: all(a.done() for a in answers), "the answers")
-        assert {a.result().failed for a in answers} == {frozenset({(TOKEN, 1)})}
+        assert {a.result().failed for a in answers} == {frozenset({1})}
         assert [answered_503(a.result().failed, r) for a, r in zip(answers, requests, strict=True)] == [
             True,
             False,
@@ -271,10 +271,10 @@ def test_xadds_redis_refuses_fail_the_requests_with_events_in_their_partition(
         fine = request(user_in(3, 1))
         answers = [batcher.submit(r.batches, r.accepted) for r in (refused, fine)]
         await until(lambda: all(a.done() for a in answers), "the answers")
-        assert [a.result().failed for a in answers] == [frozenset({(TOKEN, 0)})] * 2
+        assert [a.result().failed for a in answers] == [frozenset({0})] * 2
         assert answered_503(answers[0].result().failed, refused)
         assert not answered_503(answers[1].result().failed, fine)
-        assert keys(fine) == {(TOKEN, 3)}
+        assert keys(fine) == {3}
         await batcher.close()
 
     with caplog.at_level(logging.ERROR, "trackgate.batcher"):
@@ -298,7 +298,7 @@ def test_a_thousand_refused_writes_make_a_few_log_lines(caplog: pytest.LogCaptur
             r = request(user_in(0, i))
             answer = batcher.submit(r.batches, r.accepted)
             await until(answer.done, "the answer")
-            assert answer.result().failed == frozenset({(TOKEN, 0)})
+            assert answer.result().failed == frozenset({0})
             if i % 100 == 99:
                 clock.advance(0.25)
         await batcher.close()

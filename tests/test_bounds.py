@@ -35,9 +35,8 @@ def funnel_step(token: str, user: str, funnel: str, n: int, at: int) -> dict[str
 
 
 def project_keys(client: redis.Redis, token: str) -> set[str]:
-    marks = keys.mark_key(token, 0, b"").decode()
-    found = {raw.decode() for raw in client.scan_iter(match=f"*{token}*")}
-    return {key for key in found if not key.startswith(marks)}
+    """The project's keys in any partition (not the partitions' own: marks, dedup sets)."""
+    return {raw.decode() for raw in client.scan_iter(match=keys.partitions_pattern(token) + "*")}
 
 
 def test_a_days_keys_expire_after_the_retention(client: redis.Redis) -> None:
@@ -47,9 +46,12 @@ def test_a_days_keys_expire_after_the_retention(client: redis.Redis) -> None:
         plain(token, "No User", None, T + 1),
         funnel_step(token, "u1", "signup", 1, T + 2),
     ]
-    assert send_write(client, b"w", 1, [decoded(events)])[-1] == [3, 0]
+    assert send_write(client, token.encode(), 1, [decoded(events)])[-1] == [3, 0]
     # A user's event of a name first seen without one: its unique users keep the expiry set then.
-    assert send_write(client, b"w", 2, [decoded([plain(token, "No User", "u2", T + 3)])])[-1] == [1, 0]
+    assert send_write(client, token.encode(), 2, [decoded([plain(token, "No User", "u2", T + 3)])])[-1] == [
+        1,
+        0,
+    ]
     stream = keys.stream_key(token, 0)
     # Users' attempts: for as long as a later event could continue one (test_write_function).
     attempts = {keys.funnel_states_key(token, 0, "signup"), keys.funnel_attempts_key(token, 0, "signup")}
@@ -80,7 +82,7 @@ def test_names_past_the_caps_are_stored_and_counted_as_overflow(client: redis.Re
         plain(token, "d", "u2", T + 6),
     ]
     # Seven events stored, three of them counted as the overflow name.
-    assert send_write(client, b"w", 1, [decoded(first)], caps=caps)[-1] == [7, 3]
+    assert send_write(client, token.encode(), 1, [decoded(first)], caps=caps)[-1] == [7, 3]
     assert client.xlen(keys.stream_key(token, 0)) == 7
     assert client.smembers(keys.event_names_key(token, 0, DAY0)) == {
         b"a",
@@ -107,8 +109,8 @@ def test_names_past_the_caps_are_stored_and_counted_as_overflow(client: redis.Re
         plain(token, "e", "u3", T + 8),
         funnel_step(token, "u3", "f1", 1, T + 9),
     ]
-    assert send_write(client, b"w", 2, [decoded(second)], caps=caps)[-1] == [3, 1]
-    assert send_count(client, b"w", 2, [decoded(second)]) == [0, 0]
+    assert send_write(client, token.encode(), 2, [decoded(second)], caps=caps)[-1] == [3, 1]
+    assert send_count(client, token.encode(), 2, [decoded(second)]) == [0, 0]
     assert client.hget(hourly, "01:a") == b"2"
     assert client.hget(hourly, f"01:{overflow}") == b"4"
     assert client.hget(hourly, "01:e") is None
@@ -116,13 +118,13 @@ def test_names_past_the_caps_are_stored_and_counted_as_overflow(client: redis.Re
     # Raised caps admit new names from the next batch on.
     third = [plain(token, "e", "u3", T + 10), funnel_step(token, "u3", "f3", 1, T + 11)]
     raised = bounds.Caps(event_names_per_day=4, funnel_names=3)
-    assert send_write(client, b"w", 3, [decoded(third)], caps=raised)[-1] == [2, 0]
+    assert send_write(client, token.encode(), 3, [decoded(third)], caps=raised)[-1] == [2, 0]
     assert client.hget(hourly, "01:e") == b"1"
     assert client.sismember(keys.funnel_names_key(token, 0), "f3")
 
     # Each day has its own names.
     next_day = [plain(token, name, "u1", T + DAY + i) for i, name in enumerate("xyzw")]
-    assert send_write(client, b"w", 4, [decoded(next_day)], caps=caps)[-1] == [4, 1]
+    assert send_write(client, token.encode(), 4, [decoded(next_day)], caps=caps)[-1] == [4, 1]
 
 
 def test_a_flood_of_names_in_one_batch_makes_keys_up_to_the_cap(client: redis.Redis) -> None:
@@ -133,7 +135,7 @@ def test_a_flood_of_names_in_one_batch_makes_keys_up_to_the_cap(client: redis.Re
     funnels = decoded([funnel_step(token, "u1", f"funnel {i}", 1, T) for i in range(1500)])
     names = decoded([plain(token, f"name {i}", f"u{i}", T + 1) for i in range(2000)])
     # mp_funnel is the day's first name; 300 funnels and 501 names are past the caps.
-    assert send_write(client, b"w", 1, [funnels, names], caps=caps)[-1] == [3500, 300 + 501]
+    assert send_write(client, token.encode(), 1, [funnels, names], caps=caps)[-1] == [3500, 300 + 501]
     day_names = client.smembers(keys.event_names_key(token, 0, DAY0))
     assert len(day_names) == 1500 + 1
     assert bounds.OVERFLOW.encode() in day_names
@@ -158,7 +160,9 @@ def test_a_quiet_funnel_gives_its_place_up_to_a_new_one(client: redis.Redis) -> 
     def follow(seq: int, *funnels: str) -> list[int]:
         """[events counted, of them as overflow] of a batch with a step 1 of each funnel."""
         events = decoded([funnel_step(token, "u1", funnel, 1, T + i) for i, funnel in enumerate(funnels)])
-        reply: list[int] = send_write(client, b"w", seq, [events], window=WINDOW, late=late, caps=caps)[-1]
+        reply: list[int] = send_write(
+            client, token.encode(), seq, [events], window=WINDOW, late=late, caps=caps
+        )[-1]
         return reply
 
     def last_followed(funnel: str, ago: int) -> None:

@@ -86,8 +86,8 @@ def tokens_on(address: Address, owner: Callable[[int], Address], n: int = 3) -> 
     """Batches of partitions whose slots `owner` gives to `address`."""
     found = []
     for i in range(10_000):
-        if owner(partition_slot(f"t{i}", 0)) == address:
-            found.append(Batch(f"t{i}", 0))
+        if owner(partition_slot(i)) == address:
+            found.append(Batch(f"t{i}", i))
         if len(found) == n:
             return found
     raise AssertionError("no such tokens")
@@ -143,7 +143,7 @@ def test_a_redirected_batch_goes_again_to_the_new_owner_after_the_map_is_read_ag
         await batcher.start()
         moving = tokens_on(A, split, 1)[0]
         standins = batcher.standins()  # type: ignore[attr-defined]
-        standins[A].answers = [Written(redirected=frozenset({(moving.token, 0)}), duplicates=1)]
+        standins[A].answers = [Written(redirected=frozenset({moving.partition}), duplicates=1)]
         written = await batcher.submit(cast(Any, [moving]), 1)
         assert written == Written(duplicates=1)  # stored by the new owner, the duplicate still reported
         assert standins[B].submitted == [[moving]]
@@ -158,7 +158,7 @@ def test_a_batch_redirected_past_the_retry_window_fails() -> None:
         await batcher.start()
         stuck = tokens_on(A, split, 1)[0]
         standins = batcher.standins()  # type: ignore[attr-defined]
-        key = (stuck.token, 0)
+        key = stuck.partition
         standins[A].answers = [Written(redirected=frozenset({key}))] * 1000
         written = await batcher.submit(cast(Any, [stuck]), 1)
         assert written.failed == {key}

@@ -158,7 +158,7 @@ def assert_same_batches(native: Any, oracle: ref.Result, partitions: int) -> Non
         assert 0 <= partition < partitions
         strings = bulk_strings(batch.packed)
         assert len(strings) == batch.args
-        stream = f"tg:{{{token}:{partition}}}:events".encode()
+        stream = f"tg:{{{partition}}}:{token}:events".encode()
         commands = resp_commands(batch.xadds)
         assert len(commands) == batch.count
         at = 0

@@ -26,7 +26,7 @@ OPTIONS = Options(max_age=30 * 86400, partitions=1)
 
 @pytest.fixture
 def client(redis_server: Any) -> Any:
-    with redis_server.client() as c:
+    with redis_server.private_client() as c:
         c.function_load(store.FUNCTION_SOURCE, replace=True)
         yield c
 
@@ -54,11 +54,13 @@ def hash_of(event: dict[str, Any]) -> bytes:
 
 
 def send(client: redis.Redis, seq: int, events: list[dict[str, Any]]) -> Any:
-    return send_write(client, b"w", seq, [decoded(events)], window=WINDOW, dedup_window=LONG)[-1]
+    batch = decoded(events)
+    return send_write(client, batch.token.encode(), seq, [batch], window=WINDOW, dedup_window=LONG)[-1]
 
 
-def dedup_keys(client: redis.Redis, token: str) -> set[str]:
-    prefix = keys.partition_prefix(token, 0)
+def dedup_keys(client: redis.Redis) -> set[str]:
+    """The partition's sets of dedup hashes (the test's database is its own)."""
+    prefix = keys.shared_prefix(0)
     return {k.decode() for k in client.scan_iter(match=prefix + "d[dt]:*")}
 
 
@@ -68,8 +70,8 @@ def test_an_event_on_time_is_kept_in_its_time_bucket_and_its_retry_found_there(
     token = "b" + uuid.uuid4().hex[:15]
     event = plain(token, "Page View", "u1", time.time())
     assert send(client, 1, [event]) == [1, 0]
-    by_time = keys.dedup_by_time_key(token, 0, LONG, bucket)
-    assert dedup_keys(client, token) == {by_time}
+    by_time = keys.dedup_by_time_key(0, LONG, bucket)
+    assert dedup_keys(client) == {by_time}
     assert client.smembers(by_time) == {hash_of(event)}
     assert client.expiretime(by_time) == (bucket + 2) * LONG
     assert send(client, 2, [event]) == [0, 0, 0, 0, [0]]
@@ -80,13 +82,13 @@ def test_an_event_on_time_is_kept_in_its_time_bucket_and_its_retry_found_there(
     ("kept_in", "found"),
     [
         # Its time's set, when that is the previous bucket's: it came on time, its retry comes late.
-        (lambda token, b: keys.dedup_by_time_key(token, 0, LONG, b - 1), True),
+        (lambda b: keys.dedup_by_time_key(0, LONG, b - 1), True),
         # The server time's sets, this bucket's and the previous one's: it came late.
-        (lambda token, b: keys.dedup_key(token, 0, LONG, b), True),
-        (lambda token, b: keys.dedup_key(token, 0, LONG, b - 1), True),
+        (lambda b: keys.dedup_key(0, LONG, b), True),
+        (lambda b: keys.dedup_key(0, LONG, b - 1), True),
         # Any other: over for longer than the window.
-        (lambda token, b: keys.dedup_by_time_key(token, 0, LONG, b), False),
-        (lambda token, b: keys.dedup_key(token, 0, LONG, b - 2), False),
+        (lambda b: keys.dedup_by_time_key(0, LONG, b), False),
+        (lambda b: keys.dedup_key(0, LONG, b - 2), False),
     ],
 )
 def test_an_event_of_the_previous_bucket_is_looked_up_where_it_was_kept_within_the_window(
@@ -94,12 +96,12 @@ def test_an_event_of_the_previous_bucket_is_looked_up_where_it_was_kept_within_t
 ) -> None:
     token = "b" + uuid.uuid4().hex[:15]
     event = plain(token, "Page View", "u1", bucket * LONG - 60)
-    client.sadd(kept_in(token, bucket), hash_of(event))
+    client.sadd(kept_in(bucket), hash_of(event))
     assert send(client, 1, [event]) == ([0, 0, 0, 0, [0]] if found else [1, 0])
     if not found:
         # A late event is kept in the server time's set.
-        assert client.smembers(keys.dedup_key(token, 0, LONG, bucket)) == {hash_of(event)}
-        assert client.expiretime(keys.dedup_key(token, 0, LONG, bucket)) == (bucket + 2) * LONG
+        assert client.smembers(keys.dedup_key(0, LONG, bucket)) == {hash_of(event)}
+        assert client.expiretime(keys.dedup_key(0, LONG, bucket)) == (bucket + 2) * LONG
 
 
 def test_a_batch_of_events_on_time_and_late_finds_each_duplicate_by_its_place(
@@ -113,9 +115,9 @@ def test_a_batch_of_events_on_time_and_late_finds_each_duplicate_by_its_place(
         plain(token, "Late too", "u1", bucket * LONG - 30),
     )
     assert send(client, 1, [on_time, late]) == [2, 0]
-    assert dedup_keys(client, token) == {
-        keys.dedup_by_time_key(token, 0, LONG, bucket),
-        keys.dedup_key(token, 0, LONG, bucket),
+    assert dedup_keys(client) == {
+        keys.dedup_by_time_key(0, LONG, bucket),
+        keys.dedup_key(0, LONG, bucket),
     }
     # In time order: late (0), also_late (1), on_time (2); the first and the last were stored.
     assert send(client, 2, [on_time, also_late, late]) == [1, 0, 0, 0, [0, 2]]
@@ -123,5 +125,5 @@ def test_a_batch_of_events_on_time_and_late_finds_each_duplicate_by_its_place(
 
 
 def test_the_sets_are_named_as_documented() -> None:
-    assert keys.dedup_by_time_key("tok", 3, 600, 7) == "tg:{tok:3}:dt:600:7"
-    assert keys.dedup_key("tok", 3, 600, 7) == "tg:{tok:3}:dd:600:7"
+    assert keys.dedup_by_time_key(3, 600, 7) == "tg:{3}:dt:600:7"
+    assert keys.dedup_key(3, 600, 7) == "tg:{3}:dd:600:7"

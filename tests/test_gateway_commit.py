@@ -135,7 +135,7 @@ def test_a_batch_marks_its_partition_and_is_counted_once(
     assert len(stored_with(rclient, token, "run", run)) == 3
     # What a retry reads to know the batch is in and counted: its entry in the partition's ring.
     partition = batch.partition
-    ring_key = mark_key(token, partition, writer)
+    ring_key = mark_key(partition, writer)
 
     def ring() -> bytes:
         return cast(bytes, rclient.get(ring_key))
@@ -164,9 +164,7 @@ def test_a_batch_marks_its_partition_and_is_counted_once(
     assert set(store.ring_entries(ring())) == set(range(10, 10 + store.RING_SLOTS))
     assert len(ring()) == 8 * store.RING_SLOTS
     # One small mark per writer and partition, expiring: not a key per batch.
-    marks = list(
-        rclient.scan_iter(match=keys.partitions_pattern(token) + keys.Family.MARKS + writer.decode())
-    )
+    marks = list(rclient.scan_iter(match=keys.PREFIX + "{*}:" + keys.Family.MARKS + writer.decode()))
     assert len(marks) == 1
     assert 0 < rclient.ttl(marks[0]) <= 86400
 
@@ -177,11 +175,11 @@ def test_trimming_by_length_and_by_age(private_redis: RedisServer) -> None:
     client.function_load(store.FUNCTION_SOURCE)
     token = "trimtoken1"
     for seq in range(1, 21):
-        send_write(client, b"w", seq, [_batch(token, "trim")], maxlen=10)
+        send_write(client, token.encode(), seq, [_batch(token, "trim")], maxlen=10)
     [key] = [k.decode() for k in client.scan_iter(match=keys.partitions_pattern(token) + keys.Family.STREAM)]
     assert 10 <= client.xlen(key) <= 15
     time.sleep(1.1)
-    send_write(client, b"w", 21, [_batch(token, "trim")], max_age=1)
+    send_write(client, token.encode(), 21, [_batch(token, "trim")], max_age=1)
     assert client.xlen(key) <= 5
 
 

@@ -307,7 +307,7 @@ def test_a_counting_whose_batch_left_the_ring_is_given_up_not_run_twice(
             )
             wait_for(proxy.mute.is_set, 10, "the failed counting's answer")
             wait_for(lambda: counted_events(admin, token) == 1, 10, "the counting alone, run again")
-            for ring in admin.scan_iter(match=keys.partitions_pattern(token) + keys.Family.MARKS + "*"):
+            for ring in admin.scan_iter(match=keys.PREFIX + "{*}:" + keys.Family.MARKS + "*"):
                 admin.delete(ring)
             proxy.mute.clear()
             status = answer.result(60).status_code

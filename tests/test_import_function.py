@@ -68,7 +68,7 @@ def _day(at: float) -> str:
 def test_old_days_are_stored_not_counted_and_deduplicated_in_place(client: redis.Redis) -> None:
     token = "i" + uuid.uuid4().hex[:15]
     first = batch_of(token, imported("Old", OLD, "old-1"), imported("Recent", RECENT, "recent-1"))
-    reply = send_write(client, b"w", 1, [first])
+    reply = send_write(client, token.encode(), 1, [first])
     assert reply[-1][:2] == [1, 0]  # one counted, none past the caps
     assert counts(client, token, RECENT) == {"Recent": 1}
     assert counts(client, token, OLD) == {}
@@ -84,7 +84,7 @@ def test_old_days_are_stored_not_counted_and_deduplicated_in_place(client: redis
         imported("Recent", RECENT, "recent-1"),
         imported("Recent", RECENT + 1, "recent-2"),
     )
-    reply = send_write(client, b"w", 2, [again])
+    reply = send_write(client, token.encode(), 2, [again])
     assert reply[-1][0] == 1  # recent-2 alone counted
     assert counts(client, token, RECENT) == {"Recent": 2}
     assert counts(client, token, OLD) == {}

@@ -11,24 +11,26 @@ from trackgate.redis_pipe import bulk
 
 
 def test_every_key_is_named_as_documented() -> None:
-    assert keys.stream_key("tok", 3) == "tg:{tok:3}:events"
-    assert keys.mark_key("tok", 3, b"w1") == b"tg:{tok:3}:batch:w1"
-    assert keys.hourly_counts_key("tok", 3, "2026-11-20") == "tg:{tok:3}:ev:2026-11-20"
-    assert keys.daily_users_key("tok", 3, "2026-11-20", "Sign up") == "tg:{tok:3}:eu:2026-11-20:Sign up"
-    assert keys.funnel_names_key("tok", 3) == "tg:{tok:3}:funnels"
-    assert keys.funnel_activity_key("tok", 3) == "tg:{tok:3}:fa"
-    assert keys.funnel_goals_key("tok", 3, "signup") == "tg:{tok:3}:fg:signup"
-    assert keys.funnel_states_key("tok", 3, "signup") == "tg:{tok:3}:fs:signup"
-    assert keys.funnel_attempts_key("tok", 3, "signup") == "tg:{tok:3}:fx:signup"
-    assert keys.funnel_counters_key("tok", 3, "signup", "2026-11-20") == "tg:{tok:3}:fc:signup:2026-11-20"
+    assert keys.stream_key("tok", 3) == "tg:{3}:tok:events"
+    assert keys.mark_key(3, b"w1") == b"tg:{3}:batch:w1"
+    assert keys.dedup_by_time_key(3, 600, 7) == "tg:{3}:dt:600:7"
+    assert keys.dedup_key(3, 600, 7) == "tg:{3}:dd:600:7"
+    assert keys.hourly_counts_key("tok", 3, "2026-11-20") == "tg:{3}:tok:ev:2026-11-20"
+    assert keys.daily_users_key("tok", 3, "2026-11-20", "Sign up") == "tg:{3}:tok:eu:2026-11-20:Sign up"
+    assert keys.funnel_names_key("tok", 3) == "tg:{3}:tok:funnels"
+    assert keys.funnel_activity_key("tok", 3) == "tg:{3}:tok:fa"
+    assert keys.funnel_goals_key("tok", 3, "signup") == "tg:{3}:tok:fg:signup"
+    assert keys.funnel_states_key("tok", 3, "signup") == "tg:{3}:tok:fs:signup"
+    assert keys.funnel_attempts_key("tok", 3, "signup") == "tg:{3}:tok:fx:signup"
+    assert keys.funnel_counters_key("tok", 3, "signup", "2026-11-20") == "tg:{3}:tok:fc:signup:2026-11-20"
     assert keys.PROJECTS_KEY == "tg:{registry}:projects"
     assert keys.project_key("tok") == "tg:{registry}:project:tok"
     assert keys.PROJECT_NAMES_KEY == "tg:{registry}:project-names"
     assert keys.PROJECT_SECRETS_KEY == "tg:{registry}:project-secrets"
 
 
-def test_the_function_is_given_the_stream_and_the_partition_prefix() -> None:
-    assert keys.count_function_keys("tok", 3) == ("tg:{tok:3}:events", "tg:{tok:3}:")
+def test_the_function_is_given_the_partition_prefix() -> None:
+    assert keys.count_function_keys(3) == ("tg:{3}:",)
 
 
 def test_the_decoder_adds_events_to_the_streams_keys_names() -> None:

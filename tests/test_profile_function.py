@@ -49,7 +49,7 @@ def decoded(token: str, updates: list[dict[str, Any]], *, groups: bool = False) 
 
 def write(client: redis.Redis, *batches: Batch, maxlen: int = 0) -> Any:
     """One transaction of the batches (one or more requests' sections): the function's reply."""
-    return send_write(client, b"w", next(_seqs), list(batches), maxlen=maxlen)[-1]
+    return send_write(client, batches[0].token.encode(), next(_seqs), list(batches), maxlen=maxlen)[-1]
 
 
 def person(distinct_id: str, **update: Any) -> dict[str, Any]:
@@ -236,8 +236,8 @@ def test_a_batch_applied_again_changes_nothing(client: redis.Redis) -> None:
     token = new_token()
     batch = decoded(token, [person("u", add={"n": 1}), person("u", append={"l": 1})])
     seq = next(_seqs)
-    assert send_write(client, b"w", seq, [batch])[-1] == [0, 0, 2, 0]
-    assert send_count(client, b"w", seq, [batch]) == [0, 0, 0, 0]
+    assert send_write(client, token.encode(), seq, [batch])[-1] == [0, 0, 2, 0]
+    assert send_count(client, token.encode(), seq, [batch]) == [0, 0, 0, 0]
     assert profile(client, token, "u") == {"n": 1, "l": [1], LAST_SEEN: SEEN}
 
 
@@ -276,7 +276,7 @@ def test_malformed_update_arguments_change_nothing(client: redis.Redis) -> None:
     ]
     for change in broken:
         with pytest.raises(redis.ResponseError, match="tg_count: malformed"):
-            send_count(client, b"w", next(_seqs), [with_args(batch, change)])
+            send_count(client, token.encode(), next(_seqs), [with_args(batch, change)])
     assert list(client.scan_iter(match=f"*{token}*")) == []
 
 

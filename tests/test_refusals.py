@@ -51,9 +51,7 @@ SCENARIOS: dict[Refusal, Callable[[], Proto]] = {
         form(event(pad="x" * 600)), form(event(pad="y" * 600)), max_body_bytes_in_flight=1000
     ),
     Refusal.REGISTRY_MISSING: lambda: answer(data(event()), tokens=FixedTokens(TOKEN, registry_missing=True)),
-    Refusal.WRITE_FAILED: lambda: answer(
-        data(event()), sink=MemorySink(unstored=frozenset((TOKEN, p) for p in range(4)))
-    ),
+    Refusal.WRITE_FAILED: lambda: answer(data(event()), sink=MemorySink(unstored=frozenset(range(4)))),
     Refusal.RATE_LIMITED: lambda: answer(
         data(event()),
         tokens=FixedTokens(TOKEN, limits={TOKEN: RateLimit.of(1)}),

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import pytest
+from conftest import PARTITIONS, partition_of
 from memory_gateway import (
     INVALID,
     NOW,
@@ -213,14 +214,15 @@ def test_a_write_that_fails_is_503() -> None:
 
 
 def test_a_batch_left_unstored_is_503_write_failed() -> None:
-    unstored = frozenset((TOKEN, p) for p in range(4))
+    unstored = frozenset(range(4))
     proto = answer(data(event(), verbose="1"), sink=MemorySink(unstored=unstored))
     assert proto.status == 503
     assert "write failed" in json.loads(proto.body)["error"]
 
 
 def test_another_requests_unstored_batch_does_not_fail_this_one() -> None:
-    assert answer(data(event()), sink=MemorySink(unstored=frozenset({("tk-other", 0)}))).status == 200
+    others = frozenset(range(PARTITIONS)) - {partition_of("u-1")}  # (event()'s distinct_id)
+    assert answer(data(event()), sink=MemorySink(unstored=others)).status == 200
 
 
 # the body

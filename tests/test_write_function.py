@@ -83,17 +83,13 @@ def short_name(token: str, key: str) -> str:
 # `client` is a redis.Redis without decode_responses, typed Any: redis-py types its replies
 # bytes | str | None.
 def state(client: Any, token: str) -> dict[str, Any]:
-    """Every key of the project's partition 0 but the marks and the dedup hashes, by its `short_name`;
-    streams as their entries' data, HyperLogLogs as their bytes, the goals without the times they were
-    first seen."""
+    """Every key of the project's partition 0 (not the partition's own: the marks and the dedup hashes),
+    by its `short_name`; streams as their entries' data, HyperLogLogs as their bytes, the goals without
+    the times they were first seen."""
     goals = keys.funnel_goals_key(token, 0, "")
-    marks = keys.mark_key(token, 0, b"").decode()
-    dedup = keys.partition_prefix(token, 0) + keys.Family.DEDUP
     out: dict[str, Any] = {}
-    for raw in client.scan_iter(match=f"*{token}*"):
+    for raw in client.scan_iter(match=keys.partition_prefix(token, 0) + "*"):
         key = raw.decode()
-        if key.startswith(dedup):
-            continue
         kind = client.type(key).decode()
         if kind == "stream":
             out[short_name(token, key)] = [fields[b"data"].decode() for _, fields in client.xrange(key)]
@@ -107,8 +103,6 @@ def state(client: Any, token: str) -> dict[str, Any]:
         elif kind == "zset":
             scores = client.zrange(key, 0, -1, withscores=True)
             out[short_name(token, key)] = {m.decode(): score for m, score in scores}
-        elif key.startswith(marks):
-            continue
         else:
             out[short_name(token, key)] = client.get(key)
     return out
@@ -189,12 +183,15 @@ def test_joined_requests_count_as_each_event_by_itself(client: redis.Redis) -> N
     joined_requests, apart_requests = requests_for(joined), requests_for(apart)
     parts = [decoded(events) for events in joined_requests]
     started = redis_seconds(client)
-    reply = send_write(client, b"w", 1, parts, window=WINDOW)
+    reply = send_write(client, joined.encode(), 1, parts, window=WINDOW)
     assert len(reply) == 2 + 16 + 1
     assert reply[:2] == [16, 1]  # SETRANGE: the ring's length with slot 1 written; EXPIRE: set
     assert reply[-1] == [16, 0]  # counted; none under the overflow name
     for seq, events in enumerate(apart_requests, 1):
-        assert send_write(client, b"w", seq, [decoded(events)], window=WINDOW)[-1] == [len(events), 0]
+        assert send_write(client, apart.encode(), seq, [decoded(events)], window=WINDOW)[-1] == [
+            len(events),
+            0,
+        ]
 
     stream_name = short_name(joined, keys.stream_key(joined, 0))
     activity_name = short_name(joined, keys.funnel_activity_key(joined, 0))
@@ -217,7 +214,7 @@ def test_joined_requests_count_as_each_event_by_itself(client: redis.Redis) -> N
     assert apart_state == got
 
     # The counting run again for the batch (as the batcher does when only it failed) changes nothing.
-    assert send_count(client, b"w", 1, parts, window=WINDOW) == [0, 0]
+    assert send_count(client, joined.encode(), 1, parts, window=WINDOW) == [0, 0]
     again = state(client, joined)
     assert again.pop(stream_name) == stream
     assert again.pop(activity_name) == {funnel: followed}
@@ -246,6 +243,62 @@ def _with(batch: Batch, **changes: Any) -> Batch:
     return Batch(**{**parts, **changes})
 
 
+def test_one_call_counts_each_projects_events_in_their_own_keys(client: redis.Redis) -> None:
+    """A partition's transaction holds a section per project: each project's counters, users, funnels and
+    stream are what its requests alone give, and nothing of one project is in another's keys."""
+    first, second = "p" + uuid.uuid4().hex[:15], "q" + uuid.uuid4().hex[:15]
+    requests = {token: requests_for(token) for token in (first, second)}
+    # The requests interleaved, as they come to a flush; the flush joins them per project.
+    batches = [
+        decoded(events) for pair in zip(requests[first], requests[second], strict=True) for events in pair
+    ]
+    reply = send_write(client, first.encode(), 1, batches, window=WINDOW)
+    assert reply[-1] == [32, 0]
+    # The XADDs: the first project's section's, then the second's.
+    stream_name = short_name(first, keys.stream_key(first, 0))
+    activity_name = short_name(first, keys.funnel_activity_key(first, 0))
+    for token, events in requests.items():
+        got = state(client, token)
+        assert len(got.pop(stream_name)) == 16
+        assert set(got.pop(activity_name)) == {"signup"}
+        assert got == expected(client, token, events)
+    # Run again for the batch: nothing more counted.
+    assert send_count(client, first.encode(), 1, batches, window=WINDOW) == [0, 0]
+    assert (
+        state(client, first)[short_name(first, keys.daily_counts_key(first, 0, "2026-11-20"))]
+        == (
+            expected(client, first, requests[first])[
+                short_name(first, keys.daily_counts_key(first, 0, "2026-11-20"))
+            ]
+        )
+    )
+
+
+def test_events_sent_one_a_call_count_as_sent_together(client: redis.Redis) -> None:
+    """A section of one event (what a partition's call holds per project when many projects send a few
+    events each) is counted as any other: the same state as the requests sent whole, whether its name is
+    new to the day, known already, or counted under another project's call."""
+    token, other = "o" + uuid.uuid4().hex[:15], "x" + uuid.uuid4().hex[:15]
+    requests = requests_for(token)
+    seq = 0
+    for events in requests:
+        for event in events:
+            seq += 1
+            # Each event in a call of its own, beside an event of another project.
+            twin = plain(other, "Page View", "u9", T)
+            assert (
+                send_write(client, token.encode(), seq, [decoded([twin]), decoded([event])], window=WINDOW)[
+                    -1
+                ][0]
+                == 2
+            )
+    got = state(client, token)
+    stream = got.pop(short_name(token, keys.stream_key(token, 0)))
+    assert len(stream) == 16
+    assert set(got.pop(short_name(token, keys.funnel_activity_key(token, 0)))) == {"signup"}
+    assert got == expected(client, token, requests)
+
+
 def test_a_malformed_call_changes_nothing(client: redis.Redis) -> None:
     token = "m" + uuid.uuid4().hex[:15]
     first, second = requests_for(token)
@@ -259,10 +312,11 @@ def test_a_malformed_call_changes_nothing(client: redis.Redis) -> None:
     ]
     for n, (part, message) in enumerate(broken):
         with pytest.raises(redis.ResponseError, match=f"tg_count: {message}"):
-            send_count(client, b"w", n + 1, [good, part], window=WINDOW)
+            send_count(client, token.encode(), n + 1, [good, part], window=WINDOW)
         assert list(client.scan_iter(match=f"*{token}*")) == [], n
+        assert not client.exists(keys.mark_key(0, token.encode())), n
     # The same batch id then applies.
-    assert send_count(client, b"w", 1, [good, batch], window=WINDOW) == [16, 0]
+    assert send_count(client, token.encode(), 1, [good, batch], window=WINDOW) == [16, 0]
 
 
 def test_attempts_no_later_event_can_continue_are_removed(client: redis.Redis) -> None:
@@ -282,10 +336,10 @@ def test_attempts_no_later_event_can_continue_are_removed(client: redis.Redis) -
 
     states, index = keys.funnel_states_key(token, 0, "signup"), keys.funnel_attempts_key(token, 0, "signup")
     # Written while events may still arrive 400 days late: kept.
-    send_write(client, b"w", 1, [batch("gone", now - 2 * DAY)], window=60, late=400 * DAY)
+    send_write(client, token.encode(), 1, [batch("gone", now - 2 * DAY)], window=60, late=400 * DAY)
     assert client.hkeys(states) == [b"gone"]
     # Events may now be at most a minute late, and attempts last a minute: "gone" is over.
-    send_write(client, b"w", 2, [batch("here", now - 10)], window=60, late=60)
+    send_write(client, token.encode(), 2, [batch("here", now - 10)], window=60, late=60)
     assert client.hkeys(states) == [b"here"]
     assert client.zrange(index, 0, -1) == [b"here"]
     assert 0 < client.ttl(states) <= 60 + 60 + 3600
@@ -296,21 +350,27 @@ def test_a_call_of_another_version_changes_nothing(client: redis.Redis) -> None:
     """A gateway and a function library of different versions must not misread each other: a call in
     another argument layout, or with another number of keys, is refused before anything changes."""
     token = "v" + uuid.uuid4().hex[:15]
-    names = keys.count_function_keys(token, 0)
+    names: tuple[str, ...] = keys.count_function_keys(0)
     event = ["2026-11-20", "01:Page View", "u1", ""]
 
     caps = bounds.DEFAULT_CAPS
-    tail = [bounds.DEFAULT_COUNTER_RETENTION_DAYS, caps.event_names_per_day, caps.funnel_names]
+    section = [token, WINDOW, caps.event_names_per_day, caps.funnel_names, len(event)]
 
     def call(names: tuple[str, ...], layout: object) -> Any:
-        return client.fcall("tg_count", len(names), *names, 0, 0, WINDOW, layout, "w:1:1", DAY, *tail, *event)
+        retention = bounds.DEFAULT_COUNTER_RETENTION_DAYS
+        return client.fcall(
+            "tg_count", len(names), *names, 0, 0, layout, "w:1:1", DAY, retention, *section, *event
+        )
 
     with pytest.raises(redis.ResponseError, match="different versions"):
         call(names, PACKED_LAYOUT + 1)
     # The decoder's layout alone: a library from before the header's last change.
     with pytest.raises(redis.ResponseError, match="different versions"):
         call(names, PACKED_LAYOUT)
+    # The layout of the call before partitions were shared.
     with pytest.raises(redis.ResponseError, match="different versions"):
-        call(names[:1], store.LAYOUT)
+        call(names, f"{PACKED_LAYOUT}.2")
+    with pytest.raises(redis.ResponseError, match="different versions"):
+        call((*names, keys.stream_key(token, 0)), store.LAYOUT)
     assert list(client.scan_iter(match=f"*{token}*")) == []
     assert call(names, store.LAYOUT) == [1, 0]

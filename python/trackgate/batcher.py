@@ -331,7 +331,7 @@ class Batcher:
         if kill:
             commands.append(pack("CLIENT", "KILL", "ID", str(lost_client)))
         writer = self._packer.writer
-        commands += [pack("GET", keys.mark_key(token, partition, writer)) for token, partition in lost]
+        commands += [pack("GET", keys.mark_key(partition, writer)) for partition in lost]
         async with self._within(self._timeout):
             replies = await pipe.call(commands)
         load, marks = replies[0], replies[-len(lost) :]
@@ -347,7 +347,7 @@ class Batcher:
                 "twice; the Redis user needs +client|kill",
                 replies[1],
             )
-        marks = await self._marks_moved_away(marks, [keys.mark_key(token, p, writer) for token, p in lost])
+        marks = await self._marks_moved_away(marks, [keys.mark_key(partition, writer) for partition in lost])
         for mark in marks:
             if isinstance(mark, ReplyError):
                 raise mark

@@ -58,7 +58,7 @@ RESEND_PAUSE: Final = 0.02
 
 
 def _keys(batches: list[PartitionBatch]) -> set[Key]:
-    return {(batch.token, batch.partition) for batch in batches}
+    return {batch.partition for batch in batches}
 
 
 class _Shard:
@@ -226,10 +226,10 @@ class ClusterBatcher:
         groups: dict[_Shard, list[PartitionBatch]] = {}
         slots = self._slots
         for batch in batches:
-            key = (batch.token, batch.partition)
+            key = batch.partition
             slot = slots.get(key)
             if slot is None:
-                slot = slots[key] = partition_slot(*key)
+                slot = slots[key] = partition_slot(key)
             address = slot_map.owner(slot)
             if address is None:
                 self._in_background(self._refresh_quietly())
@@ -271,7 +271,7 @@ class ClusterBatcher:
             request.failed |= written.failed
             request.duplicates += written.duplicates
             if written.redirected:
-                request.again += [b for b in group if (b.token, b.partition) in written.redirected]
+                request.again += [b for b in group if b.partition in written.redirected]
         if not request.waiting:
             self._answer(request)
 

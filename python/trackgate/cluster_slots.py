@@ -18,9 +18,9 @@ log = logging.getLogger("trackgate.cluster")
 SLOTS: Final = 16384
 
 
-def partition_slot(token: str, partition: int) -> int:
-    """The slot every key of a partition is in: they share its hash tag."""
-    return int(key_slot(keys.stream_key(token, partition).encode()))
+def partition_slot(partition: int) -> int:
+    """The slot every key of a partition is in, every project's: they share its hash tag."""
+    return int(key_slot(keys.shared_prefix(partition).encode()))
 
 
 class SlotMap:

@@ -1,8 +1,8 @@
 """A flush: the accepted events of many requests, gathered for one write to Redis, and its commands, one
-transaction per (project, partition).
+transaction per partition, with a section per project.
 
 Requests hand over the decoder's partition batches, already RESP-packed; a flush only joins them per
-partition. Python builds nothing per event.
+(partition, project). Python builds nothing per event.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Final
 
 from trackgate._native import PartitionBatch
 
-Key = tuple[str, int]
-"""A (project token, partition) pair: one stream, one transaction per flush."""
+Key = int
+"""A partition: one transaction per flush, whichever projects' events it holds (`keys.py`)."""
 
 NO_FAILURES: Final[frozenset[Key]] = frozenset()
 
@@ -61,33 +61,65 @@ class UnavailableError(Exception):
         self.reason = reason
 
 
+class Section:
+    """One project's part of a partition's transaction: the decoder's packed arguments and XADDs of its
+    requests, in the order they came. `owners` says which request's entries come in which order: (its
+    place in the flush's `waiters`, how many)."""
+
+    __slots__ = ("args", "count", "owners", "packed", "token", "xadds")
+
+    def __init__(self, batch: PartitionBatch, request: int) -> None:
+        self.token = batch.token
+        self.packed = [batch.packed]
+        self.xadds = [batch.xadds]
+        self.count = batch.count
+        self.args = batch.args
+        self.owners = [(request, batch.count)]
+
+    def add(self, batch: PartitionBatch, request: int) -> None:
+        self.packed.append(batch.packed)
+        self.xadds.append(batch.xadds)
+        self.count += batch.count
+        self.args += batch.args
+        self.owners.append((request, batch.count))
+
+
+Parts = dict[Key, dict[str, Section]]
+"""Per partition, a section per project, in the order the projects first came."""
+
+
+def add_batch(parts: Parts, batch: PartitionBatch, request: int) -> None:
+    """`batch`, of request `request`, joins its partition's section for its project."""
+    sections = parts.get(batch.partition)
+    if sections is None:
+        parts[batch.partition] = {batch.token: Section(batch, request)}
+        return
+    section = sections.get(batch.token)
+    if section is None:
+        sections[batch.token] = Section(batch, request)
+    else:
+        section.add(batch, request)
+
+
 class Flush:
-    """Its requests wait on `waiters`, each for what became of its events (`Written`). `owners` says, per
-    key, which request's entries come in which order: (its place in `waiters`, how many)."""
+    """Its requests wait on `waiters`, each for what became of its events (`Written`); `parts` holds, per
+    partition, a section per project, in the order the projects first came."""
 
     __slots__ = (
-        "args",
-        "counts",
         "deadline",
         "due",
         "duplicates",
         "events",
         "failed",
         "outstanding",
-        "owners",
         "parts",
         "redirected",
         "started",
         "waiters",
-        "xadds",
     )
 
     def __init__(self) -> None:
-        self.parts: dict[Key, list[bytes]] = {}
-        self.xadds: dict[Key, list[bytes]] = {}
-        self.counts: dict[Key, int] = {}
-        self.args: dict[Key, int] = {}
-        self.owners: dict[Key, list[tuple[int, int]]] = {}
+        self.parts: Parts = {}
         self.events = 0
         self.waiters: list[asyncio.Future[Written]] = []
         self.duplicates: list[int] | None = None  # per request, once any is found
@@ -100,39 +132,23 @@ class Flush:
 
     def add(self, batches: list[PartitionBatch], count: int, waiter: asyncio.Future[Written]) -> None:
         """One request's batches, `count` events in all, answered through `waiter`."""
-        parts, xadds, counts, args, owners = self.parts, self.xadds, self.counts, self.args, self.owners
+        parts = self.parts
         request = len(self.waiters)
         for batch in batches:
-            key = (batch.token, batch.partition)
-            chunks = parts.get(key)
-            if chunks is None:
-                parts[key] = [batch.packed]
-                xadds[key] = [batch.xadds]
-                counts[key] = batch.count
-                args[key] = batch.args
-                owners[key] = [(request, batch.count)]
-            else:
-                chunks.append(batch.packed)
-                xadds[key].append(batch.xadds)
-                counts[key] += batch.count
-                args[key] += batch.args
-                owners[key].append((request, batch.count))
+            add_batch(parts, batch, request)
         self.events += count
         self.waiters.append(waiter)
 
     def commands(self) -> list[Command]:
         """Its transactions, one per partition, as it is sent."""
-        commands = [
-            Command(self, key, self.counts[key], self.args[key], chunks, self.xadds[key])
-            for key, chunks in self.parts.items()
-        ]
+        commands = [Command(self, key, list(sections.values())) for key, sections in self.parts.items()]
         self.outstanding = len(commands)
         return commands
 
     def found_duplicates(self, key: Key, entries: list[int]) -> None:
         """The function found these entries of `key`'s command (their places among its events and
-        profile updates, from 0) to be duplicates: each is its request's."""
-        owners = self.owners[key]
+        profile updates, all sections', from 0) to be duplicates: each is its request's."""
+        owners = [owner for section in self.parts[key].values() for owner in section.owners]
         ends = list(accumulate(count for _, count in owners))
         duplicates = self.duplicates
         if duplicates is None:
@@ -162,31 +178,25 @@ class Command:
     """One partition's transaction of one flush, or its FCALL alone (`count_only`) once the events are
     stored. `seq` and `slot` (its entry in its partition's ring) are given when the transaction is first
     sent, new ones when it goes again unapplied; its FCALL alone keeps them. `reload`: the FCALL alone
-    waits for a FUNCTION LOAD."""
+    waits for a FUNCTION LOAD. `count`: its events and profile updates, all sections'."""
 
     __slots__ = (
-        "body",
         "count",
         "count_only",
         "flush",
         "key",
-        "n_args",
         "reload",
         "reloads",
+        "sections",
         "seq",
         "slot",
-        "xadds",
     )
 
-    def __init__(
-        self, flush: Flush, key: Key, count: int, n_args: int, body: list[bytes], xadds: list[bytes]
-    ) -> None:
+    def __init__(self, flush: Flush, key: Key, sections: list[Section]) -> None:
         self.flush = flush
         self.key = key
-        self.count = count
-        self.n_args = n_args
-        self.body = body
-        self.xadds = xadds
+        self.sections = sections
+        self.count = sum(section.count for section in sections)
         self.seq = 0
         self.slot = 0
         self.reloads = 0

@@ -2,14 +2,22 @@
 
 A project's data is split into partitions: `p` is a stable hash of the distinct_id (the decoder's), so one
 user's events share a stream, in order, and per-user state (funnel attempts, unique users) lives in one
-partition; reports sum the partitions. Every key of one partition carries the hash tag `{<token>:<p>}`,
-so one transaction touches one Redis Cluster slot and a later move to a cluster needs no change of
-layout. Days are UTC `YYYY-MM-DD`.
+partition; reports sum the partitions. Partition `p` is shared by every project: all of its keys carry
+the hash tag `{<p>}`, a project's begin `tg:{<p>}:<token>:`, so one transaction per partition per flush
+writes every project's events of that partition, in one Redis Cluster slot, rather than a
+transaction, a mark and a function call per (project, partition) (bench/README.md, "Many projects"). A
+few keys belong to the partition rather than to a project (`SHARED_FAMILIES`:
+the writers' marks, the dedup sets): their family comes right after the tag, and as every family name is
+shorter than a token (8 characters at least), no project's key can be mistaken for one of them, nor one
+project's for another's. Days are UTC `YYYY-MM-DD`.
+
+Keys written before the partitions were shared, `tg:{<token>:<p>}:<family>...` (`legacy_partition_prefix`),
+are moved to these names by `layout_migration.py`.
 
 Two builders live outside this module and are checked against it: the native decoder names the streams
 in the XADDs it packs (its `KEY_PREFIX`, `tests/test_keys.py`), and the `tg_count` function completes the
-partition prefix `count_function_keys` hands it with the `Family` names it is loaded with
-(`tests/test_write_function.py` compares the keys it writes with the builders here).
+partition prefix `count_function_keys` hands it with each project's token and the `Family` names it is
+loaded with (`tests/test_write_function.py` compares the keys it writes with the builders here).
 
 The project registry (the project set, the name and secret indexes, each project's hash) carries one
 hash tag of its own, `{registry}`, so that it lives in one slot of a Redis Cluster: creating a project
@@ -22,6 +30,7 @@ each is one key, written by one function call, and the busiest of them should sp
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Final
 
@@ -30,7 +39,7 @@ PREFIX: Final = "tg:"
 
 REGISTRY_PREFIX: Final = PREFIX + "{registry}:"
 """What every key of the project registry begins with: the prefix and the registry's hash tag (a tag no
-partition's can be: those hold a colon)."""
+partition's can be: those are numbers)."""
 
 PROJECTS_KEY: Final = REGISTRY_PREFIX + "projects"
 """Set of the project tokens."""
@@ -43,6 +52,19 @@ LEGACY_PROJECTS_KEY: Final = PREFIX + "projects"
 LEGACY_PROJECT_NAMES_KEY: Final = PREFIX + "project-names"
 LEGACY_PROJECT_SECRETS_KEY: Final = PREFIX + "project-secrets"
 """The registry's keys before it had a hash tag, each as its tagged one above: what the migration reads."""
+
+LAYOUT_KEY: Final = REGISTRY_PREFIX + "layout"
+"""String: `LAYOUT_VERSION` once the keys written before the partitions were shared are moved
+(`layout_migration.py`), so that a process starting after that reads one key to know it."""
+LAYOUT_VERSION: Final = "2"
+"""The layout this module builds: partitions shared by every project."""
+LAYOUT_LOCK_KEY: Final = REGISTRY_PREFIX + "layout-lock"
+"""String, with an expiry: the process moving the keys to this layout, so that the others wait for it."""
+
+
+TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{8,64}")
+"""What a project token is (`projects.check_token`): no glob character, so that a pattern can name a
+project's keys, and longer than any family name, so that no project's key is a partition's own."""
 
 
 class Family(StrEnum):
@@ -72,6 +94,11 @@ class Family(StrEnum):
     DEDUP_BY_TIME = "dt:"
 
 
+SHARED_FAMILIES: Final = frozenset({Family.MARKS, Family.DEDUP, Family.DEDUP_BY_TIME})
+"""The families of a partition's own keys, shared by its projects (`shared_prefix`); every other
+family's keys are a project's (`partition_prefix`)."""
+
+
 def project_key(token: str) -> str:
     """Hash of a project: name, secret (a hash of it), created, funnel_window."""
     return f"{REGISTRY_PREFIX}project:{token}"
@@ -90,15 +117,43 @@ def rate_bucket_key(token: str) -> str:
     return f"{PREFIX}rate:{token}"
 
 
+def shared_prefix(partition: int) -> str:
+    """What every key of one partition begins with, every project's: the prefix and the hash tag."""
+    return f"{PREFIX}{{{partition}}}:"
+
+
 def partition_prefix(token: str, partition: int) -> str:
-    """What every key of one partition of a project begins with: the prefix and the hash tag."""
+    """What every key of one project in one partition begins with: the partition's prefix and the token."""
+    return f"{PREFIX}{{{partition}}}:{token}:"
+
+
+def legacy_partition_prefix(token: str, partition: int) -> str:
+    """What a project's keys of one partition began with before the partitions were shared (its own hash
+    tag): what `layout_migration.py` moves."""
     return f"{PREFIX}{{{token}:{partition}}}:"
 
 
 def partitions_pattern(token: str) -> str:
-    """A SCAN pattern of what every key of every partition of a project begins with (tokens hold no glob
-    characters: projects.py refuses them)."""
-    return f"{PREFIX}{{{token}:*}}:"
+    """A SCAN pattern that matches what every key of every partition of a project begins with, and
+    possibly other keys too (a `*` also matches a `}`, which a distinct_id in a key's name may hold):
+    keep only those `owner` gives the token (tokens hold no glob characters: projects.py refuses
+    them)."""
+    return f"{PREFIX}{{*}}:{token}:"
+
+
+def owner(key: str) -> tuple[str, int] | None:
+    """The (token, partition) of a project's key in a partition, None for any other key (the registry's,
+    a partition's shared keys, another program's)."""
+    if not key.startswith(PREFIX + "{"):
+        return None
+    close = key.find("}:", len(PREFIX) + 1)
+    tag = key[len(PREFIX) + 1 : close]
+    if close < 0 or not tag.isdigit() or not tag.isascii():
+        return None
+    token, colon, _ = key[close + 2 :].partition(":")
+    if not colon or TOKEN.fullmatch(token) is None:
+        return None
+    return token, int(tag)
 
 
 def stream_key(token: str, partition: int) -> str:
@@ -107,10 +162,10 @@ def stream_key(token: str, partition: int) -> str:
     return partition_prefix(token, partition) + Family.STREAM
 
 
-def mark_key(token: str, partition: int, writer: bytes) -> bytes:
+def mark_key(partition: int, writer: bytes) -> bytes:
     """String of one gateway writer's marks in a partition: which of its last batches numbered for the
-    partition are in the stream, and which of them `tg_count` counted (a ring, see `store.py`)."""
-    return (partition_prefix(token, partition) + Family.MARKS).encode() + writer
+    partition are in the streams, and which of them `tg_count` counted (a ring, see `store.py`)."""
+    return (shared_prefix(partition) + Family.MARKS).encode() + writer
 
 
 def hourly_counts_key(token: str, partition: int, day: str) -> str:
@@ -207,24 +262,24 @@ def groups_key(token: str, partition: int, group_key: str) -> str:
     return partition_prefix(token, partition) + Family.GROUPS + group_key
 
 
-def dedup_key(token: str, partition: int, window: int, bucket: int) -> str:
+def dedup_key(partition: int, window: int, bucket: int) -> str:
     """Set of the dedup hashes (see `store.py`) of the events with an `$insert_id` that the partition
     stored late, in bucket `bucket` of `window` seconds (server time // window) when their own time's
     bucket (`dedup_by_time_key`) was over: what a retried late event is looked up in, with the previous
     bucket's. It expires when the next bucket ends; the window is in the name, so that gateways run with
     another window never misread it."""
-    return f"{partition_prefix(token, partition)}{Family.DEDUP}{window}:{bucket}"
+    return f"{shared_prefix(partition)}{Family.DEDUP}{window}:{bucket}"
 
 
-def dedup_by_time_key(token: str, partition: int, window: int, bucket: int) -> str:
+def dedup_by_time_key(partition: int, window: int, bucket: int) -> str:
     """Set of the dedup hashes of the events with an `$insert_id` whose time is in bucket `bucket` of
     `window` seconds (time // window) and that the partition stored before that bucket was over (server
     time): what a retry of one is looked up in, the one set for an event that comes on time. It expires
     when the next bucket ends."""
-    return f"{partition_prefix(token, partition)}{Family.DEDUP_BY_TIME}{window}:{bucket}"
+    return f"{shared_prefix(partition)}{Family.DEDUP_BY_TIME}{window}:{bucket}"
 
 
-def count_function_keys(token: str, partition: int) -> tuple[str, str]:
-    """The KEYS of `tg_count` for a partition: its stream, and the partition prefix that the function
-    completes as the builders above do."""
-    return stream_key(token, partition), partition_prefix(token, partition)
+def count_function_keys(partition: int) -> tuple[str]:
+    """The KEYS of `tg_count` for a partition: the partition's prefix, which the function completes with
+    a project's token, or a shared family, as the builders above do."""
+    return (shared_prefix(partition),)

@@ -71,27 +71,20 @@ class Packer:
     def _pack(self, command: Command, out: list[bytes]) -> int:
         if not command.seq:
             self.number(command)
-        token, partition = command.key
-        window, caps = self._funnel_window(token), self._caps(token)
         if command.count_only:
             batch_id = store.batch_id(self.writer, command.seq, command.slot)
-            header = self._headers.header(
-                token, partition, window, batch_id, command.n_args, caps, alone=True
+            self._headers.call(
+                out, command.key, batch_id, command.sections, self._funnel_window, self._caps, alone=True
             )
-            out.append(header)
-            out.extend(command.body)
             return 0
         self._headers.transaction(
             out,
-            token,
-            partition,
-            window,
+            command.key,
             self.writer,
             command.seq,
             command.slot,
-            command.n_args,
-            command.body,
-            command.xadds,
-            caps,
+            command.sections,
+            self._funnel_window,
+            self._caps,
         )
         return store.transaction_replies(command.count)

@@ -376,7 +376,7 @@ class Pipeline:
         its own writes, and the EXPIRE (of a key that exists: each holds a stored batch) is one made
         after everything the marks showed."""
         writer = self._packer.writer
-        marks = sorted({keys.mark_key(*c.key, writer) for c in stored})
+        marks = sorted({keys.mark_key(c.key, writer) for c in stored})
         touch = b"".join(pack("EXPIRE", mark, store.MARK_SECONDS) for mark in marks)
         pipe = self.pipe
         if pipe is None:

@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from trackgate._native import TokenSet
 from trackgate.bounds import DEFAULT_CAPS, CapError, Caps
-from trackgate.keys import PROJECT_NAMES_KEY, PROJECT_SECRETS_KEY, PROJECTS_KEY, project_key
+from trackgate.keys import PROJECT_NAMES_KEY, PROJECT_SECRETS_KEY, PROJECTS_KEY, TOKEN, project_key
 from trackgate.rate_limit import FIELDS as _LIMIT_FIELDS
 from trackgate.rate_limit import RateLimit, RateLimitError
 from trackgate.redis_target import RedisClient
@@ -33,9 +33,7 @@ log = logging.getLogger("trackgate.projects")
 
 T = TypeVar("T")
 
-# Tokens become part of Redis keys and of hash tags: no braces, colons or spaces.
 # fullmatch, never match with `$`: `$` also matches before a final newline, which a key must not hold.
-_TOKEN_RE: Final = re.compile(r"[A-Za-z0-9_-]{8,64}")
 _SECRET_HASH_RE: Final = re.compile(r"sha256\$[0-9a-f]{64}")
 _MAX_NAME = 200
 # A service account's user name: no ':', which ends the user name in HTTP Basic credentials.
@@ -221,7 +219,7 @@ def check_user(user: str) -> None:
 
 
 def valid_token(token: str) -> bool:
-    return _TOKEN_RE.fullmatch(token) is not None
+    return TOKEN.fullmatch(token) is not None
 
 
 def check_token(token: str) -> None:

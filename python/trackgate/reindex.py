@@ -19,7 +19,13 @@ async def reindex_project(client: RedisClient, token: str) -> tuple[int, int]:
     pattern = keys.partitions_pattern(token) + keys.Family.HOURLY_COUNTS + "*"
     async for raw in client.scan_iter(match=pattern, count=1000):
         key = raw.decode() if isinstance(raw, bytes) else raw
-        prefix, day = key.rsplit(keys.Family.HOURLY_COUNTS, 1)
+        owner = keys.owner(key)
+        if owner is None or owner[0] != token:
+            continue  # (another project's key that the pattern also matches)
+        prefix = keys.partition_prefix(*owner)
+        day = key.removeprefix(prefix + keys.Family.HOURLY_COUNTS)
+        if day == key:
+            continue
         try:
             written = await client.fcall("tg_reindex", 1, prefix, day)
         except ResponseError as err:

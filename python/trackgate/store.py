@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 import re
 import struct
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
-from typing import Final
+from typing import Final, Protocol
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
@@ -24,12 +24,16 @@ from trackgate.redis_target import RedisClient
 LIBRARY: Final = "trackgate"
 RING_SLOTS: Final = 256
 """Entries in a partition's ring of a writer's applied batches (see below)."""
-HEADER_VERSION: Final = 2
+HEADER_VERSION: Final = 3
 """The version of tg_count's header (below); raised with every change of it."""
 LAYOUT: Final = f"{PACKED_LAYOUT}.{HEADER_VERSION}"
 """What names a call's argument layout: the decoder's packed events' and the header's."""
-HEADER_ARGS: Final = 9
-"""tg_count's arguments before the events': see WriteCommands."""
+HEADER_ARGS: Final = 6
+"""tg_count's arguments before its sections': see WriteCommands."""
+BATCH_ID_ARG: Final = 3
+"""Where the batch id is among tg_count's arguments after its key, from 0."""
+SECTION_ARGS: Final = 5
+"""The arguments that begin a project's section of a call, before its events': see WriteCommands."""
 DEDUP_VERSION: Final = 2
 """The version of the dedup hashes' form (the decoder's `dedup_hash`); raised with every change of it."""
 DEDUP_LAYOUT: Final = f"{LAYOUT}+dedup.{DEDUP_VERSION}"
@@ -41,19 +45,21 @@ DEFAULT_DEDUP_WINDOW: Final = Options().dedup_window
 """The decoder's default (`--dedup-window`): batches it packs by default carry dedup hashes."""
 
 
-# A batch is written as one transaction:
+# A batch is a partition's events of one flush, every project's, written as one transaction:
 #
 #     MULTI
 #     SETRANGE <mark key> <8 * slot> <seq, 8 bytes>
 #     EXPIRE <mark key> <MARK_SECONDS>
 #     XADD <stream> * data <json>      (one per event or profile update, made by the decoder)
-#     FCALL tg_count <keys> ... <writer>:<seq>:<slot> <the events' and updates' arguments>
+#     FCALL tg_count <keys> ... <writer>:<seq>:<slot> ... <per project: its section's arguments>
 #     EXEC
 #
 # so the stream entries, the mark, the counters, the funnel state and the profiles of a batch change
-# together. The events go in by plain XADDs because a redis.call from Lua costs Redis more than the
-# command itself does, a cost paid per event (bench/README.md): the function only counts, and applies
-# the profile updates (which the XADDs put in the partition's stream of updates).
+# together. The partition is shared by the projects (`keys.py`), so a flush sends one transaction, one
+# mark and one function call per partition however many projects its events are from. The events go
+# in by plain XADDs because a redis.call from Lua costs Redis more than the command itself does, a cost
+# paid per event (bench/README.md): the function only counts, and applies the profile updates (which
+# the XADDs put in the partition's streams of updates).
 #
 # Batch ids are `<writer>:<seq>:<slot>`: a writer is one gateway worker's lifetime, and its sequence
 # numbers grow with every transaction it sends. After a lost connection the batcher closes it (CLIENT
@@ -111,6 +117,7 @@ def _library_source() -> str:
         "DEDUP_LAYOUT": DEDUP_LAYOUT,
         "DEDUP_ARGS": str(DEDUP_ARGS),
         "DEDUP_HASH_BYTES": str(DEDUP_HASH_BYTES),
+        "SECTION_ARGS": str(SECTION_ARGS),
         "OVERFLOW": bounds.OVERFLOW,
         "MAX_PROFILE_PROPERTIES": str(bounds.MAX_PROFILE_PROPERTIES),
         "MAX_PROFILE_LIST": str(bounds.MAX_PROFILE_LIST),
@@ -188,13 +195,33 @@ def transaction_replies(events: int) -> int:
     return events + 2 + MARK_REPLIES
 
 
+class Section(Protocol):
+    """One project's events of a batch (`flush.Section`): the decoder's packed arguments, `args` bulk
+    strings in all, and XADDs of one or more requests."""
+
+    @property
+    def token(self) -> str: ...
+    @property
+    def args(self) -> int: ...
+    @property
+    def packed(self) -> Sequence[bytes]: ...
+    @property
+    def xadds(self) -> Sequence[bytes]: ...
+
+
+CALL_PARTS: Final = 4
+"""`FCALL tg_count 1 <key>`: the bulk strings of a call before its header."""
+
+
 class WriteCommands:
-    """Builds a batch's transaction (see above) and `FCALL tg_count <number of keys> <keys> <maxlen>
-    <max age> <window> <layout> <batch id> <event max age> <counter retention days> <event names a day>
-    <funnel names>` headers (HEADER_ARGS arguments after the keys; with a `dedup_window`, DEDUP_ARGS more:
-    `<dedup window> after|alone`); the decoder's XADD commands and the events' `args` packed arguments
-    follow unchanged. What depends on the partition alone is encoded once. The decoder that packs the
-    batches must have the same `dedup_window` (both come from one setting)."""
+    """Builds a batch's transaction (see above) and its `FCALL tg_count 1 <partition prefix> <maxlen>
+    <max age> <layout> <batch id> <event max age> <counter retention days>` (HEADER_ARGS arguments after
+    the key; with a `dedup_window`, DEDUP_ARGS more: `<dedup window> after|alone`), then per project a
+    section: `<token> <funnel window> <event names a day> <funnel names> <number of arguments>`
+    (SECTION_ARGS), and the decoder's packed arguments of its events, unchanged; the decoder's XADD
+    commands go ahead of the call unchanged. What depends on the partition or the project alone is
+    encoded once. The decoder that packs the batches must have the same `dedup_window` (both come from one
+    setting)."""
 
     def __init__(
         self,
@@ -204,93 +231,95 @@ class WriteCommands:
         counter_retention_days: int = bounds.DEFAULT_COUNTER_RETENTION_DAYS,
         dedup_window: int = DEFAULT_DEDUP_WINDOW,
     ) -> None:
-        self._limits = (str(stream_maxlen).encode(), str(int(stream_max_age)).encode())
+        layout = (DEDUP_LAYOUT if dedup_window else LAYOUT).encode()
+        self._limits = (
+            bulk(str(stream_maxlen).encode()) + bulk(str(int(stream_max_age)).encode()) + bulk(layout)
+        )
         self.dedup_window = dedup_window
-        self._layout = (DEDUP_LAYOUT if dedup_window else LAYOUT).encode()
-        # After the tail, with deduplication: the window, and where the events' entries are.
+        # After the retention, with deduplication: the window, and where the events' entries are.
         self._dedup = {
             alone: bulk(b"%d" % dedup_window) + bulk(b"alone" if alone else b"after") if dedup_window else b""
             for alone in (False, True)
         }
         self._late = bulk(str(math.ceil(event_max_age)).encode()) + bulk(b"%d" % counter_retention_days)
-        self._prefixes: dict[tuple[str, int, int], tuple[bytes, int]] = {}
-        self._caps: dict[bounds.Caps, bytes] = {}
-        self._marks: dict[tuple[str, int, bytes], tuple[bytes, bytes]] = {}
+        self._calls: dict[int, bytes] = {}
+        self._sections: dict[tuple[str, int, bounds.Caps], bytes] = {}
+        self._marks: dict[tuple[int, bytes], tuple[bytes, bytes]] = {}
 
-    def _prefix(self, token: str, partition: int, window: int) -> tuple[bytes, int]:
-        """`FCALL tg_count <number of keys> <keys> <maxlen> <max age> <window> <layout>`, without its
-        array header, and the number of its bulk strings."""
-        key = (token, partition, window)
-        prefix = self._prefixes.get(key)
-        if prefix is None:
-            names = [name.encode() for name in keys.count_function_keys(token, partition)]
-            parts = [b"FCALL", b"tg_count", b"%d" % len(names), *names]
-            parts += [*self._limits, b"%d" % window, self._layout]
-            prefix = self._prefixes[key] = (b"".join(map(bulk, parts)), len(parts))
-        return prefix
-
-    def _tail(self, caps: bounds.Caps) -> bytes:
-        """The header's arguments after the batch id: the event max age, the retention, the caps."""
-        tail = self._caps.get(caps)
-        if tail is None:
-            tail = self._caps[caps] = (
-                self._late + bulk(b"%d" % caps.event_names_per_day) + bulk(b"%d" % caps.funnel_names)
+    def _call(self, partition: int) -> bytes:
+        """`FCALL tg_count 1 <key> <maxlen> <max age> <layout>`, without its array header."""
+        call = self._calls.get(partition)
+        if call is None:
+            (key,) = keys.count_function_keys(partition)
+            call = self._calls[partition] = (
+                b"".join(map(bulk, (b"FCALL", b"tg_count", b"1", key.encode()))) + self._limits
             )
-        return tail
+        return call
 
-    def header(
+    def _section(self, token: str, window: int, caps: bounds.Caps) -> bytes:
+        """A section's arguments before its number of arguments."""
+        head = self._sections.get((token, window, caps))
+        if head is None:
+            head = self._sections[(token, window, caps)] = b"".join(
+                map(
+                    bulk,
+                    (
+                        token.encode(),
+                        b"%d" % window,
+                        b"%d" % caps.event_names_per_day,
+                        b"%d" % caps.funnel_names,
+                    ),
+                )
+            )
+        return head
+
+    def call(
         self,
-        token: str,
+        out: list[bytes],
         partition: int,
-        window: int,
         batch_id: bytes,
-        args: int,
-        caps: bounds.Caps = bounds.DEFAULT_CAPS,
+        sections: Sequence[Section],
+        window: Callable[[str], int],
+        caps: Callable[[str], bounds.Caps],
         *,
         alone: bool = False,
-    ) -> bytes:
-        """`alone`: the FCALL is sent without its transaction (its events are stored already)."""
-        prefix, size = self._prefix(token, partition, window)
+    ) -> None:
+        """Append to `out` the FCALL that counts `sections`, each with its project's funnel `window` and
+        `caps`. `alone`: it is sent without its transaction (its events are stored already)."""
         dedup = self._dedup[alone]
-        extra = DEDUP_ARGS if dedup else 0
-        # The prefix, the batch id, the tail, the dedup arguments, the events' arguments.
-        return b"*%d\r\n%s%s%s%s" % (
-            size + HEADER_ARGS - 4 + extra + args,
-            prefix,
-            bulk(batch_id),
-            self._tail(caps),
-            dedup,
-        )
+        size = CALL_PARTS + HEADER_ARGS + (DEDUP_ARGS if dedup else 0)
+        size += sum(SECTION_ARGS + section.args for section in sections)
+        out.append(b"*%d\r\n%s%s%s%s" % (size, self._call(partition), bulk(batch_id), self._late, dedup))
+        for section in sections:
+            token = section.token
+            out.append(self._section(token, window(token), caps(token)) + bulk(b"%d" % section.args))
+            out.extend(section.packed)
 
     def transaction(
         self,
         out: list[bytes],
-        token: str,
         partition: int,
-        window: int,
         writer: bytes,
         seq: int,
         slot: int,
-        args: int,
-        packed: list[bytes],
-        xadds: list[bytes],
-        caps: bounds.Caps = bounds.DEFAULT_CAPS,
+        sections: Sequence[Section],
+        window: Callable[[str], int],
+        caps: Callable[[str], bounds.Caps],
     ) -> None:
-        """Append to `out` the transaction that writes one batch: `packed` and `xadds` are the decoder's
-        sections of one or more requests for this partition, `args` their packed arguments in all; `slot`
-        is where the partition's ring records `seq`. Called for every partition of every flush: what does
-        not change is made once."""
-        key = (token, partition, writer)
+        """Append to `out` the transaction that writes one batch: `sections` are the projects' events for
+        this partition; `slot` is where the partition's ring records `seq`. Called for every partition of
+        every flush: what does not change is made once."""
+        key = (partition, writer)
         marks = self._marks.get(key)
         if marks is None:
-            ring = bulk(keys.mark_key(token, partition, writer))
+            ring = bulk(keys.mark_key(partition, writer))
             marks = self._marks[key] = (
                 MULTI + b"*4\r\n$8\r\nSETRANGE\r\n" + ring,
                 b"*3\r\n$6\r\nEXPIRE\r\n" + ring + bulk(MARK_SECONDS),
             )
         setrange, expire = marks
         out.append(b"%s%s$8\r\n%s\r\n%s" % (setrange, _OFFSETS[slot], _SEQ.pack(seq), expire))
-        out.extend(xadds)
-        out.append(self.header(token, partition, window, batch_id(writer, seq, slot), args, caps))
-        out.extend(packed)
+        for section in sections:
+            out.extend(section.xadds)
+        self.call(out, partition, batch_id(writer, seq, slot), sections, window, caps)
         out.append(EXEC)

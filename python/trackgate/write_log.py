@@ -45,7 +45,7 @@ class WriteLog:
                 "(after a lost function library or connection), which counts them once but cannot take "
                 "them out of the stream",
                 found,
-                keys.stream_key(*command.key),
+                _streams(command, keys.stream_key),
             )
 
     def counted(self, command: Command, reply: object) -> None:
@@ -60,7 +60,7 @@ class WriteLog:
                 "%d new properties left out of full profiles in %s: a profile holds at most %d "
                 "(logged once every %g seconds)",
                 left_out,
-                keys.profile_updates_key(*command.key),
+                _streams(command, keys.profile_updates_key),
                 bounds.MAX_PROFILE_PROPERTIES,
                 OVERFLOW_LOG_SECONDS,
             )
@@ -72,7 +72,7 @@ class WriteLog:
             "%d events of %s counted as %s: the project is past its cap on event or funnel names "
             "(trackgate project set-caps); they are stored in full (logged once every %g seconds)",
             over,
-            keys.stream_key(*command.key),
+            _streams(command, keys.stream_key),
             bounds.OVERFLOW,
             OVERFLOW_LOG_SECONDS,
         )
@@ -85,7 +85,7 @@ class WriteLog:
             "count:" + kind,
             "%d events are stored in %s, but not counted: %s",
             command.count,
-            keys.stream_key(*command.key),
+            _streams(command, keys.stream_key),
             why,
         )
 
@@ -100,7 +100,7 @@ class WriteLog:
             "refused:" + error_code(cause),
             "Redis refused a write of %d events to %s (%d stored): %s",
             command.count,
-            keys.stream_key(*command.key),
+            _streams(command, keys.stream_key),
             stored,
             err,
         )
@@ -121,3 +121,14 @@ class WriteLog:
         metrics.observe_flush(events, seconds)
         if self.node is not None:
             metrics.NODE_WRITE_SECONDS.labels(self.node).observe(seconds)
+
+
+NAMED_STREAMS: Final = 3
+"""How many of a command's streams a log line names (a batch may hold hundreds of projects')."""
+
+
+def _streams(command: Command, stream: Callable[[str, int], str]) -> str:
+    """The streams of a command's projects (`stream`: the family's key builder), the first few named."""
+    names = [stream(section.token, command.key) for section in command.sections[:NAMED_STREAMS]]
+    more = len(command.sections) - len(names)
+    return ", ".join(names) + (f" and {more} more" if more > 0 else "")

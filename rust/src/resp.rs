@@ -77,14 +77,14 @@ pub enum Stream {
 }
 
 impl Stream {
-    /// The stream's key for a (project, partition); the hash tag keeps all of a partition's keys in one
-    /// cluster slot.
+    /// The stream's key for a (project, partition): the partition's hash tag, shared by every project,
+    /// keeps all of a partition's keys in one cluster slot.
     pub fn key(self, token: &str, partition: u32) -> String {
         let family = match self {
             Self::Events => "events",
             Self::ProfileUpdates => "updates",
         };
-        format!("{KEY_PREFIX}{{{token}:{partition}}}:{family}")
+        format!("{KEY_PREFIX}{{{partition}}}:{token}:{family}")
     }
 
     /// `XADD <stream> * data ` as RESP, up to the entry's own bulk string.
@@ -128,10 +128,11 @@ const DEDUP_TIME_BYTES: usize = 4;
 pub const DEDUP_HASH_BYTES: usize = DEDUP_TIME_BYTES + 16;
 
 /// The identity of an event for deduplication, as Mixpanel's: (event name, distinct_id, time in whole
-/// seconds, `$insert_id`), hashed to 128 bits (XXH3-128); None without an `$insert_id`. Each text field
-/// goes in behind its length and the time as 8 fixed bytes, so that no two different tuples hash the
-/// same input, and two tuples collide only as two random 128-bit values do: among n events in one
-/// partition's window, with probability about n^2 / 2^129. A missing distinct_id is hashed as `""`.
+/// seconds, `$insert_id`), with its project's token (a partition's sets are shared by its projects),
+/// hashed to 128 bits (XXH3-128); None without an `$insert_id`. Each text field goes in behind its
+/// length and the time as 8 fixed bytes, so that no two different tuples hash the same input, and two
+/// tuples collide only as two random 128-bit values do: among n events in one partition's window, with
+/// probability about n^2 / 2^129. A missing distinct_id is hashed as `""`.
 /// `input` is a buffer to write the hash's input in.
 ///
 /// Ahead of the hash, the time's seconds (big-endian, clamped to 0..=u32::MAX): the function keeps an
@@ -143,7 +144,11 @@ pub fn dedup_hash(event: &Valid<'_>, input: &mut Vec<u8>) -> Option<[u8; DEDUP_H
     let distinct_id = event.distinct_id.as_deref().unwrap_or("");
     let seconds = event.time.floor() as i64;
     input.clear();
-    for field in [event.name.as_bytes(), distinct_id.as_bytes()] {
+    for field in [
+        event.token.as_bytes(),
+        event.name.as_bytes(),
+        distinct_id.as_bytes(),
+    ] {
         input.extend_from_slice(&(field.len() as u32).to_le_bytes());
         input.extend_from_slice(field);
     }
@@ -410,7 +415,7 @@ mod tests {
         bulk(&mut out, b"{}");
         assert_eq!(
             out,
-            b"*5\r\n$4\r\nXADD\r\n$17\r\ntg:{tok:3}:events\r\n$1\r\n*\r\n$4\r\ndata\r\n$2\r\n{}\r\n"
+            b"*5\r\n$4\r\nXADD\r\n$17\r\ntg:{3}:tok:events\r\n$1\r\n*\r\n$4\r\ndata\r\n$2\r\n{}\r\n"
         );
     }
 
@@ -420,8 +425,18 @@ mod tests {
         time: f64,
         insert_id: Option<&'a str>,
     ) -> Valid<'a> {
+        valid_of("tok", name, distinct_id, time, insert_id)
+    }
+
+    fn valid_of<'a>(
+        token: &'a str,
+        name: &'a str,
+        distinct_id: Option<&'a str>,
+        time: f64,
+        insert_id: Option<&'a str>,
+    ) -> Valid<'a> {
         Valid {
-            token: "tok".into(),
+            token: token.into(),
             name: name.into(),
             distinct_id: distinct_id.map(Into::into),
             insert_id: insert_id.map(Into::into),
@@ -444,6 +459,11 @@ mod tests {
             hash("a", Some("u"), 100.2, Some("i2")),
             // The lengths keep fields from moving into one another.
             hash("au", Some(""), 100.2, Some("i1")),
+            // Another project's event of the same identity.
+            dedup_hash(
+                &valid_of("other", "a", Some("u"), 100.2, Some("i1")),
+                &mut Vec::new(),
+            ),
         ] {
             assert_ne!(base, other);
         }

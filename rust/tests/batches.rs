@@ -55,7 +55,7 @@ fn unpack(decoded: &Decoded) -> Vec<(String, u32, Packed)> {
             .map(|f| String::from_utf8(f).unwrap())
             .collect();
         assert_eq!(bulks.len(), batch.args);
-        let stream = format!("tg:{{{}:{}}}:events", batch.token, batch.partition);
+        let stream = format!("tg:{{{}}}:{}:events", batch.partition, batch.token);
         let mut xadds = parse_commands(&batch.xadds).into_iter();
         let mut rest = &bulks[..];
         while !rest.is_empty() {

@@ -580,7 +580,7 @@ fn updates_keep_their_order_and_a_profile_its_partition() {
     for batch in &decoded.batches.batches {
         let commands = parse_commands(&batch.xadds);
         assert_eq!(commands.len(), batch.count);
-        let stream = format!("tg:{{tok:{}}}:updates", batch.partition);
+        let stream = format!("tg:{{{}}}:tok:updates", batch.partition);
         let mut last = -1;
         for command in commands {
             assert_eq!(command[1], stream.as_bytes());

@@ -10,6 +10,7 @@ from typing import TypeVar
 from trackgate import projects, redis_target, settings
 from trackgate.cli.errors import UsageError
 from trackgate.embedded import DataDirLock, EmbeddedRedis, EmbeddedRedisError, running_url
+from trackgate.layout_migration import migrate_layout
 from trackgate.redis_target import RedisClient
 from trackgate.registry_migration import migrate_registry
 
@@ -49,11 +50,12 @@ def redis_for_cli(config: settings.Settings) -> Iterator[str]:
 
 @contextlib.asynccontextmanager
 async def registry_client(url: str, socket_timeout: float = 5) -> AsyncIterator[RedisClient]:
-    """A client of the Redis (or the Cluster, or Sentinel's primary) that `url` names, its registry in
-    this version's layout (`registry_migration.py`)."""
+    """A client of the Redis (or the Cluster, or Sentinel's primary) that `url` names, its registry and
+    its partitions in this version's layout (`registry_migration.py`, `layout_migration.py`)."""
     client = redis_target.client(redis_target.parse(url), timeout=socket_timeout, connect_timeout=5)
     try:
         await migrate_registry(client)
+        await migrate_layout(client)
         yield client
     finally:
         await client.aclose()

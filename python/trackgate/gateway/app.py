@@ -27,6 +27,7 @@ from trackgate.gateway.refusals import RefusalLog
 from trackgate.gateway.reports_elsewhere import reports_elsewhere
 from trackgate.gateway.track import track_endpoint
 from trackgate.gateway.unknown_routes import UnknownRoutes
+from trackgate.layout_migration import migrate_layout
 from trackgate.projects import REGISTRY_MISSING, TokenCache
 from trackgate.registry_migration import migrate_registry
 from trackgate.rsgi import HTTPProtocol, Scope
@@ -60,6 +61,7 @@ class Services:
         try:
             await store.load_functions(admin, replace=False)
             await migrate_registry(admin)
+            await migrate_layout(admin)
         except (RedisError, OSError) as err:
             log.warning("function library not checked (Redis unreachable): %s", err)
         tokens = TokenCache(admin, settings.token_refresh)

@@ -408,5 +408,5 @@ def _names_unknown_token(request: Request) -> bool:
 
 
 def _keys(batches: Batches) -> Iterable[Key]:
-    """The (token, partition) of each partition batch."""
-    return ((batch.token, batch.partition) for batch in batches)
+    """The partition of each partition batch."""
+    return (batch.partition for batch in batches)

@@ -6,11 +6,19 @@
 
 local DAY = 86400
 
+-- Small counts as text: a number passed to redis.call is formatted with sprintf("%.17g"), which costs more
+-- than the HINCRBY it is for; a partition's call with many projects makes such a count per project.
+local COUNT_TEXT = {}
+for n = 1, 1024 do
+  COUNT_TEXT[n] = '' .. n
+end
+
 -- Key names are keys.py's: the partition prefix the caller passes, a family, the key's own parts joined
 -- by ':'.
 local MARKS, HOURLY_COUNTS, DAILY_USERS = '@MARKS@', '@HOURLY_COUNTS@', '@DAILY_USERS@'
 local DAILY_COUNTS, EVENT_NAMES, NAMES_SEEN = '@DAILY_COUNTS@', '@EVENT_NAMES@', '@NAMES_SEEN@'
-local PROFILE_UPDATES, DEDUP, DEDUP_BY_TIME = '@PROFILE_UPDATES@', '@DEDUP@', '@DEDUP_BY_TIME@'
+local STREAM, PROFILE_UPDATES = '@STREAM@', '@PROFILE_UPDATES@'
+local DEDUP, DEDUP_BY_TIME = '@DEDUP@', '@DEDUP_BY_TIME@'
 local FUNNEL_NAMES, FUNNEL_ACTIVITY = '@FUNNEL_NAMES@', '@FUNNEL_ACTIVITY@'
 local FUNNEL_GOALS, FUNNEL_STATES = '@FUNNEL_GOALS@', '@FUNNEL_STATES@'
 local FUNNEL_ATTEMPTS, FUNNEL_COUNTERS = '@FUNNEL_ATTEMPTS@', '@FUNNEL_COUNTERS@'
@@ -36,11 +44,41 @@ local function day_number(day)
   return tonumber((string.gsub(day, '-', '')))
 end
 
--- Trimming by age, once per call.
-local function trim_by_age(stream, max_age)
+-- The numbers of the arguments that recur call after call (a section's size, a project's window and
+-- caps, the header's), each read once: Lua's tonumber costs two strtod calls. The texts are kept by the
+-- library between calls, at most NUMBERS of them (then forgotten all at once).
+local NUMBERS, numbers, known = 4096, {}, 0
+
+local function number(text)
+  if text == nil then
+    return nil
+  end
+  local n = numbers[text]
+  if n == nil then
+    n = tonumber(text) or false
+    if known == NUMBERS then
+      numbers, known = {}, 0
+    end
+    numbers[text], known = n, known + 1
+  end
+  return n or nil
+end
+
+-- A call's server time, read once: `seconds`, and `ms` (milliseconds, as stream ids count them).
+local function server_clock()
   local now = redis.call('TIME')
-  local cutoff = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - max_age * 1000
-  if cutoff > 0 then
+  local seconds = tonumber(now[1])
+  return { seconds = seconds, ms = seconds * 1000 + math.floor(tonumber(now[2]) / 1000) }
+end
+
+-- Trimmed by the batch, not by each XADD: the same `~` bound (whole nodes only) for an XADD's worth of
+-- work, and fewer arguments in every XADD that the append-only file records.
+local function trim(stream, maxlen, max_age, clock)
+  if maxlen ~= '0' then
+    redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen)
+  end
+  local cutoff = clock.ms - max_age * 1000
+  if max_age > 0 and cutoff > 0 then
     redis.call('XTRIM', stream, 'MINID', '~', cutoff)
   end
 end
@@ -168,7 +206,7 @@ local function write_funnel_batch(fb, now, window, late, keep_counters)
   -- does not push the expiry on).
   for key, fields in pairs(fb.counters) do
     for field, n in pairs(fields) do
-      redis.call('HINCRBY', key, field, n)
+      redis.call('HINCRBY', key, field, COUNT_TEXT[n] or n)
     end
     redis.call('EXPIRE', key, keep_counters, 'NX')
   end
@@ -300,12 +338,12 @@ end
 
 -- `hashes` holds the call's hashes in the order of their events. Returns the indexes in `hashes` (a set)
 -- of the duplicates, or nil when there are none; the others are kept.
-local function find_duplicates(prefix, hashes, window)
+local function find_duplicates(shared, hashes, window, clock)
   if #hashes == 0 then
     return nil
   end
-  local now = math.floor(tonumber(redis.call('TIME')[1]) / window)
-  local by_time, late = prefix .. DEDUP_BY_TIME .. window .. ':', prefix .. DEDUP .. window .. ':'
+  local now = math.floor(clock.seconds / window)
+  local by_time, late = shared .. DEDUP_BY_TIME .. window .. ':', shared .. DEDUP .. window .. ':'
   local dup = nil
   for _, group in ipairs(by_bucket(hashes, window)) do
     local bucket, found = group.bucket, nil
@@ -328,29 +366,33 @@ local function find_duplicates(prefix, hashes, window)
   return dup
 end
 
--- The duplicates' entries (index among the call's events and updates, from 0) and ordinals (among its
--- events), from the indexes of their hashes (`dup`, see find_duplicates), by a second walk over the
--- arguments from `i`: made only for a call with duplicates.
-local function duplicate_positions(args, i, dup)
-  local found, gone, k, events, updates = {}, {}, 0, 0, 0
-  while i <= #args do
-    if is_update(args, i) then
-      updates = updates + 1
-      i = i + update_width(args, i)
-    else
-      local w = width(args, i, 1)
-      if args[i + w - 1] ~= '' then
-        k = k + 1
-        if dup[k] then
-          found[#found + 1] = events + updates
-          gone[#gone + 1] = events
+-- The duplicates' entries (index among the call's events and updates, from 0), from the indexes of
+-- their hashes (`dup`, see find_duplicates), by a second walk over the sections' arguments: made only for
+-- a call with duplicates. Each section gets `gone`, the duplicates' ordinals among its events.
+local function duplicate_positions(args, sections, dup)
+  local found, k, entry = {}, 0, 0
+  for _, section in ipairs(sections) do
+    local gone, events, i = {}, 0, section.from
+    while i <= section.to do
+      if is_update(args, i) then
+        i = i + update_width(args, i)
+      else
+        local w = width(args, i, 1)
+        if args[i + w - 1] ~= '' then
+          k = k + 1
+          if dup[k] then
+            found[#found + 1] = entry
+            gone[#gone + 1] = events
+          end
         end
+        events = events + 1
+        i = i + w
       end
-      events = events + 1
-      i = i + w
+      entry = entry + 1
     end
+    section.gone = gone
   end
-  return found, gone
+  return found
 end
 
 -- The duplicates' entries out of the stream. The call's events went in by the XADDs just before it in
@@ -494,126 +536,132 @@ local function fold_refused(counts, users, admitted, over)
   return folded_counts, folded_users, over
 end
 
--- KEYS (keys.count_function_keys): the partition's stream and the prefix of all its keys. ARGV (the
--- header store.WriteCommands builds): maxlen (0: none), max age in seconds (0: none), the project's
--- funnel window in seconds, the argument layout (store.LAYOUT, or store.DEDUP_LAYOUT: then two more,
--- the dedup window in seconds and 'alone' when the call is sent without its transaction's XADDs, else
--- 'after'), batch id (<writer>:<seq>:<slot in the ring>), how late in seconds an event may arrive (the
--- decoder's max age), the counter retention in days, the project's caps on event names a day and on
--- funnel names; then the events' arguments (the decoder's PACKED_LAYOUT): day ('' when not counted),
--- 'HH:<name>', distinct_id, funnel, and for mp_funnel events time, step, goal, and with DEDUP_LAYOUT the
--- dedup hash;
--- and among them, in the order sent, the profile updates' (see profiles.lua). The events and the
--- updates themselves are added to their streams by the XADDs of the same transaction.
+-- KEYS (keys.count_function_keys): the partition's prefix, shared by its projects. ARGV (the header
+-- store.WriteCommands builds): maxlen (0: none), max age in seconds (0: none), the argument layout
+-- (store.LAYOUT, or store.DEDUP_LAYOUT: then two more, the dedup window in seconds and 'alone' when the
+-- call is sent without its transaction's XADDs, else 'after'), batch id (<writer>:<seq>:<slot in the
+-- ring>), how late in seconds an event may arrive (the decoder's max age), the counter retention in
+-- days; then one section per project: its token, its funnel window in seconds, its caps on event names
+-- a day and on funnel names, the number of arguments that follow for it; then its events' arguments
+-- (the decoder's PACKED_LAYOUT): day ('' when not counted), 'HH:<name>', distinct_id, funnel, and for
+-- mp_funnel events time, step, goal, and with DEDUP_LAYOUT the dedup hash; and among them, in the order
+-- sent, the profile updates' (see profiles.lua). The events and the updates themselves are added to
+-- their streams by the XADDs of the same transaction.
 -- Returns {events counted, events counted under OVERFLOW}, and when the batch holds profile updates two
 -- more: updates applied, new profile properties refused for want of room; zeros when the batch had been
 -- counted before. When some events were duplicates (DEDUP_LAYOUT) all four, and a fifth: the
--- duplicates' entries (index among the events and updates, from 0), not counted, and out of the stream
--- unless the call came 'alone'.
+-- duplicates' entries (index among the call's events and updates, all sections', from 0), not counted,
+-- and out of the streams unless the call came 'alone'.
 local FIRST = @HEADER_ARGS@ + 1
+local SECTION = @SECTION_ARGS@
 
-local function tg_count(keys, args)
-  local stream, prefix = keys[1], keys[2]
-  local window = tonumber(args[3])
-  local writer, slot = string.match(args[5], '^([%w%-]+):%d+:(%d+)$')
-  slot = tonumber(slot)
-  local late = tonumber(args[6])
-  local retention, name_cap, funnel_cap = tonumber(args[7]), tonumber(args[8]), tonumber(args[9])
-  local first, dedup, extra, alone = FIRST, nil, 0, false
-  if args[4] == '@DEDUP_LAYOUT@' then
-    dedup, extra, alone = tonumber(args[FIRST]), 1, args[FIRST + 1] == 'alone'
-    first = FIRST + @DEDUP_ARGS@
-    if not dedup or dedup < 1 or dedup ~= math.floor(dedup) then
-      return redis.error_reply('ERR tg_count: malformed arguments')
-    end
-  elseif args[4] ~= '@LAYOUT@' then
-    return redis.error_reply('ERR tg_count: argument layout ' .. tostring(args[4]) .. ' is not @LAYOUT@: ' ..
-      'the gateway and the function library are of different versions')
+-- One project's section of a call, checked before anything changes (a malformed call changes nothing):
+-- its prefix, caps and window, where its arguments are, how many events and updates they hold, whether
+-- an mp_funnel event is among them, and its dedup hashes appended to `hashes`. A funnel event's time and
+-- step are read after the first writes, so they are checked here. Returns the section, or nil and why.
+local function read_section(args, i, extra, hashes, shared)
+  local token, size = args[i], number(args[i + SECTION - 1])
+  local section = {
+    prefix = shared .. (token or '') .. ':',
+    window = number(args[i + 1]),
+    name_cap = number(args[i + 2]),
+    funnel_cap = number(args[i + 3]),
+    from = i + SECTION,
+    events = 0,
+    updates = 0,
+    named = false,
+  }
+  if not (token and #token >= 8 and string.match(token, '^[%w_%-]+$') and size and section.window
+      and section.name_cap and section.funnel_cap) then
+    return nil, 'malformed arguments'
   end
-  if #keys ~= 2 then
-    return redis.error_reply('ERR tg_count: called with ' .. #keys .. ' keys, not 2: ' ..
-      'the gateway and the function library are of different versions')
+  section.to = section.from + size - 1
+  if section.to > #args then
+    return nil, 'malformed event arguments'
   end
-  if not writer or not window or not late or slot >= @RING_SLOTS@ or not retention or not name_cap
-      or not funnel_cap then
-    return redis.error_reply('ERR tg_count: malformed arguments')
-  end
-  -- Walk the events' arguments once before changing anything: a malformed call changes nothing. A
-  -- funnel event's time and step are read after the first writes, so they are checked here.
-  -- With deduplication the walk also gathers the hashes (see find_duplicates).
-  local i, n, named, updates, events = first, #args, false, 0, 0
-  local hashes = {}
-  while i <= n do
+  i = section.from
+  while i <= section.to do
     if is_update(args, i) then
       local taken = update_width(args, i)
       if not taken then
-        return redis.error_reply('ERR tg_count: malformed profile update')
+        return nil, 'malformed profile update'
       end
-      updates = updates + 1
+      section.updates = section.updates + 1
       i = i + taken
     else
       if args[i + 3] ~= '' then
         if not (string.match(args[i + 4] or '', '^%-?%d+$') and string.match(args[i + 5] or '', '^%d+$')) then
-          return redis.error_reply('ERR tg_count: malformed funnel event')
+          return nil, 'malformed funnel event'
         end
-        named = true
+        section.named = true
       end
       local w = width(args, i, extra)
       local hash = args[i + w - 1]
       -- (a hash missing from the end is malformed arguments, below)
       if extra > 0 and hash and hash ~= '' then
         if #hash ~= @DEDUP_HASH_BYTES@ then
-          return redis.error_reply('ERR tg_count: malformed dedup hash')
+          return nil, 'malformed dedup hash'
         end
         hashes[#hashes + 1] = hash
       end
-      events = events + 1
+      section.events = section.events + 1
       i = i + w
     end
   end
-  if i ~= n + 1 then
-    return redis.error_reply('ERR tg_count: malformed event arguments')
+  if i ~= section.to + 1 then
+    return nil, 'malformed event arguments'
   end
-  -- The batch's counted byte, the last of its ring entry: one call sets it and says whether it was set
-  -- already (a resent counting), in which case nothing more is done.
-  local mark = prefix .. MARKS .. writer
-  if redis.call('BITFIELD', mark, 'SET', 'u8', '#' .. (slot * 8 + 7), 1)[1] ~= 0 then
-    return updates > 0 and { 0, 0, 0, 0 } or { 0, 0 }
-  end
-  -- Duplicates are found, and taken out of the stream, before anything is counted or trimmed.
-  local found, duplicate = {}, {}
-  local dup = dedup and find_duplicates(prefix, hashes, dedup)
-  if dup then
-    local gone
-    found, gone = duplicate_positions(args, first, dup)
-    for _, entry in ipairs(found) do
-      duplicate[entry] = true
-    end
-    if not alone then
-      remove_duplicates(stream, gone, events)
-    end
-  end
-  local keep = retention * DAY
+  return section
+end
 
-  local days = {}
-  local function day(n)
-    local d = days[n]
-    if not d then
-      d = civil(n)
-      days[n] = d
-    end
-    return d
+-- Counts one section's events (those not `duplicate`: entries from `entry`, the index of its first),
+-- applies its profile updates, trims its streams. `day` formats a day number; `limits` is the call's
+-- {maxlen, max age, late, retention}; `clock` its server time. Returns what the call returns, for this section.
+-- A section of one plain event (no funnel, no profile update), of a name its day knows: the common
+-- section of a partition's call when many projects send a few events each. It is counted as the general
+-- path below counts it, without the tables that path builds per section; false when the section is not
+-- such a one (then that path counts it).
+local function count_one_known(args, section, duplicate, entry, limits, clock)
+  local i, prefix = section.from, section.prefix
+  local d, field, uid = args[i], args[i + 1], args[i + 2]
+  if duplicate[entry] or d == '' then
+    return 0
   end
+  local name = string.sub(field, 4)
+  if name == OVERFLOW or redis.call('SISMEMBER', prefix .. EVENT_NAMES .. d, name) == 0 then
+    return false
+  end
+  redis.call('HINCRBY', prefix .. HOURLY_COUNTS .. d, field, '1')
+  redis.call('HINCRBY', prefix .. DAILY_COUNTS .. d, name, '1')
+  if uid ~= '' then
+    redis.call('PFADD', prefix .. DAILY_USERS .. d .. ':' .. name, uid)
+  end
+  trim(prefix .. STREAM, limits[1], limits[2], clock)
+  return 1
+end
+
+local function count_section(args, section, extra, duplicate, entry, day, limits, clock)
+  if section.events == 1 and section.updates == 0 and not section.named then
+    local added = count_one_known(args, section, duplicate, entry, limits, clock)
+    if added then
+      return added, 0, 0
+    end
+  end
+  local prefix, window, late, retention = section.prefix, section.window, limits[3], limits[4]
+  local keep = retention * DAY
   -- One walk over the events: counters summed by (day, hour, name), one HINCRBY and one PFADD (with
   -- all its users) each however many events share them; each funnel admitted or not when first named,
   -- an event of a funnel not followed counted as OVERFLOW; each day's names listed in the order first
   -- seen. The funnel tables are made for the first mp_funnel event: most calls have none.
   local counts, users, listed, added, fb = {}, {}, {}, 0, nil
-  -- Server time, seconds, for the funnels' activity and attempts: read only for a batch that names one.
-  local now = named and tonumber(redis.call('TIME')[1]) or 0
-  local funnels, follows = funnel_admission(prefix, funnel_cap, now, window, late)
-  local entry = -1
-  i = first
+  -- Server time, seconds, for the funnels' activity and attempts.
+  local now = clock.seconds
+  local funnels, follows = nil, nil
+  if section.named then
+    funnels, follows = funnel_admission(prefix, section.funnel_cap, now, window, late)
+  end
+  local i, n = section.from, section.to
+  entry = entry - 1
   while i <= n do
     entry = entry + 1
     if is_update(args, i) then
@@ -654,9 +702,9 @@ local function tg_count(keys, args)
         list[#list + 1] = uid
       end
       if followed then
-        local t, n = tonumber(args[i + 4]), args[i + 5]
+        local t, step = tonumber(args[i + 4]), args[i + 5]
         fb = fb or funnel_batch()
-        funnel_event(fb, prefix, day, window, uid, t, funnel, tonumber(n), n, args[i + 6])
+        funnel_event(fb, prefix, day, window, uid, t, funnel, tonumber(step), step, args[i + 6])
       end
       i = i + width(args, i, extra)
     end
@@ -665,7 +713,7 @@ local function tg_count(keys, args)
   -- needs no folding).
   local fresh, over = {}, 0
   for d, seen in pairs(listed) do
-    local admitted, new, created, refused = admit_names(prefix .. EVENT_NAMES .. d, seen, name_cap)
+    local admitted, new, created, refused = admit_names(prefix .. EVENT_NAMES .. d, seen, section.name_cap)
     fresh[d] = { names = new, created = created }
     if refused or seen[OVERFLOW] then
       counts[d], users[d], over = fold_refused(counts[d], users[d], admitted, over)
@@ -678,13 +726,13 @@ local function tg_count(keys, args)
   for d, fields in pairs(counts) do
     local key, totals = prefix .. HOURLY_COUNTS .. d, {}
     for field, count in pairs(fields) do
-      redis.call('HINCRBY', key, field, count)
+      redis.call('HINCRBY', key, field, COUNT_TEXT[count] or count)
       local name = string.sub(field, 4)
       totals[name] = (totals[name] or 0) + count
     end
     key = prefix .. DAILY_COUNTS .. d
     for name, count in pairs(totals) do
-      redis.call('HINCRBY', key, name, count)
+      redis.call('HINCRBY', key, name, COUNT_TEXT[count] or count)
     end
   end
   for d, fields in pairs(users) do
@@ -722,7 +770,7 @@ local function tg_count(keys, args)
     end
   end
   if seen then
-    local today = math.floor(tonumber(redis.call('TIME')[1]) / DAY)
+    local today = math.floor(clock.seconds / DAY)
     -- A day's counters live `retention` days from their first write, which a late event makes up to
     -- `late` seconds after the day.
     local oldest = today - retention - math.ceil(late / DAY)
@@ -731,8 +779,8 @@ local function tg_count(keys, args)
   end
   -- The profile updates, in the order sent, each to its profile.
   local refused = 0
-  if updates > 0 then
-    i = first
+  if section.updates > 0 then
+    i = section.from
     while i <= n do
       if is_update(args, i) then
         refused = refused + apply_update(prefix, args, i)
@@ -742,19 +790,89 @@ local function tg_count(keys, args)
       end
     end
   end
-  -- Trimmed once per batch, not per XADD: the same `~` bound (whole nodes only) for an XADD's worth of
-  -- work, and fewer arguments in every XADD that the append-only file records. The stream of profile
-  -- updates is trimmed as the events' is.
-  local max_age = tonumber(args[2])
-  for _, trimmed in ipairs({ added > 0 and stream, updates > 0 and prefix .. PROFILE_UPDATES }) do
-    if trimmed then
-      if args[1] ~= '0' then
-        redis.call('XTRIM', trimmed, 'MAXLEN', '~', args[1])
-      end
-      if max_age > 0 then
-        trim_by_age(trimmed, max_age)
+  -- The stream of profile updates is trimmed as the events' is.
+  if added > 0 then
+    trim(prefix .. STREAM, limits[1], limits[2], clock)
+  end
+  if section.updates > 0 then
+    trim(prefix .. PROFILE_UPDATES, limits[1], limits[2], clock)
+  end
+  return added, over, refused
+end
+
+local function tg_count(keys, args)
+  local shared = keys[1]
+  local writer, slot = string.match(args[4], '^([%w%-]+):%d+:(%d+)$')
+  slot = tonumber(slot)
+  local late, retention = number(args[5]), number(args[6])
+  local first, dedup, extra, alone = FIRST, nil, 0, false
+  if args[3] == '@DEDUP_LAYOUT@' then
+    dedup, extra, alone = number(args[FIRST]), 1, args[FIRST + 1] == 'alone'
+    first = FIRST + @DEDUP_ARGS@
+    if not dedup or dedup < 1 or dedup ~= math.floor(dedup) then
+      return redis.error_reply('ERR tg_count: malformed arguments')
+    end
+  elseif args[3] ~= '@LAYOUT@' then
+    return redis.error_reply('ERR tg_count: argument layout ' .. tostring(args[3]) .. ' is not @LAYOUT@: ' ..
+      'the gateway and the function library are of different versions')
+  end
+  if #keys ~= 1 then
+    return redis.error_reply('ERR tg_count: called with ' .. #keys .. ' keys, not 1: ' ..
+      'the gateway and the function library are of different versions')
+  end
+  local limits = { args[1], number(args[2]), late, retention }
+  if not writer or not late or slot >= @RING_SLOTS@ or not retention or not limits[2] then
+    return redis.error_reply('ERR tg_count: malformed arguments')
+  end
+  -- Walk every section's arguments once before changing anything; with deduplication the walk also
+  -- gathers the hashes (see find_duplicates), all sections' in one list: the sets are the partition's.
+  local sections, hashes, updates, i = {}, {}, 0, first
+  while i <= #args do
+    local section, why = read_section(args, i, extra, hashes, shared)
+    if not section then
+      return redis.error_reply('ERR tg_count: ' .. why)
+    end
+    sections[#sections + 1] = section
+    updates = updates + section.updates
+    i = section.to + 1
+  end
+  -- The batch's counted byte, the last of its ring entry: one call sets it and says whether it was set
+  -- already (a resent counting), in which case nothing more is done.
+  local mark = shared .. MARKS .. writer
+  if redis.call('BITFIELD', mark, 'SET', 'u8', '#' .. (slot * 8 + 7), 1)[1] ~= 0 then
+    return updates > 0 and { 0, 0, 0, 0 } or { 0, 0 }
+  end
+  -- Duplicates are found, and taken out of the streams, before anything is counted or trimmed.
+  local found, duplicate = {}, {}
+  local clock = server_clock()
+  local dup = dedup and find_duplicates(shared, hashes, dedup, clock)
+  if dup then
+    found = duplicate_positions(args, sections, dup)
+    for _, entry in ipairs(found) do
+      duplicate[entry] = true
+    end
+    if not alone then
+      for _, section in ipairs(sections) do
+        if #section.gone > 0 then
+          remove_duplicates(section.prefix .. STREAM, section.gone, section.events)
+        end
       end
     end
+  end
+  local days = {}
+  local function day(number)
+    local d = days[number]
+    if not d then
+      d = civil(number)
+      days[number] = d
+    end
+    return d
+  end
+  local added, over, refused, entry = 0, 0, 0, 0
+  for _, section in ipairs(sections) do
+    local a, o, r = count_section(args, section, extra, duplicate, entry, day, limits, clock)
+    added, over, refused = added + a, over + o, refused + r
+    entry = entry + section.events + section.updates
   end
   if #found > 0 then
     return { added, over, updates, refused, found }
