@@ -11,13 +11,14 @@ import re
 import struct
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
-from typing import Final, Protocol
+from typing import Final
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from trackgate import bounds, keys
 from trackgate._native import DEDUP_HASH_BYTES, PACKED_LAYOUT, Options
+from trackgate.flush import Section
 from trackgate.redis_pipe import bulk
 from trackgate.redis_target import RedisClient
 
@@ -193,20 +194,6 @@ def transaction_replies(events: int) -> int:
     """Replies Redis sends to a batch's transaction before EXEC's: MULTI's and one per queued command
     (the mark's SETRANGE and EXPIRE, the XADDs, the FCALL)."""
     return events + 2 + MARK_REPLIES
-
-
-class Section(Protocol):
-    """One project's events of a batch (`flush.Section`): the decoder's packed arguments, `args` bulk
-    strings in all, and XADDs of one or more requests."""
-
-    @property
-    def token(self) -> str: ...
-    @property
-    def args(self) -> int: ...
-    @property
-    def packed(self) -> Sequence[bytes]: ...
-    @property
-    def xadds(self) -> Sequence[bytes]: ...
 
 
 CALL_PARTS: Final = 4
