@@ -183,6 +183,24 @@ def test_trimming_by_length_and_by_age(private_redis: RedisServer) -> None:
     assert client.xlen(key) <= 5
 
 
+def test_a_stream_is_trimmed_once_a_share_of_its_length_was_added(private_redis: RedisServer) -> None:
+    """Not trimmed by every call (two XTRIMs a stream cost more than a one-event section's counting), but
+    once a 64th of its length was added since its last trim: it holds at most that many more entries
+    than the limit, beyond the whole nodes `~` keeps (one entry each here, so that `~` is exact)."""
+    client = private_redis.client()
+    client.config_set("stream-node-max-entries", 1)
+    client.function_load(store.FUNCTION_SOURCE, replace=True)
+    token = "sharetoken" + uuid.uuid4().hex[:6]
+    maxlen, share, per_call = 640, 640 // 64, 3
+    lengths = []
+    for seq in range(1, 301):
+        send_write(client, token.encode(), seq, [_batch(token, "share")], maxlen=maxlen)
+        [key] = client.scan_iter(match=keys.partitions_pattern(token) + keys.Family.STREAM)
+        lengths.append(client.xlen(key))
+    assert lengths[-1] >= maxlen
+    assert maxlen < max(lengths) <= maxlen + share + per_call
+
+
 @pytest.fixture
 def lossy(private_redis: RedisServer, tmp_path: Path) -> Iterator[tuple[Gateway, ReplyDropper, str]]:
     """A gateway whose Redis connection runs through a proxy that can lose replies."""

@@ -72,8 +72,35 @@ local function server_clock()
 end
 
 -- Trimmed by the batch, not by each XADD: the same `~` bound (whole nodes only) for an XADD's worth of
--- work, and fewer arguments in every XADD that the append-only file records.
-local function trim(stream, maxlen, max_age, clock)
+-- work, and fewer arguments in every XADD that the append-only file records. And not by every batch: a
+-- stream is trimmed again once a TRIM_SHARE-th of its length limit was added to it, or a TRIM_SHARE-th
+-- of its age limit went by, since this library last trimmed it. With many projects a partition's call
+-- holds one or two events of each, and two XTRIMs per stream and call cost more than its events' counting
+-- (bench/README.md, "Many projects"). So a stream holds at most a TRIM_SHARE-th more than its limits
+-- allow, beyond the whole nodes that `~` keeps. What was trimmed when is the library's (kept between
+-- calls, at most TRIM_STREAMS streams, then forgotten all at once): lost with it, a stream is trimmed at
+-- its next write.
+local TRIM_SHARE, TRIM_STREAMS = 64, 65536
+local trimmed, trimmed_streams = {}, 0
+
+-- `added`: the entries just added to `stream`; `limits` the call's {maxlen (text), max age, ...}.
+local function trim(stream, added, limits, clock)
+  local maxlen, max_age = limits[1], limits[2]
+  local last = trimmed[stream]
+  if last then
+    last.added = last.added + added
+    local by_length = maxlen ~= '0' and last.added * TRIM_SHARE >= number(maxlen)
+    local by_age = max_age > 0 and (clock.seconds - last.at) * TRIM_SHARE >= max_age
+    if not (by_length or by_age) then
+      return
+    end
+    last.added, last.at = 0, clock.seconds
+  else
+    if trimmed_streams == TRIM_STREAMS then
+      trimmed, trimmed_streams = {}, 0
+    end
+    trimmed[stream], trimmed_streams = { added = 0, at = clock.seconds }, trimmed_streams + 1
+  end
   if maxlen ~= '0' then
     redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen)
   end
@@ -636,7 +663,7 @@ local function count_one_known(args, section, duplicate, entry, limits, clock)
   if uid ~= '' then
     redis.call('PFADD', prefix .. DAILY_USERS .. d .. ':' .. name, uid)
   end
-  trim(prefix .. STREAM, limits[1], limits[2], clock)
+  trim(prefix .. STREAM, 1, limits, clock)
   return 1
 end
 
@@ -792,10 +819,10 @@ local function count_section(args, section, extra, duplicate, entry, day, limits
   end
   -- The stream of profile updates is trimmed as the events' is.
   if added > 0 then
-    trim(prefix .. STREAM, limits[1], limits[2], clock)
+    trim(prefix .. STREAM, section.events, limits, clock)
   end
   if section.updates > 0 then
-    trim(prefix .. PROFILE_UPDATES, limits[1], limits[2], clock)
+    trim(prefix .. PROFILE_UPDATES, section.updates, limits, clock)
   end
   return added, over, refused
 end
