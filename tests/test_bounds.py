@@ -127,6 +127,44 @@ def test_names_past_the_caps_are_stored_and_counted_as_overflow(client: redis.Re
     assert send_write(client, token.encode(), 4, [decoded(next_day)], caps=caps)[-1] == [4, 1]
 
 
+def test_events_one_a_call_past_the_cap_are_counted_as_overflow(client: redis.Redis) -> None:
+    """A call's section of one event (many projects, a few events each) is counted by the cap as any
+    other: a name new to its hour is admitted or refused by the day's set, and a refused name leaves no
+    counter of its own, however often it comes."""
+    token = "o" + uuid.uuid4().hex[:15]
+    caps = bounds.Caps(event_names_per_day=2, funnel_names=2)
+    overflow = bounds.OVERFLOW
+    sent = [
+        ("a", T, [1, 0]),  # new to the day
+        ("a", T + 1, [1, 0]),  # known in its hour
+        ("b", T + 2, [1, 0]),  # the cap's second name
+        ("c", T + 3, [1, 1]),  # past the cap
+        ("c", T + 4, [1, 1]),  # past it again
+        ("a", T + 3600, [1, 0]),  # an admitted name, new to its hour
+        ("c", T + 3601, [1, 1]),
+        ("b", T + 3602, [1, 0]),
+    ]
+    for seq, (name, at, reply) in enumerate(sent, start=1):
+        events = [plain(token, name, f"u{seq}", at)]
+        assert send_write(client, token.encode(), seq, [decoded(events)], caps=caps)[-1] == reply, name
+    hourly = keys.hourly_counts_key(token, 0, DAY0)
+    assert client.hgetall(hourly) == {
+        b"01:a": b"2",
+        b"01:b": b"1",
+        f"01:{overflow}".encode(): b"2",
+        b"02:a": b"1",
+        b"02:b": b"1",
+        f"02:{overflow}".encode(): b"1",
+    }
+    daily = client.hgetall(keys.daily_counts_key(token, 0, DAY0))
+    assert daily == {b"a": b"3", b"b": b"2", overflow.encode(): b"3"}
+    assert client.smembers(keys.event_names_key(token, 0, DAY0)) == {b"a", b"b", overflow.encode()}
+    assert client.pfcount(keys.daily_users_key(token, 0, DAY0, overflow)) == 3
+    assert client.xlen(keys.stream_key(token, 0)) == len(sent)
+    for key in project_keys(client, token) - {keys.stream_key(token, 0)}:
+        assert RETENTION - 60 < client.ttl(key) <= RETENTION, key
+
+
 def test_a_flood_of_names_in_one_batch_makes_keys_up_to_the_cap(client: redis.Redis) -> None:
     """Thousands of new names in one call (two requests joined): the sets are read and written in slices,
     and the keys made are the caps'."""

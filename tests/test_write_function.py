@@ -309,6 +309,10 @@ def test_a_malformed_call_changes_nothing(client: redis.Redis) -> None:
         # A funnel event's time and step: read after the first writes, so checked before them.
         (corrupt(batch, b"%d" % (T + 120), b"soon"), "malformed funnel event"),
         (corrupt(batch, b"%d" % (T + 130), b"-"), "malformed funnel event"),
+        # A token no project can have: a key pattern in it, or too short; each checked in every call.
+        (_with(batch, token=token[:10] + "*"), "malformed arguments"),
+        (_with(batch, token="short"), "malformed arguments"),
+        (_with(batch, token=token[:10] + "*"), "malformed arguments"),
     ]
     for n, (part, message) in enumerate(broken):
         with pytest.raises(redis.ResponseError, match=f"tg_count: {message}"):

@@ -64,6 +64,24 @@ local function number(text)
   return n or nil
 end
 
+-- The tokens found well-formed, kept as the numbers are: a section's token is checked once, not per call
+-- (a pattern match costs about what a section's whole counting does when it holds one event).
+local TOKENS, good_tokens, tokens_known = 4096, {}, 0
+
+local function good_token(token)
+  if good_tokens[token] then
+    return true
+  end
+  if not (token and #token >= 8 and string.match(token, '^[%w_%-]+$')) then
+    return false
+  end
+  if tokens_known == TOKENS then
+    good_tokens, tokens_known = {}, 0
+  end
+  good_tokens[token], tokens_known = true, tokens_known + 1
+  return true
+end
+
 -- A call's server time, read once: `seconds`, and `ms` (milliseconds, as stream ids count them).
 local function server_clock()
   local now = redis.call('TIME')
@@ -598,7 +616,7 @@ local function read_section(args, i, extra, hashes, shared)
     updates = 0,
     named = false,
   }
-  if not (token and #token >= 8 and string.match(token, '^[%w_%-]+$') and size and section.window
+  if not (good_token(token) and size and section.window
       and section.name_cap and section.funnel_cap) then
     return nil, 'malformed arguments'
   end
@@ -655,10 +673,17 @@ local function count_one_known(args, section, duplicate, entry, limits, clock)
     return 0
   end
   local name = string.sub(field, 4)
-  if name == OVERFLOW or redis.call('SISMEMBER', prefix .. EVENT_NAMES .. d, name) == 0 then
+  if name == OVERFLOW then
     return false
   end
-  redis.call('HINCRBY', prefix .. HOURLY_COUNTS .. d, field, '1')
+  -- The name's counter of the hour was there before: then its day admitted the name (a name's counters
+  -- are only written once the day's set holds it) and its day's keys have their expiry. If it was not,
+  -- the count is taken back and the general path decides.
+  local hourly = prefix .. HOURLY_COUNTS .. d
+  if redis.call('HINCRBY', hourly, field, '1') == 1 then
+    redis.call('HDEL', hourly, field)
+    return false
+  end
   redis.call('HINCRBY', prefix .. DAILY_COUNTS .. d, name, '1')
   if uid ~= '' then
     redis.call('PFADD', prefix .. DAILY_USERS .. d .. ':' .. name, uid)
