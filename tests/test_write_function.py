@@ -16,6 +16,7 @@ import pytest
 import redis
 from conftest import Batch, RedisServer, send_count, send_write
 from trackgate import PACKED_LAYOUT, Options, bounds, decode_request, keys, store
+from trackgate.flush import Section
 
 DAY = 86400
 MIDNIGHT = dt.datetime(2026, 11, 20, tzinfo=dt.UTC).timestamp()
@@ -297,6 +298,31 @@ def test_events_sent_one_a_call_count_as_sent_together(client: redis.Redis) -> N
     assert len(stream) == 16
     assert set(got.pop(short_name(token, keys.funnel_activity_key(token, 0)))) == {"signup"}
     assert got == expected(client, token, requests)
+
+
+def test_a_projects_changed_window_or_caps_apply_from_the_next_call() -> None:
+    """The writer encodes a project's section head once and keeps it: a window or caps changed since
+    (a reload of the projects) is encoded anew."""
+    commands = store.WriteCommands(0, 0, 400 * DAY)
+    token = "w" + uuid.uuid4().hex[:15]
+    batch = decoded([plain(token, "a", "u1", T)])
+    now = {"window": WINDOW, "caps": bounds.DEFAULT_CAPS}
+
+    def head(window: int, caps: bounds.Caps) -> bytes:
+        values = (token.encode(), b"%d" % window, b"%d" % caps.event_names_per_day, b"%d" % caps.funnel_names)
+        return b"".join(b"$%d\r\n%s\r\n" % (len(v), v) for v in values)
+
+    def sent() -> bytes:
+        out: list[bytes] = []
+        commands.call(out, 0, b"w:1:1", [Section(batch, 0)], lambda _: now["window"], lambda _: now["caps"])
+        return b"".join(out)
+
+    assert head(WINDOW, bounds.DEFAULT_CAPS) in sent()
+    now["window"] = 3600
+    assert head(3600, bounds.DEFAULT_CAPS) in sent()
+    now["caps"] = bounds.Caps(event_names_per_day=7, funnel_names=3)
+    assert head(3600, now["caps"]) in sent()
+    assert head(3600, bounds.DEFAULT_CAPS) not in sent()
 
 
 def test_a_malformed_call_changes_nothing(client: redis.Redis) -> None:

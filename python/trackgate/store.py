@@ -196,6 +196,9 @@ def transaction_replies(events: int) -> int:
     return events + 2 + MARK_REPLIES
 
 
+_SIZES: Final = tuple(bulk(b"%d" % size) for size in range(1024))
+"""The sizes of the sections of few events, encoded once."""
+
 CALL_PARTS: Final = 4
 """`FCALL tg_count 1 <key>`: the bulk strings of a call before its header."""
 
@@ -230,7 +233,7 @@ class WriteCommands:
         }
         self._late = bulk(str(math.ceil(event_max_age)).encode()) + bulk(b"%d" % counter_retention_days)
         self._calls: dict[int, bytes] = {}
-        self._sections: dict[tuple[str, int, bounds.Caps], bytes] = {}
+        self._sections: dict[str, tuple[int, bounds.Caps, bytes]] = {}
         self._marks: dict[tuple[int, bytes], tuple[bytes, bytes]] = {}
 
     def _call(self, partition: int) -> bytes:
@@ -244,21 +247,26 @@ class WriteCommands:
         return call
 
     def _section(self, token: str, window: int, caps: bounds.Caps) -> bytes:
-        """A section's arguments before its number of arguments."""
-        head = self._sections.get((token, window, caps))
-        if head is None:
-            head = self._sections[(token, window, caps)] = b"".join(
-                map(
-                    bulk,
-                    (
-                        token.encode(),
-                        b"%d" % window,
-                        b"%d" % caps.event_names_per_day,
-                        b"%d" % caps.funnel_names,
-                    ),
-                )
+        """A section's arguments before its number of arguments, kept per project until its window or
+        caps change."""
+        head = self._sections.get(token)
+        if head is None or head[0] != window or head[1] != caps:
+            head = self._sections[token] = (
+                window,
+                caps,
+                b"".join(
+                    map(
+                        bulk,
+                        (
+                            token.encode(),
+                            b"%d" % window,
+                            b"%d" % caps.event_names_per_day,
+                            b"%d" % caps.funnel_names,
+                        ),
+                    )
+                ),
             )
-        return head
+        return head[2]
 
     def call(
         self,
@@ -277,9 +285,14 @@ class WriteCommands:
         size = CALL_PARTS + HEADER_ARGS + (DEDUP_ARGS if dedup else 0)
         size += sum(SECTION_ARGS + section.args for section in sections)
         out.append(b"*%d\r\n%s%s%s%s" % (size, self._call(partition), bulk(batch_id), self._late, dedup))
+        head = self._section
         for section in sections:
             token = section.token
-            out.append(self._section(token, window(token), caps(token)) + bulk(b"%d" % section.args))
+            size = section.args
+            out.append(
+                head(token, window(token), caps(token))
+                + (_SIZES[size] if size < len(_SIZES) else bulk(b"%d" % size))
+            )
             out.extend(section.packed)
 
     def transaction(
