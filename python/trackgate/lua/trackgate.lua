@@ -64,8 +64,8 @@ local function number(text)
   return n or nil
 end
 
--- The tokens found well-formed, kept as the numbers are: a section's token is checked once, not per call
--- (a pattern match costs about what a section's whole counting does when it holds one event).
+-- The tokens found well-formed, kept as the numbers are: a token is matched against the pattern once,
+-- not in every call (with many projects a call has a section, so a match, per event or two).
 local TOKENS, good_tokens, tokens_known = 4096, {}, 0
 
 local function good_token(token)
@@ -93,7 +93,7 @@ end
 -- work, and fewer arguments in every XADD that the append-only file records. And not by every batch: a
 -- stream is trimmed again once a TRIM_SHARE-th of its length limit was added to it, or a TRIM_SHARE-th
 -- of its age limit went by, since this library last trimmed it. With many projects a partition's call
--- holds one or two events of each, and two XTRIMs per stream and call cost more than its events' counting
+-- holds one or two events of each, and two XTRIMs per stream and call were a good part of its work
 -- (bench/README.md, "Many projects"). So a stream holds at most a TRIM_SHARE-th more than its limits
 -- allow, beyond the whole nodes that `~` keeps. What was trimmed when is the library's (kept between
 -- calls, at most TRIM_STREAMS streams, then forgotten all at once): lost with it, a stream is trimmed at
