@@ -306,7 +306,7 @@ def test_a_projects_changed_window_or_caps_apply_from_the_next_call() -> None:
     commands = store.WriteCommands(0, 0, 400 * DAY)
     token = "w" + uuid.uuid4().hex[:15]
     batch = decoded([plain(token, "a", "u1", T)])
-    now = {"window": WINDOW, "caps": bounds.DEFAULT_CAPS}
+    windows, caps_now = [WINDOW], [bounds.DEFAULT_CAPS]  # the projects' current settings, as reloaded
 
     def head(window: int, caps: bounds.Caps) -> bytes:
         values = (token.encode(), b"%d" % window, b"%d" % caps.event_names_per_day, b"%d" % caps.funnel_names)
@@ -314,14 +314,14 @@ def test_a_projects_changed_window_or_caps_apply_from_the_next_call() -> None:
 
     def sent() -> bytes:
         out: list[bytes] = []
-        commands.call(out, 0, b"w:1:1", [Section(batch, 0)], lambda _: now["window"], lambda _: now["caps"])
+        commands.call(out, 0, b"w:1:1", [Section(batch, 0)], lambda _: windows[-1], lambda _: caps_now[-1])
         return b"".join(out)
 
     assert head(WINDOW, bounds.DEFAULT_CAPS) in sent()
-    now["window"] = 3600
+    windows.append(3600)
     assert head(3600, bounds.DEFAULT_CAPS) in sent()
-    now["caps"] = bounds.Caps(event_names_per_day=7, funnel_names=3)
-    assert head(3600, now["caps"]) in sent()
+    caps_now.append(bounds.Caps(event_names_per_day=7, funnel_names=3))
+    assert head(3600, caps_now[-1]) in sent()
     assert head(3600, bounds.DEFAULT_CAPS) not in sent()
 
 
