@@ -184,9 +184,10 @@ def test_trimming_by_length_and_by_age(private_redis: RedisServer) -> None:
 
 
 def test_a_stream_is_trimmed_once_a_share_of_its_length_was_added(private_redis: RedisServer) -> None:
-    """Not trimmed by every call (two XTRIMs a stream cost more than a one-event section's counting), but
-    once a 64th of its length was added since its last trim: it holds at most that many more entries
-    than the limit, beyond the whole nodes `~` keeps (one entry each here, so that `~` is exact)."""
+    """Not trimmed by every call (two XTRIMs per stream were a good part of a one-event section's
+    work), but once a 64th of its length was added since its last trim: it holds at most that many more
+    entries than the limit, beyond the whole nodes `~` keeps (one entry each here, so that `~` is
+    exact)."""
     client = private_redis.client()
     client.config_set("stream-node-max-entries", 1)
     client.function_load(store.FUNCTION_SOURCE, replace=True)

@@ -197,7 +197,7 @@ def transaction_replies(events: int) -> int:
 
 
 _SIZES: Final = tuple(bulk(b"%d" % size) for size in range(1024))
-"""The sizes of the sections of few events, encoded once."""
+"""A section's number of arguments, encoded once for the sections of few events."""
 
 CALL_PARTS: Final = 4
 """`FCALL tg_count 1 <key>`: the bulk strings of a call before its header."""
@@ -288,10 +288,10 @@ class WriteCommands:
         head = self._section
         for section in sections:
             token = section.token
-            size = section.args
+            args = section.args
             out.append(
                 head(token, window(token), caps(token))
-                + (_SIZES[size] if size < len(_SIZES) else bulk(b"%d" % size))
+                + (_SIZES[args] if args < len(_SIZES) else bulk(b"%d" % args))
             )
             out.extend(section.packed)
 

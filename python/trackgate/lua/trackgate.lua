@@ -44,10 +44,32 @@ local function day_number(day)
   return tonumber((string.gsub(day, '-', '')))
 end
 
+-- What the library keeps between calls (the numbers, the tokens and the trims below): tables of at most
+-- their `size` entries, emptied when full, so that their memory is bounded. A table's count is kept
+-- beside it, so that a lookup, the common case, is a plain index.
+local counted = {}
+
+local function memo(size)
+  local kept = {}
+  counted[kept] = { count = 0, size = size }
+  return kept
+end
+
+local function remember(kept, key, value)
+  local c = counted[kept]
+  if c.count == c.size then
+    for old in pairs(kept) do
+      kept[old] = nil
+    end
+    c.count = 0
+  end
+  kept[key], c.count = value, c.count + 1
+  return value
+end
+
 -- The numbers of the arguments that recur call after call (a section's size, a project's window and
--- caps, the header's), each read once: Lua's tonumber costs two strtod calls. The texts are kept by the
--- library between calls, at most NUMBERS of them (then forgotten all at once).
-local NUMBERS, numbers, known = 4096, {}, 0
+-- caps, the header's), each read once: Lua's tonumber costs two strtod calls.
+local numbers = memo(4096)
 
 local function number(text)
   if text == nil then
@@ -55,18 +77,14 @@ local function number(text)
   end
   local n = numbers[text]
   if n == nil then
-    n = tonumber(text) or false
-    if known == NUMBERS then
-      numbers, known = {}, 0
-    end
-    numbers[text], known = n, known + 1
+    n = remember(numbers, text, tonumber(text) or false)
   end
   return n or nil
 end
 
--- The tokens found well-formed, kept as the numbers are: a token is matched against the pattern once,
--- not in every call (with many projects a call has a section, so a match, per event or two).
-local TOKENS, good_tokens, tokens_known = 4096, {}, 0
+-- The tokens found well-formed: a token is matched against the pattern once, not in every call (with
+-- many projects a call has a section, so a match, per event or two).
+local good_tokens = memo(4096)
 
 local function good_token(token)
   if good_tokens[token] then
@@ -75,11 +93,7 @@ local function good_token(token)
   if not (token and #token >= 8 and string.match(token, '^[%w_%-]+$')) then
     return false
   end
-  if tokens_known == TOKENS then
-    good_tokens, tokens_known = {}, 0
-  end
-  good_tokens[token], tokens_known = true, tokens_known + 1
-  return true
+  return remember(good_tokens, token, true)
 end
 
 -- A call's server time, read once: `seconds`, and `ms` (milliseconds, as stream ids count them).
@@ -96,10 +110,8 @@ end
 -- holds one or two events of each, and two XTRIMs per stream and call were a good part of its work
 -- (bench/README.md, "Many projects"). So a stream holds at most a TRIM_SHARE-th more than its limits
 -- allow, beyond the whole nodes that `~` keeps. What was trimmed when is the library's (kept between
--- calls, at most TRIM_STREAMS streams, then forgotten all at once): lost with it, a stream is trimmed at
--- its next write.
-local TRIM_SHARE, TRIM_STREAMS = 64, 65536
-local trimmed, trimmed_streams = {}, 0
+-- calls, at most 65,536 streams): lost with it, a stream is trimmed at its next write.
+local TRIM_SHARE, trimmed = 64, memo(65536)
 
 -- `added`: the entries just added to `stream`; `limits` the call's {maxlen (text), max age, ...}.
 local function trim(stream, added, limits, clock)
@@ -114,10 +126,7 @@ local function trim(stream, added, limits, clock)
     end
     last.added, last.at = 0, clock.seconds
   else
-    if trimmed_streams == TRIM_STREAMS then
-      trimmed, trimmed_streams = {}, 0
-    end
-    trimmed[stream], trimmed_streams = { added = 0, at = clock.seconds }, trimmed_streams + 1
+    remember(trimmed, stream, { added = 0, at = clock.seconds })
   end
   if maxlen ~= '0' then
     redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen)
@@ -659,10 +668,7 @@ local function read_section(args, i, extra, hashes, shared)
   return section
 end
 
--- Counts one section's events (those not `duplicate`: entries from `entry`, the index of its first),
--- applies its profile updates, trims its streams. `day` formats a day number; `limits` is the call's
--- {maxlen, max age, late, retention}; `clock` its server time. Returns what the call returns, for this section.
--- A section of one plain event (no funnel, no profile update), of a name its day knows: the common
+-- A section of one plain event (no funnel, no profile update), of a name its hour knows: the common
 -- section of a partition's call when many projects send a few events each. It is counted as the general
 -- path below counts it, without the tables that path builds per section; false when the section is not
 -- such a one (then that path counts it).
@@ -692,6 +698,9 @@ local function count_one_known(args, section, duplicate, entry, limits, clock)
   return 1
 end
 
+-- Counts one section's events (those not `duplicate`: entries from `entry`, the index of its first),
+-- applies its profile updates, trims its streams. `day` formats a day number; `limits` is the call's
+-- {maxlen, max age, late, retention}; `clock` its server time. Returns what the call returns, for this section.
 local function count_section(args, section, extra, duplicate, entry, day, limits, clock)
   if section.events == 1 and section.updates == 0 and not section.named then
     local added = count_one_known(args, section, duplicate, entry, limits, clock)
